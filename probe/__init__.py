@@ -1,0 +1,20 @@
+"""probe: a readable, hookable reimplementation of attention for probing Hugging Face language models."""
+
+from probe.attention import MaskedMultiHeadAttention
+from probe.hooks import HookPoint, add_hook, capture, hook_points, hooks
+from probe.swap import is_swapped, restore_attention, swap_attention, swapped_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HookPoint",
+    "MaskedMultiHeadAttention",
+    "add_hook",
+    "capture",
+    "hook_points",
+    "hooks",
+    "is_swapped",
+    "restore_attention",
+    "swap_attention",
+    "swapped_attention",
+]

@@ -1,0 +1,50 @@
+"""What every model-family adapter shares: where attention modules sit, and mask translation."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import transformers
+from torch import nn
+
+SUPPORTED_TRANSFORMERS = ">=5.24,<6"
+
+
+@dataclass
+class AttentionSlot:
+    """An attention module to replace: ``getattr(parent, attr)``, exposed as hook prefix ``prefix``."""
+
+    parent: nn.Module
+    attr: str
+    prefix: str
+    expected_class: type
+
+
+def bool_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Hugging Face's 4-D attention mask (bool, or additive float 0 / dtype-min) as bool, True = attend."""
+    if mask is None or mask.dtype == torch.bool:
+        return mask
+    if not mask.is_floating_point():
+        raise TypeError(f"attention mask must be bool or floating point, got {mask.dtype}")
+    allowed = mask == 0
+    blocked = mask <= torch.finfo(mask.dtype).min / 2
+    if not bool((allowed | blocked).all()):
+        raise ValueError(
+            "attention mask holds additive biases other than 0 and -inf/dtype-min; "
+            "probe's attention only supports masks that allow or block a key"
+        )
+    return allowed
+
+
+def check_forward_signature(cls: type, required: tuple[str, ...], one_of: tuple[str, ...]) -> None:
+    """Fail early, naming the supported range, when a transformers release changed the forward signature."""
+    params = inspect.signature(cls.forward).parameters
+    missing = [p for p in required if p not in params]
+    if missing or not any(p in params for p in one_of):
+        raise RuntimeError(
+            f"{cls.__name__}.forward in transformers {transformers.__version__} has parameters "
+            f"{list(params)}; probe expects {list(required)} and one of {list(one_of)}. "
+            f"Supported transformers versions: {SUPPORTED_TRANSFORMERS}."
+        )

@@ -1,0 +1,173 @@
+"""Masked multi-head attention, written out step by step.
+
+    q, k, v  = x·W_Q, x·W_K, x·W_V, split into heads     hook points  q, k, v
+    scores   = q·kᵀ · scale                                            scores
+    masked   = scores with future keys and padding at −∞               masked_scores
+    pattern  = softmax(masked)  (a row with nothing to attend to → 0)  pattern
+    z        = pattern·v  (each head on its own)                       z
+    out      = concat(heads)·W_O                                       out
+
+Model families (GPT-2, …) subclass this and supply only their projections and cache plumbing:
+``project_qkv``, ``project_out`` and ``prepare_kv``. The steps above stay here, in this order, with
+the same torch ops Hugging Face's eager attention uses — that is what makes the outputs bit-identical.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from probe.hooks import HookPoint
+
+STEPS = ("q", "k", "v", "scores", "masked_scores", "pattern", "z", "out")
+
+
+class MaskedMultiHeadAttention(nn.Module):
+    """Multi-head attention whose every intermediate tensor passes a named hook point.
+
+    Standalone use: ``MaskedMultiHeadAttention(n_heads=4, d_head=16, d_model=64)`` owns plain linear
+    projections. Adapters for Hugging Face models pass no ``d_model`` and override the projections.
+    """
+
+    def __init__(
+        self,
+        n_heads: int,
+        d_head: int,
+        *,
+        d_model: int | None = None,
+        n_kv_heads: int | None = None,
+        scale: float | None = None,
+        causal: bool = True,
+        attn_dropout: nn.Module | float = 0.0,
+        scores_in_float32: bool = False,
+    ):
+        super().__init__()
+        self.n_heads, self.d_head = n_heads, d_head
+        self.n_kv_heads = n_kv_heads or n_heads
+        self.scale = d_head**-0.5 if scale is None else scale
+        self.causal = causal
+        self.scores_in_float32 = scores_in_float32
+        if not isinstance(attn_dropout, nn.Module):
+            attn_dropout = nn.Dropout(attn_dropout)
+        self.attn_dropout = attn_dropout
+        if d_model is not None:
+            self.W_qkv = nn.Linear(d_model, (n_heads + 2 * self.n_kv_heads) * d_head)
+            self.W_o = nn.Linear(n_heads * d_head, d_model)
+        for step in STEPS:
+            setattr(self, f"hook_{step}", HookPoint(step))
+
+    # --- what a model family supplies -------------------------------------------------------------
+
+    def project_qkv(self, x: torch.Tensor, context: torch.Tensor | None):
+        """Queries from ``x``; keys and values from ``context`` (cross-attention) or ``x``."""
+        sizes = [self.n_heads * self.d_head, self.n_kv_heads * self.d_head, self.n_kv_heads * self.d_head]
+        if context is None:
+            return self.W_qkv(x).split(sizes, dim=-1)
+        W_q, W_k, W_v = self.W_qkv.weight.split(sizes)
+        b_q, b_k, b_v = self.W_qkv.bias.split(sizes)
+        return x @ W_q.T + b_q, context @ W_k.T + b_k, context @ W_v.T + b_v
+
+    def project_out(self, z: torch.Tensor) -> torch.Tensor:
+        return self.W_o(z)
+
+    def prepare_kv(self, q, k, v, **plumbing):
+        """Adapters add position information (rotary) and the KV cache here; by default nothing."""
+        return q, k, v
+
+    # --- the attention itself ---------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        **plumbing,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attend from every position of ``x``; returns ``(out, pattern)``.
+
+        ``attention_mask``: bool, True where a query may attend to a key, broadcastable to
+        (batch, head, query, key). It carries padding; the causal mask is built here.
+        """
+        # 1. Project every token into queries, keys and values; split the width into heads.
+        q, k, v = self.project_qkv(x, context)
+        q, k, v = (split_heads(t, self.d_head) if t is not None else None for t in (q, k, v))
+        q, k, v = self.prepare_kv(q, k, v, **plumbing)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        # Grouped-query attention: several query heads share one key/value head.
+        if self.n_kv_heads != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+
+        # 2. Scores: every query's dot product with every key, scaled.
+        scores = self.hook_scores(self.dot_products(q, k))
+
+        # 3. Mask: a decoder may not look at future keys, and no one looks at padding.
+        allowed = self.allowed_keys(q.shape[-2], k.shape[-2], attention_mask, device=q.device)
+        masked_scores = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
+        masked_scores = self.hook_masked_scores(masked_scores)
+
+        # 4. Pattern: softmax over keys. A query with no allowed key gets zeros, not NaN.
+        pattern = torch.softmax(masked_scores, dim=-1)
+        if allowed is not None:
+            nothing_to_attend = ~allowed.any(dim=-1, keepdim=True)
+            if nothing_to_attend.any():
+                pattern = pattern.masked_fill(nothing_to_attend, 0.0)
+        pattern = self.hook_pattern(pattern.to(v.dtype))
+        pattern = self.attn_dropout(pattern)
+
+        # 5. Weighted sum of values, per head.
+        z = self.hook_z(pattern @ v)
+
+        # 6. Concatenate the heads and mix them with the output projection.
+        out = self.hook_out(self.project_out(merge_heads(z)))
+        return out, pattern
+
+    def dot_products(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        if not self.scores_in_float32:
+            return (q @ k.transpose(-1, -2)) * self.scale
+        # GPT-2's reorder_and_upcast_attn: fp32 scores, the scale folded into the matmul.
+        batch, heads, n_q, d = q.shape
+        n_k = k.shape[-2]
+        with torch.autocast(q.device.type, enabled=False):
+            scores = torch.empty(batch * heads, n_q, n_k, dtype=torch.float32, device=q.device)
+            scores = torch.baddbmm(
+                scores,
+                q.reshape(-1, n_q, d).float(),
+                k.transpose(-1, -2).reshape(-1, d, n_k).float(),
+                beta=0,
+                alpha=self.scale,
+            )
+        return scores.reshape(batch, heads, n_q, n_k)
+
+    def allowed_keys(self, n_q: int, n_k: int, attention_mask: torch.Tensor | None, device):
+        """Which keys each query may see: causal (offset by the cached length) AND the given mask."""
+        allowed = None
+        if self.causal:
+            # Query i sits at absolute position n_past + i and sees keys 0 .. n_past + i.
+            n_past = n_k - n_q
+            allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(diagonal=n_past)
+        if attention_mask is not None:
+            check_mask(attention_mask, n_q, n_k)
+            allowed = attention_mask if allowed is None else allowed & attention_mask
+        return allowed
+
+
+def split_heads(t: torch.Tensor, d_head: int) -> torch.Tensor:
+    """(batch, pos, heads·d_head) → (batch, head, pos, d_head)"""
+    return t.view(*t.shape[:-1], -1, d_head).transpose(1, 2)
+
+
+def merge_heads(z: torch.Tensor) -> torch.Tensor:
+    """(batch, head, pos, d_head) → (batch, pos, heads·d_head)"""
+    z = z.transpose(1, 2)
+    return z.reshape(*z.shape[:-2], -1).contiguous()
+
+
+def check_mask(mask: torch.Tensor, n_q: int, n_k: int) -> None:
+    if mask.dtype != torch.bool:
+        raise TypeError(f"attention_mask must be a bool tensor (True = may attend), got {mask.dtype}")
+    if mask.dim() != 4 or mask.shape[-2] not in (1, n_q) or mask.shape[-1] != n_k:
+        raise ValueError(
+            f"attention_mask of shape {tuple(mask.shape)} does not fit (batch, heads|1, {n_q}, {n_k}) "
+            f"for {n_q} queries and {n_k} keys"
+        )
