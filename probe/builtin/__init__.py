@@ -1,0 +1,1 @@
+"""probe's own datasets, probes, metrics, reporters and model sources, registered as plugins."""

@@ -1,0 +1,35 @@
+"""Built-in datasets: hand-written sense-labelled sentences, and user files or hub datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from probe.data import load_rows
+from probe.hookspecs import hookimpl
+
+DATA = Path(__file__).parent / "data"
+BUILTIN = {
+    "mole": "mole: animal / unit of amount / skin lesion / spy",
+    "tower": "tower: building / computer case / control tower / stack",
+    "tower-size": "tower: full-size landmark vs miniature (model, souvenir, toy)",
+}
+
+
+def builtin_loader(name: str):
+    def load():
+        return load_rows(DATA / f"{name}.jsonl")
+
+    load.__doc__ = BUILTIN[name]
+    return load
+
+
+def load_file(path: str, **fields):
+    """A JSONL / CSV / Parquet file, or hf:owner/name, with optional text_field, label_field, … renames."""
+    return load_rows(path, **fields)
+
+
+@hookimpl
+def register_datasets(register):
+    for name in BUILTIN:
+        register(name, builtin_loader(name))
+    register("file", load_file)

@@ -1,0 +1,143 @@
+"""The `probe` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+from probe import models
+
+
+@click.group()
+@click.version_option(package_name="probe")
+def cli():
+    """Probe Hugging Face language models with a readable, hookable reimplementation of attention."""
+
+
+@cli.command()
+@click.option("--model", "model_name", help="Hub name or local folder of a GPT-2 model.")
+@click.option("--revision", help="Hub revision (branch, tag or commit) for --model.")
+@click.option(
+    "--random-init",
+    metavar="NAME_OR_JSON",
+    help=f"Offline: random weights in a GPT-2 shape ({', '.join(models.GPT2_SHAPES)}) or a GPT2Config JSON file.",
+)
+@click.option("--reference", type=click.Choice(["eager", "sdpa"]), default="eager", show_default=True)
+@click.option("--dtype", type=click.Choice(list(models.DTYPES)), default="float32", show_default=True)
+@click.option("--text", "texts", multiple=True, help="Input text (repeatable); several texts are padded.")
+@click.option("--padding", type=click.Choice(["right", "left"]), default="right", show_default=True)
+@click.option("--tolerance", type=float, help="Largest allowed difference [default: 0 vs eager, 1e-5 vs sdpa].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def compare(model_name, revision, random_init, reference, dtype, texts, padding, tolerance, seed, as_json):
+    """Compare probe's reimplemented attention with Hugging Face's, layer by layer.
+
+    Exits with status 1 when a difference exceeds the tolerance.
+    """
+    from probe.compare import DEFAULT_TEXTS, compare_models
+    from probe.swap import swap_attention
+
+    if bool(model_name) == bool(random_init):
+        raise click.UsageError("give exactly one of --model and --random-init")
+    torch_dtype = models.parse_dtype(dtype)
+    try:
+        if random_init:
+            config = models.gpt2_config(random_init)
+            folder = models.save_random_gpt2(config, seed=seed)
+            source, tokenizer = str(folder), None
+        else:
+            source, tokenizer = model_name, models.load_tokenizer(model_name, revision=revision)
+    except (ValueError, OSError) as error:
+        raise click.BadParameter(str(error)) from None
+
+    reference_model = models.load_model(source, revision=revision, dtype=torch_dtype, attn_implementation=reference)
+    candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype))
+    input_ids, attention_mask = encode(list(texts or DEFAULT_TEXTS), tokenizer, padding)
+    result = compare_models(
+        reference_model, candidate, input_ids, attention_mask, reference_name=reference, tolerance=tolerance
+    )
+    result.model = model_name or f"random-init:{random_init}"
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
+    sys.exit(0 if result.passed else 1)
+
+
+def encode(texts: list[str], tokenizer, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask; without a tokenizer (random-init) the UTF-8 bytes serve as ids."""
+    if tokenizer is not None:
+        tokenizer.padding_side = padding_side
+        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        return batch["input_ids"], batch["attention_mask"]
+    rows = [list(text.encode("utf-8")) for text in texts]
+    width = max(len(row) for row in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        ids[i, span], mask[i, span] = torch.tensor(row), 1
+    return ids, mask
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--model", "model_name", help="Model to probe instead of the config's (registered name, hub name or folder).")
+@click.option("--output", "output_dir", type=click.Path(file_okay=False), help="Output folder [default: runs/NAME].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=".probe-cache", show_default=True)
+@click.option("--plugins-dir", type=click.Path(file_okay=False), help="Load every .py file in this folder as a plugin.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet):
+    """Run an experiment config: probe every layer, write results.json/csv, plots and summary.md."""
+    from probe import plugins
+    from probe.config import ConfigError, load_config, parse_override
+    from probe.data import DataError
+    from probe.experiment import run_experiment
+    from probe.report import best_rows
+
+    try:
+        values = dict(parse_override(text) for text in overrides)
+        if model_name:
+            values["model"] = model_name
+        config = load_config(config_path, values)
+        if plugins_dir:
+            plugins.load_plugins_dir(plugins_dir)
+        output_dir = Path(output_dir or Path("runs") / config.name)
+        results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet)
+    except (ConfigError, DataError, plugins.PluginError) as error:
+        raise click.ClickException(str(error)) from None
+    for (position, subset), best in best_rows(results).items():
+        click.echo(
+            f"{config.name} [{position}, {subset}]: best layer {best['layer']} "
+            f"accuracy {best['accuracy']:.3f} ± {best['accuracy_std']:.3f}"
+        )
+    click.echo(f"results, plots and summary in {output_dir}/")
+
+
+@cli.command(name="plugins")
+@click.option("--plugins-dir", type=click.Path(file_okay=False), help="Also load the .py files in this folder.")
+def list_plugins(plugins_dir):
+    """List loaded plugins and the hooks each implements."""
+    from probe import plugins
+
+    if plugins_dir:
+        plugins.load_plugins_dir(plugins_dir)
+    for name, hooks in plugins.describe():
+        click.echo(f"{name}\n    {', '.join(hooks) or '(no hooks)'}")
+
+
+def main():
+    from probe import plugins
+
+    try:
+        for _, _ in plugins.call_each("register_commands", cli=cli):
+            pass
+    except plugins.PluginError as error:
+        raise SystemExit(f"Error: {error}") from None
+    cli()
+
+
+if __name__ == "__main__":
+    main()

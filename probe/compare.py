@@ -1,0 +1,142 @@
+"""Reimplemented vs reference: run both on the same inputs and report per-layer max abs differences."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from probe.adapters import adapter_for
+from probe.swap import is_swapped
+
+DEFAULT_TEXTS = (
+    "The gardener found a mole tunnelling under the lawn.",
+    "One mole of carbon weighs twelve grams.",
+    "The agency suspected a mole.",
+)
+
+
+@dataclass
+class LayerDiff:
+    layer: int
+    attn_out: float
+    pattern: float | None  # None where the reference returns no attention weights (sdpa)
+    hidden_state: float
+
+
+@dataclass
+class Comparison:
+    reference: str
+    dtype: str
+    tolerance: float
+    layers: list[LayerDiff] = field(default_factory=list)
+    logits: float | None = None
+    embeddings: float = 0.0
+    model: str = ""
+
+    @property
+    def max_abs_diff(self) -> float:
+        values = [self.embeddings] + [v for d in self.layers for v in (d.attn_out, d.pattern, d.hidden_state)]
+        values.append(self.logits)
+        return max(v for v in values if v is not None)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "reference": self.reference,
+            "dtype": self.dtype,
+            "tolerance": self.tolerance,
+            "max_abs_diff": self.max_abs_diff,
+            "passed": self.passed,
+            "logits": self.logits,
+            "layers": [asdict(d) for d in self.layers],
+        }
+
+    def table(self) -> str:
+        rows = [f"{'layer':>5}  {'attn out':>11}  {'pattern':>11}  {'hidden state':>12}"]
+        for d in self.layers:
+            pattern = "n/a" if d.pattern is None else f"{d.pattern:.3g}"
+            rows.append(f"{d.layer:>5}  {d.attn_out:>11.3g}  {pattern:>11}  {d.hidden_state:>12.3g}")
+        if self.logits is not None:
+            rows.append(f"logits max abs diff: {self.logits:.3g}")
+        verdict = "PASS" if self.passed else "FAIL"
+        rows.append(
+            f"{verdict}: max abs diff {self.max_abs_diff:.3g} vs reference {self.reference} "
+            f"({self.dtype}), tolerance {self.tolerance:g}"
+        )
+        return "\n".join(rows)
+
+
+def default_tolerance(reference: str, dtype: torch.dtype) -> float:
+    """Exact against eager at any dtype; sdpa reorders the arithmetic, so allow rounding noise."""
+    if reference == "eager":
+        return 0.0
+    return 1e-5 if dtype == torch.float32 else 5e-2
+
+
+def compare_models(
+    reference: nn.Module,
+    candidate: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    reference_name: str = "eager",
+    tolerance: float | None = None,
+) -> Comparison:
+    """Run ``reference`` (HF attention) and ``candidate`` (swapped) and diff them at non-padding positions."""
+    if not is_swapped(candidate):
+        raise ValueError("the candidate model must have probe's attention: call probe.swap_attention first")
+    if is_swapped(reference):
+        raise ValueError("the reference model must keep Hugging Face's attention; it is swapped")
+    dtype = next(reference.parameters()).dtype
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # right for left and right padding
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+    ref_out, ref_attn = _run(reference, inputs)
+    our_out, our_attn = _run(candidate, inputs)
+
+    keep = attention_mask.bool()
+    result = Comparison(
+        reference=reference_name,
+        dtype=str(dtype).removeprefix("torch."),
+        tolerance=default_tolerance(reference_name, dtype) if tolerance is None else tolerance,
+    )
+    result.embeddings = _max_diff(ref_out.hidden_states[0], our_out.hidden_states[0], keep)
+    ref_patterns = ref_out.attentions or [None] * len(ref_attn)
+    for i, (ra, oa, rp, op, rh, oh) in enumerate(
+        zip(ref_attn, our_attn, ref_patterns, our_out.attentions, ref_out.hidden_states[1:], our_out.hidden_states[1:])
+    ):
+        pattern = None if rp is None else _max_diff(rp, op, keep[:, None, :, None].expand_as(rp))
+        result.layers.append(LayerDiff(i, _max_diff(ra, oa, keep), pattern, _max_diff(rh, oh, keep)))
+    if getattr(ref_out, "logits", None) is not None:
+        result.logits = _max_diff(ref_out.logits, our_out.logits, keep)
+    return result
+
+
+def _run(model: nn.Module, inputs: dict) -> tuple:
+    """Forward with hidden states and attention weights, plus each self-attention block's output."""
+    outputs = []
+    handles = [
+        slot.parent.get_submodule(slot.attr).register_forward_hook(lambda m, a, out: outputs.append(out[0]))
+        for slot in adapter_for(model).slots(model)
+        if not slot.prefix.endswith("cross_attn")
+    ]
+    try:
+        with torch.no_grad():
+            out = model(**inputs, output_hidden_states=True, output_attentions=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, outputs
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> float:
+    diff = (a.double() - b.double()).abs()[keep]
+    value = diff.max().item() if diff.numel() else 0.0
+    return math.inf if math.isnan(value) else value

@@ -1,0 +1,194 @@
+"""Target vectors per layer: batched, length-sorted, stopped after the deepest layer asked for, cached on disk.
+
+Layer 0 is the residual stream entering the first block (token + position embeddings); layer L is the
+residual stream leaving block L (before any final layer norm). Only the vectors at the target word
+(pooled over its subwords) and at the sentence's last token are kept, never whole sequences.
+
+The cache is a folder of chunk files, each written atomically once its rows are done: a rerun with the
+same key does no model work, and an interrupted run picks up at the first missing chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from probe.adapters import adapter_for
+from probe.data import span_token_indices
+
+POSITIONS = ("target", "last")
+POOLINGS = ("first", "last", "mean")
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the deepest requested layer is captured: the rest of the model is not run."""
+
+
+@dataclass
+class FeatureStore:
+    """Extracted vectors on disk: ``store.layer("target", 3)`` → (n_rows, d) float32, in dataset order."""
+
+    folder: Path
+    layers: list[int]
+    n_rows: int
+
+    def chunks(self) -> list[Path]:
+        return sorted(self.folder.glob("chunk-*.safetensors"))
+
+    def layer(self, position: str, layer: int) -> np.ndarray:
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+        slot = self.layers.index(layer)
+        out = None
+        for path in self.chunks():
+            with safe_open(path, framework="pt") as chunk:
+                rows = chunk.get_tensor("rows").numpy()
+                vectors = chunk.get_slice(position)[slot].float().numpy()
+            if out is None:
+                out = np.empty((self.n_rows, vectors.shape[-1]), dtype=np.float32)
+            out[rows] = vectors
+        return out
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def data_fingerprint(texts: Sequence[str], spans: Sequence[tuple[int, int]]) -> str:
+    digest = hashlib.sha256()
+    for text, (start, end) in zip(texts, spans):
+        digest.update(f"{start}:{end}:{text}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def extract(
+    load: Callable[[], tuple[torch.nn.Module, object]],
+    texts: Sequence[str],
+    spans: Sequence[tuple[int, int]],
+    *,
+    layers: Sequence[int],
+    folder: str | Path,
+    pooling: str = "mean",
+    batch_size: int = 16,
+    chunk_rows: int = 256,
+    progress: bool = True,
+    description: str = "extracting",
+) -> FeatureStore:
+    """Vectors at the target and the last token for ``layers``; ``load()`` → (model, tokenizer) runs only if needed."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    layers = sorted(set(layers))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    store = FeatureStore(folder, layers, len(texts))
+    done = folder / "complete.json"
+    if done.exists():
+        return store
+
+    model, tokenizer = load()
+    # Longest first: a batch too big for memory fails at once, and padding per batch stays small.
+    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
+    chunks = [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
+    todo = [(n, rows) for n, rows in enumerate(chunks) if not _chunk_path(folder, n).exists()]
+
+    bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
+    for n, rows in todo:
+        target = np.empty((len(layers), len(rows), _width(model)), dtype=np.float32)
+        last = np.empty_like(target)
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            t, l = _extract_batch(model, tokenizer, [texts[i] for i in batch], [spans[i] for i in batch], layers, pooling)
+            target[:, start : start + len(batch)], last[:, start : start + len(batch)] = t, l
+            bar.update(len(batch))
+        _write_atomic(
+            _chunk_path(folder, n),
+            {"rows": torch.tensor(rows), "target": torch.from_numpy(target), "last": torch.from_numpy(last)},
+        )
+    bar.close()
+    done.write_text(json.dumps({"rows": len(texts), "layers": layers}))
+    return store
+
+
+def _chunk_path(folder: Path, n: int) -> Path:
+    return folder / f"chunk-{n:05d}.safetensors"
+
+
+def _write_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _width(model) -> int:
+    return model.config.hidden_size
+
+
+@torch.no_grad()
+def _extract_batch(model, tokenizer, texts, spans, layers, pooling):
+    """One forward (cut short after the deepest layer) → (target, last) arrays of shape (layers, batch, d)."""
+    tokenizer.padding_side = "right"
+    encoding = tokenizer(list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True)
+    offsets = encoding.pop("offset_mapping").tolist()
+    targets = []
+    for i, (text, (start, end)) in enumerate(zip(texts, spans)):
+        covered = span_token_indices(text, offsets[i], start, end)
+        if not covered:
+            raise ValueError(f"no token covers the target {text[start:end]!r} in {text!r}")
+        targets.append(covered)
+    last_index = encoding["attention_mask"].sum(-1) - 1
+
+    captured = run_to_layer(model, encoding, max(layers), layers)
+    target_out = np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
+    last_out = np.empty_like(target_out)
+    rows = torch.arange(len(texts))
+    for slot, layer in enumerate(layers):
+        hidden = captured[layer].float()
+        last_out[slot] = hidden[rows, last_index].numpy()
+        for i, covered in enumerate(targets):
+            vectors = hidden[i, covered]
+            pooled = {"first": vectors[0], "last": vectors[-1], "mean": vectors.mean(0)}[pooling]
+            target_out[slot, i] = pooled.numpy()
+    return target_out, last_out
+
+
+def run_to_layer(model, encoding, deepest: int, layers) -> dict[int, torch.Tensor]:
+    """Run ``model`` on ``encoding`` until block ``deepest`` is done; the residual stream at ``layers``."""
+    blocks = adapter_for(model).blocks(model)
+    if deepest > len(blocks):
+        raise ValueError(f"layer {deepest} requested, but the model has {len(blocks)} blocks (layers 0..{len(blocks)})")
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep_input(module, args, kwargs):
+        captured[0] = args[0] if args else kwargs["hidden_states"]
+        if deepest == 0:
+            raise _StopForward
+
+    def keep_output(layer):
+        def hook(module, args, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[0].register_forward_pre_hook(keep_input, with_kwargs=True)]
+    handles += [blocks[layer - 1].register_forward_hook(keep_output(layer)) for layer in layers if layer > 0]
+    try:
+        model(**encoding)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {layer: captured[layer] for layer in layers}

@@ -1,0 +1,61 @@
+"""The hooks a probe plugin can implement (pluggy project "probe").
+
+A plugin is a module or object with functions marked ``@probe.hookimpl`` whose names match these.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("probe")
+hookimpl = pluggy.HookimplMarker("probe")
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets: ``register(name, loader)``; ``loader(**options)`` returns sense-labelled rows."""
+
+
+@hookspec
+def register_probes(register):
+    """Register probes: ``register(name, factory)``; ``factory(seed, **options)`` returns an sklearn estimator."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register metrics: ``register(name, fn)``; ``fn(y_true, y_pred, labels)`` returns a number or a dict."""
+
+
+@hookspec
+def register_reporters(register):
+    """Register reporters: ``register(name, fn)``; ``fn(results, output_dir, context)`` writes files."""
+
+
+@hookspec
+def register_models(register):
+    """Register model sources: ``register(name, resolve)``; ``resolve(revision)`` returns a path or hub name."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``probe`` command line (a click group)."""
+
+
+@hookspec
+def activation_hooks(model, config):
+    """Return ``{hook point name: fn}`` to observe or replace tensors while an experiment runs the model."""
+
+
+@hookspec
+def experiment_started(config, output_dir):
+    """Called once before an experiment extracts anything."""
+
+
+@hookspec
+def layer_result(config, layer, result):
+    """Called with each layer's probe result (a dict) as soon as it is computed."""
+
+
+@hookspec
+def experiment_finished(config, results, output_dir):
+    """Called once with the full results dict after every reporter has written its files."""

@@ -1,0 +1,75 @@
+"""Loading models and tokenizers: hub names or local folders, plus random-init GPT-2 shapes for offline work."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+# The published GPT-2 checkpoints' shapes, for building random-weight stand-ins offline.
+GPT2_SHAPES = {
+    "gpt2": {},
+    "distilgpt2": {"n_layer": 6},
+    "gpt2-medium": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
+    "gpt2-large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
+    "gpt2-xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25},
+}
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "eager",
+    model_class=AutoModelForCausalLM,
+):
+    """``from_pretrained`` with the settings probe relies on, in eval mode."""
+    model = model_class.from_pretrained(
+        name_or_path, revision=revision, dtype=dtype, attn_implementation=attn_implementation
+    )
+    return model.eval()
+
+
+def load_tokenizer(name_or_path: str, *, revision: str | None = None):
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    if tokenizer.pad_token is None:  # GPT-2 ships without one; padded positions are masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def gpt2_config(name_or_json: str) -> GPT2Config:
+    """A GPT2Config from a published shape's name (gpt2, gpt2-medium, distilgpt2, …) or a JSON file."""
+    if name_or_json in GPT2_SHAPES:
+        return GPT2Config(**GPT2_SHAPES[name_or_json])
+    path = Path(name_or_json)
+    if path.suffix == ".json" or path.exists():
+        try:
+            return GPT2Config(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ValueError(f"--random-init: no such file {path}") from None
+        except (json.JSONDecodeError, TypeError) as error:
+            raise ValueError(f"--random-init: {path} is not a GPT2Config JSON object: {error}") from None
+    raise ValueError(
+        f"--random-init: unknown shape {name_or_json!r}; give one of {', '.join(GPT2_SHAPES)} or a JSON file"
+    )
+
+
+def save_random_gpt2(config: GPT2Config, folder: str | Path | None = None, seed: int = 0) -> Path:
+    """Random-init a GPT-2 LM with ``config`` and save it, so it loads through ``from_pretrained``."""
+    folder = Path(folder or tempfile.mkdtemp(prefix="probe-random-gpt2-"))
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder

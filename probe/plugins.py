@@ -1,0 +1,192 @@
+"""Plugin discovery and the registries built from the register_* hooks.
+
+Plugins come from: probe's own built-ins, installed packages (entry-point group ``probe``), and
+local files (an experiment's ``plugins:`` list or ``--plugins-dir``). ``PROBE_PLUGINS`` restricts
+installed plugins to a comma-separated list of entry-point names (empty: none).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from probe import hookspecs
+
+BUILTIN_PLUGINS = (
+    "probe.builtin.datasets",
+    "probe.builtin.probes",
+    "probe.builtin.metrics",
+    "probe.builtin.reporters",
+    "probe.builtin.models",
+)
+ENTRY_POINT_GROUP = "probe"
+RESTRICT_ENV = "PROBE_PLUGINS"
+
+# Registry kind → the hook that fills it.
+REGISTRIES = {
+    "dataset": "register_datasets",
+    "probe": "register_probes",
+    "metric": "register_metrics",
+    "reporter": "register_reporters",
+    "model": "register_models",
+}
+
+
+class PluginError(RuntimeError):
+    """A plugin failed to load, raised inside a hook, or clashed with another plugin."""
+
+
+@dataclass
+class Registered:
+    name: str
+    value: Any
+    plugin: str
+
+
+_manager: pluggy.PluginManager | None = None
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, with built-ins and installed plugins loaded on first use."""
+    global _manager
+    if _manager is None:
+        _manager = _new_manager()
+    return _manager
+
+
+def reset_plugin_manager() -> None:
+    """Forget every loaded plugin (tests use this to start clean)."""
+    global _manager
+    _manager = None
+
+
+def _new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("probe")
+    pm.add_hookspecs(hookspecs)
+    for module_name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    _load_entry_points(pm)
+    return pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    from importlib.metadata import entry_points
+
+    allowed = os.environ.get(RESTRICT_ENV)
+    allowed = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if allowed is not None and entry_point.name not in allowed:
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as error:
+            raise PluginError(f"installed plugin {entry_point.name!r} ({entry_point.value}) failed to import: {error}") from error
+        _register(pm, plugin, entry_point.name)
+
+
+def load_plugin_file(path: str | Path) -> str:
+    """Import a local plugin file and register it; returns its plugin name."""
+    path = Path(path).resolve()
+    pm = get_plugin_manager()
+    name = f"file:{path}"
+    if pm.get_plugin(name) is not None:
+        return name
+    if not path.is_file():
+        raise PluginError(f"plugin file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"probe_plugin_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        raise PluginError(f"plugin file {path} failed to import: {type(error).__name__}: {error}") from error
+    sys.modules.setdefault(spec.name, module)
+    _register(pm, module, name)
+    return name
+
+
+def load_plugins_dir(folder: str | Path) -> list[str]:
+    """Load every ``*.py`` file of a folder as a plugin (files starting with ``_`` are skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PluginError(f"plugins folder {folder} does not exist")
+    return [load_plugin_file(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
+
+
+def register_plugin(plugin: Any, name: str) -> str:
+    """Register an in-memory plugin object or module (what tests and notebooks use)."""
+    _register(get_plugin_manager(), plugin, name)
+    return name
+
+
+def unregister_plugin(name: str) -> None:
+    get_plugin_manager().unregister(name=name)
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as error:
+        raise PluginError(f"plugin {name!r} is not valid: {error}") from error
+    except ValueError as error:
+        raise PluginError(f"plugin {name!r} could not be registered: {error}") from error
+
+
+def registry(kind: str) -> dict[str, Registered]:
+    """Everything registered under ``kind`` (dataset, probe, metric, reporter, model), by name."""
+    hook_name = REGISTRIES[kind]
+    found: dict[str, Registered] = {}
+    for impl in reversed(getattr(get_plugin_manager().hook, hook_name).get_hookimpls()):
+
+        def register(name: str, value: Any, _plugin: str = impl.plugin_name) -> None:
+            if name in found:
+                raise PluginError(
+                    f"{kind} {name!r} is registered twice: by plugin {found[name].plugin!r} and by {_plugin!r}"
+                )
+            found[name] = Registered(name, value, _plugin)
+
+        call_hook(impl, hook_name, register=register)
+    return found
+
+
+def lookup(kind: str, name: str) -> Registered:
+    """One registered thing by name, or an error listing the names that exist."""
+    entries = registry(kind)
+    if name not in entries:
+        known = ", ".join(sorted(entries)) or "none"
+        raise PluginError(f"unknown {kind} {name!r}; known {kind}s: {known}")
+    return entries[name]
+
+
+def call_hook(impl, hook_name: str, **kwargs):
+    """Call one plugin's implementation, naming the plugin and hook if it raises."""
+    try:
+        return impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+    except PluginError:
+        raise
+    except Exception as error:
+        raise PluginError(
+            f"plugin {impl.plugin_name!r} raised in hook {hook_name}: {type(error).__name__}: {error}"
+        ) from error
+
+
+def call_each(hook_name: str, **kwargs) -> list[tuple[str, Any]]:
+    """Call every implementation of a hook, in registration order; returns (plugin name, result) pairs."""
+    hook = getattr(get_plugin_manager().hook, hook_name)
+    return [(impl.plugin_name, call_hook(impl, hook_name, **kwargs)) for impl in reversed(hook.get_hookimpls())]
+
+
+def describe() -> list[tuple[str, list[str]]]:
+    """(plugin name, hooks it implements) for every loaded plugin, built-ins first."""
+    pm = get_plugin_manager()
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+        rows.append((name, hooks))
+    return rows

@@ -1,0 +1,129 @@
+"""Linear probes on one layer's vectors, cross-validated, with a majority baseline and a shuffled-label control.
+
+Everything is deterministic given ``seed``: the fold split, the label permutation of the control, and the
+probe (lbfgs is deterministic). Folds keep rows of one ``group`` together; rows whose group is None are
+groups of their own. Results are plain dicts of floats and lists, ready for JSON.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+Fold = tuple[np.ndarray, np.ndarray]  # (train indices, test indices)
+
+
+class ProbeError(ValueError):
+    """The labels or groups can't be split into the requested folds."""
+
+
+def logistic_probe(seed: int = 0, C: float = 1.0, max_iter: int = 2000) -> Pipeline:
+    """Standardise the features, then an L2 logistic regression (lbfgs; multinomial for >2 labels)."""
+    return make_pipeline(
+        StandardScaler(),
+        LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter, random_state=seed),
+    )
+
+
+def folds(y: Sequence, groups: Sequence | None, n_folds: int, seed: int) -> list[Fold]:
+    """Stratified folds; StratifiedGroupKFold when any group id is set, so a group never straddles train/test."""
+    y = np.asarray(y)
+    _check_label_counts(y, n_folds)
+    if groups is None or all(group is None for group in groups):
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        return list(splitter.split(np.zeros(len(y)), y))
+    group_ids = _group_ids(groups)
+    n_groups = len(set(group_ids.tolist()))
+    if n_groups < n_folds:
+        raise ProbeError(f"only {n_groups} distinct groups, fewer than n_folds={n_folds}; use fewer folds")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y, group_ids))
+
+
+def _check_label_counts(y: np.ndarray, n_folds: int) -> None:
+    """Every label needs a row in each test fold, so at least n_folds rows."""
+    if n_folds < 2:
+        raise ProbeError(f"n_folds must be at least 2, got {n_folds}")
+    too_few = {label: count for label, count in Counter(y.tolist()).items() if count < n_folds}
+    if too_few:
+        listed = ", ".join(f"{label!r} ({count})" for label, count in sorted(too_few.items(), key=str))
+        raise ProbeError(f"label(s) with fewer rows than n_folds={n_folds}: {listed}")
+
+
+def _group_ids(groups: Sequence) -> np.ndarray:
+    """Integer group ids; each row with group None gets an id of its own."""
+    new_id = itertools.count()
+    named: dict[Any, int] = {}
+    ids = []
+    for group in groups:
+        if group is None:
+            ids.append(next(new_id))
+        else:
+            if group not in named:
+                named[group] = next(new_id)
+            ids.append(named[group])
+    return np.asarray(ids)
+
+
+def cross_validate(
+    X: np.ndarray,
+    y: Sequence,
+    groups: Sequence | None,
+    make_probe: Callable[[], Any],
+    n_folds: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fit a fresh ``make_probe()`` per fold; fold-averaged accuracy/F1 and pooled out-of-fold recall/confusion."""
+    X, y = np.asarray(X), np.asarray(y)
+    if len(X) != len(y):
+        raise ProbeError(f"X has {len(X)} rows but y has {len(y)} labels")
+    labels = np.unique(y)
+    predicted = np.empty_like(y)
+    fold_accuracies, fold_f1s = [], []
+    for train, test in folds(y, groups, n_folds, seed):
+        probe = make_probe().fit(X[train], y[train])
+        predicted[test] = probe.predict(X[test])
+        fold_accuracies.append(accuracy_score(y[test], predicted[test]))
+        fold_f1s.append(f1_score(y[test], predicted[test], average="macro", zero_division=0))
+    recalls = recall_score(y, predicted, labels=labels, average=None, zero_division=0)
+    return {
+        "accuracy": float(np.mean(fold_accuracies)),
+        "accuracy_std": float(np.std(fold_accuracies)),  # population std over folds (ddof=0)
+        "macro_f1": float(np.mean(fold_f1s)),
+        "macro_f1_std": float(np.std(fold_f1s)),
+        "per_sense_recall": {label: float(recall) for label, recall in zip(labels.tolist(), recalls)},
+        "labels": labels.tolist(),
+        "confusion": confusion_matrix(y, predicted, labels=labels).tolist(),  # rows: true, columns: predicted
+        "fold_accuracies": [float(accuracy) for accuracy in fold_accuracies],
+    }
+
+
+def majority_baseline(y: Sequence, groups: Sequence | None, n_folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Predict each training fold's most frequent label, on the same folds as the probe."""
+    no_features = np.zeros((len(y), 1), dtype=np.float32)
+    return cross_validate(
+        no_features, y, groups, lambda: DummyClassifier(strategy="most_frequent"), n_folds, seed
+    )
+
+
+def shuffled_label_control(
+    X: np.ndarray,
+    y: Sequence,
+    groups: Sequence | None,
+    make_probe: Callable[[], Any],
+    n_folds: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The probe on labels permuted by a seeded RNG: what it scores when the features carry no sense signal."""
+    permuted = np.random.default_rng(seed).permutation(np.asarray(y))
+    return cross_validate(X, permuted, groups, make_probe, n_folds, seed)

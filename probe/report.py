@@ -1,0 +1,177 @@
+"""Reports from a results dict: JSON, CSV, plots and a short Markdown summary, each written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from probe.io import write_atomic, write_text_atomic
+
+CSV_COLUMNS = (
+    "position", "subset", "layer", "accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
+    "shuffled_accuracy", "selectivity", "random_weights_accuracy", "reference_accuracy",
+    "max_abs_diff_vs_reference",
+)
+
+
+def write_json(results: dict, output_dir: Path) -> Path:
+    return write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+
+
+def write_csv(results: dict, output_dir: Path) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in results["layers"]:
+        writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+    return write_text_atomic(output_dir / "results.csv", buffer.getvalue())
+
+
+def series(results: dict) -> dict[tuple[str, str], list[dict]]:
+    """Layer rows grouped by (position, subset), in layer order."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for row in results["layers"]:
+        grouped.setdefault((row["position"], row["subset"]), []).append(row)
+    return {key: sorted(rows, key=lambda r: r["layer"]) for key, rows in grouped.items()}
+
+
+def best_rows(results: dict) -> dict[tuple[str, str], dict]:
+    return {key: max(rows, key=lambda r: r["accuracy"]) for key, rows in series(results).items()}
+
+
+def write_summary(results: dict, output_dir: Path) -> Path:
+    lines = [f"# {results['experiment']}", ""]
+    if results.get("description"):
+        lines += [results["description"].strip(), ""]
+    model = results["model"]
+    data = results["dataset"]
+    lines += [
+        f"Model `{model['name']}` ({model['layers']} layers), attention: {results['settings']['attention']}. "
+        f"Dataset `{data['name']}`: {data['rows']} rows, senses {', '.join(data['labels'])}. "
+        f"{results['settings']['folds']}-fold cross-validation, seed {results['settings']['seed']}.",
+        "",
+        "| position | subset | best layer | accuracy | macro-F1 | selectivity | layer 0 | random weights |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (position, subset), rows in series(results).items():
+        best = max(rows, key=lambda r: r["accuracy"])
+        first = rows[0]
+        lines.append(
+            f"| {position} | {subset} | {best['layer']} | {_pm(best['accuracy'], best['accuracy_std'])} | "
+            f"{best['macro_f1']:.3f} | {_num(best.get('selectivity'))} | {first['accuracy']:.3f} | "
+            f"{_num(best.get('random_weights_accuracy'))} |"
+        )
+    lines.append("")
+    for name, baseline in results["baselines"].items():
+        if name.startswith("majority"):
+            lines.append(f"- {name} baseline accuracy: {baseline['accuracy']:.3f}")
+    if data.get("skipped_rows"):
+        lines += ["", f"Skipped {len(data['skipped_rows'])} bad row(s):"] + [f"- {p}" for p in data["skipped_rows"]]
+    lines += ["", "Files: results.json, results.csv, accuracy.png, pca.png, attention.png.", ""]
+    return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+    _pyplot().close(fig)
+    return path
+
+
+def plot_accuracy(results: dict, output_dir: Path) -> Path:
+    """Probe accuracy per layer (± fold std) with its controls, one panel per subset."""
+    plt = _pyplot()
+    grouped = series(results)
+    subsets = list(dict.fromkeys(subset for _, subset in grouped))
+    fig, axes = plt.subplots(1, len(subsets), figsize=(6 * len(subsets), 4.2), squeeze=False, sharey=True)
+    for ax, subset in zip(axes[0], subsets):
+        for (position, sub), rows in grouped.items():
+            if sub != subset:
+                continue
+            layers = [r["layer"] for r in rows]
+            acc = np.array([r["accuracy"] for r in rows])
+            std = np.array([r["accuracy_std"] for r in rows])
+            (line,) = ax.plot(layers, acc, marker="o", label=f"probe at {position} token")
+            ax.fill_between(layers, acc - std, acc + std, color=line.get_color(), alpha=0.2)
+            if "shuffled_accuracy" in rows[0]:
+                ax.plot(layers, [r["shuffled_accuracy"] for r in rows], ls=":", color=line.get_color(),
+                        label=f"shuffled labels ({position})")
+            if "random_weights_accuracy" in rows[0]:
+                ax.plot(layers, [r["random_weights_accuracy"] for r in rows], ls="--", color=line.get_color(),
+                        alpha=0.6, label=f"random weights ({position})")
+        majority = results["baselines"].get("majority" if subset == "all" else f"majority[{subset}]")
+        if majority:
+            ax.axhline(majority["accuracy"], color="grey", lw=1, label="majority class")
+        ax.set_title(f"{results['experiment']} — {subset} rows")
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("cross-validated accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    return _save(fig, output_dir / "accuracy.png")
+
+
+def plot_pca(results: dict, output_dir: Path, store, labels, position: str = "target") -> Path:
+    """2-D PCA of the target vectors at the first, a middle and the best layer, coloured by sense."""
+    from sklearn.decomposition import PCA
+
+    plt = _pyplot()
+    layers = sorted({r["layer"] for r in results["layers"]})
+    best = max((r for r in results["layers"] if r["position"] == position and r["subset"] == "all"),
+               key=lambda r: r["accuracy"], default=None)
+    shown = list(dict.fromkeys([layers[0], layers[len(layers) // 2], best["layer"] if best else layers[-1]]))
+    labels = np.asarray(labels)
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 4), squeeze=False)
+    for ax, layer in zip(axes[0], shown):
+        points = PCA(n_components=2, random_state=0).fit_transform(store.layer(position, layer))
+        for sense in sorted(set(labels.tolist())):
+            chosen = labels == sense
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=10, alpha=0.7, label=sense)
+        ax.set_title(f"layer {layer}")
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{results['experiment']}: {position}-token vectors, first two principal components")
+    return _save(fig, output_dir / "pca.png")
+
+
+def plot_attention(tokens: list[str], target_index: int, patterns: dict[int, np.ndarray], title: str,
+                   output_dir: Path) -> Path:
+    """For a few layers: each head's attention from the target token over the sentence (heads × tokens)."""
+    plt = _pyplot()
+    layers = sorted(patterns)
+    fig, axes = plt.subplots(1, len(layers), figsize=(max(4, 0.45 * len(tokens)) * len(layers), 3.6),
+                             squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        weights = patterns[layer]  # (heads, keys)
+        image = ax.imshow(weights, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(len(tokens)), tokens, rotation=70, fontsize=7)
+        ax.set_yticks(range(weights.shape[0]), [str(h) for h in range(weights.shape[0])], fontsize=6)
+        ax.get_xticklabels()[target_index].set_color("red")
+        ax.set_title(f"layer {layer}")
+        ax.set_ylabel("head")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="attention weight")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, output_dir / "attention.png")
