@@ -2,6 +2,7 @@
 
 from probe.attention import MaskedMultiHeadAttention
 from probe.hooks import HookPoint, add_hook, capture, hook_points, hooks
+from probe.hookspecs import hookimpl
 from probe.swap import is_swapped, restore_attention, swap_attention, swapped_attention
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ __all__ = [
     "add_hook",
     "capture",
     "hook_points",
+    "hookimpl",
     "hooks",
     "is_swapped",
     "restore_attention",

@@ -40,6 +40,7 @@ class MaskedMultiHeadAttention(nn.Module):
         causal: bool = True,
         attn_dropout: nn.Module | float = 0.0,
         scores_in_float32: bool = False,
+        softmax_in_float32: bool = False,
     ):
         super().__init__()
         self.n_heads, self.d_head = n_heads, d_head
@@ -47,6 +48,7 @@ class MaskedMultiHeadAttention(nn.Module):
         self.scale = d_head**-0.5 if scale is None else scale
         self.causal = causal
         self.scores_in_float32 = scores_in_float32
+        self.softmax_in_float32 = softmax_in_float32  # Llama & co.: softmax in fp32 whatever the dtype
         if not isinstance(attn_dropout, nn.Module):
             attn_dropout = nn.Dropout(attn_dropout)
         self.attn_dropout = attn_dropout
@@ -107,7 +109,7 @@ class MaskedMultiHeadAttention(nn.Module):
         masked_scores = self.hook_masked_scores(masked_scores)
 
         # 4. Pattern: softmax over keys. A query with no allowed key gets zeros, not NaN.
-        pattern = torch.softmax(masked_scores, dim=-1)
+        pattern = torch.softmax(masked_scores, dim=-1, dtype=torch.float32 if self.softmax_in_float32 else None)
         if allowed is not None:
             nothing_to_attend = ~allowed.any(dim=-1, keepdim=True)
             if nothing_to_attend.any():

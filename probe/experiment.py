@@ -27,6 +27,14 @@ class RunContext:
     rows: object  # datasets.Dataset of prepared rows
     stores: dict[str, FeatureStore]
     load_model: Callable[[], tuple[torch.nn.Module, object]]
+    cache_dir: Path = DEFAULT_CACHE
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        return list(zip(self.rows["span_start"], self.rows["span_end"]))
+
+    def make_probe(self) -> Callable[[], object]:
+        return probe_factory(self.config)
 
 
 def resolve_model(name: str, revision: str | None) -> str:
@@ -117,7 +125,7 @@ def run_experiment(
                           and r["subset"] == subset_name)
             results["baselines"][_key(f"layer{layers[0]}_{position}", subset_name)] = {"accuracy": layer0["accuracy"]}
 
-    context = RunContext(config, rows, stores, loader(main_mode))
+    context = RunContext(config, rows, stores, loader(main_mode), Path(cache_dir))
     for name in config.reporters:
         plugins.lookup("reporter", name).value(results, output_dir, context)
     plugins.call_each("experiment_finished", config=config, results=results, output_dir=output_dir)
@@ -155,7 +163,29 @@ def load_for_extraction(model_path: str, config: ExperimentConfig, attention: st
         model = AutoModel.from_config(model.config, dtype=dtype, attn_implementation="eager").eval()
     if attention == "reimplemented":
         swap_attention(model)
+        attach_activation_hooks(model, config)
     return model, load_tokenizer(model_path, revision=config.revision)
+
+
+def attach_activation_hooks(model, config: ExperimentConfig) -> list[str]:
+    """Hook functions that plugins return from ``activation_hooks``, attached by hook point name."""
+    from probe.hooks import add_hook
+
+    attached = []
+    for plugin, fns in plugins.call_each("activation_hooks", model=model, config=config):
+        for name, fn in (fns or {}).items():
+            try:
+                add_hook(model, name, fn)
+            except KeyError as error:
+                raise plugins.PluginError(f"plugin {plugin!r} (activation_hooks): {error.args[0]}") from None
+            attached.append(name)
+    return attached
+
+
+def activation_plugins() -> list[str]:
+    """Plugins that may change activations: part of the cache key, so their runs never share a cache."""
+    hook = plugins.get_plugin_manager().hook.activation_hooks
+    return sorted(impl.plugin_name for impl in hook.get_hookimpls())
 
 
 def probe_layer_count(model_path: str, config: ExperimentConfig) -> int:
@@ -169,6 +199,7 @@ def _extract(load, config, model_path, texts, spans, layers, mode, cache_dir, pr
         "model": model_path, "revision": config.revision, "weights": _weights_fingerprint(model_path),
         "data": data_fingerprint(texts, spans), "layers": layers, "pooling": config.pooling,
         "attention": mode, "dtype": config.dtype, "seed": config.seed if mode == "random_weights" else None,
+        "activation_plugins": activation_plugins() if mode != "reference" else [], "options": config.options,
     })
     return extract(
         load, texts, spans, layers=layers, folder=Path(cache_dir) / "features" / key, pooling=config.pooling,

@@ -103,6 +103,8 @@ def _save(fig, path: Path) -> Path:
 
 def plot_accuracy(results: dict, output_dir: Path) -> Path:
     """Probe accuracy per layer (± fold std) with its controls, one panel per subset."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     grouped = series(results)
     subsets = list(dict.fromkeys(subset for _, subset in grouped))
@@ -127,6 +129,7 @@ def plot_accuracy(results: dict, output_dir: Path) -> Path:
             ax.axhline(majority["accuracy"], color="grey", lw=1, label="majority class")
         ax.set_title(f"{results['experiment']} — {subset} rows")
         ax.set_xlabel("layer (0 = embeddings)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("cross-validated accuracy")
@@ -162,16 +165,16 @@ def plot_attention(tokens: list[str], target_index: int, patterns: dict[int, np.
     """For a few layers: each head's attention from the target token over the sentence (heads × tokens)."""
     plt = _pyplot()
     layers = sorted(patterns)
-    fig, axes = plt.subplots(1, len(layers), figsize=(max(4, 0.45 * len(tokens)) * len(layers), 3.6),
-                             squeeze=False)
-    for ax, layer in zip(axes[0], layers):
+    fig, axes = plt.subplots(len(layers), 1, figsize=(max(6, 0.4 * len(tokens)), 2.4 * len(layers)),
+                             squeeze=False, sharex=True)
+    for ax, layer in zip(axes[:, 0], layers):
         weights = patterns[layer]  # (heads, keys)
         image = ax.imshow(weights, aspect="auto", cmap="viridis", vmin=0, vmax=1)
         ax.set_xticks(range(len(tokens)), tokens, rotation=70, fontsize=7)
         ax.set_yticks(range(weights.shape[0]), [str(h) for h in range(weights.shape[0])], fontsize=6)
-        ax.get_xticklabels()[target_index].set_color("red")
         ax.set_title(f"layer {layer}")
         ax.set_ylabel("head")
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="attention weight")
+    axes[-1, 0].get_xticklabels()[target_index].set_color("red")  # the target word
+    fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="attention weight")
     fig.suptitle(title, fontsize=9)
     return _save(fig, output_dir / "attention.png")

@@ -1,9 +1,11 @@
 """Model-family adapters: each knows where a family keeps its attention and how to speak its forward."""
 
 from probe.adapters.base import AttentionSlot, bool_mask
+from probe.adapters.bert import BertAdapter
 from probe.adapters.gpt2 import GPT2Adapter
+from probe.adapters.llama import LlamaAdapter
 
-ADAPTERS = [GPT2Adapter()]
+ADAPTERS = [GPT2Adapter(), BertAdapter(), LlamaAdapter()]
 
 
 def adapter_for(model):

@@ -1,0 +1,109 @@
+"""Attention report: where does the ambiguous word look?
+
+For the target token of every row, at every layer and head: the entropy of its attention pattern
+(low = the head looks at one or two words; high = it spreads out), and for the example rows the words
+it attends to most — the "which words does *creature* attend to" picture, per head. Use it with
+``reporters: [..., attention-report]``. Options (under the config's ``options.attention_report``):
+``examples`` (how many rows to list, default 3), ``top_k`` (words per head, default 3).
+
+Writes attention_report.json, attention_report.md and attention_entropy.png (layers × heads).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from probe import hookimpl
+from probe.data import span_token_indices
+from probe.hooks import capture
+from probe.io import write_text_atomic
+from probe.report import _pyplot, _save
+from probe.swap import is_swapped, swap_attention
+
+
+def target_patterns(model, tokenizer, texts, spans, batch_size: int = 16):
+    """Yield (tokens, target index, patterns (layers, heads, keys)) for each row, in order."""
+    n_blocks = sum(1 for name in _names(model) if name.endswith(".attn.pattern"))
+    names = [f"blocks.{i}.attn.pattern" for i in range(n_blocks)]
+    tokenizer.padding_side = "right"
+    for start in range(0, len(texts), batch_size):
+        batch_texts, batch_spans = texts[start : start + batch_size], spans[start : start + batch_size]
+        enc = tokenizer(list(batch_texts), return_tensors="pt", padding=True, return_offsets_mapping=True)
+        offsets = enc.pop("offset_mapping").tolist()
+        with capture(model, names) as seen, torch.no_grad():
+            model(**enc)
+        stacked = torch.stack([seen[n] for n in names], dim=1).float()  # (batch, layers, heads, q, k)
+        for i, (text, (s, e)) in enumerate(zip(batch_texts, batch_spans)):
+            length = int(enc["attention_mask"][i].sum())
+            target = span_token_indices(text, offsets[i], s, e)[-1]
+            tokens = [tokenizer.decode([t]).strip() or "␣" for t in enc["input_ids"][i, :length]]
+            yield tokens, target, stacked[i, :, :, target, :length].numpy()
+
+
+def _names(model):
+    from probe.hooks import hook_points
+
+    return hook_points(model)
+
+
+def entropy(p: np.ndarray) -> np.ndarray:
+    """Shannon entropy in bits over the last axis (0·log 0 = 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.nansum(np.where(p > 0, p * np.log2(p), 0.0), axis=-1)
+
+
+def attention_report(results, output_dir, context):
+    options = context.config.options.get("attention_report", {})
+    n_examples, top_k = options.get("examples", 3), options.get("top_k", 3)
+    model, tokenizer = context.load_model()
+    if not is_swapped(model):
+        swap_attention(model)
+    rows = context.rows
+    entropies, examples = [], []
+    for n, (tokens, target, patterns) in enumerate(target_patterns(model, tokenizer, rows["text"], context.spans)):
+        entropies.append(entropy(patterns))  # (layers, heads)
+        if n < n_examples:
+            top = np.argsort(-patterns, axis=-1)[..., :top_k]
+            examples.append({
+                "text": rows["text"][n], "label": rows["label"][n], "target_token": tokens[target],
+                "top_tokens": [[[(tokens[k], round(float(patterns[l, h, k]), 3)) for k in top[l, h]]
+                                for h in range(patterns.shape[1])] for l in range(patterns.shape[0])],
+            })
+    mean_entropy = np.mean(entropies, axis=0)
+    report = {"mean_entropy_bits": mean_entropy.round(4).tolist(), "examples": examples}
+    write_text_atomic(output_dir / "attention_report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(output_dir / "attention_report.md", _markdown(results, mean_entropy, examples))
+    _plot(results, mean_entropy, output_dir)
+
+
+def _markdown(results, mean_entropy, examples) -> str:
+    lines = [f"# Attention from the target word — {results['experiment']}", "",
+             "Mean entropy (bits) of the target token's attention, per layer (rows) and head (columns):", "",
+             "| layer | " + " | ".join(str(h) for h in range(mean_entropy.shape[1])) + " |",
+             "|---" * (mean_entropy.shape[1] + 1) + "|"]
+    lines += [f"| {l} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for l, row in enumerate(mean_entropy)]
+    for example in examples:
+        lines += ["", f"## {example['text']} ({example['label']})", "",
+                  f"Words `{example['target_token']}` attends to most, per layer and head:", ""]
+        for l, heads in enumerate(example["top_tokens"]):
+            cells = ["; ".join(f"{tok} {w:.2f}" for tok, w in head) for head in heads]
+            lines.append(f"- layer {l}: " + " | ".join(f"h{h}: {c}" for h, c in enumerate(cells)))
+    return "\n".join(lines) + "\n"
+
+
+def _plot(results, mean_entropy, output_dir):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1 + 0.45 * mean_entropy.shape[1], 1 + 0.35 * mean_entropy.shape[0]))
+    image = ax.imshow(mean_entropy, cmap="magma", aspect="auto")
+    ax.set_xlabel("head"), ax.set_ylabel("layer")
+    ax.set_title(f"{results['experiment']}: entropy of the target's attention (bits)", fontsize=9)
+    fig.colorbar(image, ax=ax)
+    return _save(fig, output_dir / "attention_entropy.png")
+
+
+@hookimpl
+def register_reporters(register):
+    register("attention-report", attention_report)
