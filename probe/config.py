@@ -41,6 +41,7 @@ class ExperimentConfig:
     split_by: str | None = None
     controls: list[str] = field(default_factory=lambda: list(CONTROLS))
     reporters: list[str] = field(default_factory=lambda: ["json", "csv", "plots", "summary"])
+    metrics: list[str] | None = None  # registered metric names; None: all registered
     plugins: list[str] = field(default_factory=list)
     on_bad_rows: str = "raise"
     example: int = 0
@@ -140,6 +141,8 @@ def validate(raw: dict, source: str = "<config>") -> ExperimentConfig:
     config.filter = {key: _as_list(values) for key, values in config.filter.items()}
     if config.split_by is not None:
         _check_type(where, "split_by", config.split_by, str)
+    if config.metrics is not None:
+        config.metrics = _as_list(config.metrics)
     for name in ("reporters", "plugins"):
         setattr(config, name, _as_list(getattr(config, name)))
     return config

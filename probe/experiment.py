@@ -81,6 +81,7 @@ def run_experiment(
         )
 
     make_probe = probe_factory(config)
+    metrics = chosen_metrics(config)
     main_mode = modes[-1]
     subsets = _subsets(rows, config.split_by)
     results = {
@@ -104,7 +105,7 @@ def run_experiment(
             for layer in layers:
                 X = stores[main_mode].layer(position, layer)[index]
                 row = {"layer": layer, "position": position, "subset": subset_name}
-                row.update(cross_validate(X, y, g, make_probe, config.folds, config.seed))
+                row.update(cross_validate(X, y, g, make_probe, config.folds, config.seed, metrics))
                 if "shuffled" in config.controls:
                     control = shuffled_label_control(X, y, g, make_probe, config.folds, config.seed)
                     row["shuffled_accuracy"] = control["accuracy"]
@@ -142,6 +143,29 @@ def load_dataset(config: ExperimentConfig):
             raise ValueError(f"{config.source}: filter column {column!r} is not in the dataset ({', '.join(ds.column_names)})")
         ds = ds.filter(lambda row: row[column] in accepted)
     return prepare(ds, source=str(source), n_folds=config.folds, on_error=config.on_bad_rows)
+
+
+def chosen_metrics(config: ExperimentConfig) -> dict[str, Callable]:
+    """The registered metrics the config names (all of them when it names none)."""
+    if config.metrics is None:
+        entries = list(plugins.registry("metric").values())
+    else:
+        entries = [plugins.lookup("metric", name) for name in config.metrics]
+    return {entry.name: _named_errors(entry) for entry in entries}
+
+
+def _named_errors(entry: plugins.Registered) -> Callable:
+    """A registered function whose exceptions name the plugin that registered it."""
+
+    def call(*args, **kwargs):
+        try:
+            return entry.value(*args, **kwargs)
+        except Exception as error:
+            raise plugins.PluginError(
+                f"plugin {entry.plugin!r}: metric {entry.name!r} raised {type(error).__name__}: {error}"
+            ) from error
+
+    return call
 
 
 def probe_factory(config: ExperimentConfig) -> Callable[[], object]:

@@ -82,8 +82,12 @@ def cross_validate(
     make_probe: Callable[[], Any],
     n_folds: int = 5,
     seed: int = 0,
+    metrics: dict[str, Callable] | None = None,
 ) -> dict[str, Any]:
-    """Fit a fresh ``make_probe()`` per fold; fold-averaged accuracy/F1 and pooled out-of-fold recall/confusion."""
+    """Fit a fresh ``make_probe()`` per fold; fold-averaged accuracy/F1 and pooled out-of-fold recall/confusion.
+
+    ``metrics``: extra ``fn(y_true, y_pred, labels)`` computed on the pooled out-of-fold predictions.
+    """
     X, y = np.asarray(X), np.asarray(y)
     if len(X) != len(y):
         raise ProbeError(f"X has {len(X)} rows but y has {len(y)} labels")
@@ -96,6 +100,7 @@ def cross_validate(
         fold_accuracies.append(accuracy_score(y[test], predicted[test]))
         fold_f1s.append(f1_score(y[test], predicted[test], average="macro", zero_division=0))
     recalls = recall_score(y, predicted, labels=labels, average=None, zero_division=0)
+    extra = {name: fn(y, predicted, labels.tolist()) for name, fn in (metrics or {}).items()}
     return {
         "accuracy": float(np.mean(fold_accuracies)),
         "accuracy_std": float(np.std(fold_accuracies)),  # population std over folds (ddof=0)
@@ -105,7 +110,13 @@ def cross_validate(
         "labels": labels.tolist(),
         "confusion": confusion_matrix(y, predicted, labels=labels).tolist(),  # rows: true, columns: predicted
         "fold_accuracies": [float(accuracy) for accuracy in fold_accuracies],
+        **({"metrics": {name: _plain(value) for name, value in extra.items()}} if extra else {}),
     }
+
+
+def _plain(value):
+    """Numpy scalars and arrays as plain JSON-ready numbers and lists."""
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 def majority_baseline(y: Sequence, groups: Sequence | None, n_folds: int = 5, seed: int = 0) -> dict[str, Any]:

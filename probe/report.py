@@ -23,11 +23,14 @@ def write_json(results: dict, output_dir: Path) -> Path:
 
 
 def write_csv(results: dict, output_dir: Path) -> Path:
+    metric_names = sorted({name for row in results["layers"] for name in row.get("metrics", {})})
+    columns = list(CSV_COLUMNS) + metric_names
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     for row in results["layers"]:
-        writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+        values = {**row, **row.get("metrics", {})}
+        writer.writerow({k: values.get(k, "") for k in columns})
     return write_text_atomic(output_dir / "results.csv", buffer.getvalue())
 
 
