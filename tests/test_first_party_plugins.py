@@ -1,0 +1,176 @@
+"""The first-party plugins in plugins/: nearest-centroid probe, JSONL-folder datasets, head ablation, attention report."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import probe
+from probe import plugins
+from probe.config import load_config, validate
+from probe.experiment import run_experiment
+from probe_plugins import attention_report, head_ablation, jsonl_folder, nearest_centroid
+from tiny_gpt2 import build_tiny_gpt2
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins():
+    plugins.reset_plugin_manager()
+    yield
+    plugins.reset_plugin_manager()
+
+
+def test_first_party_plugins_are_installed_through_entry_points():
+    loaded = dict(plugins.describe())
+    assert loaded["head_ablation"] == ["activation_hooks", "register_reporters"]
+    assert loaded["attention_report"] == ["register_reporters"]
+    assert loaded["nearest_centroid"] == ["register_probes"]
+    assert loaded["jsonl_folder"] == ["register_datasets"]
+
+
+def test_probe_plugins_env_var_switches_installed_plugins_off(monkeypatch):
+    monkeypatch.setenv("PROBE_PLUGINS", "nearest_centroid")
+    loaded = dict(plugins.describe())
+    assert "nearest_centroid" in loaded and "head_ablation" not in loaded
+    assert "probe.builtin.datasets" in loaded  # built-ins always load
+
+
+def test_every_experiment_config_validates():
+    configs = sorted(EXPERIMENTS.glob("*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:
+        config = load_config(path)
+        for name in config.reporters:
+            plugins.lookup("reporter", name)
+        plugins.lookup("probe", config.probe_name)
+        plugins.lookup("dataset", config.dataset_name)
+
+
+# ------------------------------------------------------------------ nearest centroid
+
+
+def test_nearest_centroid_finds_clusters_and_is_registered():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 20)) * 3
+    y = np.repeat(["a", "b", "c"], 40)
+    X = centres[np.repeat([0, 1, 2], 40)] + rng.normal(size=(120, 20))
+    factory = plugins.lookup("probe", "nearest-centroid").value
+    model = factory(seed=0).fit(X[::2], y[::2])
+    assert (model.predict(X[1::2]) == y[1::2]).mean() > 0.95
+    # cosine: shrinking a vector does not change its sense; euclidean collapses it onto one centroid
+    assert np.array_equal(model.predict(X[1::2] * 0.01), model.predict(X[1::2]))
+    euclid = nearest_centroid.nearest_centroid_probe(metric="euclidean").fit(X[::2], y[::2])
+    assert (euclid.predict(X[1::2]) == y[1::2]).mean() > 0.95
+    assert len(set(euclid.predict(X[1::2] * 0.01))) == 1
+
+
+# ------------------------------------------------------------------ JSONL folder
+
+
+def _write(path: Path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_jsonl_folder_reads_one_file_per_word(tmp_path):
+    _write(tmp_path / "mole.jsonl", [{"text": "The mole dug.", "target": "mole", "label": "animal"}])
+    _write(tmp_path / "bank.jsonl", [{"text": "The bank shut.", "target": "bank", "label": "money"},
+                                     {"text": "The river bank.", "target": "bank", "label": "river"}])
+    rows = plugins.lookup("dataset", "jsonl-folder").value(path=str(tmp_path))
+    assert sorted(rows["label"]) == ["bank:money", "bank:river", "mole:animal"]
+    only = jsonl_folder.load_jsonl_folder(str(tmp_path), words=["mole"])
+    assert only["label"] == ["mole:animal"]
+    with pytest.raises(ValueError, match="no file for word.*tower"):
+        jsonl_folder.load_jsonl_folder(str(tmp_path), words=["tower"])
+    with pytest.raises(ValueError, match="not a folder"):
+        jsonl_folder.load_jsonl_folder(str(tmp_path / "missing"))
+
+
+# ------------------------------------------------------------------ head ablation
+
+
+def test_ablate_zeroes_only_the_chosen_head_or_sets_its_mean():
+    z = torch.randn(2, 4, 5, 3)
+    out = head_ablation.ablate([1])(z, "blocks.0.attn.z")
+    assert torch.all(out[:, 1] == 0)
+    assert torch.equal(out[:, [0, 2, 3]], z[:, [0, 2, 3]])
+    mean = torch.randn(4, 3)
+    out = head_ablation.ablate([2], mean)(z, "blocks.0.attn.z")
+    assert torch.equal(out[:, 2], mean[2].expand(2, 5, 3))
+    assert torch.equal(z, z.clone())  # the input is not modified in place
+
+
+def test_activation_hooks_ablate_configured_heads(tiny_model):
+    from transformers import GPT2Model
+
+    model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model, attn_implementation="eager").eval())
+    config = validate({"model": "x", "dataset": "mole", "options": {"ablate_heads": [[1, 0], [1, 3]]}})
+    fns = head_ablation.activation_hooks(model, config)
+    assert list(fns) == ["blocks.1.attn.z"]
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with probe.hooks(model, fns), probe.capture(model, "blocks.1.attn.z") as seen:
+        model(ids)
+    assert torch.all(seen["blocks.1.attn.z"][:, [0, 3]] == 0)
+    assert seen["blocks.1.attn.z"][:, 1].abs().sum() > 0
+
+
+def test_head_ablation_experiment_writes_a_block_by_head_table(tiny_model, tmp_path):
+    config = load_config(EXPERIMENTS / "mole-heads.yaml", {
+        "model": str(tiny_model), "folds": 3, "controls": ["majority"],
+        "options": {"head_ablation": {"mode": "mean", "probe_layer": 2}, "attention_report": {"examples": 1}},
+    })
+    run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    table = json.loads((tmp_path / "out" / "head_ablation.json").read_text())
+    assert table["mode"] == "mean" and table["probe_layer"] == 2
+    assert [(h["block"], h["head"]) for h in table["heads"]] == [(b, h) for b in (0, 1) for h in range(4)]
+    assert all(math.isfinite(h["accuracy_drop"]) for h in table["heads"])
+    for name in ("head_ablation.png", "head_ablation.csv", "attention_report.md", "attention_entropy.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_head_ablation_changes_the_extracted_vectors(tiny_model, tmp_path):
+    from transformers import GPT2Model
+
+    from probe.extract import extract
+
+    model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model, attn_implementation="eager").eval())
+    tokenizer = probe.models.load_tokenizer(str(tiny_model))
+    texts = ["The gardener trapped the mole.", "One mole of gas fills the flask."]
+    spans = [(t.index("mole"), t.index("mole") + 4) for t in texts]
+    plain = extract(lambda: (model, tokenizer), texts, spans, layers=[1, 2], folder=tmp_path / "a", progress=False)
+    with probe.hooks(model, {"blocks.1.attn.z": head_ablation.ablate([0, 1, 2, 3])}):
+        ablated = extract(lambda: (model, tokenizer), texts, spans, layers=[1, 2], folder=tmp_path / "b",
+                          progress=False)
+    assert np.array_equal(plain.layer("target", 1), ablated.layer("target", 1))  # before block 1
+    assert not np.allclose(plain.layer("target", 2), ablated.layer("target", 2))
+
+
+# ------------------------------------------------------------------ attention report
+
+
+def test_entropy_in_bits():
+    assert attention_report.entropy(np.full(8, 1 / 8)) == pytest.approx(3.0)
+    assert attention_report.entropy(np.array([1.0, 0.0, 0.0])) == 0.0
+
+
+def test_target_patterns_are_distributions_over_the_sentence(tiny_model):
+    from transformers import GPT2Model
+
+    model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model, attn_implementation="eager").eval())
+    tokenizer = probe.models.load_tokenizer(str(tiny_model))
+    texts = ["A mole.", "The chemist weighed one mole of salt today."]
+    spans = [(t.index("mole"), t.index("mole") + 4) for t in texts]
+    for tokens, target, patterns in attention_report.target_patterns(model, tokenizer, texts, spans):
+        assert tokens[target] == "mole"
+        assert patterns.shape == (2, 4, len(tokens))
+        np.testing.assert_allclose(patterns.sum(-1), 1.0, rtol=1e-5)
+        assert np.all(patterns[..., target + 1:] == 0)  # causal: nothing after the word
