@@ -28,6 +28,7 @@ class SwapState:
     originals: list[tuple[nn.Module, str, nn.Module]] = field(default_factory=list)
     hook_points: dict[str, HookPoint] = field(default_factory=dict)
     torch_handles: list = field(default_factory=list)
+    blocks: list = field(default_factory=list)
 
 
 def swap_attention(model: nn.Module) -> nn.Module:
@@ -77,6 +78,8 @@ def restore_attention(model: nn.Module) -> nn.Module:
         setattr(parent, attr, original)
     for handle in state.torch_handles:
         handle.remove()
+    for block in state.blocks:
+        del block._probe_resid_pre, block._probe_resid_post
     del model._probe_swap
     return model
 
@@ -97,26 +100,33 @@ def is_swapped(model: nn.Module) -> bool:
 
 def _add_residual_points(block: nn.Module, i: int, state: SwapState) -> None:
     """blocks.{i}.resid_pre / resid_post: the residual stream entering and leaving block i."""
-    pre, post = HookPoint(f"blocks.{i}.resid_pre"), HookPoint(f"blocks.{i}.resid_post")
+    # The points live on the block and the hooks find them through it, so a deepcopy of the model
+    # gets points of its own.
+    block._probe_resid_pre = HookPoint(f"blocks.{i}.resid_pre")
+    block._probe_resid_post = HookPoint(f"blocks.{i}.resid_post")
+    state.torch_handles.append(block.register_forward_pre_hook(_resid_pre_hook, with_kwargs=True))
+    state.torch_handles.append(block.register_forward_hook(_resid_post_hook))
+    state.hook_points[block._probe_resid_pre.name] = block._probe_resid_pre
+    state.hook_points[block._probe_resid_post.name] = block._probe_resid_post
+    state.blocks.append(block)
 
-    def before(module, args, kwargs):
-        if not pre.active:
-            return None
-        if args:
-            return (pre(args[0]), *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": pre(kwargs["hidden_states"])}
 
-    def after(module, args, output):
-        if not post.active:
-            return None
-        if isinstance(output, tuple):
-            return (post(output[0]), *output[1:])
-        return post(output)
+def _resid_pre_hook(block, args, kwargs):
+    point = block._probe_resid_pre
+    if not point.active:
+        return None
+    if args:
+        return (point(args[0]), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": point(kwargs["hidden_states"])}
 
-    state.torch_handles.append(block.register_forward_pre_hook(before, with_kwargs=True))
-    state.torch_handles.append(block.register_forward_hook(after))
-    state.hook_points[pre.name] = pre
-    state.hook_points[post.name] = post
+
+def _resid_post_hook(block, args, output):
+    point = block._probe_resid_post
+    if not point.active:
+        return None
+    if isinstance(output, tuple):
+        return (point(output[0]), *output[1:])
+    return point(output)
 
 
 def _install_hf_output_recorders(model: nn.Module) -> None:

@@ -87,7 +87,7 @@ class GPT2Attention(MaskedMultiHeadAttention):
         **kwargs,
     ):
         cache = cache if cache is not None else past_key_values
-        if hidden_states.dtype != self.c_attn.weight.dtype and not torch.is_autocast_enabled():
+        if hidden_states.dtype != self.c_attn.weight.dtype and not torch.is_autocast_enabled(hidden_states.device.type):
             raise TypeError(
                 f"GPT-2 attention (layer {self.layer_idx}) got hidden states of dtype {hidden_states.dtype} "
                 f"but its weights are {self.c_attn.weight.dtype}; cast the model or the inputs to match"
