@@ -213,9 +213,9 @@ def activation_plugins() -> list[str]:
 
 
 def probe_layer_count(model_path: str, config: ExperimentConfig) -> int:
-    from transformers import AutoConfig
+    from probe.models import load_config
 
-    return AutoConfig.from_pretrained(model_path, revision=config.revision).num_hidden_layers
+    return load_config(model_path, revision=config.revision).num_hidden_layers
 
 
 def _extract(load, config, model_path, texts, spans, layers, mode, cache_dir, progress) -> FeatureStore:
@@ -233,10 +233,9 @@ def _extract(load, config, model_path, texts, spans, layers, mode, cache_dir, pr
 
 def _weights_fingerprint(model_path: str) -> str:
     """Size and mtime of a local model's files, so retraining a local folder invalidates the cache."""
-    folder = Path(model_path)
-    if not folder.is_dir():
-        return ""
-    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in sorted(folder.iterdir()) if p.is_file())
+    path = Path(model_path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
 
 
 def _subsets(rows, split_by: str | None) -> dict[str, np.ndarray]:

@@ -2,7 +2,8 @@
 
 Layer 0 is the residual stream entering the first block (token + position embeddings); layer L is the
 residual stream leaving block L (before any final layer norm). Only the vectors at the target word
-(pooled over its subwords) and at the sentence's last token are kept, never whole sequences.
+(pooled over its subwords) and at the sentence's last token (special tokens such as [SEP] aside) are
+kept, never whole sequences.
 
 The cache is a folder of chunk files, each written atomically once its rows are done: a rerun with the
 same key does no model work, and an interrupted run picks up at the first missing chunk.
@@ -138,15 +139,20 @@ def _width(model) -> int:
 def _extract_batch(model, tokenizer, texts, spans, layers, pooling):
     """One forward (cut short after the deepest layer) → (target, last) arrays of shape (layers, batch, d)."""
     tokenizer.padding_side = "right"
-    encoding = tokenizer(list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True)
+    encoding = tokenizer(
+        list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True, return_special_tokens_mask=True
+    )
     offsets = encoding.pop("offset_mapping").tolist()
+    special = encoding.pop("special_tokens_mask").bool()
     targets = []
     for i, (text, (start, end)) in enumerate(zip(texts, spans)):
         covered = span_token_indices(text, offsets[i], start, end)
         if not covered:
             raise ValueError(f"no token covers the target {text[start:end]!r} in {text!r}")
         targets.append(covered)
-    last_index = encoding["attention_mask"].sum(-1) - 1
+    # The sentence's last word-piece: the last real token that is not a special one ([SEP], </s>).
+    words = encoding["attention_mask"].bool() & ~special
+    last_index = torch.where(words, torch.arange(words.shape[1]), -1).max(-1).values
 
     captured = run_to_layer(model, encoding, max(layers), layers)
     target_out = np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)

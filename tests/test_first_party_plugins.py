@@ -10,6 +10,7 @@ import torch
 
 import probe
 from probe import plugins
+from probe.models import load_tokenizer
 from probe.config import load_config, validate
 from probe.experiment import run_experiment
 from probe_plugins import attention_report, head_ablation, jsonl_folder, nearest_centroid
@@ -143,7 +144,7 @@ def test_head_ablation_changes_the_extracted_vectors(tiny_model, tmp_path):
     from probe.extract import extract
 
     model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model, attn_implementation="eager").eval())
-    tokenizer = probe.models.load_tokenizer(str(tiny_model))
+    tokenizer = load_tokenizer(str(tiny_model))
     texts = ["The gardener trapped the mole.", "One mole of gas fills the flask."]
     spans = [(t.index("mole"), t.index("mole") + 4) for t in texts]
     plain = extract(lambda: (model, tokenizer), texts, spans, layers=[1, 2], folder=tmp_path / "a", progress=False)
@@ -166,7 +167,7 @@ def test_target_patterns_are_distributions_over_the_sentence(tiny_model):
     from transformers import GPT2Model
 
     model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model, attn_implementation="eager").eval())
-    tokenizer = probe.models.load_tokenizer(str(tiny_model))
+    tokenizer = load_tokenizer(str(tiny_model))
     texts = ["A mole.", "The chemist weighed one mole of salt today."]
     spans = [(t.index("mole"), t.index("mole") + 4) for t in texts]
     for tokens, target, patterns in attention_report.target_patterns(model, tokenizer, texts, spans):
