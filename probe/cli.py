@@ -19,7 +19,9 @@ def cli():
 
 
 @cli.command()
-@click.option("--model", "model_name", help="Hub name or local folder of a GPT-2 model.")
+@click.option(
+    "--model", "model_name", help="Registered name (see probe.builtin.models), hub name, local folder or .gguf file."
+)
 @click.option("--revision", help="Hub revision (branch, tag or commit) for --model.")
 @click.option(
     "--random-init",
@@ -39,6 +41,7 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
     Exits with status 1 when a difference exceeds the tolerance.
     """
     from probe.compare import DEFAULT_TEXTS, compare_models
+    from probe.experiment import resolve_model
     from probe.swap import swap_attention
 
     if bool(model_name) == bool(random_init):
@@ -50,7 +53,8 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
             folder = models.save_random_gpt2(config, seed=seed)
             source, tokenizer = str(folder), None
         else:
-            source, tokenizer = model_name, models.load_tokenizer(model_name, revision=revision)
+            source = resolve_model(model_name, revision)  # registered names → hub name or local path
+            tokenizer = models.load_tokenizer(source, revision=revision)
     except (ValueError, OSError) as error:
         raise click.BadParameter(str(error)) from None
 

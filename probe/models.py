@@ -1,4 +1,4 @@
-"""Loading models and tokenizers: hub names or local folders, plus random-init GPT-2 shapes for offline work."""
+"""Loading models and tokenizers: hub names, local folders or GGUF files, plus random-init GPT-2 shapes for offline work."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 # The published GPT-2 checkpoints' shapes, for building random-weight stand-ins offline.
 GPT2_SHAPES = {
@@ -28,23 +29,64 @@ def parse_dtype(name: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
 
 
+def split_gguf(name_or_path: str | Path) -> tuple[str, dict]:
+    """``folder/file.gguf`` → ``(folder, {"gguf_file": "file.gguf"})``; anything else → ``(name_or_path, {})``.
+
+    A GGUF checkpoint is one file inside a folder (or hub repo) that from_pretrained needs apart: the folder
+    as the source and the file name as ``gguf_file``. Its weights are dequantized on load.
+    """
+    text = str(name_or_path)
+    if not text.endswith(".gguf"):
+        return text, {}
+    path = Path(text)
+    return str(path.parent), {"gguf_file": path.name}
+
+
+def model_class_for(name_or_path: str | Path, revision: str | None = None):
+    """The auto class to load a checkpoint with: the architecture its config names (``BertModel``,
+    ``GPT2LMHeadModel``, …) when transformers has it, else a causal LM (GGUF files are read as causal LMs)."""
+    source, gguf = split_gguf(name_or_path)
+    if gguf:
+        return AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(source, revision=revision)
+    for name in getattr(config, "architectures", None) or []:
+        model_class = getattr(transformers, name, None)
+        if model_class is not None:
+            return model_class
+    return AutoModelForCausalLM
+
+
 def load_model(
     name_or_path: str,
     *,
     revision: str | None = None,
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "eager",
-    model_class=AutoModelForCausalLM,
+    model_class=None,
 ):
-    """``from_pretrained`` with the settings probe relies on, in eval mode."""
+    """``from_pretrained`` with the settings probe relies on, in eval mode.
+
+    ``name_or_path``: hub name, local folder, or a ``.gguf`` file (in a folder or hub repo).
+    ``model_class``: default, the class the checkpoint's config names (see ``model_class_for``).
+    """
+    source, gguf = split_gguf(name_or_path)
+    if model_class is None:
+        model_class = model_class_for(name_or_path, revision)
     model = model_class.from_pretrained(
-        name_or_path, revision=revision, dtype=dtype, attn_implementation=attn_implementation
+        source, revision=revision, dtype=dtype, attn_implementation=attn_implementation, **gguf
     )
     return model.eval()
 
 
+def load_config(name_or_path: str, *, revision: str | None = None):
+    """The model's config from a hub name, a local folder or a ``.gguf`` file (AutoConfig alone reads no GGUF)."""
+    source, gguf = split_gguf(name_or_path)
+    return AutoConfig.from_pretrained(source, revision=revision, **gguf)
+
+
 def load_tokenizer(name_or_path: str, *, revision: str | None = None):
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    source, gguf = split_gguf(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **gguf)
     if tokenizer.pad_token is None:  # GPT-2 ships without one; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
