@@ -32,7 +32,10 @@ def cli():
 @click.option("--dtype", type=click.Choice(list(models.DTYPES)), default="float32", show_default=True)
 @click.option("--text", "texts", multiple=True, help="Input text (repeatable); several texts are padded.")
 @click.option("--padding", type=click.Choice(["right", "left"]), default="right", show_default=True)
-@click.option("--tolerance", type=float, help="Largest allowed difference [default: 0 vs eager, 1e-5 vs sdpa].")
+@click.option(
+    "--tolerance", type=float,
+    help="Largest allowed max abs diff [default: 0 vs eager; vs sdpa 1e-5 relative to each tensor's scale].",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def compare(model_name, revision, random_init, reference, dtype, texts, padding, tolerance, seed, as_json):
@@ -60,7 +63,8 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
 
     reference_model = models.load_model(source, revision=revision, dtype=torch_dtype, attn_implementation=reference)
     candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype))
-    input_ids, attention_mask = encode(list(texts or DEFAULT_TEXTS), tokenizer, padding)
+    vocab_size = reference_model.config.vocab_size
+    input_ids, attention_mask = encode(list(texts or DEFAULT_TEXTS), tokenizer, padding, vocab_size)
     result = compare_models(
         reference_model, candidate, input_ids, attention_mask, reference_name=reference, tolerance=tolerance
     )
@@ -69,13 +73,14 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
     sys.exit(0 if result.passed else 1)
 
 
-def encode(texts: list[str], tokenizer, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask; without a tokenizer (random-init) the UTF-8 bytes serve as ids."""
+def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask; without a tokenizer (random-init) the UTF-8 bytes, modulo the
+    vocabulary size, serve as ids."""
     if tokenizer is not None:
         tokenizer.padding_side = padding_side
         batch = tokenizer(texts, return_tensors="pt", padding=True)
         return batch["input_ids"], batch["attention_mask"]
-    rows = [list(text.encode("utf-8")) for text in texts]
+    rows = [[byte % vocab_size for byte in text.encode("utf-8")] for text in texts]
     width = max(len(row) for row in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -99,8 +104,13 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     from probe.config import ConfigError, load_config, parse_override
     from probe.data import DataError
     from probe.experiment import run_experiment
+    from probe.probes import ProbeError
     from probe.report import best_rows
 
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         values = dict(parse_override(text) for text in overrides)
         if model_name:
@@ -110,7 +120,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
             plugins.load_plugins_dir(plugins_dir)
         output_dir = Path(output_dir or Path("runs") / config.name)
         results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet)
-    except (ConfigError, DataError, plugins.PluginError) as error:
+    except (ConfigError, DataError, ProbeError, plugins.PluginError) as error:
         raise click.ClickException(str(error)) from None
     for (position, subset), best in best_rows(results).items():
         click.echo(
@@ -118,6 +128,23 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
             f"accuracy {best['accuracy']:.3f} ± {best['accuracy_std']:.3f}"
         )
     click.echo(f"results, plots and summary in {output_dir}/")
+
+
+@cli.command(name="plot-runs")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--subset", "subsets", multiple=True, help="Only these subsets (e.g. left, right).")
+def plot_runs(run_dirs, output, subsets):
+    """Plot several runs' accuracy per layer side by side (e.g. one experiment on two models)."""
+    from probe.report import plot_runs as plot
+
+    runs = []
+    for folder in run_dirs:
+        path = Path(folder) / "results.json"
+        if not path.exists():
+            raise click.BadParameter(f"{folder} has no results.json", param_hint="RUN_DIRS")
+        runs.append(json.loads(path.read_text()))
+    click.echo(f"wrote {plot(runs, Path(output), list(subsets) or None)}")
 
 
 @cli.command(name="plugins")

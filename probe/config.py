@@ -87,7 +87,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     for key, value in (overrides or {}).items():
         raw[key] = value
     # Plugin file paths are relative to the config file.
-    raw["plugins"] = [str((path.parent / p).resolve()) for p in raw.get("plugins") or []]
+    raw["plugins"] = [str((path.parent / p).resolve()) for p in _as_list(raw.get("plugins") or [])]
     return validate(raw, source=str(path))
 
 
@@ -113,6 +113,8 @@ def validate(raw: dict, source: str = "<config>") -> ExperimentConfig:
     config = ExperimentConfig(**raw, source=source)
 
     _check_type(where, "model", config.model, str)
+    _check_type(where, "name", config.name, str)
+    _check_type(where, "description", config.description, str)
     _check_named(where, "dataset", config.dataset)
     _check_named(where, "probe", config.probe)
     _check_choice(where, "attention", config.attention, ATTENTION_MODES)

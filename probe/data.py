@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import datasets
 import numpy as np
@@ -185,12 +185,15 @@ def prepare(
     source: str,
     n_folds: int,
     on_error: Literal["raise", "skip"] = "raise",
+    keep: Callable[[dict[str, Any]], bool] | None = None,
 ) -> tuple[datasets.Dataset, list[Problem]]:
-    """Compute target spans and validate every row; returns the good rows and the problems skipped."""
+    """Compute target spans and validate every row (only rows ``keep`` accepts, numbered as loaded); returns the good rows and the problems skipped."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     good_rows, problems = [], []
     for number, row in enumerate(ds.to_list(), start=1):
+        if keep is not None and not keep(row):
+            continue
         row_problems = _row_problems(row, number, source)
         if row_problems:
             problems.extend(row_problems)

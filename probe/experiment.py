@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from probe import plugins
-from probe.config import ExperimentConfig
+from probe.config import ConfigError, ExperimentConfig
 from probe.data import prepare
 from probe.extract import FeatureStore, cache_key, data_fingerprint, extract
-from probe.probes import cross_validate, majority_baseline, shuffled_label_control
+from probe.probes import cross_validate, folds, majority_baseline, shuffled_label_control
 
 DEFAULT_CACHE = Path(".probe-cache")
 
@@ -68,6 +68,8 @@ def run_experiment(
     def loader(attention: str, random_weights: bool = False):
         return lambda: load_for_extraction(model_path, config, attention, random_weights)
 
+    for index in _subsets(rows, config.split_by).values():  # fail before any model work, not after
+        folds(labels[index], [groups[i] for i in index], config.folds, config.seed)
     n_layers = probe_layer_count(model_path, config)
     layers = list(range(n_layers + 1)) if config.layers == "all" else config.layers
     modes = ["reference", "reimplemented"] if config.attention == "both" else [config.attention]
@@ -138,11 +140,18 @@ def load_dataset(config: ExperimentConfig):
     registered = plugins.lookup("dataset", config.dataset_name)
     ds = registered.value(**config.dataset_options)
     source = config.dataset_options.get("path", config.dataset_name)
-    for column, accepted in config.filter.items():
+    for column in config.filter:
         if column not in ds.column_names:
-            raise ValueError(f"{config.source}: filter column {column!r} is not in the dataset ({', '.join(ds.column_names)})")
-        ds = ds.filter(lambda row: row[column] in accepted)
-    return prepare(ds, source=str(source), n_folds=config.folds, on_error=config.on_bad_rows)
+            raise ConfigError(
+                f"{config.source}: field 'filter' names column {column!r}, which the dataset lacks; "
+                f"its columns: {', '.join(ds.column_names)}"
+            )
+
+    def keep(row) -> bool:
+        return all(row[column] in accepted for column, accepted in config.filter.items())
+
+    return prepare(ds, source=str(source), n_folds=config.folds, on_error=config.on_bad_rows,
+                   keep=keep if config.filter else None)
 
 
 def chosen_metrics(config: ExperimentConfig) -> dict[str, Callable]:

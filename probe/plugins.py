@@ -132,7 +132,10 @@ def unregister_plugin(name: str) -> None:
 def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
     try:
         pm.register(plugin, name=name)
+        pm.check_pending()  # a hookimpl whose name matches no hookspec is a typo, not a no-op
     except pluggy.PluginValidationError as error:
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
         raise PluginError(f"plugin {name!r} is not valid: {error}") from error
     except ValueError as error:
         raise PluginError(f"plugin {name!r} could not be registered: {error}") from error
@@ -142,7 +145,7 @@ def registry(kind: str) -> dict[str, Registered]:
     """Everything registered under ``kind`` (dataset, probe, metric, reporter, model), by name."""
     hook_name = REGISTRIES[kind]
     found: dict[str, Registered] = {}
-    for impl in reversed(getattr(get_plugin_manager().hook, hook_name).get_hookimpls()):
+    for impl in getattr(get_plugin_manager().hook, hook_name).get_hookimpls():
 
         def register(name: str, value: Any, _plugin: str = impl.plugin_name) -> None:
             if name in found:
@@ -179,7 +182,7 @@ def call_hook(impl, hook_name: str, **kwargs):
 def call_each(hook_name: str, **kwargs) -> list[tuple[str, Any]]:
     """Call every implementation of a hook, in registration order; returns (plugin name, result) pairs."""
     hook = getattr(get_plugin_manager().hook, hook_name)
-    return [(impl.plugin_name, call_hook(impl, hook_name, **kwargs)) for impl in reversed(hook.get_hookimpls())]
+    return [(impl.plugin_name, call_hook(impl, hook_name, **kwargs)) for impl in hook.get_hookimpls()]
 
 
 def describe() -> list[tuple[str, list[str]]]:

@@ -181,3 +181,34 @@ def plot_attention(tokens: list[str], target_index: int, patterns: dict[int, np.
     fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="attention weight")
     fig.suptitle(title, fontsize=9)
     return _save(fig, output_dir / "attention.png")
+
+
+def plot_runs(runs: list[dict], output: Path, subsets: list[str] | None = None) -> Path:
+    """Several runs side by side (one panel per run): accuracy per layer for every (position, subset)
+    series, the majority baseline as a grey line. Layers are shown as a fraction of depth so that models
+    of different depths line up."""
+    from matplotlib.ticker import PercentFormatter
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4.2), squeeze=False, sharey=True)
+    styles = {"target": "-", "last": "--"}
+    for ax, results in zip(axes[0], runs):
+        depth = max(results["model"]["layers"], 1)
+        for (position, subset), rows in series(results).items():
+            if subsets and subset not in subsets:
+                continue
+            x = [r["layer"] / depth for r in rows]
+            ax.plot(x, [r["accuracy"] for r in rows], ls=styles.get(position, "-"), marker=".",
+                    label=f"cue {subset}, at {position} token" if subset != "all" else f"all rows, at {position}")
+        majority = [b["accuracy"] for name, b in results["baselines"].items() if name.startswith("majority")]
+        if majority:
+            ax.axhline(max(majority), color="grey", lw=1, label="majority class")
+        ax.set_title(f"{results['model']['name']} ({results['model']['layers']} layers)")
+        ax.set_xlabel("depth (layer / number of layers)")
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("cross-validated accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(runs[0]["experiment"])
+    return _save(fig, Path(output))

@@ -1,0 +1,168 @@
+"""The `probe` command line: `probe compare`, `probe plugins`, and the group itself (help, version)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from probe import plugins
+from probe.cli import cli
+from probe.models import GPT2_SHAPES
+from probe.plugins import BUILTIN_PLUGINS
+
+TINY_CONFIG = {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 300, "n_positions": 128}
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """Only built-in plugins; random-init checkpoints go to this test's tmp folder, not the system's."""
+    monkeypatch.setenv("PROBE_PLUGINS", "")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    plugins.reset_plugin_manager()
+    yield
+    plugins.reset_plugin_manager()
+
+
+@pytest.fixture
+def tiny_json(tmp_path) -> Path:
+    path = tmp_path / "tiny-gpt2.json"
+    path.write_text(json.dumps(TINY_CONFIG))
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], env={"PROBE_PLUGINS": ""})
+
+
+# ---------------------------------------------------------------- probe compare
+
+
+def test_compare_random_init_json_is_exact(tiny_json):
+    result = run("compare", "--random-init", tiny_json, "--json")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(result.output)
+    assert report["max_abs_diff"] == 0.0 and report["passed"] is True
+    assert report["reference"] == "eager" and report["dtype"] == "float32" and report["tolerance"] == 0.0
+    assert report["model"] == f"random-init:{tiny_json}"
+    assert [layer["layer"] for layer in report["layers"]] == [0, 1]  # n_layer = 2
+    for layer in report["layers"]:
+        assert layer["attn_out"] == layer["pattern"] == layer["hidden_state"] == 0.0
+    assert report["logits"] == 0.0
+
+
+def test_compare_table_output_says_pass(tiny_json):
+    result = run("compare", "--random-init", tiny_json, "--text", "one mole", "--text", "a longer mole sentence",
+                 "--padding", "left")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].split() == ["layer", "attn", "out", "pattern", "hidden", "state"]
+    assert lines[-1] == "PASS: max abs diff 0 vs reference eager (float32), tolerance 0"
+
+
+def test_compare_negative_tolerance_fails_with_exit_1(tiny_json):
+    result = run("compare", "--random-init", tiny_json, "--json", "--tolerance", "-1")
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert report["passed"] is False and report["tolerance"] == -1.0 and report["max_abs_diff"] == 0.0
+    table = run("compare", "--random-init", tiny_json, "--tolerance", "-1")
+    assert table.exit_code == 1 and table.output.strip().splitlines()[-1].startswith("FAIL: max abs diff 0")
+
+
+@pytest.mark.parametrize("args", [[], ["--model", "gpt2", "--random-init", "gpt2"]])
+def test_compare_needs_exactly_one_model_source(args):
+    result = run("compare", *args)
+    assert result.exit_code == 2  # click's usage error
+    assert "give exactly one of --model and --random-init" in result.output
+    assert "Usage: " in result.output
+
+
+def test_compare_unknown_random_init_name_lists_the_known_shapes():
+    result = run("compare", "--random-init", "gpt3")
+    assert result.exit_code == 2
+    assert "unknown shape 'gpt3'" in result.output
+    assert "give one of " + ", ".join(GPT2_SHAPES) + " or a JSON file" in result.output.replace("\n", " ")
+
+
+def test_compare_random_init_missing_or_malformed_json(tmp_path):
+    missing = run("compare", "--random-init", tmp_path / "nope.json")
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    bad = run("compare", "--random-init", tmp_path / "bad.json")
+    assert bad.exit_code == 2 and "is not a GPT2Config JSON object" in bad.output
+
+
+def test_compare_rejects_bad_choices():
+    result = run("compare", "--random-init", "gpt2", "--reference", "flash")
+    assert result.exit_code == 2 and "'flash' is not one of 'eager', 'sdpa'" in result.output
+
+
+def test_compare_random_init_with_a_small_vocabulary_folds_bytes_into_it(tmp_path):
+    path = tmp_path / "small-vocab.json"
+    path.write_text(json.dumps({**TINY_CONFIG, "vocab_size": 64}))
+    result = run("compare", "--random-init", path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["max_abs_diff"] == 0.0
+
+
+# ---------------------------------------------------------------- probe plugins
+
+
+def test_plugins_lists_the_builtins_with_their_hooks():
+    result = run("plugins")
+    assert result.exit_code == 0, result.output
+    expected = {
+        "probe.builtin.datasets": "register_datasets",
+        "probe.builtin.probes": "register_probes",
+        "probe.builtin.metrics": "register_metrics",
+        "probe.builtin.reporters": "register_reporters",
+        "probe.builtin.models": "register_models",
+    }
+    assert list(expected) == list(BUILTIN_PLUGINS)
+    lines = result.output.splitlines()
+    assert lines == [line for name, hooks in expected.items() for line in (name, f"    {hooks}")]
+
+
+def test_plugins_dir_adds_local_plugins(tmp_path):
+    folder = tmp_path / "plugs"
+    folder.mkdir()
+    (folder / "lifecycle_plug.py").write_text(
+        "from probe import hookimpl\n\n"
+        "@hookimpl\ndef experiment_started(config, output_dir):\n    pass\n\n"
+        "@hookimpl\ndef experiment_finished(config, results, output_dir):\n    pass\n"
+    )
+    (folder / "empty_plug.py").write_text("# no hooks\n")
+    result = run("plugins", "--plugins-dir", folder)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    lifecycle = lines.index(f"file:{(folder / 'lifecycle_plug.py').resolve()}")
+    assert lines[lifecycle + 1] == "    experiment_finished, experiment_started"
+    empty = lines.index(f"file:{(folder / 'empty_plug.py').resolve()}")
+    assert lines[empty + 1] == "    (no hooks)"
+    assert lines[0] == "probe.builtin.datasets"  # built-ins first
+
+
+# ---------------------------------------------------------------- the group
+
+
+def test_help_lists_the_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("compare", "plugins", "run"):
+        assert f"  {command}" in result.output
+
+
+def test_version():
+    import probe
+
+    result = run("--version")
+    assert result.exit_code == 0 and probe.__version__ in result.output
+
+
+def test_run_with_a_missing_config_is_a_clean_error(tmp_path):
+    result = run("run", tmp_path / "nope.yaml", "--output", tmp_path / "out")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"Error: config file {tmp_path / 'nope.yaml'} does not exist" in result.output
