@@ -30,7 +30,7 @@ run: $(STAMP)
 	$(BIN)/probe run experiments/mole.yaml --model smollm2-135m --output runs/mole-smollm2-135m
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py

@@ -105,7 +105,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     from probe.data import DataError
     from probe.experiment import run_experiment
     from probe.probes import ProbeError
-    from probe.report import best_rows
+    from probe.report import best_rows, layer_table
 
     if quiet:
         from transformers.utils import logging as hf_logging
@@ -122,6 +122,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
         results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet)
     except (ConfigError, DataError, ProbeError, plugins.PluginError) as error:
         raise click.ClickException(str(error)) from None
+    click.echo(layer_table(results))
     for (position, subset), best in best_rows(results).items():
         click.echo(
             f"{config.name} [{position}, {subset}]: best layer {best['layer']} "

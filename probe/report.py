@@ -46,6 +46,25 @@ def best_rows(results: dict) -> dict[tuple[str, str], dict]:
     return {key: max(rows, key=lambda r: r["accuracy"]) for key, rows in series(results).items()}
 
 
+def layer_table(results: dict) -> str:
+    """Per-layer accuracy with its controls, one block per (position, subset), for the terminal."""
+    lines = []
+    for (position, subset), rows in series(results).items():
+        lines.append(f"{results['experiment']} on {results['model']['name']}: probe at the {position} token, "
+                     f"{subset} rows")
+        lines.append(f"{'layer':>5}  {'accuracy':>15}  {'macro-F1':>8}  {'shuffled':>8}  {'random wts':>10}")
+        for r in rows:
+            lines.append(
+                f"{r['layer']:>5}  {r['accuracy']:>7.3f} ± {r['accuracy_std']:.3f}  {r['macro_f1']:>8.3f}  "
+                f"{_num(r.get('shuffled_accuracy')):>8}  {_num(r.get('random_weights_accuracy')):>10}"
+            )
+        majority = results["baselines"].get("majority" if subset == "all" else f"majority[{subset}]")
+        if majority:
+            lines.append(f"majority-class baseline: {majority['accuracy']:.3f}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_summary(results: dict, output_dir: Path) -> Path:
     lines = [f"# {results['experiment']}", ""]
     if results.get("description"):
@@ -130,7 +149,7 @@ def plot_accuracy(results: dict, output_dir: Path) -> Path:
         majority = results["baselines"].get("majority" if subset == "all" else f"majority[{subset}]")
         if majority:
             ax.axhline(majority["accuracy"], color="grey", lw=1, label="majority class")
-        ax.set_title(f"{results['experiment']} — {subset} rows")
+        ax.set_title(f"{results['experiment']} on {results['model']['name']} — {subset} rows", fontsize=10)
         ax.set_xlabel("layer (0 = embeddings)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1.02)
