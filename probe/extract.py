@@ -25,10 +25,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from probe.adapters import adapter_for
+from probe.config import POOLINGS, POSITIONS
 from probe.data import span_token_indices
 
-POSITIONS = ("target", "last")
-POOLINGS = ("first", "last", "mean")
 
 
 class _StopForward(Exception):

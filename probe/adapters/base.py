@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import transformers
 from torch import nn
+from transformers.cache_utils import EncoderDecoderCache
 
 SUPPORTED_TRANSFORMERS = ">=5.24,<6"
 
@@ -48,3 +49,27 @@ def check_forward_signature(cls: type, required: tuple[str, ...], one_of: tuple[
             f"{list(params)}; probe expects {list(required)} and one of {list(one_of)}. "
             f"Supported transformers versions: {SUPPORTED_TRANSFORMERS}."
         )
+
+
+def cached_cross_layer(cache, layer_idx: int):
+    """The cross-attention cache layer once it holds this layer's encoder keys/values, else None."""
+    if isinstance(cache, EncoderDecoderCache) and cache.is_updated.get(layer_idx):
+        return cache.cross_attention_cache.layers[layer_idx]
+    return None
+
+
+def update_kv_cache(cache, k, v, layer_idx: int, is_cross_attention: bool):
+    """Hugging Face's KV cache, as GPT-2 and BERT decoders use it: self-attention appends this step's
+    keys/values; cross-attention stores the encoder's once and reuses them on later steps."""
+    if cache is None:
+        return k, v
+    if isinstance(cache, EncoderDecoderCache):
+        if is_cross_attention:
+            layer = cached_cross_layer(cache, layer_idx)
+            if layer is not None:
+                return layer.keys, layer.values
+            k, v = cache.cross_attention_cache.update(k, v, layer_idx)
+            cache.is_updated[layer_idx] = True
+            return k, v
+        cache = cache.self_attention_cache
+    return cache.update(k, v, layer_idx)

@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.bert import modeling_bert as hf_bert
 
-from probe.adapters.base import AttentionSlot, bool_mask, check_forward_signature
-from probe.adapters.gpt2 import cached_cross_layer
+from probe.adapters.base import (
+    AttentionSlot,
+    bool_mask,
+    cached_cross_layer,
+    check_forward_signature,
+    update_kv_cache,
+)
 from probe.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -76,19 +80,7 @@ class BertAttention(MaskedMultiHeadAttention):
         return q, self.self.key(context), self.self.value(context)
 
     def prepare_kv(self, q, k, v, cache=None):
-        if cache is None:
-            return q, k, v
-        if isinstance(cache, EncoderDecoderCache):
-            if self.is_cross_attention:
-                layer = cached_cross_layer(cache, self.layer_idx)
-                if layer is not None:
-                    return q, layer.keys, layer.values
-                k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
-                cache.is_updated[self.layer_idx] = True
-                return q, k, v
-            cache = cache.self_attention_cache
-        k, v = cache.update(k, v, self.layer_idx)
-        return q, k, v
+        return (q, *update_kv_cache(cache, k, v, self.layer_idx, self.is_cross_attention))
 
     def project_out(self, z):
         return self.output.dense(z)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.gpt2 import modeling_gpt2 as hf_gpt2
 
-from probe.adapters.base import AttentionSlot, bool_mask, check_forward_signature
+from probe.adapters.base import (
+    AttentionSlot,
+    bool_mask,
+    cached_cross_layer,
+    check_forward_signature,
+    update_kv_cache,
+)
 from probe.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -58,19 +63,7 @@ class GPT2Attention(MaskedMultiHeadAttention):
         return (self.q_attn(x), *self.c_attn(context).split(self.split_size, dim=2))
 
     def prepare_kv(self, q, k, v, cache=None):
-        if cache is None:
-            return q, k, v
-        if isinstance(cache, EncoderDecoderCache):
-            if self.is_cross_attention:
-                layer = cached_cross_layer(cache, self.layer_idx)
-                if layer is not None:
-                    return q, layer.keys, layer.values
-                k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
-                cache.is_updated[self.layer_idx] = True
-                return q, k, v
-            cache = cache.self_attention_cache
-        k, v = cache.update(k, v, self.layer_idx)
-        return q, k, v
+        return (q, *update_kv_cache(cache, k, v, self.layer_idx, self.is_cross_attention))
 
     def project_out(self, z):
         return self.c_proj(z)
@@ -98,13 +91,6 @@ class GPT2Attention(MaskedMultiHeadAttention):
             context, mask = None, attention_mask
         out, pattern = super().forward(hidden_states, bool_mask(mask), context=context, cache=cache)
         return self.resid_dropout(out), pattern
-
-
-def cached_cross_layer(cache, layer_idx):
-    """The cross-attention cache layer once it holds this layer's encoder keys/values, else None."""
-    if isinstance(cache, EncoderDecoderCache) and cache.is_updated.get(layer_idx):
-        return cache.cross_attention_cache.layers[layer_idx]
-    return None
 
 
 class GPT2Adapter:
