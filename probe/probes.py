@@ -27,8 +27,13 @@ class ProbeError(ValueError):
     """The labels or groups can't be split into the requested folds."""
 
 
-def logistic_probe(seed: int = 0, C: float = 1.0, max_iter: int = 2000) -> Pipeline:
-    """Standardise the features, then an L2 logistic regression (lbfgs; multinomial for >2 labels)."""
+def logistic_probe(seed: int = 0, C: float = 0.1, max_iter: int = 2000) -> Pipeline:
+    """Standardise the features, then an L2 logistic regression (lbfgs; multinomial for >2 labels).
+
+    C=0.1, not scikit-learn's 1.0: with a few hundred rows and hundreds of dimensions the senses are
+    linearly separable, and a weakly regularised fit spends thousands of iterations growing its weights
+    (measured on SmolLM2's layer 12 for mole: same accuracy within 0.01, 16x faster).
+    """
     return make_pipeline(
         StandardScaler(),
         LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter, random_state=seed),
