@@ -34,6 +34,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py
+	$(BIN)/python benchmarks/extraction.py
 
 clean:
 	rm -rf $(VENV) runs .probe-cache

@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import click
-import torch
 
-from probe import models
+from probe.config import DTYPES, GPT2_SHAPES
 
 
 @click.group()
@@ -26,10 +25,10 @@ def cli():
 @click.option(
     "--random-init",
     metavar="NAME_OR_JSON",
-    help=f"Offline: random weights in a GPT-2 shape ({', '.join(models.GPT2_SHAPES)}) or a GPT2Config JSON file.",
+    help=f"Offline: random weights in a GPT-2 shape ({', '.join(GPT2_SHAPES)}) or a GPT2Config JSON file.",
 )
 @click.option("--reference", type=click.Choice(["eager", "sdpa"]), default="eager", show_default=True)
-@click.option("--dtype", type=click.Choice(list(models.DTYPES)), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
 @click.option("--text", "texts", multiple=True, help="Input text (repeatable); several texts are padded.")
 @click.option("--padding", type=click.Choice(["right", "left"]), default="right", show_default=True)
 @click.option(
@@ -43,8 +42,9 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
 
     Exits with status 1 when a difference exceeds the tolerance.
     """
+    from probe import models
     from probe.compare import DEFAULT_TEXTS, compare_models
-    from probe.experiment import resolve_model
+    from probe.experiment import model_load_error, resolve_model
     from probe.swap import swap_attention
 
     if bool(model_name) == bool(random_init):
@@ -58,7 +58,10 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
         else:
             source = resolve_model(model_name, revision)  # registered names → hub name or local path
             tokenizer = models.load_tokenizer(source, revision=revision)
-    except (ValueError, OSError) as error:
+    except OSError as error:
+        message = model_load_error(model_name, error) if model_name else str(error)
+        raise click.BadParameter(message, param_hint="--model" if model_name else "--random-init") from None
+    except ValueError as error:
         raise click.BadParameter(str(error)) from None
 
     reference_model = models.load_model(source, revision=revision, dtype=torch_dtype, attn_implementation=reference)
@@ -73,9 +76,11 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
     sys.exit(0 if result.passed else 1)
 
 
-def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
     """Token ids and attention mask; without a tokenizer (random-init) the UTF-8 bytes, modulo the
     vocabulary size, serve as ids."""
+    import torch
+
     if tokenizer is not None:
         tokenizer.padding_side = padding_side
         batch = tokenizer(texts, return_tensors="pt", padding=True)

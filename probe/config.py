@@ -16,6 +16,15 @@ CONTROLS = ("majority", "shuffled", "random_weights")
 ON_BAD_ROWS = ("raise", "skip")
 DTYPES = ("float32", "float16", "bfloat16")
 
+# The published GPT-2 checkpoints' shapes, for building random-weight stand-ins offline.
+GPT2_SHAPES = {
+    "gpt2": {},
+    "distilgpt2": {"n_layer": 6},
+    "gpt2-medium": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
+    "gpt2-large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
+    "gpt2-xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25},
+}
+
 
 class ConfigError(ValueError):
     """A config field is missing, misspelt or has a value probe does not accept."""
@@ -86,8 +95,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     raw.setdefault("name", path.stem)
     for key, value in (overrides or {}).items():
         raw[key] = value
-    # Plugin file paths are relative to the config file.
+    # Plugin files, and a dataset's path when it exists there, are relative to the config file.
     raw["plugins"] = [str((path.parent / p).resolve()) for p in _as_list(raw.get("plugins") or [])]
+    dataset = raw.get("dataset")
+    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
+        beside_config = path.parent / dataset["path"]
+        if beside_config.exists() and not Path(dataset["path"]).is_absolute():
+            raw["dataset"] = {**dataset, "path": str(beside_config.resolve())}
     return validate(raw, source=str(path))
 
 
@@ -156,7 +170,8 @@ def _as_list(value) -> list:
 
 def _check_type(where, name, value, kind) -> None:
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ConfigError(f"{where} field {name!r} must be a {kind.__name__}, got {value!r}")
+        article = "an" if kind.__name__[0] in "aeiou" else "a"
+        raise ConfigError(f"{where} field {name!r} must be {article} {kind.__name__}, got {value!r}")
 
 
 def _check_choice(where, name, value, choices) -> None:

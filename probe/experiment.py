@@ -55,8 +55,7 @@ def run_experiment(
     """Run ``config`` and write its reports to ``output_dir``; returns the results dict."""
     for path in config.plugins:
         plugins.load_plugin_file(path)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(output_dir)  # created when the first report is written, not before
     plugins.call_each("experiment_started", config=config, output_dir=output_dir)
 
     rows, skipped = load_dataset(config)
@@ -129,6 +128,7 @@ def run_experiment(
             results["baselines"][_key(f"layer{layers[0]}_{position}", subset_name)] = {"accuracy": layer0["accuracy"]}
 
     context = RunContext(config, rows, stores, loader(main_mode), Path(cache_dir))
+    output_dir.mkdir(parents=True, exist_ok=True)
     for name in config.reporters:
         plugins.lookup("reporter", name).value(results, output_dir, context)
     plugins.call_each("experiment_finished", config=config, results=results, output_dir=output_dir)
@@ -222,9 +222,23 @@ def activation_plugins() -> list[str]:
 
 
 def probe_layer_count(model_path: str, config: ExperimentConfig) -> int:
+    """The model's number of blocks, read from its config: the first place a bad model name shows."""
     from probe.models import load_config
 
-    return load_config(model_path, revision=config.revision).num_hidden_layers
+    try:
+        return load_config(model_path, revision=config.revision).num_hidden_layers
+    except OSError as error:
+        raise ConfigError(f"{config.source}: {model_load_error(config.model, error)}") from None
+
+
+def model_load_error(name: str, error: OSError) -> str:
+    """Why a model name led nowhere, with the names that do work offline."""
+    known = ", ".join(sorted(plugins.registry("model")))
+    reason = str(error).strip().splitlines()[0]
+    return (
+        f"cannot load model {name!r}: it is not a registered name ({known}), an existing local folder, "
+        f"or a hub model reachable from here ({reason})"
+    )
 
 
 def _extract(load, config, model_path, texts, spans, layers, mode, cache_dir, progress) -> FeatureStore:

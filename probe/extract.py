@@ -24,7 +24,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from probe.adapters import adapter_for
 from probe.config import POOLINGS, POSITIONS
 from probe.data import span_token_indices
 
@@ -134,7 +133,7 @@ def _width(model) -> int:
     return model.config.hidden_size
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _extract_batch(model, tokenizer, texts, spans, layers, pooling):
     """One forward (cut short after the deepest layer) → (target, last) arrays of shape (layers, batch, d)."""
     tokenizer.padding_side = "right"
@@ -169,6 +168,8 @@ def _extract_batch(model, tokenizer, texts, spans, layers, pooling):
 
 def run_to_layer(model, encoding, deepest: int, layers) -> dict[int, torch.Tensor]:
     """Run ``model`` on ``encoding`` until block ``deepest`` is done; the residual stream at ``layers``."""
+    from probe.adapters import adapter_for
+
     blocks = adapter_for(model).blocks(model)
     if deepest > len(blocks):
         raise ValueError(f"layer {deepest} requested, but the model has {len(blocks)} blocks (layers 0..{len(blocks)})")

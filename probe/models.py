@@ -10,14 +10,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-# The published GPT-2 checkpoints' shapes, for building random-weight stand-ins offline.
-GPT2_SHAPES = {
-    "gpt2": {},
-    "distilgpt2": {"n_layer": 6},
-    "gpt2-medium": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
-    "gpt2-large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
-    "gpt2-xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25},
-}
+from probe.config import GPT2_SHAPES
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

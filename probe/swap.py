@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from probe.adapters import adapter_for
 from probe.attention import STEPS
 from probe.hooks import HookPoint
 
@@ -36,6 +35,8 @@ def swap_attention(model: nn.Module) -> nn.Module:
 
     Either every attention module is replaced or none is. Returns the model (swapped in place).
     """
+    from probe.adapters import adapter_for  # imports transformers' model code: only when swapping
+
     if getattr(model, "_probe_swap", None) is not None:
         raise ValueError(f"{type(model).__name__}'s attention is already swapped")
     adapter = adapter_for(model)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from probe import plugins
 from probe.cli import cli
-from probe.models import GPT2_SHAPES
+from probe.config import GPT2_SHAPES
 from probe.plugins import BUILTIN_PLUGINS
 
 TINY_CONFIG = {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 300, "n_positions": 128}

@@ -180,7 +180,7 @@ def test_model_and_dataset_are_required(missing, how):
 
 def test_wrong_type_names_field_type_and_value():
     message = error_for({**MINIMAL, "folds": "five"})
-    assert "field 'folds' must be a int, got 'five'" in message
+    assert "field 'folds' must be an int, got 'five'" in message
 
 
 @pytest.mark.parametrize("field, value", [
@@ -250,7 +250,7 @@ def test_overrides_replace_yaml_values_and_are_validated(tmp_path):
     path = write_yaml(tmp_path / "exp.yaml", {**MINIMAL, "folds": 5, "layers": "all"})
     config = load_config(path, dict(parse_override(t) for t in ["folds=3", "layers=[1]", "attention=both"]))
     assert (config.folds, config.layers, config.attention) == (3, [1], "both")
-    with pytest.raises(ConfigError, match="field 'folds' must be a int, got 'five'"):
+    with pytest.raises(ConfigError, match="field 'folds' must be an int, got 'five'"):
         load_config(path, {"folds": "five"})
     with pytest.raises(ConfigError, match="Did you mean 'folds'"):
         load_config(path, {"fold": 3})
@@ -265,7 +265,7 @@ def test_overrides_can_supply_a_missing_required_field(tmp_path):
 
 def test_bad_override_through_the_cli(tmp_path):
     config = write_yaml(tmp_path / "exp.yaml", MINIMAL)
-    for args, expected in [(["--set", "folds=five"], "field 'folds' must be a int"),
+    for args, expected in [(["--set", "folds=five"], "field 'folds' must be an int"),
                            (["--set", "folds"], "expected key=value"),
                            (["--set", "attention=fast"], "accepted values: reimplemented, reference, both")]:
         result = run_cli("run", config, "--output", tmp_path / "out", "--cache-dir", tmp_path / "c", *args)

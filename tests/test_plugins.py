@@ -134,7 +134,8 @@ def test_hookspecs_are_the_manager_hooks_and_feed_the_registries():
 def test_builtins_are_registered_under_their_module_names():
     assert [name for name, _ in plugins.describe()] == list(BUILTIN_PLUGINS)  # PROBE_PLUGINS="": nothing else
     assert {"mole", "tower", "tower-size", "file"} <= set(plugins.registry("dataset"))
-    assert plugins.lookup("probe", "logreg").value is logistic_probe
+    built = plugins.lookup("probe", "logreg").value(seed=3)
+    assert repr(built) == repr(logistic_probe(seed=3))
     assert {"balanced_accuracy", "cohen_kappa"} <= set(plugins.registry("metric"))
     assert {"json", "csv", "plots", "summary"} <= set(plugins.registry("reporter"))
     assert plugins.lookup("model", "gpt2").value(None) == "openai-community/gpt2"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from probe.data import load_rows
 from probe.hookspecs import hookimpl
 
 DATA = Path(__file__).parent / "data"
@@ -17,6 +16,8 @@ BUILTIN = {
 
 def builtin_loader(name: str):
     def load():
+        from probe.data import load_rows
+
         return load_rows(DATA / f"{name}.jsonl")
 
     load.__doc__ = BUILTIN[name]
@@ -25,6 +26,8 @@ def builtin_loader(name: str):
 
 def load_file(path: str, **fields):
     """A JSONL / CSV / Parquet file, or hf:owner/name, with optional text_field, label_field, … renames."""
+    from probe.data import load_rows
+
     return load_rows(path, **fields)
 
 

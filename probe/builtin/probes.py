@@ -1,9 +1,15 @@
 """Built-in probe: standardised features into an L2 logistic regression."""
 
 from probe.hookspecs import hookimpl
-from probe.probes import logistic_probe
+
+
+def logreg(seed: int = 0, **options):
+    """probe.probes.logistic_probe, imported when first used (scikit-learn is slow to import)."""
+    from probe.probes import logistic_probe
+
+    return logistic_probe(seed=seed, **options)
 
 
 @hookimpl
 def register_probes(register):
-    register("logreg", logistic_probe)
+    register("logreg", logreg)

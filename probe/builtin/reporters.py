@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from probe import report
 from probe.hookspecs import hookimpl
 
@@ -17,6 +15,8 @@ def plots(results, output_dir, context):
 
 def attention_plot(results, output_dir, context, n_layers_shown: int = 4):
     """The example sentence's target token: which words each head attends to, at a few layers."""
+    import torch
+
     from probe.data import span_token_indices
     from probe.hooks import capture
     from probe.swap import is_swapped, swap_attention
