@@ -60,8 +60,10 @@ class MaskedMultiHeadAttention(nn.Module):
 
     # --- what a model family supplies -------------------------------------------------------------
 
-    def project_qkv(self, x: torch.Tensor, context: torch.Tensor | None):
-        """Queries from ``x``; keys and values from ``context`` (cross-attention) or ``x``."""
+    def project_qkv(self, x: torch.Tensor, context: torch.Tensor | None, **plumbing):
+        """Queries from ``x``; keys and values from ``context`` (cross-attention) or ``x``.
+
+        An adapter may return None for keys and values that ``prepare_kv`` will take from its cache."""
         sizes = [self.n_heads * self.d_head, self.n_kv_heads * self.d_head, self.n_kv_heads * self.d_head]
         if context is None:
             return self.W_qkv(x).split(sizes, dim=-1)
@@ -91,7 +93,7 @@ class MaskedMultiHeadAttention(nn.Module):
         (batch, head, query, key). It carries padding; the causal mask is built here.
         """
         # 1. Project every token into queries, keys and values; split the width into heads.
-        q, k, v = self.project_qkv(x, context)
+        q, k, v = self.project_qkv(x, context, **plumbing)
         q, k, v = (split_heads(t, self.d_head) if t is not None else None for t in (q, k, v))
         q, k, v = self.prepare_kv(q, k, v, **plumbing)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)

@@ -584,3 +584,23 @@ def test_greedy_generate_with_encoder_states_token_identical(gpt2_pair):
     assert torch.equal(a.sequences, b.sequences)
     for t, (x, y) in enumerate(zip(a.scores, b.scores)):
         assert_bitwise(x, y, f"scores at step {t}")
+
+
+def test_cached_cross_attention_does_not_recompute_encoder_keys(saved_gpt2):
+    """Once the cache holds the encoder's keys/values, later steps read them instead of projecting again."""
+    from transformers import GPT2LMHeadModel
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    import probe
+
+    path = saved_gpt2(GPT2LMHeadModel, n_layer=2, n_embd=24, n_head=4, vocab_size=64, n_positions=32,
+                      add_cross_attention=True, bos_token_id=0, eos_token_id=0)
+    model = probe.swap_attention(GPT2LMHeadModel.from_pretrained(path, attn_implementation="eager").eval())
+    calls = []
+    model.transformer.h[0].crossattention.c_attn.register_forward_hook(lambda *a: calls.append(1))
+    encoder = torch.randn(1, 5, 24)
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]), encoder_hidden_states=encoder, cache=cache, use_cache=True)
+        model(torch.tensor([[4]]), encoder_hidden_states=encoder, cache=cache, use_cache=True)
+    assert len(calls) == 1

@@ -55,7 +55,7 @@ class GPT2Attention(MaskedMultiHeadAttention):
             self.q_attn = original.q_attn
         self.resid_dropout = original.resid_dropout
 
-    def project_qkv(self, x, context, cache=None):
+    def project_qkv(self, x, context, cache=None, **plumbing):
         if not self.is_cross_attention:
             return self.c_attn(x).split(self.split_size, dim=2)
         if cached_cross_layer(cache, self.layer_idx) is not None:
