@@ -73,3 +73,23 @@ def update_kv_cache(cache, k, v, layer_idx: int, is_cross_attention: bool):
             return k, v
         cache = cache.self_attention_cache
     return cache.update(k, v, layer_idx)
+
+
+class FamilyAdapter:
+    """What every family adapter shares: which models it takes and which attention forward it expects.
+
+    A subclass sets ``model_classes``, ``attention_class`` and ``expected_parameters``, and supplies
+    ``blocks``, ``slots`` and ``replace``.
+    """
+
+    family: str
+    model_classes: tuple[type, ...]
+    attention_class: type
+    expected_parameters: tuple[str, ...]
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, self.model_classes)
+
+    def check(self) -> None:
+        # `cache` was called `past_key_values` before transformers 5.24; the adapters accept both.
+        check_forward_signature(self.attention_class, self.expected_parameters, ("cache", "past_key_values"))

@@ -28,10 +28,10 @@ from torch import nn
 from transformers.models.bert import modeling_bert as hf_bert
 
 from probe.adapters.base import (
+    FamilyAdapter,
     AttentionSlot,
     bool_mask,
     cached_cross_layer,
-    check_forward_signature,
     update_kv_cache,
 )
 from probe.attention import MaskedMultiHeadAttention
@@ -105,15 +105,11 @@ class BertAttention(MaskedMultiHeadAttention):
         return self.output.LayerNorm(self.output.dropout(out) + hidden_states), pattern
 
 
-class BertAdapter:
+class BertAdapter(FamilyAdapter):
     family = "bert"
     model_classes = MODEL_CLASSES
-
-    def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, MODEL_CLASSES)
-
-    def check(self) -> None:
-        check_forward_signature(hf_bert.BertAttention, EXPECTED_PARAMETERS, ("cache", "past_key_values"))
+    attention_class = hf_bert.BertAttention
+    expected_parameters = EXPECTED_PARAMETERS
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(model.base_model.encoder.layer)

@@ -12,10 +12,10 @@ from torch import nn
 from transformers.models.gpt2 import modeling_gpt2 as hf_gpt2
 
 from probe.adapters.base import (
+    FamilyAdapter,
     AttentionSlot,
     bool_mask,
     cached_cross_layer,
-    check_forward_signature,
     update_kv_cache,
 )
 from probe.attention import MaskedMultiHeadAttention
@@ -93,15 +93,11 @@ class GPT2Attention(MaskedMultiHeadAttention):
         return self.resid_dropout(out), pattern
 
 
-class GPT2Adapter:
+class GPT2Adapter(FamilyAdapter):
     family = "gpt2"
     model_classes = MODEL_CLASSES
-
-    def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, MODEL_CLASSES)
-
-    def check(self) -> None:
-        check_forward_signature(hf_gpt2.GPT2Attention, EXPECTED_PARAMETERS, ("cache", "past_key_values"))
+    attention_class = hf_gpt2.GPT2Attention
+    expected_parameters = EXPECTED_PARAMETERS
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(model.base_model.h)

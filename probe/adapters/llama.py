@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers.models.llama import modeling_llama as hf_llama
 
-from probe.adapters.base import AttentionSlot, bool_mask, check_forward_signature
+from probe.adapters.base import AttentionSlot, FamilyAdapter, bool_mask
 from probe.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -110,15 +110,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-class LlamaAdapter:
+class LlamaAdapter(FamilyAdapter):
     family = "llama"
     model_classes = MODEL_CLASSES
-
-    def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, MODEL_CLASSES)
-
-    def check(self) -> None:
-        check_forward_signature(hf_llama.LlamaAttention, EXPECTED_PARAMETERS, ("cache", "past_key_values"))
+    attention_class = hf_llama.LlamaAttention
+    expected_parameters = EXPECTED_PARAMETERS
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(model.base_model.layers)
