@@ -1,15 +1,21 @@
 """Masked multi-head attention, written out step by step.
 
-    q, k, v  = x·W_Q, x·W_K, x·W_V, split into heads     hook points  q, k, v
+    q, k, v  = x·W_Q, x·W_K, x·W_V, split into heads     hook points  q, k, v   (k, v before the cache)
     scores   = q·kᵀ · scale                                            scores
+    [capped  = c·tanh(scores / c)]           Gemma 2's soft-capping    capped_scores
+    [biased  = scores + bias]                ALiBi, position biases    biased_scores
     masked   = scores with future keys and padding at −∞               masked_scores
     pattern  = softmax(masked)  (a row with nothing to attend to → 0)  pattern
     z        = pattern·v  (each head on its own)                       z
     out      = concat(heads)·W_O                                       out
+               (each head's share z_h·W_O[:, h], only while listened to)  head_out
 
-Model families (GPT-2, …) subclass this and supply only their projections and cache plumbing:
-``project_qkv``, ``project_out`` and ``prepare_kv``. The steps above stay here, in this order, with
-the same torch ops Hugging Face's eager attention uses — that is what makes the outputs bit-identical.
+Two ways in. The *full path* (``forward``): a model family supplies its projections, positions and
+cache plumbing (``project_qkv``, ``position``, ``cache_kv``, ``project_out``) and the core runs every
+step. The *universal path* (``attend``, steps 2–5): Hugging Face's attention interface hands over
+queries, keys and values after rotary and cache, and the core runs the rest (probe/interface.py).
+The steps stay here, in this order, with the same torch ops Hugging Face's eager attention uses —
+that is what makes the outputs bit-identical.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from probe.heads import per_head_output, sum_heads
 from probe.hooks import HookPoint
 
-STEPS = ("q", "k", "v", "scores", "masked_scores", "pattern", "z", "out")
+STEPS = ("q", "k", "v", "scores", "masked_scores", "pattern", "z", "head_out", "out")
+# Steps only some families take, each with a hook point of its own where it runs.
+OPTIONAL_STEPS = ("capped_scores", "biased_scores")
 
 
 class MaskedMultiHeadAttention(nn.Module):
@@ -39,7 +48,7 @@ class MaskedMultiHeadAttention(nn.Module):
         scale: float | None = None,
         causal: bool = True,
         attn_dropout: nn.Module | float = 0.0,
-        scores_in_float32: bool = False,
+        scores_in_float32: bool | str = False,
         softmax_in_float32: bool = False,
     ):
         super().__init__()
@@ -47,6 +56,9 @@ class MaskedMultiHeadAttention(nn.Module):
         self.n_kv_heads = n_kv_heads or n_heads
         self.scale = d_head**-0.5 if scale is None else scale
         self.causal = causal
+        # A blocked key's score: −∞ (the full path), or the dtype's lowest value as Hugging Face's masks
+        # use it (the universal path), where a query with nothing to attend to spreads evenly, as in eager.
+        self.blocked_score = "-inf"
         self.scores_in_float32 = scores_in_float32
         self.softmax_in_float32 = softmax_in_float32  # Llama & co.: softmax in fp32 whatever the dtype
         if not isinstance(attn_dropout, nn.Module):
@@ -55,7 +67,7 @@ class MaskedMultiHeadAttention(nn.Module):
         if d_model is not None:
             self.W_qkv = nn.Linear(d_model, (n_heads + 2 * self.n_kv_heads) * d_head)
             self.W_o = nn.Linear(n_heads * d_head, d_model)
-        for step in STEPS:
+        for step in STEPS + OPTIONAL_STEPS:
             setattr(self, f"hook_{step}", HookPoint(step))
 
     # --- what a model family supplies -------------------------------------------------------------
@@ -63,7 +75,7 @@ class MaskedMultiHeadAttention(nn.Module):
     def project_qkv(self, x: torch.Tensor, context: torch.Tensor | None, **plumbing):
         """Queries from ``x``; keys and values from ``context`` (cross-attention) or ``x``.
 
-        An adapter may return None for keys and values that ``prepare_kv`` will take from its cache."""
+        An adapter may return None for keys and values that ``cache_kv`` will take from its cache."""
         sizes = [self.n_heads * self.d_head, self.n_kv_heads * self.d_head, self.n_kv_heads * self.d_head]
         if context is None:
             return self.W_qkv(x).split(sizes, dim=-1)
@@ -74,9 +86,17 @@ class MaskedMultiHeadAttention(nn.Module):
     def project_out(self, z: torch.Tensor) -> torch.Tensor:
         return self.W_o(z)
 
-    def prepare_kv(self, q, k, v, **plumbing):
-        """Adapters add position information (rotary) and the KV cache here; by default nothing."""
-        return q, k, v
+    def output_projection(self) -> nn.Module | None:
+        """The module holding W_O, for per-head outputs (``head_out``); None where there is none."""
+        return getattr(self, "W_o", None)
+
+    def position(self, q, k, **plumbing):
+        """Adapters add position information to queries and keys here (rotary); by default nothing."""
+        return q, k
+
+    def cache_kv(self, k, v, **plumbing):
+        """Adapters store this step's keys/values in the KV cache and return all of them; by default none."""
+        return k, v
 
     # --- the attention itself ---------------------------------------------------------------------
 
@@ -95,40 +115,92 @@ class MaskedMultiHeadAttention(nn.Module):
         # 1. Project every token into queries, keys and values; split the width into heads.
         q, k, v = self.project_qkv(x, context, **plumbing)
         q, k, v = (split_heads(t, self.d_head) if t is not None else None for t in (q, k, v))
-        q, k, v = self.prepare_kv(q, k, v, **plumbing)
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        q, k = self.position(q, k, **plumbing)
+        # This step's keys and values pass their hook points before the cache: an edit is what gets cached.
+        if k is not None:
+            k, v = self.hook_k(k), self.hook_v(v)
+        k, v = self.cache_kv(k, v, **plumbing)
+        z, pattern = self.attend(self.hook_q(q), k, v, attention_mask, causal=self.causal)
+
+        # 6. Concatenate the heads and mix them with the output projection.
+        out = self.hook_out(self.heads_through_w_o(z))
+        return out, pattern
+
+    def heads_through_w_o(self, z: torch.Tensor) -> torch.Tensor:
+        """concat(heads)·W_O; while someone listens to head_out, each head's share passes its hook point."""
+        w_o = self.output_projection() if self.hook_head_out.active else None
+        if w_o is None:
+            return self.project_out(merge_heads(z))
+        per_head = per_head_output(z, w_o)
+        edited = self.hook_head_out(per_head)
+        return self.project_out(merge_heads(z)) if edited is per_head else sum_heads(edited, w_o)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        *,
+        causal: bool,
+        softcap: float | None = None,
+        score_bias: torch.Tensor | None = None,
+        sinks: torch.Tensor | None = None,
+        dropout=None,
+        scale: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 2–5, from queries, keys and values (batch, head, pos, d_head) to ``(z, pattern)``.
+
+        The optional steps are those some families add between the dot product and the softmax:
+        ``softcap`` (Gemma 2: c·tanh(scores/c)), ``score_bias`` (ALiBi and other position biases,
+        added to the scores), ``sinks`` (one learned logit per head that takes part in the softmax
+        but has no value).
+        """
         # Grouped-query attention: several query heads share one key/value head.
-        if self.n_kv_heads != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        if k.shape[1] != q.shape[1]:
+            k, v = share_kv_heads(k, q.shape[1]), share_kv_heads(v, q.shape[1])
 
         # 2. Scores: every query's dot product with every key, scaled.
-        scores = self.hook_scores(self.dot_products(q, k))
+        scores = self.hook_scores(self.dot_products(q, k, self.scale if scale is None else scale))
+        if softcap is not None:
+            scores = self.hook_capped_scores(torch.tanh(scores / softcap) * softcap)
+        if score_bias is not None:
+            scores = self.hook_biased_scores(scores + score_bias)
 
         # 3. Mask: a decoder may not look at future keys, and no one looks at padding.
-        allowed = self.allowed_keys(q.shape[-2], k.shape[-2], attention_mask, device=q.device)
-        masked_scores = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
+        allowed = self.allowed_keys(q.shape[-2], k.shape[-2], attention_mask, device=q.device, causal=causal)
+        blocked = float("-inf") if self.blocked_score == "-inf" else torch.finfo(scores.dtype).min
+        masked_scores = scores if allowed is None else scores.masked_fill(~allowed, blocked)
         masked_scores = self.hook_masked_scores(masked_scores)
 
         # 4. Pattern: softmax over keys. A query with no allowed key gets zeros, not NaN.
-        pattern = torch.softmax(masked_scores, dim=-1, dtype=torch.float32 if self.softmax_in_float32 else None)
-        if allowed is not None:
+        pattern = self.softmax(masked_scores, sinks)
+        if allowed is not None and self.blocked_score == "-inf":
             nothing_to_attend = ~allowed.any(dim=-1, keepdim=True)
             if nothing_to_attend.any():
                 pattern = pattern.masked_fill(nothing_to_attend, 0.0)
         pattern = self.hook_pattern(pattern.to(v.dtype))
-        pattern = self.attn_dropout(pattern)
+        pattern = (dropout or self.attn_dropout)(pattern)
 
         # 5. Weighted sum of values, per head.
         z = self.hook_z(pattern @ v)
+        return z, pattern
 
-        # 6. Concatenate the heads and mix them with the output projection.
-        out = self.hook_out(self.project_out(merge_heads(z)))
-        return out, pattern
+    def softmax(self, masked_scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
+        if sinks is None:
+            return torch.softmax(masked_scores, dim=-1, dtype=torch.float32 if self.softmax_in_float32 else None)
+        # Attention sinks: a per-head logit joins each row's softmax, then its share is dropped.
+        sink_column = sinks.reshape(1, -1, 1, 1).expand(*masked_scores.shape[:-1], 1)
+        logits = torch.cat([masked_scores, sink_column], dim=-1)
+        logits = logits - logits.max(dim=-1, keepdim=True).values
+        return torch.softmax(logits, dim=-1, dtype=logits.dtype)[..., :-1]
 
-    def dot_products(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def dot_products(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+        if self.scores_in_float32 == "matmul":
+            # GPT-J & CodeGen: queries and keys upcast to fp32 before the product.
+            return torch.matmul(q.to(torch.float32), k.to(torch.float32).transpose(-1, -2)) * scale
         if not self.scores_in_float32:
-            return (q @ k.transpose(-1, -2)) * self.scale
+            return (q @ k.transpose(-1, -2)) * scale
         # GPT-2's reorder_and_upcast_attn: fp32 scores, the scale folded into the matmul.
         batch, heads, n_q, d = q.shape
         n_k = k.shape[-2]
@@ -139,14 +211,14 @@ class MaskedMultiHeadAttention(nn.Module):
                 q.reshape(-1, n_q, d).float(),
                 k.transpose(-1, -2).reshape(-1, d, n_k).float(),
                 beta=0,
-                alpha=self.scale,
+                alpha=scale,
             )
         return scores.reshape(batch, heads, n_q, n_k)
 
-    def allowed_keys(self, n_q: int, n_k: int, attention_mask: torch.Tensor | None, device):
+    def allowed_keys(self, n_q: int, n_k: int, attention_mask: torch.Tensor | None, device, causal=None):
         """Which keys each query may see: causal (offset by the cached length) AND the given mask."""
         allowed = None
-        if self.causal:
+        if self.causal if causal is None else causal:
             # Query i sits at absolute position n_past + i and sees keys 0 .. n_past + i.
             n_past = n_k - n_q
             allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(diagonal=n_past)
@@ -154,6 +226,15 @@ class MaskedMultiHeadAttention(nn.Module):
             check_mask(attention_mask, n_q, n_k)
             allowed = attention_mask if allowed is None else allowed & attention_mask
         return allowed
+
+
+def share_kv_heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(batch, kv_head, pos, d) → (batch, head, pos, d): query head h reads key/value head h // group.
+
+    Expand-then-reshape, as Hugging Face's repeat_kv: where that is a view (one key/value head), the
+    matmul that follows takes the same kernel as eager, hence the same rounding."""
+    batch, n_kv, pos, d = t.shape
+    return t[:, :, None].expand(batch, n_kv, n_heads // n_kv, pos, d).reshape(batch, n_heads, pos, d)
 
 
 def split_heads(t: torch.Tensor, d_head: int) -> torch.Tensor:

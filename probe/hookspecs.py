@@ -37,6 +37,11 @@ def register_models(register):
 
 
 @hookspec
+def register_adapters(register):
+    """Register model-family adapters: ``register(name, adapter)``; see probe/adapters/ for the protocol."""
+
+
+@hookspec
 def register_commands(cli):
     """Add commands to the ``probe`` command line (a click group)."""
 

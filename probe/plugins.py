@@ -25,6 +25,7 @@ BUILTIN_PLUGINS = (
     "probe.builtin.metrics",
     "probe.builtin.reporters",
     "probe.builtin.models",
+    "probe.builtin.adapters",
 )
 ENTRY_POINT_GROUP = "probe"
 RESTRICT_ENV = "PROBE_PLUGINS"
@@ -36,6 +37,7 @@ REGISTRIES = {
     "metric": "register_metrics",
     "reporter": "register_reporters",
     "model": "register_models",
+    "adapter": "register_adapters",
 }
 
 

@@ -8,26 +8,17 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from probe.attention import STEPS
 from probe.hooks import HookPoint
-
-# PyTorch keeps a module's hooks in these dicts; a swap carries them over so that Hugging Face's
-# output_attentions recorder (and any user hook) keeps firing on the replacement.
-_TORCH_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-)
 
 
 @dataclass
 class SwapState:
+    adapter: object = None
     originals: list[tuple[nn.Module, str, nn.Module]] = field(default_factory=list)
     hook_points: dict[str, HookPoint] = field(default_factory=dict)
     torch_handles: list = field(default_factory=list)
     blocks: list = field(default_factory=list)
+    undo: list = field(default_factory=list)  # what restore must run, besides putting modules back
 
 
 def swap_attention(model: nn.Module) -> nn.Module:
@@ -40,30 +31,8 @@ def swap_attention(model: nn.Module) -> nn.Module:
     if getattr(model, "_probe_swap", None) is not None:
         raise ValueError(f"{type(model).__name__}'s attention is already swapped")
     adapter = adapter_for(model)
-    adapter.check()
-    _install_hf_output_recorders(model)
-
-    # Build every replacement before touching the model, so a failure leaves it as it was.
-    state = SwapState()
-    replacements = []
-    for slot in adapter.slots(model):
-        original = getattr(slot.parent, slot.attr)
-        if not isinstance(original, slot.expected_class):
-            raise TypeError(
-                f"{slot.prefix}: expected {slot.expected_class.__name__}, found {type(original).__name__}"
-            )
-        new = adapter.replace(original)
-        for step in STEPS:
-            point = getattr(new, f"hook_{step}")
-            point.name = f"{slot.prefix}.{step}"
-            state.hook_points[point.name] = point
-        replacements.append((slot, original, new))
-
-    for slot, original, new in replacements:
-        for name in _TORCH_HOOK_DICTS:
-            getattr(new, name).update(getattr(original, name))
-        setattr(slot.parent, slot.attr, new)
-        state.originals.append((slot.parent, slot.attr, original))
+    state = SwapState(adapter=adapter)
+    adapter.install(model, state)  # all or nothing: raises before touching the model
     for i, block in enumerate(adapter.blocks(model)):
         _add_residual_points(block, i, state)
     model._probe_swap = state
@@ -77,6 +46,8 @@ def restore_attention(model: nn.Module) -> nn.Module:
         raise ValueError(f"{type(model).__name__}'s attention is not swapped")
     for parent, attr, original in state.originals:
         setattr(parent, attr, original)
+    for undo in state.undo:
+        undo()
     for handle in state.torch_handles:
         handle.remove()
     for block in state.blocks:
@@ -128,14 +99,3 @@ def _resid_post_hook(block, args, output):
     if isinstance(output, tuple):
         return (point(output[0]), *output[1:])
     return point(output)
-
-
-def _install_hf_output_recorders(model: nn.Module) -> None:
-    """Let transformers attach its output_attentions recorders now, so the swap can carry them over."""
-    try:
-        from transformers.utils.output_capturing import maybe_install_capturing_hooks
-    except ImportError:  # older layouts record attentions from the return value instead
-        return
-    base = getattr(model, "base_model", model)
-    if hasattr(type(base), "_can_record_outputs"):
-        maybe_install_capturing_hooks(base)

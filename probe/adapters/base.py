@@ -10,6 +10,8 @@ import transformers
 from torch import nn
 from transformers.cache_utils import EncoderDecoderCache
 
+from probe.attention import STEPS
+
 SUPPORTED_TRANSFORMERS = ">=5.24,<6"
 
 
@@ -75,14 +77,26 @@ def update_kv_cache(cache, k, v, layer_idx: int, is_cross_attention: bool):
     return cache.update(k, v, layer_idx)
 
 
+# PyTorch keeps a module's hooks in these dicts; a swap carries them over so that Hugging Face's
+# output_attentions recorder (and any user hook) keeps firing on the replacement.
+TORCH_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+)
+
+
 class FamilyAdapter:
-    """What every family adapter shares: which models it takes and which attention forward it expects.
+    """The full path: a family's attention modules are replaced by the core, projections included.
 
     A subclass sets ``model_classes``, ``attention_class`` and ``expected_parameters``, and supplies
     ``blocks``, ``slots`` and ``replace``.
     """
 
-    family: str
+    name: str
+    path = "full"
     model_classes: tuple[type, ...]
     attention_class: type
     expected_parameters: tuple[str, ...]
@@ -93,3 +107,37 @@ class FamilyAdapter:
     def check(self) -> None:
         # `cache` was called `past_key_values` before transformers 5.24; the adapters accept both.
         check_forward_signature(self.attention_class, self.expected_parameters, ("cache", "past_key_values"))
+
+    def install(self, model: nn.Module, state) -> None:
+        """Replace every slot's module by the core; build all replacements before touching the model."""
+        self.check()
+        _install_hf_output_recorders(model)
+        replacements = []
+        for slot in self.slots(model):
+            original = getattr(slot.parent, slot.attr)
+            if not isinstance(original, slot.expected_class):
+                raise TypeError(
+                    f"{slot.prefix}: expected {slot.expected_class.__name__}, found {type(original).__name__}"
+                )
+            new = self.replace(original)
+            for step in STEPS:
+                point = getattr(new, f"hook_{step}")
+                point.name = f"{slot.prefix}.{step}"
+                state.hook_points[point.name] = point
+            replacements.append((slot, original, new))
+        for slot, original, new in replacements:
+            for name in TORCH_HOOK_DICTS:
+                getattr(new, name).update(getattr(original, name))
+            setattr(slot.parent, slot.attr, new)
+            state.originals.append((slot.parent, slot.attr, original))
+
+
+def _install_hf_output_recorders(model: nn.Module) -> None:
+    """Let transformers attach its output_attentions recorders now, so the swap can carry them over."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # older layouts record attentions from the return value instead
+        return
+    base = getattr(model, "base_model", model)
+    if hasattr(type(base), "_can_record_outputs"):
+        maybe_install_capturing_hooks(base)

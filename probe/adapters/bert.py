@@ -79,8 +79,11 @@ class BertAttention(MaskedMultiHeadAttention):
             return q, None, None  # the encoder's keys/values come from the cache
         return q, self.self.key(context), self.self.value(context)
 
-    def prepare_kv(self, q, k, v, cache=None):
-        return (q, *update_kv_cache(cache, k, v, self.layer_idx, self.is_cross_attention))
+    def cache_kv(self, k, v, cache=None, **plumbing):
+        return update_kv_cache(cache, k, v, self.layer_idx, self.is_cross_attention)
+
+    def output_projection(self):
+        return self.output.dense
 
     def project_out(self, z):
         return self.output.dense(z)
@@ -106,7 +109,7 @@ class BertAttention(MaskedMultiHeadAttention):
 
 
 class BertAdapter(FamilyAdapter):
-    family = "bert"
+    name = "bert"
     model_classes = MODEL_CLASSES
     attention_class = hf_bert.BertAttention
     expected_parameters = EXPECTED_PARAMETERS

@@ -62,8 +62,11 @@ class GPT2Attention(MaskedMultiHeadAttention):
             return self.q_attn(x), None, None  # keys/values of the encoder come from the cache
         return (self.q_attn(x), *self.c_attn(context).split(self.split_size, dim=2))
 
-    def prepare_kv(self, q, k, v, cache=None):
-        return (q, *update_kv_cache(cache, k, v, self.layer_idx, self.is_cross_attention))
+    def cache_kv(self, k, v, cache=None, **plumbing):
+        return update_kv_cache(cache, k, v, self.layer_idx, self.is_cross_attention)
+
+    def output_projection(self):
+        return self.c_proj
 
     def project_out(self, z):
         return self.c_proj(z)
@@ -94,7 +97,7 @@ class GPT2Attention(MaskedMultiHeadAttention):
 
 
 class GPT2Adapter(FamilyAdapter):
-    family = "gpt2"
+    name = "gpt2"
     model_classes = MODEL_CLASSES
     attention_class = hf_gpt2.GPT2Attention
     expected_parameters = EXPECTED_PARAMETERS

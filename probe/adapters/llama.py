@@ -59,14 +59,19 @@ class LlamaAttention(MaskedMultiHeadAttention):
     def project_qkv(self, x, context, **plumbing):
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
-    def prepare_kv(self, q, k, v, position_embeddings=None, cache=None, cache_kwargs=None):
+    def position(self, q, k, position_embeddings=None, **plumbing):
         # Rotary position embedding: rotate each (i, i + d/2) pair of q and k by position · frequency.
         cos, sin = position_embeddings
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        return rotate(q, cos, sin), rotate(k, cos, sin)
+
+    def cache_kv(self, k, v, cache=None, cache_kwargs=None, **plumbing):
         # KV cache: store this step's (rotated) keys and values; attend over everything stored so far.
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx, kwargs=cache_kwargs or {})
-        return q, k, v
+        return k, v
+
+    def output_projection(self):
+        return self.o_proj
 
     def project_out(self, z):
         return self.o_proj(z)
@@ -111,7 +116,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class LlamaAdapter(FamilyAdapter):
-    family = "llama"
+    name = "llama"
     model_classes = MODEL_CLASSES
     attention_class = hf_llama.LlamaAttention
     expected_parameters = EXPECTED_PARAMETERS

@@ -1,0 +1,96 @@
+"""The architectures probe supports, each with a tiny random-init config to test parity on.
+
+One table serves ``probe architectures``, ``probe compare --random-init ARCH``, the README's table and
+the parity suite (tests/test_parity_architectures.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Small enough to run in milliseconds, large enough to have heads, GQA and several blocks.
+TINY = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    model_type: str
+    example: str  # a real checkpoint of this architecture, for the reader
+    causal: bool = True
+    overrides: dict = field(default_factory=dict)
+    drop: tuple[str, ...] = ()  # TINY keys this config does not take
+
+    def config(self):
+        from transformers import AutoConfig
+
+        values = {k: v for k, v in TINY.items() if k not in self.drop}
+        return AutoConfig.for_model(self.model_type, **{**values, **self.overrides})
+
+    def random_model(self, seed: int = 0):
+        import torch
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        auto = AutoModelForCausalLM if self.causal else AutoModel
+        return auto.from_config(self.config())
+
+
+ENCODER = dict(causal=False, drop=("num_key_value_heads",))
+MHA = ("num_key_value_heads",)  # families without grouped-query attention
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.model_type: a
+    for a in [
+        Architecture("gpt2", "openai-community/gpt2", drop=MHA),
+        Architecture("gptj", "EleutherAI/gpt-j-6b", drop=MHA, overrides=dict(rotary_dim=8)),
+        Architecture("gpt_neox", "EleutherAI/pythia-160m", drop=MHA),
+        Architecture("gpt_bigcode", "bigcode/starcoderbase-1b", drop=MHA),
+        Architecture("codegen", "Salesforce/codegen-350M-mono", drop=MHA, overrides=dict(rotary_dim=8)),
+        Architecture("opt", "facebook/opt-125m", drop=MHA, overrides=dict(ffn_dim=128, word_embed_proj_dim=64)),
+        Architecture("llama", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+        Architecture("mistral", "mistralai/Mistral-7B-v0.1", overrides=dict(sliding_window=4)),
+        Architecture("mixtral", "mistralai/Mixtral-8x7B-v0.1", overrides=dict(num_local_experts=4)),
+        Architecture("qwen2", "Qwen/Qwen2.5-0.5B"),
+        Architecture("qwen2_moe", "Qwen/Qwen1.5-MoE-A2.7B", overrides=dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=32)),
+        Architecture("qwen3", "Qwen/Qwen3-0.6B", overrides=dict(head_dim=16)),
+        Architecture("qwen3_moe", "Qwen/Qwen3-30B-A3B", overrides=dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)),
+        Architecture("gemma", "google/gemma-2b", overrides=dict(head_dim=16)),
+        Architecture("gemma2", "google/gemma-2-2b", overrides=dict(head_dim=16, sliding_window=4)),
+        Architecture("gemma3_text", "google/gemma-3-270m", overrides=dict(head_dim=16, sliding_window=4)),
+        Architecture("phi", "microsoft/phi-2", drop=MHA),
+        Architecture("phi3", "microsoft/Phi-3-mini-4k-instruct", overrides=dict(pad_token_id=0)),
+        Architecture("olmo", "allenai/OLMo-1B-hf"),
+        Architecture("olmo2", "allenai/OLMo-2-0425-1B"),
+        Architecture("olmoe", "allenai/OLMoE-1B-7B-0924", overrides=dict(num_experts=4, num_experts_per_tok=2)),
+        Architecture("starcoder2", "bigcode/starcoder2-3b"),
+        Architecture("stablelm", "stabilityai/stablelm-2-1_6b"),
+        Architecture("persimmon", "adept/persimmon-8b-base", drop=MHA),
+        Architecture("cohere", "CohereForAI/c4ai-command-r-v01"),
+        Architecture("granite", "ibm-granite/granite-3.0-2b-base"),
+        Architecture("smollm3", "HuggingFaceTB/SmolLM3-3B", overrides=dict(pad_token_id=0)),
+        Architecture("helium", "kyutai/helium-1-preview-2b", overrides=dict(head_dim=16)),
+        Architecture("glm", "THUDM/glm-4-9b-hf", overrides=dict(head_dim=16, pad_token_id=0)),
+        Architecture("nemotron", "nvidia/Minitron-4B-Base", overrides=dict(head_dim=16)),
+        Architecture("biogpt", "microsoft/biogpt", drop=MHA),
+        Architecture("bert", "sentence-transformers/all-MiniLM-L6-v2", **ENCODER),
+        Architecture("roberta", "FacebookAI/roberta-base", **ENCODER),
+        Architecture("xlm-roberta", "FacebookAI/xlm-roberta-base", **ENCODER),
+        Architecture("electra", "google/electra-small-discriminator", **ENCODER),
+        Architecture("distilbert", "distilbert/distilbert-base-uncased", **ENCODER),
+        Architecture("modernbert", "answerdotai/ModernBERT-base", overrides=dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2), **ENCODER),
+    ]
+}
+
+
+def get(model_type: str) -> Architecture:
+    if model_type not in ARCHITECTURES:
+        raise KeyError(f"no tiny config for {model_type!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[model_type]

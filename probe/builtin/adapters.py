@@ -1,0 +1,16 @@
+"""probe's own model-family adapters, registered through the same hook as anyone's."""
+
+from probe.hookspecs import hookimpl
+
+
+@hookimpl
+def register_adapters(register):
+    from probe.adapters.bert import BertAdapter
+    from probe.adapters.gpt2 import GPT2Adapter
+    from probe.adapters.interface import InterfaceAdapter
+    from probe.adapters.llama import LlamaAdapter
+
+    register("universal", InterfaceAdapter())
+    register("llama", LlamaAdapter())
+    register("bert", BertAdapter())
+    register("gpt2", GPT2Adapter())
