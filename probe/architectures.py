@@ -80,6 +80,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("glm", "THUDM/glm-4-9b-hf", overrides=dict(head_dim=16, pad_token_id=0)),
         Architecture("nemotron", "nvidia/Minitron-4B-Base", overrides=dict(head_dim=16)),
         Architecture("biogpt", "microsoft/biogpt", drop=MHA),
+        # Attention that does not go through Hugging Face's attention interface: full-path adapters.
+        Architecture("gpt_neo", "EleutherAI/gpt-neo-125m", drop=MHA, overrides=dict(attention_types=[[["global", "local"], 1]], window_size=4)),
         Architecture("bert", "sentence-transformers/all-MiniLM-L6-v2", **ENCODER),
         Architecture("roberta", "FacebookAI/roberta-base", **ENCODER),
         Architecture("xlm-roberta", "FacebookAI/xlm-roberta-base", **ENCODER),

@@ -7,6 +7,7 @@ from probe.hookspecs import hookimpl
 def register_adapters(register):
     from probe.adapters.bert import BertAdapter
     from probe.adapters.gpt2 import GPT2Adapter
+    from probe.adapters.gpt_neo import GPTNeoAdapter
     from probe.adapters.interface import InterfaceAdapter
     from probe.adapters.llama import LlamaAdapter
 
@@ -14,3 +15,4 @@ def register_adapters(register):
     register("llama", LlamaAdapter())
     register("bert", BertAdapter())
     register("gpt2", GPT2Adapter())
+    register("gpt_neo", GPTNeoAdapter())
