@@ -36,11 +36,9 @@ class Architecture:
 
     def random_model(self, seed: int = 0):
         import torch
-        from transformers import AutoModel, AutoModelForCausalLM
 
         torch.manual_seed(seed)
-        auto = AutoModelForCausalLM if self.causal else AutoModel
-        return auto.from_config(self.config())
+        return _auto_class(self).from_config(self.config())
 
 
 ENCODER = dict(causal=False, drop=("num_key_value_heads",))
@@ -82,6 +80,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("biogpt", "microsoft/biogpt", drop=MHA),
         # Attention that does not go through Hugging Face's attention interface: full-path adapters.
         Architecture("gpt_neo", "EleutherAI/gpt-neo-125m", drop=MHA, overrides=dict(attention_types=[[["global", "local"], 1]], window_size=4)),
+        Architecture("mpt", "mosaicml/mpt-7b", drop=MHA, overrides=dict(max_seq_len=64, use_cache=True)),
         Architecture("bert", "sentence-transformers/all-MiniLM-L6-v2", **ENCODER),
         Architecture("roberta", "FacebookAI/roberta-base", **ENCODER),
         Architecture("xlm-roberta", "FacebookAI/xlm-roberta-base", **ENCODER),
@@ -90,6 +89,51 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("modernbert", "answerdotai/ModernBERT-base", overrides=dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2), **ENCODER),
     ]
 }
+
+
+def save_random(model_type: str, folder, seed: int = 0):
+    """A random-init checkpoint of ``model_type`` saved to ``folder``, to load back with from_pretrained."""
+    get(model_type).random_model(seed).save_pretrained(folder)
+    return folder
+
+
+def support_table(measure: bool = False) -> list[dict]:
+    """One row per architecture: which adapter and path take it, and (``measure``) the parity vs eager."""
+    rows = []
+    for name in sorted(ARCHITECTURES):
+        row = {"architecture": name, "example": ARCHITECTURES[name].example}
+        row.update(_swap_and_measure(ARCHITECTURES[name], measure))
+        rows.append(row)
+    return rows
+
+
+def _swap_and_measure(arch: Architecture, measure: bool) -> dict:
+    import tempfile
+
+    import torch
+
+    import probe
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_random(arch.model_type, folder)
+        auto = _auto_class(arch)
+        swapped = probe.swap_attention(auto.from_pretrained(folder, attn_implementation="eager").eval())
+        adapter = swapped._probe_swap.adapter
+        row = {"adapter": adapter.name, "path": adapter.path}
+        if measure:
+            reference = auto.from_pretrained(folder, attn_implementation="eager").eval()
+            ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                a = reference(input_ids=ids, output_hidden_states=True).hidden_states
+                b = swapped(input_ids=ids, output_hidden_states=True).hidden_states
+            row["max_abs_diff"] = max((x - y).abs().max().item() for x, y in zip(a, b))
+    return row
+
+
+def _auto_class(arch: Architecture):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return AutoModelForCausalLM if arch.causal else AutoModel
 
 
 def get(model_type: str) -> Architecture:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from probe.heads import per_head_output, sum_heads
+from probe.heads import per_head_output, sum_heads, unchanged
 from probe.hooks import HookPoint
 
 STEPS = ("q", "k", "v", "scores", "masked_scores", "pattern", "z", "head_out", "out")
@@ -133,7 +133,7 @@ class MaskedMultiHeadAttention(nn.Module):
             return self.project_out(merge_heads(z))
         per_head = per_head_output(z, w_o)
         edited = self.hook_head_out(per_head)
-        return self.project_out(merge_heads(z)) if edited is per_head else sum_heads(edited, w_o)
+        return self.project_out(merge_heads(z)) if unchanged(edited, per_head) else sum_heads(edited, w_o)
 
     def attend(
         self,

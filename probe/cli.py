@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 
+from probe import architectures
+from probe.architectures import ARCHITECTURES
 from probe.config import DTYPES, GPT2_SHAPES
 
 
@@ -25,7 +28,8 @@ def cli():
 @click.option(
     "--random-init",
     metavar="NAME_OR_JSON",
-    help=f"Offline: random weights in a GPT-2 shape ({', '.join(GPT2_SHAPES)}) or a GPT2Config JSON file.",
+    help=f"Offline: random weights in a GPT-2 shape ({', '.join(GPT2_SHAPES)}), a GPT2Config JSON file, "
+    "or a tiny config of any architecture `probe architectures` lists.",
 )
 @click.option("--reference", type=click.Choice(["eager", "sdpa"]), default="eager", show_default=True)
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
@@ -51,7 +55,10 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
         raise click.UsageError("give exactly one of --model and --random-init")
     torch_dtype = models.parse_dtype(dtype)
     try:
-        if random_init:
+        if random_init in ARCHITECTURES and random_init not in GPT2_SHAPES:
+            folder = architectures.save_random(random_init, tempfile.mkdtemp(prefix="probe-random-"), seed=seed)
+            source, tokenizer = str(folder), None
+        elif random_init:
             config = models.gpt2_config(random_init)
             folder = models.save_random_gpt2(config, seed=seed)
             source, tokenizer = str(folder), None
@@ -134,6 +141,21 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
             f"accuracy {best['accuracy']:.3f} ± {best['accuracy_std']:.3f}"
         )
     click.echo(f"results, plots and summary in {output_dir}/")
+
+
+@cli.command(name="architectures")
+@click.option("--measure", is_flag=True, help="Also measure each one's parity vs eager on a tiny random model.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_architectures(measure, as_json):
+    """Every architecture probe swaps: adapter, path (full or universal) and, with --measure, parity."""
+    rows = architectures.support_table(measure=measure)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    columns = list(rows[0])
+    click.echo("  ".join(f"{c:<16}" if c != "example" else f"{c:<38}" for c in columns))
+    for row in rows:
+        click.echo("  ".join(f"{str(row[c]):<16}" if c != "example" else f"{row[c]:<38}" for c in columns))
 
 
 @cli.command(name="plot-runs")

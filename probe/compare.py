@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -102,7 +103,9 @@ def compare_models(
         raise ValueError("the reference model must keep Hugging Face's attention; it is swapped")
     dtype = next(reference.parameters()).dtype
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # right for left and right padding
-    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask)
+    if "position_ids" in inspect.signature(reference.forward).parameters:
+        inputs["position_ids"] = position_ids
 
     ref_out, ref_attn = _run(reference, inputs)
     our_out, our_attn = _run(candidate, inputs)
@@ -139,9 +142,8 @@ def _run(model: nn.Module, inputs: dict) -> tuple:
     """Forward with hidden states and attention weights, plus each self-attention block's output."""
     outputs = []
     handles = [
-        slot.parent.get_submodule(slot.attr).register_forward_hook(lambda m, a, out: outputs.append(out[0]))
-        for slot in adapter_for(model).slots(model)
-        if not slot.prefix.endswith("cross_attn")
+        module.register_forward_hook(lambda m, a, out: outputs.append(out[0]))
+        for module in adapter_for(model).attention_modules(model)
     ]
     try:
         with torch.no_grad():

@@ -63,7 +63,7 @@ def attend(
         dropout=lambda p: nn.functional.dropout(p, p=dropout, training=module.training),
         scale=query.shape[-1] ** -0.5 if scaling is None else scaling,
     )
-    core.last_z = z if core.keep_z else None
+    core.last_z = z if core.hook_head_out.active else None  # for head_out, around W_O
     return z.transpose(1, 2).contiguous(), pattern
 
 
@@ -80,7 +80,6 @@ class InterfaceCore(MaskedMultiHeadAttention):
         )
         self.blocked_score = "dtype-min"
         self.kv_hooked_by_cache = False
-        self.keep_z = False  # set while someone listens to head_out
         self.last_z = None
 
 

@@ -36,7 +36,7 @@ def test_hook_point_names(saved_gpt2):
         expected |= {f"blocks.{i}.cross_attn.{s}" for s in STEPS}
         expected |= {f"blocks.{i}.resid_pre", f"blocks.{i}.resid_post"}
     assert names == expected
-    assert set(STEPS) == {"q", "k", "v", "scores", "masked_scores", "pattern", "z", "out"}
+    assert set(STEPS) == {"q", "k", "v", "scores", "masked_scores", "pattern", "z", "head_out", "out"}
     for name, point in probe.hook_points(model).items():
         assert isinstance(point, HookPoint) and point.name == name
 

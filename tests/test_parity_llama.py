@@ -132,7 +132,7 @@ def test_hook_points_rotary_and_grouped_query_attention(smollm2):
     shapes = {
         "q": (batch, N_HEADS, n, D_HEAD), "k": (batch, N_KV_HEADS, n, D_HEAD), "v": (batch, N_KV_HEADS, n, D_HEAD),
         "scores": (batch, N_HEADS, n, n), "masked_scores": (batch, N_HEADS, n, n), "pattern": (batch, N_HEADS, n, n),
-        "z": (batch, N_HEADS, n, D_HEAD), "out": (batch, n, D_MODEL),
+        "z": (batch, N_HEADS, n, D_HEAD), "head_out": (batch, n, N_HEADS, D_MODEL), "out": (batch, n, D_MODEL),
     }
     assert len(seen) == N_LAYERS * (len(shapes) + 2)
     for i in range(N_LAYERS):

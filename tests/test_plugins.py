@@ -22,6 +22,7 @@ import torch
 from click.testing import CliRunner
 from filelock import FileLock
 
+import probe
 import probe.cli
 import probe.experiment
 from probe import hookimpl, hookspecs, plugins
@@ -645,3 +646,28 @@ def test_a_register_commands_hook_that_raises_is_reported_by_main(monkeypatch):
         probe.cli.main()
     assert exit_info.value.code == ("Error: plugin 'broken-commands' raised in hook register_commands: "
                                     "AttributeError: no such group option")
+
+
+# ---------------------------------------------------------------- register_adapters
+
+
+def test_a_plugin_adds_a_family_through_register_adapters(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import adapter_plugin
+    from probe.architectures import save_random
+
+    save_random("mistral", tmp_path)
+    load = lambda: AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()  # noqa: E731
+    before = probe.swap_attention(load())
+    assert before._probe_swap.adapter.name == "universal"  # the built-in path, without the plugin
+
+    plugins.register_plugin(adapter_plugin, "mistral-full")
+    assert "mistral-full" in plugins.registry("adapter")
+    swapped = probe.swap_attention(load())
+    assert swapped._probe_swap.adapter.name == "mistral-full" and swapped._probe_swap.adapter.path == "full"
+    ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = load()(input_ids=ids, output_hidden_states=True).hidden_states
+        got = swapped(input_ids=ids, output_hidden_states=True).hidden_states
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))

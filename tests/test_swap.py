@@ -14,13 +14,13 @@ from transformers import (
     GPT2ForTokenClassification,
     GPT2LMHeadModel,
     GPT2Model,
-    OPTConfig,
-    OPTModel,
+    XGLMConfig,
+    XGLMModel,
 )
 from transformers.models.gpt2 import modeling_gpt2 as hf_gpt2
 
 import probe
-from probe.adapters import ADAPTERS
+from probe.adapters import registered_adapters
 from probe.adapters.base import SUPPORTED_TRANSFORMERS
 from probe.adapters.gpt2 import GPT2Adapter
 from probe.attention import MaskedMultiHeadAttention
@@ -266,28 +266,25 @@ def test_swapping_twice_is_a_clear_error(saved_gpt2):
 
 
 SUPPORTED_NAMES = [cls.__name__ for cls in SIX_CLASSES] + [
-    cls.__name__ for adapter in ADAPTERS for cls in adapter.model_classes
-]
+    cls.__name__ for adapter in registered_adapters() for cls in getattr(adapter, "model_classes", ())
+] + ["AttentionInterface", "probe architectures"]
 
 
-def tiny_opt():
-    return OPTModel(
-        OPTConfig(
-            vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
-            word_embed_proj_dim=16, max_position_embeddings=16, pad_token_id=1,
-        )
+def tiny_xglm():
+    return XGLMModel(
+        XGLMConfig(vocab_size=32, d_model=16, num_layers=1, attention_heads=2, ffn_dim=32, max_position_embeddings=16)
     )
 
 
 @pytest.mark.parametrize(
     "make_model",
     [
-        tiny_opt,  # a Hugging Face family probe has no adapter for
+        tiny_xglm,  # a Hugging Face family probe has no adapter for, not on the attention interface
         lambda: nn.Sequential(GPT2Model(GPT2Config(**TINY))),  # a GPT-2 inside a wrapper is not a GPT-2 class
         lambda: nn.Linear(4, 4),
         lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU()),
     ],
-    ids=["OPTModel", "wrapped-GPT2Model", "Linear", "Sequential"],
+    ids=["XGLMModel", "wrapped-GPT2Model", "Linear", "Sequential"],
 )
 def test_unsupported_model_is_a_value_error_naming_the_supported_classes(make_model):
     model = make_model()

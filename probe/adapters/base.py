@@ -100,6 +100,7 @@ class FamilyAdapter:
     model_classes: tuple[type, ...]
     attention_class: type
     expected_parameters: tuple[str, ...]
+    extra_steps: tuple[str, ...] = ()  # optional steps this family takes, e.g. ("biased_scores",) for ALiBi
 
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, self.model_classes)
@@ -107,6 +108,10 @@ class FamilyAdapter:
     def check(self) -> None:
         # `cache` was called `past_key_values` before transformers 5.24; the adapters accept both.
         check_forward_signature(self.attention_class, self.expected_parameters, ("cache", "past_key_values"))
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        """Each block's self-attention module, in block order."""
+        return [getattr(s.parent, s.attr) for s in self.slots(model) if not s.prefix.endswith("cross_attn")]
 
     def install(self, model: nn.Module, state) -> None:
         """Replace every slot's module by the core; build all replacements before touching the model."""
@@ -120,7 +125,7 @@ class FamilyAdapter:
                     f"{slot.prefix}: expected {slot.expected_class.__name__}, found {type(original).__name__}"
                 )
             new = self.replace(original)
-            for step in STEPS:
+            for step in STEPS + self.extra_steps:
                 point = getattr(new, f"hook_{step}")
                 point.name = f"{slot.prefix}.{step}"
                 state.hook_points[point.name] = point

@@ -16,7 +16,7 @@ from torch import nn
 from probe import interface
 from probe.adapters.layouts import LAYOUTS, Layout, get_path, guess_layout, o_proj_of
 from probe.attention import STEPS
-from probe.heads import per_head_output, sum_heads
+from probe.heads import per_head_output, sum_heads, unchanged
 from probe.hooks import HookPoint
 
 # The attn_implementation values transformers itself ships; anything else was put there by another tool.
@@ -56,6 +56,10 @@ class InterfaceAdapter:
         layout = self.layout(model)
         blocks = get_path(getattr(model, "base_model", model), layout.blocks) if layout else None
         return list(blocks) if blocks is not None else []
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        """Each block's attention module, in block order."""
+        return [get_path(block, self.layout(model).attn) for block in self.blocks(model)]
 
     def install(self, model: nn.Module, state) -> None:
         """Attach a core to every attention module and switch the model to it; all or nothing."""
@@ -152,15 +156,12 @@ def _output_hooks(o_proj: nn.Module | None, core) -> list:
     if o_proj is None:
         return []
 
-    def keep_z(module, args):
-        core.keep_z = core.hook_head_out.active
-
     def out(module, args, output):
         if core.hook_head_out.active and core.last_z is not None:
             output = _head_out(module, core, output)
         return core.hook_out(output) if core.hook_out.active else output
 
-    return [o_proj.register_forward_pre_hook(keep_z), o_proj.register_forward_hook(out)]
+    return [o_proj.register_forward_hook(out)]
 
 
 def _head_out(o_proj: nn.Module, core, output):
@@ -168,4 +169,4 @@ def _head_out(o_proj: nn.Module, core, output):
     per_head = per_head_output(core.last_z, o_proj)
     edited = core.hook_head_out(per_head)
     core.last_z = None
-    return output if edited is per_head else sum_heads(edited, o_proj)
+    return output if unchanged(edited, per_head) else sum_heads(edited, o_proj)
