@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from probe.hooks import HookPoint
+from probe.points import add_model_points
 
 
 @dataclass
@@ -33,6 +34,7 @@ def swap_attention(model: nn.Module) -> nn.Module:
     adapter = adapter_for(model)
     state = SwapState(adapter=adapter)
     adapter.install(model, state)  # all or nothing: raises before touching the model
+    add_model_points(model, adapter, state)
     for i, block in enumerate(adapter.blocks(model)):
         _add_residual_points(block, i, state)
     model._probe_swap = state

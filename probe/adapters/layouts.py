@@ -64,6 +64,7 @@ LAYOUTS: dict[str, Layout] = {
     "gpt_neox": Layout(
         "layers", "attention", "input_layernorm", "post_attention_layernorm", "mlp", "final_layer_norm"
     ),  # sequential or parallel depending on config.use_parallel_residual: resid_mid left out
+    "gpt2": Layout("h", "attn", "ln_1", "ln_2", "mlp", "ln_f", True),
     "gptj": Layout("h", "attn", ln1="ln_1", mlp="mlp", final_norm="ln_f"),
     "codegen": Layout("h", "attn", ln1="ln_1", mlp="mlp", final_norm="ln_f"),
     "gpt_bigcode": Layout("h", "attn", "ln_1", "ln_2", "mlp", "ln_f", True),
