@@ -108,6 +108,15 @@ def support_table(measure: bool = False) -> list[dict]:
     return rows
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The README's table of architectures, from ``support_table`` rows."""
+    header = "| architecture | e.g. | path | max abs diff vs eager |\n|---|---|---|---|\n"
+    return header + "".join(
+        f"| {r['architecture']} | {r['example']} | {r['path']} ({r['adapter']}) | {r.get('max_abs_diff', '')} |\n"
+        for r in rows
+    )
+
+
 def _swap_and_measure(arch: Architecture, measure: bool) -> dict:
     import tempfile
 

@@ -146,11 +146,12 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
 @cli.command(name="architectures")
 @click.option("--measure", is_flag=True, help="Also measure each one's parity vs eager on a tiny random model.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_architectures(measure, as_json):
+@click.option("--markdown", is_flag=True, help="Print the README's Markdown table.")
+def list_architectures(measure, as_json, markdown):
     """Every architecture probe swaps: adapter, path (full or universal) and, with --measure, parity."""
     rows = architectures.support_table(measure=measure)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
+    if as_json or markdown:
+        click.echo(json.dumps(rows, indent=2) if as_json else architectures.markdown_table(rows), nl=not markdown)
         return
     columns = list(rows[0])
     click.echo("  ".join(f"{c:<16}" if c != "example" else f"{c:<38}" for c in columns))

@@ -34,7 +34,9 @@ def test_hook_point_names(saved_gpt2):
     for i in range(2):
         expected |= {f"blocks.{i}.attn.{s}" for s in STEPS}
         expected |= {f"blocks.{i}.cross_attn.{s}" for s in STEPS}
-        expected |= {f"blocks.{i}.resid_pre", f"blocks.{i}.resid_post"}
+        expected |= {f"blocks.{i}.{p}" for p in ("resid_pre", "resid_mid", "resid_post")}
+        expected |= {f"blocks.{i}.{p}.out" for p in ("ln1", "ln2", "mlp")}
+    expected |= {"embed", "ln_final.out"}
     assert names == expected
     assert set(STEPS) == {"q", "k", "v", "scores", "masked_scores", "pattern", "z", "head_out", "out"}
     for name, point in probe.hook_points(model).items():
@@ -254,7 +256,7 @@ def test_unknown_name_is_a_key_error_suggesting_near_names(model, name, suggesti
 
 def test_glob_that_matches_nothing_is_a_key_error(model):
     with pytest.raises(KeyError):
-        probe.add_hook(model, "blocks.*.mlp.out", lambda t, n: None)
+        probe.add_hook(model, "blocks.*.ffn.out", lambda t, n: None)
     with pytest.raises(KeyError):
         with probe.capture(model, "blocks.9.attn.pattern"):
             pass

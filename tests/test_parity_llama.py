@@ -134,7 +134,7 @@ def test_hook_points_rotary_and_grouped_query_attention(smollm2):
         "scores": (batch, N_HEADS, n, n), "masked_scores": (batch, N_HEADS, n, n), "pattern": (batch, N_HEADS, n, n),
         "z": (batch, N_HEADS, n, D_HEAD), "head_out": (batch, n, N_HEADS, D_MODEL), "out": (batch, n, D_MODEL),
     }
-    assert len(seen) == N_LAYERS * (len(shapes) + 2)
+    assert len(seen) == N_LAYERS * (len(shapes) + 3)  # + resid_pre, resid_mid, resid_post
     for i in range(N_LAYERS):
         for step, shape in shapes.items():
             assert tuple(seen[f"blocks.{i}.attn.{step}"].shape) == shape, (i, step)

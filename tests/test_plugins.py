@@ -662,6 +662,7 @@ def test_a_plugin_adds_a_family_through_register_adapters(tmp_path):
     before = probe.swap_attention(load())
     assert before._probe_swap.adapter.name == "universal"  # the built-in path, without the plugin
 
+    assert callable(adapter_plugin.register_adapters)
     plugins.register_plugin(adapter_plugin, "mistral-full")
     assert "mistral-full" in plugins.registry("adapter")
     swapped = probe.swap_attention(load())

@@ -12,7 +12,7 @@ from transformers.cache_utils import EncoderDecoderCache
 
 from probe.attention import STEPS
 
-SUPPORTED_TRANSFORMERS = ">=5.24,<6"
+SUPPORTED_TRANSFORMERS = ">=5.24,<5.25"
 
 
 @dataclass
