@@ -82,6 +82,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("gpt_neo", "EleutherAI/gpt-neo-125m", drop=MHA, overrides=dict(attention_types=[[["global", "local"], 1]], window_size=4)),
         Architecture("mpt", "mosaicml/mpt-7b", drop=MHA, overrides=dict(max_seq_len=64, use_cache=True)),
         Architecture("falcon", "tiiuae/falcon-7b", drop=MHA),  # multi-query, rotary; ALiBi variant: see falcon.py
+        Architecture("bloom", "bigscience/bloom-560m", drop=MHA),
         Architecture("bert", "sentence-transformers/all-MiniLM-L6-v2", **ENCODER),
         Architecture("roberta", "FacebookAI/roberta-base", **ENCODER),
         Architecture("xlm-roberta", "FacebookAI/xlm-roberta-base", **ENCODER),

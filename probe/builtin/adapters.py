@@ -6,6 +6,7 @@ from probe.hookspecs import hookimpl
 @hookimpl
 def register_adapters(register):
     from probe.adapters.bert import BertAdapter
+    from probe.adapters.bloom import BloomAdapter
     from probe.adapters.falcon import FalconAdapter
     from probe.adapters.gpt2 import GPT2Adapter
     from probe.adapters.gpt_neo import GPTNeoAdapter
@@ -20,3 +21,4 @@ def register_adapters(register):
     register("gpt_neo", GPTNeoAdapter())
     register("mpt", MptAdapter())
     register("falcon", FalconAdapter())
+    register("bloom", BloomAdapter())
