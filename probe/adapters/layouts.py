@@ -79,6 +79,15 @@ LAYOUTS: dict[str, Layout] = {
         ("roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text", "xmod", "roc_bert"),
         Layout("encoder.layer", "attention.self", o_proj="attention.output.dense"),
     ),
+    # Full-path families (probe/adapters/gpt_neo.py, mpt.py, bloom.py, falcon.py).
+    "gpt_neo": Layout("h", "attn.attention", "ln_1", "ln_2", "mlp", "ln_f", True),
+    # MPT's and BLOOM's MLP modules add the residual themselves: no mlp.out. BLOOM's resid_mid depends on
+    # config.apply_residual_connection_post_layernorm: left out.
+    "mpt": Layout("blocks", "attn", "norm_1", "norm_2", None, "norm_f", True),
+    "bloom": Layout("h", "self_attention", "input_layernorm", "post_attention_layernorm", None, "ln_f"),
+    # Falcon: the norms a block has depend on its config (parallel or not, one or two norms); the MLP's
+    # output is added to in place (mlp_output += attention_output): no mlp.out.
+    "falcon": Layout("h", "self_attention", "input_layernorm", "post_attention_layernorm", None, "ln_f"),
 }
 
 # Where W_O usually sits inside an attention module.
