@@ -121,7 +121,7 @@ def test_an_edit_at_the_pattern_changes_the_output(name, checkpoints):
 
     with torch.no_grad():
         before = swapped(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-        with probe.hooks(swapped, {"blocks.0.attn.pattern": uniform}):
+        with probe.hooks(swapped, {"blocks.*.attn.pattern": uniform}):
             after = swapped(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
     assert (before - after).abs().max().item() > 1e-4
 

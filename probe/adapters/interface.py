@@ -49,8 +49,10 @@ class InterfaceAdapter:
         layout = self.layout(model) if hasattr(model, "set_attn_implementation") else None
         if layout is None:
             return False
-        blocks = self.blocks(model)
-        return bool(blocks) and all(_is_interface_attention(get_path(b, layout.attn)) for b in blocks)
+        attentions = [get_path(block, layout.attn) for block in self.blocks(model)]
+        # Hybrid models (Qwen3-Next, MiniMax, LFM2) have blocks without attention: those get no attn points.
+        present = [a for a in attentions if a is not None]
+        return bool(present) and all(_is_interface_attention(a) for a in present)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         layout = self.layout(model)
@@ -58,8 +60,9 @@ class InterfaceAdapter:
         return list(blocks) if blocks is not None else []
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
-        """Each block's attention module, in block order."""
-        return [get_path(block, self.layout(model).attn) for block in self.blocks(model)]
+        """Each block's attention module, in block order (blocks without attention left out)."""
+        attentions = (get_path(block, self.layout(model).attn) for block in self.blocks(model))
+        return [a for a in attentions if a is not None]
 
     def install(self, model: nn.Module, state) -> None:
         """Attach a core to every attention module and switch the model to it; all or nothing."""
@@ -68,6 +71,8 @@ class InterfaceAdapter:
         plan = []
         for i, block in enumerate(self.blocks(model)):
             attention = get_path(block, layout.attn)
+            if attention is None:
+                continue
             core = interface.InterfaceCore(attention, interface.numerics_of(attention))
             points = _name_points(core, f"blocks.{i}.attn", attention)
             plan.append((attention, core, points, o_proj_of(block, layout)))

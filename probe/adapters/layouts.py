@@ -45,7 +45,7 @@ LAYOUTS: dict[str, Layout] = {
             "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "phi3",
             "olmo", "olmoe", "starcoder2", "cohere", "granite", "granitemoe", "smollm3", "helium", "glm",
             "stablelm", "nemotron", "exaone4", "ministral", "arcee", "seed_oss", "apertus", "hunyuan_v1_dense",
-            "ernie4_5", "dots1", "glm4", "bitnet", "deepseek_v3", "minimax",
+            "ernie4_5", "dots1", "glm4", "bitnet", "deepseek_v3",
         ),
         LLAMA_LIKE,
     ),
@@ -121,7 +121,8 @@ def guess_layout(model: nn.Module, is_attention) -> Layout | None:
     for list_path, modules in base.named_modules():
         if not isinstance(modules, nn.ModuleList) or len(modules) == 0 or (depth and len(modules) != depth):
             continue
-        for attn_path, sub in modules[0].named_modules():
-            if attn_path and is_attention(sub):
-                return Layout(blocks=list_path, attn=attn_path)
+        for block in modules:  # the first block may have none (hybrids with linear-attention blocks)
+            for attn_path, sub in block.named_modules():
+                if attn_path and is_attention(sub):
+                    return Layout(blocks=list_path, attn=attn_path)
     return None
