@@ -106,10 +106,10 @@ class FalconAttention(MaskedMultiHeadAttention):
 
     def attend(self, q, k, v, attention_mask, **kwargs):
         _, mask_bias, _ = self._call
-        if mask_bias is not None:
-            kwargs.setdefault("score_bias", mask_bias)  # ALiBi: the model's mask carries alibi / √d_head
-        else:
+        if not self.alibi:
             kwargs.setdefault("dropout", nn.Identity())  # Falcon's rotary branch applies no attention dropout
+        elif mask_bias is not None:
+            kwargs.setdefault("score_bias", mask_bias)  # the model's mask carries alibi / √d_head
         return super().attend(q, k, v, attention_mask, **kwargs)
 
     def forward(
