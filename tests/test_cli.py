@@ -167,3 +167,22 @@ def test_run_with_a_missing_config_is_a_clean_error(tmp_path):
     result = run("run", tmp_path / "nope.yaml", "--output", tmp_path / "out")
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert f"Error: config file {tmp_path / 'nope.yaml'} does not exist" in result.output
+
+
+@pytest.mark.parametrize("architecture", ["qwen3", "gpt_neox", "modernbert", "bloom"])
+def test_compare_random_init_takes_any_listed_architecture(architecture):
+    result = run("compare", "--random-init", architecture, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["max_abs_diff"] == 0.0 and report["layers"]
+
+
+def test_architectures_lists_each_with_its_path():
+    from probe.architectures import ARCHITECTURES
+
+    result = run("architectures", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["architecture"]: row for row in json.loads(result.output)}
+    assert set(rows) == set(ARCHITECTURES) and len(rows) >= 30
+    assert rows["gpt2"]["path"] == "full" and rows["qwen2"]["path"] == "universal"
+    assert rows["bloom"]["path"] == "full"

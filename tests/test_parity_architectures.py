@@ -137,3 +137,42 @@ def test_restore_gives_back_the_model_as_it_was(name, checkpoints):
         expected = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
         got = swapped(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
     assert_same_at(mask, expected, got, "after restore")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "gemma2", "gpt_neox", "roberta"])
+def test_training_mode_dropout_and_gradients_are_bitwise_equal(name, checkpoints):
+    arch, ref, swapped = pair(name, checkpoints)
+    for model in (ref, swapped):
+        model.train()
+        for module in model.modules():  # attention dropout on, wherever the family keeps its rate
+            for attr in ("attention_dropout", "attn_pdrop"):
+                if isinstance(getattr(module, attr, None), float):
+                    setattr(module, attr, 0.3)
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.3
+    ids, mask = batch("right")
+    results = []
+    for model in (ref, swapped):
+        torch.manual_seed(0)
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        out[mask.bool()].square().sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (expected, expected_grads), (got, got_grads) = results
+    assert_same_at(mask, expected, got, "training-mode output")
+    assert expected_grads.keys() == got_grads.keys()
+    for param_name, grad in expected_grads.items():
+        assert torch.equal(grad, got_grads[param_name]), f"gradient of {param_name}"
+
+
+def test_the_readme_table_is_the_generated_one():
+    from pathlib import Path
+
+    from probe.architectures import markdown_table, support_table
+
+    readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
+    generated = markdown_table(support_table()).splitlines()
+    documented = [
+        line for line in readme.splitlines() if line.startswith("| ") and (" universal (" in line or " full (" in line)
+    ]
+    assert [row.rsplit("|", 2)[0] for row in generated[2:]] == [row.rsplit("|", 2)[0] for row in documented]
+    assert all(row.rsplit("|", 2)[1].strip() == "0.0" for row in documented)
