@@ -90,6 +90,10 @@ class MaskedMultiHeadAttention(nn.Module):
         """The module holding W_O, for per-head outputs (``head_out``); None where there is none."""
         return getattr(self, "W_o", None)
 
+    def split_qkv(self, q, k, v):
+        """(batch, pos, heads·d_head) → (batch, head, pos, d_head) each; adapters add per-head norms here."""
+        return (split_heads(t, self.d_head) if t is not None else None for t in (q, k, v))
+
     def position(self, q, k, **plumbing):
         """Adapters add position information to queries and keys here (rotary); by default nothing."""
         return q, k
@@ -113,8 +117,7 @@ class MaskedMultiHeadAttention(nn.Module):
         (batch, head, query, key). It carries padding; the causal mask is built here.
         """
         # 1. Project every token into queries, keys and values; split the width into heads.
-        q, k, v = self.project_qkv(x, context, **plumbing)
-        q, k, v = (split_heads(t, self.d_head) if t is not None else None for t in (q, k, v))
+        q, k, v = self.split_qkv(*self.project_qkv(x, context, **plumbing))
         q, k = self.position(q, k, **plumbing)
         # This step's keys and values pass their hook points before the cache: an edit is what gets cached.
         if k is not None:

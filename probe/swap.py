@@ -31,6 +31,7 @@ def swap_attention(model: nn.Module) -> nn.Module:
 
     if getattr(model, "_probe_swap", None) is not None:
         raise ValueError(f"{type(model).__name__}'s attention is already swapped")
+    refuse_foreign_implementation(model)
     adapter = adapter_for(model)
     state = SwapState(adapter=adapter)
     adapter.install(model, state)  # all or nothing: raises before touching the model
@@ -39,6 +40,19 @@ def swap_attention(model: nn.Module) -> nn.Module:
         _add_residual_points(block, i, state)
     model._probe_swap = state
     return model
+
+
+# The attn_implementation values transformers itself ships; anything else was put there by another tool.
+HF_IMPLEMENTATIONS = {None, "eager", "sdpa", "flex_attention", "paged|eager"} | {f"flash_attention_{n}" for n in (2, 3, 4)}
+
+
+def refuse_foreign_implementation(model: nn.Module) -> None:
+    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if current not in HF_IMPLEMENTATIONS:
+        raise ValueError(
+            f"{type(model).__name__}'s attention was already replaced by another tool "
+            f"(attn_implementation={current!r}); load the model afresh to swap it with probe"
+        )
 
 
 def restore_attention(model: nn.Module) -> nn.Module:

@@ -169,7 +169,7 @@ def test_run_with_a_missing_config_is_a_clean_error(tmp_path):
     assert f"Error: config file {tmp_path / 'nope.yaml'} does not exist" in result.output
 
 
-@pytest.mark.parametrize("architecture", ["qwen3", "gpt_neox", "modernbert", "bloom"])
+@pytest.mark.parametrize("architecture", ["qwen3", "gpt_neox", "modernbert", "bloom", "gemma3_text"])
 def test_compare_random_init_takes_any_listed_architecture(architecture):
     result = run("compare", "--random-init", architecture, "--json")
     assert result.exit_code == 0, result.output
@@ -184,5 +184,5 @@ def test_architectures_lists_each_with_its_path():
     assert result.exit_code == 0, result.output
     rows = {row["architecture"]: row for row in json.loads(result.output)}
     assert set(rows) == set(ARCHITECTURES) and len(rows) >= 30
-    assert rows["gpt2"]["path"] == "full" and rows["qwen2"]["path"] == "universal"
+    assert rows["gpt2"]["path"] == "full" and rows["qwen2"]["path"] == "full" and rows["cohere"]["path"] == "universal"
     assert rows["bloom"]["path"] == "full"

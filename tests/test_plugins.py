@@ -657,16 +657,16 @@ def test_a_plugin_adds_a_family_through_register_adapters(tmp_path):
     import adapter_plugin
     from probe.architectures import save_random
 
-    save_random("mistral", tmp_path)
+    save_random("arcee", tmp_path)
     load = lambda: AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()  # noqa: E731
     before = probe.swap_attention(load())
     assert before._probe_swap.adapter.name == "universal"  # the built-in path, without the plugin
 
     assert callable(adapter_plugin.register_adapters)
-    plugins.register_plugin(adapter_plugin, "mistral-full")
-    assert "mistral-full" in plugins.registry("adapter")
+    plugins.register_plugin(adapter_plugin, "arcee-full")
+    assert "arcee-full" in plugins.registry("adapter")
     swapped = probe.swap_attention(load())
-    assert swapped._probe_swap.adapter.name == "mistral-full" and swapped._probe_swap.adapter.path == "full"
+    assert swapped._probe_swap.adapter.name == "arcee-full" and swapped._probe_swap.adapter.path == "full"
     ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = load()(input_ids=ids, output_hidden_states=True).hidden_states

@@ -21,7 +21,11 @@ def registered_adapters() -> list:
 
 
 def adapter_for(model):
-    """The adapter that handles ``model``, or a ValueError naming what is supported."""
+    """The adapter that handles ``model`` (the one that swapped it, once swapped), or a ValueError naming
+    what is supported."""
+    state = getattr(model, "_probe_swap", None)
+    if state is not None:
+        return state.adapter
     adapters = registered_adapters()
     for adapter in adapters:
         if adapter.matches(model):

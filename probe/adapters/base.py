@@ -14,6 +14,9 @@ from probe.attention import STEPS
 
 SUPPORTED_TRANSFORMERS = ">=5.24,<5.25"
 
+# What attention modules call their KV-cache argument, across families and releases.
+CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")
+
 
 @dataclass
 class AttentionSlot:

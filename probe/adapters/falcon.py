@@ -24,7 +24,7 @@ from torch import nn
 from transformers.models.falcon import modeling_falcon as hf_falcon
 
 from probe.adapters.base import AttentionSlot, FamilyAdapter, bool_mask, check_forward_signature
-from probe.adapters.llama import rotate
+from probe.adapters.rotary import rotate
 from probe.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (

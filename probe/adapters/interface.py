@@ -14,20 +14,11 @@ from __future__ import annotations
 from torch import nn
 
 from probe import interface
+from probe.adapters.base import CACHE_ARGUMENTS
 from probe.adapters.layouts import LAYOUTS, Layout, get_path, guess_layout, o_proj_of
 from probe.attention import STEPS
 from probe.heads import per_head_output, sum_heads, unchanged
 from probe.hooks import HookPoint
-
-# The attn_implementation values transformers itself ships; anything else was put there by another tool.
-HF_IMPLEMENTATIONS = {None, "eager", "sdpa", "flex_attention", "paged|eager", interface.IMPLEMENTATION} | {
-    f"flash_attention_{n}" for n in (2, 3, 4)
-}
-
-
-# What attention modules call their KV-cache argument, across families and releases.
-CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")
-
 
 class InterfaceAdapter:
     """Swaps in the core through the attention interface; ``layouts`` says where blocks and norms live."""
@@ -66,7 +57,6 @@ class InterfaceAdapter:
 
     def install(self, model: nn.Module, state) -> None:
         """Attach a core to every attention module and switch the model to it; all or nothing."""
-        _refuse_foreign_implementation(model)
         layout = self.layout(model)
         plan = []
         for i, block in enumerate(self.blocks(model)):
@@ -93,15 +83,6 @@ class InterfaceAdapter:
 
 def _is_interface_attention(module) -> bool:
     return module is not None and interface.calls_the_interface(type(module))
-
-
-def _refuse_foreign_implementation(model: nn.Module) -> None:
-    current = model.config._attn_implementation
-    if current not in HF_IMPLEMENTATIONS:
-        raise ValueError(
-            f"{type(model).__name__}'s attention was already replaced by another tool "
-            f"(attn_implementation={current!r}); load the model afresh to swap it with probe"
-        )
 
 
 def _name_points(core, prefix: str, attention: nn.Module) -> dict[str, HookPoint]:

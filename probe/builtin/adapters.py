@@ -11,11 +11,11 @@ def register_adapters(register):
     from probe.adapters.gpt2 import GPT2Adapter
     from probe.adapters.gpt_neo import GPTNeoAdapter
     from probe.adapters.interface import InterfaceAdapter
-    from probe.adapters.llama import LlamaAdapter
+    from probe.adapters.mapped import MappedAdapter
     from probe.adapters.mpt import MptAdapter
 
     register("universal", InterfaceAdapter())
-    register("llama", LlamaAdapter())
+    register("mapped", MappedAdapter())
     register("bert", BertAdapter())
     register("gpt2", GPT2Adapter())
     register("gpt_neo", GPTNeoAdapter())
