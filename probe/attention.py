@@ -4,6 +4,7 @@
     scores   = q·kᵀ · scale                                            scores
     [capped  = c·tanh(scores / c)]           Gemma 2's soft-capping    capped_scores
     [biased  = scores + bias]                ALiBi, position biases    biased_scores
+    [sinks   = one learned logit per head joins each softmax row]       sink_logits
     masked   = scores with future keys and padding at −∞               masked_scores
     pattern  = softmax(masked)  (a row with nothing to attend to → 0)  pattern
     z        = pattern·v  (each head on its own)                       z
@@ -28,7 +29,7 @@ from probe.hooks import HookPoint
 
 STEPS = ("q", "k", "v", "scores", "masked_scores", "pattern", "z", "head_out", "out")
 # Steps only some families take, each with a hook point of its own where it runs.
-OPTIONAL_STEPS = ("capped_scores", "biased_scores")
+OPTIONAL_STEPS = ("capped_scores", "biased_scores", "sink_logits")
 
 
 class MaskedMultiHeadAttention(nn.Module):
@@ -193,7 +194,7 @@ class MaskedMultiHeadAttention(nn.Module):
         if sinks is None:
             return torch.softmax(masked_scores, dim=-1, dtype=torch.float32 if self.softmax_in_float32 else None)
         # Attention sinks: a per-head logit joins each row's softmax, then its share is dropped.
-        sink_column = sinks.reshape(1, -1, 1, 1).expand(*masked_scores.shape[:-1], 1)
+        sink_column = self.hook_sink_logits(sinks.reshape(1, -1, 1, 1).expand(*masked_scores.shape[:-1], 1))
         logits = torch.cat([masked_scores, sink_column], dim=-1)
         logits = logits - logits.max(dim=-1, keepdim=True).values
         return torch.softmax(logits, dim=-1, dtype=logits.dtype)[..., :-1]

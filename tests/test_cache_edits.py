@@ -82,3 +82,18 @@ def test_a_model_whose_attention_another_tool_replaced_is_refused(folders):
     with pytest.raises(ValueError, match="other_tool"):
         probe.swap_attention(model)
     assert not probe.is_swapped(model) and model.config._attn_implementation == "other_tool"
+
+
+def test_family_steps_have_their_own_hook_points(tmp_path):
+    """Gemma 2's soft-capping and GPT-OSS's sinks are named steps; editing them changes the output."""
+    for name, point, edit in [
+        ("gemma2", "capped_scores", lambda t, n: t * 0),
+        ("gpt_oss", "sink_logits", lambda t, n: torch.full_like(t, float("-inf"))),
+    ]:
+        model = swapped(save_random(name, tmp_path / name))
+        assert f"blocks.0.attn.{point}" in probe.hook_points(model)
+        with torch.no_grad():
+            clean = model(input_ids=IDS).logits
+            with probe.hooks(model, {f"blocks.*.attn.{point}": edit}):
+                edited = model(input_ids=IDS).logits
+        assert not torch.equal(clean, edited), name

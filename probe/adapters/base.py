@@ -128,7 +128,7 @@ class FamilyAdapter:
                     f"{slot.prefix}: expected {slot.expected_class.__name__}, found {type(original).__name__}"
                 )
             new = self.replace(original)
-            for step in STEPS + self.extra_steps:
+            for step in STEPS + self.extra_steps + getattr(new, "extra_steps", ()):
                 point = getattr(new, f"hook_{step}")
                 point.name = f"{slot.prefix}.{step}"
                 state.hook_points[point.name] = point

@@ -55,6 +55,7 @@ class FalconAttention(MaskedMultiHeadAttention):
         self.config = config
         self.layer_idx = original.layer_idx
         self.alibi = config.alibi
+        self.extra_steps = ("biased_scores",) if self.alibi else ()  # only ALiBi checkpoints take that step
         # What Hugging Face's _split_heads reads.
         self.num_heads, self.head_dim = original.num_heads, original.head_dim
         self.num_kv_heads = original.num_kv_heads
@@ -153,14 +154,6 @@ class FalconAdapter(FamilyAdapter):
 
     def check(self) -> None:
         check_forward_signature(self.attention_class, self.expected_parameters, ("layer_past",))
-
-    def install(self, model: nn.Module, state) -> None:
-        super().install(model, state)
-        if model.config.alibi:  # only ALiBi checkpoints take the biased_scores step
-            for slot in self.slots(model):
-                point = getattr(slot.parent, slot.attr).hook_biased_scores
-                point.name = f"{slot.prefix}.biased_scores"
-                state.hook_points[point.name] = point
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(model.base_model.h)

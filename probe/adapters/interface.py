@@ -11,6 +11,7 @@ a position bias), ``attn.masked_scores``, ``attn.pattern``, ``attn.z``, ``attn.h
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from probe import interface
@@ -89,6 +90,8 @@ def _name_points(core, prefix: str, attention: nn.Module) -> dict[str, HookPoint
     steps = STEPS
     if getattr(attention, "attn_logit_softcapping", None):  # Gemma 2's soft-capping
         steps += ("capped_scores",)
+    if isinstance(getattr(attention, "sinks", None), torch.Tensor):  # GPT-OSS's attention sinks
+        steps += ("sink_logits",)
     points = {}
     for step in steps:
         point = getattr(core, f"hook_{step}")

@@ -81,6 +81,7 @@ class MappedAttention(MaskedMultiHeadAttention):
         self.blocked_score = "dtype-min"  # as Hugging Face's masks: padded queries spread evenly, as in eager
         self.map, self.config, self.layer_idx = projection_map, config, original.layer_idx
         self.softcap = getattr(original, "attn_logit_softcapping", None)
+        self.extra_steps = ("capped_scores",) if self.softcap else ()  # Gemma 2's soft-capping
         self.attention_dropout = getattr(original, "attention_dropout", 0.0)  # read at each call, as HF does
         self.rotary_ndims = getattr(original, "rotary_ndims", None)
         self.apply_rotary = inspect.getmodule(type(original)).apply_rotary_pos_emb
