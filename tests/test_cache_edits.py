@@ -97,3 +97,25 @@ def test_family_steps_have_their_own_hook_points(tmp_path):
             with probe.hooks(model, {f"blocks.*.attn.{point}": edit}):
                 edited = model(input_ids=IDS).logits
         assert not torch.equal(clean, edited), name
+
+
+def test_a_failing_universal_swap_leaves_nothing_behind(folders, monkeypatch):
+    from probe import interface
+
+    model = AutoModelForCausalLM.from_pretrained(save_random("cohere", folders["qwen2"].parent / "cohere"))
+    calls = []
+
+    def numerics_failing_on_second(attention):
+        calls.append(attention)
+        if len(calls) == 2:
+            raise interface.UnsupportedNumerics("no numerics for the second block")
+        return real(attention)
+
+    real = interface.numerics_of
+    monkeypatch.setattr(interface, "numerics_of", numerics_failing_on_second)
+    implementation = model.config._attn_implementation
+    with pytest.raises(interface.UnsupportedNumerics):
+        probe.swap_attention(model)
+    assert not probe.is_swapped(model) and model.config._attn_implementation == implementation
+    assert not any("_probe_core" in m.__dict__ for m in model.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
