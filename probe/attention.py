@@ -57,6 +57,7 @@ class MaskedMultiHeadAttention(nn.Module):
         self.n_kv_heads = n_kv_heads or n_heads
         self.scale = d_head**-0.5 if scale is None else scale
         self.causal = causal
+        self.layer_idx = None  # adapters set the block's index, which is how Hugging Face's cache knows it
         # A blocked key's score: −∞ (the full path), or the dtype's lowest value as Hugging Face's masks
         # use it (the universal path), where a query with nothing to attend to spreads evenly, as in eager.
         self.blocked_score = "-inf"
@@ -99,9 +100,11 @@ class MaskedMultiHeadAttention(nn.Module):
         """Adapters add position information to queries and keys here (rotary); by default nothing."""
         return q, k
 
-    def cache_kv(self, k, v, **plumbing):
-        """Adapters store this step's keys/values in the KV cache and return all of them; by default none."""
-        return k, v
+    def cache_kv(self, k, v, cache=None, cache_kwargs=None, **plumbing):
+        """Store this step's keys/values in Hugging Face's KV cache (if one is given) and return all of them."""
+        if cache is None:
+            return k, v
+        return cache.update(k, v, self.layer_idx, kwargs=cache_kwargs or {})
 
     # --- the attention itself ---------------------------------------------------------------------
 

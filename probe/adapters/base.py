@@ -94,8 +94,11 @@ TORCH_HOOK_DICTS = (
 class FamilyAdapter:
     """The full path: a family's attention modules are replaced by the core, projections included.
 
-    A subclass sets ``model_classes``, ``attention_class`` and ``expected_parameters``, and supplies
-    ``blocks``, ``slots`` and ``replace``.
+    A subclass says, as data, which models it takes (``model_classes``), where their blocks are
+    (``blocks_path``, from the base model) and where the attention sits in a block (``attention_path``),
+    which class it replaces (``attention_class``, whose forward must take ``expected_parameters`` and
+    one of ``cache_parameters``) and with what (``replacement``, a core subclass). Families with more
+    decoder blocks may also hold a cross-attention module (``cross_attention_path``).
     """
 
     name: str
@@ -103,14 +106,35 @@ class FamilyAdapter:
     model_classes: tuple[type, ...]
     attention_class: type
     expected_parameters: tuple[str, ...]
+    # `cache` was called `past_key_values` before transformers 5.24; some families say `layer_past`.
+    cache_parameters: tuple[str, ...] = ("cache", "past_key_values")
+    blocks_path: str
+    attention_path: str
+    replacement: type
+    cross_attention_path: str | None = None  # GPT-2's and BERT's add_cross_attention
     extra_steps: tuple[str, ...] = ()  # optional steps this family takes, e.g. ("biased_scores",) for ALiBi
 
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, self.model_classes)
 
     def check(self) -> None:
-        # `cache` was called `past_key_values` before transformers 5.24; the adapters accept both.
-        check_forward_signature(self.attention_class, self.expected_parameters, ("cache", "past_key_values"))
+        check_forward_signature(self.attention_class, self.expected_parameters, self.cache_parameters)
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.base_model.get_submodule(self.blocks_path))
+
+    def slots(self, model: nn.Module) -> list[AttentionSlot]:
+        parent_path, _, attr = self.attention_path.rpartition(".")
+        slots = []
+        for i, block in enumerate(self.blocks(model)):
+            slots.append(AttentionSlot(block.get_submodule(parent_path), attr, f"blocks.{i}.attn", self.attention_class))
+            if self.cross_attention_path and hasattr(block, self.cross_attention_path):
+                prefix = f"blocks.{i}.cross_attn"
+                slots.append(AttentionSlot(block, self.cross_attention_path, prefix, self.attention_class))
+        return slots
+
+    def replace(self, original: nn.Module):
+        return self.replacement(original)
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         """Each block's self-attention module, in block order."""

@@ -29,7 +29,6 @@ from transformers.models.bert import modeling_bert as hf_bert
 
 from probe.adapters.base import (
     FamilyAdapter,
-    AttentionSlot,
     bool_mask,
     cached_cross_layer,
     update_kv_cache,
@@ -113,19 +112,9 @@ class BertAdapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_bert.BertAttention
     expected_parameters = EXPECTED_PARAMETERS
-
-    def blocks(self, model: nn.Module) -> list[nn.Module]:
-        return list(model.base_model.encoder.layer)
-
-    def slots(self, model: nn.Module) -> list[AttentionSlot]:
-        slots = []
-        for i, block in enumerate(self.blocks(model)):
-            slots.append(AttentionSlot(block, "attention", f"blocks.{i}.attn", hf_bert.BertAttention))
-            if hasattr(block, "crossattention"):
-                slots.append(
-                    AttentionSlot(block, "crossattention", f"blocks.{i}.cross_attn", hf_bert.BertAttention)
-                )
-        return slots
+    blocks_path = "encoder.layer"
+    attention_path = "attention"
+    cross_attention_path = "crossattention"
 
     def replace(self, original: nn.Module) -> MaskedMultiHeadAttention:
         new = BertAttention(original)

@@ -16,11 +16,10 @@ parameters are shared and state_dict keys unchanged.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 from transformers.models.bloom import modeling_bloom as hf_bloom
 
-from probe.adapters.base import AttentionSlot, FamilyAdapter, bool_mask, check_forward_signature
+from probe.adapters.base import FamilyAdapter, bool_mask
 from probe.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -60,10 +59,6 @@ class BloomAttention(MaskedMultiHeadAttention):
         fused = self.query_key_value(x).view(batch, n, self.n_heads, 3, self.d_head)
         return fused[..., 0, :].flatten(2), fused[..., 1, :].flatten(2), fused[..., 2, :].flatten(2)
 
-    def cache_kv(self, k, v, cache=None, **plumbing):
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)
-        return k, v
 
     def dot_products(self, q, k, scale):
         # BLOOM's eager scores: ALiBi·β + α·q·kᵀ in one baddbmm (one rounding), which (q·kᵀ)·scale + bias
@@ -121,19 +116,8 @@ class BloomAdapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_bloom.BloomAttention
     expected_parameters = EXPECTED_PARAMETERS
+    blocks_path = "h"
+    attention_path = "self_attention"
+    replacement = BloomAttention
+    cache_parameters = ("layer_past",)
     extra_steps = ("biased_scores",)
-
-    def check(self) -> None:
-        check_forward_signature(self.attention_class, self.expected_parameters, ("layer_past",))
-
-    def blocks(self, model: nn.Module) -> list[nn.Module]:
-        return list(model.base_model.h)
-
-    def slots(self, model: nn.Module) -> list[AttentionSlot]:
-        return [
-            AttentionSlot(block, "self_attention", f"blocks.{i}.attn", hf_bloom.BloomAttention)
-            for i, block in enumerate(self.blocks(model))
-        ]
-
-    def replace(self, original: nn.Module) -> MaskedMultiHeadAttention:
-        return BloomAttention(original)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers.models.falcon import modeling_falcon as hf_falcon
 
-from probe.adapters.base import AttentionSlot, FamilyAdapter, bool_mask, check_forward_signature
+from probe.adapters.base import FamilyAdapter, bool_mask
 from probe.adapters.rotary import rotate
 from probe.attention import MaskedMultiHeadAttention
 
@@ -151,18 +151,7 @@ class FalconAdapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_falcon.FalconAttention
     expected_parameters = EXPECTED_PARAMETERS
-
-    def check(self) -> None:
-        check_forward_signature(self.attention_class, self.expected_parameters, ("layer_past",))
-
-    def blocks(self, model: nn.Module) -> list[nn.Module]:
-        return list(model.base_model.h)
-
-    def slots(self, model: nn.Module) -> list[AttentionSlot]:
-        return [
-            AttentionSlot(block, "self_attention", f"blocks.{i}.attn", hf_falcon.FalconAttention)
-            for i, block in enumerate(self.blocks(model))
-        ]
-
-    def replace(self, original: nn.Module) -> MaskedMultiHeadAttention:
-        return FalconAttention(original)
+    blocks_path = "h"
+    attention_path = "self_attention"
+    replacement = FalconAttention
+    cache_parameters = ("layer_past",)

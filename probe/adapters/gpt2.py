@@ -8,12 +8,10 @@ from __future__ import annotations
 
 
 import torch
-from torch import nn
 from transformers.models.gpt2 import modeling_gpt2 as hf_gpt2
 
 from probe.adapters.base import (
     FamilyAdapter,
-    AttentionSlot,
     bool_mask,
     cached_cross_layer,
     update_kv_cache,
@@ -101,19 +99,7 @@ class GPT2Adapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_gpt2.GPT2Attention
     expected_parameters = EXPECTED_PARAMETERS
-
-    def blocks(self, model: nn.Module) -> list[nn.Module]:
-        return list(model.base_model.h)
-
-    def slots(self, model: nn.Module) -> list[AttentionSlot]:
-        slots = []
-        for i, block in enumerate(self.blocks(model)):
-            slots.append(AttentionSlot(block, "attn", f"blocks.{i}.attn", hf_gpt2.GPT2Attention))
-            if hasattr(block, "crossattention"):
-                slots.append(
-                    AttentionSlot(block, "crossattention", f"blocks.{i}.cross_attn", hf_gpt2.GPT2Attention)
-                )
-        return slots
-
-    def replace(self, original: nn.Module) -> MaskedMultiHeadAttention:
-        return GPT2Attention(original)
+    blocks_path = "h"
+    attention_path = "attn"
+    cross_attention_path = "crossattention"
+    replacement = GPT2Attention

@@ -13,10 +13,9 @@ v_proj, out_proj, attn_dropout, resid_dropout), so parameters are shared and sta
 from __future__ import annotations
 
 import torch
-from torch import nn
 from transformers.models.gpt_neo import modeling_gpt_neo as hf_gpt_neo
 
-from probe.adapters.base import AttentionSlot, FamilyAdapter, bool_mask, check_forward_signature
+from probe.adapters.base import FamilyAdapter, bool_mask
 from probe.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -45,7 +44,7 @@ class GPTNeoAttention(MaskedMultiHeadAttention):
             scores_in_float32="matmul",  # queries and keys upcast to fp32 before the product
         )
         self.config = config
-        self.layer_id = original.layer_id
+        self.layer_idx = original.layer_id  # GPT-Neo's name for the block index
         self.attention_type = original.attention_type
         self.window_size = config.window_size if original.attention_type == "local" else None
         # In Hugging Face's order (k, v, q), so that state_dict keys come in the same order too.
@@ -56,10 +55,6 @@ class GPTNeoAttention(MaskedMultiHeadAttention):
     def project_qkv(self, x, context, **plumbing):
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
-    def cache_kv(self, k, v, cache=None, **plumbing):
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_id)
-        return k, v
 
     def output_projection(self):
         return self.out_proj
@@ -94,19 +89,7 @@ class GPTNeoAdapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_gpt_neo.GPTNeoSelfAttention
     expected_parameters = EXPECTED_PARAMETERS
-
-    def check(self) -> None:
-        check_forward_signature(self.attention_class, self.expected_parameters, ("layer_past",))
-
-    def blocks(self, model: nn.Module) -> list[nn.Module]:
-        return list(model.base_model.h)
-
-    def slots(self, model: nn.Module) -> list[AttentionSlot]:
-        # GPTNeoAttention is a thin wrapper; the attention itself is its `attention` submodule.
-        return [
-            AttentionSlot(block.attn, "attention", f"blocks.{i}.attn", hf_gpt_neo.GPTNeoSelfAttention)
-            for i, block in enumerate(self.blocks(model))
-        ]
-
-    def replace(self, original: nn.Module) -> MaskedMultiHeadAttention:
-        return GPTNeoAttention(original)
+    blocks_path = "h"
+    attention_path = "attn.attention"
+    replacement = GPTNeoAttention
+    cache_parameters = ("layer_past",)

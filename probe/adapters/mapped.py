@@ -121,10 +121,6 @@ class MappedAttention(MaskedMultiHeadAttention):
         q_rot, k_rot = self.apply_rotary(q[..., :n], k[..., :n], cos, sin)
         return torch.cat((q_rot, q[..., n:]), dim=-1), torch.cat((k_rot, k[..., n:]), dim=-1)
 
-    def cache_kv(self, k, v, cache=None, cache_kwargs=None, **plumbing):
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx, kwargs=cache_kwargs or {})
-        return k, v
 
     def output_projection(self):
         return getattr(self, self.map.o)

@@ -14,10 +14,9 @@ state_dict keys unchanged.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from transformers.models.mpt import modeling_mpt as hf_mpt
 
-from probe.adapters.base import AttentionSlot, FamilyAdapter, bool_mask
+from probe.adapters.base import FamilyAdapter, bool_mask
 from probe.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -55,10 +54,6 @@ class MptAttention(MaskedMultiHeadAttention):
             qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
         return qkv.chunk(3, dim=2)
 
-    def cache_kv(self, k, v, cache=None, cache_kwargs=None, **plumbing):
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx, kwargs=cache_kwargs or {})
-        return k, v
 
     def output_projection(self):
         return self.out_proj
@@ -103,16 +98,7 @@ class MptAdapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_mpt.MptAttention
     expected_parameters = EXPECTED_PARAMETERS
+    blocks_path = "blocks"
+    attention_path = "attn"
+    replacement = MptAttention
     extra_steps = ("biased_scores",)
-
-    def blocks(self, model: nn.Module) -> list[nn.Module]:
-        return list(model.base_model.blocks)
-
-    def slots(self, model: nn.Module) -> list[AttentionSlot]:
-        return [
-            AttentionSlot(block, "attn", f"blocks.{i}.attn", hf_mpt.MptAttention)
-            for i, block in enumerate(self.blocks(model))
-        ]
-
-    def replace(self, original: nn.Module) -> MaskedMultiHeadAttention:
-        return MptAttention(original)
