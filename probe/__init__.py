@@ -3,7 +3,7 @@
 from probe.attention import MaskedMultiHeadAttention
 from probe.hooks import HookPoint, add_hook, capture, hook_points, hooks
 from probe.hookspecs import hookimpl
-from probe.swap import is_swapped, restore_attention, swap_attention, swapped_attention
+from probe.swap import is_swapped, restore_attention, set_fast_attention, swap_attention, swapped_attention
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,7 @@ __all__ = [
     "hooks",
     "is_swapped",
     "restore_attention",
+    "set_fast_attention",
     "swap_attention",
     "swapped_attention",
 ]

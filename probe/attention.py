@@ -30,6 +30,8 @@ from probe.hooks import HookPoint
 STEPS = ("q", "k", "v", "scores", "masked_scores", "pattern", "z", "head_out", "out")
 # Steps only some families take, each with a hook point of its own where it runs.
 OPTIONAL_STEPS = ("capped_scores", "biased_scores", "sink_logits")
+# What only the exact path computes: a hook on any of these keeps a core off its fast path.
+PATTERN_STEPS = ("scores", "capped_scores", "biased_scores", "masked_scores", "pattern", "sink_logits")
 
 
 class MaskedMultiHeadAttention(nn.Module):
@@ -61,6 +63,7 @@ class MaskedMultiHeadAttention(nn.Module):
         # A blocked key's score: −∞ (the full path), or the dtype's lowest value as Hugging Face's masks
         # use it (the universal path), where a query with nothing to attend to spreads evenly, as in eager.
         self.blocked_score = "-inf"
+        self.fast = False  # steps 2–5 by scaled_dot_product_attention while no one needs the pattern
         self.scores_in_float32 = scores_in_float32
         self.softmax_in_float32 = softmax_in_float32  # Llama & co.: softmax in fp32 whatever the dtype
         if not isinstance(attn_dropout, nn.Module):
@@ -71,6 +74,10 @@ class MaskedMultiHeadAttention(nn.Module):
             self.W_o = nn.Linear(n_heads * d_head, d_model)
         for step in STEPS + OPTIONAL_STEPS:
             setattr(self, f"hook_{step}", HookPoint(step))
+
+    # False where a family folds part of its arithmetic into dot_products (BLOOM's and Falcon's ALiBi),
+    # which the fused kernel would skip.
+    fast_path_ok = True
 
     # --- what a model family supplies -------------------------------------------------------------
 
@@ -155,20 +162,27 @@ class MaskedMultiHeadAttention(nn.Module):
         sinks: torch.Tensor | None = None,
         dropout=None,
         scale: float | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        training: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Steps 2–5, from queries, keys and values (batch, head, pos, d_head) to ``(z, pattern)``.
 
         The optional steps are those some families add between the dot product and the softmax:
         ``softcap`` (Gemma 2: c·tanh(scores/c)), ``score_bias`` (ALiBi and other position biases,
         added to the scores), ``sinks`` (one learned logit per head that takes part in the softmax
-        but has no value).
+        but has no value). ``training``: whether attention dropout is on (default: this module's mode).
+        With ``fast`` set, nothing listening to the score or pattern points and no dropout, steps 2–5
+        run as one fused kernel instead (``attend_fast``) and the pattern returned is None.
         """
+        training = self.training if training is None else training
         # Grouped-query attention: several query heads share one key/value head.
         if k.shape[1] != q.shape[1]:
             k, v = share_kv_heads(k, q.shape[1]), share_kv_heads(v, q.shape[1])
+        scale = self.scale if scale is None else scale
+        if self.fast and self.fast_path_ok and softcap is None and sinks is None and not training and not self.pattern_needed():
+            return self.attend_fast(q, k, v, attention_mask, causal, score_bias, scale), None
 
         # 2. Scores: every query's dot product with every key, scaled.
-        scores = self.hook_scores(self.dot_products(q, k, self.scale if scale is None else scale))
+        scores = self.hook_scores(self.dot_products(q, k, scale))
         if softcap is not None:
             scores = self.hook_capped_scores(torch.tanh(scores / softcap) * softcap)
         if score_bias is not None:
@@ -192,6 +206,29 @@ class MaskedMultiHeadAttention(nn.Module):
         # 5. Weighted sum of values, per head.
         z = self.hook_z(pattern @ v)
         return z, pattern
+
+    def pattern_needed(self) -> bool:
+        """Whether a hook listens to a step that only the exact path computes."""
+        return any(getattr(self, f"hook_{step}").active for step in PATTERN_STEPS)
+
+    def attend_fast(self, q, k, v, attention_mask, causal, score_bias, scale):
+        """Steps 2–5 fused by torch's scaled_dot_product_attention (FlashAttention or memory-efficient
+        kernels on a GPU): the same arithmetic in another order, so equal up to rounding, not bitwise."""
+        allowed = self.allowed_keys(q.shape[-2], k.shape[-2], attention_mask, device=q.device, causal=causal)
+        nothing_to_attend = None
+        if allowed is not None:
+            nothing_to_attend = ~allowed.any(dim=-1, keepdim=True)
+            allowed = allowed | nothing_to_attend  # a row with no key would be NaN; it is zeroed below
+        mask = allowed
+        if score_bias is not None:
+            blocked = torch.zeros((), dtype=q.dtype, device=q.device) if allowed is None else (
+                torch.zeros_like(allowed, dtype=q.dtype).masked_fill(~allowed, float("-inf"))
+            )
+            mask = score_bias.to(q.dtype) + blocked
+        z = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        if nothing_to_attend is not None and nothing_to_attend.any():
+            z = z.masked_fill(nothing_to_attend, 0.0)
+        return self.hook_z(z)
 
     def softmax(self, masked_scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
         if sinks is None:

@@ -41,7 +41,8 @@ def cli():
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def compare(model_name, revision, random_init, reference, dtype, texts, padding, tolerance, seed, as_json):
+@click.option("--fast", is_flag=True, help="Run probe's fast path (scaled_dot_product_attention; no patterns).")
+def compare(model_name, revision, random_init, reference, dtype, texts, padding, tolerance, seed, as_json, fast):
     """Compare probe's reimplemented attention with Hugging Face's, layer by layer.
 
     Exits with status 1 when a difference exceeds the tolerance.
@@ -72,11 +73,12 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
         raise click.BadParameter(str(error)) from None
 
     reference_model = models.load_model(source, revision=revision, dtype=torch_dtype, attn_implementation=reference)
-    candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype))
+    candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype), fast=fast)
     vocab_size = reference_model.config.vocab_size
     input_ids, attention_mask = encode(list(texts or DEFAULT_TEXTS), tokenizer, padding, vocab_size)
     result = compare_models(
-        reference_model, candidate, input_ids, attention_mask, reference_name=reference, tolerance=tolerance
+        reference_model, candidate, input_ids, attention_mask, reference_name=reference, tolerance=tolerance,
+        fast=fast,
     )
     result.model = model_name or f"random-init:{random_init}"
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())

@@ -23,7 +23,7 @@ DEFAULT_TEXTS = (
 class LayerDiff:
     layer: int
     attn_out: float
-    pattern: float | None  # None where the reference returns no attention weights (sdpa)
+    pattern: float | None  # None where the reference (sdpa) or probe's fast path returns no attention weights
     hidden_state: float
 
 
@@ -38,6 +38,7 @@ class Comparison:
     embeddings: float = 0.0
     max_relative_diff: float = 0.0
     model: str = ""
+    fast: bool = False  # probe's fast path ran (scaled_dot_product_attention), not the exact one
 
     @property
     def max_abs_diff(self) -> float:
@@ -54,6 +55,7 @@ class Comparison:
         return {
             "model": self.model,
             "reference": self.reference,
+            "attention_path": "fast" if self.fast else "exact",
             "dtype": self.dtype,
             "tolerance": self.tolerance,
             "tolerance_is_relative": self.relative,
@@ -75,14 +77,16 @@ class Comparison:
         measured = (f"max relative diff {self.max_relative_diff:.3g} (max abs diff {self.max_abs_diff:.3g})"
                     if self.relative else f"max abs diff {self.max_abs_diff:.3g}")
         kind = "relative tolerance" if self.relative else "tolerance"
-        rows.append(f"{verdict}: {measured} vs reference {self.reference} ({self.dtype}), {kind} {self.tolerance:g}")
+        path = "probe's fast path" if self.fast else "probe's exact path"
+        rows.append(f"{verdict}: {measured}, {path} vs reference {self.reference} ({self.dtype}), {kind} {self.tolerance:g}")
         return "\n".join(rows)
 
 
-def default_tolerance(reference: str, dtype: torch.dtype) -> tuple[float, bool]:
-    """(tolerance, relative?): exact against eager at any dtype. sdpa sums in another order, so allow
-    rounding noise relative to each tensor's scale: trained models carry activations in the thousands."""
-    if reference == "eager":
+def default_tolerance(reference: str, dtype: torch.dtype, fast: bool = False) -> tuple[float, bool]:
+    """(tolerance, relative?): exact against eager at any dtype. sdpa (or probe's fast path) sums in
+    another order, so allow rounding noise relative to each tensor's scale: trained models carry
+    activations in the thousands."""
+    if reference == "eager" and not fast:
         return 0.0, False
     return (1e-5 if dtype == torch.float32 else 1e-2), True
 
@@ -95,6 +99,7 @@ def compare_models(
     *,
     reference_name: str = "eager",
     tolerance: float | None = None,
+    fast: bool = False,
 ) -> Comparison:
     """Run ``reference`` (HF attention) and ``candidate`` (swapped) and diff them at non-padding positions."""
     if not is_swapped(candidate):
@@ -111,12 +116,13 @@ def compare_models(
     our_out, our_attn = _run(candidate, inputs)
 
     keep = attention_mask.bool()
-    default, relative = default_tolerance(reference_name, dtype)
+    default, relative = default_tolerance(reference_name, dtype, fast)
     result = Comparison(
         reference=reference_name,
         dtype=str(dtype).removeprefix("torch."),
         tolerance=default if tolerance is None else tolerance,
         relative=relative and tolerance is None,
+        fast=fast,
     )
     relative_diffs = []
 
@@ -127,10 +133,11 @@ def compare_models(
 
     result.embeddings = _max_diff(ref_out.hidden_states[0], our_out.hidden_states[0], keep)
     ref_patterns = ref_out.attentions or [None] * len(ref_attn)
+    our_patterns = our_out.attentions or [None] * len(our_attn)  # the fast path returns none
     for i, (ra, oa, rp, op, rh, oh) in enumerate(
-        zip(ref_attn, our_attn, ref_patterns, our_out.attentions, ref_out.hidden_states[1:], our_out.hidden_states[1:])
+        zip(ref_attn, our_attn, ref_patterns, our_patterns, ref_out.hidden_states[1:], our_out.hidden_states[1:])
     ):
-        pattern = None if rp is None else _max_diff(rp, op, keep[:, None, :, None].expand_as(rp))
+        pattern = None if rp is None or op is None else _max_diff(rp, op, keep[:, None, :, None].expand_as(rp))
         result.layers.append(LayerDiff(i, _max_diff(ra, oa, keep), pattern, _max_diff(rh, oh, keep)))
     if getattr(ref_out, "logits", None) is not None:
         result.logits = _max_diff(ref_out.logits, our_out.logits, keep)

@@ -62,6 +62,7 @@ def attend(
         sinks=s_aux if s_aux is not None else kwargs.get("sinks"),
         dropout=lambda p: nn.functional.dropout(p, p=dropout, training=module.training),
         scale=query.shape[-1] ** -0.5 if scaling is None else scaling,
+        training=module.training and dropout > 0,
     )
     core.last_z = z if core.hook_head_out.active else None  # for head_out, around W_O
     return z.transpose(1, 2).contiguous(), pattern

@@ -20,12 +20,14 @@ class SwapState:
     torch_handles: list = field(default_factory=list)
     blocks: list = field(default_factory=list)
     undo: list = field(default_factory=list)  # what restore must run, besides putting modules back
+    cores: list = field(default_factory=list)  # the core of every attention, in block order
 
 
-def swap_attention(model: nn.Module) -> nn.Module:
+def swap_attention(model: nn.Module, fast: bool = False) -> nn.Module:
     """Replace every attention module of ``model`` with probe's; parameters are shared, not copied.
 
     Either every attention module is replaced or none is. Returns the model (swapped in place).
+    ``fast``: see ``set_fast_attention``; the exact path, bit-identical to eager, is the default.
     """
     from probe.adapters import adapter_for  # imports transformers' model code: only when swapping
 
@@ -39,6 +41,18 @@ def swap_attention(model: nn.Module) -> nn.Module:
     for i, block in enumerate(adapter.blocks(model)):
         _add_residual_points(block, i, state)
     model._probe_swap = state
+    return set_fast_attention(model, fast)
+
+
+def set_fast_attention(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """While ``enabled``, each core computes steps 2–5 with torch's scaled_dot_product_attention whenever
+    no hook listens to scores, masked_scores, pattern (or a family's score steps) and dropout is off:
+    equal to the exact path up to rounding, faster on GPUs, and with no attention weights returned."""
+    state = getattr(model, "_probe_swap", None)
+    if state is None:
+        raise ValueError(f"{type(model).__name__}'s attention is not swapped: call probe.swap_attention first")
+    for core in state.cores:
+        core.fast = enabled
     return model
 
 

@@ -60,7 +60,7 @@ def test_compare_table_output_says_pass(tiny_json):
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert lines[0].split() == ["layer", "attn", "out", "pattern", "hidden", "state"]
-    assert lines[-1] == "PASS: max abs diff 0 vs reference eager (float32), tolerance 0"
+    assert lines[-1] == "PASS: max abs diff 0, probe's exact path vs reference eager (float32), tolerance 0"
 
 
 def test_compare_negative_tolerance_fails_with_exit_1(tiny_json):
@@ -186,3 +186,12 @@ def test_architectures_lists_each_with_its_path():
     assert set(rows) == set(ARCHITECTURES) and len(rows) >= 30
     assert rows["gpt2"]["path"] == "full" and rows["qwen2"]["path"] == "full" and rows["cohere"]["path"] == "universal"
     assert rows["bloom"]["path"] == "full"
+
+
+def test_compare_fast_reports_its_path_and_passes_against_sdpa():
+    result = run("compare", "--random-init", "qwen2", "--reference", "sdpa", "--fast", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["attention_path"] == "fast" and report["tolerance_is_relative"]
+    assert report["max_relative_diff"] <= 1e-5
+    assert all(layer["pattern"] is None for layer in report["layers"])  # the fast path computes no pattern

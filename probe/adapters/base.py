@@ -151,7 +151,7 @@ class FamilyAdapter:
                 raise TypeError(
                     f"{slot.prefix}: expected {slot.expected_class.__name__}, found {type(original).__name__}"
                 )
-            new = self.replace(original)
+            new = self.replace(original).train(original.training)  # a new module starts in training mode
             for step in STEPS + self.extra_steps + getattr(new, "extra_steps", ()):
                 point = getattr(new, f"hook_{step}")
                 point.name = f"{slot.prefix}.{step}"
@@ -162,6 +162,7 @@ class FamilyAdapter:
                 getattr(new, name).update(getattr(original, name))
             setattr(slot.parent, slot.attr, new)
             state.originals.append((slot.parent, slot.attr, original))
+            state.cores.append(new)
 
 
 def _install_hf_output_recorders(model: nn.Module) -> None:

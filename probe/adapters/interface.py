@@ -75,6 +75,7 @@ class InterfaceAdapter:
             raise ValueError(f"{type(model).__name__} does not let its attention implementation be switched")
         for attention, core, points, o_proj in plan:
             attention.__dict__["_probe_core"] = core
+            state.cores.append(core)
             state.hook_points.update(points)
             state.torch_handles += _kv_cache_hooks(attention, core)
             state.torch_handles += _output_hooks(o_proj, core)

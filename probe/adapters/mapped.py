@@ -130,7 +130,10 @@ class MappedAttention(MaskedMultiHeadAttention):
 
     def attend(self, q, k, v, attention_mask, **steps):
         dropout = lambda p: nn.functional.dropout(p, p=self.attention_dropout, training=self.training)  # noqa: E731
-        return super().attend(q, k, v, attention_mask, softcap=self.softcap, dropout=dropout, **steps)
+        training = self.training and self.attention_dropout > 0
+        return super().attend(
+            q, k, v, attention_mask, softcap=self.softcap, dropout=dropout, training=training, **steps
+        )
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         caches = [kwargs.pop(name, None) for name in CACHE_ARGUMENTS]
