@@ -1,4 +1,4 @@
-"""Built-in reporters: results.json, results.csv, plots (accuracy, PCA, attention) and summary.md."""
+"""Built-in reporters: results.json, results.csv, plots (accuracy, PCA, attention), summary.md and report.html."""
 
 from __future__ import annotations
 
@@ -38,9 +38,24 @@ def attention_plot(results, output_dir, context, n_layers_shown: int = 4):
     return report.plot_attention(tokens, target, patterns, title, output_dir)
 
 
+def html_page(results, output_dir, context):
+    """report.html, and report_data.json (the PCA and attention views) so that `probe report` can redraw it."""
+    from probe.html_report import PAGE, Run, render_report
+    from probe.io import write_text_atomic
+    from probe.report_data import build_report_data, write_report_data
+
+    config = context.config
+    store = context.stores["reference" if config.attention == "reference" else "reimplemented"]
+    data = build_report_data(results, context.rows, store.layer, config.positions, context.load_model,
+                             split_by=config.split_by, example=config.example)
+    write_report_data(data, output_dir)
+    return write_text_atomic(output_dir / PAGE, render_report(Run(results, data, output_dir)))
+
+
 @hookimpl
 def register_reporters(register):
     register("json", lambda results, output_dir, context: report.write_json(results, output_dir))
     register("csv", lambda results, output_dir, context: report.write_csv(results, output_dir))
     register("plots", plots)
     register("summary", lambda results, output_dir, context: report.write_summary(results, output_dir))
+    register("html", html_page)
