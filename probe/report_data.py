@@ -50,7 +50,7 @@ def pca_per_layer(vectors: Callable[[str, int], np.ndarray], position: str, laye
     that the picture does not flip as a slider moves."""
     out, previous = {}, None
     for layer in layers:
-        points, explained = _pca2(vectors(position, layer))
+        points, explained = pca2(vectors(position, layer))
         if previous is not None:
             for j in range(2):
                 if np.dot(points[:, j], previous[:, j]) < 0:
@@ -60,7 +60,7 @@ def pca_per_layer(vectors: Callable[[str, int], np.ndarray], position: str, laye
     return out
 
 
-def _pca2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pca2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The first two principal components' scores and their share of the variance. Identical rows (the
     embedding of one word in a model without position embeddings) have no variance to explain: zeros."""
     centred = np.asarray(X, dtype=np.float64) - X.mean(0)

@@ -13,8 +13,8 @@ def plots(results, output_dir, context):
     attention_plot(results, output_dir, context)
 
 
-def attention_plot(results, output_dir, context, n_layers_shown: int = 4):
-    """The example sentence's target token: which words each head attends to, at a few layers."""
+def attention_plot(results, output_dir, context, n_blocks_shown: int = 4):
+    """The example sentence's target token: which words each head attends to, in a few blocks."""
     import torch
 
     from probe.data import span_token_indices
@@ -29,7 +29,7 @@ def attention_plot(results, output_dir, context, n_layers_shown: int = 4):
     offsets = encoding.pop("offset_mapping")[0].tolist()
     target = span_token_indices(row["text"], offsets, row["span_start"], row["span_end"])[-1]
     n_blocks = results["model"]["layers"]
-    shown = sorted({0, n_blocks // 3, 2 * n_blocks // 3, n_blocks - 1})[:n_layers_shown]
+    shown = sorted({0, n_blocks // 3, 2 * n_blocks // 3, n_blocks - 1})[:n_blocks_shown]
     with capture(model, [f"blocks.{i}.attn.pattern" for i in shown]) as seen, torch.no_grad():
         model(**encoding)
     patterns = {i: seen[f"blocks.{i}.attn.pattern"][0, :, target].float().numpy() for i in shown}
