@@ -39,9 +39,10 @@ class PageLog:
 
 
 @contextmanager
-def open_page(path: str | Path, width: int = 1400, height: int = 900) -> Iterator[tuple[object, PageLog]]:
-    """A playwright page showing the HTML file at ``path``, every view drawn; any other request is blocked
-    and logged."""
+def open_page(path: str | Path, width: int = 1400, height: int = 900,
+              ready: str = "body[data-ready=true]") -> Iterator[tuple[object, PageLog]]:
+    """A playwright page showing the HTML file at ``path`` once ``ready`` matches (a report page: every view
+    drawn); any other request is blocked and logged."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -56,7 +57,7 @@ def open_page(path: str | Path, width: int = 1400, height: int = 900) -> Iterato
             page.on("pageerror", lambda e: log.errors.append(str(e)))
             page.route("**/*", lambda route: _only_the_page(route, log))
             page.goto(url)
-            page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+            page.wait_for_selector(ready, state="attached", timeout=60_000)
             yield page, log
         finally:
             browser.close()

@@ -122,4 +122,5 @@ window.probeAttentionViewer = window.probeAttentionViewer || function (root, sen
   headSelect.addEventListener("change", () => { state.head = +headSelect.value; render(); });
   setupSentence();
   render();
+  root.setAttribute("data-ready", "true");
 };
