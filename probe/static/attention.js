@@ -1,7 +1,9 @@
 // probe's attention viewer: pick a sentence, a block and a head; tokens are shaded by the attention the
 // query token (the target word, or any token you click) gives them. Hatched cells are masked keys.
 window.probeAttentionViewer = window.probeAttentionViewer || function (root, sentences) {
-  const state = {sentence: 0, block: 0, head: 0, query: sentences[0].target};
+  // Start in the middle block: the first attends mostly to itself, the last mostly to the first token.
+  const state = {sentence: 0, block: Math.floor((sentences[0].patterns.length - 1) / 2), head: 0,
+                 query: sentences[0].target};
 
   function make(tag, attrs, text) {
     const el = document.createElement(tag);
