@@ -80,16 +80,24 @@ def _short(values) -> list[float]:
 
 
 def example_rows(rows, split_by: str | None, example: int, limit: int = MAX_SENTENCES) -> list[int]:
-    """The config's example row, then the first row of each sense (within each subset when split)."""
+    """The config's example row, then one row per sense (within each subset when split): the first whose
+    cue a causal model can see (left of the word, or both sides), else the first."""
     labels = list(rows["label"])
     subsets = list(rows[split_by]) if split_by else [None] * len(labels)
+    cues = list(rows["cue"]) if "cue" in _columns(rows) else [None] * len(labels)
     chosen = [min(example, len(labels) - 1)]
     seen = {(subsets[chosen[0]], labels[chosen[0]])}
-    for i, key in enumerate(zip(subsets, labels)):
+    visible_first = sorted(range(len(labels)), key=lambda i: cues[i] not in ("left", "both"))
+    for i in visible_first:
+        key = (subsets[i], labels[i])
         if key not in seen:
             seen.add(key)
             chosen.append(i)
     return chosen[:limit]
+
+
+def _columns(rows) -> list[str]:
+    return list(getattr(rows, "column_names", None) or rows.keys())
 
 
 def attention_sentences(rows, load_model: Callable[[], tuple], indices: Sequence[int]) -> list[dict]:

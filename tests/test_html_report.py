@@ -86,10 +86,12 @@ def test_pca2_explained_variance_and_constant_rows():
     assert not same.any() and not none.any()
 
 
-def test_example_rows_one_per_subset_and_sense():
-    rows = {"label": ["a", "a", "b", "b", "a", "b"], "cue": ["l", "r", "l", "r", "l", "l"]}
-    assert example_rows(rows, "cue", example=4) == [4, 1, 2, 3]
-    assert example_rows(rows, None, example=0) == [0, 2]
+def test_example_rows_one_per_subset_and_sense_preferring_a_visible_cue():
+    rows = {"label": ["a", "a", "b", "b", "a", "b"], "cue": ["right", "right", "right", "both", "left", "left"],
+            "group": ["1", "2", "1", "2", "1", "2"]}
+    assert example_rows(rows, "group", example=0) == [0, 3, 1, 2]  # group 1 has no visible cue for b
+    assert example_rows(rows, None, example=2) == [2, 4]
+    assert example_rows({"label": ["a", "b", "a"]}, None, example=0) == [0, 1]
 
 
 # ---------------------------------------------------------------- figures
