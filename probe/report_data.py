@@ -37,7 +37,7 @@ def build_report_data(
         "rows": {"text": list(rows["text"]), "label": list(rows["label"]), "subset": subsets},
         "split_by": split_by,
         "pca": {position: pca_per_layer(vectors, position, layers) for position in positions},
-        "attention": attention_sentences(rows, load_model, example_rows(rows, split_by, example)),
+        "attention": attention_sentences(rows, load_model, example_rows(rows, split_by, example), subsets),
     }
 
 
@@ -100,7 +100,8 @@ def _columns(rows) -> list[str]:
     return list(getattr(rows, "column_names", None) or rows.keys())
 
 
-def attention_sentences(rows, load_model: Callable[[], tuple], indices: Sequence[int]) -> list[dict]:
+def attention_sentences(rows, load_model: Callable[[], tuple], indices: Sequence[int],
+                        subsets: Sequence[str] | None = None) -> list[dict]:
     """Every block's attention for the chosen rows, from the target word, with probe's attention swapped in."""
     from probe.attention_view import capture_attention
     from probe.swap import is_swapped, swap_attention
@@ -114,5 +115,6 @@ def attention_sentences(rows, load_model: Callable[[], tuple], indices: Sequence
         sentence = capture_attention(model, tokenizer, row["text"], (row["span_start"], row["span_end"]),
                                      label=row["label"])
         sentence["row"] = int(i)
+        sentence["subset"] = subsets[int(i)] if subsets else None
         sentences.append(sentence)
     return sentences

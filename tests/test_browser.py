@@ -114,6 +114,7 @@ def test_attention_viewer_switches_block_head_sentence_and_query(run_dir):
         block_label = page.text_content(f"{view} [data-role=block-label]")
         masked = page.eval_on_selector_all(f"{tokens}.masked", "els => els.length")
         words = texts(page, tokens)
+        sentence_names = texts(page, f"{view} [data-role=sentence] option")
         select(page, f"{view} [data-role=sentence]", "1")
         other_words = texts(page, tokens)
         page.click(f"{tokens} >> nth=0")
@@ -124,6 +125,7 @@ def test_attention_viewer_switches_block_head_sentence_and_query(run_dir):
     target = next(i for i, w in enumerate(words) if w.strip() == "mole")
     assert masked == len(words) - target - 1  # every token after "mole" is hidden from it
     assert other_words != words
+    assert {name.split("]")[0] for name in sentence_names} >= {"[left · animal", "[right · spy"}
     assert query.startswith("Attention from") and "(token 0)" in query
     n = len(other_words)
     assert grid_masked == n * (n - 1) // 2  # the causal mask: the grid's upper triangle

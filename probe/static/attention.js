@@ -34,7 +34,7 @@ window.probeAttentionViewer = window.probeAttentionViewer || function (root, sen
   const controls = make("div", {class: "controls"});
   const sentenceSelect = make("select", {"data-role": "sentence"});
   sentences.forEach((s, i) => sentenceSelect.appendChild(
-    make("option", {value: i}, (s.label ? `[${s.label}] ` : "") + s.text)));
+    make("option", {value: i}, `[${[s.subset, s.label].filter(Boolean).join(" · ")}] `.replace("[] ", "") + s.text)));
   const blockInput = make("input", {type: "range", min: 0, step: 1, "data-role": "block"});
   const blockLabel = make("span", {"data-role": "block-label", class: "value"});
   const headSelect = make("select", {"data-role": "head"});
