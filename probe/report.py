@@ -93,7 +93,8 @@ def write_summary(results: dict, output_dir: Path) -> Path:
             lines.append(f"- {name} baseline accuracy: {baseline['accuracy']:.3f}")
     if data.get("skipped_rows"):
         lines += ["", f"Skipped {len(data['skipped_rows'])} bad row(s):"] + [f"- {p}" for p in data["skipped_rows"]]
-    lines += ["", "Files: results.json, results.csv, accuracy.png, pca.png, attention.png.", ""]
+    lines += ["", "Files: results.json, results.csv, accuracy, pca and attention figures (.png, .svg, .pdf); "
+              "report.html with the html reporter.", ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
 
 
@@ -123,9 +124,13 @@ FIGURE_FORMATS = ("png", "svg", "pdf")  # PNG to look at, SVG and PDF (vector) f
 
 def _save(fig, path: Path) -> Path:
     """``path`` (a .png) and the same figure as .svg and .pdf beside it; returns the PNG's path."""
-    for fmt in FIGURE_FORMATS:
-        write_atomic(path.with_suffix(f".{fmt}"),
-                     lambda tmp, fmt=fmt: fig.savefig(tmp, dpi=150, bbox_inches="tight", format=fmt))
+    import matplotlib
+
+    # Text stays text (SVG) and fonts are embedded as TrueType (PDF), as journals and editors want.
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
+        for fmt in FIGURE_FORMATS:
+            write_atomic(path.with_suffix(f".{fmt}"),
+                         lambda tmp, fmt=fmt: fig.savefig(tmp, dpi=150, bbox_inches="tight", format=fmt))
     _pyplot().close(fig)
     return path
 
