@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(BIN)/probe run experiments/mole.yaml --model minilm-l6 --output runs/mole-minilm-l6
 	$(BIN)/probe run experiments/mole.yaml --model smollm2-135m --output runs/mole-smollm2-135m
+	$(BIN)/probe report runs/mole-minilm-l6 runs/mole-smollm2-135m --output runs/mole-report.html
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
