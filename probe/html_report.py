@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,11 @@ def as_run(source) -> Run:
     raise TypeError(f"cannot make a report from {type(source).__name__}; give a run folder or a results dict")
 
 
-def render_report(*sources) -> str:
-    """The report page for one run, or one page comparing several (each source as in ``as_run``)."""
+def render_report(*sources, fragment: bool = False) -> str:
+    """The report page for one run, or one page comparing several (each source as in ``as_run``).
+
+    ``fragment``: an HTML fragment instead of a whole document, for a notebook's ``_repr_html_`` (several
+    can share a page)."""
     if not sources:
         raise ValueError("render_report needs at least one run")
     runs = [as_run(source) for source in sources]
@@ -75,7 +79,8 @@ def render_report(*sources) -> str:
             "comparison": comparison_figure([run.results for run in runs]) if len(runs) > 1 else None}
     sections = "".join(_run_section(n, run) for n, run in enumerate(runs))
     comparison = _view("comparison", "Runs compared", "", '<div class="plot"></div>') if len(runs) > 1 else ""
-    return _page(_title(runs), comparison + sections, data)
+    report = _report_div(_title(runs), comparison + sections, data)
+    return _assets() + report if fragment else _page(_title(runs), report)
 
 
 def write_report(run_dir: str | Path, output: str | Path | None = None, *more_runs) -> Path:
@@ -125,7 +130,7 @@ def _run_section(n: int, run: Run) -> str:
         views.append(_view("attention", "Attention",
                            "Blocks are numbered from 0; block i reads layer i and writes layer i + 1.",
                            '<div class="probe-attention"></div>'))
-    return (f'<section class="run" id="run-{n}"><h2>{html.escape(_title([run]))}</h2>'
+    return (f'<section class="run" data-run="{n}"><h2>{html.escape(_title([run]))}</h2>'
             f'<p class="meta">{html.escape(_meta(r))}</p>{missing}{"".join(views)}</section>')
 
 
@@ -141,19 +146,28 @@ def _view(name: str, title: str, hint: str, body: str) -> str:
     return f'<div class="view" data-view="{name}"><h3>{html.escape(title)}</h3>{hint_html}{body}</div>'
 
 
-def _page(title: str, body: str, data: dict) -> str:
+def _assets() -> str:
+    """The page's CSS and JavaScript, plotly.js included: everything inline, nothing fetched."""
     from plotly.offline import get_plotlyjs
 
+    return (f"<style>{static_text('report.css')}</style><script>{get_plotlyjs()}</script>"
+            f"<script>{static_text('attention.js')}</script><script>{static_text('report.js')}</script>")
+
+
+def _report_div(title: str, body: str, data: dict) -> str:
+    """The report itself, drawn into its own element (so that several can share a notebook)."""
+    element = f"probe-report-{uuid.uuid4().hex[:12]}"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>{static_text('report.css')}</style>"
-        f"<script>{get_plotlyjs()}</script><script>{static_text('attention.js')}</script>"
-        f"<script>{static_text('report.js')}</script></head>\n"
-        f'<body><div class="probe-report"><h1>{html.escape(title)}</h1>'
+        f'<div class="probe-report" id="{element}"><h1>{html.escape(title)}</h1>'
         '<p class="meta">Made by probe. Layer N is hidden state N (0 = the embeddings); block i is the '
         "i-th transformer block, which writes layer i + 1.</p>"
-        f"{body}</div>\n"
-        f'<script type="application/json" id="probe-data">{json_for_script(data)}</script>\n'
-        "<script>probeReport(JSON.parse(document.getElementById('probe-data').textContent));</script>"
-        "</body></html>\n"
+        f'{body}<script type="application/json" data-probe-data>{json_for_script(data)}</script></div>\n'
+        f"<script>probeReport(document.getElementById({json.dumps(element)}));</script>\n"
+    )
+
+
+def _page(title: str, report: str) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title>{_assets()}</head>\n<body>{report}</body></html>\n"
     )

@@ -157,3 +157,19 @@ def test_probe_attention_page_for_any_sentence(tmp_path_factory, tmp_path):
     assert all("masked" in t for t in titles[target + 1 :])
     assert len(options) == 2
     assert log.errors == [] and log.requests == []
+
+
+def test_two_report_fragments_share_a_notebook_page(run_dir, tmp_path):
+    """render_report(..., fragment=True) is what a notebook cell shows: two on one page draw independently."""
+    from probe.html_report import render_report
+
+    cells = render_report(run_dir, fragment=True) + render_report(run_dir, fragment=True)
+    path = tmp_path / "notebook.html"
+    path.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>{cells}</body></html>')
+    with open_page(path) as (page, log):
+        page.wait_for_function("document.querySelectorAll('.probe-report[data-ready=true]').length === 2")
+        set_range(page, ".probe-report >> nth=1 >> [data-view=pca] [data-role=layer]", 0)
+        labels = texts(page, "[data-view=pca] [data-role=layer-label]")
+    assert not cells.lstrip().startswith("<!DOCTYPE")
+    assert labels == ["layer 2 of 0–2 (the output of block 1)", "layer 0 of 0–2 (the embeddings)"]
+    assert log.errors == [] and log.requests == []

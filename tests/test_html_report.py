@@ -135,7 +135,7 @@ def test_probe_report_compares_runs_on_one_page(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     page = output.read_text()
     assert plotly_copies(page) == 1
-    assert 'id="run-0"' in page and 'id="run-1"' in page and 'data-view="comparison"' in page
+    assert 'data-run="0"' in page and 'data-run="1"' in page and 'data-view="comparison"' in page
 
 
 def test_probe_report_rewrites_a_runs_page(tmp_path_factory, tmp_path):

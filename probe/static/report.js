@@ -102,9 +102,11 @@
     });
   }
 
-  window.probeReport = function (data) {
+  // Draws the report inside ``root`` (a div.probe-report holding its data as JSON).
+  window.probeReport = function (root) {
+    const data = JSON.parse(root.querySelector("script[data-probe-data]").textContent);
     data.runs.forEach((run, i) => {
-      const section = document.getElementById(`run-${i}`);
+      const section = root.querySelector(`section[data-run="${i}"]`);
       const view = name => section.querySelector(`[data-view=${name}]`);
       Plotly.newPlot(view("accuracy").querySelector(".plot"), run.accuracy.data, run.accuracy.layout, PLOT_CONFIG);
       if (run.pca) pcaView(view("pca"), run);
@@ -112,9 +114,10 @@
       if (run.attention) probeAttentionViewer(view("attention").querySelector(".probe-attention"), run.attention);
     });
     if (data.comparison) {
-      const plot = document.querySelector("[data-view=comparison] .plot");
+      const plot = root.querySelector("[data-view=comparison] .plot");
       Plotly.newPlot(plot, data.comparison.data, data.comparison.layout, PLOT_CONFIG);
     }
-    document.body.setAttribute("data-ready", "true");  // for tests and screenshots: every view is drawn
+    root.setAttribute("data-ready", "true");  // for tests and screenshots: every view is drawn
+    document.body.setAttribute("data-ready", "true");
   };
 })();
