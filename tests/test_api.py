@@ -24,15 +24,20 @@ def test_probe_attention_is_the_function_and_the_module_still_imports():
 
 def test_run_with_cache_by_name_gives_every_hook_point_without_gradients(model_path):
     outputs, cache = probe.run_with_cache(model_path, "The mole dug a tunnel.")
-    kinds = {name.split(".", 2)[2] for name in cache}
-    assert kinds == {"resid_pre", "resid_post", "attn.q", "attn.k", "attn.v", "attn.scores",
+    assert set(cache) == set(probe.hook_points(_swapped(model_path)))  # every one of them
+    kinds = {name.split(".", 2)[2] for name in cache if name.startswith("blocks.")}
+    assert kinds >= {"resid_pre", "resid_post", "attn.q", "attn.k", "attn.v", "attn.scores",
                      "attn.masked_scores", "attn.pattern", "attn.z", "attn.out"}
-    assert {int(name.split(".")[1]) for name in cache} == {0, 1}
+    assert {int(name.split(".")[1]) for name in cache if name.startswith("blocks.")} == {0, 1}
     n = len(cache.tokens[0])
     assert cache["blocks.1.attn.z"].shape == (1, 4, n, 8)  # (batch, head, pos, d_head)
     assert cache["blocks.1.attn.pattern"].shape == (1, 4, n, n)
     assert not any(t.requires_grad for t in cache.values()) and not outputs.logits.requires_grad
     assert "".join(cache.tokens[0]) == "The mole dug a tunnel."
+
+
+def _swapped(model_path: str):
+    return probe.swap_attention(AutoModel.from_pretrained(model_path, attn_implementation="eager"))
 
 
 def test_run_with_cache_matches_the_models_own_outputs(model_path):
