@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean chromium
 
 setup: $(STAMP)
 
@@ -28,9 +28,17 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(BIN)/probe run experiments/mole.yaml --model minilm-l6 --output runs/mole-minilm-l6
 	$(BIN)/probe run experiments/mole.yaml --model smollm2-135m --output runs/mole-smollm2-135m
+	$(BIN)/probe report runs/mole-minilm-l6 runs/mole-smollm2-135m --output runs/mole-report.html
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+# The browser tests drive Debian's Chromium through playwright (playwright's own browser download is
+# not used); install it when missing. CI runs as root; elsewhere sudo is asked for.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py

@@ -1,12 +1,13 @@
 """Attention report: where does the ambiguous word look?
 
-For the target token of every row, at every layer and head: the entropy of its attention pattern
+For the target token of every row, at every block and head: the entropy of its attention pattern
 (low = the head looks at one or two words; high = it spreads out), and for the example rows the words
 it attends to most — the "which words does *creature* attend to" picture, per head. Use it with
 ``reporters: [..., attention-report]``. Options (under the config's ``options.attention_report``):
 ``examples`` (how many rows to list, default 3), ``top_k`` (words per head, default 3).
 
-Writes attention_report.json, attention_report.md and attention_entropy.png (layers × heads).
+Writes attention_report.json, attention_report.md and attention_entropy.png (blocks × heads). Blocks are
+numbered from 0; block i reads layer i (hidden state i) and writes layer i + 1, as everywhere in probe.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from probe.swap import is_swapped, swap_attention
 
 
 def target_patterns(model, tokenizer, texts, spans, batch_size: int = 16):
-    """Yield (tokens, target index, patterns (layers, heads, keys)) for each row, in order."""
+    """Yield (tokens, target index, patterns (blocks, heads, keys)) for each row, in order."""
     n_blocks = sum(1 for name in _names(model) if name.endswith(".attn.pattern"))
     names = [f"blocks.{i}.attn.pattern" for i in range(n_blocks)]
     tokenizer.padding_side = "right"
@@ -35,7 +36,7 @@ def target_patterns(model, tokenizer, texts, spans, batch_size: int = 16):
         offsets = enc.pop("offset_mapping").tolist()
         with capture(model, names) as seen, torch.no_grad():
             model(**enc)
-        stacked = torch.stack([seen[n] for n in names], dim=1).float()  # (batch, layers, heads, q, k)
+        stacked = torch.stack([seen[n] for n in names], dim=1).float()  # (batch, blocks, heads, q, k)
         for i, (text, (s, e)) in enumerate(zip(batch_texts, batch_spans)):
             length = int(enc["attention_mask"][i].sum())
             target = span_token_indices(text, offsets[i], s, e)[-1]
@@ -64,7 +65,7 @@ def attention_report(results, output_dir, context):
     rows = context.rows
     entropies, examples = [], []
     for n, (tokens, target, patterns) in enumerate(target_patterns(model, tokenizer, rows["text"], context.spans)):
-        entropies.append(entropy(patterns))  # (layers, heads)
+        entropies.append(entropy(patterns))  # (blocks, heads)
         if n < n_examples:
             top = np.argsort(-patterns, axis=-1)[..., :top_k]
             examples.append({
@@ -81,16 +82,16 @@ def attention_report(results, output_dir, context):
 
 def _markdown(results, mean_entropy, examples) -> str:
     lines = [f"# Attention from the target word — {results['experiment']}", "",
-             "Mean entropy (bits) of the target token's attention, per layer (rows) and head (columns):", "",
-             "| layer | " + " | ".join(str(h) for h in range(mean_entropy.shape[1])) + " |",
+             "Mean entropy (bits) of the target token's attention, per block (rows) and head (columns):", "",
+             "| block | " + " | ".join(str(h) for h in range(mean_entropy.shape[1])) + " |",
              "|---" * (mean_entropy.shape[1] + 1) + "|"]
     lines += [f"| {l} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for l, row in enumerate(mean_entropy)]
     for example in examples:
         lines += ["", f"## {example['text']} ({example['label']})", "",
-                  f"Words `{example['target_token']}` attends to most, per layer and head:", ""]
+                  f"Words `{example['target_token']}` attends to most, per block and head:", ""]
         for l, heads in enumerate(example["top_tokens"]):
             cells = ["; ".join(f"{tok} {w:.2f}" for tok, w in head) for head in heads]
-            lines.append(f"- layer {l}: " + " | ".join(f"h{h}: {c}" for h, c in enumerate(cells)))
+            lines.append(f"- block {l}: " + " | ".join(f"h{h}: {c}" for h, c in enumerate(cells)))
     return "\n".join(lines) + "\n"
 
 
@@ -98,7 +99,7 @@ def _plot(results, mean_entropy, output_dir):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1 + 0.45 * mean_entropy.shape[1], 1 + 0.35 * mean_entropy.shape[0]))
     image = ax.imshow(mean_entropy, cmap="magma", aspect="auto")
-    ax.set_xlabel("head"), ax.set_ylabel("layer")
+    ax.set_xlabel("head"), ax.set_ylabel("block (0 = first)")
     ax.set_title(f"{results['experiment']}: entropy of the target's attention (bits)", fontsize=9)
     fig.colorbar(image, ax=ax)
     return _save(fig, output_dir / "attention_entropy.png")

@@ -178,6 +178,48 @@ def plot_runs(run_dirs, output, subsets):
     click.echo(f"wrote {plot(runs, Path(output), list(subsets) or None)}")
 
 
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="HTML file to write [default: RUN_DIR/report.html for one run, ./report.html for several].")
+def report(run_dirs, output):
+    """Write report.html for a run, or one page comparing several runs (e.g. one experiment on two models)."""
+    from probe.html_report import ReportError, write_report
+
+    default = Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else Path("report.html")
+    try:
+        path = write_report(run_dirs[0], output or default, *run_dirs[1:])
+    except ReportError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("run_dir")
+@click.option("--screenshots", is_flag=True, help="Also save a PNG of each view under RUN_DIR/screenshots/ "
+              "(needs chromium and playwright).")
+@click.option("--no-open", is_flag=True, help="Do not open a browser (with --screenshots: only save them).")
+def view(run_dir, screenshots, no_open):
+    """Open a run's report.html in the browser (writing it first if the run has none)."""
+    import webbrowser
+
+    from probe.browser import BrowserError, open_page, screenshot_views
+    from probe.html_report import PAGE, ReportError, write_report
+
+    page = Path(run_dir) / PAGE
+    try:
+        if not page.exists():
+            write_report(run_dir)
+        if screenshots:
+            with open_page(page) as (browser_page, _):
+                for path in screenshot_views(browser_page, Path(run_dir) / "screenshots"):
+                    click.echo(f"wrote {path}")
+    except (ReportError, BrowserError) as error:
+        raise click.ClickException(str(error)) from None
+    if not no_open and not webbrowser.open(page.resolve().as_uri()):
+        click.echo(f"no browser to open here; the report is {page}")
+
+
 @cli.command(name="plugins")
 @click.option("--plugins-dir", type=click.Path(file_okay=False), help="Also load the .py files in this folder.")
 def list_plugins(plugins_dir):

@@ -93,7 +93,8 @@ def write_summary(results: dict, output_dir: Path) -> Path:
             lines.append(f"- {name} baseline accuracy: {baseline['accuracy']:.3f}")
     if data.get("skipped_rows"):
         lines += ["", f"Skipped {len(data['skipped_rows'])} bad row(s):"] + [f"- {p}" for p in data["skipped_rows"]]
-    lines += ["", "Files: results.json, results.csv, accuracy.png, pca.png, attention.png.", ""]
+    lines += ["", "Files: results.json, results.csv, accuracy, pca and attention figures (.png, .svg, .pdf); "
+              "report.html with the html reporter.", ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
 
 
@@ -117,8 +118,19 @@ def _pyplot():
     return plt
 
 
+LAYER_AXIS = "layer (hidden state; 0 = embeddings)"  # block i reads layer i and writes layer i + 1
+FIGURE_FORMATS = ("png", "svg", "pdf")  # PNG to look at, SVG and PDF (vector) for a paper
+
+
 def _save(fig, path: Path) -> Path:
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+    """``path`` (a .png) and the same figure as .svg and .pdf beside it; returns the PNG's path."""
+    import matplotlib
+
+    # Text stays text (SVG) and fonts are embedded as TrueType (PDF), as journals and editors want.
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
+        for fmt in FIGURE_FORMATS:
+            write_atomic(path.with_suffix(f".{fmt}"),
+                         lambda tmp, fmt=fmt: fig.savefig(tmp, dpi=150, bbox_inches="tight", format=fmt))
     _pyplot().close(fig)
     return path
 
@@ -130,8 +142,12 @@ def plot_accuracy(results: dict, output_dir: Path) -> Path:
     plt = _pyplot()
     grouped = series(results)
     subsets = list(dict.fromkeys(subset for _, subset in grouped))
-    fig, axes = plt.subplots(1, len(subsets), figsize=(6 * len(subsets), 4.2), squeeze=False, sharey=True)
-    for ax, subset in zip(axes[0], subsets):
+    cols = min(len(subsets), 3)  # split_by panels wrap after three, so each stays readable
+    n_rows = -(-len(subsets) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(5.2 * cols, 4.0 * n_rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(subsets):]:
+        ax.set_visible(False)
+    for ax, subset in zip(axes.flat, subsets):
         for (position, sub), rows in grouped.items():
             if sub != subset:
                 continue
@@ -149,19 +165,22 @@ def plot_accuracy(results: dict, output_dir: Path) -> Path:
         majority = results["baselines"].get("majority" if subset == "all" else f"majority[{subset}]")
         if majority:
             ax.axhline(majority["accuracy"], color="grey", lw=1, label="majority class")
-        ax.set_title(f"{results['experiment']} on {results['model']['name']} — {subset} rows", fontsize=10)
-        ax.set_xlabel("layer (0 = embeddings)")
+        ax.set_title(f"{subset} rows", fontsize=11)
+        ax.set_xlabel(LAYER_AXIS)
+        ax.set_ylabel("cross-validated accuracy")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("cross-validated accuracy")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="upper center", ncol=min(len(names), 4), bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"{results['experiment']} on {results['model']['name']}: probe accuracy per layer")
+    fig.tight_layout()
     return _save(fig, output_dir / "accuracy.png")
 
 
 def plot_pca(results: dict, output_dir: Path, store, labels, position: str = "target") -> Path:
     """2-D PCA of the target vectors at the first, a middle and the best layer, coloured by sense."""
-    from sklearn.decomposition import PCA
+    from probe.report_data import pca2
 
     plt = _pyplot()
     layers = sorted({r["layer"] for r in results["layers"]})
@@ -169,22 +188,27 @@ def plot_pca(results: dict, output_dir: Path, store, labels, position: str = "ta
                key=lambda r: r["accuracy"], default=None)
     shown = list(dict.fromkeys([layers[0], layers[len(layers) // 2], best["layer"] if best else layers[-1]]))
     labels = np.asarray(labels)
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.8 * len(shown), 4.4), squeeze=False)
     for ax, layer in zip(axes[0], shown):
-        points = PCA(n_components=2, random_state=0).fit_transform(store.layer(position, layer))
+        points, explained = pca2(store.layer(position, layer))
         for sense in sorted(set(labels.tolist())):
             chosen = labels == sense
             ax.scatter(points[chosen, 0], points[chosen, 1], s=10, alpha=0.7, label=sense)
-        ax.set_title(f"layer {layer}")
-        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_title(f"layer {layer}" + (" (embeddings)" if layer == 0 else ""))
+        ax.set_xlabel(f"PC1 ({explained[0]:.1%} of variance)")
+        ax.set_ylabel(f"PC2 ({explained[1]:.1%} of variance)")
+        ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{results['experiment']}: {position}-token vectors, first two principal components")
+    fig.suptitle(f"{results['experiment']} on {results['model']['name']}: {position}-token vectors, "
+                 "first two principal components of each layer")
+    fig.tight_layout()
     return _save(fig, output_dir / "pca.png")
 
 
 def plot_attention(tokens: list[str], target_index: int, patterns: dict[int, np.ndarray], title: str,
                    output_dir: Path) -> Path:
-    """For a few layers: each head's attention from the target token over the sentence (heads × tokens)."""
+    """For a few blocks (``patterns`` maps block → (heads, keys)): each head's attention from the target
+    token over the sentence."""
     plt = _pyplot()
     layers = sorted(patterns)
     fig, axes = plt.subplots(len(layers), 1, figsize=(max(6, 0.4 * len(tokens)), 2.4 * len(layers)),
@@ -194,8 +218,9 @@ def plot_attention(tokens: list[str], target_index: int, patterns: dict[int, np.
         image = ax.imshow(weights, aspect="auto", cmap="viridis", vmin=0, vmax=1)
         ax.set_xticks(range(len(tokens)), tokens, rotation=70, fontsize=7)
         ax.set_yticks(range(weights.shape[0]), [str(h) for h in range(weights.shape[0])], fontsize=6)
-        ax.set_title(f"layer {layer}")
+        ax.set_title(f"block {layer} (reads layer {layer}, writes layer {layer + 1})", fontsize=9)
         ax.set_ylabel("head")
+    axes[-1, 0].set_xlabel("token attended to (key); the target word in red")
     axes[-1, 0].get_xticklabels()[target_index].set_color("red")  # the target word
     fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="attention weight")
     fig.suptitle(title, fontsize=9)

@@ -199,8 +199,8 @@ def test_unknown_name_lists_the_known_ones():
     with pytest.raises(PluginError) as caught:
         plugins.lookup("probe", "svm")
     assert str(caught.value) == "unknown probe 'svm'; known probes: logreg"
-    with pytest.raises(PluginError, match="known reporters: csv, json, plots, summary"):
-        plugins.lookup("reporter", "html")
+    with pytest.raises(PluginError, match="known reporters: csv, html, json, plots, summary"):
+        plugins.lookup("reporter", "xlsx")
 
 
 def test_a_name_registered_twice_names_both_plugins():

@@ -1,0 +1,90 @@
+"""One sentence's attention, captured at every block and drawn as an interactive HTML viewer.
+
+The same viewer serves report.html and notebooks (``probe.attention(model, text)``): tokens shaded by
+the weight a chosen query token (by default the target word) gives them, the full query × key grid, and
+the causal mask drawn where a query may not look.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import json
+from importlib import resources
+
+import torch
+
+SCALE = 1000  # weights are stored as integers per mille: a 30-block model stays a few hundred kB per sentence
+_ids = itertools.count()
+
+
+def capture_attention(model, tokenizer, text: str, target: str | tuple[int, int] | None = None,
+                      label: str | None = None) -> dict:
+    """Every block's attention pattern for ``text``, plus what the viewer needs to draw it.
+
+    ``model`` must carry probe's attention (``probe.swap_attention``). ``target``: a word of ``text``,
+    a (start, end) character span, or None for the last token; the viewer shades tokens by the
+    attention *from* the target's last token.
+    """
+    from probe.hooks import capture
+
+    encoding = tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
+    offsets = encoding.pop("offset_mapping")[0].tolist()
+    with capture(model, ["blocks.*.attn.pattern", "blocks.0.attn.masked_scores"]) as seen, torch.no_grad():
+        model(**encoding)
+    blocks = sorted((int(name.split(".")[1]), name) for name in seen if name.endswith(".attn.pattern"))
+    patterns = torch.stack([seen[name][0] for _, name in blocks]).float()  # (block, head, q, k)
+    masked = torch.isinf(seen["blocks.0.attn.masked_scores"][0, 0])  # (q, k): True where the mask says −∞
+    ids = encoding["input_ids"][0].tolist()
+    return {
+        "text": text,
+        "label": label,
+        "tokens": [tokenizer.decode([i]) for i in ids],
+        "target": _query_index(text, offsets, target),
+        "masked": masked.int().tolist(),
+        "patterns": torch.round(patterns * SCALE).int().tolist(),
+        "scale": SCALE,
+    }
+
+
+def _query_index(text: str, offsets, target) -> int:
+    """The token whose attention is shown first: the target's last token, or the sentence's last token."""
+    from probe.data import span_token_indices, whole_word_matches
+
+    if target is None:
+        return len(offsets) - 1
+    if isinstance(target, str):
+        matches = whole_word_matches(text, target)
+        if not matches:
+            raise ValueError(f"target {target!r} is not a word of {text!r}")
+        target = matches[0]
+    covered = span_token_indices(text, offsets, *target)
+    if not covered:
+        raise ValueError(f"no token covers characters {target} of {text!r}")
+    return covered[-1]
+
+
+def static_text(name: str) -> str:
+    """A file from probe/static (the report's JavaScript and CSS)."""
+    return resources.files("probe").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def json_for_script(data) -> str:
+    """JSON that is safe inside a <script> element (no "</script>" can end it early)."""
+    return json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+
+
+def viewer_html(sentences: list[dict], *, title: str = "", with_assets: bool = True) -> str:
+    """The attention viewer for ``sentences`` (from ``capture_attention``) as an HTML fragment.
+
+    ``with_assets``: include the viewer's CSS and JavaScript (a page with several viewers needs them once).
+    """
+    element = f"probe-attention-{next(_ids)}"
+    assets = f"<style>{static_text('report.css')}</style><script>{static_text('attention.js')}</script>" \
+        if with_assets else ""
+    heading = f"<h3>{html.escape(title)}</h3>" if title else ""
+    return (
+        f'{assets}<div class="probe-attention" id="{element}">{heading}</div>'
+        f"<script>probeAttentionViewer(document.getElementById({json.dumps(element)}), "
+        f"{json_for_script(sentences)});</script>"
+    )

@@ -1,0 +1,120 @@
+"""What report.html shows beyond results.json, computed once while a run still has its vectors and model.
+
+Written to ``report_data.json`` beside results.json, so that ``probe report`` can redraw any run later
+without a model: the rows (text, sense, subset), a 2-D PCA of the vectors per position and layer, and a
+few sentences' attention at every block and head.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from probe.io import write_text_atomic
+
+FILE = "report_data.json"
+MAX_SENTENCES = 8
+
+
+def build_report_data(
+    results: dict,
+    rows,
+    vectors: Callable[[str, int], np.ndarray],
+    positions: Sequence[str],
+    load_model: Callable[[], tuple],
+    *,
+    split_by: str | None = None,
+    example: int = 0,
+) -> dict:
+    """``rows``: the run's prepared rows (text, label, target, span_start, span_end, …);
+    ``vectors(position, layer)`` → (n_rows, d); ``load_model()`` → (model, tokenizer)."""
+    layers = sorted({r["layer"] for r in results["layers"]})
+    subsets = [str(v) for v in rows[split_by]] if split_by else None
+    return {
+        "rows": {"text": list(rows["text"]), "label": list(rows["label"]), "subset": subsets},
+        "split_by": split_by,
+        "pca": {position: pca_per_layer(vectors, position, layers) for position in positions},
+        "attention": attention_sentences(rows, load_model, example_rows(rows, split_by, example), subsets),
+    }
+
+
+def write_report_data(data: dict, output_dir: Path) -> Path:
+    return write_text_atomic(Path(output_dir) / FILE, json.dumps(data, separators=(",", ":")) + "\n")
+
+
+def pca_per_layer(vectors: Callable[[str, int], np.ndarray], position: str, layers: Sequence[int]) -> dict:
+    """{layer: {"x", "y", "explained"}}: each layer's own 2-D PCA, signs aligned with the layer before so
+    that the picture does not flip as a slider moves."""
+    out, previous = {}, None
+    for layer in layers:
+        points, explained = pca2(vectors(position, layer))
+        if previous is not None:
+            for j in range(2):
+                if np.dot(points[:, j], previous[:, j]) < 0:
+                    points[:, j] *= -1
+        previous = points
+        out[str(layer)] = {"x": _short(points[:, 0]), "y": _short(points[:, 1]), "explained": _short(explained)}
+    return out
+
+
+def pca2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first two principal components' scores and their share of the variance. Identical rows (the
+    embedding of one word in a model without position embeddings) have no variance to explain: zeros."""
+    centred = np.asarray(X, dtype=np.float64) - X.mean(0)
+    _, singular, components = np.linalg.svd(centred, full_matrices=False)
+    total = float((singular**2).sum())
+    if total <= 1e-12 * max(1.0, float(np.abs(X).max()) ** 2):
+        return np.zeros((len(X), 2)), np.zeros(2)
+    points = centred @ components[:2].T
+    if points.shape[1] < 2:
+        points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
+    explained = np.pad(singular[:2] ** 2 / total, (0, 2 - len(singular[:2])))
+    return points, explained
+
+
+def _short(values) -> list[float]:
+    return [float(f"{v:.4g}") for v in np.asarray(values, dtype=np.float64)]
+
+
+def example_rows(rows, split_by: str | None, example: int, limit: int = MAX_SENTENCES) -> list[int]:
+    """The config's example row, then one row per sense (within each subset when split): the first whose
+    cue a causal model can see (left of the word, or both sides), else the first."""
+    labels = list(rows["label"])
+    subsets = list(rows[split_by]) if split_by else [None] * len(labels)
+    cues = list(rows["cue"]) if "cue" in _columns(rows) else [None] * len(labels)
+    chosen = [min(example, len(labels) - 1)]
+    seen = {(subsets[chosen[0]], labels[chosen[0]])}
+    visible_first = sorted(range(len(labels)), key=lambda i: cues[i] not in ("left", "both"))
+    for i in visible_first:
+        key = (subsets[i], labels[i])
+        if key not in seen:
+            seen.add(key)
+            chosen.append(i)
+    return chosen[:limit]
+
+
+def _columns(rows) -> list[str]:
+    return list(getattr(rows, "column_names", None) or rows.keys())
+
+
+def attention_sentences(rows, load_model: Callable[[], tuple], indices: Sequence[int],
+                        subsets: Sequence[str] | None = None) -> list[dict]:
+    """Every block's attention for the chosen rows, from the target word, with probe's attention swapped in."""
+    from probe.attention_view import capture_attention
+    from probe.swap import is_swapped, swap_attention
+
+    model, tokenizer = load_model()
+    if not is_swapped(model):
+        swap_attention(model)
+    sentences = []
+    for i in indices:
+        row = rows[int(i)]
+        sentence = capture_attention(model, tokenizer, row["text"], (row["span_start"], row["span_end"]),
+                                     label=row["label"])
+        sentence["row"] = int(i)
+        sentence["subset"] = subsets[int(i)] if subsets else None
+        sentences.append(sentence)
+    return sentences
