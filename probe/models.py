@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -33,6 +38,61 @@ def split_gguf(name_or_path: str | Path) -> tuple[str, dict]:
         return text, {}
     path = Path(text)
     return str(path.parent), {"gguf_file": path.name}
+
+
+def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = True) -> Path:
+    """A GGUF checkpoint converted once to a safetensors folder (model + tokenizer) under ``cache_root``,
+    keyed by the file's hash and the transformers version; later loads read that folder.
+
+    Parsing and dequantizing GGUF takes seconds per load (SmolLM2: about 10 s on 2 cores); reading the
+    converted float32 safetensors gives the same tensors, since dequantizing already yields float32.
+    """
+    path = Path(gguf_path)
+    key = hashlib.sha256(f"{file_sha256(path)}:{transformers.__version__}".encode()).hexdigest()[:20]
+    folder = Path(cache_root) / f"{path.stem}-{key}"
+    if (folder / "config.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        with _quiet_tqdm(not progress):
+            model = load_model(str(path), dtype=torch.float32)
+            load_tokenizer(str(path)).save_pretrained(tmp)
+        # The weights are plain float32 tensors now; only the "gguf quantizer" marker forbids saving them.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a model cache is for everyone to read
+        os.replace(tmp, folder)  # one step: a reader sees no folder or a complete one
+    except OSError:
+        if not (folder / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename happened
+    return folder
+
+
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_tqdm(quiet: bool):
+    """transformers' GGUF reader calls tqdm directly, not through its logging's progress bars."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    real = gguf_utils.tqdm
+    if quiet:
+        gguf_utils.tqdm = functools.partial(real, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = real
 
 
 def model_class_for(name_or_path: str | Path, revision: str | None = None):
