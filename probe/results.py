@@ -157,7 +157,7 @@ def _columns(records: list[dict]) -> list[str]:
 def load_results(run_dir: str | Path) -> Results:
     """The Results a run wrote to ``run_dir/results.json`` (or that file itself)."""
     path = Path(run_dir)
-    if path.is_dir():
+    if path.suffix != ".json":
         path = path / "results.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a probe run folder?")
