@@ -171,7 +171,7 @@ def score_heads(context, unablated: dict, ablated: dict) -> list[dict]:
     fold_list = folds(y, context.rows["group"], config.folds, config.seed)
     tasks = [FitTask(("unablated", b), X, y, fold_list) for b, X in unablated.items()]
     tasks += [FitTask(key, X, y, fold_list) for key, X in ablated.items()]
-    predictions = fit_all(tasks, context.make_probe())
+    predictions = fit_all(tasks, context.make_probe(), cache=context.cache_dir / "probes")
     correct = {key: _correct(y, fold_list, predicted) for key, predicted in predictions.items()}
     table = []
     for block, head in ablated:

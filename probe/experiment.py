@@ -194,7 +194,7 @@ def probe_layers(context: RunContext, splits: list[Split], layers: list[int], sk
     tasks = probe_tasks(context, splits, layers)
     with _progress_bar(context, sum(len(task.folds) for task in tasks)) as bar:
         scores = evaluate(tasks, context.make_probe(), n_jobs=n_jobs, metrics=chosen_metrics(config),
-                          progress=bar.update)
+                          progress=bar.update, cache=context.cache_dir / "probes")
     labels = np.asarray(context.rows["label"])
     results = Results(
         experiment=config.name, description=config.description,

@@ -11,6 +11,7 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,30 +120,49 @@ def evaluate(
     n_jobs: int | None = None,
     metrics: dict[str, Callable] | None = None,
     progress: Callable[[int], None] | None = None,
+    cache: Path | None = None,
 ) -> dict[Hashable, dict[str, Any]]:
     """Every (task × fold) fit in parallel with joblib (``n_jobs``: None = all cores), each fit's BLAS held
     to one thread: on a few cores, parallel fits beat threaded BLAS inside one small fit by far, and
     results do not depend on ``n_jobs``. Probes are made here, in this process, so a probe factory may
     keep state; the fitted estimators stay in the workers, only predictions come back."""
-    predictions = fit_all(tasks, make_probe, n_jobs=n_jobs, progress=progress)
+    predictions = fit_all(tasks, make_probe, n_jobs=n_jobs, progress=progress, cache=cache)
     return {task.key: score(task.y, task.folds, predictions[task.key], metrics if task.metrics else None)
             for task in tasks}
 
 
 def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: int | None = None,
-            progress: Callable[[int], None] | None = None) -> dict[Hashable, list[np.ndarray]]:
-    """Each task's test-fold predictions, fold by fold: every (task × fold) fit is one joblib job."""
+            progress: Callable[[int], None] | None = None,
+            cache: Path | None = None) -> dict[Hashable, list[np.ndarray]]:
+    """Each task's test-fold predictions, fold by fold: every (task × fold) fit is one joblib job.
+    With ``cache`` (a folder), a task whose vectors, labels, folds and probe were seen before is not refit."""
     from joblib import Parallel, delayed
 
-    jobs = [(task, train, test) for task in tasks for train, test in task.folds]
-    fits = [delayed(_fit_predict)((task.make_probe or make_probe)(), task.X, task.y, train, test)
-            for task, train, test in jobs]
+    from probe import fitcache
+
+    answers: dict[Hashable, list[np.ndarray]] = {}
+    jobs, keys = [], {}
+    for task in tasks:
+        probes = [(task.make_probe or make_probe)() for _ in task.folds]
+        keys[task.key] = fitcache.fit_key(probes[0], task.X, task.y, task.folds) if cache else None
+        cached = fitcache.load(cache, keys[task.key]) if keys[task.key] else None
+        if cached is not None:
+            answers[task.key] = cached
+            if progress:
+                progress(len(task.folds))
+            continue
+        answers[task.key] = []
+        jobs += [(task, probe, train, test) for probe, (train, test) in zip(probes, task.folds)]
+    if not jobs:
+        return answers
+    fits = [delayed(_fit_predict)(probe, task.X, task.y, train, test) for task, probe, train, test in jobs]
     parallel = Parallel(n_jobs=-1 if n_jobs is None else n_jobs, return_as="generator")
-    answers: dict[Hashable, list[np.ndarray]] = {task.key: [] for task in tasks}
-    for (task, _, _), predicted in zip(jobs, parallel(fits)):
+    for predicted, (task, _, _, _) in zip(parallel(fits), jobs):
         answers[task.key].append(predicted)
         if progress:
             progress(1)
+        if keys[task.key] and len(answers[task.key]) == len(task.folds):
+            fitcache.save(cache, keys[task.key], answers[task.key])
     return answers
 
 

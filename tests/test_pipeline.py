@@ -92,10 +92,25 @@ def test_plot_returns_a_figure_with_a_panel_per_subset(run_dir, tmp_path):
 
 
 def test_results_do_not_depend_on_n_jobs(run_dir, tiny_model, tmp_path):
-    parallel = run_experiment(small(tiny_model), tmp_path / "out", cache_dir=run_dir["cache"], progress=False,
+    parallel = run_experiment(small(tiny_model), tmp_path / "out", cache_dir=tmp_path / "fresh", progress=False,
                               n_jobs=2)
     assert parallel.to_dict()["layers"] == run_dir["results"].to_dict()["layers"]
     assert parallel.baselines == run_dir["results"].baselines
+
+
+def test_a_rerun_on_cached_vectors_fits_no_probe(run_dir, tiny_model, tmp_path, monkeypatch):
+    import probe.probes
+
+    def no_fit(*args):
+        raise AssertionError("a probe was fitted although its predictions are cached")
+
+    monkeypatch.setattr(probe.probes, "_fit_predict", no_fit)
+    again = run_experiment(small(tiny_model), tmp_path / "out", cache_dir=run_dir["cache"], progress=False)
+    assert again.to_dict()["layers"] == run_dir["results"].to_dict()["layers"]
+    # A different probe setting is a different key: it is fitted.
+    with pytest.raises(AssertionError, match="a probe was fitted"):
+        run_experiment(small(tiny_model, probe={"name": "logreg", "C": 0.5}), tmp_path / "c", progress=False,
+                       cache_dir=run_dir["cache"], n_jobs=1)
 
 
 def test_a_reporters_options_do_not_change_the_feature_cache_key(run_dir, tiny_model, tmp_path):
