@@ -114,9 +114,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     from probe.report import layer_table
 
     if quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+        quiet_progress_bars()
     try:
         values = dict(parse_override(text) for text in overrides)
         if model_name:
@@ -135,6 +133,17 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
             f"accuracy {best.accuracy:.3f} ± {best.accuracy_std:.3f}"
         )
     click.echo(f"results, plots and summary in {output_dir}/")
+
+
+def quiet_progress_bars() -> None:
+    """No loading bars from transformers / huggingface_hub (GGUF's are switched off where it is read)."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is first imported
+    if "transformers" in sys.modules:  # already imported: tell it directly
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 @cli.command(name="plot-runs")

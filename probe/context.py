@@ -52,8 +52,17 @@ class RunContext:
         except OSError as error:
             raise ConfigError(f"{self.config.source}: {model_load_error(self.config.model, error)}") from None
 
-    @property
+    @cached_property
     def n_blocks(self) -> int:
+        """The number of blocks; from a local config.json when there is one (no transformers import)."""
+        import json
+
+        path = Path(self.source) / "config.json"
+        if path.is_file():
+            fields = json.loads(path.read_text())
+            for name in ("num_hidden_layers", "n_layer"):
+                if isinstance(fields.get(name), int):
+                    return fields[name]
         return self.model_config.num_hidden_layers
 
     @cached_property

@@ -315,9 +315,9 @@ def write_reports(results: Results, output_dir: Path, context: RunContext) -> No
 def versions() -> dict:
     import sklearn
     import torch
-    import transformers
+    from importlib.metadata import version
 
     import probe
 
-    return {"probe": probe.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+    return {"probe": probe.__version__, "torch": torch.__version__, "transformers": version("transformers"),
             "scikit-learn": sklearn.__version__, "python": platform.python_version()}

@@ -12,10 +12,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from probe.config import GPT2_SHAPES
+
+# transformers is imported inside the functions that need it: a rerun on a full cache needs none of them.
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -48,7 +48,9 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     converted float32 safetensors gives the same tensors, since dequantizing already yields float32.
     """
     path = Path(gguf_path)
-    key = hashlib.sha256(f"{file_sha256(path)}:{transformers.__version__}".encode()).hexdigest()[:20]
+    from importlib.metadata import version
+
+    key = hashlib.sha256(f"{file_sha256(path)}:{version('transformers')}".encode()).hexdigest()[:20]
     folder = Path(cache_root) / f"{path.stem}-{key}"
     if (folder / "config.json").exists():
         return folder
@@ -98,6 +100,9 @@ def _quiet_tqdm(quiet: bool):
 def model_class_for(name_or_path: str | Path, revision: str | None = None):
     """The auto class to load a checkpoint with: the architecture its config names (``BertModel``,
     ``GPT2LMHeadModel``, …) when transformers has it, else a causal LM (GGUF files are read as causal LMs)."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     source, gguf = split_gguf(name_or_path)
     if gguf:
         return AutoModelForCausalLM
@@ -133,11 +138,15 @@ def load_model(
 
 def load_config(name_or_path: str, *, revision: str | None = None):
     """The model's config from a hub name, a local folder or a ``.gguf`` file (AutoConfig alone reads no GGUF)."""
+    from transformers import AutoConfig
+
     source, gguf = split_gguf(name_or_path)
     return AutoConfig.from_pretrained(source, revision=revision, **gguf)
 
 
 def load_tokenizer(name_or_path: str, *, revision: str | None = None):
+    from transformers import AutoTokenizer
+
     source, gguf = split_gguf(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **gguf)
     if tokenizer.pad_token is None:  # GPT-2 ships without one; padded positions are masked anyway
@@ -145,8 +154,10 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None):
     return tokenizer
 
 
-def gpt2_config(name_or_json: str) -> GPT2Config:
+def gpt2_config(name_or_json: str):
     """A GPT2Config from a published shape's name (gpt2, gpt2-medium, distilgpt2, …) or a JSON file."""
+    from transformers import GPT2Config
+
     if name_or_json in GPT2_SHAPES:
         return GPT2Config(**GPT2_SHAPES[name_or_json])
     path = Path(name_or_json)
@@ -162,8 +173,10 @@ def gpt2_config(name_or_json: str) -> GPT2Config:
     )
 
 
-def save_random_gpt2(config: GPT2Config, folder: str | Path | None = None, seed: int = 0) -> Path:
-    """Random-init a GPT-2 LM with ``config`` and save it, so it loads through ``from_pretrained``."""
+def save_random_gpt2(config, folder: str | Path | None = None, seed: int = 0) -> Path:
+    """Random-init a GPT-2 LM with ``config`` (a GPT2Config) and save it, so it loads through ``from_pretrained``."""
+    from transformers import GPT2LMHeadModel
+
     folder = Path(folder or tempfile.mkdtemp(prefix="probe-random-gpt2-"))
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).save_pretrained(folder)
