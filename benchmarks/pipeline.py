@@ -5,7 +5,8 @@ plain script a user would write (benchmarks/plain_script.py).
     python benchmarks/pipeline.py --models smollm2-135m --set 'controls=[]' --script --repeats 3
 
 Each run is a fresh process. "cold" starts from an empty cache folder (so a GGUF checkpoint is converted
-too); "features cold" keeps the converted model but no vectors; "cached" reruns on the full cache.
+too); "features cold" keeps only the converted model (no vectors, predictions or patterns); "cached"
+reruns on the full cache.
 Medians over --repeats; the machine's other load shows in the spread, so say how busy it was.
 """
 
@@ -76,7 +77,9 @@ def main() -> None:
             try:
                 cold.append(one_run(model, work / "cache", work / "out", args.overrides))
                 cached.append(one_run(model, work / "cache", work / "out", args.overrides))
-                shutil.rmtree(work / "cache" / "features")
+                for kept in (work / "cache").iterdir():  # all but the converted model
+                    if kept.name != "models":
+                        shutil.rmtree(kept)
                 features_cold.append(one_run(model, work / "cache", work / "out", args.overrides))
                 if args.script:
                     script.append(plain_script(model))
