@@ -106,6 +106,8 @@ def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
 @click.option("--jobs", "n_jobs", type=int, help="Probe fits in parallel [default: all cores]; results do not depend on it.")
 def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs):
     """Run an experiment config: probe every layer, write results.json/csv, plots and summary.md."""
+    if quiet:
+        quiet_progress_bars()  # first: the imports below read the setting
     from probe import plugins
     from probe.config import ConfigError, load_config, parse_override
     from probe.data import DataError
@@ -113,8 +115,6 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     from probe.probes import ProbeError
     from probe.report import layer_table
 
-    if quiet:
-        quiet_progress_bars()
     try:
         values = dict(parse_override(text) for text in overrides)
         if model_name:
@@ -139,8 +139,12 @@ def quiet_progress_bars() -> None:
     """No loading bars from transformers / huggingface_hub (GGUF's are switched off where it is read)."""
     import os
 
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is first imported
-    if "transformers" in sys.modules:  # already imported: tell it directly
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is first imported
+    if "huggingface_hub" in sys.modules:  # already imported: tell it, and transformers, directly
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
