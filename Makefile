@@ -43,6 +43,7 @@ chromium:
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py
 	$(BIN)/python benchmarks/extraction.py
+	$(BIN)/python benchmarks/pipeline.py --repeats 3
 
 clean:
 	rm -rf $(VENV) runs .probe-cache

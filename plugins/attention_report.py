@@ -15,18 +15,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 
 from probe import hookimpl
-from probe.data import span_token_indices
-from probe.hooks import capture
-from probe.io import write_text_atomic
-from probe.report import _pyplot, _save
-from probe.swap import is_swapped, swap_attention
 
 
 def target_patterns(model, tokenizer, texts, spans, batch_size: int = 16):
     """Yield (tokens, target index, patterns (blocks, heads, keys)) for each row, in order."""
+    import torch
+
+    from probe.data import span_token_indices
+    from probe.hooks import capture
+
     n_blocks = sum(1 for name in _names(model) if name.endswith(".attn.pattern"))
     names = [f"blocks.{i}.attn.pattern" for i in range(n_blocks)]
     tokenizer.padding_side = "right"
@@ -59,9 +58,9 @@ def entropy(p: np.ndarray) -> np.ndarray:
 def attention_report(results, output_dir, context):
     options = context.config.options.get("attention_report", {})
     n_examples, top_k = options.get("examples", 3), options.get("top_k", 3)
-    model, tokenizer = context.load_model()
-    if not is_swapped(model):
-        swap_attention(model)
+    from probe.io import write_text_atomic
+
+    model, tokenizer = context.load_model()  # the run's model, probe's attention swapped in
     rows = context.rows
     entropies, examples = [], []
     for n, (tokens, target, patterns) in enumerate(target_patterns(model, tokenizer, rows["text"], context.spans)):
@@ -81,7 +80,7 @@ def attention_report(results, output_dir, context):
 
 
 def _markdown(results, mean_entropy, examples) -> str:
-    lines = [f"# Attention from the target word — {results['experiment']}", "",
+    lines = [f"# Attention from the target word — {results.experiment}", "",
              "Mean entropy (bits) of the target token's attention, per block (rows) and head (columns):", "",
              "| block | " + " | ".join(str(h) for h in range(mean_entropy.shape[1])) + " |",
              "|---" * (mean_entropy.shape[1] + 1) + "|"]
@@ -96,11 +95,13 @@ def _markdown(results, mean_entropy, examples) -> str:
 
 
 def _plot(results, mean_entropy, output_dir):
+    from probe.report import _pyplot, _save
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1 + 0.45 * mean_entropy.shape[1], 1 + 0.35 * mean_entropy.shape[0]))
     image = ax.imshow(mean_entropy, cmap="magma", aspect="auto")
     ax.set_xlabel("head"), ax.set_ylabel("block (0 = first)")
-    ax.set_title(f"{results['experiment']}: entropy of the target's attention (bits)", fontsize=9)
+    ax.set_title(f"{results.experiment}: entropy of the target's attention (bits)", fontsize=9)
     fig.colorbar(image, ax=ax)
     return _save(fig, output_dir / "attention_entropy.png")
 

@@ -5,6 +5,12 @@ the dataset's tokens (``mode: mean``, which keeps the head's constant contributi
 what depends on the input) — re-extract the target vectors, re-probe, and report the accuracy drop.
 A head whose ablation costs accuracy was moving sense information into the target's vector.
 
+Only what the ablation changes is recomputed: the residual stream entering block b is computed once
+per block and the blocks from b up to the probed layer are rerun per head (``probe.partial``); the
+probes for every head are fitted in parallel on the run's folds. Each drop comes with its spread over
+folds and an exact McNemar test on the rows (unablated vs ablated, same rows, same folds): a drop of a
+row or two is noise, and the heatmap marks only heads whose drop survives a Bonferroni correction.
+
 Two ways in, both through the attention core's hook points:
 
 - reporter ``head-ablation``: the per-head sweep. Options under ``options.head_ablation``:
@@ -21,22 +27,13 @@ import csv
 import io
 import json
 
-import numpy as np
-import torch
-
 from probe import hookimpl
-from probe.extract import cache_key, extract
-from probe.hooks import add_hook, capture
-from probe.io import write_text_atomic
-from probe.probes import cross_validate
-from probe.report import _pyplot, _save
-from probe.swap import is_swapped, swap_attention
 
 
-def ablate(heads: list[int], replacement: torch.Tensor | None = None):
+def ablate(heads: list[int], replacement=None):
     """A hook for ``blocks.{i}.attn.z`` (batch, head, pos, d_head): zero ``heads`` or set them to ``replacement``."""
 
-    def hook(z: torch.Tensor, name: str) -> torch.Tensor:
+    def hook(z, name: str):
         z = z.clone()
         for head in heads:
             z[:, head] = 0.0 if replacement is None else replacement[head].to(z.dtype)
@@ -45,8 +42,12 @@ def ablate(heads: list[int], replacement: torch.Tensor | None = None):
     return hook
 
 
-def mean_z(model, tokenizer, texts, blocks: list[int], batch_size: int = 16) -> dict[int, torch.Tensor]:
+def mean_z(model, tokenizer, texts, blocks: list[int], batch_size: int = 16) -> dict:
     """Each head's z averaged over every real (non-padding) token of ``texts``: block → (heads, d_head)."""
+    import torch
+
+    from probe.hooks import capture
+
     sums, count = {}, 0
     tokenizer.padding_side = "right"
     for start in range(0, len(texts), batch_size):
@@ -61,66 +62,180 @@ def mean_z(model, tokenizer, texts, blocks: list[int], batch_size: int = 16) -> 
     return {b: total / count for b, total in sums.items()}
 
 
-def head_ablation(results, output_dir, context):
-    config = context.config
+def sweep_settings(results, config) -> dict:
+    """mode, position, probe_layer and blocks from ``options.head_ablation``, with their defaults."""
     options = config.options.get("head_ablation", {})
     mode = options.get("mode", "zero")
     if mode not in ("zero", "mean"):
         raise ValueError(f"options.head_ablation.mode is {mode!r}; accepted values: zero, mean")
     position = options.get("position", config.positions[0])
-    rows = [r for r in results["layers"] if r["position"] == position and r["subset"] == "all"]
-    probe_layer = options.get("probe_layer", max(rows, key=lambda r: r["accuracy"])["layer"])
-    baseline = next(r["accuracy"] for r in rows if r["layer"] == probe_layer)
+    rows = [r for r in results.rows if r.position == position and r.subset == "all"]
+    probe_layer = options.get("probe_layer", max(rows, key=lambda r: r.accuracy).layer)
+    if probe_layer < 1:
+        raise ValueError("options.head_ablation.probe_layer must be at least 1: layer 0 comes before any head")
     blocks = options.get("layers", list(range(probe_layer)))  # block b feeds layers b+1 and up
+    return {"mode": mode, "position": position, "probe_layer": probe_layer, "blocks": blocks,
+            "baseline_accuracy": next(r.accuracy for r in rows if r.layer == probe_layer)}
 
+
+def ablated_vectors(context, settings: dict) -> tuple[dict, dict]:
+    """Vectors at the probed layer: per block unablated ({block: X}) and per head ablated ({(block, head): X}),
+    each rerun from the block's own input; cached on disk beside the run's features."""
+    from tqdm.auto import tqdm
+
+    from probe.partial import capture_block_inputs
+
+    config, layer = context.config, settings["probe_layer"]
     model, tokenizer = context.load_model()
-    if not is_swapped(model):
-        swap_attention(model)
     n_heads = model.config.num_attention_heads
     texts, spans = context.rows["text"], context.spans
-    labels, groups = np.asarray(context.rows["label"]), context.rows["group"]
-    means = mean_z(model, tokenizer, texts, blocks) if mode == "mean" else {}
+    means = mean_z(model, tokenizer, texts, settings["blocks"]) if settings["mode"] == "mean" else {}
+    unablated, ablated = {}, {}
+    bar = tqdm(total=len(settings["blocks"]) * n_heads, desc=f"{config.name}: head ablation", unit="head",
+               disable=not context.progress)
+    with bar:
+        for block in settings["blocks"]:
+            inputs = None
 
-    drops = np.full((len(blocks), n_heads), np.nan)
-    for i, block in enumerate(blocks):
-        for head in range(n_heads):
-            handles = add_hook(model, f"blocks.{block}.attn.z", ablate([head], means.get(block)))
-            try:
-                key = cache_key({"ablate": [block, head], "mode": mode, "layer": probe_layer,
-                                 "unablated": [s.folder.name for s in context.stores.values()]})
-                store = extract(lambda: (model, tokenizer), texts, spans, layers=[probe_layer],
-                                folder=context.cache_dir / "ablation" / key, pooling=config.pooling,
-                                batch_size=config.batch_size, progress=False)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            scores = cross_validate(store.layer(position, probe_layer), labels, groups, context.make_probe(),
-                                    config.folds, config.seed)
-            drops[i, head] = baseline - scores["accuracy"]
+            def block_inputs(block=block):
+                nonlocal inputs
+                if inputs is None:
+                    inputs = capture_block_inputs(model, tokenizer, texts, spans, block, config.batch_size)
+                return inputs
 
-    table = [{"block": b, "head": h, "accuracy_drop": float(drops[i, h])}
-             for i, b in enumerate(blocks) for h in range(n_heads)]
-    summary = {"mode": mode, "position": position, "probe_layer": probe_layer, "baseline_accuracy": baseline,
-               "heads": table}
-    write_text_atomic(output_dir / "head_ablation.json", json.dumps(summary, indent=2) + "\n")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["block", "head", "accuracy_drop"])
-    writer.writeheader()
-    writer.writerows(table)
-    write_text_atomic(output_dir / "head_ablation.csv", buffer.getvalue())
-    _plot(results, drops, blocks, summary, output_dir)
+            unablated[block] = _cached(context, settings, block, None,
+                                       lambda: _rerun(model, block_inputs(), block, settings, context))
+            for head in range(n_heads):
+                ablated[(block, head)] = _cached(
+                    context, settings, block, head,
+                    lambda: _rerun(model, block_inputs(), block, settings, context, [head], means.get(block)))
+                bar.update()
+    return unablated, ablated
+
+
+def _rerun(model, inputs, block, settings, context, heads=None, replacement=None):
+    from probe.hooks import add_hook
+    from probe.partial import vectors_at
+
+    handles = add_hook(model, f"blocks.{block}.attn.z", ablate(heads, replacement)) if heads else []
+    try:
+        return vectors_at(model, inputs, block, settings["probe_layer"], settings["position"],
+                          context.config.pooling)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _cached(context, settings, block, head, compute):
+    """``compute()``'s vectors, stored under a key of everything they depend on; written atomically."""
+    import numpy as np
+
+    from probe.extract import cache_key
+    from probe.io import write_atomic
+
+    stores = context.stores
+    key = cache_key({"features": stores[next(iter(stores))].folder.name, "block": block, "head": head,
+                     "mode": settings["mode"] if head is not None else None, "layer": settings["probe_layer"],
+                     "position": settings["position"], "pooling": context.config.pooling,
+                     "batch_size": context.config.batch_size})
+    path = context.cache_dir / "ablation" / f"{key}.npy"
+    if path.exists():
+        return np.load(path)
+    vectors = compute()
+    write_atomic(path, lambda tmp: np.save(tmp, vectors))
+    return vectors
+
+
+def head_ablation(results, output_dir, context):
+    from probe.report import as_results
+
+    results = as_results(results)
+    settings = sweep_settings(results, context.config)
+    unablated, ablated = ablated_vectors(context, settings)
+    table = score_heads(context, unablated, ablated)
+    summary = {k: v for k, v in settings.items() if k != "blocks"} | {"heads": table}
+    _write(summary, output_dir)
+    _plot(results, table, settings, output_dir)
     return summary
 
 
-def _plot(results, drops, blocks, summary, output_dir):
+def score_heads(context, unablated: dict, ablated: dict) -> list[dict]:
+    """Every head's accuracy drop (mean over folds) with its fold spread and a McNemar p-value, the probes
+    for all heads fitted in one parallel batch on the same folds."""
+    import numpy as np
+
+    from probe.probes import FitTask, fit_all, folds
+
+    config = context.config
+    y = np.asarray(context.rows["label"])
+    fold_list = folds(y, context.rows["group"], config.folds, config.seed)
+    tasks = [FitTask(("unablated", b), X, y, fold_list) for b, X in unablated.items()]
+    tasks += [FitTask(key, X, y, fold_list) for key, X in ablated.items()]
+    predictions = fit_all(tasks, context.make_probe(), cache=context.cache_dir / "probes")
+    correct = {key: _correct(y, fold_list, predicted) for key, predicted in predictions.items()}
+    table = []
+    for block, head in ablated:
+        before, after = correct[("unablated", block)], correct[(block, head)]
+        drops = [before[test].mean() - after[test].mean() for _, test in fold_list]
+        table.append({"block": block, "head": head, "accuracy_drop": float(np.mean(drops)),
+                      "drop_std": float(np.std(drops)), "p_value": mcnemar(before, after)})
+    return table
+
+
+def _correct(y, fold_list, fold_predictions):
+    import numpy as np
+
+    correct = np.zeros(len(y), dtype=bool)
+    for (_, test), predicted in zip(fold_list, fold_predictions):
+        correct[test] = predicted == y[test]
+    return correct
+
+
+def mcnemar(before, after) -> float:
+    """Exact two-sided McNemar test: do the rows the ablation breaks outnumber those it fixes by chance?"""
+    from scipy.stats import binomtest
+
+    broken = int((before & ~after).sum())
+    fixed = int((~before & after).sum())
+    return 1.0 if broken + fixed == 0 else float(binomtest(broken, broken + fixed, 0.5).pvalue)
+
+
+def _write(summary, output_dir):
+    from probe.io import write_text_atomic
+
+    write_text_atomic(output_dir / "head_ablation.json", json.dumps(summary, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["block", "head", "accuracy_drop", "drop_std", "p_value"])
+    writer.writeheader()
+    writer.writerows(summary["heads"])
+    write_text_atomic(output_dir / "head_ablation.csv", buffer.getvalue())
+
+
+def _plot(results, table, settings, output_dir):
+    """Blocks × heads, coloured by drop; the colour scale spans at least the fold spread, so a drop
+    within noise stays pale; a dot marks heads significant after Bonferroni correction."""
+    import numpy as np
+
+    from probe.report import _pyplot, _save
+
+    blocks = settings["blocks"]
+    n_heads = 1 + max(row["head"] for row in table)
+    drops = np.full((len(blocks), n_heads), np.nan)
+    for row in table:
+        drops[blocks.index(row["block"]), row["head"]] = row["accuracy_drop"]
+    spread = max(row["drop_std"] for row in table)
+    limit = max(float(np.nanmax(np.abs(drops))), 2 * spread, 0.02)
     plt = _pyplot()
-    limit = max(float(np.nanmax(np.abs(drops))), 1e-3)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * drops.shape[1], 1.2 + 0.4 * drops.shape[0]))
+    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * n_heads, 1.2 + 0.4 * len(blocks)))
     image = ax.imshow(drops, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    significant = [(r["head"], blocks.index(r["block"])) for r in table if r["p_value"] < 0.05 / len(table)]
+    if significant:
+        ax.scatter(*zip(*significant), marker="o", s=12, color="black", label="p < 0.05, Bonferroni")
+        ax.legend(fontsize=7, loc="upper right")
     ax.set_yticks(range(len(blocks)), [str(b) for b in blocks])
     ax.set_xlabel("head"), ax.set_ylabel("block")
-    ax.set_title(f"{results['experiment']}: accuracy drop at layer {summary['probe_layer']} "
-                 f"when one head is {summary['mode']}-ablated", fontsize=9)
+    ax.set_title(f"{results.experiment}: accuracy drop at layer {settings['probe_layer']} when one head is "
+                 f"{settings['mode']}-ablated (largest fold std {spread:.3f})", fontsize=9)
     fig.colorbar(image, ax=ax, label="accuracy drop")
     return _save(fig, output_dir / "head_ablation.png")
 

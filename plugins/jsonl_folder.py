@@ -9,13 +9,14 @@ merge. ``words`` picks files by stem; without it every ``*.jsonl`` in the folder
 
 from pathlib import Path
 
-import datasets
-
 from probe import hookimpl
-from probe.data import DataError, load_rows
 
 
 def load_jsonl_folder(path: str, words: list[str] | None = None, prefix_labels: bool = True, **fields):
+    import datasets  # imported when used: `probe --help` loads every plugin
+
+    from probe.data import DataError, load_rows
+
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"jsonl-folder: {folder} is not a folder")

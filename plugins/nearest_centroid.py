@@ -5,15 +5,15 @@ This is the 1-nearest-neighbour-to-sense-centroid method of the CoarseWSD-20 pap
 clusters, not just linearly separable regions. Use it with ``probe: nearest-centroid``.
 """
 
-from sklearn.neighbors import NearestCentroid
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
 from probe import hookimpl
 
 
 def nearest_centroid_probe(seed: int = 0, metric: str = "cosine", standardize: bool = False):
     """Cosine distance to each sense's centroid (the paper's choice); optionally standardised first."""
+    from sklearn.neighbors import NearestCentroid  # imported when used: `probe --help` loads every plugin
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     if metric == "cosine":
         # NearestCentroid has no cosine metric: on unit-length vectors, euclidean ranks like cosine.
         from sklearn.preprocessing import Normalizer

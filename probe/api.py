@@ -1,134 +1,34 @@
-"""One-liners for notebooks: every hook point's tensor for a sentence, and an inline attention view.
-
-    outputs, cache = probe.run_with_cache("smollm2-135m", "The mole dug a tunnel.")
-    cache["blocks.3.attn.pattern"]        # (batch, head, query pos, key pos)
-    cache["blocks.3.attn.z"][:, h]        # head h: probe's z is (batch, head, pos, d_head)
-    probe.attention("minilm-l6", "The mole dug a tunnel.", target="mole")   # shows the viewer in Jupyter
-
-Head axis: probe keeps heads on axis 1 — q, k, v and z are (batch, head, pos, d_head) — where
-TransformerLens keeps them on axis 2 (``z[:, :, h]``); ``z.transpose(1, 2)`` gives TransformerLens's order.
-"""
+"""The Python API: ``probe.run(config_or_path, **overrides) -> Results``."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
-
-
-class ActivationCache(dict):
-    """Hook point name → tensor (detached, on the model's device), plus the tokens that produced them."""
-
-    def __init__(self, tensors: dict, tokens: list[list[str]], inputs: dict):
-        super().__init__(tensors)
-        self.tokens = tokens  # one list of token strings per text
-        self.inputs = inputs  # what the tokenizer returned: input_ids, attention_mask, …
+from probe.config import ExperimentConfig, load_config, validate
+from probe.context import DEFAULT_CACHE
+from probe.results import Results
 
 
-def run_with_cache(model, text: str | Sequence[str], *, tokenizer=None,
-                   names: str | Iterable[str] = "*", revision: str | None = None):
-    """Run ``model`` on ``text`` (one string or a list, padded on the right) without gradients and
-    return ``(outputs, cache)``: the model's outputs and an ``ActivationCache`` of every hook point that
-    ``names`` matches (globs, default all: ``blocks.{i}.resid_pre``, ``blocks.{i}.attn.q/k/v/scores/
-    masked_scores/pattern/z/out``, ``blocks.{i}.resid_post``).
+def run(
+    config: str | Path | dict | ExperimentConfig,
+    *,
+    output: str | Path | None = None,
+    cache_dir: str | Path = DEFAULT_CACHE,
+    progress: bool = False,
+    n_jobs: int | None = None,
+    **overrides: Any,
+) -> Results:
+    """Run an experiment — a YAML path, a dict of fields or an ExperimentConfig — with any field overridden
+    by keyword (``probe.run("experiments/mole.yaml", model="minilm-l6", folds=3)``); reports go to
+    ``output`` (default runs/NAME). Returns the typed Results."""
+    from probe.experiment import run_experiment
 
-    ``model``: a loaded transformers model, or a name (registered, hub or local folder) that is loaded
-    once and kept. ``tokenizer``: default, the one saved with the model. A model without probe's attention
-    gets it for this call only (``probe.swapped_attention``).
-    """
-    from probe.hooks import capture
-    from probe.swap import is_swapped, swapped_attention
-
-    model, tokenizer = _model_and_tokenizer(model, tokenizer, revision)
-    texts = [text] if isinstance(text, str) else list(text)
-    tokenizer.padding_side = "right"
-    encoding = tokenizer(texts, return_tensors="pt", padding=True).to(_device(model))
-    swapping = nullcontext() if is_swapped(model) else swapped_attention(model)
-    with swapping, capture(model, names) as seen, torch.no_grad():
-        outputs = model(**encoding)
-        tensors = dict(seen)
-    return outputs, ActivationCache(tensors, _tokens(tokenizer, encoding), dict(encoding))
-
-
-@dataclass
-class AttentionView:
-    """Every block's attention for some sentences; shown as the interactive viewer in Jupyter."""
-
-    sentences: list[dict]  # as ``probe.attention_view.capture_attention`` returns them
-
-    @property
-    def patterns(self) -> torch.Tensor:
-        """The first sentence's attention, (block, head, query, key), to 3 decimals."""
-        first = self.sentences[0]
-        return torch.tensor(first["patterns"], dtype=torch.float32) / first["scale"]
-
-    @property
-    def tokens(self) -> list[str]:
-        return self.sentences[0]["tokens"]
-
-    def _repr_html_(self) -> str:
-        from probe.attention_view import viewer_html
-
-        return viewer_html(self.sentences)
-
-    def save(self, path: str | Path) -> Path:
-        """A standalone HTML page with the viewer (no network needed to open it)."""
-        from probe.io import write_text_atomic
-
-        page = f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>attention</title></head><body>' \
-               f"{self._repr_html_()}</body></html>\n"
-        return write_text_atomic(path, page)
-
-
-def attention(model, text: str | Sequence[str], *, target: str | None = None, tokenizer=None,
-              revision: str | None = None) -> AttentionView:
-    """The attention viewer for ``text`` (a string or a list of them): pick a block and a head, see each
-    token shaded by the attention the ``target`` word (default: the last token) gives it, and the full
-    query × key grid with the causal mask hatched. Displays itself in Jupyter; ``.save("a.html")`` too."""
-    from probe.attention_view import capture_attention
-    from probe.swap import is_swapped, swapped_attention
-
-    model, tokenizer = _model_and_tokenizer(model, tokenizer, revision)
-    texts = [text] if isinstance(text, str) else list(text)
-    swapping = nullcontext() if is_swapped(model) else swapped_attention(model)
-    with swapping:
-        return AttentionView([capture_attention(model, tokenizer, t, target) for t in texts])
-
-
-def _model_and_tokenizer(model, tokenizer, revision):
-    if isinstance(model, (str, Path)):
-        loaded, own_tokenizer = _load(str(model), revision)
-        return loaded, tokenizer or own_tokenizer
-    if tokenizer is None:
-        from probe.models import load_tokenizer
-
-        source = getattr(model, "name_or_path", None)
-        if not source:
-            raise ValueError("this model does not say where it was loaded from: pass tokenizer=")
-        tokenizer = load_tokenizer(source, revision=revision)
-    return model, tokenizer
-
-
-@functools.lru_cache(maxsize=2)
-def _load(name: str, revision: str | None):
-    """A model by name, loaded once per session: registered names resolve to their files."""
-    from probe.experiment import resolve_model
-    from probe.models import load_model, load_tokenizer
-
-    source = resolve_model(name, revision)
-    return load_model(source, revision=revision), load_tokenizer(source, revision=revision)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _tokens(tokenizer, encoding) -> list[list[str]]:
-    rows = []
-    for ids, mask in zip(encoding["input_ids"].tolist(), encoding["attention_mask"].tolist()):
-        rows.append([tokenizer.decode([i]) for i, keep in zip(ids, mask) if keep])
-    return rows
+    if isinstance(config, (str, Path)):
+        config = load_config(config, overrides)
+    elif isinstance(config, dict):
+        config = validate({**config, **overrides})
+    elif overrides:
+        config = validate({**config.settings(), **overrides}, source=config.source)
+    output = Path(output) if output is not None else Path("runs") / config.name
+    return run_experiment(config, output, cache_dir=cache_dir, progress=progress, n_jobs=n_jobs)

@@ -49,7 +49,7 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
     """
     from probe import models
     from probe.compare import DEFAULT_TEXTS, compare_models
-    from probe.experiment import model_load_error, resolve_model
+    from probe.context import model_load_error, resolve_model
     from probe.swap import swap_attention
 
     if bool(model_name) == bool(random_init):
@@ -112,19 +112,18 @@ def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=".probe-cache", show_default=True)
 @click.option("--plugins-dir", type=click.Path(file_okay=False), help="Load every .py file in this folder as a plugin.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet):
+@click.option("--jobs", "n_jobs", type=int, help="Probe fits in parallel [default: all cores]; results do not depend on it.")
+def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs):
     """Run an experiment config: probe every layer, write results.json/csv, plots and summary.md."""
+    if quiet:
+        quiet_progress_bars()  # first: the imports below read the setting
     from probe import plugins
     from probe.config import ConfigError, load_config, parse_override
     from probe.data import DataError
     from probe.experiment import run_experiment
     from probe.probes import ProbeError
-    from probe.report import best_rows, layer_table
+    from probe.report import layer_table
 
-    if quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     try:
         values = dict(parse_override(text) for text in overrides)
         if model_name:
@@ -133,14 +132,14 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
         if plugins_dir:
             plugins.load_plugins_dir(plugins_dir)
         output_dir = Path(output_dir or Path("runs") / config.name)
-        results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet)
+        results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
     except (ConfigError, DataError, ProbeError, plugins.PluginError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(layer_table(results))
-    for (position, subset), best in best_rows(results).items():
+    for (position, subset), best in results.best_rows().items():
         click.echo(
-            f"{config.name} [{position}, {subset}]: best layer {best['layer']} "
-            f"accuracy {best['accuracy']:.3f} ± {best['accuracy_std']:.3f}"
+            f"{config.name} [{position}, {subset}]: best layer {best.layer} "
+            f"accuracy {best.accuracy:.3f} ± {best.accuracy_std:.3f}"
         )
     click.echo(f"results, plots and summary in {output_dir}/")
 
@@ -159,6 +158,19 @@ def list_architectures(measure, as_json, markdown):
     click.echo("  ".join(f"{c:<16}" if c != "example" else f"{c:<38}" for c in columns))
     for row in rows:
         click.echo("  ".join(f"{str(row[c]):<16}" if c != "example" else f"{row[c]:<38}" for c in columns))
+def quiet_progress_bars() -> None:
+    """No loading bars from transformers / huggingface_hub (GGUF's are switched off where it is read)."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is first imported
+    if "huggingface_hub" in sys.modules:  # already imported: tell it, and transformers, directly
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 @cli.command(name="plot-runs")
@@ -168,13 +180,13 @@ def list_architectures(measure, as_json, markdown):
 def plot_runs(run_dirs, output, subsets):
     """Plot several runs' accuracy per layer side by side (e.g. one experiment on two models)."""
     from probe.report import plot_runs as plot
+    from probe.results import load_results
 
     runs = []
     for folder in run_dirs:
-        path = Path(folder) / "results.json"
-        if not path.exists():
+        if not (Path(folder) / "results.json").exists():
             raise click.BadParameter(f"{folder} has no results.json", param_hint="RUN_DIRS")
-        runs.append(json.loads(path.read_text()))
+        runs.append(load_results(folder))
     click.echo(f"wrote {plot(runs, Path(output), list(subsets) or None)}")
 
 

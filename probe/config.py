@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional, Union
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ATTENTION_MODES = ("reimplemented", "reference", "both")
 POSITIONS = ("target", "last")
@@ -30,32 +30,65 @@ class ConfigError(ValueError):
     """A config field is missing, misspelt or has a value probe does not accept."""
 
 
-@dataclass
-class ExperimentConfig:
+class ExperimentConfig(BaseModel):
+    """A validated experiment. Build it with ``validate(raw)`` (or ``load_config(path)``), whose errors
+    name the field and the accepted values; pydantic checks each field, these messages explain it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
+
     model: str
-    dataset: str | dict
+    dataset: Union[str, dict]
     name: str = "experiment"
-    revision: str | None = None
+    revision: Optional[str] = None
     description: str = ""
-    probe: str | dict = "logreg"
-    positions: list[str] = field(default_factory=lambda: ["target"])
-    pooling: str = "mean"
-    layers: str | list[int] = "all"
-    attention: str = "reimplemented"
-    folds: int = 5
+    probe: Union[str, dict] = "logreg"
+    positions: list[Literal[POSITIONS]] = ["target"]
+    pooling: Literal[POOLINGS] = "mean"
+    layers: Union[Literal["all"], list[int]] = "all"
+    attention: Literal[ATTENTION_MODES] = "reimplemented"
+    folds: int = Field(5, ge=2)
     seed: int = 0
-    batch_size: int = 16
-    dtype: str = "float32"
-    filter: dict[str, list] = field(default_factory=dict)
-    split_by: str | None = None
-    controls: list[str] = field(default_factory=lambda: list(CONTROLS))
-    reporters: list[str] = field(default_factory=lambda: ["json", "csv", "plots", "summary"])
-    metrics: list[str] | None = None  # registered metric names; None: all registered
-    plugins: list[str] = field(default_factory=list)
-    on_bad_rows: str = "raise"
+    batch_size: int = Field(16, ge=1)
+    dtype: Literal[DTYPES] = "float32"
+    filter: dict[str, list] = {}
+    split_by: Optional[str] = None
+    controls: list[Literal[CONTROLS]] = list(CONTROLS)
+    reporters: list[str] = ["json", "csv", "plots", "summary"]
+    metrics: Optional[list[str]] = None  # registered metric names; None: all registered
+    plugins: list[str] = []
+    on_bad_rows: Literal[ON_BAD_ROWS] = "raise"
     example: int = 0
-    options: dict[str, Any] = field(default_factory=dict)  # free-form settings for plugins
+    options: dict[str, Any] = {}  # free-form settings for plugins
     source: str = ""  # the file the config came from, for messages
+
+    @field_validator("positions", "controls", "reporters", "plugins", "metrics", mode="before")
+    @classmethod
+    def _one_becomes_a_list(cls, value):
+        return value if value is None else _as_list(value)
+
+    @field_validator("dataset", "probe", mode="before")
+    @classmethod
+    def _name_or_mapping(cls, value):
+        if not isinstance(value, str) and not (isinstance(value, dict) and isinstance(value.get("name"), str)):
+            raise ValueError(f"must be a name or a mapping with a 'name' key and options, got {value!r}")
+        return value
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layer_numbers(cls, value):
+        if value == "all":
+            return value
+        layers = _as_list(value)
+        if not layers or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers):
+            raise ValueError(f"must be 'all' or a list of layer numbers ≥ 0, got {value!r}")
+        return sorted(set(layers))
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _filter_lists(cls, value):
+        if not isinstance(value, dict):
+            raise ValueError("must map a column to accepted values, e.g. {cue: [left]}")
+        return {key: _as_list(values) for key, values in value.items()}
 
     @property
     def dataset_name(self) -> str:
@@ -75,10 +108,10 @@ class ExperimentConfig:
 
     def settings(self) -> dict:
         """Everything that shaped the results, for results.json."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("source",)}
+        return {name: getattr(self, name) for name in FIELD_NAMES}
 
 
-FIELD_NAMES = [f.name for f in fields(ExperimentConfig) if f.name != "source"]
+FIELD_NAMES = [name for name in ExperimentConfig.model_fields if name != "source"]
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -124,65 +157,33 @@ def validate(raw: dict, source: str = "<config>") -> ExperimentConfig:
     for required in ("model", "dataset"):
         if raw.get(required) in (None, ""):
             raise ConfigError(f"{where} field {required!r} is required")
-    config = ExperimentConfig(**raw, source=source)
+    try:
+        return ExperimentConfig.model_validate({**raw, "source": source})
+    except ValidationError as error:
+        raise ConfigError(f"{where} {_message(error.errors()[0], raw)}") from None
 
-    _check_type(where, "model", config.model, str)
-    _check_type(where, "name", config.name, str)
-    _check_type(where, "description", config.description, str)
-    _check_named(where, "dataset", config.dataset)
-    _check_named(where, "probe", config.probe)
-    _check_choice(where, "attention", config.attention, ATTENTION_MODES)
-    _check_choice(where, "pooling", config.pooling, POOLINGS)
-    _check_choice(where, "dtype", config.dtype, DTYPES)
-    _check_choice(where, "on_bad_rows", config.on_bad_rows, ON_BAD_ROWS)
-    config.positions = _as_list(config.positions)
-    config.controls = _as_list(config.controls)
-    for value in config.positions:
-        _check_choice(where, "positions", value, POSITIONS)
-    for value in config.controls:
-        _check_choice(where, "controls", value, CONTROLS)
-    for name in ("folds", "seed", "batch_size", "example"):
-        _check_type(where, name, getattr(config, name), int)
-    if config.folds < 2:
-        raise ConfigError(f"{where} field 'folds' must be at least 2, got {config.folds}")
-    if config.batch_size < 1:
-        raise ConfigError(f"{where} field 'batch_size' must be at least 1, got {config.batch_size}")
-    if config.layers != "all":
-        layers = _as_list(config.layers)
-        if not layers or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers):
-            raise ConfigError(f"{where} field 'layers' must be 'all' or a list of layer numbers ≥ 0, got {config.layers!r}")
-        config.layers = sorted(set(layers))
-    if not isinstance(config.filter, dict):
-        raise ConfigError(f"{where} field 'filter' must map a column to accepted values, e.g. {{cue: [left]}}")
-    config.filter = {key: _as_list(values) for key, values in config.filter.items()}
-    if config.split_by is not None:
-        _check_type(where, "split_by", config.split_by, str)
-    if config.metrics is not None:
-        config.metrics = _as_list(config.metrics)
-    for name in ("reporters", "plugins"):
-        setattr(config, name, _as_list(getattr(config, name)))
-    return config
+
+def _message(error: dict, raw: dict) -> str:
+    """One pydantic error as a sentence that names the field and says what it accepts."""
+    name = str(error["loc"][0])
+    value = raw.get(name)
+    kind = error["type"]
+    if kind == "literal_error":
+        got = error["input"]
+        return f"field {name!r} is {got!r}; accepted values: {', '.join(_CHOICES[name])}"
+    if kind == "greater_than_equal":
+        return f"field {name!r} must be at least {error['ctx']['ge']}, got {value}"
+    if kind == "value_error":
+        return f"field {name!r} {error['ctx']['error']}"
+    if kind in _TYPES:
+        return f"field {name!r} must be {_TYPES[kind]}, got {value!r}"
+    return f"field {name!r}: {error['msg']}, got {value!r}"
+
+
+_CHOICES = {"attention": ATTENTION_MODES, "pooling": POOLINGS, "dtype": DTYPES, "on_bad_rows": ON_BAD_ROWS,
+            "positions": POSITIONS, "controls": CONTROLS}
+_TYPES = {"int_type": "an int", "string_type": "a str", "list_type": "a list", "dict_type": "a mapping"}
 
 
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _check_type(where, name, value, kind) -> None:
-    if not isinstance(value, kind) or isinstance(value, bool):
-        article = "an" if kind.__name__[0] in "aeiou" else "a"
-        raise ConfigError(f"{where} field {name!r} must be {article} {kind.__name__}, got {value!r}")
-
-
-def _check_choice(where, name, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{where} field {name!r} is {value!r}; accepted values: {', '.join(choices)}")
-
-
-def _check_named(where, name, value) -> None:
-    if isinstance(value, str):
-        return
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        raise ConfigError(
-            f"{where} field {name!r} must be a name or a mapping with a 'name' key and options, got {value!r}"
-        )

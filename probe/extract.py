@@ -136,6 +136,20 @@ def _width(model) -> int:
 @torch.inference_mode()
 def _extract_batch(model, tokenizer, texts, spans, layers, pooling):
     """One forward (cut short after the deepest layer) → (target, last) arrays of shape (layers, batch, d)."""
+    encoding, targets, last_index = encode_batch(tokenizer, texts, spans)
+    captured = run_to_layer(model, encoding, max(layers), layers)
+    target_out = np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
+    last_out = np.empty_like(target_out)
+    rows = torch.arange(len(texts))
+    for slot, layer in enumerate(layers):
+        hidden = captured[layer].float()
+        last_out[slot] = hidden[rows, last_index].numpy()
+        target_out[slot] = pool_targets(hidden, targets, pooling)
+    return target_out, last_out
+
+
+def encode_batch(tokenizer, texts, spans):
+    """Right-padded encoding, each row's target token indices, and each row's last word-piece index."""
     tokenizer.padding_side = "right"
     encoding = tokenizer(
         list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True, return_special_tokens_mask=True
@@ -151,19 +165,17 @@ def _extract_batch(model, tokenizer, texts, spans, layers, pooling):
     # The sentence's last word-piece: the last real token that is not a special one ([SEP], </s>).
     words = encoding["attention_mask"].bool() & ~special
     last_index = torch.where(words, torch.arange(words.shape[1]), -1).max(-1).values
+    return encoding, targets, last_index
 
-    captured = run_to_layer(model, encoding, max(layers), layers)
-    target_out = np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
-    last_out = np.empty_like(target_out)
-    rows = torch.arange(len(texts))
-    for slot, layer in enumerate(layers):
-        hidden = captured[layer].float()
-        last_out[slot] = hidden[rows, last_index].numpy()
-        for i, covered in enumerate(targets):
-            vectors = hidden[i, covered]
-            pooled = {"first": vectors[0], "last": vectors[-1], "mean": vectors.mean(0)}[pooling]
-            target_out[slot, i] = pooled.numpy()
-    return target_out, last_out
+
+def pool_targets(hidden: torch.Tensor, targets: list[list[int]], pooling: str) -> np.ndarray:
+    """(batch, pos, d) → (batch, d): each row's target tokens pooled (first, last or mean)."""
+    out = np.empty((len(targets), hidden.shape[-1]), dtype=np.float32)
+    for i, covered in enumerate(targets):
+        vectors = hidden[i, covered].float()
+        pooled = {"first": vectors[0], "last": vectors[-1], "mean": vectors.mean(0)}[pooling]
+        out[i] = pooled.numpy()
+    return out
 
 
 def run_to_layer(model, encoding, deepest: int, layers) -> dict[int, torch.Tensor]:

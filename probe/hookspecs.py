@@ -58,9 +58,9 @@ def experiment_started(config, output_dir):
 
 @hookspec
 def layer_result(config, layer, result):
-    """Called with each layer's probe result (a dict) as soon as it is computed."""
+    """Called with each layer's probe result (a dict, as in results.json), in order, once the probes are fitted."""
 
 
 @hookspec
 def experiment_finished(config, results, output_dir):
-    """Called once with the full results dict after every reporter has written its files."""
+    """Called once with the Results (``results["layers"]`` works too) after every reporter has written its files."""

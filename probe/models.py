@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from probe.config import GPT2_SHAPES
+
+# transformers is imported inside the functions that need it: a rerun on a full cache needs none of them.
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -35,9 +40,69 @@ def split_gguf(name_or_path: str | Path) -> tuple[str, dict]:
     return str(path.parent), {"gguf_file": path.name}
 
 
+def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = True) -> Path:
+    """A GGUF checkpoint converted once to a safetensors folder (model + tokenizer) under ``cache_root``,
+    keyed by the file's hash and the transformers version; later loads read that folder.
+
+    Parsing and dequantizing GGUF takes seconds per load (SmolLM2: about 10 s on 2 cores); reading the
+    converted float32 safetensors gives the same tensors, since dequantizing already yields float32.
+    """
+    path = Path(gguf_path)
+    from importlib.metadata import version
+
+    key = hashlib.sha256(f"{file_sha256(path)}:{version('transformers')}".encode()).hexdigest()[:20]
+    folder = Path(cache_root) / f"{path.stem}-{key}"
+    if (folder / "config.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        with _quiet_tqdm(not progress):
+            model = load_model(str(path), dtype=torch.float32)
+            load_tokenizer(str(path)).save_pretrained(tmp)
+        # The weights are plain float32 tensors now; only the "gguf quantizer" marker forbids saving them.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a model cache is for everyone to read
+        os.replace(tmp, folder)  # one step: a reader sees no folder or a complete one
+    except OSError:
+        if not (folder / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename happened
+    return folder
+
+
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_tqdm(quiet: bool):
+    """transformers' GGUF reader calls tqdm directly, not through its logging's progress bars."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    real = gguf_utils.tqdm
+    if quiet:
+        gguf_utils.tqdm = functools.partial(real, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = real
+
+
 def model_class_for(name_or_path: str | Path, revision: str | None = None):
     """The auto class to load a checkpoint with: the architecture its config names (``BertModel``,
     ``GPT2LMHeadModel``, …) when transformers has it, else a causal LM (GGUF files are read as causal LMs)."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     source, gguf = split_gguf(name_or_path)
     if gguf:
         return AutoModelForCausalLM
@@ -73,11 +138,15 @@ def load_model(
 
 def load_config(name_or_path: str, *, revision: str | None = None):
     """The model's config from a hub name, a local folder or a ``.gguf`` file (AutoConfig alone reads no GGUF)."""
+    from transformers import AutoConfig
+
     source, gguf = split_gguf(name_or_path)
     return AutoConfig.from_pretrained(source, revision=revision, **gguf)
 
 
 def load_tokenizer(name_or_path: str, *, revision: str | None = None):
+    from transformers import AutoTokenizer
+
     source, gguf = split_gguf(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **gguf)
     if tokenizer.pad_token is None:  # GPT-2 ships without one; padded positions are masked anyway
@@ -85,8 +154,10 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None):
     return tokenizer
 
 
-def gpt2_config(name_or_json: str) -> GPT2Config:
+def gpt2_config(name_or_json: str):
     """A GPT2Config from a published shape's name (gpt2, gpt2-medium, distilgpt2, …) or a JSON file."""
+    from transformers import GPT2Config
+
     if name_or_json in GPT2_SHAPES:
         return GPT2Config(**GPT2_SHAPES[name_or_json])
     path = Path(name_or_json)
@@ -102,8 +173,10 @@ def gpt2_config(name_or_json: str) -> GPT2Config:
     )
 
 
-def save_random_gpt2(config: GPT2Config, folder: str | Path | None = None, seed: int = 0) -> Path:
-    """Random-init a GPT-2 LM with ``config`` and save it, so it loads through ``from_pretrained``."""
+def save_random_gpt2(config, folder: str | Path | None = None, seed: int = 0) -> Path:
+    """Random-init a GPT-2 LM with ``config`` (a GPT2Config) and save it, so it loads through ``from_pretrained``."""
+    from transformers import GPT2LMHeadModel
+
     folder = Path(folder or tempfile.mkdtemp(prefix="probe-random-gpt2-"))
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).save_pretrained(folder)

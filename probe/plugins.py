@@ -7,6 +7,8 @@ installed plugins to a comma-separated list of entry-point names (empty: none).
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import importlib
 import importlib.util
 import os
@@ -73,7 +75,7 @@ def _new_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("probe")
     pm.add_hookspecs(hookspecs)
     for module_name in BUILTIN_PLUGINS:
-        pm.register(importlib.import_module(module_name), name=module_name)
+        _register(pm, importlib.import_module(module_name), module_name)
     _load_entry_points(pm)
     return pm
 
@@ -141,22 +143,56 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
         raise PluginError(f"plugin {name!r} is not valid: {error}") from error
     except ValueError as error:
         raise PluginError(f"plugin {name!r} could not be registered: {error}") from error
+    for caller in pm.get_hookcallers(plugin) or []:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                # pluggy calls impl.function(*args): wrapping it lets each call know its plugin, so
+                # an error names plugin and hook and register() knows who registers.
+                object.__setattr__(impl, "function", _attributed(impl.function, name, caller.name))
+
+
+# The plugin whose hook implementation is running, and where call_each collects (plugin, result) pairs.
+_current_plugin: contextvars.ContextVar[str] = contextvars.ContextVar("probe_current_plugin", default="?")
+_collected: contextvars.ContextVar[list | None] = contextvars.ContextVar("probe_collected", default=None)
+
+
+def _attributed(function, plugin_name: str, hook_name: str):
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        collected = _collected.get()
+        tokens = _current_plugin.set(plugin_name), _collected.set(None)  # a nested hook call collects apart
+        try:
+            result = function(*args, **kwargs)
+        except PluginError:
+            raise
+        except Exception as error:
+            raise PluginError(
+                f"plugin {plugin_name!r} raised in hook {hook_name}: {type(error).__name__}: {error}"
+            ) from error
+        finally:
+            _current_plugin.reset(tokens[0])
+            _collected.reset(tokens[1])
+        if collected is not None:
+            collected.append((plugin_name, result))
+        return result
+
+    return call
 
 
 def registry(kind: str) -> dict[str, Registered]:
     """Everything registered under ``kind`` (dataset, probe, metric, reporter, model), by name."""
     hook_name = REGISTRIES[kind]
     found: dict[str, Registered] = {}
-    for impl in getattr(get_plugin_manager().hook, hook_name).get_hookimpls():
 
-        def register(name: str, value: Any, _plugin: str = impl.plugin_name) -> None:
-            if name in found:
-                raise PluginError(
-                    f"{kind} {name!r} is registered twice: by plugin {found[name].plugin!r} and by {_plugin!r}"
-                )
-            found[name] = Registered(name, value, _plugin)
+    def register(name: str, value: Any) -> None:
+        plugin = _current_plugin.get()
+        if name in found:
+            raise PluginError(
+                f"{kind} {name!r} is registered twice: by plugin {found[name].plugin!r} and by {plugin!r}"
+            )
+        found[name] = Registered(name, value, plugin)
 
-        call_hook(impl, hook_name, register=register)
+    getattr(get_plugin_manager().hook, hook_name)(register=register)
     return found
 
 
@@ -169,22 +205,15 @@ def lookup(kind: str, name: str) -> Registered:
     return entries[name]
 
 
-def call_hook(impl, hook_name: str, **kwargs):
-    """Call one plugin's implementation, naming the plugin and hook if it raises."""
-    try:
-        return impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-    except PluginError:
-        raise
-    except Exception as error:
-        raise PluginError(
-            f"plugin {impl.plugin_name!r} raised in hook {hook_name}: {type(error).__name__}: {error}"
-        ) from error
-
-
 def call_each(hook_name: str, **kwargs) -> list[tuple[str, Any]]:
-    """Call every implementation of a hook, in registration order; returns (plugin name, result) pairs."""
-    hook = getattr(get_plugin_manager().hook, hook_name)
-    return [(impl.plugin_name, call_hook(impl, hook_name, **kwargs)) for impl in hook.get_hookimpls()]
+    """``pm.hook.<hook_name>(**kwargs)`` — pluggy's order, tryfirst/trylast and wrappers included —
+    as (plugin name, result) pairs in call order, None results too."""
+    token = _collected.set([])
+    try:
+        getattr(get_plugin_manager().hook, hook_name)(**kwargs)
+        return _collected.get()
+    finally:
+        _collected.reset(token)
 
 
 def describe() -> list[tuple[str, list[str]]]:

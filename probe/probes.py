@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,15 +95,96 @@ def cross_validate(
 
     ``metrics``: extra ``fn(y_true, y_pred, labels)`` computed on the pooled out-of-fold predictions.
     """
-    X, y = np.asarray(X), np.asarray(y)
-    if len(X) != len(y):
-        raise ProbeError(f"X has {len(X)} rows but y has {len(y)} labels")
+    X, y = _checked(X, y)
+    task = FitTask("one", X, y, folds(y, groups, n_folds, seed))
+    return evaluate([task], make_probe, n_jobs=1, metrics=metrics)["one"]
+
+
+@dataclass(frozen=True)
+class FitTask:
+    """One cross-validation to run: ``key`` names it in the answer; ``folds`` are computed by the caller,
+    once per set of labels, however many layers and controls share them."""
+
+    key: Hashable
+    X: np.ndarray
+    y: np.ndarray
+    folds: list[Fold]
+    metrics: bool = True  # whether the extra metrics are computed for this task
+    make_probe: Callable[[], Any] | None = None  # instead of evaluate()'s (the majority baseline's dummy)
+
+
+def evaluate(
+    tasks: Sequence[FitTask],
+    make_probe: Callable[[], Any],
+    *,
+    n_jobs: int | None = None,
+    metrics: dict[str, Callable] | None = None,
+    progress: Callable[[int], None] | None = None,
+    cache: Path | None = None,
+) -> dict[Hashable, dict[str, Any]]:
+    """Every (task × fold) fit in parallel with joblib (``n_jobs``: None = all cores), each fit's BLAS held
+    to one thread: on a few cores, parallel fits beat threaded BLAS inside one small fit by far, and
+    results do not depend on ``n_jobs``. Probes are made here, in this process, so a probe factory may
+    keep state; the fitted estimators stay in the workers, only predictions come back."""
+    from sklearn import config_context
+
+    predictions = fit_all(tasks, make_probe, n_jobs=n_jobs, progress=progress, cache=cache)
+    # Scoring thousands of folds: sklearn's argument checks cost more than the metrics; the math is the same.
+    with config_context(skip_parameter_validation=True, assume_finite=True):
+        return {task.key: score(task.y, task.folds, predictions[task.key], metrics if task.metrics else None)
+                for task in tasks}
+
+
+def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: int | None = None,
+            progress: Callable[[int], None] | None = None,
+            cache: Path | None = None) -> dict[Hashable, list[np.ndarray]]:
+    """Each task's test-fold predictions, fold by fold: every (task × fold) fit is one joblib job.
+    With ``cache`` (a folder), a task whose vectors, labels, folds and probe were seen before is not refit."""
+    from joblib import Parallel, delayed
+
+    from probe import fitcache
+
+    answers: dict[Hashable, list[np.ndarray]] = {}
+    jobs, keys = [], {}
+    for task in tasks:
+        probes = [(task.make_probe or make_probe)() for _ in task.folds]
+        keys[task.key] = fitcache.fit_key(probes[0], task.X, task.y, task.folds) if cache else None
+        cached = fitcache.load(cache, keys[task.key]) if keys[task.key] else None
+        if cached is not None:
+            answers[task.key] = cached
+            if progress:
+                progress(len(task.folds))
+            continue
+        answers[task.key] = []
+        jobs += [(task, probe, train, test) for probe, (train, test) in zip(probes, task.folds)]
+    if not jobs:
+        return answers
+    fits = [delayed(_fit_predict)(probe, task.X, task.y, train, test) for task, probe, train, test in jobs]
+    parallel = Parallel(n_jobs=-1 if n_jobs is None else n_jobs, return_as="generator")
+    for predicted, (task, _, _, _) in zip(parallel(fits), jobs):
+        answers[task.key].append(predicted)
+        if progress:
+            progress(1)
+        if keys[task.key] and len(answers[task.key]) == len(task.folds):
+            fitcache.save(cache, keys[task.key], answers[task.key])
+    return answers
+
+
+def _fit_predict(probe, X, y, train, test) -> np.ndarray:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return probe.fit(X[train], y[train]).predict(X[test])
+
+
+def score(y: np.ndarray, fold_list: list[Fold], fold_predictions: list[np.ndarray],
+          metrics: dict[str, Callable] | None = None) -> dict[str, Any]:
+    """Fold-averaged accuracy/F1 and pooled out-of-fold recall, confusion and extra metrics."""
     labels = np.unique(y)
     predicted = np.empty_like(y)
     fold_accuracies, fold_f1s = [], []
-    for train, test in folds(y, groups, n_folds, seed):
-        probe = make_probe().fit(X[train], y[train])
-        predicted[test] = probe.predict(X[test])
+    for (train, test), fold_predicted in zip(fold_list, fold_predictions):
+        predicted[test] = fold_predicted
         fold_accuracies.append(accuracy_score(y[test], predicted[test]))
         fold_f1s.append(f1_score(y[test], predicted[test], average="macro", zero_division=0))
     recalls = recall_score(y, predicted, labels=labels, average=None, zero_division=0)
@@ -117,6 +200,18 @@ def cross_validate(
         "fold_accuracies": [float(accuracy) for accuracy in fold_accuracies],
         **({"metrics": {name: _plain(value) for name, value in extra.items()}} if extra else {}),
     }
+
+
+def _checked(X, y) -> tuple[np.ndarray, np.ndarray]:
+    X, y = np.asarray(X), np.asarray(y)
+    if len(X) != len(y):
+        raise ProbeError(f"X has {len(X)} rows but y has {len(y)} labels")
+    return X, y
+
+
+def shuffled_labels(y: Sequence, seed: int) -> np.ndarray:
+    """The labels permuted by a seeded RNG: the shuffled-label control's targets."""
+    return np.random.default_rng(seed).permutation(np.asarray(y))
 
 
 def _plain(value):
@@ -141,5 +236,4 @@ def shuffled_label_control(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The probe on labels permuted by a seeded RNG: what it scores when the features carry no sense signal."""
-    permuted = np.random.default_rng(seed).permutation(np.asarray(y))
-    return cross_validate(X, permuted, groups, make_probe, n_folds, seed)
+    return cross_validate(X, shuffled_labels(y, seed), groups, make_probe, n_folds, seed)

@@ -1,15 +1,15 @@
-"""Reports from a results dict: JSON, CSV, plots and a short Markdown summary, each written atomically."""
+"""Reports from Results: JSON, CSV, plots and a short Markdown summary, each written atomically."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
 from probe.io import write_atomic, write_text_atomic
+from probe.results import LayerResult, Results
 
 CSV_COLUMNS = (
     "position", "subset", "layer", "accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
@@ -18,81 +18,92 @@ CSV_COLUMNS = (
 )
 
 
-def write_json(results: dict, output_dir: Path) -> Path:
-    return write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+def as_results(results) -> Results:
+    """Reporters take Results; a results dict (a plugin's, or results.json read back) is converted."""
+    return results if isinstance(results, Results) else Results.from_dict(results)
 
 
-def write_csv(results: dict, output_dir: Path) -> Path:
-    metric_names = sorted({name for row in results["layers"] for name in row.get("metrics", {})})
-    columns = list(CSV_COLUMNS) + metric_names
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    for row in results["layers"]:
-        values = {**row, **row.get("metrics", {})}
-        writer.writerow({k: values.get(k, "") for k in columns})
-    return write_text_atomic(output_dir / "results.csv", buffer.getvalue())
+def as_dict(results) -> dict:
+    """The results as results.json holds them: the form the html page and older plugins read."""
+    return results.to_dict() if isinstance(results, Results) else results
 
 
-def series(results: dict) -> dict[tuple[str, str], list[dict]]:
-    """Layer rows grouped by (position, subset), in layer order."""
+def series(results) -> dict[tuple[str, str], list[dict]]:
+    """Layer rows, as dicts, grouped by (position, subset), in layer order."""
     grouped: dict[tuple[str, str], list[dict]] = {}
-    for row in results["layers"]:
+    for row in as_dict(results)["layers"]:
         grouped.setdefault((row["position"], row["subset"]), []).append(row)
     return {key: sorted(rows, key=lambda r: r["layer"]) for key, rows in grouped.items()}
 
 
-def best_rows(results: dict) -> dict[tuple[str, str], dict]:
-    return {key: max(rows, key=lambda r: r["accuracy"]) for key, rows in series(results).items()}
+def write_json(results: Results, output_dir: Path) -> Path:
+    return write_text_atomic(output_dir / "results.json", as_results(results).to_json())
 
 
-def layer_table(results: dict) -> str:
+def write_csv(results: Results, output_dir: Path) -> Path:
+    results = as_results(results)
+    metric_names = sorted({name for row in results.rows for name in (row.metrics or {})})
+    columns = list(CSV_COLUMNS) + metric_names
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in results.rows:
+        values = row.to_dict()
+        values.update(values.get("metrics", {}))
+        writer.writerow({k: values.get(k, "") for k in columns})
+    return write_text_atomic(output_dir / "results.csv", buffer.getvalue())
+
+
+def best_rows(results: Results) -> dict[tuple[str, str], LayerResult]:
+    return as_results(results).best_rows()
+
+
+def layer_table(results: Results) -> str:
     """Per-layer accuracy with its controls, one block per (position, subset), for the terminal."""
+    results = as_results(results)
     lines = []
-    for (position, subset), rows in series(results).items():
-        lines.append(f"{results['experiment']} on {results['model']['name']}: probe at the {position} token, "
-                     f"{subset} rows")
+    for (position, subset), rows in results.series().items():
+        lines.append(f"{results.experiment} on {results.model.name}: probe at the {position} token, {subset} rows")
         lines.append(f"{'layer':>5}  {'accuracy':>15}  {'macro-F1':>8}  {'shuffled':>8}  {'random wts':>10}")
         for r in rows:
             lines.append(
-                f"{r['layer']:>5}  {r['accuracy']:>7.3f} ± {r['accuracy_std']:.3f}  {r['macro_f1']:>8.3f}  "
-                f"{_num(r.get('shuffled_accuracy')):>8}  {_num(r.get('random_weights_accuracy')):>10}"
+                f"{r.layer:>5}  {r.accuracy:>7.3f} ± {r.accuracy_std:.3f}  {r.macro_f1:>8.3f}  "
+                f"{_num(r.shuffled_accuracy):>8}  {_num(r.random_weights_accuracy):>10}"
             )
-        majority = results["baselines"].get("majority" if subset == "all" else f"majority[{subset}]")
+        majority = results.baseline("majority", subset)
         if majority:
-            lines.append(f"majority-class baseline: {majority['accuracy']:.3f}")
+            lines.append(f"majority-class baseline: {majority.accuracy:.3f}")
         lines.append("")
     return "\n".join(lines)
 
 
-def write_summary(results: dict, output_dir: Path) -> Path:
-    lines = [f"# {results['experiment']}", ""]
-    if results.get("description"):
-        lines += [results["description"].strip(), ""]
-    model = results["model"]
-    data = results["dataset"]
+def write_summary(results: Results, output_dir: Path) -> Path:
+    results = as_results(results)
+    lines = [f"# {results.experiment}", ""]
+    if results.description:
+        lines += [results.description.strip(), ""]
+    model, data, settings = results.model, results.dataset, results.settings
     lines += [
-        f"Model `{model['name']}` ({model['layers']} layers), attention: {results['settings']['attention']}. "
-        f"Dataset `{data['name']}`: {data['rows']} rows, senses {', '.join(data['labels'])}. "
-        f"{results['settings']['folds']}-fold cross-validation, seed {results['settings']['seed']}.",
+        f"Model `{model.name}` ({model.layers} layers), attention: {settings['attention']}. "
+        f"Dataset `{data.name}`: {data.rows} rows, senses {', '.join(data.labels)}. "
+        f"{settings['folds']}-fold cross-validation, seed {settings['seed']}.",
         "",
         "| position | subset | best layer | accuracy | macro-F1 | selectivity | layer 0 | random weights |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (position, subset), rows in series(results).items():
-        best = max(rows, key=lambda r: r["accuracy"])
-        first = rows[0]
+    for (position, subset), rows in results.series().items():
+        best = max(rows, key=lambda r: r.accuracy)
         lines.append(
-            f"| {position} | {subset} | {best['layer']} | {_pm(best['accuracy'], best['accuracy_std'])} | "
-            f"{best['macro_f1']:.3f} | {_num(best.get('selectivity'))} | {first['accuracy']:.3f} | "
-            f"{_num(best.get('random_weights_accuracy'))} |"
+            f"| {position} | {subset} | {best.layer} | {_pm(best.accuracy, best.accuracy_std)} | "
+            f"{best.macro_f1:.3f} | {_num(best.selectivity)} | {rows[0].accuracy:.3f} | "
+            f"{_num(best.random_weights_accuracy)} |"
         )
     lines.append("")
-    for name, baseline in results["baselines"].items():
+    for name, baseline in results.baselines.items():
         if name.startswith("majority"):
-            lines.append(f"- {name} baseline accuracy: {baseline['accuracy']:.3f}")
-    if data.get("skipped_rows"):
-        lines += ["", f"Skipped {len(data['skipped_rows'])} bad row(s):"] + [f"- {p}" for p in data["skipped_rows"]]
+            lines.append(f"- {name} baseline accuracy: {baseline.accuracy:.3f}")
+    if data.skipped_rows:
+        lines += ["", f"Skipped {len(data.skipped_rows)} bad row(s):"] + [f"- {p}" for p in data.skipped_rows]
     lines += ["", "Files: results.json, results.csv, accuracy, pca and attention figures (.png, .svg, .pdf); "
               "report.html with the html reporter.", ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
@@ -135,12 +146,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_accuracy(results: dict, output_dir: Path) -> Path:
+def plot_accuracy(results: Results, output_dir: Path) -> Path:
+    return _save(accuracy_figure(as_results(results)), output_dir / "accuracy.png")
+
+
+def accuracy_figure(results: Results):
     """Probe accuracy per layer (± fold std) with its controls, one panel per subset."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
-    grouped = series(results)
+    grouped = results.series()
     subsets = list(dict.fromkeys(subset for _, subset in grouped))
     cols = min(len(subsets), 3)  # split_by panels wrap after three, so each stays readable
     n_rows = -(-len(subsets) // cols)
@@ -149,22 +164,11 @@ def plot_accuracy(results: dict, output_dir: Path) -> Path:
         ax.set_visible(False)
     for ax, subset in zip(axes.flat, subsets):
         for (position, sub), rows in grouped.items():
-            if sub != subset:
-                continue
-            layers = [r["layer"] for r in rows]
-            acc = np.array([r["accuracy"] for r in rows])
-            std = np.array([r["accuracy_std"] for r in rows])
-            (line,) = ax.plot(layers, acc, marker="o", label=f"probe at {position} token")
-            ax.fill_between(layers, acc - std, acc + std, color=line.get_color(), alpha=0.2)
-            if "shuffled_accuracy" in rows[0]:
-                ax.plot(layers, [r["shuffled_accuracy"] for r in rows], ls=":", color=line.get_color(),
-                        label=f"shuffled labels ({position})")
-            if "random_weights_accuracy" in rows[0]:
-                ax.plot(layers, [r["random_weights_accuracy"] for r in rows], ls="--", color=line.get_color(),
-                        alpha=0.6, label=f"random weights ({position})")
-        majority = results["baselines"].get("majority" if subset == "all" else f"majority[{subset}]")
+            if sub == subset:
+                _plot_series(ax, position, rows)
+        majority = results.baseline("majority", subset)
         if majority:
-            ax.axhline(majority["accuracy"], color="grey", lw=1, label="majority class")
+            ax.axhline(majority.accuracy, color="grey", lw=1, label="majority class")
         ax.set_title(f"{subset} rows", fontsize=11)
         ax.set_xlabel(LAYER_AXIS)
         ax.set_ylabel("cross-validated accuracy")
@@ -173,20 +177,34 @@ def plot_accuracy(results: dict, output_dir: Path) -> Path:
         ax.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=8, loc="upper center", ncol=min(len(names), 4), bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle(f"{results['experiment']} on {results['model']['name']}: probe accuracy per layer")
+    fig.suptitle(f"{results.experiment} on {results.model.name}: probe accuracy per layer")
     fig.tight_layout()
-    return _save(fig, output_dir / "accuracy.png")
+    return fig
 
 
-def plot_pca(results: dict, output_dir: Path, store, labels, position: str = "target") -> Path:
+def _plot_series(ax, position: str, rows: list[LayerResult]) -> None:
+    layers = [r.layer for r in rows]
+    acc = np.array([r.accuracy for r in rows])
+    std = np.array([r.accuracy_std for r in rows])
+    (line,) = ax.plot(layers, acc, marker="o", label=f"probe at {position} token")
+    ax.fill_between(layers, acc - std, acc + std, color=line.get_color(), alpha=0.2)
+    if rows[0].shuffled_accuracy is not None:
+        ax.plot(layers, [r.shuffled_accuracy for r in rows], ls=":", color=line.get_color(),
+                label=f"shuffled labels ({position})")
+    if rows[0].random_weights_accuracy is not None:
+        ax.plot(layers, [r.random_weights_accuracy for r in rows], ls="--", color=line.get_color(),
+                alpha=0.6, label=f"random weights ({position})")
+
+
+def plot_pca(results: Results, output_dir: Path, store, labels, position: str = "target") -> Path:
     """2-D PCA of the target vectors at the first, a middle and the best layer, coloured by sense."""
     from probe.report_data import pca2
 
+    results = as_results(results)
     plt = _pyplot()
-    layers = sorted({r["layer"] for r in results["layers"]})
-    best = max((r for r in results["layers"] if r["position"] == position and r["subset"] == "all"),
-               key=lambda r: r["accuracy"], default=None)
-    shown = list(dict.fromkeys([layers[0], layers[len(layers) // 2], best["layer"] if best else layers[-1]]))
+    layers = sorted({r.layer for r in results.rows})
+    best = results.best_rows().get((position, "all"))
+    shown = list(dict.fromkeys([layers[0], layers[len(layers) // 2], best.layer if best else layers[-1]]))
     labels = np.asarray(labels)
     fig, axes = plt.subplots(1, len(shown), figsize=(4.8 * len(shown), 4.4), squeeze=False)
     for ax, layer in zip(axes[0], shown):
@@ -199,7 +217,7 @@ def plot_pca(results: dict, output_dir: Path, store, labels, position: str = "ta
         ax.set_ylabel(f"PC2 ({explained[1]:.1%} of variance)")
         ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{results['experiment']} on {results['model']['name']}: {position}-token vectors, "
+    fig.suptitle(f"{results.experiment} on {results.model.name}: {position}-token vectors, "
                  "first two principal components of each layer")
     fig.tight_layout()
     return _save(fig, output_dir / "pca.png")
@@ -227,27 +245,28 @@ def plot_attention(tokens: list[str], target_index: int, patterns: dict[int, np.
     return _save(fig, output_dir / "attention.png")
 
 
-def plot_runs(runs: list[dict], output: Path, subsets: list[str] | None = None) -> Path:
+def plot_runs(runs: list[Results], output: Path, subsets: list[str] | None = None) -> Path:
     """Several runs side by side (one panel per run): accuracy per layer for every (position, subset)
     series, the majority baseline as a grey line. Layers are shown as a fraction of depth so that models
     of different depths line up."""
     from matplotlib.ticker import PercentFormatter
 
+    runs = [as_results(run) for run in runs]
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4.2), squeeze=False, sharey=True)
     styles = {"target": "-", "last": "--"}
     for ax, results in zip(axes[0], runs):
-        depth = max(results["model"]["layers"], 1)
-        for (position, subset), rows in series(results).items():
+        depth = max(results.model.layers, 1)
+        for (position, subset), rows in results.series().items():
             if subsets and subset not in subsets:
                 continue
-            x = [r["layer"] / depth for r in rows]
-            ax.plot(x, [r["accuracy"] for r in rows], ls=styles.get(position, "-"), marker=".",
+            x = [r.layer / depth for r in rows]
+            ax.plot(x, [r.accuracy for r in rows], ls=styles.get(position, "-"), marker=".",
                     label=f"cue {subset}, at {position} token" if subset != "all" else f"all rows, at {position}")
-        majority = [b["accuracy"] for name, b in results["baselines"].items() if name.startswith("majority")]
+        majority = [b.accuracy for name, b in results.baselines.items() if name.startswith("majority")]
         if majority:
             ax.axhline(max(majority), color="grey", lw=1, label="majority class")
-        ax.set_title(f"{results['model']['name']} ({results['model']['layers']} layers)")
+        ax.set_title(f"{results.model.name} ({results.model.layers} layers)")
         ax.set_xlabel("depth (layer / number of layers)")
         ax.xaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_ylim(0, 1.02)
@@ -255,5 +274,5 @@ def plot_runs(runs: list[dict], output: Path, subsets: list[str] | None = None) 
     axes[0][0].set_ylabel("cross-validated accuracy")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.06))
-    fig.suptitle(runs[0]["experiment"])
+    fig.suptitle(runs[0].experiment)
     return _save(fig, Path(output))

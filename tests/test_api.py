@@ -18,7 +18,7 @@ def model_path(tmp_path_factory) -> str:
 def test_probe_attention_is_the_function_and_the_module_still_imports():
     from probe.attention import MaskedMultiHeadAttention  # the module behind the name
 
-    assert callable(probe.attention) and probe.attention.__module__ == "probe.api"
+    assert callable(probe.attention) and probe.attention.__module__ == "probe.notebook"
     assert MaskedMultiHeadAttention.__module__ == "probe.attention"
 
 

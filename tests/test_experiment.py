@@ -25,9 +25,11 @@ from PIL import Image
 
 import probe.experiment
 import probe.extract
+import probe.models
 from probe import plugins
 from probe.cli import cli
 from probe.config import validate
+from probe.context import RunContext
 from probe.experiment import run_experiment
 from probe.extract import FeatureStore, extract
 from probe.report import CSV_COLUMNS
@@ -135,6 +137,14 @@ def invoke(*args: str):
 
 def feature_folders(cache: Path) -> list[Path]:
     return sorted(p for p in (cache / "features").iterdir() if p.is_dir())
+
+
+def count_model_loads(monkeypatch) -> list:
+    """Every call of probe.models.load_model from now on, recorded (and passed through)."""
+    calls = []
+    real = probe.models.load_model
+    monkeypatch.setattr(probe.models, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
 
 
 def assert_png(path: Path) -> None:
@@ -253,9 +263,7 @@ def test_changing_the_data_invalidates_the_cache(tiny_model, tmp_path, monkeypat
     data = write_planted(tmp_path / "planted.jsonl", n_per_label=10)
     cache = tmp_path / "cache"
     run_experiment(planted_config(tiny_model, data), tmp_path / "a", cache_dir=cache, progress=False)
-    calls = []
-    real = probe.experiment.load_for_extraction
-    monkeypatch.setattr(probe.experiment, "load_for_extraction", lambda *a, **k: calls.append(a) or real(*a, **k))
+    calls = count_model_loads(monkeypatch)
     write_planted(data, n_per_label=10, seed=1)  # same size, different sentences
     run_experiment(planted_config(tiny_model, data), tmp_path / "b", cache_dir=cache, progress=False)
     assert len(calls) == 1
@@ -351,7 +359,7 @@ def test_run_experiment_resumes_an_interrupted_extraction(tiny_model, tmp_path, 
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     spans = [(row["text"].index(" mole ") + 1, row["text"].index(" mole ") + 5) for row in rows]
     monkeypatch.setattr(probe.extract, "_extract_batch", real_batch)
-    whole = extract(lambda: probe.experiment.load_for_extraction(str(tiny_model), config, "reimplemented"),
+    whole = extract(RunContext(config, str(tiny_model)).load_model,
                     [row["text"] for row in rows], spans, layers=[0, 1, 2], folder=tmp_path / "whole",
                     batch_size=8, chunk_rows=256, progress=False)
     store = FeatureStore(folder, [0, 1, 2], 80)
@@ -416,18 +424,33 @@ def test_attention_both_reports_the_reference_and_a_zero_difference(planted_run)
             assert csv_row["reference_accuracy"] != ""
 
 
-def test_attention_both_extracts_twice(planted_run, tiny_model, tmp_path, monkeypatch):
-    """One store per mode: the reference (Hugging Face attention) and the reimplemented one."""
-    modes = []
-    real = probe.experiment.load_for_extraction
-    monkeypatch.setattr(probe.experiment, "load_for_extraction",
-                        lambda path, config, attention, random_weights=False:
-                        modes.append(attention) or real(path, config, attention, random_weights))
+def test_attention_both_extracts_twice_from_one_load(planted_run, tiny_model, tmp_path, monkeypatch):
+    """One store per mode — the reference (Hugging Face attention), then the reimplemented one — from one
+    model load, and the plots reporter's attention figure uses that same model."""
+    loads = count_model_loads(monkeypatch)
     data = write_planted(tmp_path / "planted.jsonl", n_per_label=5)
-    run_experiment(planted_config(tiny_model, data, attention="both"), tmp_path / "out", cache_dir=tmp_path / "c",
-                   progress=False)
-    assert sorted(modes) == ["reference", "reimplemented"]
-    assert len(feature_folders(tmp_path / "c")) == 2
+    config = planted_config(tiny_model, data, attention="both", controls=["majority", "random_weights"],
+                            reporters=["json", "plots"])
+    run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "c", progress=False)
+    assert len(loads) == 1
+    assert len(feature_folders(tmp_path / "c")) == 3  # reference, reimplemented, random weights
+    assert_png(tmp_path / "out" / "attention.png")
+
+
+@pytest.mark.xdist_group("smollm2")
+def test_a_gguf_checkpoint_is_converted_once_and_read_back(tmp_path, monkeypatch):
+    """A .gguf file is parsed once into a cached safetensors folder keyed by its hash; the folder gives the
+    same tensors and the same tokenizer."""
+    from probe.builtin.models import packaged_model_path
+    from probe.models import gguf_folder, load_tokenizer
+
+    gguf = packaged_model_path("smollm2-135m")
+    folder = gguf_folder(gguf, tmp_path / "models", progress=False)
+    assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+    loads = count_model_loads(monkeypatch)
+    assert gguf_folder(gguf, tmp_path / "models") == folder and not loads  # second time: nothing parsed
+    text = "The mole dug a tunnel under the lawn."
+    assert load_tokenizer(str(folder))(text)["input_ids"] == load_tokenizer(gguf)(text)["input_ids"]
 
 
 def test_two_runs_with_fresh_caches_give_identical_results(planted_run, tmp_path):
@@ -451,7 +474,7 @@ def test_second_run_with_the_same_cache_does_no_model_work(planted_run, tiny_mod
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded although every feature is cached")
 
-    monkeypatch.setattr(probe.experiment, "load_for_extraction", no_model)
+    monkeypatch.setattr(probe.models, "load_model", no_model)
     monkeypatch.setattr(probe.extract, "_extract_batch", no_model)
     # The plots reporter loads the model for attention.png, so it is left out (as in planted_run); the
     # controls are not part of the cache key, so fewer of them still find every feature cached.

@@ -237,7 +237,9 @@ def test_a_plugin_reusing_a_builtin_name_names_the_builtin():
     assert "'probe.builtin.reporters'" in message and "'shadow'" in message
 
 
-def test_call_each_calls_plugins_in_registration_order():
+def test_call_each_dispatches_through_pluggy_in_its_order():
+    """pm.hook order: last registered first, unless tryfirst / trylast say otherwise."""
+
     class First:
         @hookimpl
         def experiment_started(self, config, output_dir):
@@ -248,10 +250,48 @@ def test_call_each_calls_plugins_in_registration_order():
         def experiment_started(self, config, output_dir):
             return "second"
 
+    class Early:
+        @hookimpl(tryfirst=True)
+        def experiment_started(self, config, output_dir):
+            return "early"
+
+    class Late:
+        @hookimpl(trylast=True)
+        def experiment_started(self, config, output_dir):
+            return None  # None results are reported too
+
+    plugins.register_plugin(Late(), "late")
     plugins.register_plugin(First(), "first")
     plugins.register_plugin(Second(), "second")
+    plugins.register_plugin(Early(), "early")
     assert plugins.call_each("experiment_started", config=None, output_dir=None) == [
-        ("first", "first"), ("second", "second")]
+        ("early", "early"), ("second", "second"), ("first", "first"), ("late", None)]
+
+
+def test_a_wrapper_hook_sees_and_can_change_the_other_plugins_results():
+    seen = []
+
+    class Datasets(RowsPlugin):
+        pass
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def register_datasets(self, register):
+            seen.append("before")
+            result = yield  # the other implementations run here, with the original register
+            seen.append("after")
+            return result
+
+        @hookimpl(wrapper=True)
+        def experiment_started(self, config, output_dir):
+            results = yield
+            return results + ["added by the wrapper"]
+
+    plugins.register_plugin(Datasets(), "rows")
+    plugins.register_plugin(Wrapper(), "wrapper")
+    assert "planted-rows" in plugins.registry("dataset") and seen == ["before", "after"]
+    answer = plugins.get_plugin_manager().hook.experiment_started(config=None, output_dir=None)
+    assert answer == ["added by the wrapper"]
 
 
 def test_a_plugin_raising_inside_a_hook_is_named_with_the_hook():

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from probe import report
 from probe.hookspecs import hookimpl
 
 
 def plots(results, output_dir, context):
+    from probe import report
+
     report.plot_accuracy(results, output_dir)
     store = context.stores[next(iter(context.stores))]
     report.plot_pca(results, output_dir, store, context.rows["label"], position=context.config.positions[0])
@@ -15,35 +16,80 @@ def plots(results, output_dir, context):
 
 def attention_plot(results, output_dir, context, n_blocks_shown: int = 4):
     """The example sentence's target token: which words each head attends to, in a few blocks."""
+    from probe import report
+
+    results = report.as_results(results)
+    row = context.rows[min(context.config.example, len(context.rows) - 1)]
+    n_blocks = results.model.layers
+    shown = sorted({0, n_blocks // 3, 2 * n_blocks // 3, n_blocks - 1})[:n_blocks_shown]
+    tokens, target, patterns = example_patterns(context, row, shown)
+    title = f"{results.experiment}: attention from {row['target']!r} ({row['label']}) — {row['text']}"
+    return report.plot_attention(tokens, target, patterns, title, output_dir)
+
+
+def example_patterns(context, row, shown: list[int]):
+    """(tokens, target index, {block: (heads, keys)}) for one row; cached under the key its activations
+    have, so a rerun on a full cache loads no model."""
+    import json
+
+    import numpy as np
+
+    from probe.experiment import feature_key
+    from probe.extract import cache_key
+    from probe.io import write_atomic
+
+    key = cache_key({"features": feature_key(context, shown, "reimplemented"), "text": row["text"],
+                     "span": [row["span_start"], row["span_end"]]})
+    path = context.cache_dir / "attention" / f"{key}.npz"
+    if path.exists():
+        with np.load(path) as saved:
+            return json.loads(str(saved["tokens"])), int(saved["target"]), {b: saved[f"block{b}"] for b in shown}
+    tokens, target, patterns = _patterns(context, row, shown)
+
+    def write(tmp):
+        with open(tmp, "wb") as handle:
+            np.savez(handle, tokens=json.dumps(tokens), target=target, **{f"block{b}": p for b, p in patterns.items()})
+
+    write_atomic(path, write)
+    return tokens, target, patterns
+
+
+def _patterns(context, row, shown):
     import torch
 
     from probe.data import span_token_indices
     from probe.hooks import capture
-    from probe.swap import is_swapped, swap_attention
 
-    row = context.rows[min(context.config.example, len(context.rows) - 1)]
-    model, tokenizer = context.load_model()
-    if not is_swapped(model):
-        swap_attention(model)
+    model, tokenizer = context.load_model()  # the run's model, probe's attention swapped in
     encoding = tokenizer(row["text"], return_tensors="pt", return_offsets_mapping=True)
     offsets = encoding.pop("offset_mapping")[0].tolist()
     target = span_token_indices(row["text"], offsets, row["span_start"], row["span_end"])[-1]
-    n_blocks = results["model"]["layers"]
-    shown = sorted({0, n_blocks // 3, 2 * n_blocks // 3, n_blocks - 1})[:n_blocks_shown]
     with capture(model, [f"blocks.{i}.attn.pattern" for i in shown]) as seen, torch.no_grad():
         model(**encoding)
-    patterns = {i: seen[f"blocks.{i}.attn.pattern"][0, :, target].float().numpy() for i in shown}
+    patterns = {i: seen[f"blocks.{i}.attn.pattern"][0, :, target].float().cpu().numpy() for i in shown}
     tokens = [tokenizer.decode([t]).strip() or "␣" for t in encoding["input_ids"][0]]
-    title = f"{results['experiment']}: attention from {row['target']!r} ({row['label']}) — {row['text']}"
-    return report.plot_attention(tokens, target, patterns, title, output_dir)
+    return tokens, target, patterns
+
+
+def _report(name: str):
+    """A reporter that calls ``probe.report.<name>(results, output_dir)``, importing it only when used."""
+
+    def write(results, output_dir, context):
+        from probe import report
+
+        return getattr(report, name)(results, output_dir)
+
+    return write
 
 
 def html_page(results, output_dir, context):
     """report.html, and report_data.json (the PCA and attention views) so that `probe report` can redraw it."""
     from probe.html_report import PAGE, Run, render_report
     from probe.io import write_text_atomic
+    from probe.report import as_dict
     from probe.report_data import build_report_data, write_report_data
 
+    results = as_dict(results)
     config = context.config
     store = context.stores["reference" if config.attention == "reference" else "reimplemented"]
     data = build_report_data(results, context.rows, store.layer, config.positions, context.load_model,
@@ -54,8 +100,8 @@ def html_page(results, output_dir, context):
 
 @hookimpl
 def register_reporters(register):
-    register("json", lambda results, output_dir, context: report.write_json(results, output_dir))
-    register("csv", lambda results, output_dir, context: report.write_csv(results, output_dir))
+    register("json", _report("write_json"))
+    register("csv", _report("write_csv"))
     register("plots", plots)
-    register("summary", lambda results, output_dir, context: report.write_summary(results, output_dir))
+    register("summary", _report("write_summary"))
     register("html", html_page)

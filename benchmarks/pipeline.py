@@ -1,0 +1,103 @@
+"""Wall time of `probe run` per phase (import, load, extract, probe, report), cold and cached, against the
+plain script a user would write (benchmarks/plain_script.py).
+
+    python benchmarks/pipeline.py                       # make run's two commands, cold then cached
+    python benchmarks/pipeline.py --models smollm2-135m --set 'controls=[]' --script --repeats 3
+
+Each run is a fresh process. "cold" starts from an empty cache folder (so a GGUF checkpoint is converted
+too); "features cold" keeps only the converted model (no vectors, predictions or patterns); "cached"
+reruns on the full cache.
+Medians over --repeats; the machine's other load shows in the spread, so say how busy it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "experiments" / "mole.yaml"
+
+
+def one_run(model: str, cache: Path, out: Path, overrides: list[str]) -> dict:
+    """`probe run` in a fresh process; its phases from run_experiment, its total from outside."""
+    driver = (
+        "import json, sys, time; start = time.perf_counter()\n"
+        "from probe.config import load_config, parse_override\n"
+        "from probe.experiment import run_experiment\n"
+        "from transformers.utils import logging; logging.disable_progress_bar()\n"
+        "args = json.loads(sys.argv[1]); timings = {'import': time.perf_counter() - start}\n"
+        "values = dict(parse_override(t) for t in args['overrides']); values['model'] = args['model']\n"
+        "config = load_config(args['config'], values)\n"
+        "run_experiment(config, args['out'], cache_dir=args['cache'], progress=False, timings=timings)\n"
+        "print(json.dumps(timings))\n"
+    )
+    payload = json.dumps({"config": str(CONFIG), "model": model, "cache": str(cache), "out": str(out),
+                          "overrides": overrides})
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", driver, payload], capture_output=True, text=True, cwd=ROOT)
+    total = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    timings = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**timings, "total": total}
+
+
+def plain_script(model: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_script.py"), "--model", model],
+                   check=True, cwd=ROOT, capture_output=True)
+    return time.perf_counter() - start
+
+
+def median_row(runs: list[dict]) -> dict:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["minilm-l6", "smollm2-135m"])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--script", action="store_true", help="also time benchmarks/plain_script.py")
+    args = parser.parse_args()
+
+    rows = []
+    for model in args.models:
+        cold, features_cold, cached, script = [], [], [], []
+        for _ in range(args.repeats):
+            work = Path(tempfile.mkdtemp(prefix="probe-bench-"))
+            try:
+                cold.append(one_run(model, work / "cache", work / "out", args.overrides))
+                cached.append(one_run(model, work / "cache", work / "out", args.overrides))
+                for kept in (work / "cache").iterdir():  # all but the converted model
+                    if kept.name != "models":
+                        shutil.rmtree(kept)
+                features_cold.append(one_run(model, work / "cache", work / "out", args.overrides))
+                if args.script:
+                    script.append(plain_script(model))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        for name, runs in (("cold", cold), ("features cold", features_cold), ("cached", cached)):
+            rows.append({"model": model, "run": name, **median_row(runs)})
+        if script:
+            rows.append({"model": model, "run": "plain script", "total": statistics.median(script)})
+
+    phases = ["import", "load", "extract", "probe", "report", "total"]
+    print(f"| model | run | {' | '.join(phases)} |")
+    print("|---|---|" + "---|" * len(phases))
+    for row in rows:
+        cells = [f"{row[p]:.1f}" if p in row else "" for p in phases]
+        print(f"| {row['model']} | {row['run']} | {' | '.join(cells)} |")
+    print(f"\nmedians of {args.repeats} run(s), seconds; overrides: {args.overrides or 'none'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""RunContext: what one run shares between its stages and reporters — config, rows, features, and the
+model, its config and tokenizer, each loaded at most once (and only when some stage needs it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from probe import plugins
+from probe.config import ConfigError, ExperimentConfig
+
+DEFAULT_CACHE = Path(".probe-cache")
+
+
+@dataclass
+class RunContext:
+    """One run's shared state. ``load_model()`` gives the (model, tokenizer) pair with probe's attention
+    and the plugins' activation hooks; extraction, controls and reporters all get this same object."""
+
+    config: ExperimentConfig
+    model_path: str  # what the config's model resolved to: a hub name, a folder or a .gguf file
+    cache_dir: Path = DEFAULT_CACHE
+    progress: bool = True
+    rows: Any = None  # datasets.Dataset of prepared rows
+    stores: dict = field(default_factory=dict)  # attention mode or control → FeatureStore
+    loads: int = 0  # how many times weights were read from disk (tests and benchmarks check it)
+    _model: Any = None
+    _attention: str | None = None  # which attention the shared model has now: reference | reimplemented
+    _hook_handles: list = field(default_factory=list)
+
+    # ------------------------------------------------------------ what the model is, read once
+
+    @cached_property
+    def source(self) -> str:
+        """Where weights load from: a GGUF file's converted safetensors folder (see models.gguf_folder)."""
+        from probe.models import gguf_folder
+
+        if str(self.model_path).endswith(".gguf") and Path(self.model_path).is_file():
+            return str(gguf_folder(self.model_path, self.cache_dir / "models", progress=self.progress))
+        return self.model_path
+
+    @cached_property
+    def model_config(self):
+        """The transformers config; the first place a bad model name shows, so its error says what works."""
+        from probe.models import load_config
+
+        try:
+            return load_config(self.source, revision=self.config.revision)
+        except OSError as error:
+            raise ConfigError(f"{self.config.source}: {model_load_error(self.config.model, error)}") from None
+
+    @cached_property
+    def n_blocks(self) -> int:
+        """The number of blocks; from a local config.json when there is one (no transformers import)."""
+        import json
+
+        path = Path(self.source) / "config.json"
+        if path.is_file():
+            fields = json.loads(path.read_text())
+            for name in ("num_hidden_layers", "n_layer"):
+                if isinstance(fields.get(name), int):
+                    return fields[name]
+        return self.model_config.num_hidden_layers
+
+    @cached_property
+    def tokenizer(self):
+        from probe.models import load_tokenizer
+
+        return load_tokenizer(self.source, revision=self.config.revision)
+
+    # ------------------------------------------------------------ the shared model
+
+    def model(self, attention: str = "reimplemented"):
+        """The base model (no LM head), loaded once; ``reimplemented`` swaps probe's attention in and
+        attaches the plugins' activation hooks, ``reference`` gives Hugging Face's attention back."""
+        if self._model is None:
+            from transformers import AutoModel
+
+            from probe.models import load_model, parse_dtype
+
+            self._model = load_model(self.source, revision=self.config.revision,
+                                     dtype=parse_dtype(self.config.dtype), model_class=AutoModel)
+            self.loads += 1
+            self._attention = "reference"
+        if attention != self._attention:
+            self._switch(attention)
+        return self._model
+
+    def _switch(self, attention: str) -> None:
+        from probe.swap import restore_attention, swap_attention
+
+        if attention == "reimplemented":
+            swap_attention(self._model)
+            self._hook_handles = attach_activation_hooks(self._model, self.config)
+        else:
+            for handle in self._hook_handles:
+                handle.remove()
+            self._hook_handles = []
+            restore_attention(self._model)
+        self._attention = attention
+
+    def load_model(self, attention: str = "reimplemented"):
+        """(model, tokenizer): what extraction and reporters call; nothing is read from disk twice."""
+        return self.model(attention), self.tokenizer
+
+    def random_weights_model(self):
+        """The same architecture with fresh random weights (seeded): what structure alone gives."""
+        import torch
+        from transformers import AutoModel
+
+        from probe.models import parse_dtype
+        from probe.swap import swap_attention
+
+        torch.manual_seed(self.config.seed)
+        model = AutoModel.from_config(self.model_config, dtype=parse_dtype(self.config.dtype),
+                                      attn_implementation="eager").eval()
+        swap_attention(model)
+        attach_activation_hooks(model, self.config)
+        return model, self.tokenizer
+
+    # ------------------------------------------------------------ conveniences for reporters
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        return list(zip(self.rows["span_start"], self.rows["span_end"]))
+
+    def make_probe(self) -> Callable[[], object]:
+        return probe_factory(self.config)
+
+
+def probe_factory(config: ExperimentConfig) -> Callable[[], object]:
+    factory = plugins.lookup("probe", config.probe_name).value
+    return lambda: factory(seed=config.seed, **config.probe_options)
+
+
+def resolve_model(name: str, revision: str | None) -> str:
+    """A registered model source's path or hub name; anything else is passed to from_pretrained as is."""
+    sources = plugins.registry("model")
+    if name in sources:
+        return str(sources[name].value(revision))
+    return name
+
+
+def model_load_error(name: str, error: OSError) -> str:
+    """Why a model name led nowhere, with the names that do work offline."""
+    known = ", ".join(sorted(plugins.registry("model")))
+    reason = str(error).strip().splitlines()[0]
+    return (
+        f"cannot load model {name!r}: it is not a registered name ({known}), an existing local folder, "
+        f"or a hub model reachable from here ({reason})"
+    )
+
+
+def attach_activation_hooks(model, config: ExperimentConfig) -> list:
+    """Hook functions that plugins return from ``activation_hooks``, attached by hook point name;
+    returns the handles."""
+    from probe.hooks import add_hook
+
+    handles = []
+    for plugin, fns in plugins.call_each("activation_hooks", model=model, config=config):
+        for name, fn in (fns or {}).items():
+            try:
+                handles += add_hook(model, name, fn)
+            except KeyError as error:
+                raise plugins.PluginError(f"plugin {plugin!r} (activation_hooks): {error.args[0]}") from None
+    return handles
+
+
+def activation_plugins() -> list[str]:
+    """Plugins that may change activations: part of the cache key, so their runs never share a cache."""
+    hook = plugins.get_plugin_manager().hook.activation_hooks
+    return sorted(impl.plugin_name for impl in hook.get_hookimpls())

@@ -1,0 +1,61 @@
+"""Out-of-fold predictions cached on disk, so a rerun on cached vectors fits nothing again.
+
+A fit's key is everything its predictions depend on: the feature matrix's bytes, the labels, the folds,
+the estimator's class and parameters (``get_params``), and scikit-learn's version. An estimator without
+``get_params`` is never cached. Files are written atomically, one per (task, its folds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from probe.io import write_atomic
+
+
+def fit_key(probe, X: np.ndarray, y: np.ndarray, folds) -> str | None:
+    described = describe(probe)
+    if described is None:
+        return None
+    import sklearn
+
+    digest = hashlib.sha256(f"{described}|sklearn {sklearn.__version__}|{X.dtype}{X.shape}".encode())
+    digest.update(np.ascontiguousarray(X).tobytes())
+    digest.update("\x1f".join(map(str, y.tolist())).encode())
+    for train, test in folds:
+        digest.update(np.asarray(train, dtype=np.int64).tobytes() + b"|" + np.asarray(test, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def describe(probe) -> str | None:
+    """The estimator's class and its parameters, nested estimators named by class; None if it has none."""
+    if not hasattr(probe, "get_params"):
+        return None
+    params = {name: _plain(value) for name, value in sorted(probe.get_params(deep=True).items())}
+    return f"{type(probe).__module__}.{type(probe).__qualname__}{params}"
+
+
+def _plain(value):
+    if hasattr(value, "get_params"):
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return repr(value)
+
+
+def load(folder: Path, key: str) -> list[np.ndarray] | None:
+    path = folder / f"{key}.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as saved:
+        return [saved[f"fold{i}"] for i in range(len(saved.files))]
+
+
+def save(folder: Path, key: str, fold_predictions: list[np.ndarray]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **{f"fold{i}": p for i, p in enumerate(fold_predictions)})
+
+    write_atomic(folder / f"{key}.npz", write)

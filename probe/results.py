@@ -1,0 +1,178 @@
+"""Typed results of a run: one ``LayerResult`` per layer × position × subset, baselines, and where they came
+from. ``Results.layers`` is the tidy table (a pandas DataFrame) that reporters and notebooks read;
+``to_dict()`` is what results.json holds, and ``Results.model_json_schema()`` describes it.
+
+"Layer N" is hidden state N: 0 = the embeddings, N = the residual stream leaving block N.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+# Scalar columns of the tidy table, in order; the extra metrics follow them.
+TABLE_COLUMNS = (
+    "layer", "position", "subset", "accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
+    "shuffled_accuracy", "selectivity", "random_weights_accuracy", "reference_accuracy",
+    "max_abs_diff_vs_reference",
+)
+
+
+class LayerResult(BaseModel):
+    """A linear probe's cross-validated scores at one hidden state, position and subset of rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int = Field(description="hidden state: 0 = embeddings, N = after block N")
+    position: str = Field(description="target (the word) or last (the sentence's last token)")
+    subset: str = Field(description="'all', or a value of the config's split_by column")
+    accuracy: float
+    accuracy_std: float = Field(description="population std of the accuracy over folds")
+    macro_f1: float
+    macro_f1_std: float
+    per_sense_recall: dict[str, float]
+    labels: list[str]
+    confusion: list[list[int]] = Field(description="rows: true sense, columns: predicted, order of labels")
+    fold_accuracies: list[float]
+    metrics: dict[str, Any] | None = Field(None, description="extra metrics on pooled out-of-fold predictions")
+    shuffled_accuracy: float | None = None
+    selectivity: float | None = Field(None, description="accuracy − shuffled_accuracy")
+    random_weights_accuracy: float | None = None
+    reference_accuracy: float | None = None
+    max_abs_diff_vs_reference: float | None = None
+
+    def to_dict(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
+class Baseline(BaseModel):
+    accuracy: float
+    accuracy_std: float | None = None
+    macro_f1: float | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    path: str
+    revision: str | None = None
+    layers: int = Field(description="number of transformer blocks (hidden states 0..layers)")
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    rows: int
+    labels: list[str]
+    skipped_rows: list[str] = []
+
+
+class Results(BaseModel):
+    """Everything a run found. ``results["layers"]``-style access gives ``to_dict()``'s plain values, for
+    plugins written against the results dict."""
+
+    experiment: str
+    description: str = ""
+    model: ModelInfo
+    settings: dict[str, Any]
+    versions: dict[str, str]
+    dataset: DatasetInfo
+    rows: list[LayerResult] = Field(alias="layers")
+    baselines: dict[str, Baseline] = {}
+
+    model_config = ConfigDict(populate_by_name=True)
+    _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self._run_dir
+
+    # ------------------------------------------------------------ serialisation
+
+    def to_dict(self) -> dict:
+        return {
+            "experiment": self.experiment, "description": self.description,
+            "model": self.model.model_dump(), "settings": self.settings, "versions": self.versions,
+            "dataset": self.dataset.model_dump(), "layers": [row.to_dict() for row in self.rows],
+            "baselines": {name: b.model_dump(exclude_none=True) for name, b in self.baselines.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Results:
+        return cls.model_validate(data)
+
+    def __getitem__(self, key: str):
+        return self.to_dict()[key]
+
+    # ------------------------------------------------------------ views
+
+    @property
+    def layers(self):
+        """The tidy table: one row per layer × position × subset; scores and controls as columns."""
+        import pandas as pd
+
+        records = []
+        for row in self.rows:
+            record = {column: getattr(row, column) for column in TABLE_COLUMNS}
+            for name, value in (row.metrics or {}).items():
+                if isinstance(value, (int, float)):
+                    record[name] = value
+            records.append(record)
+        return pd.DataFrame.from_records(records, columns=_columns(records))
+
+    def series(self) -> dict[tuple[str, str], list[LayerResult]]:
+        """Layer rows grouped by (position, subset), in layer order."""
+        grouped: dict[tuple[str, str], list[LayerResult]] = {}
+        for row in self.rows:
+            grouped.setdefault((row.position, row.subset), []).append(row)
+        return {key: sorted(rows, key=lambda r: r.layer) for key, rows in grouped.items()}
+
+    def best(self, metric: str = "accuracy"):
+        """The best layer per position × subset (the first one on a tie), as a table."""
+        table = self.layers
+        best = table.loc[table.groupby(["position", "subset"], sort=False)[metric].idxmax()]
+        return best.reset_index(drop=True)
+
+    def best_rows(self, metric: str = "accuracy") -> dict[tuple[str, str], LayerResult]:
+        return {key: max(rows, key=lambda r: getattr(r, metric)) for key, rows in self.series().items()}
+
+    def baseline(self, name: str, subset: str = "all") -> Baseline | None:
+        """A baseline by name (majority, layer0_target, …) for a subset of rows."""
+        return self.baselines.get(name if subset == "all" else f"{name}[{subset}]")
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: the same views as report.html (PCA and attention too, when the run folder has them)."""
+        from probe.html_report import render_report
+
+        return render_report(self.run_dir if self.run_dir and (self.run_dir / "results.json").exists()
+                             else self.to_dict(), fragment=True)
+
+    def plot(self, path: str | Path | None = None):
+        """Accuracy per layer with its controls (what accuracy.png shows); returns the matplotlib figure."""
+        from probe.report import accuracy_figure
+
+        figure = accuracy_figure(self)
+        if path is not None:
+            figure.savefig(path, dpi=120, bbox_inches="tight")
+        return figure
+
+
+def _columns(records: list[dict]) -> list[str]:
+    extra = sorted({name for record in records for name in record} - set(TABLE_COLUMNS))
+    return list(TABLE_COLUMNS) + extra
+
+
+def load_results(run_dir: str | Path) -> Results:
+    """The Results a run wrote to ``run_dir/results.json`` (or that file itself)."""
+    path = Path(run_dir)
+    if path.suffix != ".json":
+        path = path / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a probe run folder?")
+    results = Results.from_dict(json.loads(path.read_text()))
+    results._run_dir = path.parent
+    return results

@@ -1,0 +1,199 @@
+"""The typed pipeline and its Python API: Results and its tidy table, probe.run / probe.load_results, results
+that do not depend on n_jobs, the cache key, rerunning from a block, and head ablation's uncertainty."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import probe
+from probe import plugins
+from probe.config import validate
+from probe.experiment import run_experiment
+from probe.results import TABLE_COLUMNS, Results, load_results
+from tiny_gpt2 import build_tiny_gpt2
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "model", n_layer=2, n_embd=32, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def builtins_only(monkeypatch):
+    monkeypatch.setenv("PROBE_PLUGINS", "")
+    plugins.reset_plugin_manager()
+    yield
+    plugins.reset_plugin_manager()
+
+
+def small(model, **fields):
+    raw = {"model": str(model), "dataset": "mole", "folds": 3, "controls": ["majority", "shuffled"],
+           "reporters": ["json"], "split_by": "cue", **fields}
+    return validate(raw)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model, tmp_path_factory):
+    base = tmp_path_factory.mktemp("run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROBE_PLUGINS", "")
+        plugins.reset_plugin_manager()
+        results = run_experiment(small(tiny_model), base / "out", cache_dir=base / "cache", progress=False, n_jobs=1)
+        plugins.reset_plugin_manager()
+    return {"out": base / "out", "cache": base / "cache", "results": results}
+
+
+def test_the_tidy_table_has_one_row_per_layer_position_subset(run_dir):
+    results = run_dir["results"]
+    table = results.layers
+    assert list(table.columns[: len(TABLE_COLUMNS)]) == list(TABLE_COLUMNS)
+    assert {"balanced_accuracy", "cohen_kappa"} <= set(table.columns)  # scalar metrics become columns
+    assert len(table) == 3 * 4  # layers 0..2 × subsets all, both, left, right
+    assert not table.duplicated(["layer", "position", "subset"]).any()
+    row = table[(table.layer == 1) & (table.subset == "all")].iloc[0]
+    typed = next(r for r in results.rows if r.layer == 1 and r.subset == "all")
+    assert row.accuracy == typed.accuracy and row.selectivity == typed.accuracy - typed.shuffled_accuracy
+    assert table.random_weights_accuracy.isna().all()  # a control that did not run is missing, not 0
+
+
+def test_best_is_the_highest_accuracy_per_position_and_subset(run_dir):
+    results = run_dir["results"]
+    best = results.best()
+    assert len(best) == 4 and set(best.subset) == {"all", "both", "left", "right"}
+    table = results.layers
+    for _, row in best.iterrows():
+        rows = table[(table.position == row.position) & (table.subset == row.subset)]
+        assert row.accuracy == rows.accuracy.max()
+    assert results.baseline("majority", "left").accuracy == results["baselines"]["majority[left]"]["accuracy"]
+
+
+def test_results_round_trip_through_results_json(run_dir):
+    results = run_dir["results"]
+    again = load_results(run_dir["out"])
+    assert again == results and again.to_dict() == results.to_dict()
+    on_disk = json.loads((run_dir["out"] / "results.json").read_text())
+    assert on_disk == results.to_dict()
+    assert set(Results.model_json_schema()["properties"]) == set(on_disk)
+    with pytest.raises(FileNotFoundError, match="results.json"):
+        load_results(run_dir["out"] / "nowhere")
+
+
+def test_plot_returns_a_figure_with_a_panel_per_subset(run_dir, tmp_path):
+    figure = run_dir["results"].plot(tmp_path / "accuracy.png")
+    assert len([ax for ax in figure.axes if ax.get_visible()]) == 4  # split_by panels wrap after three
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_results_do_not_depend_on_n_jobs(run_dir, tiny_model, tmp_path):
+    parallel = run_experiment(small(tiny_model), tmp_path / "out", cache_dir=tmp_path / "fresh", progress=False,
+                              n_jobs=2)
+    assert parallel.to_dict()["layers"] == run_dir["results"].to_dict()["layers"]
+    assert parallel.baselines == run_dir["results"].baselines
+
+
+def test_a_rerun_on_cached_vectors_fits_no_probe(run_dir, tiny_model, tmp_path, monkeypatch):
+    import probe.probes
+
+    def no_fit(*args):
+        raise AssertionError("a probe was fitted although its predictions are cached")
+
+    monkeypatch.setattr(probe.probes, "_fit_predict", no_fit)
+    again = run_experiment(small(tiny_model), tmp_path / "out", cache_dir=run_dir["cache"], progress=False)
+    assert again.to_dict()["layers"] == run_dir["results"].to_dict()["layers"]
+    # A different probe setting is a different key: it is fitted.
+    with pytest.raises(AssertionError, match="a probe was fitted"):
+        run_experiment(small(tiny_model, probe={"name": "logreg", "C": 0.5}), tmp_path / "c", progress=False,
+                       cache_dir=run_dir["cache"], n_jobs=1)
+
+
+def test_a_reporters_options_do_not_change_the_feature_cache_key(run_dir, tiny_model, tmp_path):
+    """mole-heads differs from mole only in reporters and their options: it reuses mole's vectors."""
+    before = sorted(p.name for p in (run_dir["cache"] / "features").iterdir())
+    config = small(tiny_model, reporters=["json", "attention-report"], options={"attention_report": {"top_k": 2}})
+    plugins.load_plugin_file(ROOT / "plugins" / "attention_report.py")
+    run_experiment(config, tmp_path / "out", cache_dir=run_dir["cache"], progress=False)
+    assert sorted(p.name for p in (run_dir["cache"] / "features").iterdir()) == before
+    assert (tmp_path / "out" / "attention_report.md").exists()
+
+
+def test_probe_run_takes_a_path_a_dict_or_overrides(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results = probe.run(ROOT / "experiments" / "mole.yaml", model=str(tiny_model), folds=3, controls=["majority"],
+                        reporters=["json"], layers=[0, 2])
+    assert isinstance(results, Results) and results.settings["folds"] == 3
+    assert (tmp_path / "runs" / "mole" / "results.json").exists()  # default output: runs/NAME
+    from_dict = probe.run({"model": str(tiny_model), "dataset": "mole", "folds": 3, "controls": [],
+                           "reporters": []}, layers=[2], output=tmp_path / "d")
+    assert list(from_dict.layers.layer) == [2]
+
+
+def test_rerunning_from_a_block_gives_the_extracted_vectors(tiny_model, tmp_path):
+    from transformers import GPT2Model
+
+    from probe.extract import extract
+    from probe.models import load_tokenizer
+    from probe.partial import capture_block_inputs, vectors_at
+
+    model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model, attn_implementation="eager").eval())
+    tokenizer = load_tokenizer(str(tiny_model))
+    texts = ["The gardener trapped the mole.", "One mole of gas fills the flask.", "A mole.", "The spy mole hid."]
+    spans = [(t.index("mole"), t.index("mole") + 4) for t in texts]
+    store = extract(lambda: (model, tokenizer), texts, spans, layers=[1, 2], folder=tmp_path / "f", progress=False)
+    inputs = capture_block_inputs(model, tokenizer, texts, spans, block=1, batch_size=2)
+    for position in ("target", "last"):
+        np.testing.assert_allclose(vectors_at(model, inputs, 1, 2, position), store.layer(position, 2),
+                                   rtol=1e-5, atol=1e-6)
+    with probe.hooks(model, {"blocks.1.attn.z": lambda z, name: z * 0}):
+        ablated = vectors_at(model, inputs, 1, 2)
+    assert not np.allclose(ablated, store.layer("target", 2))
+    with pytest.raises(ValueError, match="nothing to rerun"):
+        vectors_at(model, inputs, 1, 1)
+
+
+def test_mcnemar_counts_only_the_rows_that_changed():
+    from probe_plugins.head_ablation import mcnemar
+
+    same = np.array([True, False, True, True])
+    assert mcnemar(same, same) == 1.0
+    before = np.array([True] * 20)
+    assert mcnemar(before, np.array([True] * 18 + [False] * 2)) == 0.5  # 2 rows: noise
+    assert mcnemar(before, np.array([False] * 12 + [True] * 8)) < 0.001  # 12 broken, none fixed
+
+
+def test_head_ablation_reports_each_drop_with_its_uncertainty(tiny_model, tmp_path):
+    from probe.config import load_config
+
+    plugins.load_plugin_file(ROOT / "plugins" / "head_ablation.py")
+    config = load_config(ROOT / "experiments" / "mole-heads.yaml", {
+        "model": str(tiny_model), "folds": 3, "controls": ["majority"], "reporters": ["json", "head-ablation"],
+        "options": {"head_ablation": {"probe_layer": 2}},
+    })
+    run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    table = json.loads((tmp_path / "out" / "head_ablation.json").read_text())
+    assert [(h["block"], h["head"]) for h in table["heads"]] == [(b, h) for b in (0, 1) for h in range(4)]
+    for head in table["heads"]:
+        assert head["drop_std"] >= 0 and 0 <= head["p_value"] <= 1
+    cached = sorted(p.name for p in (tmp_path / "cache" / "ablation").iterdir())
+    assert len(cached) == 2 + 8  # per block unablated, per head ablated
+    run_experiment(config, tmp_path / "again", cache_dir=tmp_path / "cache", progress=False)
+    assert json.loads((tmp_path / "again" / "head_ablation.json").read_text()) == table
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's Python API example, executed as written (in a scratch folder)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md (Python API)", "exec"), namespace)
+    assert isinstance(namespace["results"], Results)
+    assert (tmp_path / "runs").is_dir()
