@@ -1,4 +1,4 @@
-"""Forward-pass speed: Hugging Face eager vs sdpa vs probe's reimplemented attention.
+"""Forward-pass speed: Hugging Face eager vs sdpa vs probe's reimplemented attention (exact and fast paths).
 
     python benchmarks/attention.py [--batch 8] [--length 128] [--repeats 15] [--shape gpt2]
 
@@ -44,14 +44,17 @@ def main() -> None:
         def setup():
             if probe.is_swapped(model):
                 probe.restore_attention(model)
+                model(ids)  # untimed: the first call after a swap or restore warms the new modules
             model.set_attn_implementation(implementation)
         return setup
 
-    def reimplemented(pattern_hook: bool):
+    def reimplemented(pattern_hook: bool, fast: bool = False):
         def setup():
             model.set_attn_implementation("eager")
             if not probe.is_swapped(model):
                 probe.swap_attention(model)
+                model(ids)  # untimed, as above
+            probe.set_fast_attention(model, fast)
             for point in probe.hook_points(model).values():
                 point.fns.clear()
             if pattern_hook:
@@ -63,6 +66,7 @@ def main() -> None:
         "hf sdpa": hf("sdpa"),
         "probe (no hooks)": reimplemented(False),
         "probe (pattern hook)": reimplemented(True),
+        "probe fast path": reimplemented(False, fast=True),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
