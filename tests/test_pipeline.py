@@ -197,3 +197,15 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md (Python API)", "exec"), namespace)
     assert isinstance(namespace["results"], Results)
     assert (tmp_path / "runs").is_dir()
+
+
+def test_results_show_the_report_in_a_notebook_cell(run_dir):
+    from probe.results import load_results
+
+    for results in (run_dir["results"], load_results(run_dir["out"])):
+        assert results.run_dir == run_dir["out"]
+        html = results._repr_html_()
+        assert "<html" not in html.lower()[:200]  # a fragment, not a page: several can share a notebook
+        assert results.experiment in html and "plotly" in html.lower()
+    detached = type(run_dir["results"]).from_dict(run_dir["results"].to_dict())  # no run folder known
+    assert detached.run_dir is None and detached.experiment in detached._repr_html_()
