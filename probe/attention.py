@@ -4,8 +4,8 @@
     scores   = q·kᵀ · scale                                            scores
     [capped  = c·tanh(scores / c)]           Gemma 2's soft-capping    capped_scores
     [biased  = scores + bias]                ALiBi, position biases    biased_scores
-    [sinks   = one learned logit per head joins each softmax row]       sink_logits
     masked   = scores with future keys and padding at −∞               masked_scores
+    [sinks   = one learned logit per head joins each softmax row]       sink_logits
     pattern  = softmax(masked)  (a row with nothing to attend to → 0)  pattern
     z        = pattern·v  (each head on its own)                       z
     out      = concat(heads)·W_O                                       out
@@ -41,6 +41,10 @@ class MaskedMultiHeadAttention(nn.Module):
     projections. Adapters for Hugging Face models pass no ``d_model`` and override the projections.
     """
 
+    # False where a family folds part of its arithmetic into dot_products (BLOOM's and Falcon's ALiBi),
+    # which the fused kernel would skip.
+    fast_path_ok = True
+
     def __init__(
         self,
         n_heads: int,
@@ -60,8 +64,9 @@ class MaskedMultiHeadAttention(nn.Module):
         self.scale = d_head**-0.5 if scale is None else scale
         self.causal = causal
         self.layer_idx = None  # adapters set the block's index, which is how Hugging Face's cache knows it
-        # A blocked key's score: −∞ (the full path), or the dtype's lowest value as Hugging Face's masks
-        # use it (the universal path), where a query with nothing to attend to spreads evenly, as in eager.
+        # A blocked key's score: −∞ (GPT-2, BERT and the other hand-written adapters), or the dtype's lowest
+        # value as Hugging Face's masks use it (mapped and universal paths), where a query with nothing to
+        # attend to spreads evenly, as in eager.
         self.blocked_score = "-inf"
         self.fast = False  # steps 2–5 by scaled_dot_product_attention while no one needs the pattern
         self.scores_in_float32 = scores_in_float32
@@ -74,10 +79,6 @@ class MaskedMultiHeadAttention(nn.Module):
             self.W_o = nn.Linear(n_heads * d_head, d_model)
         for step in STEPS + OPTIONAL_STEPS:
             setattr(self, f"hook_{step}", HookPoint(step))
-
-    # False where a family folds part of its arithmetic into dot_products (BLOOM's and Falcon's ALiBi),
-    # which the fused kernel would skip.
-    fast_path_ok = True
 
     # --- what a model family supplies -------------------------------------------------------------
 
