@@ -150,14 +150,24 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
 @click.option("--markdown", is_flag=True, help="Print the README's Markdown table.")
 def list_architectures(measure, as_json, markdown):
     """Every architecture probe swaps: adapter, path (full or universal) and, with --measure, parity."""
-    rows = architectures.support_table(measure=measure)
+    import warnings
+
+    quiet_progress_bars()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the tiny configs' vocabularies are smaller than their token ids say
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = architectures.support_table(measure=measure)
     if as_json or markdown:
         click.echo(json.dumps(rows, indent=2) if as_json else architectures.markdown_table(rows), nl=not markdown)
         return
-    columns = list(rows[0])
-    click.echo("  ".join(f"{c:<16}" if c != "example" else f"{c:<38}" for c in columns))
+    widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in rows[0]}
+    click.echo("  ".join(f"{c:<{w}}" for c, w in widths.items()))
     for row in rows:
-        click.echo("  ".join(f"{str(row[c]):<16}" if c != "example" else f"{row[c]:<38}" for c in columns))
+        click.echo("  ".join(f"{str(row[c]):<{w}}" for c, w in widths.items()))
+
+
 def quiet_progress_bars() -> None:
     """No loading bars from transformers / huggingface_hub (GGUF's are switched off where it is read)."""
     import os
