@@ -28,16 +28,25 @@ def build_report_data(
     *,
     split_by: str | None = None,
     example: int = 0,
+    attention_cache: Path | None = None,
 ) -> dict:
     """``rows``: the run's prepared rows (text, label, target, span_start, span_end, …);
-    ``vectors(position, layer)`` → (n_rows, d); ``load_model()`` → (model, tokenizer)."""
+    ``vectors(position, layer)`` → (n_rows, d); ``load_model()`` → (model, tokenizer).
+    ``attention_cache``: a JSON file keyed by what the patterns depend on; when it exists no model is loaded."""
     layers = sorted({r["layer"] for r in results["layers"]})
     subsets = [str(v) for v in rows[split_by]] if split_by else None
+    indices = example_rows(rows, split_by, example)
+    if attention_cache is not None and attention_cache.exists():
+        attention = json.loads(attention_cache.read_text())
+    else:
+        attention = attention_sentences(rows, load_model, indices, subsets)
+        if attention_cache is not None:
+            write_text_atomic(attention_cache, json.dumps(attention, separators=(",", ":")))
     return {
         "rows": {"text": list(rows["text"]), "label": list(rows["label"]), "subset": subsets},
         "split_by": split_by,
         "pca": {position: pca_per_layer(vectors, position, layers) for position in positions},
-        "attention": attention_sentences(rows, load_model, example_rows(rows, split_by, example), subsets),
+        "attention": attention,
     }
 
 

@@ -93,9 +93,22 @@ def html_page(results, output_dir, context):
     config = context.config
     store = context.stores["reference" if config.attention == "reference" else "reimplemented"]
     data = build_report_data(results, context.rows, store.layer, config.positions, context.load_model,
-                             split_by=config.split_by, example=config.example)
+                             split_by=config.split_by, example=config.example,
+                             attention_cache=_attention_cache(context))
     write_report_data(data, output_dir)
     return write_text_atomic(output_dir / PAGE, render_report(Run(results, data, output_dir)))
+
+
+def _attention_cache(context):
+    """Where the viewer's patterns are kept: under the key of the activations they come from, plus the
+    rows shown, so that a rerun on a full cache loads no model for report.html either."""
+    from probe.experiment import feature_key
+    from probe.extract import cache_key
+
+    config = context.config
+    key = cache_key({"features": feature_key(context, "all", "reimplemented"), "viewer": "report.html",
+                     "split_by": config.split_by, "example": config.example})
+    return context.cache_dir / "attention" / f"{key}.json"
 
 
 @hookimpl
