@@ -24,6 +24,7 @@ def target_patterns(model, tokenizer, texts, spans, batch_size: int = 16):
     import torch
 
     from probe.data import span_token_indices
+    from probe.devices import device_of
     from probe.hooks import capture
 
     n_blocks = sum(1 for name in _names(model) if name.endswith(".attn.pattern"))
@@ -34,8 +35,9 @@ def target_patterns(model, tokenizer, texts, spans, batch_size: int = 16):
         enc = tokenizer(list(batch_texts), return_tensors="pt", padding=True, return_offsets_mapping=True)
         offsets = enc.pop("offset_mapping").tolist()
         with capture(model, names) as seen, torch.no_grad():
-            model(**enc)
-        stacked = torch.stack([seen[n] for n in names], dim=1).float()  # (batch, blocks, heads, q, k)
+            model(**enc.to(device_of(model)))
+        stacked = torch.stack([seen[n] for n in names], dim=1).float().cpu()  # (batch, blocks, heads, q, k)
+        enc = enc.to("cpu")
         for i, (text, (s, e)) in enumerate(zip(batch_texts, batch_spans)):
             length = int(enc["attention_mask"][i].sum())
             target = span_token_indices(text, offsets[i], s, e)[-1]

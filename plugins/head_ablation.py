@@ -46,12 +46,14 @@ def mean_z(model, tokenizer, texts, blocks: list[int], batch_size: int = 16) -> 
     """Each head's z averaged over every real (non-padding) token of ``texts``: block → (heads, d_head)."""
     import torch
 
+    from probe.devices import device_of
     from probe.hooks import capture
 
     sums, count = {}, 0
     tokenizer.padding_side = "right"
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True)
+        enc = enc.to(device_of(model))
         real = enc["attention_mask"].bool()
         with capture(model, [f"blocks.{b}.attn.z" for b in blocks]) as seen, torch.no_grad():
             model(**enc)

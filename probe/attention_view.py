@@ -26,15 +26,18 @@ def capture_attention(model, tokenizer, text: str, target: str | tuple[int, int]
     a (start, end) character span, or None for the last token; the viewer shades tokens by the
     attention *from* the target's last token.
     """
+    from probe.devices import device_of
     from probe.hooks import capture
 
     encoding = tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
     offsets = encoding.pop("offset_mapping")[0].tolist()
     with capture(model, ["blocks.*.attn.pattern", "blocks.0.attn.masked_scores"]) as seen, torch.no_grad():
-        model(**encoding)
+        model(**encoding.to(device_of(model)))
     blocks = sorted((int(name.split(".")[1]), name) for name in seen if name.endswith(".attn.pattern"))
-    patterns = torch.stack([seen[name][0] for _, name in blocks]).float()  # (block, head, q, k)
-    masked = torch.isinf(seen["blocks.0.attn.masked_scores"][0, 0])  # (q, k): True where the mask says −∞
+    patterns = torch.stack([seen[name][0] for _, name in blocks]).float().cpu()  # (block, head, q, k)
+    scores = seen["blocks.0.attn.masked_scores"][0, 0].float().cpu()
+    # (q, k): True where the mask blocks the key: −∞, or the dtype's lowest value as Hugging Face's masks use
+    masked = torch.isinf(scores) | (scores <= torch.finfo(scores.dtype).min / 2)
     ids = encoding["input_ids"][0].tolist()
     return {
         "text": text,

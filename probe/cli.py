@@ -42,18 +42,25 @@ def cli():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--fast", is_flag=True, help="Run probe's fast path (scaled_dot_product_attention; no patterns).")
-def compare(model_name, revision, random_init, reference, dtype, texts, padding, tolerance, seed, as_json, fast):
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+def compare(model_name, revision, random_init, reference, dtype, texts, padding, tolerance, seed, as_json, fast,
+            device):
     """Compare probe's reimplemented attention with Hugging Face's, layer by layer.
 
     Exits with status 1 when a difference exceeds the tolerance.
     """
     from probe import models
     from probe.compare import DEFAULT_TEXTS, compare_models
+    from probe.devices import resolve_device
     from probe.context import model_load_error, resolve_model
     from probe.swap import swap_attention
 
     if bool(model_name) == bool(random_init):
         raise click.UsageError("give exactly one of --model and --random-init")
+    try:
+        where = resolve_device(device)  # before any model work
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--device") from None
     torch_dtype = models.parse_dtype(dtype)
     try:
         if random_init in ARCHITECTURES and random_init not in GPT2_SHAPES:
@@ -72,10 +79,12 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
 
-    reference_model = models.load_model(source, revision=revision, dtype=torch_dtype, attn_implementation=reference)
-    candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype), fast=fast)
+    reference_model = models.load_model(source, revision=revision, dtype=torch_dtype,
+                                        attn_implementation=reference).to(where)
+    candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype).to(where), fast=fast)
     vocab_size = reference_model.config.vocab_size
     input_ids, attention_mask = encode(list(texts or DEFAULT_TEXTS), tokenizer, padding, vocab_size)
+    input_ids, attention_mask = input_ids.to(where), attention_mask.to(where)
     result = compare_models(
         reference_model, candidate, input_ids, attention_mask, reference_name=reference, tolerance=tolerance,
         fast=fast,
@@ -113,7 +122,9 @@ def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
 @click.option("--plugins-dir", type=click.Path(file_okay=False), help="Load every .py file in this folder as a plugin.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--jobs", "n_jobs", type=int, help="Probe fits in parallel [default: all cores]; results do not depend on it.")
-def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs):
+@click.option("--device", help="auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps [default: the config's, auto].")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Model dtype [default: the config's].")
+def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):
     """Run an experiment config: probe every layer, write results.json/csv, plots and summary.md."""
     if quiet:
         quiet_progress_bars()  # first: the imports below read the setting
@@ -128,6 +139,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
         values = dict(parse_override(text) for text in overrides)
         if model_name:
             values["model"] = model_name
+        values.update({k: v for k, v in (("device", device), ("dtype", dtype)) if v})
         config = load_config(config_path, values)
         if plugins_dir:
             plugins.load_plugins_dir(plugins_dir)

@@ -50,6 +50,7 @@ class ExperimentConfig(BaseModel):
     seed: int = 0
     batch_size: int = Field(16, ge=1)
     dtype: Literal[DTYPES] = "float32"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (see probe/devices.py)
     filter: dict[str, list] = {}
     split_by: Optional[str] = None
     controls: list[Literal[CONTROLS]] = list(CONTROLS)
@@ -65,6 +66,15 @@ class ExperimentConfig(BaseModel):
     @classmethod
     def _one_becomes_a_list(cls, value):
         return value if value is None else _as_list(value)
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, value):
+        from probe.devices import DEVICE_PATTERN
+
+        if not DEVICE_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        return value
 
     @field_validator("dataset", "probe", mode="before")
     @classmethod

@@ -34,6 +34,13 @@ class RunContext:
     # ------------------------------------------------------------ what the model is, read once
 
     @cached_property
+    def device(self):
+        """The torch.device the config's ``device`` names here (checked before any model work)."""
+        from probe.devices import resolve_device
+
+        return resolve_device(self.config.device)
+
+    @cached_property
     def source(self) -> str:
         """Where weights load from: a GGUF file's converted safetensors folder (see models.gguf_folder)."""
         from probe.models import gguf_folder
@@ -82,7 +89,7 @@ class RunContext:
             from probe.models import load_model, parse_dtype
 
             self._model = load_model(self.source, revision=self.config.revision,
-                                     dtype=parse_dtype(self.config.dtype), model_class=AutoModel)
+                                     dtype=parse_dtype(self.config.dtype), model_class=AutoModel).to(self.device)
             self.loads += 1
             self._attention = "reference"
         if attention != self._attention:
@@ -116,7 +123,7 @@ class RunContext:
 
         torch.manual_seed(self.config.seed)
         model = AutoModel.from_config(self.model_config, dtype=parse_dtype(self.config.dtype),
-                                      attn_implementation="eager").eval()
+                                      attn_implementation="eager").to(self.device).eval()
         swap_attention(model)
         attach_activation_hooks(model, self.config)
         return model, self.tokenizer

@@ -47,6 +47,10 @@ def run_experiment(
     output_dir = Path(output_dir)  # created when the first report is written, not before
     plugins.call_each("experiment_started", config=config, output_dir=output_dir)
     context = RunContext(config, resolve_model(config.model, config.revision), Path(cache_dir), progress)
+    try:
+        context.device  # a device this machine lacks is found now, not after the data work
+    except ValueError as error:
+        raise ConfigError(f"{config.source or 'config'}: {error}") from None
     context.rows, skipped = load_dataset(config)
     splits = make_splits(context.rows, config)  # fails before any model work, not after
     layers = list(range(context.n_blocks + 1)) if config.layers == "all" else config.layers
@@ -173,6 +177,8 @@ def feature_key(context: RunContext, layers, mode: str) -> str:
         "model": context.model_path, "revision": config.revision, "weights": _weights_fingerprint(context.model_path),
         "data": data_fingerprint(context.rows["text"], context.spans), "layers": layers, "pooling": config.pooling,
         "attention": mode, "dtype": config.dtype, "seed": config.seed if mode == "random_weights" else None,
+        # CPU and GPU kernels round differently; the vectors of one are not the other's.
+        "device": context.device.type if context.device.type != "cpu" else None,
         "activation_plugins": changing, "options": options,
     })
 

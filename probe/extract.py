@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
+
+from probe.devices import device_of
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -137,12 +139,12 @@ def _width(model) -> int:
 def _extract_batch(model, tokenizer, texts, spans, layers, pooling):
     """One forward (cut short after the deepest layer) → (target, last) arrays of shape (layers, batch, d)."""
     encoding, targets, last_index = encode_batch(tokenizer, texts, spans)
-    captured = run_to_layer(model, encoding, max(layers), layers)
+    captured = run_to_layer(model, encoding.to(device_of(model)), max(layers), layers)
     target_out = np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
     last_out = np.empty_like(target_out)
     rows = torch.arange(len(texts))
     for slot, layer in enumerate(layers):
-        hidden = captured[layer].float()
+        hidden = captured[layer].float().cpu()  # vectors are stored; nothing else leaves the device
         last_out[slot] = hidden[rows, last_index].numpy()
         target_out[slot] = pool_targets(hidden, targets, pooling)
     return target_out, last_out

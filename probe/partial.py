@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from probe.devices import device_of
 from probe.extract import encode_batch, pool_targets
 
 
@@ -49,7 +50,7 @@ def capture_block_inputs(model, tokenizer, texts, spans, block: int, batch_size:
         handle = blocks[block].register_forward_pre_hook(keep, with_kwargs=True)
         try:
             # No KV cache: the blocks are rerun many times from these inputs, and a cache would grow.
-            model(**encoding, use_cache=False)
+            model(**encoding.to(device_of(model)), use_cache=False)
         except _Stop:
             pass
         finally:
@@ -75,10 +76,11 @@ def vectors_at(model, batches: list[BlockInputs], block: int, layer: int, positi
             args, kwargs = _with_hidden(batch, hidden)
             output = blocks[i](*args, **kwargs)
             hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.float().cpu()  # the vectors are what leaves the device
         if position == "target":
             out.append(pool_targets(hidden, batch.targets, pooling))
         else:
-            out.append(hidden[torch.arange(len(hidden)), batch.last].float().numpy())
+            out.append(hidden[torch.arange(len(hidden)), batch.last].numpy())
     return np.concatenate(out)
 
 

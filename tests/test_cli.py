@@ -195,3 +195,10 @@ def test_compare_fast_reports_its_path_and_passes_against_sdpa():
     assert report["attention_path"] == "fast" and report["tolerance_is_relative"]
     assert report["max_relative_diff"] <= 1e-5
     assert all(layer["pattern"] is None for layer in report["layers"])  # the fast path computes no pattern
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "gpu", "mps:0"])
+def test_a_device_this_machine_lacks_or_that_does_not_exist_is_refused_by_option(device, tiny_json):
+    result = run("compare", "--random-init", tiny_json, "--device", device)
+    assert result.exit_code == 2 and "--device" in result.output and device in result.output
+    assert "Traceback" not in result.output

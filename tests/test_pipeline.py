@@ -209,3 +209,19 @@ def test_results_show_the_report_in_a_notebook_cell(run_dir):
         assert results.experiment in html and "plotly" in html.lower()
     detached = type(run_dir["results"]).from_dict(run_dir["results"].to_dict())  # no run folder known
     assert detached.run_dir is None and detached.experiment in detached._repr_html_()
+
+
+def test_a_run_on_an_explicit_device_in_bfloat16(tiny_model, tmp_path):
+    results = run_experiment(small(tiny_model, device="cpu", dtype="bfloat16"), tmp_path / "out",
+                             cache_dir=tmp_path / "cache", progress=False, n_jobs=1)
+    assert results.settings["device"] == "cpu" and results.settings["dtype"] == "bfloat16"
+    assert all(0.0 <= row.accuracy <= 1.0 for row in results.rows)
+
+
+def test_a_device_the_machine_lacks_is_refused_before_any_model_work(tiny_model, tmp_path):
+    from probe.config import ConfigError
+
+    with pytest.raises(ConfigError, match="device: 'cuda:99'"):
+        run_experiment(small(tiny_model, device="cuda:99"), tmp_path / "out", cache_dir=tmp_path / "cache",
+                       progress=False, n_jobs=1)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

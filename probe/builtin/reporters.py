@@ -58,6 +58,7 @@ def _patterns(context, row, shown):
     import torch
 
     from probe.data import span_token_indices
+    from probe.devices import device_of
     from probe.hooks import capture
 
     model, tokenizer = context.load_model()  # the run's model, probe's attention swapped in
@@ -65,7 +66,7 @@ def _patterns(context, row, shown):
     offsets = encoding.pop("offset_mapping")[0].tolist()
     target = span_token_indices(row["text"], offsets, row["span_start"], row["span_end"])[-1]
     with capture(model, [f"blocks.{i}.attn.pattern" for i in shown]) as seen, torch.no_grad():
-        model(**encoding)
+        model(**encoding.to(device_of(model)))
     patterns = {i: seen[f"blocks.{i}.attn.pattern"][0, :, target].float().cpu().numpy() for i in shown}
     tokens = [tokenizer.decode([t]).strip() or "␣" for t in encoding["input_ids"][0]]
     return tokens, target, patterns

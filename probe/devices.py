@@ -1,0 +1,40 @@
+"""Which device a run uses: ``auto`` (CUDA if present, then Apple's MPS, else the CPU), ``cpu``,
+``cuda``, ``cuda:N`` or ``mps`` — checked before any model work, with a message naming the option."""
+
+from __future__ import annotations
+
+import re
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def resolve_device(spec: str, option: str = "device"):
+    """The torch.device ``spec`` names on this machine, or a ValueError naming ``option`` and what exists."""
+    import torch
+
+    if not DEVICE_PATTERN.fullmatch(spec):
+        raise ValueError(f"{option}: {spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    if spec.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= count:
+            have = f"{count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
+            raise ValueError(f"{option}: {spec!r} asked for, but this machine has {have}; use auto or cpu")
+    if spec == "mps" and not _mps_available():
+        raise ValueError(f"{option}: 'mps' asked for, but Apple's MPS is not available here; use auto or cpu")
+    return torch.device(spec)
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def device_of(model):
+    """Where a model's inputs go: the device of its first parameter (the embeddings)."""
+    return next(model.parameters()).device
