@@ -51,6 +51,8 @@ class ExperimentConfig(BaseModel):
     batch_size: int = Field(16, ge=1)
     dtype: Literal[DTYPES] = "float32"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (see probe/devices.py)
+    device_map: Optional[str] = None  # accelerate: auto | balanced | sequential … (then `device` is not used)
+    max_memory: Optional[dict[Union[int, str], str]] = None  # e.g. {0: 20GiB, cpu: 60GiB}; the rest to disk
     filter: dict[str, list] = {}
     split_by: Optional[str] = None
     controls: list[Literal[CONTROLS]] = list(CONTROLS)

@@ -88,13 +88,22 @@ class RunContext:
 
             from probe.models import load_model, parse_dtype
 
-            self._model = load_model(self.source, revision=self.config.revision,
-                                     dtype=parse_dtype(self.config.dtype), model_class=AutoModel).to(self.device)
+            self._model = self._load(load_model, AutoModel, parse_dtype(self.config.dtype))
             self.loads += 1
             self._attention = "reference"
         if attention != self._attention:
             self._switch(attention)
         return self._model
+
+    def _load(self, load_model, model_class, dtype):
+        """On ``device``, or spread by accelerate when the config gives a ``device_map`` (offloading what
+        ``max_memory`` leaves over to a folder in the cache)."""
+        config = self.config
+        if config.device_map is None:
+            return load_model(self.source, revision=config.revision, dtype=dtype, model_class=model_class).to(self.device)
+        return load_model(self.source, revision=config.revision, dtype=dtype, model_class=model_class,
+                          device_map=config.device_map, max_memory=config.max_memory,
+                          offload_folder=str(self.cache_dir / "offload"))
 
     def _switch(self, attention: str) -> None:
         from probe.swap import restore_attention, swap_attention

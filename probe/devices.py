@@ -36,5 +36,12 @@ def _mps_available() -> bool:
 
 
 def device_of(model):
-    """Where a model's inputs go: the device of its first parameter (the embeddings)."""
+    """Where a model's inputs go: the device of its first parameter (the embeddings), or, for a model
+    accelerate spread over devices, the first device of its map that is not the disk."""
+    import torch
+
+    placed = [d for d in (getattr(model, "hf_device_map", None) or {}).values() if d != "disk"]
+    if getattr(model, "hf_device_map", None):
+        first = placed[0] if placed else "cpu"
+        return torch.device(f"cuda:{first}" if isinstance(first, int) else first)
     return next(model.parameters()).device

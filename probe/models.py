@@ -121,17 +121,21 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "eager",
     model_class=None,
+    **placement,
 ):
     """``from_pretrained`` with the settings probe relies on, in eval mode.
 
     ``name_or_path``: hub name, local folder, or a ``.gguf`` file (in a folder or hub repo).
     ``model_class``: default, the class the checkpoint's config names (see ``model_class_for``).
+    ``placement``: accelerate's ``device_map``, ``max_memory`` and ``offload_folder``, for a model larger
+    than one device (layers spread over GPUs, the CPU and disk).
     """
     source, gguf = split_gguf(name_or_path)
     if model_class is None:
         model_class = model_class_for(name_or_path, revision)
     model = model_class.from_pretrained(
-        source, revision=revision, dtype=dtype, attn_implementation=attn_implementation, **gguf
+        source, revision=revision, dtype=dtype, attn_implementation=attn_implementation, **gguf,
+        **{k: v for k, v in placement.items() if v is not None},
     )
     return model.eval()
 

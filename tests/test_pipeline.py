@@ -225,3 +225,23 @@ def test_a_device_the_machine_lacks_is_refused_before_any_model_work(tiny_model,
         run_experiment(small(tiny_model, device="cuda:99"), tmp_path / "out", cache_dir=tmp_path / "cache",
                        progress=False, n_jobs=1)
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_model_spread_to_disk_by_device_map_gives_the_same_vectors(tiny_model, tmp_path, caplog):
+    import numpy as np
+
+    plain = run_experiment(small(tiny_model), tmp_path / "plain", cache_dir=tmp_path / "cache-plain",
+                           progress=False, n_jobs=1)
+    spread_config = small(tiny_model, device_map="auto", max_memory={"cpu": "40KB"})
+    spread = run_experiment(spread_config, tmp_path / "spread", cache_dir=tmp_path / "cache-spread",
+                            progress=False, n_jobs=1)
+    assert "offloaded to the disk" in caplog.text  # accelerate really put some weights on disk
+    assert [r.accuracy for r in plain.rows] == [r.accuracy for r in spread.rows]
+    plain_chunks = sorted((tmp_path / "cache-plain").rglob("chunk-*.safetensors"))
+    spread_chunks = sorted((tmp_path / "cache-spread").rglob("chunk-*.safetensors"))
+    from safetensors.numpy import load_file
+
+    assert len(plain_chunks) == len(spread_chunks) > 0
+    for a, b in zip(plain_chunks, spread_chunks):
+        x, y = load_file(a), load_file(b)
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
