@@ -8,7 +8,9 @@ separate loads of the same checkpoint, so nothing is shared between them but the
 from __future__ import annotations
 
 import os
+import shutil
 import threading
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -17,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
+from filelock import FileLock
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -188,3 +191,17 @@ def assert_patterns_bitwise(
         assert_bitwise(a[rows], b[rows], f"{what}[{i}] non-padding rows")
         if rest_zero:
             assert torch.equal(b[~rows], torch.zeros_like(b[~rows])), f"{what}[{i}]: padding rows must be all 0"
+
+def shared_folder(tmp_path_factory, name: str, produce) -> Path:
+    """``produce(folder)`` once per session, even with several xdist workers (they share the parent folder)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / name
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            produce(folder)
+            (folder / ".done").touch()
+    return folder

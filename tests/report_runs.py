@@ -4,16 +4,15 @@ last token, with the html reporter."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
 from probe import plugins
 from probe.config import validate
 from probe.experiment import run_experiment
+from conftest import shared_folder
 from tiny_gpt2 import build_tiny_gpt2
 
 CONFIG = {
@@ -23,19 +22,6 @@ CONFIG = {
 }
 
 
-def shared_folder(tmp_path_factory, name: str, produce) -> Path:
-    """``produce(folder)`` once per session, whichever xdist worker gets there first."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    folder = base / name
-    with FileLock(str(folder) + ".lock"):
-        if not (folder / ".done").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            produce(folder)
-            (folder / ".done").touch()
-    return folder
 
 
 def _run(folder: Path) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,6 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from filelock import FileLock
 from PIL import Image
 
 import probe.experiment
@@ -33,6 +30,7 @@ from probe.context import RunContext
 from probe.experiment import run_experiment
 from probe.extract import FeatureStore, extract
 from probe.report import CSV_COLUMNS
+from conftest import shared_folder
 from tiny_gpt2 import build_tiny_gpt2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,19 +48,6 @@ CUES = {"animal": "land", "unit": "chemist"}  # the word just LEFT of the target
 # ---------------------------------------------------------------- fixtures and helpers
 
 
-def shared_folder(tmp_path_factory, name: str, produce) -> Path:
-    """``produce(folder)`` once per session, even with several xdist workers (they share the parent folder)."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    folder = base / name
-    with FileLock(str(folder) + ".lock"):
-        if not (folder / ".done").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            produce(folder)
-            (folder / ".done").touch()
-    return folder
 
 
 @pytest.fixture(scope="session")
