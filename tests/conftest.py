@@ -205,3 +205,15 @@ def shared_folder(tmp_path_factory, name: str, produce) -> Path:
             produce(folder)
             (folder / ".done").touch()
     return folder
+
+
+@pytest.fixture
+def builtins_only(monkeypatch):
+    """Only probe's built-in plugins, a fresh plugin manager per test: installed entry-point plugins must
+    not change what a test sees, and nothing a test registers leaks into the next."""
+    from probe import plugins
+
+    monkeypatch.setenv("PROBE_PLUGINS", "")
+    plugins.reset_plugin_manager()
+    yield
+    plugins.reset_plugin_manager()

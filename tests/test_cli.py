@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from probe import plugins
 from probe.cli import cli
 from probe.config import GPT2_SHAPES
 from probe.plugins import BUILTIN_PLUGINS
@@ -18,13 +17,9 @@ TINY_CONFIG = {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 300, "n_po
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
+def isolated(builtins_only, monkeypatch, tmp_path):
     """Only built-in plugins; random-init checkpoints go to this test's tmp folder, not the system's."""
-    monkeypatch.setenv("PROBE_PLUGINS", "")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    plugins.reset_plugin_manager()
-    yield
-    plugins.reset_plugin_manager()
 
 
 @pytest.fixture

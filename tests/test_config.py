@@ -27,12 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = {"model": "gpt2", "dataset": "mole"}
 
 
-@pytest.fixture(autouse=True)
-def no_installed_plugins(monkeypatch):
-    monkeypatch.setenv("PROBE_PLUGINS", "")
-    plugins.reset_plugin_manager()
-    yield
-    plugins.reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 
 
 def write_yaml(path: Path, raw) -> Path:

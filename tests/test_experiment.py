@@ -73,13 +73,7 @@ def isolated(produce):
     return run
 
 
-@pytest.fixture(autouse=True)
-def no_installed_plugins(monkeypatch):
-    """Only probe's built-ins: installed entry-point plugins must not change what these tests see."""
-    monkeypatch.setenv("PROBE_PLUGINS", "")
-    plugins.reset_plugin_manager()
-    yield
-    plugins.reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 
 
 def write_planted(path: Path, n_per_label: int = 100, seed: int = 0, cues=("left",)) -> Path:

@@ -7,17 +7,11 @@ suite quick: extraction stops after the deepest one.
 
 import pytest
 
-from probe import plugins
 from probe.config import validate
 from probe.experiment import run_experiment
 
 
-@pytest.fixture(autouse=True)
-def builtins_only(monkeypatch):
-    monkeypatch.setenv("PROBE_PLUGINS", "")
-    plugins.reset_plugin_manager()
-    yield
-    plugins.reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 
 
 @pytest.mark.parametrize(

@@ -39,13 +39,7 @@ FILLER = "about across after air all and been built can card desk every from had
 # ---------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(autouse=True)
-def clean_plugin_manager(monkeypatch):
-    """A fresh plugin manager with only the built-ins for every test; nothing registered here leaks out."""
-    monkeypatch.setenv("PROBE_PLUGINS", "")
-    plugins.reset_plugin_manager()
-    yield
-    plugins.reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 
 
 @pytest.fixture(scope="session")
