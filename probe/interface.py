@@ -13,6 +13,7 @@ is read off that function once per family (``numerics_of``), so the core repeats
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -124,6 +125,7 @@ def numerics_of(attention: nn.Module) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=None)
 def _eager_source(attention_class: type) -> str:
     module = inspect.getmodule(attention_class)
     eager = getattr(module, "eager_attention_forward", None)
@@ -132,6 +134,7 @@ def _eager_source(attention_class: type) -> str:
     return "".join(line.strip() for line in inspect.getsource(eager).splitlines() if not line.strip().startswith("#"))
 
 
+@functools.lru_cache(maxsize=None)  # asked for every block of every model: read each class's source once
 def calls_the_interface(attention_class: type) -> bool:
     """Whether this attention module's forward dispatches through Hugging Face's attention interface."""
     try:

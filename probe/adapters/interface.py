@@ -4,9 +4,9 @@ their projections, rotary and cache stay Hugging Face's own.
 
 Hook points per block i, as in the full path: ``attn.q`` (after rotary), ``attn.k``/``attn.v`` (this
 step's keys/values before the cache write, so an edit is what gets cached; without a cache, all of
-them), ``attn.scores``, ``attn.capped_scores``/``attn.biased_scores`` (families that soft-cap or add
-a position bias), ``attn.masked_scores``, ``attn.pattern``, ``attn.z``, ``attn.head_out`` and
-``attn.out`` (around the module that applies W_O).
+them), ``attn.scores``, ``attn.capped_scores`` (families that soft-cap), ``attn.masked_scores``,
+``attn.sink_logits`` (families with attention sinks), ``attn.pattern``, ``attn.z``, ``attn.head_out``
+and ``attn.out`` (around the module that applies W_O).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from probe.adapters.layouts import LAYOUTS, Layout, get_path, guess_layout, o_pr
 from probe.attention import STEPS
 from probe.heads import per_head_output, sum_heads, unchanged
 from probe.hooks import HookPoint
+
 
 class InterfaceAdapter:
     """Swaps in the core through the attention interface; ``layouts`` says where blocks and norms live."""

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from probe.adapters.base import CACHE_ARGUMENTS, AttentionSlot, FamilyAdapter, bool_mask
-from probe.adapters.layouts import LAYOUTS
+from probe.adapters.layouts import LAYOUTS, get_path
 from probe.attention import MaskedMultiHeadAttention
 from probe.interface import numerics_of
 
@@ -169,7 +169,7 @@ class MappedAdapter(FamilyAdapter):
 
     def blocks(self, model) -> list[nn.Module]:
         layout = LAYOUTS.get(model.config.model_type)
-        blocks = getattr(model.base_model, layout.blocks, None) if layout else None
+        blocks = get_path(model.base_model, layout.blocks) if layout else None
         return list(blocks) if blocks is not None else []
 
     def slots(self, model) -> list[AttentionSlot]:
