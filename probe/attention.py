@@ -41,10 +41,6 @@ class MaskedMultiHeadAttention(nn.Module):
     projections. Adapters for Hugging Face models pass no ``d_model`` and override the projections.
     """
 
-    # False where a family folds part of its arithmetic into dot_products (BLOOM's and Falcon's ALiBi),
-    # which the fused kernel would skip.
-    fast_path_ok = True
-
     def __init__(
         self,
         n_heads: int,
@@ -179,7 +175,8 @@ class MaskedMultiHeadAttention(nn.Module):
         if k.shape[1] != q.shape[1]:
             k, v = share_kv_heads(k, q.shape[1]), share_kv_heads(v, q.shape[1])
         scale = self.scale if scale is None else scale
-        if self.fast and self.fast_path_ok and softcap is None and sinks is None and not training and not self.pattern_needed():
+        plain = softcap is None and sinks is None and not training
+        if self.fast and plain and self.fast_path_ok() and not self.pattern_needed():
             return self.attend_fast(q, k, v, attention_mask, causal, score_bias, scale), None
 
         # 2. Scores: every query's dot product with every key, scaled.
@@ -207,6 +204,12 @@ class MaskedMultiHeadAttention(nn.Module):
         # 5. Weighted sum of values, per head.
         z = self.hook_z(pattern @ v)
         return z, pattern
+
+    def fast_path_ok(self) -> bool:
+        """False where a family computes part of its scores in its own dot_products or softmax (BLOOM's and
+        Falcon's ALiBi), which the fused kernel would skip."""
+        core = MaskedMultiHeadAttention
+        return type(self).dot_products is core.dot_products and type(self).softmax is core.softmax
 
     def pattern_needed(self) -> bool:
         """Whether a hook listens to a step that only the exact path computes."""

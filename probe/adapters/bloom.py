@@ -37,8 +37,6 @@ EXPECTED_PARAMETERS = ("hidden_states", "residual", "alibi", "attention_mask")
 class BloomAttention(MaskedMultiHeadAttention):
     """The core, fed by BLOOM's fused projection, with ALiBi fused into the score product as in eager."""
 
-    fast_path_ok = False  # part of the scores is computed in dot_products, which the fast path skips
-
     def __init__(self, original: hf_bloom.BloomAttention):
         super().__init__(
             n_heads=original.num_heads,

@@ -42,8 +42,6 @@ EXPECTED_PARAMETERS = ("hidden_states", "alibi", "attention_mask", "position_emb
 class FalconAttention(MaskedMultiHeadAttention):
     """The core, fed by Falcon's fused projection; rotary positions, or ALiBi as Falcon's eager adds it."""
 
-    fast_path_ok = False  # part of the scores is computed in dot_products, which the fast path skips
-
     def __init__(self, original: hf_falcon.FalconAttention):
         config = original.config
         super().__init__(
