@@ -57,7 +57,7 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        with _quiet_tqdm(not progress):
+        with _quiet_tqdm(not progress), _gguf_parsed_once():
             model = load_model(str(path), dtype=torch.float32)
             load_tokenizer(str(path)).save_pretrained(tmp)
         # The weights are plain float32 tensors now; only the "gguf quantizer" marker forbids saving them.
@@ -81,6 +81,25 @@ def file_sha256(path: Path, block: int = 1 << 22) -> str:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Within the block, each GGUF file is parsed once and gguf's tensor-name table built once per shape.
+
+    transformers reads the file three times (config, tokenizer, weights) and rebuilds the same name table for
+    every submodule; for SmolLM2 those repeats were most of a 17 s conversion. Both are pure functions of
+    their arguments, and the reader only reads its memory map.
+    """
+    import gguf
+
+    real_reader, real_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader = functools.lru_cache(maxsize=None)(real_reader)
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(real_name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_name_map
 
 
 @contextlib.contextmanager
