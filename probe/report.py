@@ -104,8 +104,8 @@ def write_summary(results: Results, output_dir: Path) -> Path:
             lines.append(f"- {name} baseline accuracy: {baseline.accuracy:.3f}")
     if data.skipped_rows:
         lines += ["", f"Skipped {len(data.skipped_rows)} bad row(s):"] + [f"- {p}" for p in data.skipped_rows]
-    lines += ["", "Files: results.json, results.csv, accuracy, pca and attention figures (.png, .svg, .pdf); "
-              "report.html with the html reporter.", ""]
+    lines += ["", "Files: results.json, results.csv, accuracy, pca and attention figures (.png; .svg and .pdf "
+              "with options.plots.formats); report.html with the html reporter.", ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
 
 
@@ -131,23 +131,26 @@ def _pyplot():
 
 LAYER_AXIS = "layer (hidden state; 0 = embeddings)"  # block i reads layer i and writes layer i + 1
 FIGURE_FORMATS = ("png", "svg", "pdf")  # PNG to look at, SVG and PDF (vector) for a paper
+# Only PNG unless asked (options: {plots: {formats: [png, svg, pdf]}}): each format is a full redraw,
+# and drawing was most of a rerun's time.
+DEFAULT_FORMATS = ("png",)
 
 
-def _save(fig, path: Path) -> Path:
-    """``path`` (a .png) and the same figure as .svg and .pdf beside it; returns the PNG's path."""
+def _save(fig, path: Path, formats=DEFAULT_FORMATS) -> Path:
+    """``path`` (a .png), and the same figure in the other ``formats`` beside it; returns the PNG's path."""
     import matplotlib
 
     # Text stays text (SVG) and fonts are embedded as TrueType (PDF), as journals and editors want.
     with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
-        for fmt in FIGURE_FORMATS:
+        for fmt in dict.fromkeys(("png", *formats)):
             write_atomic(path.with_suffix(f".{fmt}"),
                          lambda tmp, fmt=fmt: fig.savefig(tmp, dpi=150, bbox_inches="tight", format=fmt))
     _pyplot().close(fig)
     return path
 
 
-def plot_accuracy(results: Results, output_dir: Path) -> Path:
-    return _save(accuracy_figure(as_results(results)), output_dir / "accuracy.png")
+def plot_accuracy(results: Results, output_dir: Path, formats=DEFAULT_FORMATS) -> Path:
+    return _save(accuracy_figure(as_results(results)), output_dir / "accuracy.png", formats)
 
 
 def accuracy_figure(results: Results):
@@ -196,7 +199,8 @@ def _plot_series(ax, position: str, rows: list[LayerResult]) -> None:
                 alpha=0.6, label=f"random weights ({position})")
 
 
-def plot_pca(results: Results, output_dir: Path, store, labels, position: str = "target") -> Path:
+def plot_pca(results: Results, output_dir: Path, store, labels, position: str = "target",
+             formats=DEFAULT_FORMATS) -> Path:
     """2-D PCA of the target vectors at the first, a middle and the best layer, coloured by sense."""
     from probe.report_data import pca2
 
@@ -220,11 +224,11 @@ def plot_pca(results: Results, output_dir: Path, store, labels, position: str = 
     fig.suptitle(f"{results.experiment} on {results.model.name}: {position}-token vectors, "
                  "first two principal components of each layer")
     fig.tight_layout()
-    return _save(fig, output_dir / "pca.png")
+    return _save(fig, output_dir / "pca.png", formats)
 
 
 def plot_attention(tokens: list[str], target_index: int, patterns: dict[int, np.ndarray], title: str,
-                   output_dir: Path) -> Path:
+                   output_dir: Path, formats=DEFAULT_FORMATS) -> Path:
     """For a few blocks (``patterns`` maps block → (heads, keys)): each head's attention from the target
     token over the sentence."""
     plt = _pyplot()
@@ -242,7 +246,7 @@ def plot_attention(tokens: list[str], target_index: int, patterns: dict[int, np.
     axes[-1, 0].get_xticklabels()[target_index].set_color("red")  # the target word
     fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="attention weight")
     fig.suptitle(title, fontsize=9)
-    return _save(fig, output_dir / "attention.png")
+    return _save(fig, output_dir / "attention.png", formats)
 
 
 def plot_runs(runs: list[Results], output: Path, subsets: list[str] | None = None) -> Path:

@@ -8,13 +8,30 @@ from probe.hookspecs import hookimpl
 def plots(results, output_dir, context):
     from probe import report
 
-    report.plot_accuracy(results, output_dir)
+    formats = figure_formats(context.config)
+    report.plot_accuracy(results, output_dir, formats)
     store = context.stores[next(iter(context.stores))]
-    report.plot_pca(results, output_dir, store, context.rows["label"], position=context.config.positions[0])
-    attention_plot(results, output_dir, context)
+    report.plot_pca(results, output_dir, store, context.rows["label"], position=context.config.positions[0],
+                    formats=formats)
+    attention_plot(results, output_dir, context, formats=formats)
 
 
-def attention_plot(results, output_dir, context, n_blocks_shown: int = 4):
+def figure_formats(config) -> tuple[str, ...]:
+    """``options: {plots: {formats: [png, svg, pdf]}}``; PNG alone by default."""
+    from probe.config import ConfigError
+    from probe.report import DEFAULT_FORMATS, FIGURE_FORMATS
+
+    formats = (config.options.get("plots") or {}).get("formats", DEFAULT_FORMATS)
+    if isinstance(formats, str):
+        formats = [formats]
+    unknown = [f for f in formats if f not in FIGURE_FORMATS]
+    if unknown:
+        raise ConfigError(f"{config.source or 'config'}: options.plots.formats: unknown format(s) "
+                          f"{', '.join(map(repr, unknown))}; choose from {', '.join(FIGURE_FORMATS)}")
+    return tuple(formats)
+
+
+def attention_plot(results, output_dir, context, n_blocks_shown: int = 4, formats=("png",)):
     """The example sentence's target token: which words each head attends to, in a few blocks."""
     from probe import report
 
@@ -24,7 +41,7 @@ def attention_plot(results, output_dir, context, n_blocks_shown: int = 4):
     shown = sorted({0, n_blocks // 3, 2 * n_blocks // 3, n_blocks - 1})[:n_blocks_shown]
     tokens, target, patterns = example_patterns(context, row, shown)
     title = f"{results.experiment}: attention from {row['target']!r} ({row['label']}) — {row['text']}"
-    return report.plot_attention(tokens, target, patterns, title, output_dir)
+    return report.plot_attention(tokens, target, patterns, title, output_dir, formats)
 
 
 def example_patterns(context, row, shown: list[int]):
