@@ -158,7 +158,7 @@ def _extract(context: RunContext, layers, mode: str, load: Callable):
     texts, spans = context.rows["text"], context.spans
     return extract(
         load, texts, spans, layers=layers, folder=context.cache_dir / "features" / feature_key(context, layers, mode),
-        pooling=config.pooling, batch_size=config.batch_size, progress=context.progress,
+        pooling=config.pooling, positions=config.positions, batch_size=config.batch_size, progress=context.progress,
         description=f"{config.name}: {mode}",
     )
 
@@ -176,6 +176,7 @@ def feature_key(context: RunContext, layers, mode: str) -> str:
     return cache_key({
         "model": context.model_path, "revision": config.revision, "weights": _weights_fingerprint(context.model_path),
         "data": data_fingerprint(context.rows["text"], context.spans), "layers": layers, "pooling": config.pooling,
+        "positions": sorted(config.positions),
         "attention": mode, "dtype": config.dtype, "seed": config.seed if mode == "random_weights" else None,
         # CPU and GPU kernels round differently; the vectors of one are not the other's.
         "device": context.device.type if context.device.type != "cpu" else None,

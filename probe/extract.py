@@ -2,8 +2,10 @@
 
 Layer 0 is the residual stream entering the first block (token + position embeddings); layer L is the
 residual stream leaving block L (before any final layer norm). Only the vectors at the target word
-(pooled over its subwords) and at the sentence's last token (special tokens such as [SEP] aside) are
-kept, never whole sequences.
+(pooled over its subwords) and, when asked for, at the sentence's last token (special tokens such as
+[SEP] aside) are kept, never whole sequences. In a causal model the tokens after the target cannot change
+its vectors, so when the last token is not asked for they are not computed (about half of the tokens of
+the mole set).
 
 The cache is a folder of chunk files, each written atomically once its rows are done: a rerun with the
 same key does no model work, and an interrupted run picks up at the first missing chunk.
@@ -42,6 +44,7 @@ class FeatureStore:
     folder: Path
     layers: list[int]
     n_rows: int
+    positions: tuple[str, ...] = POSITIONS  # which positions were extracted
 
     def chunks(self) -> list[Path]:
         return sorted(self.folder.glob("chunk-*.safetensors"))
@@ -49,6 +52,9 @@ class FeatureStore:
     def layer(self, position: str, layer: int) -> np.ndarray:
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+        if position not in self.positions:
+            raise ValueError(f"position {position!r} was not extracted into {self.folder} "
+                             f"(it holds: {', '.join(self.positions)})")
         slot = self.layers.index(layer)
         out = None
         for path in self.chunks():
@@ -80,41 +86,45 @@ def extract(
     layers: Sequence[int],
     folder: str | Path,
     pooling: str = "mean",
+    positions: Sequence[str] = POSITIONS,
     batch_size: int = 16,
     chunk_rows: int = 256,
     progress: bool = True,
     description: str = "extracting",
 ) -> FeatureStore:
-    """Vectors at the target and the last token for ``layers``; ``load()`` → (model, tokenizer) runs only if needed."""
+    """Vectors at ``positions`` (target, last) for ``layers``; ``load()`` → (model, tokenizer) runs only if needed."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     layers = sorted(set(layers))
+    positions = tuple(p for p in POSITIONS if p in positions)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    store = FeatureStore(folder, layers, len(texts))
+    store = FeatureStore(folder, layers, len(texts), positions)
     done = folder / "complete.json"
     if done.exists():
         return store
 
     model, tokenizer = load()
+    cut = "last" not in positions and attends_causally(model)
     # Longest first: a batch too big for memory fails at once, and padding per batch stays small.
-    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    lengths = _token_counts(tokenizer, texts, spans, cut)
     order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
     chunks = [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
     todo = [(n, rows) for n, rows in enumerate(chunks) if not _chunk_path(folder, n).exists()]
 
     bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
     for n, rows in todo:
-        target = np.empty((len(layers), len(rows), _width(model)), dtype=np.float32)
-        last = np.empty_like(target)
+        vectors = {p: np.empty((len(layers), len(rows), _width(model)), dtype=np.float32) for p in positions}
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            t, l = _extract_batch(model, tokenizer, [texts[i] for i in batch], [spans[i] for i in batch], layers, pooling)
-            target[:, start : start + len(batch)], last[:, start : start + len(batch)] = t, l
+            found = _extract_batch(model, tokenizer, [texts[i] for i in batch], [spans[i] for i in batch], layers,
+                                   pooling, cut)
+            for position in positions:
+                vectors[position][:, start : start + len(batch)] = found[position]
             bar.update(len(batch))
         _write_atomic(
             _chunk_path(folder, n),
-            {"rows": torch.tensor(rows), "target": torch.from_numpy(target), "last": torch.from_numpy(last)},
+            {"rows": torch.tensor(rows), **{p: torch.from_numpy(v) for p, v in vectors.items()}},
         )
     bar.close()
     done.write_text(json.dumps({"rows": len(texts), "layers": layers}))
@@ -135,19 +145,48 @@ def _width(model) -> int:
     return model.config.hidden_size
 
 
+def attends_causally(model) -> bool:
+    """Whether every attention layer lets a position see only itself and earlier ones (probe's cores say
+    so by ``causal``, Hugging Face's modules by ``is_causal``): then nothing after the target changes it."""
+    from probe.attention import MaskedMultiHeadAttention
+
+    flags = [module.causal if isinstance(module, MaskedMultiHeadAttention) else module.is_causal
+             for module in model.modules()
+             if isinstance(module, MaskedMultiHeadAttention) or isinstance(getattr(module, "is_causal", None), bool)]
+    return bool(flags) and all(flags) and not getattr(model.config, "is_encoder_decoder", False)
+
+
+def _token_counts(tokenizer, texts, spans, cut: bool) -> list[int]:
+    """Tokens each row needs: all of them, or with ``cut`` those up to the target's last one."""
+    if not cut:
+        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    offsets = tokenizer(list(texts), return_offsets_mapping=True)["offset_mapping"]
+    return [max(span_token_indices(text, row, start, end), default=len(row)) + 1
+            for text, row, (start, end) in zip(texts, offsets, spans)]
+
+
 @torch.inference_mode()
-def _extract_batch(model, tokenizer, texts, spans, layers, pooling):
-    """One forward (cut short after the deepest layer) → (target, last) arrays of shape (layers, batch, d)."""
+def _extract_batch(model, tokenizer, texts, spans, layers, pooling, cut=False):
+    """One forward (cut short after the deepest layer, and with ``cut`` after the batch's last target
+    token) → {"target": array, and unless cut "last": array}, each of shape (layers, batch, d)."""
     encoding, targets, last_index = encode_batch(tokenizer, texts, spans)
-    captured = run_to_layer(model, encoding.to(device_of(model)), max(layers), layers)
+    if cut:  # right-padded: dropping columns after every row's target drops no token any target sees
+        keep = max(max(covered) for covered in targets) + 1
+        encoding = {name: values[:, :keep] for name, values in encoding.items()}
+    captured = run_to_layer(model, _on(encoding, device_of(model)), max(layers), layers)
     target_out = np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
-    last_out = np.empty_like(target_out)
+    last_out = None if cut else np.empty_like(target_out)
     rows = torch.arange(len(texts))
     for slot, layer in enumerate(layers):
         hidden = captured[layer].float().cpu()  # vectors are stored; nothing else leaves the device
-        last_out[slot] = hidden[rows, last_index].numpy()
+        if last_out is not None:
+            last_out[slot] = hidden[rows, last_index].numpy()
         target_out[slot] = pool_targets(hidden, targets, pooling)
-    return target_out, last_out
+    return {"target": target_out} if cut else {"target": target_out, "last": last_out}
+
+
+def _on(encoding, device) -> dict:
+    return {name: values.to(device) for name, values in encoding.items()}
 
 
 def encode_batch(tokenizer, texts, spans):

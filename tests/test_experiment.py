@@ -340,9 +340,9 @@ def test_run_experiment_resumes_an_interrupted_extraction(tiny_model, tmp_path, 
     monkeypatch.setattr(probe.extract, "_extract_batch", real_batch)
     whole = extract(RunContext(config, str(tiny_model)).load_model,
                     [row["text"] for row in rows], spans, layers=[0, 1, 2], folder=tmp_path / "whole",
-                    batch_size=8, chunk_rows=256, progress=False)
-    store = FeatureStore(folder, [0, 1, 2], 80)
-    for position in ("target", "last"):
+                    positions=["target"], batch_size=8, chunk_rows=256, progress=False)
+    store = FeatureStore(folder, [0, 1, 2], 80, positions=("target",))
+    for position in ("target",):
         for layer in (0, 1, 2):
             np.testing.assert_array_equal(store.layer(position, layer), whole.layer(position, layer))
     assert [row["layer"] for row in resumed["layers"]] == [0, 1, 2]
