@@ -6,12 +6,19 @@ is seeded, so each assertion is a fixed outcome, not a chance one.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from conftest import shared_folder
+from probe_plugins import mdl as mdl_plugin
 from probe_plugins.mdl import online_codelength
+from tiny_gpt2 import build_tiny_gpt2
 
 from probe import control_tasks, permutation
 from probe.probes import FitTask, evaluate, folds, logistic_probe
+
+pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 
 
 def planted(n_per_label: int = 20, strength: float = 3.0, seed: int = 0, labels=("a", "b")):
@@ -159,3 +166,92 @@ def test_mdl_refuses_bad_fractions_and_probes_without_probabilities():
         online_codelength(X, y, logistic_probe(0), fractions=[0.5, 0.2, 1.0])
     with pytest.raises(TypeError, match="predict_proba"):
         online_codelength(X, y, LinearSVC())
+
+
+# ---------------------------------------------------------------- through run_experiment
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """test_experiment's tiny GPT-2 (the same shared folder: built once per session)."""
+    folder = shared_folder(tmp_path_factory, "tiny-gpt2-n2-d32-s1",
+                           lambda f: build_tiny_gpt2(f / "model", n_layer=2, n_embd=32, seed=1))
+    return folder / "model"
+
+
+@pytest.fixture(scope="module")
+def two_word_data(tmp_path_factory):
+    """The planted left-cue sentences, every other pair with "tower" as the target word instead of "mole"."""
+    from test_experiment import write_planted
+
+    folder = tmp_path_factory.mktemp("two-words")
+    rows = [json.loads(line) for line in write_planted(folder / "one.jsonl", n_per_label=30).read_text().splitlines()]
+    for number, row in enumerate(rows):
+        if number // 2 % 2:
+            row.update(text=row["text"].replace(" mole ", " tower "), target="tower")
+    path = folder / "two.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def stronger_config(model, data, **fields):
+    from test_experiment import planted_config
+
+    wanted = dict(layers=[0, 2], controls=["permutation", "control_task"], permutations=9, measures=["mdl"],
+                  reporters=["json", "csv", "summary"])
+    return planted_config(model, data, **{**wanted, **fields})
+
+
+def test_an_experiment_reports_permutations_control_task_and_mdl_whatever_n_jobs(tiny_model, two_word_data, tmp_path):
+    from probe import plugins
+    from probe.experiment import run_experiment
+
+    plugins.register_plugin(mdl_plugin, "mdl")
+    config = stronger_config(tiny_model, two_word_data)
+    one = run_experiment(config, tmp_path / "one", cache_dir=tmp_path / "cache1", progress=False, n_jobs=1)
+    two = run_experiment(config, tmp_path / "two", cache_dir=tmp_path / "cache2", progress=False, n_jobs=2)
+    assert one.to_dict()["layers"] == two.to_dict()["layers"]
+    embeddings, after_attention = one.rows
+    for row in one.rows:
+        assert len(row.permutation_accuracies) == 9
+        assert row.permutation_p_value == permutation.p_value(row.accuracy, row.permutation_accuracies)
+        assert row.permutation_selectivity == pytest.approx(row.accuracy - np.mean(row.permutation_accuracies))
+        assert row.control_task_selectivity == pytest.approx(row.accuracy - row.control_task_accuracy)
+        assert set(row.measures["mdl"]) == {"codelength", "uniform_codelength", "compression"}
+    # The sense is only in the word left of the target: invisible at the embeddings, read after attention.
+    assert after_attention.accuracy > 0.9 and after_attention.permutation_p_value == pytest.approx(0.1)
+    assert embeddings.permutation_p_value > 0.1
+    assert after_attention.measures["mdl"]["codelength"] < embeddings.measures["mdl"]["codelength"]
+    # Which word it is, the embeddings know: the control task is solved there.
+    assert embeddings.control_task_accuracy > 0.9
+    table = one.layers
+    assert {"permutation_p_value", "control_task_selectivity", "mdl_compression"} <= set(table.columns)
+    csv_header = (tmp_path / "one" / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"permutation_p_value", "control_task_accuracy", "mdl_codelength"} <= set(csv_header)
+    summary = (tmp_path / "one" / "summary.md").read_text()
+    assert "## Controls and measures per layer" in summary and "9 label permutations" in summary
+    saved = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert saved["layers"][1]["measures"]["mdl"] == after_attention.measures["mdl"]
+
+
+def test_a_control_task_on_one_word_type_is_a_config_error_before_model_work(tiny_model, tmp_path):
+    from test_experiment import write_planted
+
+    from probe.config import ConfigError
+    from probe.experiment import run_experiment
+
+    data = write_planted(tmp_path / "mole.jsonl", n_per_label=10)
+    config = stronger_config(tiny_model, data, folds=2)
+    with pytest.raises(ConfigError, match="control_task.*at least two word types.*'mole'"):
+        run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache" / "features").exists()
+
+
+def test_an_unknown_measure_names_the_registered_ones(tiny_model, two_word_data, tmp_path):
+    from probe.experiment import run_experiment
+    from probe.plugins import PluginError
+
+    config = stronger_config(tiny_model, two_word_data, controls=["majority"])
+    config.measures = ["mdl", "nope"]
+    with pytest.raises(PluginError, match="unknown measure 'mdl'"):  # builtins only: mdl is not registered
+        run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
