@@ -25,6 +25,8 @@ def evaluate(context, splits, layers: list[int], n_jobs: int | None = None) -> d
     if not config.measures:
         return {}
     chosen = [plugins.lookup("measure", name) for name in config.measures]
+    for entry in chosen:
+        _ship_by_value(entry)
     store = context.stores["reimplemented" if config.attention == "both" else config.attention]
     template = context.make_probe()()
     jobs, keys = [], []
@@ -40,6 +42,21 @@ def evaluate(context, splits, layers: list[int], n_jobs: int | None = None) -> d
     for (key, name), values in zip(keys, Parallel(n_jobs=-1 if n_jobs is None else n_jobs)(jobs)):
         answers.setdefault(key, {})[name] = values
     return answers
+
+
+def _ship_by_value(entry: plugins.Registered) -> None:
+    """A plugin file's module is imported under a name the joblib workers can't import: its functions
+    travel to them by value, not by reference."""
+    import sys
+
+    try:  # joblib ≥ 1.5 pickles with the cloudpickle package, older ones with their own copy
+        from cloudpickle import register_pickle_by_value
+    except ImportError:
+        from joblib.externals.cloudpickle import register_pickle_by_value
+
+    module = sys.modules.get(getattr(entry.value, "__module__", None) or "")
+    if entry.plugin.startswith("file:") and module is not None:
+        register_pickle_by_value(module)
 
 
 def _measure(entry: plugins.Registered, X, y, probe, seed: int, options: dict) -> dict[str, float]:
