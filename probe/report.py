@@ -139,7 +139,8 @@ def controls_and_measures(results: Results) -> list[str]:
     for (position, subset), series_rows in results.series().items():
         for r in series_rows:
             measures = _measure_values(r)
-            cells = [position, subset, str(r.layer), f"{r.accuracy:.3f}"] + [_num(get(r)) for _, get in columns]
+            cells = [position, subset, str(r.layer), f"{r.accuracy:.3f}"]
+            cells += [_p(get(r)) if title == "permutation p" else _num(get(r)) for title, get in columns]
             cells += [_num(measures.get(name)) for name in measure_names]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -151,6 +152,10 @@ _STRONGER_COLUMNS = (
     ("control task", lambda r: r.control_task_accuracy),
     ("selectivity (ctrl)", lambda r: r.control_task_selectivity),
 )
+
+
+def _p(value) -> str:
+    return "–" if value is None else f"{value:.3g}"  # 1/101 is 0.0099: three decimals would round it to 0.010
 
 
 def _pm(mean: float, std: float) -> str:

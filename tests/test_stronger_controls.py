@@ -232,6 +232,9 @@ def test_an_experiment_reports_permutations_control_task_and_mdl_whatever_n_jobs
     assert "## Controls and measures per layer" in summary and "9 label permutations" in summary
     saved = json.loads((tmp_path / "one" / "results.json").read_text())
     assert saved["layers"][1]["measures"]["mdl"] == after_attention.measures["mdl"]
+    legend = {text.get_text() for text in one.plot().legends[0].get_texts()}
+    assert {"permuted labels, 5–95 % (target)", "p < 0.05, permutation test (target)",
+            "control task (target)"} <= legend
 
 
 def test_a_control_task_on_one_word_type_is_a_config_error_before_model_work(tiny_model, tmp_path):
