@@ -197,8 +197,8 @@ def two_word_data(tmp_path_factory):
 def stronger_config(model, data, **fields):
     from test_experiment import planted_config
 
-    wanted = dict(layers=[0, 2], controls=["permutation", "control_task"], permutations=9, measures=["mdl"],
-                  reporters=["json", "csv", "summary"])
+    wanted = {"layers": [0, 2], "controls": ["permutation", "control_task"], "permutations": 9,
+              "measures": ["mdl"], "reporters": ["json", "csv", "summary"]}
     return planted_config(model, data, **{**wanted, **fields})
 
 
