@@ -65,8 +65,8 @@ def _measure(entry: plugins.Registered, X, y, probe, seed: int, options: dict) -
     try:
         with threadpool_limits(limits=1):
             values = entry.value(X, y, probe, seed, **options)
+        return {str(name): float(value) for name, value in values.items()}
     except Exception as error:
         raise plugins.PluginError(
             f"plugin {entry.plugin!r}: measure {entry.name!r} raised {type(error).__name__}: {error}"
         ) from error
-    return {name: float(value) for name, value in values.items()}

@@ -74,11 +74,14 @@ def layer_table(results: Results) -> str:
     lines = []
     for (position, subset), rows in results.series().items():
         lines.append(f"{results.experiment} on {results.model.name}: probe at the {position} token, {subset} rows")
-        lines.append(f"{'layer':>5}  {'accuracy':>15}  {'macro-F1':>8}  {'shuffled':>8}  {'random wts':>10}")
+        tested = rows[0].permutation_p_value is not None
+        lines.append(f"{'layer':>5}  {'accuracy':>15}  {'macro-F1':>8}  {'shuffled':>8}  {'random wts':>10}"
+                     + (f"  {'perm. p':>7}" if tested else ""))
         for r in rows:
             lines.append(
                 f"{r.layer:>5}  {r.accuracy:>7.3f} ± {r.accuracy_std:.3f}  {r.macro_f1:>8.3f}  "
                 f"{_num(r.shuffled_accuracy):>8}  {_num(r.random_weights_accuracy):>10}"
+                + (f"  {_p(r.permutation_p_value):>7}" if tested else "")
             )
         majority = results.baseline("majority", subset)
         if majority:

@@ -258,3 +258,15 @@ def test_an_unknown_measure_names_the_registered_ones(tiny_model, two_word_data,
     config.measures = ["mdl", "nope"]
     with pytest.raises(PluginError, match="unknown measure 'mdl'"):  # builtins only: mdl is not registered
         run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_config_fields_of_the_stronger_controls():
+    from probe.config import ConfigError, validate
+
+    base = {"model": "gpt2", "dataset": "mole"}
+    assert validate(base).controls == ["majority", "shuffled", "random_weights"]  # the costly ones are opt-in
+    assert validate({**base, "controls": "permutation", "measures": "mdl"}).measures == ["mdl"]
+    with pytest.raises(ConfigError, match="field 'permutations' must be at least 1, got 0"):
+        validate({**base, "permutations": 0})
+    with pytest.raises(ConfigError, match="field 'controls' is 'permutations'; accepted values: .*control_task"):
+        validate({**base, "controls": ["permutations"]})
