@@ -3,7 +3,8 @@ control task can only be solved by memorising which word is which, never by read
 probe's selectivity is its accuracy on the real task minus its accuracy on the control task: high when
 the layer encodes the sense, low when a probe of this capacity would score as well by word identity alone.
 
-A word type is the target as written in the text (``mole``, ``Tower``); the control task needs at least two.
+A word type is the target case-folded (``Mole`` at the start of a sentence is ``mole``); the control task
+needs at least two.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def control_labels(word_types: Sequence[str], labels: Sequence[str], seed: int) 
 
     Types are dealt labels from a seeded shuffle of the label set, round-robin over a seeded order of the
     types, so the function is random yet two or more types always map to two or more control labels."""
-    word_types = np.asarray(word_types, dtype=object)
+    word_types = np.asarray([word.casefold() for word in word_types], dtype=object)
     types = sorted(set(word_types.tolist()))
     if len(types) < 2:
         raise ControlTaskError(

@@ -110,7 +110,7 @@ def test_control_labels_are_a_seeded_function_of_the_word_type():
 
 def test_a_control_task_needs_two_word_types():
     with pytest.raises(control_tasks.ControlTaskError, match="at least two word types.*'mole'"):
-        control_tasks.control_labels(["mole", "mole"], ["a", "b"], seed=0)
+        control_tasks.control_labels(["mole", "Mole"], ["a", "b"], seed=0)  # one type, capitalised or not
 
 
 def words_and_senses(sense_strength: float, seed: int = 0):
