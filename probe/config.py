@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ATTENTION_MODES = ("reimplemented", "reference", "both")
 POSITIONS = ("target", "last")
 POOLINGS = ("first", "last", "mean")
-CONTROLS = ("majority", "shuffled", "random_weights")
+CONTROLS = ("majority", "shuffled", "random_weights", "permutation", "control_task")
+DEFAULT_CONTROLS = ("majority", "shuffled", "random_weights")  # the permutation test and control task cost more
 ON_BAD_ROWS = ("raise", "skip")
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -55,7 +56,9 @@ class ExperimentConfig(BaseModel):
     max_memory: Optional[dict[Union[int, str], str]] = None  # e.g. {0: 20GiB, cpu: 60GiB}; the rest to disk
     filter: dict[str, list] = {}
     split_by: Optional[str] = None
-    controls: list[Literal[CONTROLS]] = list(CONTROLS)
+    controls: list[Literal[CONTROLS]] = list(DEFAULT_CONTROLS)
+    permutations: int = Field(100, ge=1)  # label permutations of the `permutation` control
+    measures: list[str] = []  # registered per-layer measures (register_measures), e.g. [mdl]
     reporters: list[str] = ["json", "csv", "plots", "summary"]
     metrics: Optional[list[str]] = None  # registered metric names; None: all registered
     plugins: list[str] = []
@@ -64,7 +67,7 @@ class ExperimentConfig(BaseModel):
     options: dict[str, Any] = {}  # free-form settings for plugins
     source: str = ""  # the file the config came from, for messages
 
-    @field_validator("positions", "controls", "reporters", "plugins", "metrics", mode="before")
+    @field_validator("positions", "controls", "reporters", "plugins", "metrics", "measures", mode="before")
     @classmethod
     def _one_becomes_a_list(cls, value):
         return value if value is None else _as_list(value)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe import plugins
+from probe import measures, plugins, stronger_controls
 from probe.config import ConfigError, ExperimentConfig
 from probe.context import (
     DEFAULT_CACHE,
@@ -53,6 +53,8 @@ def run_experiment(
         raise ConfigError(f"{config.source or 'config'}: {error}") from None
     context.rows, skipped = load_dataset(config)
     splits = make_splits(context.rows, config)  # fails before any model work, not after
+    stronger_controls.check(context, splits)
+    measures.check(config)
     layers = list(range(context.n_blocks + 1)) if config.layers == "all" else config.layers
     clock.lap("load")
     context.stores = extract_features(context, layers)
@@ -199,10 +201,11 @@ def probe_layers(context: RunContext, splits: list[Split], layers: list[int], sk
     from probe.probes import evaluate
 
     config = context.config
-    tasks = probe_tasks(context, splits, layers)
+    tasks = probe_tasks(context, splits, layers) + stronger_controls.tasks(context, splits, layers)
     with _progress_bar(context, sum(len(task.folds) for task in tasks)) as bar:
         scores = evaluate(tasks, context.make_probe(), n_jobs=n_jobs, metrics=chosen_metrics(config),
                           progress=bar.update, cache=context.cache_dir / "probes")
+    measured = measures.evaluate(context, splits, layers, n_jobs)
     labels = np.asarray(context.rows["label"])
     results = Results(
         experiment=config.name, description=config.description,
@@ -220,6 +223,8 @@ def probe_layers(context: RunContext, splits: list[Split], layers: list[int], sk
         for position in config.positions:
             for layer in layers:
                 row = layer_result(context, scores, split, position, layer)
+                stronger_controls.fill(row, context, scores, (split.name, position, layer))
+                row.measures = measured.get((split.name, position, layer))
                 results.rows.append(row)
                 plugins.call_each("layer_result", config=config, layer=layer, result=row.to_dict())
             first = scores[(split.name, position, layers[0], "probe")]

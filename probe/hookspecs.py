@@ -27,6 +27,13 @@ def register_metrics(register):
 
 
 @hookspec
+def register_measures(register):
+    """Register per-layer measures: ``register(name, fn)``; ``fn(X, y, probe, seed, **options)`` returns a
+    dict of numbers about one layer's vectors (``probe``: an unfitted clone of the experiment's probe;
+    ``options``: the config's ``options.<name>``). A config's ``measures:`` list picks them."""
+
+
+@hookspec
 def register_reporters(register):
     """Register reporters: ``register(name, fn)``; ``fn(results, output_dir, context)`` writes files."""
 

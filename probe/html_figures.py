@@ -17,6 +17,8 @@ CONTROLS = (
     ("shuffled_accuracy", "dot", "shuffled labels"),
     ("random_weights_accuracy", "dash", "random weights"),
     ("reference_accuracy", "dashdot", "HF reference attention"),
+    ("permutation_accuracy", "longdash", "permuted labels (mean)"),
+    ("control_task_accuracy", "longdashdot", "control task"),
 )
 PANELS_PER_ROW = 3
 

@@ -37,6 +37,7 @@ REGISTRIES = {
     "dataset": "register_datasets",
     "probe": "register_probes",
     "metric": "register_metrics",
+    "measure": "register_measures",
     "reporter": "register_reporters",
     "model": "register_models",
     "adapter": "register_adapters",

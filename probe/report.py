@@ -15,6 +15,8 @@ CSV_COLUMNS = (
     "position", "subset", "layer", "accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
     "shuffled_accuracy", "selectivity", "random_weights_accuracy", "reference_accuracy",
     "max_abs_diff_vs_reference",
+    "permutation_accuracy", "permutation_p_value", "permutation_selectivity",
+    "control_task_accuracy", "control_task_selectivity",
 )
 
 
@@ -43,15 +45,23 @@ def write_json(results: Results, output_dir: Path) -> Path:
 def write_csv(results: Results, output_dir: Path) -> Path:
     results = as_results(results)
     metric_names = sorted({name for row in results.rows for name in (row.metrics or {})})
-    columns = list(CSV_COLUMNS) + metric_names
+    measure_names = sorted({name for row in results.rows for name in _measure_values(row)})
+    columns = list(CSV_COLUMNS) + metric_names + measure_names
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     for row in results.rows:
         values = row.to_dict()
         values.update(values.get("metrics", {}))
+        values.update(_measure_values(row))
         writer.writerow({k: values.get(k, "") for k in columns})
     return write_text_atomic(output_dir / "results.csv", buffer.getvalue())
+
+
+def _measure_values(row: LayerResult) -> dict[str, float]:
+    """A row's plugin measures as flat columns: ``mdl_codelength``, ``mdl_compression``, …"""
+    return {f"{measure}_{name}": value for measure, values in (row.measures or {}).items()
+            for name, value in values.items()}
 
 
 def best_rows(results: Results) -> dict[tuple[str, str], LayerResult]:
@@ -64,11 +74,14 @@ def layer_table(results: Results) -> str:
     lines = []
     for (position, subset), rows in results.series().items():
         lines.append(f"{results.experiment} on {results.model.name}: probe at the {position} token, {subset} rows")
-        lines.append(f"{'layer':>5}  {'accuracy':>15}  {'macro-F1':>8}  {'shuffled':>8}  {'random wts':>10}")
+        tested = rows[0].permutation_p_value is not None
+        lines.append(f"{'layer':>5}  {'accuracy':>15}  {'macro-F1':>8}  {'shuffled':>8}  {'random wts':>10}"
+                     + (f"  {'perm. p':>7}" if tested else ""))
         for r in rows:
             lines.append(
                 f"{r.layer:>5}  {r.accuracy:>7.3f} ± {r.accuracy_std:.3f}  {r.macro_f1:>8.3f}  "
                 f"{_num(r.shuffled_accuracy):>8}  {_num(r.random_weights_accuracy):>10}"
+                + (f"  {_p(r.permutation_p_value):>7}" if tested else "")
             )
         majority = results.baseline("majority", subset)
         if majority:
@@ -102,11 +115,50 @@ def write_summary(results: Results, output_dir: Path) -> Path:
     for name, baseline in results.baselines.items():
         if name.startswith("majority"):
             lines.append(f"- {name} baseline accuracy: {baseline.accuracy:.3f}")
+    lines += controls_and_measures(results)
     if data.skipped_rows:
         lines += ["", f"Skipped {len(data.skipped_rows)} bad row(s):"] + [f"- {p}" for p in data.skipped_rows]
     lines += ["", "Files: results.json, results.csv, accuracy, pca and attention figures (.png; .svg and .pdf "
               "with options.plots.formats); report.html with the html reporter.", ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
+
+
+def controls_and_measures(results: Results) -> list[str]:
+    """Summary lines: per layer, the permutation test, the control task and the plugin measures, when
+    the config asked for any of them."""
+    rows = results.rows
+    columns = [(title, get) for title, get in _STRONGER_COLUMNS if any(get(r) is not None for r in rows)]
+    measure_names = sorted({name for r in rows for name in _measure_values(r)})
+    if not columns and not measure_names:
+        return []
+    lines = ["", "## Controls and measures per layer", ""]
+    permutations = results.settings.get("permutations")
+    if any(r.permutation_p_value is not None for r in rows):
+        lines += [(f"Permutation test: {permutations} label permutations within groups, on the probe's folds; "
+                   "p = (1 + #permuted ≥ observed) / (1 + permutations). Selectivity = accuracy − the mean "
+                   "accuracy of the permutations (perm.) or of the Hewitt–Liang control task (ctrl)."), ""]
+    header = ["position", "subset", "layer", "accuracy"] + [t for t, _ in columns] + measure_names
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (position, subset), series_rows in results.series().items():
+        for r in series_rows:
+            measures = _measure_values(r)
+            cells = [position, subset, str(r.layer), f"{r.accuracy:.3f}"]
+            cells += [_p(get(r)) if title == "permutation p" else _num(get(r)) for title, get in columns]
+            cells += [_num(measures.get(name)) for name in measure_names]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+_STRONGER_COLUMNS = (
+    ("permutation p", lambda r: r.permutation_p_value),
+    ("selectivity (perm.)", lambda r: r.permutation_selectivity),
+    ("control task", lambda r: r.control_task_accuracy),
+    ("selectivity (ctrl)", lambda r: r.control_task_selectivity),
+)
+
+
+def _p(value) -> str:
+    return "–" if value is None else f"{value:.3g}"  # 1/101 is 0.0099: three decimals would round it to 0.010
 
 
 def _pm(mean: float, std: float) -> str:
@@ -197,6 +249,22 @@ def _plot_series(ax, position: str, rows: list[LayerResult]) -> None:
     if rows[0].random_weights_accuracy is not None:
         ax.plot(layers, [r.random_weights_accuracy for r in rows], ls="--", color=line.get_color(),
                 alpha=0.6, label=f"random weights ({position})")
+    if rows[0].permutation_accuracy is not None:
+        _plot_permutations(ax, position, rows, line.get_color())
+    if rows[0].control_task_accuracy is not None:
+        ax.plot(layers, [r.control_task_accuracy for r in rows], ls="-.", color=line.get_color(),
+                alpha=0.6, label=f"control task ({position})")
+
+
+def _plot_permutations(ax, position: str, rows: list[LayerResult], colour) -> None:
+    """The permuted-label accuracies' 5–95 % band and mean; layers with p < 0.05 starred on the probe line."""
+    layers = [r.layer for r in rows]
+    low, high = zip(*(np.percentile(r.permutation_accuracies or [r.permutation_accuracy], [5, 95]) for r in rows))
+    ax.fill_between(layers, low, high, color="grey", alpha=0.15, label=f"permuted labels, 5–95 % ({position})")
+    ax.plot(layers, [r.permutation_accuracy for r in rows], ls=(0, (1, 3)), color="grey")
+    significant = [r for r in rows if r.permutation_p_value is not None and r.permutation_p_value < 0.05]
+    ax.scatter([r.layer for r in significant], [r.accuracy for r in significant], marker="*", s=70,
+               color=colour, zorder=3, label=f"p < 0.05, permutation test ({position})")
 
 
 def plot_pca(results: Results, output_dir: Path, store, labels, position: str = "target",

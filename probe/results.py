@@ -18,6 +18,9 @@ TABLE_COLUMNS = (
     "layer", "position", "subset", "accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
     "shuffled_accuracy", "selectivity", "random_weights_accuracy", "reference_accuracy",
     "max_abs_diff_vs_reference",
+    # the permutation test and the control task (probe/permutation.py, probe/control_tasks.py)
+    "permutation_accuracy", "permutation_p_value", "permutation_selectivity",
+    "control_task_accuracy", "control_task_selectivity",
 )
 
 
@@ -43,6 +46,16 @@ class LayerResult(BaseModel):
     random_weights_accuracy: float | None = None
     reference_accuracy: float | None = None
     max_abs_diff_vs_reference: float | None = None
+    # Stronger controls and plugin measures: absent unless the config asks for them.
+    permutation_accuracies: list[float] | None = Field(None, description="accuracy under each label permutation")
+    permutation_accuracy: float | None = Field(None, description="mean of permutation_accuracies")
+    permutation_p_value: float | None = Field(
+        None, description="(1 + #permutations scoring ≥ accuracy) / (1 + #permutations)")
+    permutation_selectivity: float | None = Field(None, description="accuracy − permutation_accuracy")
+    control_task_accuracy: float | None = Field(None, description="accuracy on the Hewitt–Liang control task")
+    control_task_selectivity: float | None = Field(None, description="accuracy − control_task_accuracy")
+    measures: dict[str, dict[str, float]] | None = Field(
+        None, description="per-layer measures from plugins (config `measures`), e.g. mdl: {codelength, …}")
 
     def to_dict(self) -> dict:
         return self.model_dump(exclude_none=True)
@@ -121,6 +134,8 @@ class Results(BaseModel):
             for name, value in (row.metrics or {}).items():
                 if isinstance(value, (int, float)):
                     record[name] = value
+            for measure, values in (row.measures or {}).items():
+                record.update({f"{measure}_{name}": value for name, value in values.items()})
             records.append(record)
         return pd.DataFrame.from_records(records, columns=_columns(records))
 

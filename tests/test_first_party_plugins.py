@@ -37,6 +37,7 @@ def test_first_party_plugins_are_installed_through_entry_points():
     assert loaded["attention_report"] == ["register_reporters"]
     assert loaded["nearest_centroid"] == ["register_probes"]
     assert loaded["jsonl_folder"] == ["register_datasets"]
+    assert loaded["mdl"] == ["register_measures"]
 
 
 def test_probe_plugins_env_var_switches_installed_plugins_off(monkeypatch):

@@ -154,6 +154,9 @@ def test_a_plugin_registering_one_of_each_kind_is_found_by_lookup():
     def source(revision):
         return "/models/mine"
 
+    def measure(X, y, probe, seed):
+        return {}
+
     class Everything:
         @hookimpl
         def register_datasets(self, register):
@@ -175,10 +178,14 @@ def test_a_plugin_registering_one_of_each_kind_is_found_by_lookup():
         def register_models(self, register):
             register("my-model", source)
 
+        @hookimpl
+        def register_measures(self, register):
+            register("my-measure", measure)
+
     assert plugins.register_plugin(Everything(), "everything") == "everything"
     for kind, name, value in [("dataset", "my-data", loader), ("probe", "my-probe", factory),
                               ("metric", "my-metric", metric), ("reporter", "my-reporter", reporter),
-                              ("model", "my-model", source)]:
+                              ("model", "my-model", source), ("measure", "my-measure", measure)]:
         assert plugins.lookup(kind, name) == Registered(name, value, "everything")
         assert plugins.registry(kind)[name].plugin == "everything"
     assert probe.experiment.resolve_model("my-model", None) == "/models/mine"
@@ -526,6 +533,42 @@ def test_a_metric_that_raises_names_its_plugin(tiny_model, tmp_path):
     plugins.register_plugin(BadMetric(), "bad-metric")
     with pytest.raises(PluginError, match="plugin 'bad-metric': metric 'explodes' raised ZeroDivisionError"):
         run_experiment(small_config(tiny_model), tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+
+
+MEASURE_PLUGIN = """
+import numpy as np
+from probe import hookimpl
+
+def spread(X, y, probe, seed, scale=1.0):
+    assert not hasattr(probe, "classes_")  # an unfitted clone of the experiment's probe
+    return {"rows": len(y), "spread": scale * float(np.std(X)), "seed": seed}
+
+def explodes(X, y, probe, seed):
+    raise RuntimeError("no measure today")
+
+@hookimpl
+def register_measures(register):
+    register("spread", spread)
+    register("explodes", explodes)
+"""
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_plugin_files_measure_is_reported_per_layer_with_its_options(tiny_model, tmp_path, n_jobs):
+    plugin_file = tmp_path / "measure_plugin.py"
+    plugin_file.write_text(MEASURE_PLUGIN)
+    plugins.register_plugin(RowsPlugin(), "rows")
+    config = small_config(tiny_model, plugins=[str(plugin_file)], measures=["spread"],
+                          options={"spread": {"scale": 2.0}}, seed=4)
+    results = run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False, n_jobs=n_jobs)
+    for row in results.rows:
+        assert row.measures["spread"]["rows"] == 12 and row.measures["spread"]["seed"] == 4
+        assert row.measures["spread"]["spread"] > 0
+    assert "spread_spread" in results.layers.columns
+
+    config = small_config(tiny_model, plugins=[str(plugin_file)], measures=["explodes"])
+    with pytest.raises(PluginError, match="measure 'explodes' raised RuntimeError: no measure today"):
+        run_experiment(config, tmp_path / "out2", cache_dir=tmp_path / "cache", progress=False, n_jobs=n_jobs)
 
 
 def test_lifecycle_hooks_are_called_in_order_with_the_right_arguments(tiny_model, tmp_path):
