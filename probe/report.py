@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from probe.evaluation import accuracy_axis
+from probe.evaluation import sentence as evaluation_sentence
 from probe.io import write_atomic, write_text_atomic
 from probe.results import LayerResult, Results
 
@@ -43,7 +45,8 @@ def write_json(results: Results, output_dir: Path) -> Path:
 def write_csv(results: Results, output_dir: Path) -> Path:
     results = as_results(results)
     metric_names = sorted({name for row in results.rows for name in (row.metrics or {})})
-    columns = list(CSV_COLUMNS) + metric_names
+    dev = ["dev_accuracy"] if any(row.dev_accuracy is not None for row in results.rows) else []
+    columns = list(CSV_COLUMNS) + dev + metric_names
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
@@ -86,7 +89,8 @@ def write_summary(results: Results, output_dir: Path) -> Path:
     lines += [
         f"Model `{model.name}` ({model.layers} layers), attention: {settings['attention']}. "
         f"Dataset `{data.name}`: {data.rows} rows, senses {', '.join(data.labels)}. "
-        f"{settings['folds']}-fold cross-validation, seed {settings['seed']}.",
+        f"Evaluation: {evaluation_sentence(results.evaluation, settings)}.",
+        *([f"Probe `{results.probe['name']}`: {probe_sentence(results.probe)}."] if results.probe else []),
         "",
         "| position | subset | best layer | accuracy | macro-F1 | selectivity | layer 0 | random weights |",
         "|---|---|---|---|---|---|---|---|",
@@ -107,6 +111,12 @@ def write_summary(results: Results, output_dir: Path) -> Path:
     lines += ["", "Files: results.json, results.csv, accuracy, pca and attention figures (.png, .svg, .pdf); "
               "report.html with the html reporter.", ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
+
+
+def probe_sentence(probe: dict) -> str:
+    """The estimator and, spelt out, its regularisation strength (scikit-learn's default C is 1.0)."""
+    text = f"`{probe['estimator']}`"
+    return text + (f", regularisation C = {probe['C']:g}" if isinstance(probe.get("C"), (int, float)) else "")
 
 
 def _pm(mean: float, std: float) -> str:
@@ -171,7 +181,7 @@ def accuracy_figure(results: Results):
             ax.axhline(majority.accuracy, color="grey", lw=1, label="majority class")
         ax.set_title(f"{subset} rows", fontsize=11)
         ax.set_xlabel(LAYER_AXIS)
-        ax.set_ylabel("cross-validated accuracy")
+        ax.set_ylabel(accuracy_axis(results.evaluation))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 TABLE_COLUMNS = (
     "layer", "position", "subset", "accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
     "shuffled_accuracy", "selectivity", "random_weights_accuracy", "reference_accuracy",
-    "max_abs_diff_vs_reference",
+    "max_abs_diff_vs_reference", "dev_accuracy",
 )
 
 
@@ -43,6 +43,7 @@ class LayerResult(BaseModel):
     random_weights_accuracy: float | None = None
     reference_accuracy: float | None = None
     max_abs_diff_vs_reference: float | None = None
+    dev_accuracy: float | None = Field(None, description="a fixed split's dev rows, scored by the train-only fit")
 
     def to_dict(self) -> dict:
         return self.model_dump(exclude_none=True)
@@ -80,6 +81,9 @@ class Results(BaseModel):
     dataset: DatasetInfo
     rows: list[LayerResult] = Field(alias="layers")
     baselines: dict[str, Baseline] = {}
+    evaluation: dict[str, Any] | None = Field(None, description="the protocol that ran: cross-validation "
+                                              "(splitter, n_splits) or a fixed split (split_field, parts, rows)")
+    probe: dict[str, Any] | None = Field(None, description="the probe: name, options, estimator, params, C")
 
     model_config = ConfigDict(populate_by_name=True)
     _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
@@ -96,6 +100,7 @@ class Results(BaseModel):
             "model": self.model.model_dump(), "settings": self.settings, "versions": self.versions,
             "dataset": self.dataset.model_dump(), "layers": [row.to_dict() for row in self.rows],
             "baselines": {name: b.model_dump(exclude_none=True) for name, b in self.baselines.items()},
+            **{name: value for name, value in (("evaluation", self.evaluation), ("probe", self.probe)) if value},
         }
 
     def to_json(self) -> str:
