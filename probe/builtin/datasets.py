@@ -36,8 +36,16 @@ def load_file(path: str, text_field: str = "text", label_field: str = "label", t
                      split=split, revision=revision)
 
 
+def load_coarsewsd(path: str, words: list[str] | None = None):
+    """A folder in CoarseWSD-20's format ({word}/train.data.txt, …); see probe/builtin/coarsewsd.py."""
+    from probe.builtin.coarsewsd import load_coarsewsd as load
+
+    return load(path, words)
+
+
 @hookimpl
 def register_datasets(register):
     for name in BUILTIN:
         register(name, builtin_loader(name))
     register("file", load_file)
+    register("coarsewsd", load_coarsewsd)
