@@ -258,7 +258,11 @@ def prepare(
     if label_problems:
         skipped = f"after skipping {len(problems)} bad row(s), " if problems else ""
         raise DataError(f"{source}: {skipped}the labels can't be cross-validated:", label_problems)
-    return datasets.Dataset.from_list(good_rows, features=ds.features), problems
+    # probe's columns with their types (a plugin's rows may lack some), then the source's own columns.
+    extra = {name: feature for name, feature in ds.features.items() if name not in FEATURES}
+    features = datasets.Features({**FEATURES, **extra})
+    good_rows = [{column: row.get(column) for column in features} for row in good_rows]
+    return datasets.Dataset.from_list(good_rows, features=features), problems
 
 
 def _row_problems(row: dict[str, Any], number: int, source: str) -> list[Problem]:

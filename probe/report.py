@@ -98,7 +98,7 @@ def write_summary(results: Results, output_dir: Path) -> Path:
     for (position, subset), rows in results.series().items():
         best = max(rows, key=lambda r: r.accuracy)
         lines.append(
-            f"| {position} | {subset} | {best.layer} | {_pm(best.accuracy, best.accuracy_std)} | "
+            f"| {position} | {subset} | {best.layer} | {_accuracy(best)} | "
             f"{best.macro_f1:.3f} | {_num(best.selectivity)} | {rows[0].accuracy:.3f} | "
             f"{_num(best.random_weights_accuracy)} |"
         )
@@ -116,7 +116,12 @@ def write_summary(results: Results, output_dir: Path) -> Path:
 def probe_sentence(probe: dict) -> str:
     """The estimator and, spelt out, its regularisation strength (scikit-learn's default C is 1.0)."""
     text = f"`{probe['estimator']}`"
-    return text + (f", regularisation C = {probe['C']:g}" if isinstance(probe.get("C"), (int, float)) else "")
+    return text + (f", regularisation C = {probe['C']}" if isinstance(probe.get("C"), (int, float)) else "")
+
+
+def _accuracy(row: LayerResult) -> str:
+    """± the fold std under cross-validation; a fixed split's one test score has no spread to show."""
+    return _pm(row.accuracy, row.accuracy_std) if len(row.fold_accuracies) > 1 else f"{row.accuracy:.3f}"
 
 
 def _pm(mean: float, std: float) -> str:

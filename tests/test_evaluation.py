@@ -229,7 +229,9 @@ def test_the_reports_say_which_protocol_ran_and_the_probes_regularisation(fixed_
     assert saved["probe"]["params"]["logisticregression__max_iter"] == 2000
     summary = (out / "summary.md").read_text()
     assert "fixed split on column 'split': trained on 'train' (48 rows), scored on 'test' (18 rows)" in summary
-    assert "regularisation C = 1" in summary
+    assert "regularisation C = 1.0" in summary
+    best = max(row.accuracy for row in results.rows if row.subset == "all")
+    assert f"| {best:.3f} |" in summary  # one test score: no ± fold spread
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert "dev_accuracy" in header
     assert results.layers["dev_accuracy"].notna().all()
