@@ -183,7 +183,7 @@ def fixed_run(tiny_model, tmp_path_factory):
         "model": str(tiny_model), "dataset": {"name": "file", "path": str(planted_file(base))},
         "probe": {"name": "logreg", "C": 1.0}, "controls": ["majority", "shuffled", "random_weights"],
         "evaluation": {"split_field": "split", "train": "train", "test": "test", "dev": "dev"},
-        "split_by": "word", "reporters": ["json", "csv", "summary"],
+        "split_by": "word", "reporters": ["json", "csv", "summary", "plots", "html"],
     })
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PROBE_PLUGINS", "")
@@ -232,6 +232,7 @@ def test_the_reports_say_which_protocol_ran_and_the_probes_regularisation(fixed_
     assert "regularisation C = 1.0" in summary
     best = max(row.accuracy for row in results.rows if row.subset == "all")
     assert f"| {best:.3f} |" in summary  # one test score: no ± fold spread
+    assert "fixed split on column &#x27;split&#x27;" in (out / "report.html").read_text()
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert "dev_accuracy" in header
     assert results.layers["dev_accuracy"].notna().all()
