@@ -65,6 +65,9 @@ class ExperimentConfig(BaseModel):
     on_bad_rows: Literal[ON_BAD_ROWS] = "raise"
     example: int = 0
     options: dict[str, Any] = {}  # free-form settings for plugins
+    # How probes are scored, and what the last layer is (see probe/evaluation.py and probe/extract.py).
+    evaluation: dict[str, Any] = {}  # {} / {cv: 5 | StratifiedKFold …} / {split_field, train, test, dev}
+    final_norm: bool = False  # the last layer after the model's final norm, as HF's last hidden_states
     source: str = ""  # the file the config came from, for messages
 
     @field_validator("positions", "controls", "reporters", "plugins", "metrics", "measures", mode="before")
@@ -104,6 +107,13 @@ class ExperimentConfig(BaseModel):
         if not isinstance(value, dict):
             raise ValueError("must map a column to accepted values, e.g. {cue: [left]}")
         return {key: _as_list(values) for key, values in value.items()}
+
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _evaluation_protocol(cls, value):
+        from probe.evaluation import parse
+
+        return parse(value)
 
     @property
     def dataset_name(self) -> str:
@@ -197,7 +207,8 @@ def _message(error: dict, raw: dict) -> str:
 
 _CHOICES = {"attention": ATTENTION_MODES, "pooling": POOLINGS, "dtype": DTYPES, "on_bad_rows": ON_BAD_ROWS,
             "positions": POSITIONS, "controls": CONTROLS}
-_TYPES = {"int_type": "an int", "string_type": "a str", "list_type": "a list", "dict_type": "a mapping"}
+_TYPES = {"int_type": "an int", "string_type": "a str", "list_type": "a list", "dict_type": "a mapping",
+          "bool_type": "true or false"}
 
 
 def _as_list(value) -> list:

@@ -7,7 +7,9 @@ A prepared dataset has these columns:
 - ``label``: the sense of the target;
 - ``cue``: where the disambiguating context sits relative to the target: "left", "right", "both" or None;
 - ``group``: a template id (rows sharing one are kept in the same cross-validation fold) or None;
-- ``span_start``, ``span_end``: character offsets of the target in ``text`` (end exclusive).
+- ``span_start``, ``span_end``: character offsets of the target in ``text`` (end exclusive);
+
+and any other column the source has (a benchmark's ``split``, a ``word``), kept as it is.
 
 Row numbers in messages are 1-based record numbers in the order the rows were loaded. For a JSONL file
 without blank lines that is the line number; for a CSV file it excludes the header (line = row + 1).
@@ -80,22 +82,57 @@ def load_rows(
     label_field: str = "label",
     target_field: str = "target",
     span_field: str | None = None,
-    split: str = "train",
+    span_start_field: str | None = None,
+    span_end_field: str | None = None,
+    split: str | None = None,
     revision: str | None = None,
 ) -> datasets.Dataset:
-    """Load rows from a .jsonl/.json/.csv/.parquet file or "hf:owner/name" and rename them onto the schema."""
+    """Load rows from a .jsonl/.json/.csv/.parquet file or "hf:owner/name" and rename them onto the schema.
+
+    The target's span is one ``span_field`` column ([start, end]) or two, ``span_start_field`` and
+    ``span_end_field``; a file with columns ``span_start`` and ``span_end`` uses them unasked. Every other
+    column is kept as it is (a benchmark's ``split``, a ``word``…) for ``filter``, ``split_by`` and
+    ``evaluation``, except one named like a schema column it does not fill. ``split`` and ``revision``
+    apply to a hub dataset only (a file is one table: select its rows with ``filter`` or ``evaluation``).
+    """
     source_name = str(source)
-    raw = _load_raw(source_name, split=split, revision=revision)
-    fields = _field_map(raw.column_names, source_name, text_field, label_field, target_field, span_field)
+    _check_options(source_name, split, revision, span_field, span_start_field, span_end_field)
+    raw = _load_raw(source_name, split=split or "train", revision=revision)
+    if span_field is None and span_start_field is None and {"span_start", "span_end"} <= set(raw.column_names):
+        span_start_field, span_end_field = "span_start", "span_end"
+    spans = (span_field,) if span_field else tuple(f for f in (span_start_field, span_end_field) if f)
+    fields = _field_map(raw.column_names, source_name, text_field, label_field, target_field, spans)
+    extra = [c for c in raw.column_names if c not in COLUMNS and c not in fields.values() and c not in spans]
+    features = datasets.Features({**FEATURES, **{column: raw.features[column] for column in extra}})
     rows, problems = [], []
     for number, raw_row in enumerate(raw.to_list(), start=1):
         try:
-            rows.append(_normalise_row(raw_row, fields, span_field))
+            row = _normalise_row(raw_row, fields, spans)
         except ValueError as error:
-            problems.append(Problem(number, span_field or "", str(error), source_name))
+            problems.append(Problem(number, " / ".join(spans), str(error), source_name))
+            continue
+        rows.append({**row, **{column: raw_row[column] for column in extra}})
     if problems:
-        raise DataError(f"{source_name}: malformed span(s) in {span_field!r}:", problems)
-    return datasets.Dataset.from_list(rows, features=FEATURES)
+        raise DataError(f"{source_name}: malformed span(s) in {' / '.join(map(repr, spans))}:", problems)
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def _check_options(source, split, revision, span_field, span_start_field, span_end_field) -> None:
+    """Refuse options that would be silently ignored."""
+    if not source.startswith(HUB_PREFIX):
+        for name, value in (("split", split), ("revision", revision)):
+            if value is not None:
+                raise DataError(
+                    f"{source}: option {name}={value!r} applies to hub datasets ({HUB_PREFIX}owner/name) only; "
+                    "a file is read whole — choose its rows with the config's filter or evaluation "
+                    "(e.g. evaluation: {split_field: split, train: train, test: test})"
+                )
+    if span_field is not None and (span_start_field or span_end_field):
+        raise DataError(f"{source}: give either span_field ([start, end] in one column) or "
+                        "span_start_field and span_end_field, not both")
+    if (span_start_field is None) != (span_end_field is None):
+        raise DataError(f"{source}: span_start_field and span_end_field go together; got only "
+                        f"{'span_start_field' if span_start_field else 'span_end_field'}")
 
 
 def _load_raw(source: str, *, split: str, revision: str | None) -> datasets.Dataset:
@@ -121,20 +158,19 @@ def _field_map(
     text_field: str,
     label_field: str,
     target_field: str,
-    span_field: str | None,
+    spans: tuple[str, ...],
 ) -> dict[str, str]:
     """Map schema column -> user column, raising DataError for a missing required field."""
     required = {"text": text_field, "label": label_field}
-    if span_field is None:
+    if not spans:
         required["target"] = target_field  # with a span the target can be read off the text
-    missing = [user for user in required.values() if user not in columns]
-    if span_field is not None and span_field not in columns:
-        missing.append(span_field)
+    missing = [user for user in (*required.values(), *spans) if user not in columns]
     if missing:
         raise DataError(
             f"{source}: missing field(s) {', '.join(map(repr, missing))}; "
             f"the columns found are {', '.join(map(repr, columns))}. "
-            "Pass text_field=/label_field=/target_field=/span_field= to name yours."
+            "Pass text_field=/label_field=/target_field=/span_field= (or span_start_field= and "
+            "span_end_field=) to name yours."
         )
     fields = dict(required)
     optional = {"target": target_field, "cue": "cue", "group": "group"}
@@ -144,13 +180,29 @@ def _field_map(
     return fields
 
 
-def _normalise_row(row: dict[str, Any], fields: dict[str, str], span_field: str | None) -> dict[str, Any]:
-    """One raw row in the schema: renamed, labels and groups as strings, spans split into start/end."""
+def _normalise_row(row: dict[str, Any], fields: dict[str, str], spans: tuple[str, ...]) -> dict[str, Any]:
+    """One raw row in the schema: renamed, labels and groups as strings, spans as start/end."""
     out = {column: row.get(user) for column, user in fields.items()}
     for column in ("text", "target", "label", "cue", "group"):
         out[column] = _as_optional_str(out.get(column))
-    out["span_start"], out["span_end"] = _parse_span(row.get(span_field)) if span_field else (None, None)
+    if len(spans) == 1:
+        out["span_start"], out["span_end"] = _parse_span(row.get(spans[0]))
+    elif spans:
+        out["span_start"], out["span_end"] = _parse_offset(row.get(spans[0])), _parse_offset(row.get(spans[1]))
+        if (out["span_start"] is None) != (out["span_end"] is None):
+            raise ValueError(f"span start {row.get(spans[0])!r} and end {row.get(spans[1])!r}: give both or neither")
     return {column: out.get(column) for column in COLUMNS}
+
+
+def _parse_offset(value: Any) -> int | None:
+    """One character offset; empty (None, NaN from a CSV reader) is None, a whole float (CSV) is its int."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    raise ValueError(f"a span offset must be a whole number of characters, got {value!r}")
 
 
 def _as_optional_str(value: Any) -> str | None:
@@ -206,7 +258,11 @@ def prepare(
     if label_problems:
         skipped = f"after skipping {len(problems)} bad row(s), " if problems else ""
         raise DataError(f"{source}: {skipped}the labels can't be cross-validated:", label_problems)
-    return datasets.Dataset.from_list(good_rows, features=FEATURES), problems
+    # probe's columns with their types (a plugin's rows may lack some), then the source's own columns.
+    extra = {name: feature for name, feature in ds.features.items() if name not in FEATURES}
+    features = datasets.Features({**FEATURES, **extra})
+    good_rows = [{column: row.get(column) for column in features} for row in good_rows]
+    return datasets.Dataset.from_list(good_rows, features=features), problems
 
 
 def _row_problems(row: dict[str, Any], number: int, source: str) -> list[Problem]:
@@ -260,13 +316,14 @@ def whole_word_matches(text: str, target: str) -> list[tuple[int, int]]:
 
 
 def _with_span(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with span_start/span_end and target filled in (the row is known to be valid)."""
+    """The row with span_start/span_end and target filled in (the row is known to be valid); other
+    columns as they were."""
     row = dict(row)
     if row.get("span_start") is None or row.get("span_end") is None:
         only_match = whole_word_matches(row["text"], row["target"])[0]
         row["span_start"], row["span_end"] = only_match
     row["target"] = row["text"][row["span_start"] : row["span_end"]]
-    return {column: row.get(column) for column in COLUMNS}
+    return row
 
 
 def _label_problems(labels: list[str], n_folds: int, source: str) -> list[Problem]:

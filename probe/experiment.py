@@ -83,24 +83,62 @@ class _Clock:
 
 
 def load_dataset(config: ExperimentConfig):
-    """The config's dataset, prepared and filtered; bad rows raise or are skipped per ``on_bad_rows``."""
+    """The config's dataset, prepared and filtered; bad rows raise or are skipped per ``on_bad_rows``.
+    Under a fixed split only the rows of its parts (train, test, dev) are kept."""
     from probe.data import prepare
+    from probe.evaluation import FixedSplit, protocol
 
     registered = plugins.lookup("dataset", config.dataset_name)
+    _check_dataset_options(registered, config)
     ds = registered.value(**config.dataset_options)
     source = config.dataset_options.get("path", config.dataset_name)
-    for column in config.filter:
-        if column not in ds.column_names:
-            raise ConfigError(
-                f"{config.source}: field 'filter' names column {column!r}, which the dataset lacks; "
-                f"its columns: {', '.join(ds.column_names)}"
-            )
+    how = protocol(config)
+    columns = {"filter": list(config.filter), "split_by": [config.split_by] if config.split_by else [],
+               "evaluation": [how.split_field] if isinstance(how, FixedSplit) else []}
+    for field, named in columns.items():
+        for column in named:
+            if column not in ds.column_names:
+                raise ConfigError(
+                    f"{config.source}: field {field!r} names column {column!r}, which the dataset lacks; "
+                    f"its columns: {', '.join(ds.column_names)}"
+                )
+    parts = set(how.parts()) if isinstance(how, FixedSplit) else None
+    if parts:
+        _check_parts_exist(ds[how.split_field], how, config)
 
     def keep(row) -> bool:
-        return all(row[column] in accepted for column, accepted in config.filter.items())
+        kept = all(row[column] in accepted for column, accepted in config.filter.items())
+        # The split column's values are compared as text: a split of numbers matches however YAML read them.
+        return kept and (parts is None or str(row[how.split_field]) in parts)
 
-    return prepare(ds, source=str(source), n_folds=config.folds, on_error=config.on_bad_rows,
-                   keep=keep if config.filter else None)
+    return prepare(ds, source=str(source), n_folds=how.min_rows_per_label(), on_error=config.on_bad_rows,
+                   keep=keep if config.filter or parts else None)
+
+
+def _check_parts_exist(values, how, config: ExperimentConfig) -> None:
+    """Each part the fixed split names must occur in its column (a misspelt part would probe nothing)."""
+    from collections import Counter
+
+    found = Counter(str(value) for value in values)
+    for part in how.parts():
+        if not found[part]:
+            listed = ", ".join(f"{value!r} ({n} rows)" for value, n in sorted(found.items()))
+            raise ConfigError(f"{config.source}: field 'evaluation' names {how.split_field} = {part!r}, which no "
+                              f"row has; values found: {listed}")
+
+
+def _check_dataset_options(registered: plugins.Registered, config: ExperimentConfig) -> None:
+    """An option the dataset's loader does not take is refused with the ones it does, not a TypeError."""
+    import inspect
+
+    parameters = inspect.signature(registered.value).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [name for name in config.dataset_options if name not in parameters]
+    if unknown:
+        takes = ", ".join(parameters) or "no options"
+        raise ConfigError(f"{config.source}: field 'dataset': {config.dataset_name!r} does not take option "
+                          f"{unknown[0]!r}; it takes {takes}")
 
 
 @dataclass
@@ -113,21 +151,63 @@ class Split:
     folds: list
     shuffled_y: np.ndarray | None = None  # the shuffled-label control: permuted labels and their own folds
     shuffled_folds: list | None = None
+    dev_folds: list | None = None  # a fixed split's (train, dev) fold, when the config names a dev part
 
 
 def make_splits(rows, config: ExperimentConfig) -> list[Split]:
-    from probe.probes import folds, shuffled_labels
+    """Each subset's folds under the config's evaluation protocol (probe/evaluation.py)."""
+    from probe.evaluation import FixedSplit, protocol
+
+    how = protocol(config)
+    if isinstance(how, FixedSplit):
+        return [_fixed_split(rows, config, how, name, index) for name, index in _subsets(rows, config.split_by).items()]
+    from probe.probes import shuffled_labels
 
     labels, groups = np.asarray(rows["label"]), rows["group"]
     splits = []
     for name, index in _subsets(rows, config.split_by).items():
         y, g = labels[index], [groups[i] for i in index]
-        split = Split(name, index, y, folds(y, g, config.folds, config.seed))
+        split = Split(name, index, y, how.folds(y, g, config.seed))
         if "shuffled" in config.controls:
             split.shuffled_y = shuffled_labels(y, config.seed)
-            split.shuffled_folds = folds(split.shuffled_y, g, config.folds, config.seed)
+            split.shuffled_folds = how.folds(split.shuffled_y, g, config.seed)
         splits.append(split)
     return splits
+
+
+def _fixed_split(rows, config: ExperimentConfig, how, name: str, index: np.ndarray) -> Split:
+    """One subset's train/test fold; the shuffled control permutes labels within each part."""
+    from probe.data import DataError
+    from probe.evaluation import check_fixed_split, shuffled_within
+
+    y = np.asarray(rows["label"])[index]
+    parts = [rows[how.split_field][i] for i in index]
+    problems = check_fixed_split(parts, y, how, f"{config.source}, subset {name!r}")
+    if problems:
+        raise DataError("the fixed split can't be probed:", problems)
+    split = Split(name, index, y, how.folds(parts))
+    if how.dev is not None:
+        split.dev_folds = how.folds(parts, scored="dev")
+    if "shuffled" in config.controls:
+        split.shuffled_y = shuffled_within(y, parts, how.parts(), config.seed)
+        split.shuffled_folds = split.folds
+    return split
+
+
+def describe_evaluation(context: RunContext, splits: list[Split]) -> dict:
+    """Which protocol ran, for results.json: the splitter and its folds, or the split's parts and sizes."""
+    from probe.evaluation import FixedSplit, protocol
+
+    config = context.config
+    how = protocol(config)
+    described = how.describe(grouped=any(group is not None for group in context.rows["group"]))
+    if isinstance(how, FixedSplit):
+        everything = next(split for split in splits if split.name == "all")
+        train, test = everything.folds[0]
+        described["rows"] = {how.train: len(train), how.test: len(test)}
+        if everything.dev_folds:
+            described["rows"][how.dev] = len(everything.dev_folds[0][1])
+    return described
 
 
 def _subsets(rows, split_by: str | None) -> dict[str, np.ndarray]:
@@ -161,8 +241,13 @@ def _extract(context: RunContext, layers, mode: str, load: Callable):
     return extract(
         load, texts, spans, layers=layers, folder=context.cache_dir / "features" / feature_key(context, layers, mode),
         pooling=config.pooling, positions=config.positions, batch_size=config.batch_size, progress=context.progress,
-        description=f"{config.name}: {mode}",
+        description=f"{config.name}: {mode}", final_norm=_reads_final_norm(context, layers),
     )
+
+
+def _reads_final_norm(context: RunContext, layers) -> bool:
+    """Whether the config's final_norm changes these vectors: only when the last layer is among them."""
+    return context.config.final_norm and (layers == "all" or context.n_blocks in layers)
 
 
 def feature_key(context: RunContext, layers, mode: str) -> str:
@@ -183,6 +268,8 @@ def feature_key(context: RunContext, layers, mode: str) -> str:
         # CPU and GPU kernels round differently; the vectors of one are not the other's.
         "device": context.device.type if context.device.type != "cpu" else None,
         "activation_plugins": changing, "options": options,
+        # Only a run that reads the last layer after the final norm gets a key of its own (older caches stay).
+        **({"final_norm": True} if _reads_final_norm(context, layers) else {}),
     })
 
 
@@ -198,7 +285,7 @@ def _weights_fingerprint(model_path: str) -> str:
 
 def probe_layers(context: RunContext, splits: list[Split], layers: list[int], skipped, n_jobs=None) -> Results:
     """Every (subset × position × layer) probe and its controls, fitted in parallel; the typed Results."""
-    from probe.probes import evaluate
+    from probe.probes import describe_probe, evaluate
 
     config = context.config
     tasks = probe_tasks(context, splits, layers) + stronger_controls.tasks(context, splits, layers)
@@ -214,6 +301,8 @@ def probe_layers(context: RunContext, splits: list[Split], layers: list[int], sk
         dataset=DatasetInfo(name=config.dataset_name, rows=len(context.rows), labels=sorted(set(labels.tolist())),
                             skipped_rows=[str(p) for p in skipped]),
         layers=[],
+        evaluation=describe_evaluation(context, splits),
+        probe={"name": config.probe_name, "options": config.probe_options, **describe_probe(context.make_probe()())},
     )
     for split in splits:
         if "majority" in config.controls:
@@ -233,7 +322,8 @@ def probe_layers(context: RunContext, splits: list[Split], layers: list[int], sk
 
 
 def probe_tasks(context: RunContext, splits: list[Split], layers: list[int]) -> list:
-    """The cross-validations to run, each keyed by (subset, position, layer, what) — or (subset, majority)."""
+    """The fits to run (k folds, or a fixed split's one), each keyed by (subset, position, layer, what) — or
+    (subset, majority); under a fixed split with a dev part, (…, "dev") scores the dev rows."""
     from sklearn.dummy import DummyClassifier
 
     from probe.probes import FitTask
@@ -259,6 +349,8 @@ def probe_tasks(context: RunContext, splits: list[Split], layers: list[int]) -> 
                 if config.attention == "both":
                     Xref = stores["reference"].layer(position, layer)[split.index]
                     tasks.append(FitTask((*key, "reference"), Xref, split.y, split.folds, metrics=False))
+                if split.dev_folds:
+                    tasks.append(FitTask((*key, "dev"), X, split.y, split.dev_folds, metrics=False))
     return tasks
 
 
@@ -271,6 +363,8 @@ def layer_result(context: RunContext, scores: dict, split: Split, position: str,
         row.selectivity = row.accuracy - row.shuffled_accuracy
     if "random_weights" in config.controls:
         row.random_weights_accuracy = scores[(*key, "random_weights")]["accuracy"]
+    if split.dev_folds:
+        row.dev_accuracy = scores[(*key, "dev")]["accuracy"]
     if config.attention == "both":
         row.reference_accuracy = scores[(*key, "reference")]["accuracy"]
         main = context.stores[_main_mode(config)].layer(position, layer)[split.index]

@@ -1,7 +1,8 @@
 """Target vectors per layer: batched, length-sorted, stopped after the deepest layer asked for, cached on disk.
 
 Layer 0 is the residual stream entering the first block (token + position embeddings); layer L is the
-residual stream leaving block L (before any final layer norm). Only the vectors at the target word
+residual stream leaving block L (before any final layer norm, unless ``final_norm`` asks for the last
+layer after it, as Hugging Face's last ``hidden_states``). Only the vectors at the target word
 (pooled over its subwords) and, when asked for, at the sentence's last token (special tokens such as
 [SEP] aside) are kept, never whole sequences. In a causal model the tokens after the target cannot change
 its vectors, so when the last token is not asked for they are not computed (about half of the tokens of
@@ -91,8 +92,10 @@ def extract(
     chunk_rows: int = 256,
     progress: bool = True,
     description: str = "extracting",
+    final_norm: bool = False,
 ) -> FeatureStore:
-    """Vectors at ``positions`` (target, last) for ``layers``; ``load()`` → (model, tokenizer) runs only if needed."""
+    """Vectors at ``positions`` (target, last) for ``layers``; ``load()`` → (model, tokenizer) runs only if needed.
+    ``final_norm``: the last layer after the model's final norm (see ``run_to_layer``)."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     layers = sorted(set(layers))
@@ -118,7 +121,7 @@ def extract(
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             found = _extract_batch(model, tokenizer, [texts[i] for i in batch], [spans[i] for i in batch], layers,
-                                   pooling, cut)
+                                   pooling, cut, final_norm)
             for position in positions:
                 vectors[position][:, start : start + len(batch)] = found[position]
             bar.update(len(batch))
@@ -166,14 +169,14 @@ def _token_counts(tokenizer, texts, spans, cut: bool) -> list[int]:
 
 
 @torch.inference_mode()
-def _extract_batch(model, tokenizer, texts, spans, layers, pooling, cut=False):
+def _extract_batch(model, tokenizer, texts, spans, layers, pooling, cut=False, final_norm=False):
     """One forward (cut short after the deepest layer, and with ``cut`` after the batch's last target
     token) → {"target": array, and unless cut "last": array}, each of shape (layers, batch, d)."""
     encoding, targets, last_index = encode_batch(tokenizer, texts, spans)
     if cut:  # right-padded: dropping columns after every row's target drops no token any target sees
         keep = max(max(covered) for covered in targets) + 1
         encoding = {name: values[:, :keep] for name, values in encoding.items()}
-    captured = run_to_layer(model, _on(encoding, device_of(model)), max(layers), layers)
+    captured = run_to_layer(model, _on(encoding, device_of(model)), max(layers), layers, final_norm)
     target_out = np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
     last_out = None if cut else np.empty_like(target_out)
     rows = torch.arange(len(texts))
@@ -219,24 +222,29 @@ def pool_targets(hidden: torch.Tensor, targets: list[list[int]], pooling: str) -
     return out
 
 
-def run_to_layer(model, encoding, deepest: int, layers) -> dict[int, torch.Tensor]:
-    """Run ``model`` on ``encoding`` until block ``deepest`` is done; the residual stream at ``layers``."""
+def run_to_layer(model, encoding, deepest: int, layers, final_norm: bool = False) -> dict[int, torch.Tensor]:
+    """Run ``model`` on ``encoding`` until block ``deepest`` is done; the residual stream at ``layers``.
+
+    ``final_norm``: the last layer (the number of blocks) is read after the model's final norm instead —
+    Hugging Face's last ``hidden_states`` — so the whole model runs; other layers are unchanged."""
     from probe.adapters import adapter_for
 
     blocks = adapter_for(model).blocks(model)
     if deepest > len(blocks):
         raise ValueError(f"layer {deepest} requested, but the model has {len(blocks)} blocks (layers 0..{len(blocks)})")
+    normed = final_norm and deepest == len(blocks)
+    stop_at = None if normed else deepest
     captured: dict[int, torch.Tensor] = {}
 
     def keep_input(module, args, kwargs):
         captured[0] = args[0] if args else kwargs["hidden_states"]
-        if deepest == 0:
+        if stop_at == 0:
             raise _StopForward
 
     def keep_output(layer):
         def hook(module, args, output):
             captured[layer] = output[0] if isinstance(output, tuple) else output
-            if layer == deepest:
+            if layer == stop_at:
                 raise _StopForward
 
         return hook
@@ -244,7 +252,9 @@ def run_to_layer(model, encoding, deepest: int, layers) -> dict[int, torch.Tenso
     handles = [blocks[0].register_forward_pre_hook(keep_input, with_kwargs=True)]
     handles += [blocks[layer - 1].register_forward_hook(keep_output(layer)) for layer in layers if layer > 0]
     try:
-        model(**encoding)
+        outputs = model(**encoding, **({"output_hidden_states": True} if normed else {}))
+        if normed:
+            captured[deepest] = outputs.hidden_states[-1]
     except _StopForward:
         pass
     finally:

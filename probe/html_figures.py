@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import math
 
+from probe.evaluation import accuracy_axis
 from probe.report import series
 
 LAYER_AXIS = "layer (hidden state; 0 = embeddings)"
-ACCURACY_AXIS = "cross-validated accuracy"
+ACCURACY_AXIS = "cross-validated accuracy"  # runs compared; one run's axis follows its protocol
 POSITION_COLOURS = {"target": "#1f77b4", "last": "#ff7f0e"}
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
 # control → (results key, line dash, legend name)
@@ -55,7 +56,7 @@ def accuracy_figure(results: dict) -> dict:
         fig.update_xaxes(title_text=LAYER_AXIS, dtick=_tick_step(rows), **where)
         fig.update_yaxes(range=[0, 1.03], **where)
         if where["col"] == 1:
-            fig.update_yaxes(title_text=ACCURACY_AXIS, **where)
+            fig.update_yaxes(title_text=accuracy_axis(results.get("evaluation")), **where)
     fig.update_layout(
         title=f"{results['experiment']} on {results['model']['name']}: probe accuracy per layer",
         height=380 * n_rows + 80, hovermode="x unified", template="plotly_white",

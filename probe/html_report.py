@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probe.attention_view import json_for_script, static_text
+from probe.evaluation import sentence as evaluation_sentence
 from probe.html_figures import accuracy_figure, comparison_figure
 from probe.io import write_text_atomic
 from probe.report_data import FILE as DATA_FILE
@@ -137,8 +138,8 @@ def _run_section(n: int, run: Run) -> str:
 def _meta(results: dict) -> str:
     s, d = results["settings"], results["dataset"]
     return (f"{results['model']['layers']} blocks · dataset {d['name']} ({d['rows']} rows; senses "
-            f"{', '.join(d['labels'])}) · positions {', '.join(s['positions'])} · {s['folds']}-fold CV, seed "
-            f"{s['seed']} · attention: {s['attention']}" + (f" · split by {s['split_by']}" if s.get("split_by") else ""))
+            f"{', '.join(d['labels'])}) · positions {', '.join(s['positions'])} · "
+            f"{evaluation_sentence(results.get('evaluation'), s)} · attention: {s['attention']}" + (f" · split by {s['split_by']}" if s.get("split_by") else ""))
 
 
 def _view(name: str, title: str, hint: str, body: str) -> str:

@@ -18,7 +18,6 @@ import numpy as np
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -42,19 +41,39 @@ def logistic_probe(seed: int = 0, C: float = 0.1, max_iter: int = 2000) -> Pipel
     )
 
 
-def folds(y: Sequence, groups: Sequence | None, n_folds: int, seed: int) -> list[Fold]:
-    """Stratified folds; StratifiedGroupKFold when any group id is set, so a group never straddles train/test."""
+def folds(y: Sequence, groups: Sequence | None, n_folds: int, seed: int, splitter=None) -> list[Fold]:
+    """Stratified folds; StratifiedGroupKFold when any group id is set, so a group never straddles train/test.
+
+    ``splitter``: a scikit-learn splitter to use instead — an object with ``split(X, y, groups)``, or the
+    name of one in probe.evaluation.SPLITTERS, made with ``n_folds`` splits, shuffled with ``seed``."""
     y = np.asarray(y)
-    _check_label_counts(y, n_folds)
-    if groups is None or all(group is None for group in groups):
-        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        return list(splitter.split(np.zeros(len(y)), y))
-    group_ids = _group_ids(groups)
-    n_groups = len(set(group_ids.tolist()))
-    if n_groups < n_folds:
-        raise ProbeError(f"only {n_groups} distinct groups, fewer than n_folds={n_folds}; use fewer folds")
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(y)), y, group_ids))
+    grouped = groups is not None and any(group is not None for group in groups)
+    group_ids = _group_ids(groups) if grouped else None
+    if splitter is None or isinstance(splitter, str):
+        if splitter is None or splitter.startswith("Stratified"):
+            _check_label_counts(y, n_folds)
+        if grouped or splitter in ("StratifiedGroupKFold", "GroupKFold"):
+            n_groups = len(set(group_ids.tolist())) if grouped else len(y)
+            if n_groups < n_folds:
+                raise ProbeError(f"only {n_groups} distinct groups, fewer than n_folds={n_folds}; use fewer folds")
+        splitter = _named_splitter(splitter, grouped, n_folds, seed)
+    takes_groups = "Group" in type(splitter).__name__  # StratifiedGroupKFold, GroupKFold, LeaveOneGroupOut…
+    if takes_groups and group_ids is None:
+        group_ids = np.arange(len(y))  # each row a group of its own
+    arguments = (np.zeros(len(y)), y, group_ids) if takes_groups else (np.zeros(len(y)), y)
+    try:
+        return [(np.asarray(train), np.asarray(test)) for train, test in splitter.split(*arguments)]
+    except ValueError as error:
+        raise ProbeError(f"{type(splitter).__name__} can't split these rows: {error}") from None
+
+
+def _named_splitter(name: str | None, grouped: bool, n_folds: int, seed: int):
+    """A scikit-learn splitter by class name; None: StratifiedGroupKFold with groups, else StratifiedKFold."""
+    from sklearn import model_selection
+
+    if name is None:
+        name = "StratifiedGroupKFold" if grouped else "StratifiedKFold"
+    return getattr(model_selection, name)(n_splits=n_folds, shuffle=True, random_state=seed)
 
 
 def _check_label_counts(y: np.ndarray, n_folds: int) -> None:
@@ -90,13 +109,18 @@ def cross_validate(
     n_folds: int = 5,
     seed: int = 0,
     metrics: dict[str, Callable] | None = None,
+    cv=None,
 ) -> dict[str, Any]:
     """Fit a fresh ``make_probe()`` per fold; fold-averaged accuracy/F1 and pooled out-of-fold recall/confusion.
 
     ``metrics``: extra ``fn(y_true, y_pred, labels)`` computed on the pooled out-of-fold predictions.
+    ``cv``, as in scikit-learn: a number of folds (instead of ``n_folds``), a splitter object or its class
+    name (see ``folds``); None: ``n_folds`` stratified, grouped when there are groups.
     """
     X, y = _checked(X, y)
-    task = FitTask("one", X, y, folds(y, groups, n_folds, seed))
+    if isinstance(cv, int) and not isinstance(cv, bool):
+        n_folds, cv = cv, None
+    task = FitTask("one", X, y, folds(y, groups, n_folds, seed, splitter=cv))
     return evaluate([task], make_probe, n_jobs=1, metrics=metrics)["one"]
 
 
@@ -182,11 +206,13 @@ def score(y: np.ndarray, fold_list: list[Fold], fold_predictions: list[np.ndarra
     """Fold-averaged accuracy/F1 and pooled out-of-fold recall, confusion and extra metrics."""
     labels = np.unique(y)
     predicted = np.empty_like(y)
+    tested = np.zeros(len(y), dtype=bool)  # a fixed split scores only its test rows; k folds score every row
     fold_accuracies, fold_f1s = [], []
     for (train, test), fold_predicted in zip(fold_list, fold_predictions):
-        predicted[test] = fold_predicted
+        predicted[test], tested[test] = fold_predicted, True
         fold_accuracies.append(accuracy_score(y[test], predicted[test]))
         fold_f1s.append(f1_score(y[test], predicted[test], average="macro", zero_division=0))
+    y, predicted = y[tested], predicted[tested]
     recalls = recall_score(y, predicted, labels=labels, average=None, zero_division=0)
     extra = {name: fn(y, predicted, labels.tolist()) for name, fn in (metrics or {}).items()}
     return {
@@ -237,3 +263,19 @@ def shuffled_label_control(
 ) -> dict[str, Any]:
     """The probe on labels permuted by a seeded RNG: what it scores when the features carry no sense signal."""
     return cross_validate(X, shuffled_labels(y, seed), groups, make_probe, n_folds, seed)
+
+
+def describe_probe(estimator) -> dict[str, Any]:
+    """What a probe is, for results.json: its one-line repr (scikit-learn prints the parameters that differ
+    from their defaults) and every plain parameter (``get_params``, nested ones as ``step__name``),
+    e.g. ``logisticregression__C``; the regularisation strength ``C`` on its own when the probe has one."""
+    described: dict[str, Any] = {"estimator": " ".join(repr(estimator).split())}
+    if hasattr(estimator, "get_params"):
+        params = estimator.get_params(deep=True)
+        plain = {name: value for name, value in params.items()
+                 if value is None or isinstance(value, (bool, int, float, str))}
+        described["params"] = plain
+        c_values = [value for name, value in plain.items() if name == "C" or name.endswith("__C")]
+        if len(c_values) == 1:
+            described["C"] = c_values[0]
+    return described

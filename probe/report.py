@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from probe.evaluation import accuracy_axis
+from probe.evaluation import sentence as evaluation_sentence
 from probe.io import write_atomic, write_text_atomic
 from probe.results import LayerResult, Results
 
@@ -46,7 +48,8 @@ def write_csv(results: Results, output_dir: Path) -> Path:
     results = as_results(results)
     metric_names = sorted({name for row in results.rows for name in (row.metrics or {})})
     measure_names = sorted({name for row in results.rows for name in _measure_values(row)})
-    columns = list(CSV_COLUMNS) + metric_names + measure_names
+    dev = ["dev_accuracy"] if any(row.dev_accuracy is not None for row in results.rows) else []
+    columns = list(CSV_COLUMNS) + dev + metric_names + measure_names
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
@@ -99,7 +102,8 @@ def write_summary(results: Results, output_dir: Path) -> Path:
     lines += [
         f"Model `{model.name}` ({model.layers} layers), attention: {settings['attention']}. "
         f"Dataset `{data.name}`: {data.rows} rows, senses {', '.join(data.labels)}. "
-        f"{settings['folds']}-fold cross-validation, seed {settings['seed']}.",
+        f"Evaluation: {evaluation_sentence(results.evaluation, settings)}.",
+        *([f"Probe `{results.probe['name']}`: {probe_sentence(results.probe)}."] if results.probe else []),
         "",
         "| position | subset | best layer | accuracy | macro-F1 | selectivity | layer 0 | random weights |",
         "|---|---|---|---|---|---|---|---|",
@@ -107,7 +111,7 @@ def write_summary(results: Results, output_dir: Path) -> Path:
     for (position, subset), rows in results.series().items():
         best = max(rows, key=lambda r: r.accuracy)
         lines.append(
-            f"| {position} | {subset} | {best.layer} | {_pm(best.accuracy, best.accuracy_std)} | "
+            f"| {position} | {subset} | {best.layer} | {_accuracy(best)} | "
             f"{best.macro_f1:.3f} | {_num(best.selectivity)} | {rows[0].accuracy:.3f} | "
             f"{_num(best.random_weights_accuracy)} |"
         )
@@ -159,6 +163,17 @@ _STRONGER_COLUMNS = (
 
 def _p(value) -> str:
     return "–" if value is None else f"{value:.3g}"  # 1/101 is 0.0099: three decimals would round it to 0.010
+
+
+def probe_sentence(probe: dict) -> str:
+    """The estimator and, spelt out, its regularisation strength (scikit-learn's default C is 1.0)."""
+    text = f"`{probe['estimator']}`"
+    return text + (f", regularisation C = {probe['C']}" if isinstance(probe.get("C"), (int, float)) else "")
+
+
+def _accuracy(row: LayerResult) -> str:
+    """± the fold std under cross-validation; a fixed split's one test score has no spread to show."""
+    return _pm(row.accuracy, row.accuracy_std) if len(row.fold_accuracies) > 1 else f"{row.accuracy:.3f}"
 
 
 def _pm(mean: float, std: float) -> str:
@@ -226,7 +241,7 @@ def accuracy_figure(results: Results):
             ax.axhline(majority.accuracy, color="grey", lw=1, label="majority class")
         ax.set_title(f"{subset} rows", fontsize=11)
         ax.set_xlabel(LAYER_AXIS)
-        ax.set_ylabel("cross-validated accuracy")
+        ax.set_ylabel(accuracy_axis(results.evaluation))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 TABLE_COLUMNS = (
     "layer", "position", "subset", "accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
     "shuffled_accuracy", "selectivity", "random_weights_accuracy", "reference_accuracy",
-    "max_abs_diff_vs_reference",
+    "max_abs_diff_vs_reference", "dev_accuracy",
     # the permutation test and the control task (probe/permutation.py, probe/control_tasks.py)
     "permutation_accuracy", "permutation_p_value", "permutation_selectivity",
     "control_task_accuracy", "control_task_selectivity",
@@ -56,6 +56,7 @@ class LayerResult(BaseModel):
     control_task_selectivity: float | None = Field(None, description="accuracy − control_task_accuracy")
     measures: dict[str, dict[str, float]] | None = Field(
         None, description="per-layer measures from plugins (config `measures`), e.g. mdl: {codelength, …}")
+    dev_accuracy: float | None = Field(None, description="a fixed split's dev rows, scored by the train-only fit")
 
     def to_dict(self) -> dict:
         return self.model_dump(exclude_none=True)
@@ -93,6 +94,9 @@ class Results(BaseModel):
     dataset: DatasetInfo
     rows: list[LayerResult] = Field(alias="layers")
     baselines: dict[str, Baseline] = {}
+    evaluation: dict[str, Any] | None = Field(None, description="the protocol that ran: cross-validation "
+                                              "(splitter, n_splits) or a fixed split (split_field, parts, rows)")
+    probe: dict[str, Any] | None = Field(None, description="the probe: name, options, estimator, params, C")
 
     model_config = ConfigDict(populate_by_name=True)
     _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
@@ -109,6 +113,7 @@ class Results(BaseModel):
             "model": self.model.model_dump(), "settings": self.settings, "versions": self.versions,
             "dataset": self.dataset.model_dump(), "layers": [row.to_dict() for row in self.rows],
             "baselines": {name: b.model_dump(exclude_none=True) for name, b in self.baselines.items()},
+            **{name: value for name, value in (("evaluation", self.evaluation), ("probe", self.probe)) if value},
         }
 
     def to_json(self) -> str:

@@ -24,11 +24,23 @@ def builtin_loader(name: str):
     return load
 
 
-def load_file(path: str, **fields):
-    """A JSONL / CSV / Parquet file, or hf:owner/name, with optional text_field, label_field, … renames."""
+def load_file(path: str, text_field: str = "text", label_field: str = "label", target_field: str = "target",
+              span_field: str | None = None, span_start_field: str | None = None, span_end_field: str | None = None,
+              split: str | None = None, revision: str | None = None):
+    """A JSONL / CSV / Parquet file, or hf:owner/name, with optional text_field, label_field, … renames;
+    ``split`` and ``revision`` for a hub dataset only."""
     from probe.data import load_rows
 
-    return load_rows(path, **fields)
+    return load_rows(path, text_field=text_field, label_field=label_field, target_field=target_field,
+                     span_field=span_field, span_start_field=span_start_field, span_end_field=span_end_field,
+                     split=split, revision=revision)
+
+
+def load_coarsewsd(path: str, words: list[str] | None = None):
+    """A folder in CoarseWSD-20's format ({word}/train.data.txt, …); see probe/builtin/coarsewsd.py."""
+    from probe.builtin.coarsewsd import load_coarsewsd as load
+
+    return load(path, words)
 
 
 @hookimpl
@@ -36,3 +48,4 @@ def register_datasets(register):
     for name in BUILTIN:
         register(name, builtin_loader(name))
     register("file", load_file)
+    register("coarsewsd", load_coarsewsd)
