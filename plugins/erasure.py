@@ -317,7 +317,7 @@ def _plot(results, summary: dict, output_dir):
     ax.axhline(summary["majority"], color="0.6", ls="--", lw=1, label="majority class")
     ax.axvline(summary["layer"], color="0.2", ls=":", lw=1)
     ax.set_xlabel(LAYER_AXIS), ax.set_ylabel("probe accuracy"), ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     rank = max(summary["rank"])
     ax.set_title(f"{results.experiment}, {results.model.name}: erased at layer {summary['layer']} "
                  f"(rank {rank}, every position)" + ("" if has_loss else "; next-token loss n/a (no LM head)"),

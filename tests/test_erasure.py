@@ -146,3 +146,25 @@ def test_erasing_a_planted_signal_drops_later_layers_to_chance_and_leaves_the_mo
     (before, hooks_before), (after, hooks_after) = snapshots
     assert hooks_before == hooks_after == 0
     assert torch.equal(before, after)  # every erasure hook was removed again
+
+
+def test_vectors_from_a_block_equal_the_extracted_vectors(planted, tmp_path):
+    from transformers import GPT2Model
+
+    from probe.extract import extract
+    from probe.models import load_tokenizer
+    from probe.partial import capture_block_inputs, vectors_from
+
+    folder, _ = planted
+    model = probe.swap_attention(GPT2Model.from_pretrained(folder, attn_implementation="eager").eval())
+    tokenizer = load_tokenizer(str(folder))
+    texts = [f"{prefix} mole {suffix}" for prefix, suffix in zip(PREFIXES, SUFFIXES * 2)]
+    spans = [(text.index("mole"), text.index("mole") + 4) for text in texts]
+    store = extract(lambda: (model, tokenizer), texts, spans, layers=[1, 2, 3], folder=tmp_path, batch_size=3,
+                    progress=False)
+    inputs = capture_block_inputs(model, tokenizer, texts, spans, 1, batch_size=3)
+    deepest = []
+    vectors = vectors_from(model, inputs, 1, [3, 1, 2], on_deepest=lambda n, hidden: deepest.append(n))
+    assert sorted(vectors) == [1, 2, 3] and deepest == [0, 1, 2]
+    for layer in (1, 2, 3):
+        np.testing.assert_allclose(vectors[layer], store.layer("target", layer), atol=1e-5)
