@@ -10,13 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_gpt2 import build_tiny_gpt2
 
 import probe
 from probe import plugins
 from probe.config import load_config
-from probe.erasure import concept_rank, erase_hook, erase_numpy, erasure_point, fit_leace, random_fitter
+from probe.erasure import (
+    concept_rank,
+    erase_hook,
+    erase_numpy,
+    erasure_point,
+    fit_leace,
+    random_fitter,
+)
 from probe.experiment import run_experiment
-from tiny_gpt2 import build_tiny_gpt2
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
