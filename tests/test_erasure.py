@@ -175,3 +175,27 @@ def test_vectors_from_a_block_equal_the_extracted_vectors(planted, tmp_path):
     assert sorted(vectors) == [1, 2, 3] and deepest == [0, 1, 2]
     for layer in (1, 2, 3):
         np.testing.assert_allclose(vectors[layer], store.layer("target", layer), atol=1e-5)
+
+
+def test_bad_erasure_options_name_the_option():
+    from probe_plugins.erasure import erasure_settings
+
+    from probe.config import validate
+
+    rows = [types.SimpleNamespace(layer=layer, position="target", subset="all", accuracy=accuracy)
+            for layer, accuracy in enumerate([0.3, 0.8, 0.9, 0.95])]
+    results = types.SimpleNamespace(rows=rows)
+
+    def settings(**options):
+        return erasure_settings(results, validate({"model": "x", "dataset": "mole", "options": {"erasure": options}}), 3)
+
+    assert settings()["layer"] == 2  # the best layer with a block after it (layer 3 has none)
+    assert settings(layer=0)["hook_point"] == "blocks.0.resid_pre"
+    with pytest.raises(ValueError, match="unknown key.*lyer"):
+        settings(lyer=1)
+    with pytest.raises(ValueError, match="draws must be a positive integer"):
+        settings(draws=0)
+    with pytest.raises(ValueError, match="layer is 3"):
+        settings(layer=3)
+    with pytest.raises(ValueError, match="position is 'last'"):
+        settings(position="last")
