@@ -64,24 +64,45 @@ def vectors_at(model, batches: list[BlockInputs], block: int, layer: int, positi
                pooling: str = "mean") -> np.ndarray:
     """Vectors at hidden state ``layer`` (> ``block``) and ``position`` (target, pooled, or last), running
     only blocks ``block``..``layer``-1."""
-    from probe.adapters import adapter_for
-
     if layer <= block:
         raise ValueError(f"layer {layer} comes before block {block} runs: nothing to rerun")
+    return vectors_from(model, batches, block, [layer], position, pooling)[layer]
+
+
+@torch.inference_mode()
+def vectors_from(model, batches: list[BlockInputs], block: int, layers, position: str = "target",
+                 pooling: str = "mean", on_deepest=None) -> dict[int, np.ndarray]:
+    """Vectors at every hidden state in ``layers`` (each >= ``block``) in one pass through blocks
+    ``block``..max(layers)-1. Layer ``block`` is the captured input itself, before any hook of block
+    ``block`` (its ``resid_pre`` included) has seen it. ``on_deepest(batch number, hidden)``, if given,
+    sees each batch's whole hidden state at the deepest layer (on the model's device)."""
+    from probe.adapters import adapter_for
+
+    layers = sorted(set(layers))
+    if layers[0] < block:
+        raise ValueError(f"layer {layers[0]} comes before block {block}: it is not rerun from there")
     blocks = adapter_for(model).blocks(model)
-    out = []
-    for batch in batches:
+    out: dict[int, list] = {layer: [] for layer in layers}
+    for number, batch in enumerate(batches):
         hidden = batch.args[0] if batch.args else batch.kwargs["hidden_states"]
-        for i in range(block, layer):
+        for i in range(block, layers[-1] + 1):
+            if i in out:
+                out[i].append(_pooled(hidden, batch, position, pooling))
+            if i == layers[-1]:
+                if on_deepest is not None:
+                    on_deepest(number, hidden)
+                break
             args, kwargs = _with_hidden(batch, hidden)
             output = blocks[i](*args, **kwargs)
             hidden = output[0] if isinstance(output, tuple) else output
-        hidden = hidden.float().cpu()  # the vectors are what leaves the device
-        if position == "target":
-            out.append(pool_targets(hidden, batch.targets, pooling))
-        else:
-            out.append(hidden[torch.arange(len(hidden)), batch.last].numpy())
-    return np.concatenate(out)
+    return {layer: np.concatenate(parts) for layer, parts in out.items()}
+
+
+def _pooled(hidden, batch: BlockInputs, position: str, pooling: str) -> np.ndarray:
+    hidden = hidden.float().cpu()  # the vectors are what leaves the device
+    if position == "target":
+        return pool_targets(hidden, batch.targets, pooling)
+    return hidden[torch.arange(len(hidden)), batch.last].numpy()
 
 
 def _with_hidden(batch: BlockInputs, hidden) -> tuple[tuple, dict]:

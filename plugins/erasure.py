@@ -1,0 +1,343 @@
+"""Concept erasure: does the model *use* the sense it encodes at a layer, or is it only decodable there?
+
+Reporter ``erasure`` (amnesic probing, Elazar et al. 2021, with LEACE, Belrose et al. 2023): fit LEACE on
+layer L's vectors against the labels, erase that subspace from the residual stream entering block L
+(hook point ``blocks.{L}.resid_pre``) at every position of every row — as amnesic probing and LEACE's
+concept scrubbing do, since the sense may sit at the context words as well — and rerun the model
+from there. Reported against erasing a random subspace of the same rank (``draws`` seeded draws; see
+probe/erasure.py for how it is drawn):
+
+(a) probe accuracy at layer L and every later layer, a fresh probe per layer on the erased run;
+(b) the change in the model's own next-token loss on the rows (mean over predicted tokens; only for a
+    checkpoint with a causal LM head, which is loaded once more for it; otherwise "not available").
+
+No leakage: in each cross-validation fold the eraser is fitted on the fold's training rows only; the
+probe is trained on those rows of the erased run and scored on the fold's test rows, and each row's
+loss is measured under the eraser of the fold that holds it out.
+
+Options under ``options.erasure``: ``layer`` (default: the best-probed layer that has a block after it),
+``draws`` (random subspaces, default 5), ``position`` (default the config's first). Writes erasure.json,
+erasure.csv and erasure.png. Needs the ``concept-erasure`` package (``pip install -e '.[erasure]'``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from probe import hookimpl
+
+OPTIONS = ("layer", "draws", "position")
+
+
+def erasure_settings(results, config, n_blocks: int) -> dict:
+    options = config.options.get("erasure") or {}
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"options.erasure has unknown key(s) {', '.join(unknown)}; accepted: {', '.join(OPTIONS)}")
+    position = options.get("position", config.positions[0])
+    if position not in config.positions:
+        raise ValueError(f"options.erasure.position is {position!r}; this run probed {config.positions}")
+    rows = [r for r in results.rows if r.position == position and r.subset == "all" and r.layer < n_blocks]
+    layer = options.get("layer", max(rows, key=lambda r: r.accuracy).layer if rows else 0)
+    draws = options.get("draws", 5)
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        raise TypeError(f"options.erasure.layer must be an integer, got {layer!r}")
+    if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
+        raise ValueError(f"options.erasure.draws must be a positive integer, got {draws!r}")
+    from probe.erasure import erasure_point
+
+    return {"layer": layer, "draws": draws, "position": position, "hook_point": erasure_point(layer, n_blocks)}
+
+
+def fold_erasers(X, y, fold_list, draws: int, seed: int) -> tuple[dict, list[int]]:
+    """{(condition, fold): eraser} for LEACE and each random draw, fitted on each fold's training rows;
+    and LEACE's rank per fold (the random subspaces get the same)."""
+    from probe.erasure import concept_rank, fit_leace, random_fitter
+
+    erasers, ranks = {}, []
+    for fold, (train, _) in enumerate(fold_list):
+        fitter = fit_leace(X[train], y[train])
+        ranks.append(concept_rank(fitter))
+        erasers[("leace", fold)] = fitter.eraser
+        for draw in range(draws):
+            erasers[(f"random-{draw}", fold)] = random_fitter(fitter, ranks[-1], [seed, draw, fold]).eraser
+    return erasers, ranks
+
+
+def unerased_vectors(context, settings: dict, loss) -> tuple:
+    """What block L receives (per batch), layer L's vectors, and {later layer: X} without erasure;
+    with ``loss``, every row's next-token loss too."""
+    from probe.partial import capture_block_inputs, vectors_from
+
+    config, layer = context.config, settings["layer"]
+    model, tokenizer = context.load_model()
+    inputs = capture_block_inputs(model, tokenizer, context.rows["text"], context.spans, layer, config.batch_size)
+    later = range(layer + 1, context.n_blocks + 1)
+    meter = loss.meter(range(len(context.rows)), check=True) if loss else None
+    vectors = vectors_from(model, inputs, layer, [layer, *later], settings["position"], config.pooling, meter)
+    return inputs, vectors.pop(layer), vectors, meter
+
+
+def erased_vectors(context, settings: dict, inputs, erasers: dict, fold_list, loss) -> tuple[dict, dict]:
+    """{(condition, fold): {later layer: X}}: blocks L.. rerun with each eraser at ``blocks.{L}.resid_pre``;
+    with ``loss``, {(condition, fold): meter} of the fold's test rows' next-token losses."""
+    from tqdm.auto import tqdm
+
+    from probe.erasure import erase_hook
+    from probe.hooks import hooks
+    from probe.partial import vectors_from
+
+    config, layer = context.config, settings["layer"]
+    model, _ = context.load_model()
+    later = range(layer + 1, context.n_blocks + 1)
+    runs, meters = {}, {}
+    for (condition, fold), eraser in tqdm(erasers.items(), desc=f"{config.name}: erasure at layer {layer}",
+                                          unit="run", disable=not context.progress):
+        meter = meters[(condition, fold)] = loss.meter(fold_list[fold][1]) if loss else None
+        with hooks(model, {settings["hook_point"]: erase_hook(eraser)}):
+            runs[(condition, fold)] = vectors_from(model, inputs, layer, later, settings["position"],
+                                                   config.pooling, meter)
+    return runs, meters
+
+
+def score_layers(context, settings, X_layer, runs, erasers, y, fold_list) -> list[dict]:
+    """Per layer from L on: accuracy without erasure, after LEACE (mean and std over folds) and after each
+    random draw (mean over folds), each probe trained on its fold's training rows of its own run."""
+    import numpy as np
+
+    from probe.erasure import erase_numpy
+    from probe.probes import FitTask, fit_all
+
+    layer, draws = settings["layer"], settings["draws"]
+    layers = [layer, *runs["unerased"]]
+    conditions = ["leace", *(f"random-{d}" for d in range(draws))]
+    tasks = [FitTask(("unerased", layer), X_layer, y, fold_list)]
+    tasks += [FitTask(("unerased", ell), X, y, fold_list) for ell, X in runs["unerased"].items()]
+    for condition in conditions:
+        for fold, split in enumerate(fold_list):
+            vectors = {layer: erase_numpy(erasers[(condition, fold)], X_layer), **runs[(condition, fold)]}
+            tasks += [FitTask((condition, fold, ell), X, y, [split]) for ell, X in vectors.items()]
+    predicted = fit_all(tasks, context.make_probe(), cache=context.cache_dir / "probes")
+
+    def fold_accuracies(condition, ell):
+        return [float(np.mean(predicted[(condition, fold, ell)][0] == y[test]))
+                for fold, (_, test) in enumerate(fold_list)]
+
+    table = []
+    for ell in layers:
+        unerased = [float(np.mean(p == y[test])) for p, (_, test) in zip(predicted[("unerased", ell)], fold_list)]
+        leace = fold_accuracies("leace", ell)
+        random = [float(np.mean(fold_accuracies(c, ell))) for c in conditions[1:]]
+        table.append({"layer": ell, "unerased": float(np.mean(unerased)), "leace": float(np.mean(leace)),
+                      "leace_std": float(np.std(leace)), "random": float(np.mean(random)),
+                      "random_std": float(np.std(random)), "random_draws": random})
+    return table
+
+
+def majority_accuracy(y, fold_list) -> float:
+    """Always guessing the training fold's commonest label, on the same folds."""
+    import numpy as np
+
+    scores = []
+    for train, test in fold_list:
+        labels, counts = np.unique(y[train], return_counts=True)
+        scores.append(float(np.mean(y[test] == labels[np.argmax(counts)])))
+    return float(np.mean(scores))
+
+
+# ------------------------------------------------------------------ (b) the model's own next-token loss
+
+
+def lm_head_missing(context) -> str | None:
+    """Why the next-token loss can't be measured here, or None when the checkpoint has a causal LM head."""
+    names = getattr(context.model_config, "architectures", None) or []
+    if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names):
+        return None
+    kind = ", ".join(names) or context.model_config.model_type
+    return f"not available: the checkpoint ({kind}) has no causal language-model head"
+
+
+class NextTokenLoss:
+    """Rows' next-token loss from the rerun's last hidden state: the base model's final norm, then the
+    checkpoint's LM head (the causal LM is loaded once more for it). The first batch is checked against
+    the causal LM's own logits, so a family whose logits are something else (soft-capped, scaled) fails
+    loudly instead of reporting a wrong loss."""
+
+    def __init__(self, context):
+        from transformers import AutoModelForCausalLM
+
+        from probe.adapters import adapter_for
+        from probe.adapters.layouts import get_path
+        from probe.extract import encode_batch
+        from probe.models import load_model, parse_dtype
+        from probe.points import layout_of
+
+        model, tokenizer = context.load_model()
+        layout = layout_of(model, adapter_for(model))
+        self.norm = get_path(getattr(model, "base_model", model), layout.final_norm) if layout else None
+        if self.norm is None:
+            raise ValueError(f"no final norm is known for model type {model.config.model_type!r}")
+        self.lm = context._load(load_model, AutoModelForCausalLM, parse_dtype(context.config.dtype))
+        self.head = self.lm.get_output_embeddings()
+        size, texts, spans = context.config.batch_size, context.rows["text"], context.spans
+        self.batch_size = size
+        self.encodings = [encode_batch(tokenizer, texts[s : s + size], spans[s : s + size])[0]
+                          for s in range(0, len(texts), size)]
+
+    def meter(self, rows, check: bool = False):
+        return LossMeter(self, rows, check)
+
+
+class LossMeter:
+    """Called by ``vectors_from`` with each batch's last hidden state; sums the chosen rows' losses."""
+
+    def __init__(self, loss: NextTokenLoss, rows, check: bool):
+        self.loss, self.rows, self.check = loss, {int(r) for r in rows}, check
+        self.sums, self.counts = {}, {}
+
+    def __call__(self, number: int, hidden) -> None:
+        import torch
+
+        loss, start = self.loss, number * self.loss.batch_size
+        picked = [i for i in range(len(hidden)) if start + i in self.rows]
+        if not picked:
+            return
+        encoding = loss.encodings[number].to(hidden.device)
+        with torch.inference_mode():
+            logits = loss.head(loss.norm(hidden[picked]))
+            if self.check and number == 0:
+                self._check(logits, encoding, picked)
+        ids, real = encoding["input_ids"][picked, 1:], encoding["attention_mask"][picked, 1:].float()
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids, reduction="none")
+        for i, total, count in zip(picked, (nll * real).sum(1).tolist(), real.sum(1).tolist()):
+            self.sums[start + i], self.counts[start + i] = total, count
+        self.check = False
+
+    def _check(self, logits, encoding, picked) -> None:
+        import torch
+
+        full = self.loss.lm(**encoding, use_cache=False).logits[picked]
+        real = encoding["attention_mask"][picked].bool()
+        diff = (full - logits)[real].abs().max().item()
+        tolerance = 50 * torch.finfo(logits.dtype).eps * full[real].abs().max().item()
+        if diff > tolerance:
+            raise ValueError(f"the LM head after the final norm gives logits {diff:.3g} away from the causal LM's "
+                             f"own (tolerance {tolerance:.3g}): this family computes its logits differently")
+
+    def total(self) -> tuple[float, float]:
+        return sum(self.sums.values()), sum(self.counts.values())
+
+
+def loss_summary(base, meters: dict, draws: int) -> dict:
+    """Mean loss per predicted token on all rows: without erasure, with LEACE, with each random draw
+    (each row's erased loss from the fold that holds it out)."""
+    import numpy as np
+
+    tokens = base.total()[1]
+    unerased = base.total()[0] / tokens
+
+    def mean_loss(condition):
+        return sum(m.total()[0] for (c, _), m in meters.items() if c == condition) / tokens
+
+    leace = mean_loss("leace")
+    random = [mean_loss(f"random-{d}") - unerased for d in range(draws)]
+    return {"available": True, "tokens": int(tokens), "unerased": unerased, "leace": leace,
+            "delta_leace": leace - unerased, "delta_random": float(np.mean(random)),
+            "delta_random_std": float(np.std(random)), "delta_random_draws": random}
+
+
+# ------------------------------------------------------------------ the reporter
+
+
+def erasure(results, output_dir, context):
+    from importlib.metadata import version
+
+    import numpy as np
+
+    from probe.probes import folds
+    from probe.report import as_results
+
+    results = as_results(results)
+    config = context.config
+    settings = erasure_settings(results, config, context.n_blocks)
+    y = np.asarray(context.rows["label"])
+    fold_list = folds(y, context.rows["group"], config.folds, config.seed)
+    missing = lm_head_missing(context)
+    loss = None if missing else NextTokenLoss(context)
+    inputs, X_layer, unerased, base = unerased_vectors(context, settings, loss)
+    erasers, ranks = fold_erasers(X_layer, y, fold_list, settings["draws"], config.seed)
+    runs, meters = erased_vectors(context, settings, inputs, erasers, fold_list, loss)
+    runs["unerased"] = unerased
+    del inputs, loss
+    summary = {**settings, "method": f"LEACE (concept-erasure {version('concept-erasure')})",
+               "erased_at": "every position", "rank": ranks, "folds": len(fold_list),
+               "majority": majority_accuracy(y, fold_list),
+               "layers": score_layers(context, settings, X_layer, runs, erasers, y, fold_list),
+               "loss": {"available": False, "reason": missing} if missing else
+               loss_summary(base, meters, settings["draws"])}
+    _write(summary, output_dir)
+    _plot(results, summary, output_dir)
+    return summary
+
+
+def _write(summary: dict, output_dir) -> None:
+    from probe.io import write_text_atomic
+
+    write_text_atomic(output_dir / "erasure.json", json.dumps(summary, indent=2) + "\n")
+    columns = ["layer", "unerased", "leace", "leace_std", "random", "random_std"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(summary["layers"])
+    write_text_atomic(output_dir / "erasure.csv", buffer.getvalue())
+
+
+def _plot(results, summary: dict, output_dir):
+    """Left: probe accuracy per layer, the run's own curve and, from the erased layer on, LEACE and the
+    random subspaces (bands: std over folds / over draws). Right: the change in next-token loss."""
+    import numpy as np
+
+    from probe.report import LAYER_AXIS, _pyplot, _save
+
+    plt = _pyplot()
+    has_loss = summary["loss"]["available"]
+    fig, axes = plt.subplots(1, 2 if has_loss else 1, figsize=(10 if has_loss else 6.5, 3.8),
+                             gridspec_kw={"width_ratios": [3, 1]} if has_loss else None, squeeze=False)
+    ax = axes[0, 0]
+    own = sorted((r.layer, r.accuracy) for r in results.rows if r.position == summary["position"] and r.subset == "all")
+    ax.plot(*zip(*own), color="0.4", marker=".", label="no erasure")
+    table = summary["layers"]
+    layers = [row["layer"] for row in table]
+    for name, colour, label in (("leace", "C3", "LEACE erased"), ("random", "C0", "random subspace, same rank")):
+        mean, std = np.array([row[name] for row in table]), np.array([row[f"{name}_std"] for row in table])
+        ax.plot(layers, mean, color=colour, marker="o", ms=3, label=label)
+        ax.fill_between(layers, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
+    ax.axhline(summary["majority"], color="0.6", ls="--", lw=1, label="majority class")
+    ax.axvline(summary["layer"], color="0.2", ls=":", lw=1)
+    ax.set_xlabel(LAYER_AXIS), ax.set_ylabel("probe accuracy"), ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="best")
+    rank = max(summary["rank"])
+    ax.set_title(f"{results.experiment}, {results.model.name}: erased at layer {summary['layer']} "
+                 f"(rank {rank}, every position)" + ("" if has_loss else "; next-token loss n/a (no LM head)"),
+                 fontsize=9)
+    if has_loss:
+        _plot_loss(axes[0, 1], summary["loss"])
+    fig.tight_layout()
+    return _save(fig, output_dir / "erasure.png")
+
+
+def _plot_loss(ax, loss: dict) -> None:
+    draws = loss["delta_random_draws"]
+    ax.bar([0, 1], [loss["delta_leace"], loss["delta_random"]], color=["C3", "C0"], alpha=0.7)
+    ax.scatter([1] * len(draws), draws, color="C0", s=10, zorder=3)
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xticks([0, 1], ["LEACE", "random"])
+    ax.set_ylabel("Δ next-token loss (nats/token)")
+    ax.set_title(f"loss without erasure {loss['unerased']:.3f}", fontsize=9)
+
+
+@hookimpl
+def register_reporters(register):
+    register("erasure", erasure)
