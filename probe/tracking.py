@@ -20,21 +20,25 @@ BATCH = 100  # MLflow takes at most 100 params (and 1000 metrics) per log_batch 
 PARAM_LENGTH = 6000  # MLflow's longest param value
 
 
-def client(uri: str):
+def _client_class():
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise RuntimeError("MLflow tracking needs MLflow: pip install 'probe[mlflow]'") from None
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient
+
+
+def client(uri: str):
+    return _client_class()(tracking_uri=uri)
 
 
 def check_tracking(uri: str) -> None:
     """Fail now, before any cell runs, when MLflow is missing or the tracking store can't be opened."""
-    tracker = client(uri)
+    make_client = _client_class()
     from mlflow.exceptions import MlflowException
 
     try:
-        tracker.search_experiments(max_results=1)
+        make_client(tracking_uri=uri).search_experiments(max_results=1)
     except (MlflowException, OSError) as error:
         raise RuntimeError(f"MLflow tracking URI {uri!r}: {error}") from None
 

@@ -135,6 +135,15 @@ def test_sweep_over_a_folder_of_words_writes_one_table_and_skips_finished_cells(
     assert load_results(redo.run_dir).experiment == redo.experiment
 
 
+def test_an_unusable_tracking_uri_fails_before_any_cell_runs(tmp_path, tiny_models):
+    pytest.importorskip("mlflow")
+    experiment = write_experiment(tmp_path / "exp.yaml", tiny_models[0])
+    result = invoke("sweep", experiment, "--output", tmp_path / "out", "--mlflow", "bogus://nowhere")
+    assert result.exit_code == 1
+    assert "Error: MLflow tracking URI 'bogus://nowhere': " in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.glob("out/**/results.json"))
+
+
 def load_sweep_from(experiment, words, models, out):
     return validate_sweep({"experiments": [str(experiment)], "datasets": str(words), "models": models,
                            "output": str(out)})
