@@ -266,6 +266,11 @@ def list_plugins(plugins_dir):
         click.echo(f"{name}\n    {', '.join(hooks) or '(no hooks)'}")
 
 
+from probe.sweep_cli import sweep  # its own module; the command imports its work when run
+
+cli.add_command(sweep)
+
+
 def main():
     from probe import plugins
 

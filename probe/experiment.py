@@ -23,7 +23,7 @@ from probe.context import (
     probe_factory,
     resolve_model,
 )
-from probe.results import Baseline, DatasetInfo, LayerResult, ModelInfo, Results
+from probe.results import Baseline, DatasetInfo, LayerResult, ModelInfo, Provenance, Results
 
 __all__ = ["DEFAULT_CACHE", "RunContext", "run_experiment", "load_dataset", "resolve_model"]
 
@@ -300,7 +300,7 @@ def probe_layers(context: RunContext, splits: list[Split], layers: list[int], sk
         settings=config.settings(), versions=versions(),
         dataset=DatasetInfo(name=config.dataset_name, rows=len(context.rows), labels=sorted(set(labels.tolist())),
                             skipped_rows=[str(p) for p in skipped]),
-        layers=[],
+        layers=[], provenance=Provenance.now(),
         evaluation=describe_evaluation(context, splits),
         probe={"name": config.probe_name, "options": config.probe_options, **describe_probe(context.make_probe()())},
     )

@@ -82,6 +82,19 @@ class DatasetInfo(BaseModel):
     skipped_rows: list[str] = []
 
 
+class Provenance(BaseModel):
+    """When the results were made and from which probe; changes no number (see probe/provenance.py)."""
+
+    timestamp: str = Field(description="when the run finished probing, UTC ISO-8601")
+    git_commit: str | None = Field(None, description="probe's git commit, when run from a git checkout")
+
+    @classmethod
+    def now(cls) -> Provenance:
+        from probe.provenance import git_commit, timestamp
+
+        return cls(timestamp=timestamp(), git_commit=git_commit())
+
+
 class Results(BaseModel):
     """Everything a run found. ``results["layers"]``-style access gives ``to_dict()``'s plain values, for
     plugins written against the results dict."""
@@ -97,6 +110,7 @@ class Results(BaseModel):
     evaluation: dict[str, Any] | None = Field(None, description="the protocol that ran: cross-validation "
                                               "(splitter, n_splits) or a fixed split (split_field, parts, rows)")
     probe: dict[str, Any] | None = Field(None, description="the probe: name, options, estimator, params, C")
+    provenance: Provenance | None = None
 
     model_config = ConfigDict(populate_by_name=True)
     _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
@@ -114,6 +128,7 @@ class Results(BaseModel):
             "dataset": self.dataset.model_dump(), "layers": [row.to_dict() for row in self.rows],
             "baselines": {name: b.model_dump(exclude_none=True) for name, b in self.baselines.items()},
             **{name: value for name, value in (("evaluation", self.evaluation), ("probe", self.probe)) if value},
+            "provenance": self.provenance.model_dump() if self.provenance else None,
         }
 
     def to_json(self) -> str:

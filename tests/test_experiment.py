@@ -29,6 +29,7 @@ from probe.config import validate
 from probe.context import RunContext
 from probe.experiment import run_experiment
 from probe.extract import FeatureStore, extract
+from probe.provenance import without_provenance
 from probe.report import CSV_COLUMNS
 from conftest import shared_folder
 from tiny_gpt2 import build_tiny_gpt2
@@ -186,6 +187,7 @@ def check_results_json(results: dict, tiny_model: Path) -> None:
     assert settings["dataset"] == "mole" and settings["seed"] == 0
     assert {"probe", "torch", "transformers", "scikit-learn", "python"} <= set(results["versions"])
     assert results["versions"]["torch"] == torch.__version__
+    assert results["provenance"]["timestamp"].endswith("+00:00")  # UTC, ISO-8601
     assert results["dataset"]["rows"] == 192
     assert results["dataset"]["labels"] == ["animal", "skin", "spy", "unit"]
 
@@ -436,8 +438,10 @@ def test_two_runs_with_fresh_caches_give_identical_results(planted_run, tmp_path
     again = run_experiment(planted_run["config"], tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
     assert again["layers"] == planted_run["results"]["layers"]
     assert again["baselines"] == planted_run["results"]["baselines"]
-    # Nothing in results.json depends on the output or cache folder: the files are byte-identical.
-    assert (tmp_path / "out" / "results.json").read_text() == (planted_run["out"] / "results.json").read_text()
+    # Nothing in results.json depends on the output or cache folder: the files are identical but for when
+    # (and from which commit) they were made.
+    ours, theirs = (json.loads((out / "results.json").read_text()) for out in (tmp_path / "out", planted_run["out"]))
+    assert without_provenance(ours) == without_provenance(theirs)
     assert (tmp_path / "out" / "results.csv").read_text() == (planted_run["out"] / "results.csv").read_text()
     # ... and the cached features are the same bytes under the same keys.
     def chunks(cache):
