@@ -147,6 +147,8 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
         results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
     except (ConfigError, DataError, ProbeError, plugins.PluginError) as error:
         raise click.ClickException(str(error)) from None
+    if results is None:  # a torchrun rank other than 0: its share of the vectors is in the cache
+        return
     click.echo(layer_table(results))
     for (position, subset), best in results.best_rows().items():
         click.echo(

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from probe.config import POOLINGS, POSITIONS
 from probe.data import span_token_indices
+from probe.distributed import Ranks
 
 
 
@@ -84,11 +85,14 @@ def extract(
     chunk_rows: int = 256,
     progress: bool = True,
     description: str = "extracting",
+    ranks: Ranks | None = None,
 ) -> FeatureStore:
-    """Vectors at the target and the last token for ``layers``; ``load()`` → (model, tokenizer) runs only if needed."""
+    """Vectors at the target and the last token for ``layers``; ``load()`` → (model, tokenizer) runs only if needed.
+    ``ranks``: under torchrun, this process extracts only the chunks it owns, then waits for the others."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     layers = sorted(set(layers))
+    ranks = ranks or Ranks()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     store = FeatureStore(folder, layers, len(texts))
@@ -101,7 +105,7 @@ def extract(
     lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
     chunks = [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
-    todo = [(n, rows) for n, rows in enumerate(chunks) if not _chunk_path(folder, n).exists()]
+    todo = [(n, rows) for n, rows in enumerate(chunks) if ranks.owns(n) and not _chunk_path(folder, n).exists()]
 
     bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
     for n, rows in todo:
@@ -117,7 +121,9 @@ def extract(
             {"rows": torch.tensor(rows), "target": torch.from_numpy(target), "last": torch.from_numpy(last)},
         )
     bar.close()
-    done.write_text(json.dumps({"rows": len(texts), "layers": layers}))
+    ranks.wait()  # every rank's chunks are on disk before the store is called complete and read
+    if ranks.is_main:
+        done.write_text(json.dumps({"rows": len(texts), "layers": layers}))
     return store
 
 
