@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from safetensors.numpy import load_file
+from tiny_gpt2 import build_tiny_gpt2, corpus
 
 from probe.distributed import Ranks, launched_ranks
 from probe.extract import extract
-from tiny_gpt2 import build_tiny_gpt2, corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -60,7 +60,7 @@ def test_ranks_shares_make_the_single_process_cache(tiny_model, tmp_path, monkey
     def load():
         return swap_attention(GPT2Model.from_pretrained(tiny_model).eval()), AutoTokenizer.from_pretrained(tiny_model)
 
-    options = dict(layers=[0, 1, 2], batch_size=4, chunk_rows=8, progress=False)
+    options = {"layers": [0, 1, 2], "batch_size": 4, "chunk_rows": 8, "progress": False}
     single = extract(load, texts, spans, folder=tmp_path / "single", **options)
     extract(load, texts, spans, folder=tmp_path / "shared", ranks=Ranks(2, 1), **options)
     assert [p.name for p in (tmp_path / "shared").glob("chunk-*")] and not (tmp_path / "shared" / "complete.json").exists()
@@ -88,7 +88,7 @@ def test_torchrun_with_two_processes_writes_the_single_process_results(tiny_mode
     launched = subprocess.run(
         [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", probe_cli, *options,
          "--output", str(tmp_path / "spread"), "--cache-dir", str(tmp_path / "c2")],
-        env=env, capture_output=True, text=True,
+        env=env, capture_output=True, text=True, check=False,
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert launched.stdout.count("best layer") == 1  # one process reported
