@@ -103,3 +103,16 @@ def test_extraction_takes_the_fast_path_unless_compared_with_hugging_face(tiny_m
     assert all(row["max_abs_diff_vs_reference"] == 0.0 for row in both["layers"])  # exact: bit-identical
     # The fast and exact vectors do not share a cache entry: each path has its own.
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 5
+
+
+def test_compare_refuses_a_dtype_the_device_cannot_do(monkeypatch):
+    from click.testing import CliRunner
+
+    from probe.cli import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    result = CliRunner().invoke(cli, ["compare", "--random-init", "gpt2", "--device", "cuda", "--dtype", "bfloat16"])
+    assert result.exit_code == 2 and "--dtype" in result.output and "Tesla V100" in result.output
