@@ -51,7 +51,7 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
     """
     from probe import models
     from probe.compare import DEFAULT_TEXTS, compare_models
-    from probe.devices import resolve_device
+    from probe.devices import check_dtype, resolve_device
     from probe.context import model_load_error, resolve_model
     from probe.swap import swap_attention
 
@@ -61,6 +61,10 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
         where = resolve_device(device)  # before any model work
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--device") from None
+    try:
+        check_dtype(dtype, where, option="--dtype")
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--dtype") from None
     torch_dtype = models.parse_dtype(dtype)
     try:
         if random_init in ARCHITECTURES and random_init not in GPT2_SHAPES:
@@ -147,6 +151,8 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
         results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
     except (ConfigError, DataError, ProbeError, plugins.PluginError) as error:
         raise click.ClickException(str(error)) from None
+    if results is None:  # a torchrun rank other than 0: its share of the vectors is in the cache
+        return
     click.echo(layer_table(results))
     for (position, subset), best in results.best_rows().items():
         click.echo(

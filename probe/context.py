@@ -11,6 +11,7 @@ from typing import Any
 
 from probe import plugins
 from probe.config import ConfigError, ExperimentConfig
+from probe.distributed import Ranks
 
 DEFAULT_CACHE = Path(".probe-cache")
 
@@ -27,6 +28,7 @@ class RunContext:
     rows: Any = None  # datasets.Dataset of prepared rows
     stores: dict = field(default_factory=dict)  # attention mode or control → FeatureStore
     loads: int = 0  # how many times weights were read from disk (tests and benchmarks check it)
+    ranks: Ranks = field(default_factory=Ranks)  # this process among those torchrun started (see distributed.py)
     _model: Any = None
     _attention: str | None = None  # which attention the shared model has now: reference | reimplemented
     _hook_handles: list = field(default_factory=list)
@@ -35,10 +37,21 @@ class RunContext:
 
     @cached_property
     def device(self):
-        """The torch.device the config's ``device`` names here (checked before any model work)."""
-        from probe.devices import resolve_device
+        """The torch.device the config's ``device`` names here, one GPU per process when torchrun started
+        several (checked before any model work, with the dtype, which the device must be able to do)."""
+        from probe.devices import check_dtype, resolve_device
+        from probe.distributed import rank_device
 
-        return resolve_device(self.config.device)
+        device = rank_device(resolve_device(self.config.device), self.ranks)
+        check_dtype(self.config.dtype, device)
+        return device
+
+    @property
+    def attention_path(self) -> str:
+        """How probe's attention runs: ``fast`` (scaled_dot_product_attention in every block whose scores
+        and pattern no hook reads; equal to the exact path up to rounding) unless the run compares it with
+        Hugging Face's attention (``attention: both``), which needs the bit-identical ``exact`` path."""
+        return "exact" if self.config.attention == "both" else "fast"
 
     @cached_property
     def source(self) -> str:
@@ -109,7 +122,7 @@ class RunContext:
         from probe.swap import restore_attention, swap_attention
 
         if attention == "reimplemented":
-            swap_attention(self._model)
+            swap_attention(self._model, fast=self.attention_path == "fast")
             self._hook_handles = attach_activation_hooks(self._model, self.config)
         else:
             for handle in self._hook_handles:
@@ -133,7 +146,7 @@ class RunContext:
         torch.manual_seed(self.config.seed)
         model = AutoModel.from_config(self.model_config, dtype=parse_dtype(self.config.dtype),
                                       attn_implementation="eager").to(self.device).eval()
-        swap_attention(model)
+        swap_attention(model, fast=self.attention_path == "fast")
         attach_activation_hooks(model, self.config)
         return model, self.tokenizer
 

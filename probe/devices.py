@@ -45,3 +45,21 @@ def device_of(model):
         first = placed[0] if placed else "cpu"
         return torch.device(f"cuda:{first}" if isinstance(first, int) else first)
     return next(model.parameters()).device
+
+
+def check_dtype(dtype: str, device, option: str = "dtype") -> None:
+    """A ValueError naming ``option`` when ``device`` cannot compute in ``dtype`` (bfloat16 on a GPU older
+    than Ampere, or on an MPS device whose macOS lacks it); the CPU does every dtype probe offers."""
+    import torch
+
+    if dtype != "bfloat16" or device.type == "cpu":
+        return
+    if device.type == "cuda" and not torch.version.hip and torch.cuda.get_device_capability(device)[0] < 8:
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(f"{option}: {device} ({name}) cannot compute in bfloat16 (it needs an Ampere GPU or "
+                         "newer); use float16 or float32")
+    if device.type == "mps":
+        try:
+            torch.ones(1, dtype=torch.bfloat16, device=device) * 2
+        except (RuntimeError, TypeError):
+            raise ValueError(f"{option}: this MPS device cannot compute in bfloat16; use float16 or float32") from None

@@ -23,6 +23,7 @@ from probe.context import (
     probe_factory,
     resolve_model,
 )
+from probe.distributed import process_group
 from probe.results import Baseline, DatasetInfo, LayerResult, ModelInfo, Provenance, Results
 
 __all__ = ["DEFAULT_CACHE", "RunContext", "run_experiment", "load_dataset", "resolve_model"]
@@ -36,9 +37,10 @@ def run_experiment(
     progress: bool = True,
     n_jobs: int | None = None,
     timings: dict | None = None,
-) -> Results:
+) -> Results | None:
     """Run ``config`` and write its reports to ``output_dir``. ``n_jobs``: parallel probe fits (None: all
-    cores; the results do not depend on it). ``timings``, if given, receives seconds per phase."""
+    cores; the results do not depend on it). ``timings``, if given, receives seconds per phase. Under
+    torchrun every process extracts its share and only rank 0 probes: the others return None."""
     from time import perf_counter
 
     clock = _Clock(timings, perf_counter)
@@ -47,18 +49,18 @@ def run_experiment(
     output_dir = Path(output_dir)  # created when the first report is written, not before
     plugins.call_each("experiment_started", config=config, output_dir=output_dir)
     context = RunContext(config, resolve_model(config.model, config.revision), Path(cache_dir), progress)
-    try:
-        context.device  # a device this machine lacks is found now, not after the data work
-    except ValueError as error:
-        raise ConfigError(f"{config.source or 'config'}: {error}") from None
+    check_placement(context)  # a device this machine lacks is found now, not after the data work
     context.rows, skipped = load_dataset(config)
     splits = make_splits(context.rows, config)  # fails before any model work, not after
     stronger_controls.check(context, splits)
     measures.check(config)
     layers = list(range(context.n_blocks + 1)) if config.layers == "all" else config.layers
     clock.lap("load")
-    context.stores = extract_features(context, layers)
+    with process_group(context.ranks, context.device):
+        context.stores = extract_features(context, layers)
     clock.lap("extract")
+    if not context.ranks.is_main:
+        return None  # under torchrun, rank 0 probes and reports what every rank extracted
     results = probe_layers(context, splits, layers, skipped, n_jobs)
     clock.lap("probe")
     write_reports(results, output_dir, context)
@@ -66,6 +68,24 @@ def run_experiment(
     plugins.call_each("experiment_finished", config=config, results=results, output_dir=output_dir)
     clock.lap("report")
     return results
+
+
+def check_placement(context: RunContext) -> None:
+    """The launcher's ranks, the device, the dtype and ``max_memory``, checked before any model work; a
+    ConfigError names the option at fault."""
+    from probe.distributed import launched_ranks
+    from probe.placement import check_max_memory
+
+    config = context.config
+    try:
+        context.ranks = launched_ranks()
+        _ = context.device  # resolved now, with the dtype it must be able to do
+        if config.max_memory is not None and config.device_map is None:
+            raise ValueError("max_memory limits what accelerate places, so it needs device_map (e.g. auto)")
+        if config.max_memory is not None:
+            check_max_memory(config.max_memory, context.model_config, config.dtype)
+    except ValueError as error:
+        raise ConfigError(f"{config.source or 'config'}: {error}") from None
 
 
 class _Clock:
@@ -242,6 +262,7 @@ def _extract(context: RunContext, layers, mode: str, load: Callable):
         load, texts, spans, layers=layers, folder=context.cache_dir / "features" / feature_key(context, layers, mode),
         pooling=config.pooling, positions=config.positions, batch_size=config.batch_size, progress=context.progress,
         description=f"{config.name}: {mode}", final_norm=_reads_final_norm(context, layers),
+        ranks=context.ranks,
     )
 
 
@@ -265,6 +286,7 @@ def feature_key(context: RunContext, layers, mode: str) -> str:
         "data": data_fingerprint(context.rows["text"], context.spans), "layers": layers, "pooling": config.pooling,
         "positions": sorted(config.positions),
         "attention": mode, "dtype": config.dtype, "seed": config.seed if mode == "random_weights" else None,
+        "attention_path": context.attention_path if mode != "reference" else None,
         # CPU and GPU kernels round differently; the vectors of one are not the other's.
         "device": context.device.type if context.device.type != "cpu" else None,
         "activation_plugins": changing, "options": options,
@@ -297,7 +319,7 @@ def probe_layers(context: RunContext, splits: list[Split], layers: list[int], sk
     results = Results(
         experiment=config.name, description=config.description,
         model=ModelInfo(name=config.model, path=context.model_path, revision=config.revision, layers=context.n_blocks),
-        settings=config.settings(), versions=versions(),
+        settings=config.settings(), versions=versions(), extraction=extraction_info(context),
         dataset=DatasetInfo(name=config.dataset_name, rows=len(context.rows), labels=sorted(set(labels.tolist())),
                             skipped_rows=[str(p) for p in skipped]),
         layers=[], provenance=Provenance.now(),
@@ -319,6 +341,13 @@ def probe_layers(context: RunContext, splits: list[Split], layers: list[int], sk
             first = scores[(split.name, position, layers[0], "probe")]
             results.baselines[_key(f"layer{layers[0]}_{position}", split.name)] = Baseline(accuracy=first["accuracy"])
     return results
+
+
+def extraction_info(context: RunContext) -> dict:
+    """How the vectors were computed, beyond the settings: which attention ran for each store (Hugging
+    Face's ``eager`` for the reference, probe's ``fast`` or ``exact`` path otherwise)."""
+    paths = {mode: "eager" if mode == "reference" else context.attention_path for mode in context.stores}
+    return {"attention_path": paths}
 
 
 def probe_tasks(context: RunContext, splits: list[Split], layers: list[int]) -> list:

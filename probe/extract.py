@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from probe.config import POOLINGS, POSITIONS
 from probe.data import span_token_indices
+from probe.distributed import Ranks
 
 
 
@@ -93,13 +94,16 @@ def extract(
     progress: bool = True,
     description: str = "extracting",
     final_norm: bool = False,
+    ranks: Ranks | None = None,
 ) -> FeatureStore:
     """Vectors at ``positions`` (target, last) for ``layers``; ``load()`` → (model, tokenizer) runs only if needed.
-    ``final_norm``: the last layer after the model's final norm (see ``run_to_layer``)."""
+    ``final_norm``: the last layer after the model's final norm (see ``run_to_layer``).
+    ``ranks``: under torchrun, this process extracts only the chunks it owns, then waits for the others."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     layers = sorted(set(layers))
     positions = tuple(p for p in POSITIONS if p in positions)
+    ranks = ranks or Ranks()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     store = FeatureStore(folder, layers, len(texts), positions)
@@ -113,7 +117,7 @@ def extract(
     lengths = _token_counts(tokenizer, texts, spans, cut)
     order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
     chunks = [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
-    todo = [(n, rows) for n, rows in enumerate(chunks) if not _chunk_path(folder, n).exists()]
+    todo = [(n, rows) for n, rows in enumerate(chunks) if ranks.owns(n) and not _chunk_path(folder, n).exists()]
 
     bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
     for n, rows in todo:
@@ -130,7 +134,9 @@ def extract(
             {"rows": torch.tensor(rows), **{p: torch.from_numpy(v) for p, v in vectors.items()}},
         )
     bar.close()
-    done.write_text(json.dumps({"rows": len(texts), "layers": layers}))
+    ranks.wait()  # every rank's chunks are on disk before the store is called complete and read
+    if ranks.is_main:
+        done.write_text(json.dumps({"rows": len(texts), "layers": layers}))
     return store
 
 

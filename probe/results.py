@@ -105,6 +105,7 @@ class Results(BaseModel):
     settings: dict[str, Any]
     versions: dict[str, str]
     dataset: DatasetInfo
+    extraction: dict[str, Any] = Field({}, description="how the vectors were computed: attention_path per store")
     rows: list[LayerResult] = Field(alias="layers")
     baselines: dict[str, Baseline] = {}
     evaluation: dict[str, Any] | None = Field(None, description="the protocol that ran: cross-validation "
@@ -125,7 +126,8 @@ class Results(BaseModel):
         return {
             "experiment": self.experiment, "description": self.description,
             "model": self.model.model_dump(), "settings": self.settings, "versions": self.versions,
-            "dataset": self.dataset.model_dump(), "layers": [row.to_dict() for row in self.rows],
+            "dataset": self.dataset.model_dump(), "extraction": self.extraction,
+            "layers": [row.to_dict() for row in self.rows],
             "baselines": {name: b.model_dump(exclude_none=True) for name, b in self.baselines.items()},
             **{name: value for name, value in (("evaluation", self.evaluation), ("probe", self.probe)) if value},
             "provenance": self.provenance.model_dump() if self.provenance else None,

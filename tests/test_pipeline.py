@@ -227,7 +227,7 @@ def test_a_model_spread_to_disk_by_device_map_gives_the_same_vectors(tiny_model,
 
     plain = run_experiment(small(tiny_model), tmp_path / "plain", cache_dir=tmp_path / "cache-plain",
                            progress=False, n_jobs=1)
-    spread_config = small(tiny_model, device_map="auto", max_memory={"cpu": "40KB"})
+    spread_config = small(tiny_model, device_map="auto", max_memory={"cpu": "40KB", "disk": "1GB"})
     spread = run_experiment(spread_config, tmp_path / "spread", cache_dir=tmp_path / "cache-spread",
                             progress=False, n_jobs=1)
     assert "offloaded to the disk" in caplog.text  # accelerate really put some weights on disk
