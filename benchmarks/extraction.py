@@ -9,7 +9,9 @@ states at the target word, from a model loaded beforehand (loading is not timed)
 - the naive loop is what one writes first: batch 1, the LM-head model, output_hidden_states=True;
 - probe.extract batches length-sorted rows, runs the base model only up to the deepest layer asked for
   and keeps only the target vectors, on probe's exact path (bit-identical to eager) and on its fast path
-  (scaled_dot_product_attention); it is also timed for layers 0-6, to show what stopping early saves;
+  (scaled_dot_product_attention); it is also timed for layers 0-6, to show what stopping early saves,
+  and for the target alone (an experiment's default positions: [target]), where a causal model's
+  tokens after the target are not computed;
 - TransformerLens (when installed: pip install -e ".[bench]"): TransformerBridge.run_with_cache on the
   same length-sorted batches, caching only the residual stream (names_filter), with no logits
   (return_type=None), the target vectors pooled as probe pools them.
@@ -89,14 +91,16 @@ def naive(folder: Path, tokenizer):
     return run
 
 
-def probe_extract(folder: Path, tokenizer, cache: Path, fast: bool, layers=ALL_LAYERS, batch_size: int = 32):
-    """probe.extract on a model swapped beforehand; each call extracts into a fresh cache folder."""
+def probe_extract(folder: Path, tokenizer, cache: Path, fast: bool, layers=ALL_LAYERS, batch_size: int = 32,
+                  positions=("target", "last")):
+    """probe.extract on a model swapped beforehand; each call extracts into a fresh cache folder. With
+    ``positions=["target"]`` (an experiment's default) a causal model runs only up to each target."""
     model = swap_attention(GPT2Model.from_pretrained(folder, attn_implementation="eager").eval(), fast=fast)
     calls = iter(range(10**6))
 
     def run(texts, spans):
         store = extract(lambda: (model, tokenizer), texts, spans, layers=layers, folder=cache / str(next(calls)),
-                        batch_size=batch_size, progress=False)
+                        batch_size=batch_size, positions=positions, progress=False)
         return store
 
     return run
@@ -183,6 +187,8 @@ def main() -> None:
             "probe.extract, fast path (batch 32, length-sorted)": probe_extract(folder, tokenizer, cache / "f", True),
             "probe.extract, fast path, layers 0-6 only": probe_extract(folder, tokenizer, cache / "h", True,
                                                                        layers=list(range(7))),
+            "probe.extract, fast path, target only (stops at it)": probe_extract(folder, tokenizer, cache / "t", True,
+                                                                                 positions=["target"]),
         }
         if importlib.util.find_spec("transformer_lens"):
             variants["TransformerLens run_with_cache (batch 32, resid only)"] = transformer_lens(folder)
