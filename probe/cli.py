@@ -57,6 +57,10 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
 
     if bool(model_name) == bool(random_init):
         raise click.UsageError("give exactly one of --model and --random-init")
+    if tolerance is not None and not tolerance >= 0:  # also refuses nan
+        raise click.BadParameter(f"{tolerance} is not a tolerance; give a max abs diff ≥ 0", param_hint="--tolerance")
+    if any(not text.strip() for text in texts):
+        raise click.BadParameter("an empty text has no tokens to compare; give some words", param_hint="--text")
     try:
         where = resolve_device(device)  # before any model work
     except ValueError as error:
@@ -79,9 +83,14 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
 
-    reference_model = models.load_model(source, revision=revision, dtype=torch_dtype,
-                                        attn_implementation=reference).to(where)
-    candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype).to(where), fast=fast)
+    try:
+        reference_model = models.load_model(source, revision=revision, dtype=torch_dtype,
+                                            attn_implementation=reference).to(where)
+        candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype).to(where),
+                                   fast=fast)
+    except (OSError, ValueError) as error:  # weights that don't load; an architecture probe can't swap
+        raise click.BadParameter(str(error).strip().splitlines()[0],
+                                 param_hint="--model" if model_name else "--random-init") from None
     vocab_size = reference_model.config.vocab_size
     input_ids, attention_mask = encode(list(texts or DEFAULT_TEXTS), tokenizer, padding, vocab_size)
     input_ids, attention_mask = input_ids.to(where), attention_mask.to(where)
@@ -209,6 +218,11 @@ def plot_runs(run_dirs, output, subsets):
         if not (Path(folder) / "results.json").exists():
             raise click.BadParameter(f"{folder} has no results.json", param_hint="RUN_DIRS")
         runs.append(load_results(folder))
+    found = sorted({subset for results in runs for _, subset in results.series()})
+    unknown = [subset for subset in subsets if subset not in found]
+    if unknown:
+        raise click.BadParameter(f"no run has subset {unknown[0]!r}; the runs' subsets: {', '.join(found)}",
+                                 param_hint="--subset")
     click.echo(f"wrote {plot(runs, Path(output), list(subsets) or None)}")
 
 
@@ -260,21 +274,35 @@ def list_plugins(plugins_dir):
     """List loaded plugins and the hooks each implements."""
     from probe import plugins
 
-    if plugins_dir:
-        plugins.load_plugins_dir(plugins_dir)
+    try:
+        if plugins_dir:
+            plugins.load_plugins_dir(plugins_dir)
+    except plugins.PluginError as error:
+        raise click.ClickException(str(error)) from None
     for name, hooks in plugins.describe():
         click.echo(f"{name}\n    {', '.join(hooks) or '(no hooks)'}")
 
 
-def main():
-    from probe import plugins
+def main(args: list[str] | None = None):
+    """The `probe` command. An error ends in one message on stderr and exit status 1 (2 for usage errors);
+    a traceback only with --debug (anywhere on the line) or PROBE_DEBUG=1."""
+    import os
 
+    from probe import plugins
+    from probe.errors import explain
+
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get("PROBE_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
     try:
         for _, _ in plugins.call_each("register_commands", cli=cli):
             pass
-    except plugins.PluginError as error:
-        raise SystemExit(f"Error: {error}") from None
-    cli()
+        cli.main(args=argv, prog_name="probe")
+    except Exception as error:  # click has already handled its own errors (and exited)
+        if debug:
+            raise
+        click.echo(f"Error: {explain(error)}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

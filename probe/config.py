@@ -14,6 +14,7 @@ POSITIONS = ("target", "last")
 POOLINGS = ("first", "last", "mean")
 CONTROLS = ("majority", "shuffled", "random_weights")
 ON_BAD_ROWS = ("raise", "skip")
+LONG_TEXTS = ("refuse", "window")  # a text longer than the model's positions: a bad row, or cut around the target
 DTYPES = ("float32", "float16", "bfloat16")
 
 # The published GPT-2 checkpoints' shapes, for building random-weight stand-ins offline.
@@ -60,6 +61,7 @@ class ExperimentConfig(BaseModel):
     metrics: Optional[list[str]] = None  # registered metric names; None: all registered
     plugins: list[str] = []
     on_bad_rows: Literal[ON_BAD_ROWS] = "raise"
+    long_texts: Literal[LONG_TEXTS] = "refuse"
     example: int = 0
     options: dict[str, Any] = {}  # free-form settings for plugins
     source: str = ""  # the file the config came from, for messages
@@ -130,9 +132,15 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     """Read, override (``--set key=value``) and validate a YAML experiment config."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: byte {error.object[error.start]:#x} is not UTF-8; "
+                          "save the config as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} can't be read: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
@@ -155,7 +163,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set folds=3")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: the field name before '=' is empty, e.g. --set folds=3")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        problem = str(error).splitlines()[0]
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({problem}); quote it, "
+                          f"e.g. --set '{key.strip()}=\"{value}\"'") from None
 
 
 def validate(raw: dict, source: str = "<config>") -> ExperimentConfig:
@@ -193,7 +208,7 @@ def _message(error: dict, raw: dict) -> str:
 
 
 _CHOICES = {"attention": ATTENTION_MODES, "pooling": POOLINGS, "dtype": DTYPES, "on_bad_rows": ON_BAD_ROWS,
-            "positions": POSITIONS, "controls": CONTROLS}
+            "positions": POSITIONS, "controls": CONTROLS, "long_texts": LONG_TEXTS}
 _TYPES = {"int_type": "an int", "string_type": "a str", "list_type": "a list", "dict_type": "a mapping"}
 
 

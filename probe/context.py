@@ -56,7 +56,7 @@ class RunContext:
 
         try:
             return load_config(self.source, revision=self.config.revision)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: a config.json whose model_type nobody knows
             raise ConfigError(f"{self.config.source}: {model_load_error(self.config.model, error)}") from None
 
     @cached_property
@@ -74,9 +74,27 @@ class RunContext:
 
     @cached_property
     def tokenizer(self):
+        """The model's tokenizer; a folder without one, or one without character offsets (which finding the
+        target's tokens needs), is a ConfigError that says how to fix it."""
         from probe.models import load_tokenizer
 
-        return load_tokenizer(self.source, revision=self.config.revision)
+        where = f"{self.config.source or 'config'}: field 'model' ({self.config.model})"
+        try:
+            tokenizer = load_tokenizer(self.source, revision=self.config.revision)
+        except (OSError, ValueError, TypeError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"{where}: no usable tokenizer at {self.source} ({reason}); save the model's "
+                              f"tokenizer there with tokenizer.save_pretrained({str(self.source)!r})") from None
+        if len(tokenizer) <= 1 or not tokenizer("a word", add_special_tokens=False)["input_ids"]:
+            # transformers makes an empty tokenizer of the config's class when the folder has no files
+            raise ConfigError(f"{where}: no tokenizer files at {self.source} (what loads has an empty "
+                              f"vocabulary); save the model's tokenizer there with "
+                              f"tokenizer.save_pretrained({str(self.source)!r})")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError(f"{where}: its tokenizer ({type(tokenizer).__name__}) is a slow one, which gives no "
+                              "character offsets, and probe needs them to find the target's tokens; save a fast "
+                              "tokenizer (tokenizer.json) beside the model")
+        return tokenizer
 
     # ------------------------------------------------------------ the shared model
 
@@ -120,7 +138,8 @@ class RunContext:
 
     def load_model(self, attention: str = "reimplemented"):
         """(model, tokenizer): what extraction and reporters call; nothing is read from disk twice."""
-        return self.model(attention), self.tokenizer
+        tokenizer = self.tokenizer  # first: a missing tokenizer is found before the weights are read
+        return self.model(attention), tokenizer
 
     def random_weights_model(self):
         """The same architecture with fresh random weights (seeded): what structure alone gives."""
@@ -179,6 +198,11 @@ def attach_activation_hooks(model, config: ExperimentConfig) -> list:
     for plugin, fns in plugins.call_each("activation_hooks", model=model, config=config):
         for name, fn in (fns or {}).items():
             try:
+                if getattr(fn, "probe_owner", None) is None:  # so that a bad return value names the plugin
+                    try:
+                        fn.probe_owner = f"{getattr(fn, '__qualname__', repr(fn))} (plugin {plugin!r}, activation_hooks)"
+                    except AttributeError:  # a bound method or builtin can't take attributes
+                        pass
                 handles += add_hook(model, name, fn)
             except KeyError as error:
                 raise plugins.PluginError(f"plugin {plugin!r} (activation_hooks): {error.args[0]}") from None

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from probe import plugins
+from probe.atomic import cache_lock, folders_under, missing_parents, new_folders, remove_empty, staged_output
+from probe.checks import check_architecture, check_config, check_filter, check_layers, check_rows
 from probe.config import ConfigError, ExperimentConfig
 from probe.context import (
     DEFAULT_CACHE,
@@ -44,25 +46,44 @@ def run_experiment(
     clock = _Clock(timings, perf_counter)
     for path in config.plugins:
         plugins.load_plugin_file(path)
-    output_dir = Path(output_dir)  # created when the first report is written, not before
+    output_dir, cache_dir = Path(output_dir), Path(cache_dir)  # output: replaced whole once every report is done
+    check_config(config, output_dir, cache_dir)  # names, options and folders: before any data or model work
+    cache_folders, made = folders_under(cache_dir), missing_parents(cache_dir)
+    try:
+        results = _run(config, output_dir, cache_dir, progress, n_jobs, clock)
+    except BaseException:
+        remove_empty(new_folders(cache_dir, cache_folders) + made)  # a failed run leaves no empty folders
+        raise
+    plugins.call_each("experiment_finished", config=config, results=results, output_dir=output_dir)
+    clock.lap("report")
+    return results
+
+
+def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: bool, n_jobs, clock) -> Results:
+    from probe.lengths import fit_rows, max_positions
+
     plugins.call_each("experiment_started", config=config, output_dir=output_dir)
-    context = RunContext(config, resolve_model(config.model, config.revision), Path(cache_dir), progress)
+    context = RunContext(config, resolve_model(config.model, config.revision), cache_dir, progress)
     try:
         context.device  # a device this machine lacks is found now, not after the data work
     except ValueError as error:
         raise ConfigError(f"{config.source or 'config'}: {error}") from None
-    context.rows, skipped = load_dataset(config)
+    layers = check_layers(config, context.n_blocks)  # the depth comes from config.json: no weights read
+    rows, skipped, numbers = load_numbered_rows(config)
+    rows, too_long = fit_rows(rows, numbers, context.tokenizer, max_positions(context.model_config),
+                              policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))
+    context.rows, skipped = rows, skipped + too_long
+    check_rows(config, context.rows)
+    check_architecture(config, context.model_config)
     splits = make_splits(context.rows, config)  # fails before any model work, not after
-    layers = list(range(context.n_blocks + 1)) if config.layers == "all" else config.layers
     clock.lap("load")
     context.stores = extract_features(context, layers)
     clock.lap("extract")
     results = probe_layers(context, splits, layers, skipped, n_jobs)
     clock.lap("probe")
-    write_reports(results, output_dir, context)
+    with staged_output(output_dir) as staging:  # all reports appear together, or none
+        write_reports(results, staging, context)
     results._run_dir = output_dir
-    plugins.call_each("experiment_finished", config=config, results=results, output_dir=output_dir)
-    clock.lap("report")
     return results
 
 
@@ -82,23 +103,40 @@ class _Clock:
 
 def load_dataset(config: ExperimentConfig):
     """The config's dataset, prepared and filtered; bad rows raise or are skipped per ``on_bad_rows``."""
-    from probe.data import prepare
+    rows, skipped, _ = load_numbered_rows(config)
+    return rows, skipped
+
+
+def load_numbered_rows(config: ExperimentConfig):
+    """``load_dataset``'s (rows, skipped problems), and each row's 1-based number in its source, for
+    messages about the rows that later checks find."""
+    from probe.data import DataError, prepare
 
     registered = plugins.lookup("dataset", config.dataset_name)
-    ds = registered.value(**config.dataset_options)
-    source = config.dataset_options.get("path", config.dataset_name)
-    for column in config.filter:
-        if column not in ds.column_names:
-            raise ConfigError(
-                f"{config.source}: field 'filter' names column {column!r}, which the dataset lacks; "
-                f"its columns: {', '.join(ds.column_names)}"
-            )
+    try:
+        ds = registered.value(**config.dataset_options)
+    except (DataError, ConfigError, plugins.PluginError):
+        raise
+    except Exception as error:
+        raise plugins.PluginError(f"dataset {config.dataset_name!r} (plugin {registered.plugin!r}) raised "
+                                  f"{type(error).__name__}: {error}") from error
+    source = _source(config)
+    check_filter(config, ds, source)
 
     def keep(row) -> bool:
         return all(row[column] in accepted for column, accepted in config.filter.items())
 
-    return prepare(ds, source=str(source), n_folds=config.folds, on_error=config.on_bad_rows,
-                   keep=keep if config.filter else None)
+    rows, skipped = prepare(ds, source=source, n_folds=config.folds, on_error=config.on_bad_rows,
+                            keep=keep if config.filter else None)
+    bad = {problem.row for problem in skipped}
+    numbers = [n for n, row in enumerate(ds, start=1) if (not config.filter or keep(row)) and n not in bad]
+    if len(numbers) != len(rows):  # a loader that numbers rows its own way: position in the prepared rows
+        numbers = list(range(1, len(rows) + 1))
+    return rows, skipped, numbers
+
+
+def _source(config: ExperimentConfig) -> str:
+    return str(config.dataset_options.get("path", config.dataset_name))
 
 
 @dataclass
@@ -156,11 +194,13 @@ def _extract(context: RunContext, layers, mode: str, load: Callable):
 
     config = context.config
     texts, spans = context.rows["text"], context.spans
-    return extract(
-        load, texts, spans, layers=layers, folder=context.cache_dir / "features" / feature_key(context, layers, mode),
-        pooling=config.pooling, batch_size=config.batch_size, progress=context.progress,
-        description=f"{config.name}: {mode}",
-    )
+    folder = context.cache_dir / "features" / feature_key(context, layers, mode)
+    with cache_lock(folder):  # two runs on one cache: the second waits, then finds the chunks done
+        return extract(
+            load, texts, spans, layers=layers, folder=folder,
+            pooling=config.pooling, batch_size=config.batch_size, progress=context.progress,
+            description=f"{config.name}: {mode}",
+        )
 
 
 def feature_key(context: RunContext, layers, mode: str) -> str:

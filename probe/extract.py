@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from probe.chunks import drop_damaged, mark_complete, write_chunk
 from probe.devices import device_of
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from probe.config import POOLINGS, POSITIONS
@@ -89,11 +88,10 @@ def extract(
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     layers = sorted(set(layers))
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)  # created with its first chunk: a run that fails before leaves no empty folder
     store = FeatureStore(folder, layers, len(texts))
-    done = folder / "complete.json"
-    if done.exists():
+    drop_damaged(folder)  # a chunk that fails its checksum is named and extracted again, never read
+    if (folder / "complete.json").exists():
         return store
 
     model, tokenizer = load()
@@ -117,7 +115,7 @@ def extract(
             {"rows": torch.tensor(rows), "target": torch.from_numpy(target), "last": torch.from_numpy(last)},
         )
     bar.close()
-    done.write_text(json.dumps({"rows": len(texts), "layers": layers}))
+    mark_complete(folder, json.dumps({"rows": len(texts), "layers": layers}))
     return store
 
 
@@ -126,9 +124,7 @@ def _chunk_path(folder: Path, n: int) -> Path:
 
 
 def _write_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    write_chunk(path, tensors)  # with the checksum drop_damaged checks
 
 
 def _width(model) -> int:

@@ -31,6 +31,10 @@ def load_file(path: str, **fields):
     return load_rows(path, **fields)
 
 
+load_file.forwards_to = "probe.data:load_rows"  # the options a config may give (probe.checks reads these)
+load_file.forwards_skip = ("source",)
+
+
 @hookimpl
 def register_datasets(register):
     for name in BUILTIN:
