@@ -77,6 +77,9 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
         else:
             source = resolve_model(model_name, revision)  # registered names → hub name or local path
             tokenizer = models.load_tokenizer(source, revision=revision)
+            if len(tokenizer) <= 1 or not tokenizer("a word", add_special_tokens=False)["input_ids"]:
+                raise ValueError(f"no tokenizer files at {source}; save the model's tokenizer there "
+                                 f"with tokenizer.save_pretrained({source!r})")
     except OSError as error:
         message = model_load_error(model_name, error) if model_name else str(error)
         raise click.BadParameter(message, param_hint="--model" if model_name else "--random-init") from None
@@ -135,6 +138,9 @@ def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Model dtype [default: the config's].")
 def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):
     """Run an experiment config: probe every layer, write results.json/csv, plots and summary.md."""
+    if n_jobs == 0:
+        raise click.BadParameter("0 fits at a time would never finish; give a number ≥ 1, or -1 for all cores",
+                                 param_hint="--jobs")
     if quiet:
         quiet_progress_bars()  # first: the imports below read the setting
     from probe import plugins
@@ -217,7 +223,12 @@ def plot_runs(run_dirs, output, subsets):
     for folder in run_dirs:
         if not (Path(folder) / "results.json").exists():
             raise click.BadParameter(f"{folder} has no results.json", param_hint="RUN_DIRS")
-        runs.append(load_results(folder))
+        try:
+            runs.append(load_results(folder))
+        except ValueError as error:  # not JSON, or not what a run writes
+            reason = str(error).strip().splitlines()[0]
+            raise click.BadParameter(f"{folder}/results.json can't be read as a run's results ({reason})",
+                                     param_hint="RUN_DIRS") from None
     found = sorted({subset for results in runs for _, subset in results.series()})
     unknown = [subset for subset in subsets if subset not in found]
     if unknown:
@@ -297,6 +308,11 @@ def main(args: list[str] | None = None):
     try:
         for _, _ in plugins.call_each("register_commands", cli=cli):
             pass
+    except plugins.PluginError as error:
+        if debug:
+            raise
+        raise SystemExit(f"Error: {error}") from None
+    try:
         cli.main(args=argv, prog_name="probe")
     except Exception as error:  # click has already handled its own errors (and exited)
         if debug:

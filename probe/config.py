@@ -71,6 +71,13 @@ class ExperimentConfig(BaseModel):
     def _one_becomes_a_list(cls, value):
         return value if value is None else _as_list(value)
 
+    @field_validator("positions")
+    @classmethod
+    def _some_position(cls, value):
+        if not value:
+            raise ValueError(f"needs at least one of {', '.join(POSITIONS)}")
+        return value
+
     @field_validator("device")
     @classmethod
     def _device_spelling(cls, value):
@@ -149,7 +156,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     for key, value in (overrides or {}).items():
         raw[key] = value
     # Plugin files, and a dataset's path when it exists there, are relative to the config file.
-    raw["plugins"] = [str((path.parent / p).resolve()) for p in _as_list(raw.get("plugins") or [])]
+    raw["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) else p
+                      for p in _as_list(raw.get("plugins") or [])]
     dataset = raw.get("dataset")
     if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
         beside_config = path.parent / dataset["path"]

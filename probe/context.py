@@ -46,7 +46,11 @@ class RunContext:
         from probe.models import gguf_folder
 
         if str(self.model_path).endswith(".gguf") and Path(self.model_path).is_file():
-            return str(gguf_folder(self.model_path, self.cache_dir / "models", progress=self.progress))
+            try:
+                return str(gguf_folder(self.model_path, self.cache_dir / "models", progress=self.progress))
+            except Exception as error:  # not a GGUF file, or one transformers can't convert
+                raise ConfigError(f"{self.config.source or 'config'}: field 'model': {self.model_path} can't be "
+                                  f"read as a GGUF checkpoint ({type(error).__name__}: {error})") from None
         return self.model_path
 
     @cached_property
@@ -66,7 +70,11 @@ class RunContext:
 
         path = Path(self.source) / "config.json"
         if path.is_file():
-            fields = json.loads(path.read_text())
+            try:
+                fields = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as error:
+                raise ConfigError(f"{self.config.source or 'config'}: field 'model': {path} is not valid JSON "
+                                  f"({error})") from None
             for name in ("num_hidden_layers", "n_layer"):
                 if isinstance(fields.get(name), int):
                     return fields[name]
@@ -114,6 +122,17 @@ class RunContext:
         return self._model
 
     def _load(self, load_model, model_class, dtype):
+        """``_place``, with weights that fail to load (missing, truncated) a ConfigError naming the model."""
+        try:
+            return self._place(load_model, model_class, dtype)
+        except (ConfigError, plugins.PluginError):
+            raise
+        except Exception as error:  # missing files, a truncated safetensors file (SafetensorError), bad shapes
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"{self.config.source or 'config'}: field 'model': the weights at {self.source} "
+                              f"can't be loaded ({type(error).__name__}: {reason})") from None
+
+    def _place(self, load_model, model_class, dtype):
         """On ``device``, or spread by accelerate when the config gives a ``device_map`` (offloading what
         ``max_memory`` leaves over to a folder in the cache)."""
         config = self.config

@@ -8,10 +8,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """The errors whose message already names the field, row, file or plugin at fault."""
     from probe.config import ConfigError
     from probe.data import DataError
+    from probe.hooks import HookError
     from probe.plugins import PluginError
     from probe.probes import ProbeError
 
-    found = [ConfigError, DataError, PluginError, ProbeError]
+    found = [ConfigError, DataError, PluginError, ProbeError, HookError]
     try:
         from probe.html_report import ReportError
 

@@ -356,7 +356,14 @@ def _key(name: str, subset: str) -> str:
 def write_reports(results: Results, output_dir: Path, context: RunContext) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in context.config.reporters:
-        plugins.lookup("reporter", name).value(results, output_dir, context)
+        entry = plugins.lookup("reporter", name)
+        try:
+            entry.value(results, output_dir, context)
+        except (ConfigError, plugins.PluginError):
+            raise
+        except Exception as error:  # the run is not published; the message names who failed
+            raise plugins.PluginError(f"reporter {name!r} (plugin {entry.plugin!r}) raised "
+                                      f"{type(error).__name__}: {error}") from error
 
 
 def versions() -> dict:

@@ -91,7 +91,8 @@ def extract(
     folder = Path(folder)  # created with its first chunk: a run that fails before leaves no empty folder
     store = FeatureStore(folder, layers, len(texts))
     drop_damaged(folder)  # a chunk that fails its checksum is named and extracted again, never read
-    if (folder / "complete.json").exists():
+    every_chunk = all(_chunk_path(folder, n).exists() for n in range(-(-len(texts) // chunk_rows)))
+    if (folder / "complete.json").exists() and every_chunk:  # a chunk deleted by hand is extracted again
         return store
 
     model, tokenizer = load()

@@ -59,7 +59,7 @@ class World:
 
     def run_args(self, config: Path | None = None, *extra) -> list[str]:
         return ["run", str(config or self.config), "--output", str(self.out), "--cache-dir", str(self.cache),
-                "--quiet", *map(str, extra)]
+                "--quiet", "--jobs", "1", *map(str, extra)]  # no worker processes: a kill takes them along
 
 
 def invoke(capsys, args, env=None, monkeypatch=None) -> tuple[int, str]:
@@ -71,9 +71,12 @@ def invoke(capsys, args, env=None, monkeypatch=None) -> tuple[int, str]:
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
+        message = "" if isinstance(exit_.code, int) or exit_.code is None else f"{exit_.code}\n"
+    else:
+        message = ""
     finally:
         plugins.reset_plugin_manager()
-    return code, capsys.readouterr().err
+    return code, capsys.readouterr().err + message  # SystemExit("Error: …") is printed by the interpreter
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -253,9 +256,46 @@ CASES = {
     "compare-empty-text": (lambda w: ["compare", "--model", str(w.model), "--text", " "], {}, "--text"),
     "compare-unsupported-architecture": (lambda w: ["compare", "--model", str(_mamba(w))], {},
                                          "cannot swap the attention of MambaModel"),
+    "positions-empty": (_config({"positions": []}), {}, "field 'positions' needs at least one"),
+    "plugins-not-paths": (_config({"plugins": 3}), {}, "field 'plugins'"),
+    "jobs-zero": (lambda w: w.run_args(None, "--jobs", "0"), {}, "--jobs"),
+    "model-config-not-json": (_model_folder(lambda w: _broken_config(w)), {}, "config.json is not valid JSON"),
+    "reporter-raises": (lambda w: w.run_args(w.write_config("case", {"reporters": ["json", "boom"], "plugins": [
+        str(_plugin_file(w, "boom.py", BOOM_REPORTER))]})), {}, "reporter 'boom' (plugin"),
+    "plot-runs-corrupt-results": (lambda w: ["plot-runs", _corrupt_run(w), "--output", str(w.base / "p.png")], {},
+                                  "results.json can't be read"),
     "plot-runs-unknown-subset": (lambda w: ["plot-runs", str(w.out), "--output", str(w.base / "p.png"), "--subset",
                                             "nosuch"], {}, "no run has subset 'nosuch'"),
 }
+
+
+BOOM_REPORTER = """
+    from probe.hookspecs import hookimpl
+
+    def boom(results, output_dir, context):
+        raise ValueError("boom")
+
+    @hookimpl
+    def register_reporters(register):
+        register("boom", boom)
+"""
+
+
+def _broken_config(w) -> Path:
+    import shutil
+
+    folder = w.base / "broken-config"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(w.model, folder)
+    (folder / "config.json").write_text("{not json")
+    return folder
+
+
+def _corrupt_run(w) -> Path:
+    folder = w.base / "corrupt-run"
+    folder.mkdir(exist_ok=True)
+    (folder / "results.json").write_text('{"experiment": 3')
+    return str(folder)
 
 
 def _foreign_folder(w) -> Path:
@@ -360,7 +400,7 @@ def uninterrupted(world):
 
 
 def test_a_kill_during_extraction_resumes_to_the_same_results(world, uninterrupted, tmp_path, capsys, monkeypatch):
-    args = ["run", world.config, "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--quiet"]
+    args = ["run", world.config, "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--quiet", "--jobs", "1"]
     killed = _cli_with(KILL_AFTER.format(module="chunks", function="write_chunk"), args)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "out").exists()  # nothing published
@@ -377,7 +417,7 @@ def test_a_kill_during_reporting_leaves_the_previous_run_whole(world, tmp_path, 
     shutil.copytree(world.cache, cache)  # vectors cached: the run goes straight to probes and reports
     before = snapshot(out)
     config = world.write_config("other-seed", {"seed": 1})
-    args = ["run", config, "--output", out, "--cache-dir", cache, "--quiet"]
+    args = ["run", config, "--output", out, "--cache-dir", cache, "--quiet", "--jobs", "1"]
     killed = _cli_with(KILL_AFTER.format(module="report", function="write_json"), args)
     assert killed.returncode == -signal.SIGKILL
     assert snapshot(out) == before  # the new results.json is not mixed with the old csv and summary
@@ -402,7 +442,7 @@ def test_a_damaged_chunk_is_named_and_extracted_again(world, uninterrupted, tmp_
     else:
         data = data[: len(data) // 2]
     chunk.write_bytes(bytes(data))
-    args = ["run", world.config, "--output", tmp_path / "out", "--cache-dir", cache, "--quiet"]
+    args = ["run", world.config, "--output", tmp_path / "out", "--cache-dir", cache, "--quiet", "--jobs", "1"]
     code, err = invoke(capsys, args, {"PROBE_PLUGINS": ""}, monkeypatch)
     assert code == 0, err
     assert str(chunk) in caplog.text and "damaged" in caplog.text  # the CLI prints it on stderr
@@ -412,7 +452,7 @@ def test_a_damaged_chunk_is_named_and_extracted_again(world, uninterrupted, tmp_
 def test_files_respect_the_umask(world, tmp_path, capsys, monkeypatch):
     previous = os.umask(0o022)
     try:
-        args = ["run", world.config, "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--quiet"]
+        args = ["run", world.config, "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--quiet", "--jobs", "1"]
         code, err = invoke(capsys, args, {"PROBE_PLUGINS": ""}, monkeypatch)
     finally:
         os.umask(previous)

@@ -29,6 +29,7 @@ from probe.config import validate
 from probe.context import RunContext
 from probe.experiment import run_experiment
 from probe.extract import FeatureStore, extract
+from probe.atomic import MARKER
 from probe.report import CSV_COLUMNS
 from conftest import shared_folder
 from tiny_gpt2 import build_tiny_gpt2
@@ -165,7 +166,7 @@ def test_probe_run_mole_yaml_writes_every_report(tiny_model, tmp_path):
 
     names = {p.name for p in out.iterdir()}
     assert {"results.json", "results.csv", "accuracy.png", "pca.png", "attention.png", "summary.md"} <= names
-    assert not [n for n in names if n.startswith(".")], "temporary files left behind"
+    assert not [n for n in names if n.startswith(".") and n != MARKER], "temporary files left behind"
     for png in ("accuracy.png", "pca.png", "attention.png"):
         assert_png(out / png)
 
