@@ -57,6 +57,10 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
 
     if bool(model_name) == bool(random_init):
         raise click.UsageError("give exactly one of --model and --random-init")
+    if tolerance is not None and not tolerance >= 0:  # also refuses nan
+        raise click.BadParameter(f"{tolerance} is not a tolerance; give a max abs diff ≥ 0", param_hint="--tolerance")
+    if any(not text.strip() for text in texts):
+        raise click.BadParameter("an empty text has no tokens to compare; give some words", param_hint="--text")
     try:
         where = resolve_device(device)  # before any model work
     except ValueError as error:
@@ -77,15 +81,23 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
         else:
             source = resolve_model(model_name, revision)  # registered names → hub name or local path
             tokenizer = models.load_tokenizer(source, revision=revision)
+            if len(tokenizer) <= 1 or not tokenizer("a word", add_special_tokens=False)["input_ids"]:
+                raise ValueError(f"no tokenizer files at {source}; save the model's tokenizer there "
+                                 f"with tokenizer.save_pretrained({source!r})")
     except OSError as error:
         message = model_load_error(model_name, error) if model_name else str(error)
         raise click.BadParameter(message, param_hint="--model" if model_name else "--random-init") from None
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
 
-    reference_model = models.load_model(source, revision=revision, dtype=torch_dtype,
-                                        attn_implementation=reference).to(where)
-    candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype).to(where), fast=fast)
+    try:
+        reference_model = models.load_model(source, revision=revision, dtype=torch_dtype,
+                                            attn_implementation=reference).to(where)
+        candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype).to(where),
+                                   fast=fast)
+    except (OSError, ValueError) as error:  # weights that don't load; an architecture probe can't swap
+        raise click.BadParameter(str(error).strip().splitlines()[0],
+                                 param_hint="--model" if model_name else "--random-init") from None
     vocab_size = reference_model.config.vocab_size
     input_ids, attention_mask = encode(list(texts or DEFAULT_TEXTS), tokenizer, padding, vocab_size)
     input_ids, attention_mask = input_ids.to(where), attention_mask.to(where)
@@ -130,6 +142,9 @@ def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Model dtype [default: the config's].")
 def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):
     """Run an experiment config: probe every layer, write results.json/csv, plots and summary.md."""
+    if n_jobs == 0:
+        raise click.BadParameter("0 fits at a time would never finish; give a number ≥ 1, or -1 for all cores",
+                                 param_hint="--jobs")
     if quiet:
         quiet_progress_bars()  # first: the imports below read the setting
     from probe import plugins
@@ -214,7 +229,17 @@ def plot_runs(run_dirs, output, subsets):
     for folder in run_dirs:
         if not (Path(folder) / "results.json").exists():
             raise click.BadParameter(f"{folder} has no results.json", param_hint="RUN_DIRS")
-        runs.append(load_results(folder))
+        try:
+            runs.append(load_results(folder))
+        except ValueError as error:  # not JSON, or not what a run writes
+            reason = str(error).strip().splitlines()[0]
+            raise click.BadParameter(f"{folder}/results.json can't be read as a run's results ({reason})",
+                                     param_hint="RUN_DIRS") from None
+    found = sorted({subset for results in runs for _, subset in results.series()})
+    unknown = [subset for subset in subsets if subset not in found]
+    if unknown:
+        raise click.BadParameter(f"no run has subset {unknown[0]!r}; the runs' subsets: {', '.join(found)}",
+                                 param_hint="--subset")
     click.echo(f"wrote {plot(runs, Path(output), list(subsets) or None)}")
 
 
@@ -266,8 +291,11 @@ def list_plugins(plugins_dir):
     """List loaded plugins and the hooks each implements."""
     from probe import plugins
 
-    if plugins_dir:
-        plugins.load_plugins_dir(plugins_dir)
+    try:
+        if plugins_dir:
+            plugins.load_plugins_dir(plugins_dir)
+    except plugins.PluginError as error:
+        raise click.ClickException(str(error)) from None
     for name, hooks in plugins.describe():
         click.echo(f"{name}\n    {', '.join(hooks) or '(no hooks)'}")
 
@@ -277,15 +305,31 @@ from probe.sweep_cli import sweep  # its own module; the command imports its wor
 cli.add_command(sweep)
 
 
-def main():
-    from probe import plugins
+def main(args: list[str] | None = None):
+    """The `probe` command. An error ends in one message on stderr and exit status 1 (2 for usage errors);
+    a traceback only with --debug (anywhere on the line) or PROBE_DEBUG=1."""
+    import os
 
+    from probe import plugins
+    from probe.errors import explain
+
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get("PROBE_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
     try:
         for _, _ in plugins.call_each("register_commands", cli=cli):
             pass
     except plugins.PluginError as error:
+        if debug:
+            raise
         raise SystemExit(f"Error: {error}") from None
-    cli()
+    try:
+        cli.main(args=argv, prog_name="probe")
+    except Exception as error:  # click has already handled its own errors (and exited)
+        if debug:
+            raise
+        click.echo(f"Error: {explain(error)}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

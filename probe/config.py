@@ -15,6 +15,7 @@ POOLINGS = ("first", "last", "mean")
 CONTROLS = ("majority", "shuffled", "random_weights", "permutation", "control_task")
 DEFAULT_CONTROLS = ("majority", "shuffled", "random_weights")  # the permutation test and control task cost more
 ON_BAD_ROWS = ("raise", "skip")
+LONG_TEXTS = ("refuse", "window")  # a text longer than the model's positions: a bad row, or cut around the target
 DTYPES = ("float32", "float16", "bfloat16")
 
 # The published GPT-2 checkpoints' shapes, for building random-weight stand-ins offline.
@@ -63,6 +64,7 @@ class ExperimentConfig(BaseModel):
     metrics: Optional[list[str]] = None  # registered metric names; None: all registered
     plugins: list[str] = []
     on_bad_rows: Literal[ON_BAD_ROWS] = "raise"
+    long_texts: Literal[LONG_TEXTS] = "refuse"
     example: int = 0
     options: dict[str, Any] = {}  # free-form settings for plugins
     # How probes are scored, and what the last layer is (see probe/evaluation.py and probe/extract.py).
@@ -74,6 +76,13 @@ class ExperimentConfig(BaseModel):
     @classmethod
     def _one_becomes_a_list(cls, value):
         return value if value is None else _as_list(value)
+
+    @field_validator("positions")
+    @classmethod
+    def _some_position(cls, value):
+        if not value:
+            raise ValueError(f"needs at least one of {', '.join(POSITIONS)}")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -143,9 +152,15 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     """Read, override (``--set key=value``) and validate a YAML experiment config."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: byte {error.object[error.start]:#x} is not UTF-8; "
+                          "save the config as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} can't be read: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
@@ -154,7 +169,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     for key, value in (overrides or {}).items():
         raw[key] = value
     # Plugin files, and a dataset's path when it exists there, are relative to the config file.
-    raw["plugins"] = [str((path.parent / p).resolve()) for p in _as_list(raw.get("plugins") or [])]
+    raw["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) else p
+                      for p in _as_list(raw.get("plugins") or [])]
     dataset = raw.get("dataset")
     if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
         beside_config = path.parent / dataset["path"]
@@ -168,7 +184,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set folds=3")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: the field name before '=' is empty, e.g. --set folds=3")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        problem = str(error).splitlines()[0]
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({problem}); quote it, "
+                          f"e.g. --set '{key.strip()}=\"{value}\"'") from None
 
 
 def validate(raw: dict, source: str = "<config>") -> ExperimentConfig:
@@ -206,7 +229,7 @@ def _message(error: dict, raw: dict) -> str:
 
 
 _CHOICES = {"attention": ATTENTION_MODES, "pooling": POOLINGS, "dtype": DTYPES, "on_bad_rows": ON_BAD_ROWS,
-            "positions": POSITIONS, "controls": CONTROLS}
+            "positions": POSITIONS, "controls": CONTROLS, "long_texts": LONG_TEXTS}
 _TYPES = {"int_type": "an int", "string_type": "a str", "list_type": "a list", "dict_type": "a mapping",
           "bool_type": "true or false"}
 

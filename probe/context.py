@@ -59,7 +59,11 @@ class RunContext:
         from probe.models import gguf_folder
 
         if str(self.model_path).endswith(".gguf") and Path(self.model_path).is_file():
-            return str(gguf_folder(self.model_path, self.cache_dir / "models", progress=self.progress))
+            try:
+                return str(gguf_folder(self.model_path, self.cache_dir / "models", progress=self.progress))
+            except Exception as error:  # not a GGUF file, or one transformers can't convert
+                raise ConfigError(f"{self.config.source or 'config'}: field 'model': {self.model_path} can't be "
+                                  f"read as a GGUF checkpoint ({type(error).__name__}: {error})") from None
         return self.model_path
 
     @cached_property
@@ -69,7 +73,7 @@ class RunContext:
 
         try:
             return load_config(self.source, revision=self.config.revision)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: a config.json whose model_type nobody knows
             raise ConfigError(f"{self.config.source}: {model_load_error(self.config.model, error)}") from None
 
     @cached_property
@@ -79,7 +83,11 @@ class RunContext:
 
         path = Path(self.source) / "config.json"
         if path.is_file():
-            fields = json.loads(path.read_text())
+            try:
+                fields = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as error:
+                raise ConfigError(f"{self.config.source or 'config'}: field 'model': {path} is not valid JSON "
+                                  f"({error})") from None
             for name in ("num_hidden_layers", "n_layer"):
                 if isinstance(fields.get(name), int):
                     return fields[name]
@@ -87,9 +95,27 @@ class RunContext:
 
     @cached_property
     def tokenizer(self):
+        """The model's tokenizer; a folder without one, or one without character offsets (which finding the
+        target's tokens needs), is a ConfigError that says how to fix it."""
         from probe.models import load_tokenizer
 
-        return load_tokenizer(self.source, revision=self.config.revision)
+        where = f"{self.config.source or 'config'}: field 'model' ({self.config.model})"
+        try:
+            tokenizer = load_tokenizer(self.source, revision=self.config.revision)
+        except (OSError, ValueError, TypeError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"{where}: no usable tokenizer at {self.source} ({reason}); save the model's "
+                              f"tokenizer there with tokenizer.save_pretrained({str(self.source)!r})") from None
+        if len(tokenizer) <= 1 or not tokenizer("a word", add_special_tokens=False)["input_ids"]:
+            # transformers makes an empty tokenizer of the config's class when the folder has no files
+            raise ConfigError(f"{where}: no tokenizer files at {self.source} (what loads has an empty "
+                              f"vocabulary); save the model's tokenizer there with "
+                              f"tokenizer.save_pretrained({str(self.source)!r})")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError(f"{where}: its tokenizer ({type(tokenizer).__name__}) is a slow one, which gives no "
+                              "character offsets, and probe needs them to find the target's tokens; save a fast "
+                              "tokenizer (tokenizer.json) beside the model")
+        return tokenizer
 
     # ------------------------------------------------------------ the shared model
 
@@ -109,6 +135,17 @@ class RunContext:
         return self._model
 
     def _load(self, load_model, model_class, dtype):
+        """``_place``, with weights that fail to load (missing, truncated) a ConfigError naming the model."""
+        try:
+            return self._place(load_model, model_class, dtype)
+        except (ConfigError, plugins.PluginError):
+            raise
+        except Exception as error:  # missing files, a truncated safetensors file (SafetensorError), bad shapes
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"{self.config.source or 'config'}: field 'model': the weights at {self.source} "
+                              f"can't be loaded ({type(error).__name__}: {reason})") from None
+
+    def _place(self, load_model, model_class, dtype):
         """On ``device``, or spread by accelerate when the config gives a ``device_map`` (offloading what
         ``max_memory`` leaves over to a folder in the cache)."""
         config = self.config
@@ -133,7 +170,8 @@ class RunContext:
 
     def load_model(self, attention: str = "reimplemented"):
         """(model, tokenizer): what extraction and reporters call; nothing is read from disk twice."""
-        return self.model(attention), self.tokenizer
+        tokenizer = self.tokenizer  # first: a missing tokenizer is found before the weights are read
+        return self.model(attention), tokenizer
 
     def random_weights_model(self):
         """The same architecture with fresh random weights (seeded): what structure alone gives."""
@@ -192,6 +230,11 @@ def attach_activation_hooks(model, config: ExperimentConfig) -> list:
     for plugin, fns in plugins.call_each("activation_hooks", model=model, config=config):
         for name, fn in (fns or {}).items():
             try:
+                if getattr(fn, "probe_owner", None) is None:  # so that a bad return value names the plugin
+                    try:
+                        fn.probe_owner = f"{getattr(fn, '__qualname__', repr(fn))} (plugin {plugin!r}, activation_hooks)"
+                    except AttributeError:  # a bound method or builtin can't take attributes
+                        pass
                 handles += add_hook(model, name, fn)
             except KeyError as error:
                 raise plugins.PluginError(f"plugin {plugin!r} (activation_hooks): {error.args[0]}") from None

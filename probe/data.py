@@ -137,8 +137,13 @@ def _check_options(source, split, revision, span_field, span_start_field, span_e
 
 def _load_raw(source: str, *, split: str, revision: str | None) -> datasets.Dataset:
     """Read the source with the matching datasets builder, untouched."""
+    from probe.datafiles import check_data_file, hub_error
+
     if source.startswith(HUB_PREFIX):
-        return datasets.load_dataset(source[len(HUB_PREFIX) :], split=split, revision=revision)
+        try:
+            return datasets.load_dataset(source[len(HUB_PREFIX) :], split=split, revision=revision)
+        except Exception as error:  # offline, no such dataset, no such split: say which and what to do
+            raise hub_error(source, error, DataError) from None
     path = Path(source)
     builder = BUILDERS.get(path.suffix.lower())
     if builder is None:
@@ -148,8 +153,13 @@ def _load_raw(source: str, *, split: str, revision: str | None) -> datasets.Data
         )
     if not path.is_file():
         raise DataError(f"{source}: no such file")
+    check_data_file(path, DataError)  # empty, not UTF-8, malformed: named with its line
     # A local file is always read as the builder's single "train" split.
-    return datasets.load_dataset(builder, data_files=str(path), split="train")
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as error:  # what the checks above don't catch (a bad parquet file, mixed types)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{source}: can't be read as {builder} ({type(error).__name__}: {reason})") from None
 
 
 def _field_map(

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from probe import measures, plugins, stronger_controls
+from probe.atomic import cache_lock, folders_under, missing_parents, new_folders, remove_empty, staged_output
+from probe.checks import check_architecture, check_config, check_filter, check_layers, check_rows
 from probe.config import ConfigError, ExperimentConfig
 from probe.context import (
     DEFAULT_CACHE,
@@ -46,15 +48,35 @@ def run_experiment(
     clock = _Clock(timings, perf_counter)
     for path in config.plugins:
         plugins.load_plugin_file(path)
-    output_dir = Path(output_dir)  # created when the first report is written, not before
+    output_dir, cache_dir = Path(output_dir), Path(cache_dir)  # output: replaced whole once every report is done
+    check_config(config, output_dir, cache_dir)  # names, options and folders: before any data or model work
+    cache_folders, made = folders_under(cache_dir), missing_parents(cache_dir)
+    try:
+        results = _run(config, output_dir, cache_dir, progress, n_jobs, clock)
+    except BaseException:
+        remove_empty(new_folders(cache_dir, cache_folders) + made)  # a failed run leaves no empty folders
+        raise
+    plugins.call_each("experiment_finished", config=config, results=results, output_dir=output_dir)
+    clock.lap("report")
+    return results
+
+
+def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: bool, n_jobs, clock) -> Results:
+    from probe.lengths import fit_rows, max_positions
+
     plugins.call_each("experiment_started", config=config, output_dir=output_dir)
-    context = RunContext(config, resolve_model(config.model, config.revision), Path(cache_dir), progress)
+    context = RunContext(config, resolve_model(config.model, config.revision), cache_dir, progress)
     check_placement(context)  # a device this machine lacks is found now, not after the data work
-    context.rows, skipped = load_dataset(config)
+    layers = check_layers(config, context.n_blocks)  # the depth comes from config.json: no weights read
+    rows, skipped, numbers = load_numbered_rows(config)
+    rows, too_long = fit_rows(rows, numbers, context.tokenizer, max_positions(context.model_config),
+                              policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))
+    context.rows, skipped = rows, skipped + too_long
+    check_rows(config, context.rows)
+    check_architecture(config, context.model_config)
     splits = make_splits(context.rows, config)  # fails before any model work, not after
     stronger_controls.check(context, splits)
     measures.check(config)
-    layers = list(range(context.n_blocks + 1)) if config.layers == "all" else config.layers
     clock.lap("load")
     with process_group(context.ranks, context.device):
         context.stores = extract_features(context, layers)
@@ -63,10 +85,9 @@ def run_experiment(
         return None  # under torchrun, rank 0 probes and reports what every rank extracted
     results = probe_layers(context, splits, layers, skipped, n_jobs)
     clock.lap("probe")
-    write_reports(results, output_dir, context)
+    with staged_output(output_dir) as staging:  # all reports appear together, or none
+        write_reports(results, staging, context)
     results._run_dir = output_dir
-    plugins.call_each("experiment_finished", config=config, results=results, output_dir=output_dir)
-    clock.lap("report")
     return results
 
 
@@ -105,15 +126,29 @@ class _Clock:
 def load_dataset(config: ExperimentConfig):
     """The config's dataset, prepared and filtered; bad rows raise or are skipped per ``on_bad_rows``.
     Under a fixed split only the rows of its parts (train, test, dev) are kept."""
-    from probe.data import prepare
+    rows, skipped, _ = load_numbered_rows(config)
+    return rows, skipped
+
+
+def load_numbered_rows(config: ExperimentConfig):
+    """``load_dataset``'s (rows, skipped problems), and each row's 1-based number in its source, for
+    messages about the rows that later checks find."""
+    from probe.data import DataError, prepare
     from probe.evaluation import FixedSplit, protocol
 
     registered = plugins.lookup("dataset", config.dataset_name)
     _check_dataset_options(registered, config)
-    ds = registered.value(**config.dataset_options)
-    source = config.dataset_options.get("path", config.dataset_name)
+    try:
+        ds = registered.value(**config.dataset_options)
+    except (DataError, ConfigError, plugins.PluginError):
+        raise
+    except Exception as error:
+        raise plugins.PluginError(f"dataset {config.dataset_name!r} (plugin {registered.plugin!r}) raised "
+                                  f"{type(error).__name__}: {error}") from error
+    source = _source(config)
+    check_filter(config, ds, source)
     how = protocol(config)
-    columns = {"filter": list(config.filter), "split_by": [config.split_by] if config.split_by else [],
+    columns = {"split_by": [config.split_by] if config.split_by else [],
                "evaluation": [how.split_field] if isinstance(how, FixedSplit) else []}
     for field, named in columns.items():
         for column in named:
@@ -131,8 +166,17 @@ def load_dataset(config: ExperimentConfig):
         # The split column's values are compared as text: a split of numbers matches however YAML read them.
         return kept and (parts is None or str(row[how.split_field]) in parts)
 
-    return prepare(ds, source=str(source), n_folds=how.min_rows_per_label(), on_error=config.on_bad_rows,
-                   keep=keep if config.filter or parts else None)
+    rows, skipped = prepare(ds, source=source, n_folds=how.min_rows_per_label(), on_error=config.on_bad_rows,
+                            keep=keep if config.filter or parts else None)
+    bad = {problem.row for problem in skipped}
+    numbers = [n for n, row in enumerate(ds, start=1) if (not (config.filter or parts) or keep(row)) and n not in bad]
+    if len(numbers) != len(rows):  # a loader that numbers rows its own way: position in the prepared rows
+        numbers = list(range(1, len(rows) + 1))
+    return rows, skipped, numbers
+
+
+def _source(config: ExperimentConfig) -> str:
+    return str(config.dataset_options.get("path", config.dataset_name))
 
 
 def _check_parts_exist(values, how, config: ExperimentConfig) -> None:
@@ -258,12 +302,14 @@ def _extract(context: RunContext, layers, mode: str, load: Callable):
 
     config = context.config
     texts, spans = context.rows["text"], context.spans
-    return extract(
-        load, texts, spans, layers=layers, folder=context.cache_dir / "features" / feature_key(context, layers, mode),
-        pooling=config.pooling, positions=config.positions, batch_size=config.batch_size, progress=context.progress,
-        description=f"{config.name}: {mode}", final_norm=_reads_final_norm(context, layers),
-        ranks=context.ranks,
-    )
+    folder = context.cache_dir / "features" / feature_key(context, layers, mode)
+    with cache_lock(folder):  # two runs on one cache: the second waits, then finds the chunks done
+        return extract(
+            load, texts, spans, layers=layers, folder=folder,
+            pooling=config.pooling, positions=config.positions, batch_size=config.batch_size,
+            progress=context.progress, description=f"{config.name}: {mode}",
+            final_norm=_reads_final_norm(context, layers), ranks=context.ranks,
+        )
 
 
 def _reads_final_norm(context: RunContext, layers) -> bool:
@@ -445,7 +491,14 @@ def _key(name: str, subset: str) -> str:
 def write_reports(results: Results, output_dir: Path, context: RunContext) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in context.config.reporters:
-        plugins.lookup("reporter", name).value(results, output_dir, context)
+        entry = plugins.lookup("reporter", name)
+        try:
+            entry.value(results, output_dir, context)
+        except (ConfigError, plugins.PluginError):
+            raise
+        except Exception as error:  # the run is not published; the message names who failed
+            raise plugins.PluginError(f"reporter {name!r} (plugin {entry.plugin!r}) raised "
+                                      f"{type(error).__name__}: {error}") from error
 
 
 def versions() -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from probe.chunks import drop_damaged, mark_complete, write_chunk
 from probe.devices import device_of
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from probe.config import POOLINGS, POSITIONS
@@ -104,11 +103,11 @@ def extract(
     layers = sorted(set(layers))
     positions = tuple(p for p in POSITIONS if p in positions)
     ranks = ranks or Ranks()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)  # created with its first chunk: a run that fails before leaves no empty folder
     store = FeatureStore(folder, layers, len(texts), positions)
-    done = folder / "complete.json"
-    if done.exists():
+    drop_damaged(folder)  # a chunk that fails its checksum is named and extracted again, never read
+    every_chunk = all(_chunk_path(folder, n).exists() for n in range(-(-len(texts) // chunk_rows)))
+    if (folder / "complete.json").exists() and every_chunk:  # a chunk deleted by hand is extracted again
         return store
 
     model, tokenizer = load()
@@ -136,7 +135,7 @@ def extract(
     bar.close()
     ranks.wait()  # every rank's chunks are on disk before the store is called complete and read
     if ranks.is_main:
-        done.write_text(json.dumps({"rows": len(texts), "layers": layers}))
+        mark_complete(folder, json.dumps({"rows": len(texts), "layers": layers}))
     return store
 
 
@@ -145,9 +144,7 @@ def _chunk_path(folder: Path, n: int) -> Path:
 
 
 def _write_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    write_chunk(path, tensors)  # with the checksum drop_damaged checks
 
 
 def _width(model) -> int:

@@ -8,6 +8,7 @@ the estimator's class and parameters (``get_params``), and scikit-learn's versio
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,13 @@ def load(folder: Path, key: str) -> list[np.ndarray] | None:
     path = folder / f"{key}.npz"
     if not path.exists():
         return None
-    with np.load(path) as saved:
-        return [saved[f"fold{i}"] for i in range(len(saved.files))]
+    try:  # npz is a zip: a truncated or overwritten file fails its CRC here instead of giving wrong numbers
+        with np.load(path) as saved:
+            return [saved[f"fold{i}"] for i in range(len(saved.files))]
+    except Exception as error:
+        logging.getLogger("probe").warning("cached fit %s is damaged (%s); fitting again", path, error)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def save(folder: Path, key: str, fold_predictions: list[np.ndarray]) -> None:

@@ -17,6 +17,10 @@ import torch
 HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
 
 
+class HookError(ValueError):
+    """A hook function returned something its hook point can't use; the message names the hook."""
+
+
 class HookPoint:
     """An identity on the forward path that hook functions can watch or rewrite."""
 
@@ -28,11 +32,18 @@ class HookPoint:
         for fn in self.fns:
             replacement = fn(tensor, self.name)
             if replacement is not None:
+                who = getattr(fn, "probe_owner", None) or getattr(fn, "__qualname__", repr(fn))
                 if not isinstance(replacement, torch.Tensor) or replacement.shape != tensor.shape:
                     got = getattr(replacement, "shape", type(replacement).__name__)
-                    raise ValueError(
-                        f"hook on {self.name!r} must return None or a tensor of shape "
+                    raise HookError(
+                        f"hook {who} on {self.name!r} must return None or a tensor of shape "
                         f"{tuple(tensor.shape)}, got {got}"
+                    )
+                if replacement.dtype != tensor.dtype or replacement.device != tensor.device:
+                    raise HookError(
+                        f"hook {who} on {self.name!r} returned a {replacement.dtype} tensor on "
+                        f"{replacement.device}; it must keep its input's dtype and device ({tensor.dtype} on "
+                        f"{tensor.device}), e.g. return new.to(tensor)"
                     )
                 tensor = replacement
         return tensor

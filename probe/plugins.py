@@ -86,7 +86,13 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
 
     allowed = os.environ.get(RESTRICT_ENV)
     allowed = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+    installed = entry_points(group=ENTRY_POINT_GROUP)
+    unknown = sorted((allowed or set()) - {entry_point.name for entry_point in installed})
+    if unknown:  # a typo would otherwise switch the plugin off without a word
+        names = ", ".join(sorted(entry_point.name for entry_point in installed)) or "none"
+        raise PluginError(f"{RESTRICT_ENV} names {unknown[0]!r}, which is not an installed plugin; "
+                          f"installed: {names} (an empty {RESTRICT_ENV} switches them all off)")
+    for entry_point in installed:
         if allowed is not None and entry_point.name not in allowed:
             continue
         try:

@@ -122,9 +122,21 @@ def write_summary(results: Results, output_dir: Path) -> Path:
     lines += controls_and_measures(results)
     if data.skipped_rows:
         lines += ["", f"Skipped {len(data.skipped_rows)} bad row(s):"] + [f"- {p}" for p in data.skipped_rows]
-    lines += ["", "Files: results.json, results.csv, accuracy, pca and attention figures (.png; .svg and .pdf "
-              "with options.plots.formats); report.html with the html reporter.", ""]
+    lines += ["", f"Files: {', '.join(report_files(settings.get('reporters', [])))}.", ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
+
+
+# What each built-in reporter writes; summary.md lists only the files the run's reporters write.
+REPORTER_FILES = {
+    "json": ["results.json"], "csv": ["results.csv"],
+    "plots": ["accuracy, pca and attention figures (.png; .svg and .pdf with options.plots.formats)"],
+    "summary": ["summary.md"], "html": ["report.html", "report_data.json"],
+}
+
+
+def report_files(reporters: list[str]) -> list[str]:
+    return [name for reporter in reporters
+            for name in REPORTER_FILES.get(reporter, [f"what the {reporter} reporter writes"])]
 
 
 def controls_and_measures(results: Results) -> list[str]:

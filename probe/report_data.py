@@ -36,9 +36,8 @@ def build_report_data(
     layers = sorted({r["layer"] for r in results["layers"]})
     subsets = [str(v) for v in rows[split_by]] if split_by else None
     indices = example_rows(rows, split_by, example)
-    if attention_cache is not None and attention_cache.exists():
-        attention = json.loads(attention_cache.read_text())
-    else:
+    attention = _cached_json(attention_cache)
+    if attention is None:
         attention = attention_sentences(rows, load_model, indices, subsets)
         if attention_cache is not None:
             write_text_atomic(attention_cache, json.dumps(attention, separators=(",", ":")))
@@ -132,3 +131,13 @@ def attention_sentences(rows, load_model: Callable[[], tuple], indices: Sequence
         sentence["subset"] = subsets[int(i)] if subsets else None
         sentences.append(sentence)
     return sentences
+
+
+def _cached_json(path: Path | None):
+    """The cached value, or None when there is none or it no longer parses (then it is computed again)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None

@@ -29,6 +29,7 @@ from probe.config import validate
 from probe.context import RunContext
 from probe.experiment import run_experiment
 from probe.extract import FeatureStore, extract
+from probe.atomic import MARKER
 from probe.provenance import without_provenance
 from probe.report import CSV_COLUMNS
 from conftest import shared_folder
@@ -166,7 +167,7 @@ def test_probe_run_mole_yaml_writes_every_report(tiny_model, tmp_path):
 
     names = {p.name for p in out.iterdir()}
     assert {"results.json", "results.csv", "accuracy.png", "pca.png", "attention.png", "summary.md"} <= names
-    assert not [n for n in names if n.startswith(".")], "temporary files left behind"
+    assert not [n for n in names if n.startswith(".") and n != MARKER], "temporary files left behind"
     for png in ("accuracy.png", "pca.png", "attention.png"):
         assert_png(out / png)
 

@@ -43,6 +43,10 @@ def load_coarsewsd(path: str, words: list[str] | None = None):
     return load(path, words)
 
 
+load_file.forwards_to = "probe.data:load_rows"  # the options a config may give (probe.checks reads these)
+load_file.forwards_skip = ("source",)
+
+
 @hookimpl
 def register_datasets(register):
     for name in BUILTIN:

@@ -10,6 +10,9 @@ def logreg(seed: int = 0, **options):
     return logistic_probe(seed=seed, **options)
 
 
+logreg.forwards_to = "probe.probes:logistic_probe"  # the options a config may give (probe.checks reads these)
+
+
 @hookimpl
 def register_probes(register):
     register("logreg", logreg)

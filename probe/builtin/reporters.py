@@ -59,8 +59,11 @@ def example_patterns(context, row, shown: list[int]):
                      "span": [row["span_start"], row["span_end"]]})
     path = context.cache_dir / "attention" / f"{key}.npz"
     if path.exists():
-        with np.load(path) as saved:
-            return json.loads(str(saved["tokens"])), int(saved["target"]), {b: saved[f"block{b}"] for b in shown}
+        try:  # a damaged file (zip CRC) is computed again, not trusted
+            with np.load(path) as saved:
+                return json.loads(str(saved["tokens"])), int(saved["target"]), {b: saved[f"block{b}"] for b in shown}
+        except Exception:
+            path.unlink(missing_ok=True)
     tokens, target, patterns = _patterns(context, row, shown)
 
     def write(tmp):

@@ -1,0 +1,34 @@
+"""What the command line says when something goes wrong: one line naming the culprit, never a traceback
+(``--debug`` or ``PROBE_DEBUG=1`` shows one)."""
+
+from __future__ import annotations
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors whose message already names the field, row, file or plugin at fault."""
+    from probe.config import ConfigError
+    from probe.data import DataError
+    from probe.hooks import HookError
+    from probe.plugins import PluginError
+    from probe.probes import ProbeError
+
+    found = [ConfigError, DataError, PluginError, ProbeError, HookError]
+    try:
+        from probe.html_report import ReportError
+
+        found.append(ReportError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def explain(error: BaseException) -> str:
+    if isinstance(error, user_errors()):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, MemoryError):
+        return "out of memory; lower batch_size, use a smaller dtype, or a machine with more memory"
+    return (f"{type(error).__name__}: {error}\n"
+            "probe did not expect this; rerun with --debug (or PROBE_DEBUG=1) to see where it happened, "
+            "and report it with that output")
