@@ -22,6 +22,7 @@ from tiny_gpt2 import build_tiny_gpt2
 
 from probe import plugins
 from probe.cli import main
+from probe.provenance import without_provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 MOLE = ROOT / "probe" / "builtin" / "data" / "mole.jsonl"
@@ -396,7 +397,7 @@ target.{function} = _then_die
 
 @pytest.fixture(scope="module")
 def uninterrupted(world):
-    return json.loads((world.out / "results.json").read_text())
+    return without_provenance(json.loads((world.out / "results.json").read_text()))
 
 
 def test_a_kill_during_extraction_resumes_to_the_same_results(world, uninterrupted, tmp_path, capsys, monkeypatch):
@@ -406,7 +407,7 @@ def test_a_kill_during_extraction_resumes_to_the_same_results(world, uninterrupt
     assert not (tmp_path / "out").exists()  # nothing published
     code, err = invoke(capsys, args, {"PROBE_PLUGINS": ""}, monkeypatch)
     assert code == 0, err
-    assert json.loads((tmp_path / "out" / "results.json").read_text()) == uninterrupted
+    assert without_provenance(json.loads((tmp_path / "out" / "results.json").read_text())) == uninterrupted
 
 
 def test_a_kill_during_reporting_leaves_the_previous_run_whole(world, tmp_path, capsys, monkeypatch):
@@ -446,7 +447,7 @@ def test_a_damaged_chunk_is_named_and_extracted_again(world, uninterrupted, tmp_
     code, err = invoke(capsys, args, {"PROBE_PLUGINS": ""}, monkeypatch)
     assert code == 0, err
     assert str(chunk) in caplog.text and "damaged" in caplog.text  # the CLI prints it on stderr
-    assert json.loads((tmp_path / "out" / "results.json").read_text()) == uninterrupted
+    assert without_provenance(json.loads((tmp_path / "out" / "results.json").read_text())) == uninterrupted
 
 
 def test_files_respect_the_umask(world, tmp_path, capsys, monkeypatch):
