@@ -73,7 +73,8 @@ def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: 
                               policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))
     context.rows, skipped = rows, skipped + too_long
     check_rows(config, context.rows)
-    check_architecture(config, context.model_config)
+    if not features_cached(context, layers):  # a rerun on a full cache swaps nothing: no need to ask
+        check_architecture(config, context.model_config)
     splits = make_splits(context.rows, config)  # fails before any model work, not after
     stronger_controls.check(context, splits)
     measures.check(config)
@@ -289,12 +290,22 @@ def _subsets(rows, split_by: str | None) -> dict[str, np.ndarray]:
 def extract_features(context: RunContext, layers: list[int]) -> dict:
     """A FeatureStore per attention mode (reference first, while the shared model is unswapped) and for
     the random-weights control; each from the cache when its key is there."""
-    config = context.config
+    loads = {mode: lambda mode=mode: context.load_model(mode) for mode in ("reference", "reimplemented")}
+    loads["random_weights"] = context.random_weights_model
+    return {mode: _extract(context, layers, mode, loads[mode]) for mode in feature_modes(context.config)}
+
+
+def feature_modes(config: ExperimentConfig) -> list[str]:
+    """The FeatureStores a run needs: its attention mode(s), then the random-weights control's."""
     modes = ["reference", "reimplemented"] if config.attention == "both" else [config.attention]
-    stores = {mode: _extract(context, layers, mode, lambda mode=mode: context.load_model(mode)) for mode in modes}
-    if "random_weights" in config.controls:
-        stores["random_weights"] = _extract(context, layers, "random_weights", context.random_weights_model)
-    return stores
+    return modes + (["random_weights"] if "random_weights" in config.controls else [])
+
+
+def features_cached(context: RunContext, layers: list[int]) -> bool:
+    """Whether every FeatureStore the run needs is complete in the cache (so no model will be run for it)."""
+    features = context.cache_dir / "features"
+    return all((features / feature_key(context, layers, mode) / "complete.json").exists()
+               for mode in feature_modes(context.config))
 
 
 def _extract(context: RunContext, layers, mode: str, load: Callable):

@@ -590,3 +590,23 @@ def test_too_few_groups_for_the_folds_is_a_clean_cli_error(tiny_model, tmp_path)
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "fewer than n_folds=3" in result.output
+
+
+def test_a_rerun_copies_the_figures_it_drew_and_a_change_draws_them_anew(tiny_model, tmp_path, monkeypatch):
+    """Drawing was most of a cached rerun: unchanged inputs give the same files without drawing; another
+    seed (other folds, other results) draws again."""
+    from probe import report
+
+    data = write_planted(tmp_path / "planted.jsonl", n_per_label=5)
+    config = planted_config(tiny_model, data, reporters=["json", "plots"])
+    run_experiment(config, tmp_path / "first", cache_dir=tmp_path / "c", progress=False)
+    drawn = []
+    real_save = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path, *a: drawn.append(path.name) or real_save(fig, path, *a))
+    run_experiment(config, tmp_path / "again", cache_dir=tmp_path / "c", progress=False)
+    assert drawn == []
+    for name in ("accuracy.png", "pca.png", "attention.png"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "first" / name).read_bytes()
+    reseeded = planted_config(tiny_model, data, reporters=["json", "plots"], seed=1)
+    run_experiment(reseeded, tmp_path / "other", cache_dir=tmp_path / "c", progress=False)
+    assert sorted(drawn) == ["accuracy.png", "attention.png", "pca.png"]

@@ -7,13 +7,34 @@ from probe.hookspecs import hookimpl
 
 def plots(results, output_dir, context):
     from probe import report
+    from probe.figure_cache import drawn_before, keep_drawn
 
     formats = figure_formats(context.config)
-    report.plot_accuracy(results, output_dir, formats)
     store = context.stores[next(iter(context.stores))]
-    report.plot_pca(results, output_dir, store, context.rows["label"], position=context.config.positions[0],
-                    formats=formats)
-    attention_plot(results, output_dir, context, formats=formats)
+    key = _figures_key(results, context, store, formats)
+    if drawn_before(context.cache_dir, key, output_dir):
+        return
+    drawn = [report.plot_accuracy(results, output_dir, formats),
+             report.plot_pca(results, output_dir, store, context.rows["label"],
+                             position=context.config.positions[0], formats=formats),
+             attention_plot(results, output_dir, context, formats=formats)]
+    keep_drawn(context.cache_dir, key, [png.with_suffix(f".{fmt}") for png in drawn for fmt in ("png", *formats)])
+
+
+def _figures_key(results, context, store, formats) -> str:
+    """Everything the three figures are drawn from: the results (less when and where they were made), the
+    vectors (their cache folder is named by their content), the example row, the formats, the code."""
+    from probe.experiment import feature_key
+    from probe.extract import cache_key
+    from probe.figure_cache import drawing_code
+    from probe.provenance import without_provenance
+    from probe.report import as_dict
+
+    row = context.rows[min(context.config.example, len(context.rows) - 1)]
+    return cache_key({"results": without_provenance(as_dict(results)), "vectors": store.folder.name,
+                      "position": context.config.positions[0], "example": [row["text"], row["label"]],
+                      "attention": feature_key(context, [0], "reimplemented"), "formats": list(formats),
+                      "code": drawing_code()})
 
 
 def figure_formats(config) -> tuple[str, ...]:
