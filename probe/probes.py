@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -210,10 +210,12 @@ def score(y: np.ndarray, fold_list: list[Fold], fold_predictions: list[np.ndarra
     fold_accuracies, fold_f1s = [], []
     for (train, test), fold_predicted in zip(fold_list, fold_predictions):
         predicted[test], tested[test] = fold_predicted, True
-        fold_accuracies.append(accuracy_score(y[test], predicted[test]))
-        fold_f1s.append(f1_score(y[test], predicted[test], average="macro", zero_division=0))
+        fold_accuracies.append(float(np.mean(y[test] == predicted[test])))  # accuracy_score
+        fold_f1s.append(macro_f1(y[test], predicted[test], labels))
     y, predicted = y[tested], predicted[tested]
-    recalls = recall_score(y, predicted, labels=labels, average=None, zero_division=0)
+    confusion = confusion_counts(y, predicted, labels)
+    true_counts = np.bincount(np.searchsorted(labels, y), minlength=len(labels))  # rows of each label
+    recalls = _ratio(np.diag(confusion), true_counts)
     extra = {name: fn(y, predicted, labels.tolist()) for name, fn in (metrics or {}).items()}
     return {
         "accuracy": float(np.mean(fold_accuracies)),
@@ -222,10 +224,40 @@ def score(y: np.ndarray, fold_list: list[Fold], fold_predictions: list[np.ndarra
         "macro_f1_std": float(np.std(fold_f1s)),
         "per_sense_recall": {label: float(recall) for label, recall in zip(labels.tolist(), recalls)},
         "labels": labels.tolist(),
-        "confusion": confusion_matrix(y, predicted, labels=labels).tolist(),  # rows: true, columns: predicted
+        "confusion": confusion.tolist(),  # rows: true, columns: predicted
         "fold_accuracies": [float(accuracy) for accuracy in fold_accuracies],
         **({"metrics": {name: _plain(value) for name, value in extra.items()}} if extra else {}),
     }
+
+
+# scikit-learn's metrics, from one confusion matrix: the same numbers (tests check them against sklearn's),
+# without its input checks, which took most of a cached rerun's scoring (thousands of folds).
+
+
+def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``confusion_matrix(y_true, y_pred, labels=labels)``; rows: true, columns: predicted."""
+    if not (np.isin(y_true, labels).all() and np.isin(y_pred, labels).all()):
+        return confusion_matrix(y_true, y_pred, labels=labels)  # a label outside ``labels``: sklearn's rules
+    n = len(labels)
+    cells = np.searchsorted(labels, y_true) * n + np.searchsorted(labels, y_pred)
+    return np.bincount(cells, minlength=n * n).reshape(n, n)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: np.ndarray) -> float:
+    """``f1_score(y_true, y_pred, average="macro", zero_division=0)``: over the labels either one has."""
+    if not np.isin(y_pred, labels).all():  # a label outside ``labels``: sklearn's own rules
+        return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    confusion = confusion_counts(y_true, y_pred, labels)
+    true_sum, pred_sum = confusion.sum(1), confusion.sum(0)
+    present = (true_sum + pred_sum) > 0
+    return float(np.mean(_ratio(2 * np.diag(confusion)[present], (true_sum + pred_sum)[present])))
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (zero_division=0)."""
+    out = np.zeros(len(numerator), dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
 
 
 def _checked(X, y) -> tuple[np.ndarray, np.ndarray]:
