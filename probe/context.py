@@ -77,20 +77,26 @@ class RunContext:
             raise ConfigError(f"{self.config.source}: {model_load_error(self.config.model, error)}") from None
 
     @cached_property
-    def n_blocks(self) -> int:
-        """The number of blocks; from a local config.json when there is one (no transformers import)."""
+    def config_fields(self) -> dict:
+        """The model config's fields: a local config.json read as JSON (no transformers import), else the
+        transformers config's."""
         import json
 
         path = Path(self.source) / "config.json"
-        if path.is_file():
-            try:
-                fields = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as error:
-                raise ConfigError(f"{self.config.source or 'config'}: field 'model': {path} is not valid JSON "
-                                  f"({error})") from None
-            for name in ("num_hidden_layers", "n_layer"):
-                if isinstance(fields.get(name), int):
-                    return fields[name]
+        if not path.is_file():
+            return self.model_config.to_dict()
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise ConfigError(f"{self.config.source or 'config'}: field 'model': {path} is not valid JSON "
+                              f"({error})") from None
+
+    @cached_property
+    def n_blocks(self) -> int:
+        """The number of blocks, as the model's config gives it."""
+        for name in ("num_hidden_layers", "n_layer"):
+            if isinstance(self.config_fields.get(name), int):
+                return self.config_fields[name]
         return self.model_config.num_hidden_layers
 
     @cached_property

@@ -69,7 +69,7 @@ def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: 
     check_placement(context)  # a device this machine lacks is found now, not after the data work
     layers = check_layers(config, context.n_blocks)  # the depth comes from config.json: no weights read
     rows, skipped, numbers = load_numbered_rows(config)
-    rows, too_long = fit_rows(rows, numbers, context.tokenizer, max_positions(context.model_config),
+    rows, too_long = fit_rows(rows, numbers, lambda: context.tokenizer, max_positions(context.config_fields),
                               policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))
     context.rows, skipped = rows, skipped + too_long
     check_rows(config, context.rows)

@@ -8,19 +8,29 @@ from probe.data import DataError, Problem, span_token_indices
 
 
 def max_positions(model_config) -> int | None:
-    """How many tokens the model takes at once, when its config says (learned positions: GPT-2, BERT)."""
+    """How many tokens the model takes at once, when its config says (learned positions: GPT-2, BERT).
+    ``model_config``: a transformers config, or the dict of a config.json."""
     for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(model_config, name, None)
+        value = model_config.get(name) if isinstance(model_config, dict) else getattr(model_config, name, None)
         if isinstance(value, int) and value > 0:
             return value
     return None
 
 
-def fit_rows(rows, numbers: list[int], tokenizer, limit: int | None, *, policy: str, on_bad_rows: str,
+def surely_fit(texts, limit: int) -> bool:
+    """True when no text can be longer than ``limit`` tokens: a tokenizer gives at most one token per byte
+    (byte-level BPE; WordPiece and SentencePiece give fewer), plus a word-boundary marker or two and its
+    special tokens — twice the bytes and 16 more is far above that. Then no tokenizer need be loaded."""
+    return all(2 * len(text.encode("utf-8")) + 16 <= limit for text in texts)
+
+
+def fit_rows(rows, numbers: list[int], get_tokenizer, limit: int | None, *, policy: str, on_bad_rows: str,
              source: str):
-    """(rows that fit, problems for the rows left out). ``numbers``: each row's 1-based number in its file."""
-    if limit is None or len(rows) == 0:
+    """(rows that fit, problems for the rows left out). ``numbers``: each row's 1-based number in its file.
+    ``get_tokenizer()`` gives the tokenizer; it is called only when some text may be too long."""
+    if limit is None or len(rows) == 0 or surely_fit(rows["text"], limit):
         return rows, []
+    tokenizer = get_tokenizer()
     lengths = [len(ids) for ids in tokenizer(list(rows["text"]), add_special_tokens=True)["input_ids"]]
     too_long = [i for i, n in enumerate(lengths) if n > limit]
     if not too_long:
