@@ -126,27 +126,26 @@ def _model_folder(make):
     return args
 
 
-def _no_tokenizer(w):
+def _weights_only(w, name: str):
+    """A fresh folder with the tiny model's config and weights, and no tokenizer."""
     import shutil
 
-    folder = w.base / "no-tokenizer"
+    folder = w.base / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(w.model / name, folder / name)
+    for file in ("config.json", "model.safetensors"):
+        shutil.copy(w.model / file, folder / file)
     return folder
 
 
-def _slow_tokenizer(w):
-    import shutil
+def _no_tokenizer(w):
+    return _weights_only(w, "no-tokenizer")
 
+
+def _slow_tokenizer(w):
     from transformers import ByT5Tokenizer
 
-    folder = w.base / "slow-tokenizer"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(w.model / name, folder / name)
+    folder = _weights_only(w, "slow-tokenizer")
     ByT5Tokenizer().save_pretrained(folder)
     return folder
 
