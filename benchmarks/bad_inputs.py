@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import yaml
 
+from probe.provenance import without_provenance
+
 MOLE = ROOT / "probe" / "builtin" / "data" / "mole.jsonl"
 FIELDS = {"folds": 3, "controls": ["majority"], "reporters": ["json", "csv", "summary"], "batch_size": 8}
 
@@ -381,7 +383,7 @@ def faults(lab: Lab, reference: dict):
 
     def results_of(out: Path):
         path = out / "results.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return without_provenance(json.loads(path.read_text())) if path.exists() else None
 
     def kill(module, function, after, copy_cache=False, copy_out=False, config=None, fits=True):
         def run():
@@ -512,7 +514,7 @@ def concurrent(lab: Lab, reference: dict):
         outcomes = [(p.wait(timeout=900), p.stderr.read()) for p in procs]
         if any(code != 0 for code, _ in outcomes):
             return f"traceback: {[err[-200:] for _, err in outcomes]}"
-        if json.loads((folder / "out" / "results.json").read_text()) != reference:
+        if without_provenance(json.loads((folder / "out" / "results.json").read_text())) != reference:
             return "wrong: results differ"
         return None
 
@@ -543,7 +545,7 @@ def main():
     lab = Lab(base)
     code, err = invoke(lab.args())
     assert code == 0, err
-    reference = json.loads((lab.out / "results.json").read_text())
+    reference = without_provenance(json.loads((lab.out / "results.json").read_text()))
     counts: dict[str, int] = {}
     bad = []
     for name, make in bad_inputs(lab):
