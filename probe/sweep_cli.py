@@ -76,7 +76,7 @@ def sweep(config_path, datasets, models, seeds, overrides, output_dir, cache_dir
         if config.tracking:
             from probe.tracking import check_tracking
 
-            check_tracking(config.tracking)
+            check_tracking(config.tracking, settings.sweep_name)
         outcomes = run_cells(cells, settings, jobs=jobs, ray_address=ray_address, on_outcome=report)
     except (RuntimeError, ConnectionError) as error:  # the backend is missing or unreachable
         raise click.ClickException(str(error)) from None

@@ -32,13 +32,17 @@ def client(uri: str):
     return _client_class()(tracking_uri=uri)
 
 
-def check_tracking(uri: str) -> None:
-    """Fail now, before any cell runs, when MLflow is missing or the tracking store can't be opened."""
+def check_tracking(uri: str, experiment_name: str) -> None:
+    """Fail now, before any cell runs, when MLflow is missing or the tracking store can't be opened; and
+    create the sweep's experiment here, once: cells running in parallel would race to create it (a file
+    store then holds two experiments of one name, each with some of the runs)."""
     make_client = _client_class()
     from mlflow.exceptions import MlflowException
 
     try:
-        make_client(tracking_uri=uri).search_experiments(max_results=1)
+        tracker = make_client(tracking_uri=uri)
+        tracker.search_experiments(max_results=1)
+        _experiment_id(tracker, experiment_name)
     except (MlflowException, OSError) as error:
         raise RuntimeError(f"MLflow tracking URI {uri!r}: {error}") from None
 
@@ -64,7 +68,7 @@ def log_cell(uri: str, experiment_name: str, cell: Cell, results) -> str:
 
 
 def _experiment_id(client, name: str) -> str:
-    """The MLflow experiment's id, creating it; parallel cells may race to create it, so look again."""
+    """The MLflow experiment's id, creating it (check_tracking has, before the cells run)."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
