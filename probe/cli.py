@@ -152,7 +152,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     from probe.data import DataError
     from probe.experiment import run_experiment
     from probe.probes import ProbeError
-    from probe.report import layer_table
+    from probe.report import accuracy_text, layer_table
 
     try:
         values = dict(parse_override(text) for text in overrides)
@@ -172,7 +172,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     for (position, subset), best in results.best_rows().items():
         click.echo(
             f"{config.name} [{position}, {subset}]: best layer {best.layer} "
-            f"accuracy {best.accuracy:.3f} ± {best.accuracy_std:.3f}"
+            f"accuracy {accuracy_text(best)}"
         )
     click.echo(f"results, plots and summary in {output_dir}/")
 

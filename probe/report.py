@@ -111,7 +111,7 @@ def write_summary(results: Results, output_dir: Path) -> Path:
     for (position, subset), rows in results.series().items():
         best = max(rows, key=lambda r: r.accuracy)
         lines.append(
-            f"| {position} | {subset} | {best.layer} | {_accuracy(best)} | "
+            f"| {position} | {subset} | {best.layer} | {accuracy_text(best)} | "
             f"{best.macro_f1:.3f} | {_num(best.selectivity)} | {rows[0].accuracy:.3f} | "
             f"{_num(best.random_weights_accuracy)} |"
         )
@@ -183,7 +183,7 @@ def probe_sentence(probe: dict) -> str:
     return text + (f", regularisation C = {probe['C']}" if isinstance(probe.get("C"), (int, float)) else "")
 
 
-def _accuracy(row: LayerResult) -> str:
+def accuracy_text(row: LayerResult) -> str:
     """± the fold std under cross-validation; a fixed split's one test score has no spread to show."""
     return _pm(row.accuracy, row.accuracy_std) if len(row.fold_accuracies) > 1 else f"{row.accuracy:.3f}"
 

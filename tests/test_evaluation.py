@@ -258,3 +258,12 @@ def test_a_fixed_split_that_cannot_train_says_why(tiny_model, tmp_path):
                        "evaluation": {"split_field": "fold", "train": "train", "test": "test"}, "reporters": []})
     with pytest.raises(ConfigError, match="field 'evaluation' names column 'fold'"):
         run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False, n_jobs=1)
+
+
+def test_the_console_gives_a_fixed_splits_one_score_without_a_spread(fixed_run):
+    from probe.report import accuracy_text
+
+    best = fixed_run["results"].best_rows()[("target", "all")]
+    assert accuracy_text(best) == f"{best.accuracy:.3f}"  # what `probe run` prints after "best layer N accuracy"
+    cross_validated = best.model_copy(update={"fold_accuracies": [0.5, 0.7], "accuracy_std": 0.1})
+    assert accuracy_text(cross_validated) == f"{cross_validated.accuracy:.3f} ± 0.100"
