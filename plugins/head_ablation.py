@@ -87,7 +87,7 @@ def ablated_vectors(context, settings: dict) -> tuple[dict, dict]:
 
     from probe.partial import capture_block_inputs
 
-    config, layer = context.config, settings["probe_layer"]
+    config = context.config
     model, tokenizer = context.load_model()
     n_heads = model.config.num_attention_heads
     texts, spans = context.rows["text"], context.spans

@@ -22,7 +22,6 @@ from probe.context import (
     RunContext,
     activation_plugins,
     model_load_error,  # noqa: F401  (re-exported: the CLI's compare command uses it)
-    probe_factory,
     resolve_model,
 )
 from probe.distributed import process_group
