@@ -334,14 +334,9 @@ def _slow(lab, folder):
 
 
 def _mamba(lab):
-    from transformers import MambaConfig, MambaModel
+    from tiny_gpt2 import build_tiny_mamba
 
-    folder = lab.base / "models" / "mamba"
-    if not folder.exists():
-        MambaModel(MambaConfig(vocab_size=600, hidden_size=16, num_hidden_layers=2, state_size=4)).save_pretrained(folder)
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(lab.model / name, folder / name)
-    return folder
+    return build_tiny_mamba(lab.base / "models" / "mamba", lab.model)
 
 
 def _corrupt_run(lab):

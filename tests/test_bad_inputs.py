@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_gpt2 import build_tiny_gpt2
+from tiny_gpt2 import build_tiny_gpt2, build_tiny_mamba
 
 from probe import plugins
 from probe.cli import main
@@ -151,17 +151,7 @@ def _slow_tokenizer(w):
 
 
 def _mamba(w):
-    """A tiny Mamba (no attention to swap) with the tiny GPT-2's tokenizer."""
-    import shutil
-
-    from transformers import MambaConfig, MambaModel
-
-    folder = w.base / "mamba"
-    if not folder.exists():
-        MambaModel(MambaConfig(vocab_size=600, hidden_size=16, num_hidden_layers=2, state_size=4)).save_pretrained(folder)
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(w.model / name, folder / name)
-    return folder
+    return build_tiny_mamba(w.base / "mamba", w.model)
 
 
 def _long_text(w):

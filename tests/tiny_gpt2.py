@@ -46,3 +46,18 @@ def build_tiny_gpt2(folder: str | Path, *, n_layer: int = 2, n_embd: int = 32, n
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_tiny_mamba(folder: str | Path, tokenizer_from: str | Path) -> Path:
+    """A tiny Mamba (no attention for probe to swap) with the tokenizer of the model in ``tokenizer_from``;
+    built once per folder."""
+    import shutil
+
+    from transformers import MambaConfig, MambaModel
+
+    folder, source = Path(folder), Path(tokenizer_from)
+    if not folder.exists():
+        MambaModel(MambaConfig(vocab_size=600, hidden_size=16, num_hidden_layers=2, state_size=4)).save_pretrained(folder)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(source / name, folder / name)
+    return folder
