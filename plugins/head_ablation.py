@@ -116,16 +116,12 @@ def ablated_vectors(context, settings: dict) -> tuple[dict, dict]:
 
 
 def _rerun(model, inputs, block, settings, context, heads=None, replacement=None):
-    from probe.hooks import add_hook
+    from probe.hooks import hooks
     from probe.partial import vectors_at
 
-    handles = add_hook(model, f"blocks.{block}.attn.z", ablate(heads, replacement)) if heads else []
-    try:
+    with hooks(model, {f"blocks.{block}.attn.z": ablate(heads, replacement)} if heads else {}):
         return vectors_at(model, inputs, block, settings["probe_layer"], settings["position"],
                           context.config.pooling)
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _cached(context, settings, block, head, compute):

@@ -196,8 +196,9 @@ def _refuse_duplicates(cells: list[Cell], source: str) -> None:
 
 def config_hash(config: ExperimentConfig) -> str:
     """Everything that shaped a cell's results (its settings), hashed."""
-    settings = json.dumps(config.settings(), sort_keys=True, default=str)
-    return hashlib.sha256(settings.encode()).hexdigest()[:20]
+    from probe.extract import cache_key
+
+    return cache_key(config.settings())
 
 
 def is_finished(cell: Cell) -> bool:

@@ -100,12 +100,13 @@ def cell_params(cell: Cell) -> dict[str, str]:
 def layer_metrics(results) -> list[tuple[str, float, int]]:
     """(name, value, step = layer) for every layer row, then each series' best layer (step 0)."""
     logged = []
+    best_rows = results.best_rows()
     for (position, subset), rows in results.series().items():
         prefix = f"{position}/{subset}"
         for row in rows:
             values = {name: getattr(row, name) for name in LAYER_METRICS}
             values.update({k: v for k, v in (row.metrics or {}).items() if isinstance(v, (int, float))})
             logged += [(f"{prefix}/{name}", float(v), row.layer) for name, v in values.items() if v is not None]
-        best = max(rows, key=lambda row: row.accuracy)
+        best = best_rows[(position, subset)]
         logged += [(f"best/{prefix}/accuracy", best.accuracy, 0), (f"best/{prefix}/layer", float(best.layer), 0)]
     return logged
