@@ -169,10 +169,10 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
     from probe import fitcache
 
     answers: dict[Hashable, list[np.ndarray]] = {}
-    jobs, keys = [], {}
+    jobs, keys, hashed = [], {}, {}
     for task in tasks:
         probes = [(task.make_probe or make_probe)() for _ in task.folds]
-        keys[task.key] = fitcache.fit_key(probes[0], task.X, task.y, task.folds) if cache else None
+        keys[task.key] = fitcache.fit_key(probes[0], task.X, task.y, task.folds, hashed) if cache else None
         cached = fitcache.load(cache, keys[task.key]) if keys[task.key] else None
         if cached is not None:
             answers[task.key] = cached

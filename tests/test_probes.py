@@ -131,3 +131,20 @@ def test_fewer_groups_than_folds_is_a_clear_error():
 def test_mismatched_rows_and_labels():
     with pytest.raises(ProbeError, match="X has 4 rows but y has 3"):
         cross_validate(np.zeros((4, 2)), ["a", "b", "a"], None, logistic_probe, n_folds=2)
+
+
+def test_a_fit_key_is_the_same_whether_or_not_the_features_hash_is_reused():
+    """fit_all hashes a matrix shared by many tasks once; the keys must not change for that."""
+    from probe import fitcache
+    from probe.probes import logistic_probe
+
+    rng = np.random.default_rng(0)
+    X, other = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))
+    y = np.array([0, 1] * 10)
+    folds = [(np.arange(10), np.arange(10, 20))]
+    seen: dict = {}
+    alone = fitcache.fit_key(logistic_probe(), X, y, folds)
+    assert fitcache.fit_key(logistic_probe(), X, y, folds, seen) == alone
+    assert fitcache.fit_key(logistic_probe(), X, y, folds, seen) == alone  # from ``seen`` this time
+    assert fitcache.fit_key(logistic_probe(), X, y[::-1], folds, seen) != alone
+    assert fitcache.fit_key(logistic_probe(), other, y, folds, seen) != alone
