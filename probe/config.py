@@ -133,6 +133,16 @@ class ExperimentConfig(BaseModel):
         return {} if isinstance(self.dataset, str) else {k: v for k, v in self.dataset.items() if k != "name"}
 
     @property
+    def attention_modes(self) -> list[str]:
+        """The attention(s) vectors are extracted with: both compares the reference with probe's."""
+        return ["reference", "reimplemented"] if self.attention == "both" else [self.attention]
+
+    @property
+    def main_mode(self) -> str:
+        """The attention whose vectors are probed (probe's own when both are extracted)."""
+        return self.attention_modes[-1]
+
+    @property
     def probe_name(self) -> str:
         return self.probe if isinstance(self.probe, str) else self.probe["name"]
 

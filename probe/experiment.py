@@ -296,14 +296,15 @@ def extract_features(context: RunContext, layers: list[int]) -> dict:
 
 def feature_modes(config: ExperimentConfig) -> list[str]:
     """The FeatureStores a run needs: its attention mode(s), then the random-weights control's."""
-    modes = ["reference", "reimplemented"] if config.attention == "both" else [config.attention]
-    return modes + (["random_weights"] if "random_weights" in config.controls else [])
+    return config.attention_modes + (["random_weights"] if "random_weights" in config.controls else [])
 
 
 def features_cached(context: RunContext, layers: list[int]) -> bool:
     """Whether every FeatureStore the run needs is complete in the cache (so no model will be run for it)."""
+    from probe.extract import is_complete
+
     features = context.cache_dir / "features"
-    return all((features / feature_key(context, layers, mode) / "complete.json").exists()
+    return all(is_complete(features / feature_key(context, layers, mode), len(context.rows))
                for mode in feature_modes(context.config))
 
 
@@ -414,7 +415,7 @@ def probe_tasks(context: RunContext, splits: list[Split], layers: list[int]) -> 
     from probe.probes import FitTask
 
     config, stores = context.config, context.stores
-    main = _main_mode(config)
+    main = config.main_mode
     tasks = []
     for split in splits:
         if "majority" in config.controls:
@@ -452,14 +453,10 @@ def layer_result(context: RunContext, scores: dict, split: Split, position: str,
         row.dev_accuracy = scores[(*key, "dev")]["accuracy"]
     if config.attention == "both":
         row.reference_accuracy = scores[(*key, "reference")]["accuracy"]
-        main = context.stores[_main_mode(config)].layer(position, layer)[split.index]
+        main = context.stores[config.main_mode].layer(position, layer)[split.index]
         reference = context.stores["reference"].layer(position, layer)[split.index]
         row.max_abs_diff_vs_reference = float(np.abs(reference - main).max())
     return row
-
-
-def _main_mode(config: ExperimentConfig) -> str:
-    return "reimplemented" if config.attention == "both" else config.attention
 
 
 def _progress_bar(context: RunContext, total: int):

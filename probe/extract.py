@@ -34,6 +34,9 @@ from probe.distributed import Ranks
 
 
 
+CHUNK_ROWS = 256  # rows per cache file: a killed run loses at most this many rows' work
+
+
 class _StopForward(Exception):
     """Raised by a hook once the deepest requested layer is captured: the rest of the model is not run."""
 
@@ -89,7 +92,7 @@ def extract(
     pooling: str = "mean",
     positions: Sequence[str] = POSITIONS,
     batch_size: int = 16,
-    chunk_rows: int = 256,
+    chunk_rows: int = CHUNK_ROWS,
     progress: bool = True,
     description: str = "extracting",
     final_norm: bool = False,
@@ -106,8 +109,7 @@ def extract(
     folder = Path(folder)  # created with its first chunk: a run that fails before leaves no empty folder
     store = FeatureStore(folder, layers, len(texts), positions)
     drop_damaged(folder)  # a chunk that fails its checksum is named and extracted again, never read
-    every_chunk = all(_chunk_path(folder, n).exists() for n in range(-(-len(texts) // chunk_rows)))
-    if (folder / "complete.json").exists() and every_chunk:  # a chunk deleted by hand is extracted again
+    if is_complete(folder, len(texts), chunk_rows):
         return store
 
     model, tokenizer = load()
@@ -128,7 +130,7 @@ def extract(
             for position in positions:
                 vectors[position][:, start : start + len(batch)] = found[position]
             bar.update(len(batch))
-        _write_atomic(
+        write_chunk(  # atomically, with the checksum drop_damaged checks
             _chunk_path(folder, n),
             {"rows": torch.tensor(rows), **{p: torch.from_numpy(v) for p, v in vectors.items()}},
         )
@@ -139,12 +141,14 @@ def extract(
     return store
 
 
+def is_complete(folder: Path, n_rows: int, chunk_rows: int = CHUNK_ROWS) -> bool:
+    """Whether ``folder`` holds a finished extraction: marked complete, and no chunk deleted by hand since."""
+    every_chunk = all(_chunk_path(folder, n).exists() for n in range(-(-n_rows // chunk_rows)))
+    return (Path(folder) / "complete.json").exists() and every_chunk
+
+
 def _chunk_path(folder: Path, n: int) -> Path:
     return folder / f"chunk-{n:05d}.safetensors"
-
-
-def _write_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    write_chunk(path, tensors)  # with the checksum drop_damaged checks
 
 
 def _width(model) -> int:

@@ -27,7 +27,7 @@ def evaluate(context, splits, layers: list[int], n_jobs: int | None = None) -> d
     chosen = [plugins.lookup("measure", name) for name in config.measures]
     for entry in chosen:
         _ship_by_value(entry)
-    store = context.stores["reimplemented" if config.attention == "both" else config.attention]
+    store = context.stores[config.main_mode]
     template = context.make_probe()()
     jobs, keys = [], []
     for split in splits:

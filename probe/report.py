@@ -67,10 +67,6 @@ def _measure_values(row: LayerResult) -> dict[str, float]:
             for name, value in values.items()}
 
 
-def best_rows(results: Results) -> dict[tuple[str, str], LayerResult]:
-    return as_results(results).best_rows()
-
-
 def layer_table(results: Results) -> str:
     """Per-layer accuracy with its controls, one block per (position, subset), for the terminal."""
     results = as_results(results)

@@ -15,7 +15,7 @@ def tasks(context, splits, layers: list[int]) -> list:
     wanted_control_task = control_tasks.CONTROL in config.controls
     if not (wanted_permutation or wanted_control_task):
         return []
-    store = context.stores["reimplemented" if config.attention == "both" else config.attention]
+    store = context.stores[config.main_mode]
     groups = context.rows["group"]
     control_labels = _control_plan(context, splits) if wanted_control_task else {}
     found = []

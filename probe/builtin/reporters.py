@@ -133,7 +133,7 @@ def html_page(results, output_dir, context):
 
     results = as_dict(results)
     config = context.config
-    store = context.stores["reference" if config.attention == "reference" else "reimplemented"]
+    store = context.stores[config.main_mode]
     data = build_report_data(results, context.rows, store.layer, config.positions, context.load_model,
                              split_by=config.split_by, example=config.example,
                              attention_cache=_attention_cache(context))
