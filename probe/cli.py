@@ -12,6 +12,7 @@ import click
 from probe import architectures
 from probe.architectures import ARCHITECTURES
 from probe.config import DTYPES, GPT2_SHAPES
+from probe.errors import first_line
 
 
 @click.group()
@@ -96,7 +97,7 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
         candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype).to(where),
                                    fast=fast)
     except (OSError, ValueError) as error:  # weights that don't load; an architecture probe can't swap
-        raise click.BadParameter(str(error).strip().splitlines()[0],
+        raise click.BadParameter(first_line(error),
                                  param_hint="--model" if model_name else "--random-init") from None
     vocab_size = reference_model.config.vocab_size
     input_ids, attention_mask = encode(list(texts or DEFAULT_TEXTS), tokenizer, padding, vocab_size)
@@ -232,7 +233,7 @@ def plot_runs(run_dirs, output, subsets):
         try:
             runs.append(load_results(folder))
         except ValueError as error:  # not JSON, or not what a run writes
-            reason = str(error).strip().splitlines()[0]
+            reason = first_line(error)
             raise click.BadParameter(f"{folder}/results.json can't be read as a run's results ({reason})",
                                      param_hint="RUN_DIRS") from None
     found = sorted({subset for results in runs for _, subset in results.series()})

@@ -12,6 +12,7 @@ from typing import Any
 from probe import plugins
 from probe.config import ConfigError, ExperimentConfig
 from probe.distributed import Ranks
+from probe.errors import first_line
 
 DEFAULT_CACHE = Path(".probe-cache")
 
@@ -109,7 +110,7 @@ class RunContext:
         try:
             tokenizer = load_tokenizer(self.source, revision=self.config.revision)
         except (OSError, ValueError, TypeError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             raise ConfigError(f"{where}: no usable tokenizer at {self.source} ({reason}); save the model's "
                               f"tokenizer there with tokenizer.save_pretrained({str(self.source)!r})") from None
         if len(tokenizer) <= 1 or not tokenizer("a word", add_special_tokens=False)["input_ids"]:
@@ -147,7 +148,7 @@ class RunContext:
         except (ConfigError, plugins.PluginError):
             raise
         except Exception as error:  # missing files, a truncated safetensors file (SafetensorError), bad shapes
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             raise ConfigError(f"{self.config.source or 'config'}: field 'model': the weights at {self.source} "
                               f"can't be loaded ({type(error).__name__}: {reason})") from None
 
@@ -220,7 +221,7 @@ def resolve_model(name: str, revision: str | None) -> str:
 def model_load_error(name: str, error: OSError) -> str:
     """Why a model name led nowhere, with the names that do work offline."""
     known = ", ".join(sorted(plugins.registry("model")))
-    reason = str(error).strip().splitlines()[0]
+    reason = first_line(error)
     return (
         f"cannot load model {name!r}: it is not a registered name ({known}), an existing local folder, "
         f"or a hub model reachable from here ({reason})"

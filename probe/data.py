@@ -28,6 +28,8 @@ from typing import Any, Callable, Literal, Sequence
 import datasets
 import numpy as np
 
+from probe.errors import first_line
+
 CUES = ("left", "right", "both")
 COLUMNS = ("text", "target", "label", "cue", "group", "span_start", "span_end")
 FEATURES = datasets.Features(
@@ -158,7 +160,7 @@ def _load_raw(source: str, *, split: str, revision: str | None) -> datasets.Data
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as error:  # what the checks above don't catch (a bad parquet file, mixed types)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise DataError(f"{source}: can't be read as {builder} ({type(error).__name__}: {reason})") from None
 
 

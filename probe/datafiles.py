@@ -9,6 +9,8 @@ import io
 import json
 from pathlib import Path
 
+from probe.errors import first_line
+
 TEXT_FORMATS = (".jsonl", ".json", ".csv")
 
 
@@ -79,7 +81,7 @@ def _check_csv(path: Path, text: str, error_class) -> None:
 
 def hub_error(source: str, error: Exception, error_class):
     """A hub dataset that can't be loaded: why, and how to use it offline."""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = first_line(error)
     return error_class(
         f"{source}: can't load this hub dataset ({type(error).__name__}: {reason}). Without a network, "
         "download it elsewhere (datasets.load_dataset(...).to_json('rows.jsonl')) and give its file as "

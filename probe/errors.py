@@ -4,6 +4,12 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message cut to its first line, or its type's name when it has no message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors whose message already names the field, row, file or plugin at fault."""
     from probe.config import ConfigError
