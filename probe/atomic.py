@@ -21,6 +21,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from probe.io import umask
+
 MARKER = ".probe-run.json"  # in every run folder: says the folder is probe's to replace
 
 
@@ -141,9 +143,3 @@ def new_folders(root: Path, before: set[Path]) -> list[Path]:
 
 def folders_under(root: Path) -> set[Path]:
     return {Path(dirpath) for dirpath, _, _ in os.walk(root)} if root.is_dir() else set()
-
-
-def umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from probe.atomic import umask
+from probe.io import umask
 from probe.io import write_text_atomic
 
 DIGEST = "sha256"  # the safetensors metadata key holding the tensors' checksum

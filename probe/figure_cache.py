@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from probe.atomic import umask
+from probe.io import umask
 
 _DRAWING_MODULES = ("probe/report.py", "probe/report_data.py", "probe/builtin/reporters.py")
 
