@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from probe.io import umask
-from probe.io import write_text_atomic
+from probe.io import write_atomic, write_text_atomic
 
 DIGEST = "sha256"  # the safetensors metadata key holding the tensors' checksum
 log = logging.getLogger("probe")
@@ -23,14 +21,7 @@ log = logging.getLogger("probe")
 def write_chunk(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Write ``tensors`` with their checksum, atomically: readers see the whole chunk or none."""
     tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={DIGEST: tensors_digest(tensors)})
-        os.chmod(tmp, 0o666 & ~umask())  # safetensors creates 0600 files; the cache follows the umask
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={DIGEST: tensors_digest(tensors)}))
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -74,5 +65,4 @@ def drop_damaged(folder: Path, pattern: str = "chunk-*.safetensors") -> list[Pat
 
 
 def mark_complete(folder: Path, text: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "complete.json", text)
+    write_text_atomic(folder / "complete.json", text)  # creates the folder if need be
