@@ -82,7 +82,7 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
         else:
             source = resolve_model(model_name, revision)  # registered names → hub name or local path
             tokenizer = models.load_tokenizer(source, revision=revision)
-            if len(tokenizer) <= 1 or not tokenizer("a word", add_special_tokens=False)["input_ids"]:
+            if models.is_empty_tokenizer(tokenizer):
                 raise ValueError(f"no tokenizer files at {source}; save the model's tokenizer there "
                                  f"with tokenizer.save_pretrained({source!r})")
     except OSError as error:

@@ -104,7 +104,7 @@ class RunContext:
     def tokenizer(self):
         """The model's tokenizer; a folder without one, or one without character offsets (which finding the
         target's tokens needs), is a ConfigError that says how to fix it."""
-        from probe.models import load_tokenizer
+        from probe.models import is_empty_tokenizer, load_tokenizer
 
         where = f"{self.config.source or 'config'}: field 'model' ({self.config.model})"
         try:
@@ -113,8 +113,7 @@ class RunContext:
             reason = first_line(error)
             raise ConfigError(f"{where}: no usable tokenizer at {self.source} ({reason}); save the model's "
                               f"tokenizer there with tokenizer.save_pretrained({str(self.source)!r})") from None
-        if len(tokenizer) <= 1 or not tokenizer("a word", add_special_tokens=False)["input_ids"]:
-            # transformers makes an empty tokenizer of the config's class when the folder has no files
+        if is_empty_tokenizer(tokenizer):
             raise ConfigError(f"{where}: no tokenizer files at {self.source} (what loads has an empty "
                               f"vocabulary); save the model's tokenizer there with "
                               f"tokenizer.save_pretrained({str(self.source)!r})")

@@ -177,6 +177,11 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None):
     return tokenizer
 
 
+def is_empty_tokenizer(tokenizer) -> bool:
+    """transformers makes an empty tokenizer of the config's class when a folder has no tokenizer files."""
+    return len(tokenizer) <= 1 or not tokenizer("a word", add_special_tokens=False)["input_ids"]
+
+
 def gpt2_config(name_or_json: str):
     """A GPT2Config from a published shape's name (gpt2, gpt2-medium, distilgpt2, …) or a JSON file."""
     from transformers import GPT2Config
