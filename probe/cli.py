@@ -309,7 +309,13 @@ cli.add_command(sweep)
 def main(args: list[str] | None = None):
     """The `probe` command. An error ends in one message on stderr and exit status 1 (2 for usage errors);
     a traceback only with --debug (anywhere on the line) or PROBE_DEBUG=1."""
+    import atexit
+    import gc
     import os
+
+    # At exit, Python collects garbage across everything torch and transformers imported: about 1 s here,
+    # for memory the process is about to give back anyway. A frozen heap is skipped; atexit handlers still run.
+    atexit.register(gc.freeze)
 
     from probe import plugins
     from probe.errors import explain
