@@ -422,17 +422,22 @@ def test_attention_both_extracts_twice_from_one_load(planted_run, tiny_model, tm
 @pytest.mark.xdist_group("smollm2")
 def test_a_gguf_checkpoint_is_converted_once_and_read_back(tmp_path, monkeypatch):
     """A .gguf file is parsed once into a cached safetensors folder keyed by its hash; the folder gives the
-    same tensors and the same tokenizer."""
+    same tensors and the same tokenizer as transformers' own GGUF loading (which the conversion speeds up
+    by parsing once, over plain arrays)."""
     from probe.builtin.models import packaged_model_path
-    from probe.models import gguf_folder, load_tokenizer
+    from probe.models import gguf_folder, load_model, load_tokenizer
 
     gguf = packaged_model_path("smollm2-135m")
     folder = gguf_folder(gguf, tmp_path / "models", progress=False)
     assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
     loads = count_model_loads(monkeypatch)
     assert gguf_folder(gguf, tmp_path / "models") == folder and not loads  # second time: nothing parsed
+    monkeypatch.undo()
     text = "The mole dug a tunnel under the lawn."
     assert load_tokenizer(str(folder))(text)["input_ids"] == load_tokenizer(gguf)(text)["input_ids"]
+    converted, direct = load_model(str(folder)).state_dict(), load_model(gguf).state_dict()
+    assert converted.keys() == direct.keys()
+    assert all(torch.equal(converted[name], direct[name]) for name in direct)
 
 
 def test_two_runs_with_fresh_caches_give_identical_results(planted_run, tmp_path):
