@@ -1,12 +1,13 @@
 """Linear probes on one layer's vectors, cross-validated, with a majority baseline and a shuffled-label control.
 
 Everything is deterministic given ``seed``: the fold split, the label permutation of the control, and the
-probe (lbfgs is deterministic). Folds keep rows of one ``group`` together; rows whose group is None are
+probe (newton-cg is deterministic). Folds keep rows of one ``group`` together; rows whose group is None are
 groups of their own. Results are plain dicts of floats and lists, ready for JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -29,15 +30,20 @@ class ProbeError(ValueError):
 
 
 def logistic_probe(seed: int = 0, C: float = 0.1, max_iter: int = 2000) -> Pipeline:
-    """Standardise the features, then an L2 logistic regression (lbfgs; multinomial for >2 labels).
+    """Standardise the features, then an L2 logistic regression (newton-cg; multinomial for >2 labels).
 
     C=0.1, not scikit-learn's 1.0: with a few hundred rows and hundreds of dimensions the senses are
     linearly separable, and a weakly regularised fit spends thousands of iterations growing its weights
     (measured on SmolLM2's layer 12 for mole: same accuracy within 0.01, 16x faster).
+
+    newton-cg, not scikit-learn's lbfgs: measured on SmolLM2's mole vectors (155 fits, 4 senses, 153 rows ×
+    576 dimensions), it took 1.4 s where lbfgs took 3.4 s, and it stops nearer the optimum: against fits run
+    to tol=1e-10 (newton-cg and newton-cholesky agree there), its objective is 4e-6 above the minimum
+    (median) where lbfgs's is 3e-5, and 6 of 5,952 out-of-fold predictions differ where lbfgs's 136 do.
     """
     return make_pipeline(
         StandardScaler(),
-        LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter, random_state=seed),
+        LogisticRegression(C=C, solver="newton-cg", max_iter=max_iter, random_state=seed),
     )
 
 
@@ -165,6 +171,7 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
     """Each task's test-fold predictions, fold by fold: every (task × fold) fit is one joblib job.
     With ``cache`` (a folder), a task whose vectors, labels, folds and probe were seen before is not refit."""
     from joblib import Parallel, delayed
+    from threadpoolctl import threadpool_limits
 
     from probe import fitcache
 
@@ -184,14 +191,24 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
     if not jobs:
         return answers
     fits = [delayed(_fit_predict)(probe, task.X, task.y, train, test) for task, probe, train, test in jobs]
-    parallel = Parallel(n_jobs=-1 if n_jobs is None else n_jobs, return_as="generator")
-    for predicted, (task, _, _, _) in zip(parallel(fits), jobs):
-        answers[task.key].append(predicted)
-        if progress:
-            progress(1)
-        if keys[task.key] and len(answers[task.key]) == len(task.folds):
-            fitcache.save(cache, keys[task.key], answers[task.key])
+    backend = "loky" if sum(len(train) * task.X.shape[1] for task, _, train, _ in jobs) > LOKY_WORTH else "threading"
+    # Threads share one process's BLAS settings: held at one thread here, around all of them.
+    with threadpool_limits(limits=1) if backend == "threading" else contextlib.nullcontext():
+        parallel = Parallel(n_jobs=-1 if n_jobs is None else n_jobs, backend=backend, return_as="generator")
+        for predicted, (task, _, _, _) in zip(parallel(fits), jobs):
+            answers[task.key].append(predicted)
+            if progress:
+                progress(1)
+            if keys[task.key] and len(answers[task.key]) == len(task.folds):
+                fitcache.save(cache, keys[task.key], answers[task.key])
     return answers
+
+
+# Fits in worker processes only when there is enough of them: starting joblib's workers costs about 1 s on
+# 2 cores (each imports scikit-learn), more than threads lose to the GIL on a small batch. The measure is
+# training rows × features summed over fits; SmolLM2's mole probes (155 fits of 153 × 576) are 1.4e7 and
+# took 1.8 s sequential, 1.6 s on 2 threads, 2.1 s on 2 worker processes. Which runs never changes a result.
+LOKY_WORTH = 3e7
 
 
 def _fit_predict(probe, X, y, train, test) -> np.ndarray:
