@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModel
@@ -63,6 +64,25 @@ def test_attention_view_patterns_and_target(model_path):
     assert view.tokens[view.sentences[0]["target"]] == " mole"
     html = view._repr_html_()
     assert "probeAttentionViewer(" in html and "<script src" not in html
+
+
+def test_attention_of_several_texts_in_one_batch_matches_one_at_a_time(model_path):
+    from transformers import AutoTokenizer
+
+    from probe.attention_view import capture_attention, capture_attentions
+
+    model = probe.swap_attention(AutoModel.from_pretrained(model_path, attn_implementation="eager").eval())
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.pad_token = tokenizer.eos_token
+    texts = ["The mole dug a tunnel under the old garden wall.", "A mole.", "The spy was a mole"]
+    batched = capture_attentions(model, tokenizer, texts, ["mole"] * 3, ["a", "b", "c"])
+    for text, label, together in zip(texts, "abc", batched):
+        alone = capture_attention(model, tokenizer, text, "mole", label)
+        assert {k: v for k, v in together.items() if k != "patterns"} == {k: v for k, v in alone.items() if k != "patterns"}
+        difference = np.abs(np.array(together["patterns"]) - np.array(alone["patterns"]))
+        assert difference.max() <= 1  # per mille: padding changes only float rounding
+    tokenizer.pad_token = None  # a tokenizer that cannot pad: one text at a time, the same answers
+    assert capture_attentions(model, tokenizer, texts[:2])[1]["tokens"] == capture_attention(model, tokenizer, texts[1])["tokens"]
 
 
 def test_attention_errors_say_what_is_wrong(model_path):

@@ -87,6 +87,20 @@ def test_pca2_explained_variance_and_constant_rows():
     assert not same.any() and not none.any()
 
 
+@pytest.mark.parametrize("shape", [(40, 300), (300, 40)])  # fewer rows than features, and more
+def test_pca2_gives_scikit_learns_components_up_to_sign(shape):
+    from sklearn.decomposition import PCA
+
+    X = np.random.default_rng(1).normal(size=shape) * np.linspace(3.0, 0.1, shape[1])
+    points, explained = pca2(X.astype(np.float32))
+    reference = PCA(2, svd_solver="full").fit(X)
+    expected = reference.transform(X)
+    signs = np.sign((points * expected).sum(0))
+    assert signs.all()
+    np.testing.assert_allclose(points * signs, expected, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(explained, reference.explained_variance_ratio_, rtol=1e-5)
+
+
 def test_example_rows_one_per_subset_and_sense_preferring_a_visible_cue():
     rows = {"label": ["a", "a", "b", "b", "a", "b"], "cue": ["right", "right", "right", "both", "left", "left"],
             "group": ["1", "2", "1", "2", "1", "2"]}
