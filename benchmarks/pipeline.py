@@ -7,6 +7,8 @@ plain script a user would write (benchmarks/plain_script.py).
 Each run is a fresh process. "cold" starts from an empty cache folder (so a GGUF checkpoint is converted
 too); "features cold" keeps only the converted model (no vectors, predictions or patterns); "cached"
 reruns on the full cache.
+Phases: import (the command's start: imports, config), load (checks, rows, model config; and the model
+itself when converted), extract, probe, report, exit (the process ending, from outside), total (from outside).
 Medians over --repeats; the machine's other load shows in the spread, so say how busy it was.
 """
 
@@ -27,27 +29,33 @@ CONFIG = ROOT / "experiments" / "mole.yaml"
 
 
 def one_run(model: str, cache: Path, out: Path, overrides: list[str]) -> dict:
-    """`probe run` in a fresh process; its phases from run_experiment, its total from outside."""
+    """`probe run CONFIG --model MODEL --set … --quiet` in a fresh process, through the console script's own
+    entry (probe.cli.main); the phases from run_experiment's clock, the total (exit included) from outside."""
     driver = (
         "import json, sys, time; start = time.perf_counter()\n"
-        "from probe.config import load_config, parse_override\n"
-        "from probe.experiment import run_experiment\n"
-        "from transformers.utils import logging; logging.disable_progress_bar()\n"
-        "args = json.loads(sys.argv[1]); timings = {'import': time.perf_counter() - start}\n"
-        "values = dict(parse_override(t) for t in args['overrides']); values['model'] = args['model']\n"
-        "config = load_config(args['config'], values)\n"
-        "run_experiment(config, args['out'], cache_dir=args['cache'], progress=False, timings=timings)\n"
+        "import probe.experiment as experiment\n"
+        "timings, real = {}, experiment.run_experiment\n"
+        "def timed(*args, **kwargs):\n"
+        "    timings['import'] = time.perf_counter() - start\n"
+        "    return real(*args, **kwargs, timings=timings)\n"
+        "experiment.run_experiment = timed\n"
+        "from probe.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as done:\n"
+        "    code = done.code\n"
         "print(json.dumps(timings))\n"
+        "sys.exit(code)\n"
     )
-    payload = json.dumps({"config": str(CONFIG), "model": model, "cache": str(cache), "out": str(out),
-                          "overrides": overrides})
+    command = ["run", str(CONFIG), "--model", model, "--cache-dir", str(cache), "--output", str(out), "--quiet"]
+    command += [arg for override in overrides for arg in ("--set", override)]
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", driver, payload], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", driver, *command], capture_output=True, text=True, cwd=ROOT)
     total = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(done.stderr[-3000:])
+        raise SystemExit(done.stdout[-2000:] + done.stderr[-3000:])
     timings = json.loads(done.stdout.strip().splitlines()[-1])
-    return {**timings, "total": total}
+    return {**timings, "exit": total - sum(timings.values()), "total": total}
 
 
 def plain_script(model: str) -> float:
@@ -90,7 +98,7 @@ def main() -> None:
         if script:
             rows.append({"model": model, "run": "plain script", "total": statistics.median(script)})
 
-    phases = ["import", "load", "extract", "probe", "report", "total"]
+    phases = ["import", "load", "extract", "probe", "report", "exit", "total"]
     print(f"| model | run | {' | '.join(phases)} |")
     print("|---|---|" + "---|" * len(phases))
     for row in rows:
