@@ -138,7 +138,7 @@ def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=".probe-cache", show_default=True)
 @click.option("--plugins-dir", type=click.Path(file_okay=False), help="Load every .py file in this folder as a plugin.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--jobs", "n_jobs", type=int, help="Probe fits in parallel [default: all cores]; results do not depend on it.")
+@click.option("--jobs", "n_jobs", type=int, help="Probe fits in parallel [default: all cores, unless too few fits to pay for starting workers]; results do not depend on it.")
 @click.option("--device", help="auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps [default: the config's, auto].")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Model dtype [default: the config's].")
 def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):

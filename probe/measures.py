@@ -60,10 +60,10 @@ def _ship_by_value(entry: plugins.Registered) -> None:
 
 
 def _measure(entry: plugins.Registered, X, y, probe, seed: int, options: dict) -> dict[str, float]:
-    from threadpoolctl import threadpool_limits
+    from probe import blas
 
     try:
-        with threadpool_limits(limits=1):
+        with blas.one_thread():
             values = entry.value(X, y, probe, seed, **options)
         return {str(name): float(value) for name, value in values.items()}
     except Exception as error:

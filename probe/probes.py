@@ -7,7 +7,6 @@ groups of their own. Results are plain dicts of floats and lists, ready for JSON
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -152,7 +151,8 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
     cache: Path | None = None,
 ) -> dict[Hashable, dict[str, Any]]:
-    """Every (task × fold) fit in parallel with joblib (``n_jobs``: None = all cores), each fit's BLAS held
+    """Every (task × fold) fit in parallel with joblib (``n_jobs``: None = all cores, or this process for a
+    batch too small to pay for starting workers; see LOKY_WORTH), each fit's BLAS held
     to one thread: on a few cores, parallel fits beat threaded BLAS inside one small fit by far, and
     results do not depend on ``n_jobs``. Probes are made here, in this process, so a probe factory may
     keep state; the fitted estimators stay in the workers, only predictions come back."""
@@ -171,7 +171,6 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
     """Each task's test-fold predictions, fold by fold: every (task × fold) fit is one joblib job.
     With ``cache`` (a folder), a task whose vectors, labels, folds and probe were seen before is not refit."""
     from joblib import Parallel, delayed
-    from threadpoolctl import threadpool_limits
 
     from probe import fitcache
 
@@ -191,30 +190,28 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
     if not jobs:
         return answers
     fits = [delayed(_fit_predict)(probe, task.X, task.y, train, test) for task, probe, train, test in jobs]
-    backend = "loky" if sum(len(train) * task.X.shape[1] for task, _, train, _ in jobs) > LOKY_WORTH else "threading"
-    # Threads share one process's BLAS settings: held at one thread here, around all of them.
-    with threadpool_limits(limits=1) if backend == "threading" else contextlib.nullcontext():
-        parallel = Parallel(n_jobs=-1 if n_jobs is None else n_jobs, backend=backend, return_as="generator")
-        for predicted, (task, _, _, _) in zip(parallel(fits), jobs):
-            answers[task.key].append(predicted)
-            if progress:
-                progress(1)
-            if keys[task.key] and len(answers[task.key]) == len(task.folds):
-                fitcache.save(cache, keys[task.key], answers[task.key])
+    if n_jobs is None:  # all cores, when there is enough work to pay for starting the worker processes
+        n_jobs = -1 if sum(len(train) * task.X.shape[1] for task, _, train, _ in jobs) > LOKY_WORTH else 1
+    for predicted, (task, _, _, _) in zip(Parallel(n_jobs=n_jobs, return_as="generator")(fits), jobs):
+        answers[task.key].append(predicted)
+        if progress:
+            progress(1)
+        if keys[task.key] and len(answers[task.key]) == len(task.folds):
+            fitcache.save(cache, keys[task.key], answers[task.key])
     return answers
 
 
-# Fits in worker processes only when there is enough of them: starting joblib's workers costs about 1 s on
-# 2 cores (each imports scikit-learn), more than threads lose to the GIL on a small batch. The measure is
+# Fits go to joblib's worker processes only when there is enough of them: starting the workers costs about
+# half a second on 2 cores (each imports scikit-learn), and threads gain nothing (the GIL). The measure is
 # training rows × features summed over fits; SmolLM2's mole probes (155 fits of 153 × 576) are 1.4e7 and
-# took 1.8 s sequential, 1.6 s on 2 threads, 2.1 s on 2 worker processes. Which runs never changes a result.
+# took 1.3 s in this process, 1.3 s on 2 threads, 1.7 s on 2 worker processes. It never changes a result.
 LOKY_WORTH = 3e7
 
 
 def _fit_predict(probe, X, y, train, test) -> np.ndarray:
-    from threadpoolctl import threadpool_limits
+    from probe import blas
 
-    with threadpool_limits(limits=1):
+    with blas.one_thread():
         return probe.fit(X[train], y[train]).predict(X[test])
 
 

@@ -86,14 +86,16 @@ def test_plot_returns_a_figure_with_a_panel_per_subset(run_dir, tmp_path):
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("backend", ["threading", "loky"])
-def test_results_do_not_depend_on_n_jobs(run_dir, tiny_model, tmp_path, monkeypatch, backend):
-    """Small batches of fits run on threads, big ones in worker processes: the same numbers either way."""
+@pytest.mark.parametrize("n_jobs, worth", [(2, None), (None, 0), (None, float("inf"))])
+def test_results_do_not_depend_on_n_jobs(run_dir, tiny_model, tmp_path, monkeypatch, n_jobs, worth):
+    """By default small batches of fits run in this process, big ones in worker processes; explicitly
+    asked-for jobs always get them: the same numbers either way."""
     import probe.probes
 
-    monkeypatch.setattr(probe.probes, "LOKY_WORTH", float("inf") if backend == "threading" else 0)
+    if worth is not None:
+        monkeypatch.setattr(probe.probes, "LOKY_WORTH", worth)
     parallel = run_experiment(small(tiny_model), tmp_path / "out", cache_dir=tmp_path / "fresh", progress=False,
-                              n_jobs=2)
+                              n_jobs=n_jobs)
     assert parallel.to_dict()["layers"] == run_dir["results"].to_dict()["layers"]
     assert parallel.baselines == run_dir["results"].baselines
 
