@@ -347,6 +347,7 @@ def feature_key(context: RunContext, layers, mode: str) -> str:
         # CPU and GPU kernels round differently; the vectors of one are not the other's.
         "device": context.device.type if context.device.type != "cpu" else None,
         "activation_plugins": changing, "options": options,
+        "batches": "unpadded",  # since rows of one length are batched together (extract.unpadded_batches)
         # Only a run that reads the last layer after the final norm gets a key of its own (older caches stay).
         **({"final_norm": True} if _reads_final_norm(context, layers) else {}),
     })

@@ -4,7 +4,8 @@ residual stream entering block b is computed once and only blocks b.. are rerun 
 ``capture_block_inputs`` runs each batch up to block b and keeps what the model hands that block (the
 hidden states and the keyword arguments: mask, position embeddings, …, which every block receives
 alike); ``vectors_at`` reruns blocks b..layer-1 from there — under whatever hooks are attached — and
-pools the target vectors at ``layer``. Without an intervention it gives exactly the extracted vectors.
+pools the target vectors at ``layer``. Without an intervention it gives the extracted vectors up to
+rounding: it batches rows in dataset order, padded, where extraction batches rows of one length.
 """
 
 from __future__ import annotations

@@ -259,6 +259,22 @@ class Interrupted(RuntimeError):
     pass
 
 
+@pytest.mark.parametrize("positions", [("target", "last"), ("target",)])  # whole sentences; cut at the target
+def test_vectors_do_not_depend_on_the_batch_size(tiny_model, tmp_path, positions):
+    """Rows of one length are batched together, unpadded: the same bits whatever the batch size."""
+    data = write_planted(tmp_path / "planted.jsonl", n_per_label=12)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    texts = [row["text"] for row in rows]
+    spans = [(row["text"].index(" mole ") + 1, row["text"].index(" mole ") + 5) for row in rows]
+    stores = [extract(lambda: load_and_swap(tiny_model), texts, spans, folder=tmp_path / f"batch-{size}",
+                      layers=[0, 1, 2], positions=positions, batch_size=size, progress=False)
+              for size in (1, 5, 64)]
+    for position in positions:
+        for layer in (0, 1, 2):
+            first = stores[0].layer(position, layer)
+            assert all(np.array_equal(first, store.layer(position, layer)) for store in stores[1:])
+
+
 def test_extract_resumes_at_the_first_missing_chunk(tiny_model, tmp_path):
     data = write_planted(tmp_path / "planted.jsonl", n_per_label=20)  # 40 rows
     rows = [json.loads(line) for line in data.read_text().splitlines()]
@@ -281,10 +297,14 @@ def test_extract_resumes_at_the_first_missing_chunk(tiny_model, tmp_path):
         model.register_forward_pre_hook(count, with_kwargs=True)
         return model, tokenizer
 
+    # Batches never mix lengths (extract.unpadded_batches), so count each chunk's batches as extract does.
+    lengths = probe.extract._token_counts(load_and_swap(tiny_model)[1], texts, spans, cut=False)
+    order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
+    per_chunk = [len(probe.extract.unpadded_batches(order[c : c + 8], lengths, 4)) for c in range(0, 40, 8)]
     folder = tmp_path / "resumable"
-    # Batch 6 is the second half of chunk 2 (two batches of 4 per chunk of 8): chunks 0 and 1 are finished.
+    # Killed in chunk 2's last batch: chunks 0 and 1 are finished.
     with pytest.raises(Interrupted):
-        extract(lambda: counting_load(fail_at=6), texts, spans, folder=folder, **kwargs)
+        extract(lambda: counting_load(fail_at=sum(per_chunk[:3])), texts, spans, folder=folder, **kwargs)
     assert sorted(p.name for p in folder.iterdir()) == ["chunk-00000.safetensors", "chunk-00001.safetensors"]
     finished = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
 
@@ -292,7 +312,7 @@ def test_extract_resumes_at_the_first_missing_chunk(tiny_model, tmp_path):
     loads = []
     store = extract(lambda: loads.append(1) or counting_load(), texts, spans, folder=folder, **kwargs)
     assert loads == [1]
-    assert forwards["n"] == 6  # chunks 2, 3, 4: two batches each; chunks 0 and 1 are not redone
+    assert forwards["n"] == sum(per_chunk[2:])  # chunks 2, 3, 4; chunks 0 and 1 are not redone
     for name, (content, mtime) in finished.items():
         assert (folder / name).read_bytes() == content and (folder / name).stat().st_mtime_ns == mtime
     assert len(store.chunks()) == 5 and (folder / "complete.json").exists()
