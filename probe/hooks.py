@@ -32,16 +32,15 @@ class HookPoint:
         for fn in self.fns:
             replacement = fn(tensor, self.name)
             if replacement is not None:
-                who = getattr(fn, "probe_owner", None) or getattr(fn, "__qualname__", repr(fn))
                 if not isinstance(replacement, torch.Tensor) or replacement.shape != tensor.shape:
                     got = getattr(replacement, "shape", type(replacement).__name__)
                     raise HookError(
-                        f"hook {who} on {self.name!r} must return None or a tensor of shape "
+                        f"hook {_who(fn)} on {self.name!r} must return None or a tensor of shape "
                         f"{tuple(tensor.shape)}, got {got}"
                     )
                 if replacement.dtype != tensor.dtype or replacement.device != tensor.device:
                     raise HookError(
-                        f"hook {who} on {self.name!r} returned a {replacement.dtype} tensor on "
+                        f"hook {_who(fn)} on {self.name!r} returned a {replacement.dtype} tensor on "
                         f"{replacement.device}; it must keep its input's dtype and device ({tensor.dtype} on "
                         f"{tensor.device}), e.g. return new.to(tensor)"
                     )
@@ -58,6 +57,11 @@ class HookPoint:
 
     def __repr__(self) -> str:
         return f"HookPoint({self.name!r}, {len(self.fns)} hooks)"
+
+def _who(fn) -> str:
+    """A hook function's name for an error: the plugin that owns it, else its qualified name."""
+    return getattr(fn, "probe_owner", None) or getattr(fn, "__qualname__", None) or repr(fn)
+
 
 
 class HookHandle:
