@@ -149,10 +149,9 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     if quiet:
         quiet_progress_bars()  # first: the imports below read the setting
     from probe import plugins
-    from probe.config import ConfigError, load_config, parse_override
-    from probe.data import DataError
+    from probe.config import load_config, parse_override
+    from probe.errors import user_errors
     from probe.experiment import run_experiment
-    from probe.probes import ProbeError
     from probe.report import accuracy_text, layer_table
 
     try:
@@ -165,7 +164,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
             plugins.load_plugins_dir(plugins_dir)
         output_dir = Path(output_dir or Path("runs") / config.name)
         results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
-    except (ConfigError, DataError, ProbeError, plugins.PluginError) as error:
+    except user_errors() as error:
         raise click.ClickException(str(error)) from None
     if results is None:  # a torchrun rank other than 0: its share of the vectors is in the cache
         return

@@ -74,14 +74,9 @@ def _prepare_worker(settings: CellSettings) -> None:
 
 def _describe(error: Exception) -> str:
     """probe's own errors already say what is wrong and where; others get their type named."""
-    from probe import plugins
-    from probe.config import ConfigError
-    from probe.data import DataError
-    from probe.probes import ProbeError
+    from probe.errors import user_errors
 
-    if isinstance(error, (ConfigError, DataError, ProbeError, plugins.PluginError)):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
+    return str(error) if isinstance(error, user_errors()) else f"{type(error).__name__}: {error}"
 
 
 # ---------------------------------------------------------------- backends
