@@ -28,6 +28,7 @@ from typing import Any, Callable, Literal, Sequence
 import datasets
 import numpy as np
 
+from probe.datafiles import BUILDERS
 from probe.errors import first_line
 
 CUES = ("left", "right", "both")
@@ -43,8 +44,6 @@ FEATURES = datasets.Features(
         "span_end": datasets.Value("int64"),
     }
 )
-# Which datasets builder reads which file suffix.
-BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 HUB_PREFIX = "hf:"
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from probe.errors import first_line
 
+# Which datasets builder reads which file suffix (here, not in probe.data: a sweep lists data files without
+# importing datasets).
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_FORMATS = (".jsonl", ".json", ".csv")
 
 

@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from probe.config import ConfigError, ExperimentConfig, load_config
-from probe.data import BUILDERS
+from probe.datafiles import BUILDERS
 from probe.io import write_text_atomic
 
 CELL_FILE = "cell.json"  # written into a cell's run folder once every reporter has finished
