@@ -193,14 +193,12 @@ def _check_parts_exist(values, how, config: ExperimentConfig) -> None:
 
 def _check_dataset_options(registered: plugins.Registered, config: ExperimentConfig) -> None:
     """An option the dataset's loader does not take is refused with the ones it does, not a TypeError."""
-    import inspect
+    from probe.checks import accepted_options
 
-    parameters = inspect.signature(registered.value).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        return
-    unknown = [name for name in config.dataset_options if name not in parameters]
-    if unknown:
-        takes = ", ".join(parameters) or "no options"
+    accepted, open_ended = accepted_options(registered.value)  # follows a loader's forwards_to
+    unknown = [name for name in config.dataset_options if name not in accepted]
+    if unknown and not open_ended:
+        takes = ", ".join(accepted) or "no options"
         raise ConfigError(f"{config.source}: field 'dataset': {config.dataset_name!r} does not take option "
                           f"{unknown[0]!r}; it takes {takes}")
 
@@ -314,7 +312,7 @@ def _extract(context: RunContext, layers, mode: str, load: Callable):
     config = context.config
     texts, spans = context.rows["text"], context.spans
     folder = context.cache_dir / "features" / feature_key(context, layers, mode)
-    with cache_lock(folder):  # two runs on one cache: the second waits, then finds the chunks done
+    with cache_lock(folder, context.ranks):  # two runs on one cache: the second waits, then finds the chunks done
         return extract(
             load, texts, spans, layers=layers, folder=folder,
             pooling=config.pooling, positions=config.positions, batch_size=config.batch_size,

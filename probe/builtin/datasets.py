@@ -24,16 +24,12 @@ def builtin_loader(name: str):
     return load
 
 
-def load_file(path: str, text_field: str = "text", label_field: str = "label", target_field: str = "target",
-              span_field: str | None = None, span_start_field: str | None = None, span_end_field: str | None = None,
-              split: str | None = None, revision: str | None = None):
+def load_file(path: str, **fields):
     """A JSONL / CSV / Parquet file, or hf:owner/name, with optional text_field, label_field, … renames;
     ``split`` and ``revision`` for a hub dataset only."""
     from probe.data import load_rows
 
-    return load_rows(path, text_field=text_field, label_field=label_field, target_field=target_field,
-                     span_field=span_field, span_start_field=span_start_field, span_end_field=span_end_field,
-                     split=split, revision=revision)
+    return load_rows(path, **fields)
 
 
 def load_coarsewsd(path: str, words: list[str] | None = None):
