@@ -31,10 +31,11 @@ def lock_for(output_dir: Path) -> FileLock:
     return FileLock(str(output_dir.parent / f".{output_dir.name}.lock"))
 
 
-def cache_lock(folder: Path):
-    """A lock on one cache entry, kept in the cache's ``locks/`` folder. Under torchrun (WORLD_SIZE > 1)
-    the ranks share entries on purpose and coordinate themselves, so none is taken."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+def cache_lock(folder: Path, ranks=None):
+    """A lock on one cache entry, kept in the cache's ``locks/`` folder. Under torchrun (``ranks``, see
+    probe.distributed, of a world over 1) the ranks share entries on purpose and coordinate themselves,
+    so none is taken."""
+    if ranks is not None and ranks.world > 1:
         return nullcontext()
     locks = folder.parent.parent / "locks"
     locks.mkdir(parents=True, exist_ok=True)

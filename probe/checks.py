@@ -142,9 +142,6 @@ def check_layers(config: ExperimentConfig, n_blocks: int) -> list[int]:
 
 def check_rows(config: ExperimentConfig, rows) -> None:
     where = f"{config.source or 'config'}:"
-    if config.split_by is not None and config.split_by not in rows.column_names:
-        raise ConfigError(f"{where} field 'split_by' names column {config.split_by!r}, which the rows lack; "
-                          f"their columns: {', '.join(rows.column_names)}")
     if not 0 <= config.example < len(rows):
         raise ConfigError(f"{where} field 'example' is {config.example}, but there are {len(rows)} rows "
                           f"(after filter and skipped rows): use 0 to {len(rows) - 1}")

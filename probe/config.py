@@ -199,7 +199,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError as error:
-        problem = str(error).splitlines()[0]
+        from probe.errors import first_line
+
+        problem = first_line(error)
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({problem}); quote it, "
                           f"e.g. --set '{key.strip()}=\"{value}\"'") from None
 
