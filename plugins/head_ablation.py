@@ -131,8 +131,8 @@ def _cached(context, settings, block, head, compute):
     from probe.extract import cache_key
     from probe.io import write_atomic
 
-    stores = context.stores
-    key = cache_key({"features": stores[next(iter(stores))].folder.name, "block": block, "head": head,
+    # The vectors of the attention the reruns use (under attention: both, not the first-extracted reference).
+    key = cache_key({"features": context.stores[context.config.main_mode].folder.name, "block": block, "head": head,
                      "mode": settings["mode"] if head is not None else None, "layer": settings["probe_layer"],
                      "position": settings["position"], "pooling": context.config.pooling,
                      "batch_size": context.config.batch_size})

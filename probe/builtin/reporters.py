@@ -10,7 +10,7 @@ def plots(results, output_dir, context):
     from probe.figure_cache import drawn_before, keep_drawn
 
     formats = figure_formats(context.config)
-    store = context.stores[next(iter(context.stores))]
+    store = context.stores[context.config.main_mode]  # probe's own vectors, as report.html shows
     key = _figures_key(results, context, store, formats)
     if drawn_before(context.cache_dir, key, output_dir):
         return
