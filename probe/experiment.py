@@ -329,13 +329,13 @@ def _reads_final_norm(context: RunContext, layers) -> bool:
 def feature_key(context: RunContext, layers, mode: str) -> str:
     """Only what changes the vectors: model and weights, rows, layers, pooling, attention, dtype, the seed of
     random weights, and the plugins that may change activations with the options they may read. A
-    reporter's own options (``options.<reporter name>``) never change activations."""
+    reporter's or a measure's own options (``options.<its name>``) never change activations."""
     from probe.extract import cache_key, data_fingerprint
 
     config = context.config
     changing = activation_plugins() if mode != "reference" else []
-    reporter_options = {name.replace("-", "_") for name in config.reporters}
-    options = {k: v for k, v in config.options.items() if k not in reporter_options} if changing else {}
+    own_options = {name.replace("-", "_") for name in config.reporters} | set(config.measures)
+    options = {k: v for k, v in config.options.items() if k not in own_options} if changing else {}
     return cache_key({
         "model": context.model_path, "revision": config.revision, "weights": _weights_fingerprint(context.model_path),
         "data": data_fingerprint(context.rows["text"], context.spans), "layers": layers, "pooling": config.pooling,

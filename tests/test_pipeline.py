@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import probe
+import probe.experiment
 from probe import plugins
 from probe.config import validate
 from probe.experiment import run_experiment
@@ -123,6 +124,19 @@ def test_a_reporters_options_do_not_change_the_feature_cache_key(run_dir, tiny_m
     run_experiment(config, tmp_path / "out", cache_dir=run_dir["cache"], progress=False)
     assert sorted(p.name for p in (run_dir["cache"] / "features").iterdir()) == before
     assert (tmp_path / "out" / "attention_report.md").exists()
+
+
+def test_a_measures_options_do_not_change_the_feature_cache_key(tiny_model, tmp_path, monkeypatch):
+    """With an activation plugin loaded, options count in the key, but not those only a measure reads."""
+    monkeypatch.setattr(probe.experiment, "activation_plugins", lambda: ["an-activation-plugin"])
+    plugins.load_plugin_file(ROOT / "plugins" / "mdl.py")
+    cache = tmp_path / "cache"
+    run_experiment(small(tiny_model, layers=[0, 1]), tmp_path / "a", cache_dir=cache, progress=False, n_jobs=1)
+    before = sorted(p.name for p in (cache / "features").iterdir())
+    config = small(tiny_model, layers=[0, 1], measures=["mdl"], options={"mdl": {"fractions": [0.5, 1.0]}})
+    results = run_experiment(config, tmp_path / "b", cache_dir=cache, progress=False, n_jobs=1)
+    assert sorted(p.name for p in (cache / "features").iterdir()) == before
+    assert all("codelength" in row.measures["mdl"] for row in results.rows)
 
 
 def test_probe_run_takes_a_path_a_dict_or_overrides(tiny_model, tmp_path, monkeypatch):
