@@ -161,20 +161,7 @@ FIELD_NAMES = [name for name in ExperimentConfig.model_fields if name != "source
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read, override (``--set key=value``) and validate a YAML experiment config."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except UnicodeDecodeError as error:
-        line = path.read_bytes()[: error.start].count(b"\n") + 1
-        raise ConfigError(f"{path}, line {line}: byte {error.object[error.start]:#x} is not UTF-8; "
-                          "save the config as UTF-8") from None
-    except OSError as error:
-        raise ConfigError(f"config file {path} can't be read: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path)
     raw.setdefault("name", path.stem)
     for key, value in (overrides or {}).items():
         raw[key] = value
@@ -187,6 +174,27 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
         if beside_config.exists() and not Path(dataset["path"]).is_absolute():
             raw["dataset"] = {**dataset, "path": str(beside_config.resolve())}
     return validate(raw, source=str(path))
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file's top-level mapping; a missing, unreadable, non-UTF-8 or malformed file is a ConfigError
+    naming the file (and the line of a byte that is not UTF-8)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: byte {error.object[error.start]:#x} is not UTF-8; "
+                          "save the config as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"{what} {path} can't be read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
+    return raw
 
 
 def parse_override(text: str) -> tuple[str, Any]:

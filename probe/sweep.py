@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from probe.config import ConfigError, ExperimentConfig, load_config
+from probe.config import ConfigError, ExperimentConfig, load_config, read_yaml_mapping
 from probe.datafiles import BUILDERS
 from probe.io import write_text_atomic
 
@@ -66,16 +65,7 @@ def is_sweep_file(raw: dict) -> bool:
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"file {path} does not exist") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
-    return raw
+    return read_yaml_mapping(path, what="file")
 
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:

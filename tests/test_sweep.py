@@ -75,6 +75,9 @@ def test_sweep_file_errors_name_the_field(tmp_path):
         validate_sweep({"experiments": ["a.yaml", "b.yaml"], "datasets": "words"})
     with pytest.raises(ConfigError, match=r"sweep\.yaml: field 'experiments': .*a\.yaml does not exist"):
         plan_cells(validate_sweep({"experiments": ["a.yaml"]}, source=str(path)))
+    path.write_bytes("name: x\nexperiments: [caf\u00e9.yaml]\n".encode("latin-1"))  # read as configs are
+    with pytest.raises(ConfigError, match=r"sweep\.yaml, line 2: byte 0xe9 is not UTF-8"):
+        load_sweep(path)
 
 
 def test_cells_are_planned_and_their_configs_checked_before_any_run(tmp_path, tiny_models):
