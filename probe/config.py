@@ -179,17 +179,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     """A YAML file's top-level mapping; a missing, unreadable, non-UTF-8 or malformed file is a ConfigError
     naming the file (and the line of a byte that is not UTF-8)."""
+    from probe.datafiles import utf8
+
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
-    except UnicodeDecodeError as error:
-        line = path.read_bytes()[: error.start].count(b"\n") + 1
-        raise ConfigError(f"{path}, line {line}: byte {error.object[error.start]:#x} is not UTF-8; "
-                          "save the config as UTF-8") from None
     except OSError as error:
         raise ConfigError(f"{what} {path} can't be read: {error.strerror}") from None
+    try:
+        raw = yaml.safe_load(utf8(data, path, ConfigError, "save the config as UTF-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):

@@ -17,6 +17,16 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parqu
 TEXT_FORMATS = (".jsonl", ".json", ".csv")
 
 
+def utf8(data: bytes, path, error_class, advice: str = "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") -> str:
+    """``data`` (the bytes of ``path``) as text; a byte that is not UTF-8 is an ``error_class`` naming the
+    file and its line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise error_class(f"{path}, line {line}: byte {data[error.start]:#x} is not UTF-8; {advice}") from None
+
+
 def check_data_file(path: Path, error_class) -> None:
     """Raise ``error_class`` (DataError) naming ``path`` and the line at fault, if the file can't be rows."""
     data = path.read_bytes()
@@ -24,13 +34,7 @@ def check_data_file(path: Path, error_class) -> None:
         raise error_class(f"{path}: the file is empty; it needs a row per example (text, target, label)")
     if path.suffix.lower() not in TEXT_FORMATS:
         return
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise error_class(f"{path}, line {line}: byte {data[error.start]:#x} is not UTF-8; save the file as "
-                          "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-    text = text.removeprefix("\ufeff")
+    text = utf8(data, path, error_class).removeprefix("\ufeff")
     if path.suffix.lower() == ".jsonl" or (path.suffix.lower() == ".json" and not text.lstrip().startswith("[")):
         _check_json_lines(path, text, error_class)
     elif path.suffix.lower() == ".json":

@@ -85,6 +85,15 @@ def test_a_malformed_line_is_named_by_file_and_line(folder, name, line, text, me
         load_coarsewsd(str(folder))
 
 
+def test_a_file_that_is_not_utf8_is_named_by_file_and_line(folder):
+    path = folder / "mole" / "train.data.txt"
+    lines = path.read_bytes().splitlines()
+    lines[1] = "1\tthe mol\u00e9 .".encode("latin-1")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError, match=r"train\.data\.txt, line 2: byte 0xe9 is not UTF-8"):
+        load_coarsewsd(str(folder))
+
+
 def test_whole_file_problems_are_named(folder, tmp_path):
     (folder / "tower" / "test.gold.txt").write_text("0\n1\n")
     with pytest.raises(DataError, match="test.data.txt has 12 lines but .*test.gold.txt has 2"):

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 from probe.data import FEATURES, DataError
+from probe.datafiles import utf8
 
 DATA_SUFFIX, GOLD_SUFFIX = ".data.txt", ".gold.txt"
 
@@ -65,7 +66,7 @@ def word_rows(folder: Path) -> list[dict]:
 
 def read_classes_map(path: Path) -> dict[str, str]:
     try:
-        senses = json.loads(path.read_text(encoding="utf-8"))
+        senses = json.loads(utf8(path.read_bytes(), path, DataError))
     except json.JSONDecodeError as error:
         raise DataError(f"coarsewsd: {path} is not JSON ({error}); expected an object of class id → sense "
                         'name, e.g. {"0": "apple_inc", "1": "apple"}') from None
@@ -79,8 +80,8 @@ def part_rows(folder: Path, part: str, senses: dict[str, str]) -> list[dict]:
     data_path, gold_path = folder / f"{part}{DATA_SUFFIX}", folder / f"{part}{GOLD_SUFFIX}"
     if not gold_path.is_file():
         raise DataError(f"coarsewsd: {data_path} has no labels: {gold_path} is missing")
-    data = data_path.read_text(encoding="utf-8").splitlines()
-    gold = gold_path.read_text(encoding="utf-8").splitlines()
+    data = utf8(data_path.read_bytes(), data_path, DataError).splitlines()
+    gold = utf8(gold_path.read_bytes(), gold_path, DataError).splitlines()
     if len(data) != len(gold):
         raise DataError(f"coarsewsd: {data_path} has {len(data)} lines but {gold_path} has {len(gold)}; "
                         "line n of one labels line n of the other")
