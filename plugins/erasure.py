@@ -54,15 +54,16 @@ def erasure_settings(results, config, n_blocks: int) -> dict:
 def fold_erasers(X, y, fold_list, draws: int, seed: int) -> tuple[dict, list[int]]:
     """{(condition, fold): eraser} for LEACE and each random draw, fitted on each fold's training rows;
     and LEACE's rank per fold (the random subspaces get the same)."""
-    from probe.erasure import concept_rank, fit_leace, random_fitter
+    from probe.erasure import concept_rank, fit_leace, random_fitter, whitening
 
     erasers, ranks = {}, []
     for fold, (train, _) in enumerate(fold_list):
         fitter = fit_leace(X[train], y[train])
-        ranks.append(concept_rank(fitter))
+        whitened = whitening(fitter)  # one eigendecomposition per fold, not one per draw
+        ranks.append(concept_rank(fitter, whitened))
         erasers[("leace", fold)] = fitter.eraser
         for draw in range(draws):
-            erasers[(f"random-{draw}", fold)] = random_fitter(fitter, ranks[-1], [seed, draw, fold]).eraser
+            erasers[(f"random-{draw}", fold)] = random_fitter(fitter, ranks[-1], [seed, draw, fold], whitened).eraser
     return erasers, ranks
 
 

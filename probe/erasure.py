@@ -40,8 +40,10 @@ def fit_leace(X: np.ndarray, y):
     return _fitter_class().fit(torch.from_numpy(np.asarray(X, dtype=np.float64)), torch.from_numpy(z))
 
 
-def _whitening(sigma: torch.Tensor):
-    """W = Σ^{-1/2}, W⁺ = Σ^{1/2} and the basis of Σ's range, thresholded as concept-erasure does."""
+def whitening(fitter):
+    """W = Σ^{-1/2}, W⁺ = Σ^{1/2} and the basis of Σ's range for ``fitter``'s Σ_xx, thresholded as
+    concept-erasure does. One d×d eigendecomposition: compute it once per fitter and pass it on."""
+    sigma = fitter.sigma_xx
     values, vectors = torch.linalg.eigh(sigma)
     keep = values > values[-1] * sigma.shape[-1] * torch.finfo(values.dtype).eps
     values = values.clamp_min(0.0)
@@ -50,15 +52,17 @@ def _whitening(sigma: torch.Tensor):
     return W, W_inv, vectors[:, keep]
 
 
-def concept_rank(fitter) -> int:
-    """How many whitened directions LEACE erases: the singular values of W Σ_xz above the package's tolerance."""
-    W, _, _ = _whitening(fitter.sigma_xx)
+def concept_rank(fitter, whitened=None) -> int:
+    """How many whitened directions LEACE erases: the singular values of W Σ_xz above the package's tolerance.
+    ``whitened``: ``whitening(fitter)``, when already computed."""
+    W, _, _ = whitened or whitening(fitter)
     return int((torch.linalg.svdvals(W @ fitter.sigma_xz) > fitter.svd_tol).sum())
 
 
-def random_fitter(fitter, rank: int, seed):
-    """``fitter``'s statistics with the whitened cross-covariance replaced by a random rank-``rank`` one."""
-    _, W_inv, basis = _whitening(fitter.sigma_xx)
+def random_fitter(fitter, rank: int, seed, whitened=None):
+    """``fitter``'s statistics with the whitened cross-covariance replaced by a random rank-``rank`` one.
+    ``whitened``: ``whitening(fitter)``, when already computed."""
+    _, W_inv, basis = whitened or whitening(fitter)
     rng = np.random.default_rng(seed)
     gaussian = torch.from_numpy(rng.standard_normal((basis.shape[1], rank)))
     directions, _ = torch.linalg.qr(basis @ gaussian.to(basis.dtype))  # orthonormal, inside Σ's range
