@@ -23,21 +23,15 @@ def target_patterns(model, tokenizer, texts, spans, batch_size: int = 16):
     """Yield (tokens, target index, patterns (blocks, heads, keys)) for each row, in order."""
     import torch
 
+    from probe.attention_view import run_padded
     from probe.data import span_token_indices
-    from probe.devices import device_of
-    from probe.hooks import capture
 
     n_blocks = sum(1 for name in _names(model) if name.endswith(".attn.pattern"))
     names = [f"blocks.{i}.attn.pattern" for i in range(n_blocks)]
-    tokenizer.padding_side = "right"
     for start in range(0, len(texts), batch_size):
         batch_texts, batch_spans = texts[start : start + batch_size], spans[start : start + batch_size]
-        enc = tokenizer(list(batch_texts), return_tensors="pt", padding=True, return_offsets_mapping=True)
-        offsets = enc.pop("offset_mapping").tolist()
-        with capture(model, names) as seen, torch.no_grad():
-            model(**enc.to(device_of(model)))
+        enc, offsets, seen = run_padded(model, tokenizer, batch_texts, names)
         stacked = torch.stack([seen[n] for n in names], dim=1).float().cpu()  # (batch, blocks, heads, q, k)
-        enc = enc.to("cpu")
         for i, (text, (s, e)) in enumerate(zip(batch_texts, batch_spans)):
             length = int(enc["attention_mask"][i].sum())
             target = span_token_indices(text, offsets[i], s, e)[-1]

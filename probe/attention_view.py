@@ -34,19 +34,12 @@ def capture_attentions(model, tokenizer, texts: list[str], targets: list | None 
     """``capture_attention`` for several texts in one forward pass: right-padded, each text's patterns
     cut to its own tokens. A padded key gets weight 0, so only float rounding depends on the batch (SmolLM2,
     8 mole sentences: 4 of 100,000 weights differ from one-at-a-time, each by one per mille)."""
-    from probe.devices import device_of
-    from probe.hooks import capture
-
     targets = targets or [None] * len(texts)
     labels = labels or [None] * len(texts)
     if len(texts) > 1 and tokenizer.pad_token is None:  # a tokenizer that cannot pad: one text at a time
         return [capture_attention(model, tokenizer, *each) for each in zip(texts, targets, labels)]
-    if len(texts) > 1:
-        tokenizer.padding_side = "right"  # padding after each text leaves its positions as they were
-    encoding = tokenizer(list(texts), return_tensors="pt", return_offsets_mapping=True, padding=len(texts) > 1)
-    offsets = encoding.pop("offset_mapping").tolist()
-    with capture(model, ["blocks.*.attn.pattern", "blocks.0.attn.masked_scores"]) as seen, torch.no_grad():
-        model(**encoding.to(device_of(model)))
+    encoding, offsets, seen = run_padded(model, tokenizer, texts, ["blocks.*.attn.pattern",
+                                                                   "blocks.0.attn.masked_scores"])
     blocks = sorted((int(name.split(".")[1]), name) for name in seen if name.endswith(".attn.pattern"))
     patterns = torch.stack([seen[name] for _, name in blocks], 1).float().cpu()  # (text, block, head, q, k)
     scores = seen["blocks.0.attn.masked_scores"][:, 0].float().cpu()  # (text, q, k)
@@ -66,6 +59,21 @@ def capture_attentions(model, tokenizer, texts: list[str], targets: list | None 
             "scale": SCALE,
         })
     return sentences
+
+
+def run_padded(model, tokenizer, texts, names: list[str]):
+    """One forward over ``texts``, right-padded (so each text's positions are as they would be alone),
+    capturing hook points ``names``: (the encoding, on the CPU; each text's character offsets; {name: tensor})."""
+    from probe.devices import device_of
+    from probe.hooks import capture
+
+    if len(texts) > 1:
+        tokenizer.padding_side = "right"
+    encoding = tokenizer(list(texts), return_tensors="pt", return_offsets_mapping=True, padding=len(texts) > 1)
+    offsets = encoding.pop("offset_mapping").tolist()
+    with capture(model, names) as seen, torch.no_grad():
+        model(**encoding.to(device_of(model)))
+    return encoding.to("cpu"), offsets, seen
 
 
 def _query_index(text: str, offsets, target) -> int:
