@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe import measures, plugins, stronger_controls
+from probe import collector, measures, plugins, stronger_controls
 from probe.atomic import cache_lock, folders_under, missing_parents, new_folders, remove_empty, staged_output
 from probe.checks import check_architecture, check_config, check_filter, check_layers, check_rows
 from probe.config import ConfigError, ExperimentConfig
@@ -45,25 +45,47 @@ def run_experiment(
     from time import perf_counter
 
     clock = _Clock(timings, perf_counter)
-    for path in config.plugins:
-        plugins.load_plugin_file(path)
     output_dir, cache_dir = Path(output_dir), Path(cache_dir)  # output: replaced whole once every report is done
-    check_config(config, output_dir, cache_dir)  # names, options and folders: before any data or model work
-    cache_folders, made = folders_under(cache_dir), missing_parents(cache_dir)
-    try:
-        results = _run(config, output_dir, cache_dir, progress, n_jobs, clock)
-    except BaseException:
-        remove_empty(new_folders(cache_dir, cache_folders) + made)  # a failed run leaves no empty folders
-        raise
+    with collector.for_one_run() as long_lived:
+        with long_lived():  # plugins and the libraries the checks import live as long as the run
+            for path in config.plugins:
+                plugins.load_plugin_file(path)
+            check_config(config, output_dir, cache_dir)  # names, options, folders: before any data or model work
+        cache_folders, made = folders_under(cache_dir), missing_parents(cache_dir)
+        try:
+            results = _run(config, output_dir, cache_dir, progress, n_jobs, clock, long_lived)
+        except BaseException:
+            remove_empty(new_folders(cache_dir, cache_folders) + made)  # a failed run leaves no empty folders
+            raise
     plugins.call_each("experiment_finished", config=config, results=results, output_dir=output_dir)
     clock.lap("report")
     return results
 
 
-def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: bool, n_jobs, clock) -> Results:
+def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: bool, n_jobs, clock,
+         long_lived) -> Results:
+    plugins.call_each("experiment_started", config=config, output_dir=output_dir)
+    with long_lived():  # the model's config, the tokenizer, the rows (and a GGUF conversion): made once
+        context, layers, splits, skipped = _load(config, cache_dir, progress)
+    clock.lap("load")
+    with process_group(context.ranks, context.device):
+        context.stores = extract_features(context, layers)
+    clock.lap("extract")
+    if not context.ranks.is_main:
+        return None  # under torchrun, rank 0 probes and reports what every rank extracted
+    results = probe_layers(context, splits, layers, skipped, n_jobs)
+    clock.lap("probe")
+    with staged_output(output_dir) as staging:  # all reports appear together, or none
+        write_reports(results, staging, context)
+    results._run_dir = output_dir
+    return results
+
+
+def _load(config: ExperimentConfig, cache_dir: Path, progress: bool):
+    """The run's context (model config, tokenizer), its layers, rows and splits, each checked before any
+    model work → (context, layers, splits, skipped rows)."""
     from probe.lengths import fit_rows, max_positions
 
-    plugins.call_each("experiment_started", config=config, output_dir=output_dir)
     context = RunContext(config, resolve_model(config.model, config.revision), cache_dir, progress)
     check_placement(context)  # a device this machine lacks is found now, not after the data work
     layers = check_layers(config, context.n_blocks)  # the depth comes from config.json: no weights read
@@ -77,18 +99,7 @@ def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: 
     splits = make_splits(context.rows, config)  # fails before any model work, not after
     stronger_controls.check(context, splits)
     measures.check(config)
-    clock.lap("load")
-    with process_group(context.ranks, context.device):
-        context.stores = extract_features(context, layers)
-    clock.lap("extract")
-    if not context.ranks.is_main:
-        return None  # under torchrun, rank 0 probes and reports what every rank extracted
-    results = probe_layers(context, splits, layers, skipped, n_jobs)
-    clock.lap("probe")
-    with staged_output(output_dir) as staging:  # all reports appear together, or none
-        write_reports(results, staging, context)
-    results._run_dir = output_dir
-    return results
+    return context, layers, splits, skipped
 
 
 def check_placement(context: RunContext) -> None:
