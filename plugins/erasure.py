@@ -74,7 +74,8 @@ def unerased_vectors(context, settings: dict, loss) -> tuple:
 
     config, layer = context.config, settings["layer"]
     model, tokenizer = context.load_model()
-    inputs = capture_block_inputs(model, tokenizer, context.rows["text"], context.spans, layer, config.batch_size)
+    inputs = capture_block_inputs(model, tokenizer, context.rows["text"], context.spans, layer, config.batch_size,
+                                  whole_rows=loss is not None or settings["position"] == "last")
     later = range(layer + 1, context.n_blocks + 1)
     meter = loss.meter(range(len(context.rows)), check=True) if loss else None
     vectors = vectors_from(model, inputs, layer, [layer, *later], settings["position"], config.pooling, meter)
@@ -171,21 +172,16 @@ class NextTokenLoss:
 
         from probe.adapters import adapter_for
         from probe.adapters.layouts import get_path
-        from probe.extract import encode_batch
         from probe.models import load_model, parse_dtype
         from probe.points import layout_of
 
-        model, tokenizer = context.load_model()
+        model, _ = context.load_model()
         layout = layout_of(model, adapter_for(model))
         self.norm = get_path(getattr(model, "base_model", model), layout.final_norm) if layout else None
         if self.norm is None:
             raise ValueError(f"no final norm is known for model type {model.config.model_type!r}")
         self.lm = context._load(load_model, AutoModelForCausalLM, parse_dtype(context.config.dtype))
         self.head = self.lm.get_output_embeddings()
-        size, texts, spans = context.config.batch_size, context.rows["text"], context.spans
-        self.batch_size = size
-        self.encodings = [encode_batch(tokenizer, texts[s : s + size], spans[s : s + size])[0]
-                          for s in range(0, len(texts), size)]
 
     def meter(self, rows, check: bool = False):
         return LossMeter(self, rows, check)
@@ -198,22 +194,25 @@ class LossMeter:
         self.loss, self.rows, self.check = loss, {int(r) for r in rows}, check
         self.sums, self.counts = {}, {}
 
-    def __call__(self, number: int, hidden) -> None:
+    def __call__(self, batch, hidden) -> None:
+        """``batch``: the BlockInputs (whole rows) that ``hidden`` came from."""
         import torch
 
-        loss, start = self.loss, number * self.loss.batch_size
-        picked = [i for i in range(len(hidden)) if start + i in self.rows]
+        from probe.devices import on_device
+
+        loss = self.loss
+        picked = [i for i, row in enumerate(batch.rows) if row in self.rows]
         if not picked:
             return
-        encoding = loss.encodings[number].to(hidden.device)
+        encoding = on_device(batch.encoding, hidden.device)
         with torch.inference_mode():
             logits = loss.head(loss.norm(hidden[picked]))
-            if self.check and number == 0:
+            if self.check:
                 self._check(logits, encoding, picked)
         ids, real = encoding["input_ids"][picked, 1:], encoding["attention_mask"][picked, 1:].float()
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids, reduction="none")
         for i, total, count in zip(picked, (nll * real).sum(1).tolist(), real.sum(1).tolist()):
-            self.sums[start + i], self.counts[start + i] = total, count
+            self.sums[batch.rows[i]], self.counts[batch.rows[i]] = total, count
         self.check = False
 
     def _check(self, logits, encoding, picked) -> None:
@@ -228,7 +227,8 @@ class LossMeter:
                              f"own (tolerance {tolerance:.3g}): this family computes its logits differently")
 
     def total(self) -> tuple[float, float]:
-        return sum(self.sums.values()), sum(self.counts.values())
+        rows = sorted(self.sums)  # in dataset order, whatever order the batches came in
+        return sum(self.sums[r] for r in rows), sum(self.counts[r] for r in rows)
 
 
 def loss_summary(base, meters: dict, draws: int) -> dict:

@@ -42,26 +42,27 @@ def ablate(heads: list[int], replacement=None):
     return hook
 
 
-def mean_z(model, tokenizer, texts, blocks: list[int], batch_size: int = 16) -> dict:
-    """Each head's z averaged over every real (non-padding) token of ``texts``: block → (heads, d_head)."""
+def mean_z(model, tokenizer, texts, spans, blocks: list[int], batch_size: int = 16) -> dict:
+    """Each head's z averaged over every token of ``texts``: block → (heads, d_head). Rows of one length are
+    batched together, unpadded, as extraction batches them, and each row's sum is added in float64 in
+    dataset order, so the mean depends on the batch size only as the z themselves do (the last bits)."""
+    import numpy as np
     import torch
 
-    from probe.devices import device_of
+    from probe.devices import device_of, on_device
+    from probe.extract import length_sorted, unpadded_batches
     from probe.hooks import capture
 
-    sums, count = {}, 0
-    tokenizer.padding_side = "right"
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True)
-        enc = enc.to(device_of(model))
-        real = enc["attention_mask"].bool()
+    order, lengths = length_sorted(tokenizer, texts, spans, cut=False)
+    per_row = {}
+    for _, rows in unpadded_batches(order, lengths, batch_size):
+        encoding = on_device(tokenizer([texts[i] for i in rows], return_tensors="pt"), device_of(model))
         with capture(model, [f"blocks.{b}.attn.z" for b in blocks]) as seen, torch.no_grad():
-            model(**enc)
+            model(**encoding)
         for b in blocks:
-            z = seen[f"blocks.{b}.attn.z"].float().transpose(1, 2)[real]  # (tokens, heads, d_head)
-            sums[b] = sums.get(b, 0) + z.sum(0)
-        count += int(real.sum())
-    return {b: total / count for b, total in sums.items()}
+            sums = seen[f"blocks.{b}.attn.z"].double().sum(2).cpu().numpy()  # (rows, heads, d_head)
+            per_row.setdefault(b, np.zeros((len(texts), *sums.shape[1:])))[rows] = sums
+    return {b: torch.from_numpy(sums.sum(0) / sum(lengths)).float().to(device_of(model)) for b, sums in per_row.items()}
 
 
 def sweep_settings(results, config) -> dict:
@@ -91,7 +92,7 @@ def ablated_vectors(context, settings: dict) -> tuple[dict, dict]:
     model, tokenizer = context.load_model()
     n_heads = model.config.num_attention_heads
     texts, spans = context.rows["text"], context.spans
-    means = mean_z(model, tokenizer, texts, settings["blocks"]) if settings["mode"] == "mean" else {}
+    means = mean_z(model, tokenizer, texts, spans, settings["blocks"]) if settings["mode"] == "mean" else {}
     unablated, ablated = {}, {}
     bar = tqdm(total=len(settings["blocks"]) * n_heads, desc=f"{config.name}: head ablation", unit="head",
                disable=not context.progress)
@@ -102,7 +103,8 @@ def ablated_vectors(context, settings: dict) -> tuple[dict, dict]:
             def block_inputs(block=block):
                 nonlocal inputs
                 if inputs is None:
-                    inputs = capture_block_inputs(model, tokenizer, texts, spans, block, config.batch_size)
+                    inputs = capture_block_inputs(model, tokenizer, texts, spans, block, config.batch_size,
+                                                  whole_rows=settings["position"] == "last")
                 return inputs
 
             unablated[block] = _cached(context, settings, block, None,
@@ -135,7 +137,7 @@ def _cached(context, settings, block, head, compute):
     key = cache_key({"features": context.stores[context.config.main_mode].folder.name, "block": block, "head": head,
                      "mode": settings["mode"] if head is not None else None, "layer": settings["probe_layer"],
                      "position": settings["position"], "pooling": context.config.pooling,
-                     "batch_size": context.config.batch_size})
+                     "batches": "unpadded", "batch_size": context.config.batch_size})
     path = context.cache_dir / "ablation" / f"{key}.npy"
     if path.exists():
         return np.load(path)

@@ -47,6 +47,11 @@ def device_of(model):
     return next(model.parameters()).device
 
 
+def on_device(tensors: dict, device) -> dict:
+    """A batch's named tensors (input_ids, attention_mask, …) moved to ``device``."""
+    return {name: values.to(device) for name, values in tensors.items()}
+
+
 def check_dtype(dtype: str, device, option: str = "dtype") -> None:
     """A ValueError naming ``option`` when ``device`` cannot compute in ``dtype`` (bfloat16 on a GPU older
     than Ampere, or on an MPS device whose macOS lacks it); the CPU does every dtype probe offers."""

@@ -338,8 +338,8 @@ def _reads_final_norm(context: RunContext, layers) -> bool:
 
 
 def feature_key(context: RunContext, layers, mode: str) -> str:
-    """Only what changes the vectors: model and weights, rows, layers, pooling, attention, dtype, the seed of
-    random weights, and the plugins that may change activations with the options they may read. A
+    """Only what changes the vectors: model and weights, rows, layers, pooling, attention, dtype, batch size,
+    the seed of random weights, and the plugins that may change activations with the options they may read. A
     reporter's or a measure's own options (``options.<its name>``) never change activations."""
     from probe.extract import cache_key, data_fingerprint
 
@@ -356,7 +356,9 @@ def feature_key(context: RunContext, layers, mode: str) -> str:
         # CPU and GPU kernels round differently; the vectors of one are not the other's.
         "device": context.device.type if context.device.type != "cpu" else None,
         "activation_plugins": changing, "options": options,
-        "batches": "unpadded",  # since rows of one length are batched together (extract.unpadded_batches)
+        # Rows of one length batched together, unpadded (extract.unpadded_batches); the batch size still moves
+        # the last bits (the matrix-multiply library picks its kernels by the number of rows).
+        "batches": "unpadded", "batch_size": config.batch_size,
         # Only a run that reads the last layer after the final norm gets a key of its own (older caches stay).
         **({"final_norm": True} if _reads_final_norm(context, layers) else {}),
     })

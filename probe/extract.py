@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 
 from probe.chunks import drop_damaged, mark_complete, write_chunk
-from probe.devices import device_of
+from probe.devices import device_of, on_device
 from tqdm.auto import tqdm
 
 from probe.config import POOLINGS, POSITIONS
@@ -115,9 +115,7 @@ def extract(
 
     model, tokenizer = load()
     cut = "last" not in positions and attends_causally(model)
-    # Longest first: a batch too big for memory fails at once.
-    lengths = _token_counts(tokenizer, texts, spans, cut)
-    order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
+    order, lengths = length_sorted(tokenizer, texts, spans, cut)
     chunks = [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
     todo = [(n, rows) for n, rows in enumerate(chunks) if ranks.owns(n) and not _chunk_path(folder, n).exists()]
 
@@ -141,11 +139,20 @@ def extract(
     return store
 
 
+def length_sorted(tokenizer, texts, spans, cut: bool) -> tuple[list[int], list[int]]:
+    """The rows longest first (a batch too big for memory fails at once), and each row's token count (with
+    ``cut``, up to its target's last token): the order extraction and reruns from a block batch rows in."""
+    lengths = token_counts(tokenizer, texts, spans, cut)
+    return sorted(range(len(texts)), key=lambda i: (-lengths[i], i)), lengths
+
+
 def unpadded_batches(rows: list[int], lengths: list[int], batch_size: int) -> list[tuple[int, list[int]]]:
     """``rows`` (sorted by length) in batches of at most ``batch_size`` that never mix lengths, each with
-    its offset in ``rows``. Unpadded, a row's vectors do not depend on the batch size or on which rows
-    share its batch (padding changes how sums are rounded: SmolLM2's mole probes moved a macro-F1 digit
-    between batch sizes 5 and 16); equal lengths computed together come out bit for bit the same."""
+    its offset in ``rows``. Unpadded, a row's vectors do not depend on how long the other rows of its batch
+    are (with padding they did: padding changes how the attention's sums are rounded). They still depend on
+    the batch size in the last bits, as any batched inference does: the matrix-multiply library picks its
+    kernel and thread split by the number of rows (SmolLM2's mole vectors differ by up to 1e-4 between batch
+    sizes 1, 3, 16 and 64; MiniLM's are the same bits). So the batch size is part of the cache key."""
     batches, start = [], 0
     for _, run in itertools.groupby(rows, key=lambda i: lengths[i]):
         run = list(run)
@@ -180,7 +187,7 @@ def attends_causally(model) -> bool:
     return bool(flags) and all(flags) and not getattr(model.config, "is_encoder_decoder", False)
 
 
-def _token_counts(tokenizer, texts, spans, cut: bool) -> list[int]:
+def token_counts(tokenizer, texts, spans, cut: bool) -> list[int]:
     """Tokens each row needs: all of them, or with ``cut`` those up to the target's last one."""
     if not cut:
         return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
@@ -193,11 +200,8 @@ def _token_counts(tokenizer, texts, spans, cut: bool) -> list[int]:
 def _extract_batch(model, tokenizer, texts, spans, layers, pooling, cut=False, final_norm=False):
     """One forward (cut short after the deepest layer, and with ``cut`` after the batch's last target
     token) → {"target": array, and unless cut "last": array}, each of shape (layers, batch, d)."""
-    encoding, targets, last_index = encode_batch(tokenizer, texts, spans)
-    if cut:  # right-padded: dropping columns after every row's target drops no token any target sees
-        keep = max(max(covered) for covered in targets) + 1
-        encoding = {name: values[:, :keep] for name, values in encoding.items()}
-    captured = run_to_layer(model, _on(encoding, device_of(model)), max(layers), layers, final_norm)
+    encoding, targets, last_index = encode_rows(tokenizer, texts, spans, cut)
+    captured = run_to_layer(model, on_device(encoding, device_of(model)), max(layers), layers, final_norm)
     target_out = np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
     last_out = None if cut else np.empty_like(target_out)
     rows = torch.arange(len(texts))
@@ -209,8 +213,14 @@ def _extract_batch(model, tokenizer, texts, spans, layers, pooling, cut=False, f
     return {"target": target_out} if cut else {"target": target_out, "last": last_out}
 
 
-def _on(encoding, device) -> dict:
-    return {name: values.to(device) for name, values in encoding.items()}
+def encode_rows(tokenizer, texts, spans, cut: bool):
+    """``encode_batch``'s (encoding, target indices, last index); with ``cut``, without the columns after every
+    row's target (right-padded, so no token a target sees is dropped; ``last`` then points past the end)."""
+    encoding, targets, last_index = encode_batch(tokenizer, texts, spans)
+    if cut:
+        keep = max(max(covered) for covered in targets) + 1
+        encoding = {name: values[:, :keep] for name, values in encoding.items()}
+    return dict(encoding), targets, last_index
 
 
 def encode_batch(tokenizer, texts, spans):

@@ -169,12 +169,12 @@ def test_vectors_from_a_block_equal_the_extracted_vectors(planted, tmp_path):
     spans = [(text.index("mole"), text.index("mole") + 4) for text in texts]
     store = extract(lambda: (model, tokenizer), texts, spans, layers=[1, 2, 3], folder=tmp_path, batch_size=3,
                     progress=False)
-    inputs = capture_block_inputs(model, tokenizer, texts, spans, 1, batch_size=3)
+    inputs = capture_block_inputs(model, tokenizer, texts, spans, 1, batch_size=3, whole_rows=True)
     deepest = []
-    vectors = vectors_from(model, inputs, 1, [3, 1, 2], on_deepest=lambda n, hidden: deepest.append(n))
-    assert sorted(vectors) == [1, 2, 3] and deepest == [0, 1, 2]
-    for layer in (1, 2, 3):
-        np.testing.assert_allclose(vectors[layer], store.layer("target", layer), atol=1e-5)
+    vectors = vectors_from(model, inputs, 1, [3, 1, 2], on_deepest=lambda batch, hidden: deepest.extend(batch.rows))
+    assert sorted(vectors) == [1, 2, 3] and sorted(deepest) == list(range(len(texts)))
+    for layer in (1, 2, 3):  # extraction kept whole rows too ("last" was asked for): the same sums
+        np.testing.assert_array_equal(vectors[layer], store.layer("target", layer))
 
 
 def test_bad_erasure_options_name_the_option():

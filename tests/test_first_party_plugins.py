@@ -176,3 +176,24 @@ def test_target_patterns_are_distributions_over_the_sentence(tiny_model):
         assert patterns.shape == (2, 4, len(tokens))
         np.testing.assert_allclose(patterns.sum(-1), 1.0, rtol=1e-5)
         assert np.all(patterns[..., target + 1:] == 0)  # causal: nothing after the word
+
+
+def test_mean_z_is_every_tokens_z_averaged(tiny_model):
+    from transformers import GPT2Model
+
+    from probe.hooks import capture
+
+    model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model).eval())
+    tokenizer = load_tokenizer(str(tiny_model))
+    texts = ["The gardener trapped the mole.", "A mole.", "The spy mole hid.", "The old mole dug.", "A mole hid."]
+    spans = [(t.index("mole"), t.index("mole") + 4) for t in texts]
+    means = [head_ablation.mean_z(model, tokenizer, texts, spans, [0, 1], batch_size=size) for size in (1, 2, 16)]
+    for block in (0, 1):
+        for other in means[1:]:  # other batch sizes: the matrix products round differently, nothing more
+            torch.testing.assert_close(other[block], means[0][block], rtol=1e-5, atol=1e-6)
+        z = []
+        for text in texts:  # one sentence at a time: (heads, tokens, d_head) → every token's (heads, d_head)
+            with capture(model, [f"blocks.{block}.attn.z"]) as seen, torch.no_grad():
+                model(**tokenizer(text, return_tensors="pt"))
+            z.append(seen[f"blocks.{block}.attn.z"][0].transpose(0, 1))
+        torch.testing.assert_close(means[0][block], torch.cat(z).mean(0))

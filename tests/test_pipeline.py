@@ -151,6 +151,7 @@ def test_probe_run_takes_a_path_a_dict_or_overrides(tiny_model, tmp_path, monkey
 
 
 def test_rerunning_from_a_block_gives_the_extracted_vectors(tiny_model, tmp_path):
+    """Bit for bit at each batch size: reruns batch rows as extraction does (one length, unpadded)."""
     from transformers import GPT2Model
 
     from probe.extract import extract
@@ -159,16 +160,25 @@ def test_rerunning_from_a_block_gives_the_extracted_vectors(tiny_model, tmp_path
 
     model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model, attn_implementation="eager").eval())
     tokenizer = load_tokenizer(str(tiny_model))
-    texts = ["The gardener trapped the mole.", "One mole of gas fills the flask.", "A mole.", "The spy mole hid."]
+    texts = ["The gardener trapped the mole.", "One mole of gas fills the flask.", "A mole.", "The spy mole hid.",
+             "The old mole dug.", "The new mole ran.", "A mole hid."]
     spans = [(t.index("mole"), t.index("mole") + 4) for t in texts]
-    store = extract(lambda: (model, tokenizer), texts, spans, layers=[1, 2], folder=tmp_path / "f", progress=False)
+    for batch_size in (1, 2, 16):
+        whole = extract(lambda: (model, tokenizer), texts, spans, layers=[1, 2], folder=tmp_path / f"f{batch_size}",
+                        batch_size=batch_size, progress=False)
+        inputs = capture_block_inputs(model, tokenizer, texts, spans, block=1, batch_size=batch_size, whole_rows=True)
+        for position in ("target", "last"):
+            np.testing.assert_array_equal(vectors_at(model, inputs, 1, 2, position), whole.layer(position, 2))
+    # Only the target asked for: GPT-2 is causal, so extraction and the rerun both stop at the target.
+    cut = extract(lambda: (model, tokenizer), texts, spans, layers=[1, 2], folder=tmp_path / "cut",
+                  positions=["target"], batch_size=2, progress=False)
     inputs = capture_block_inputs(model, tokenizer, texts, spans, block=1, batch_size=2)
-    for position in ("target", "last"):
-        np.testing.assert_allclose(vectors_at(model, inputs, 1, 2, position), store.layer(position, 2),
-                                   rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(vectors_at(model, inputs, 1, 2), cut.layer("target", 2))
+    with pytest.raises(ValueError, match="whole_rows"):
+        vectors_at(model, inputs, 1, 2, "last")
     with probe.hooks(model, {"blocks.1.attn.z": lambda z, name: z * 0}):
         ablated = vectors_at(model, inputs, 1, 2)
-    assert not np.allclose(ablated, store.layer("target", 2))
+    assert not np.allclose(ablated, cut.layer("target", 2))
     with pytest.raises(ValueError, match="nothing to rerun"):
         vectors_at(model, inputs, 1, 1)
 
