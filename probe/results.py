@@ -62,6 +62,17 @@ class LayerResult(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+def table_record(row: LayerResult) -> dict:
+    """One row of the tidy table: the fixed columns, then the numeric extra metrics and the measures."""
+    record = {column: getattr(row, column) for column in TABLE_COLUMNS}
+    for name, value in (row.metrics or {}).items():
+        if isinstance(value, (int, float)):
+            record[name] = value
+    for measure, values in (row.measures or {}).items():
+        record.update({f"{measure}_{name}": value for name, value in values.items()})
+    return record
+
+
 class Baseline(BaseModel):
     accuracy: float
     accuracy_std: float | None = None
@@ -150,15 +161,7 @@ class Results(BaseModel):
         """The tidy table: one row per layer × position × subset; scores and controls as columns."""
         import pandas as pd
 
-        records = []
-        for row in self.rows:
-            record = {column: getattr(row, column) for column in TABLE_COLUMNS}
-            for name, value in (row.metrics or {}).items():
-                if isinstance(value, (int, float)):
-                    record[name] = value
-            for measure, values in (row.measures or {}).items():
-                record.update({f"{measure}_{name}": value for name, value in values.items()})
-            records.append(record)
+        records = [table_record(row) for row in self.rows]
         return pd.DataFrame.from_records(records, columns=_columns(records))
 
     def series(self) -> dict[tuple[str, str], list[LayerResult]]:

@@ -14,8 +14,6 @@ from time import time
 
 from probe.sweep import Cell
 
-LAYER_METRICS = ("accuracy", "accuracy_std", "macro_f1", "shuffled_accuracy", "selectivity",
-                 "random_weights_accuracy", "reference_accuracy")
 BATCH = 100  # MLflow takes at most 100 params (and 1000 metrics) per log_batch call
 PARAM_LENGTH = 6000  # MLflow's longest param value
 
@@ -98,15 +96,18 @@ def cell_params(cell: Cell) -> dict[str, str]:
 
 
 def layer_metrics(results) -> list[tuple[str, float, int]]:
-    """(name, value, step = layer) for every layer row, then each series' best layer (step 0)."""
+    """(name, value, step = layer) for every numeric column of the tidy table (results.layers: scores,
+    controls, extra metrics, measures), then each series' best layer (step 0)."""
+    from probe.results import table_record
+
     logged = []
     best_rows = results.best_rows()
     for (position, subset), rows in results.series().items():
         prefix = f"{position}/{subset}"
         for row in rows:
-            values = {name: getattr(row, name) for name in LAYER_METRICS}
-            values.update({k: v for k, v in (row.metrics or {}).items() if isinstance(v, (int, float))})
-            logged += [(f"{prefix}/{name}", float(v), row.layer) for name, v in values.items() if v is not None]
+            values = {name: value for name, value in table_record(row).items()
+                      if name not in ("layer", "position", "subset") and isinstance(value, (int, float))}
+            logged += [(f"{prefix}/{name}", float(v), row.layer) for name, v in values.items()]
         best = best_rows[(position, subset)]
         logged += [(f"best/{prefix}/accuracy", best.accuracy, 0), (f"best/{prefix}/layer", float(best.layer), 0)]
     return logged

@@ -271,3 +271,14 @@ def test_a_model_spread_to_disk_by_device_map_gives_the_same_vectors(tiny_model,
     for a, b in zip(plain_chunks, spread_chunks):
         x, y = load_file(a), load_file(b)
         assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_mlflow_gets_every_numeric_column_of_the_tidy_table(run_dir):
+    """A sweep's MLflow metrics are the table's columns (controls, extra metrics, measures), not a copy."""
+    from probe.tracking import layer_metrics
+
+    table = run_dir["results"].layers
+    shown = {column for column in table.columns
+             if column not in ("layer", "position", "subset") and table[column].notna().any()}
+    logged = {name.split("/", 2)[2] for name, _, _ in layer_metrics(run_dir["results"]) if not name.startswith("best/")}
+    assert "macro_f1_std" in shown and logged == shown
