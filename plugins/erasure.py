@@ -232,12 +232,14 @@ class LossMeter:
 
 
 def loss_summary(base, meters: dict, draws: int) -> dict:
-    """Mean loss per predicted token on all rows: without erasure, with LEACE, with each random draw
-    (each row's erased loss from the fold that holds it out)."""
+    """Mean loss per predicted token on the folds' test rows (every row under k folds, the test part of a
+    fixed split): without erasure, with LEACE, with each random draw (each row's erased loss from the fold
+    that holds it out). A row in several test folds counts once per fold, unerased and erased alike."""
     import numpy as np
 
-    tokens = base.total()[1]
-    unerased = base.total()[0] / tokens
+    tested = [meter.rows for (condition, _), meter in meters.items() if condition == "leace"]
+    tokens = sum(base.counts[row] for rows in tested for row in sorted(rows))
+    unerased = sum(base.sums[row] for rows in tested for row in sorted(rows)) / tokens
 
     def mean_loss(condition):
         return sum(m.total()[0] for (c, _), m in meters.items() if c == condition) / tokens
@@ -257,14 +259,13 @@ def erasure(results, output_dir, context):
 
     import numpy as np
 
-    from probe.probes import folds
     from probe.report import as_results
 
     results = as_results(results)
     config = context.config
     settings = erasure_settings(results, config, context.n_blocks)
     y = np.asarray(context.rows["label"])
-    fold_list = folds(y, context.rows["group"], config.folds, config.seed)
+    fold_list = context.folds()  # the run's own, under its evaluation protocol (k folds or a fixed split)
     missing = lm_head_missing(context)
     loss = None if missing else NextTokenLoss(context)
     inputs, X_layer, unerased, base = unerased_vectors(context, settings, loss)

@@ -164,12 +164,10 @@ def score_heads(context, unablated: dict, ablated: dict) -> list[dict]:
     for all heads fitted in one parallel batch on the same folds."""
     import numpy as np
 
-    from probe.experiment import make_splits
     from probe.probes import FitTask, fit_all
 
     y = np.asarray(context.rows["label"])
-    # The run's own folds, under its evaluation protocol (k folds, or a fixed split's train/test).
-    fold_list = next(split for split in make_splits(context.rows, context.config) if split.name == "all").folds
+    fold_list = context.folds()  # the run's own, under its evaluation protocol
     tasks = [FitTask(("unablated", b), X, y, fold_list) for b, X in unablated.items()]
     tasks += [FitTask(key, X, y, fold_list) for key, X in ablated.items()]
     predictions = fit_all(tasks, context.make_probe(), cache=context.cache_dir / "probes")

@@ -28,11 +28,17 @@ class RunContext:
     progress: bool = True
     rows: Any = None  # datasets.Dataset of prepared rows
     stores: dict = field(default_factory=dict)  # attention mode or control → FeatureStore
+    splits: list = field(default_factory=list)  # experiment.Split per subset: its rows and the run's folds
     loads: int = 0  # how many times weights were read from disk (tests and benchmarks check it)
     ranks: Ranks = field(default_factory=Ranks)  # this process among those torchrun started (see distributed.py)
     _model: Any = None
     _attention: str | None = None  # which attention the shared model has now: reference | reimplemented
     _hook_handles: list = field(default_factory=list)
+
+    def folds(self, subset: str = "all") -> list:
+        """The run's own folds over a subset's rows, under its evaluation protocol (k folds, a fixed split's
+        train/test, or a splitter's), for a reporter that fits probes of its own."""
+        return next(split for split in self.splits if split.name == subset).folds
 
     # ------------------------------------------------------------ what the model is, read once
 

@@ -96,7 +96,7 @@ def _load(config: ExperimentConfig, cache_dir: Path, progress: bool):
     check_rows(config, context.rows)
     if not features_cached(context, layers):  # a rerun on a full cache swaps nothing: no need to ask
         check_architecture(config, context.model_config)
-    splits = make_splits(context.rows, config)  # fails before any model work, not after
+    splits = context.splits = make_splits(context.rows, config)  # fails before any model work, not after
     stronger_controls.check(context, splits)
     measures.check(config)
     return context, layers, splits, skipped

@@ -155,6 +155,32 @@ def test_erasing_a_planted_signal_drops_later_layers_to_chance_and_leaves_the_mo
     assert torch.equal(before, after)  # every erasure hook was removed again
 
 
+def test_erasure_evaluates_on_the_runs_own_fixed_split(planted, tmp_path):
+    """Erasers fitted on the split's train rows, probes scored and the loss measured on its test rows."""
+    from probe.models import load_tokenizer
+
+    model, rows = planted
+    lines = [json.loads(line) for line in rows.read_text().splitlines()]
+    for n, row in enumerate(lines):
+        row["split"] = "test" if n % 3 == 0 else "train"
+    (tmp_path / "split.jsonl").write_text("".join(json.dumps(row) + "\n" for row in lines))
+    config = load_config(EXPERIMENTS / "mole-erasure.yaml", {
+        "model": str(model), "dataset": {"name": "file", "path": str(tmp_path / "split.jsonl")},
+        "evaluation": {"split_field": "split", "train": "train", "test": "test"}, "controls": ["majority"],
+        "reporters": ["json", "erasure"], "options": {"erasure": {"layer": 1, "draws": 2}},
+    })
+    plugins.reset_plugin_manager()
+    try:
+        run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False, n_jobs=1)
+    finally:
+        plugins.reset_plugin_manager()
+    table = json.loads((tmp_path / "out" / "erasure.json").read_text())
+    assert table["folds"] == 1 and len(table["rank"]) == 1
+    tokenizer = load_tokenizer(str(model))
+    predicted = sum(len(tokenizer(row["text"])["input_ids"]) - 1 for row in lines if row["split"] == "test")
+    assert table["loss"]["tokens"] == predicted  # the test rows' next tokens, not every row's
+
+
 def test_vectors_from_a_block_equal_the_extracted_vectors(planted, tmp_path):
     from transformers import GPT2Model
 
