@@ -52,10 +52,31 @@ def entropy(p: np.ndarray) -> np.ndarray:
 
 
 def attention_report(results, output_dir, context):
-    options = context.config.options.get("attention_report", {})
-    n_examples, top_k = options.get("examples", 3), options.get("top_k", 3)
     from probe.io import write_text_atomic
 
+    options = context.config.options.get("attention_report", {})
+    mean_entropy, examples = _entropies_and_examples(context, options.get("examples", 3), options.get("top_k", 3))
+    report = {"mean_entropy_bits": mean_entropy.round(4).tolist(), "examples": examples}
+    write_text_atomic(output_dir / "attention_report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(output_dir / "attention_report.md", _markdown(results, mean_entropy, examples))
+    _plot(results, mean_entropy, output_dir)
+
+
+def _entropies_and_examples(context, n_examples: int, top_k: int):
+    """Each head's mean entropy (blocks, heads) and the example rows' top words; kept in the cache under the
+    key of the activations they come from, so a rerun on a full cache loads no model."""
+    from probe.experiment import feature_key
+    from probe.extract import cache_key
+    from probe.io import write_text_atomic
+
+    key = cache_key({"features": feature_key(context, "all", "reimplemented"), "report": "attention_report",
+                     "examples": n_examples, "top_k": top_k})
+    path = context.cache_dir / "attention" / f"{key}.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return np.asarray(saved["mean_entropy_bits"], dtype=saved["dtype"]), saved["examples"]
+    except (OSError, ValueError, KeyError):  # not there yet, or damaged: computed again
+        pass
     model, tokenizer = context.load_model()  # the run's model, probe's attention swapped in
     rows = context.rows
     entropies, examples = [], []
@@ -69,10 +90,10 @@ def attention_report(results, output_dir, context):
                                 for h in range(patterns.shape[1])] for l in range(patterns.shape[0])],
             })
     mean_entropy = np.mean(entropies, axis=0)
-    report = {"mean_entropy_bits": mean_entropy.round(4).tolist(), "examples": examples}
-    write_text_atomic(output_dir / "attention_report.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(output_dir / "attention_report.md", _markdown(results, mean_entropy, examples))
-    _plot(results, mean_entropy, output_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"mean_entropy_bits": mean_entropy.tolist(), "dtype": str(mean_entropy.dtype),
+                                        "examples": examples}))
+    return mean_entropy, examples
 
 
 def _markdown(results, mean_entropy, examples) -> str:

@@ -89,10 +89,19 @@ def ablated_vectors(context, settings: dict) -> tuple[dict, dict]:
     from probe.partial import capture_block_inputs
 
     config = context.config
-    model, tokenizer = context.load_model()
-    n_heads = model.config.num_attention_heads
+    n_heads = context.model_config.num_attention_heads
     texts, spans = context.rows["text"], context.spans
-    means = mean_z(model, tokenizer, texts, spans, settings["blocks"]) if settings["mode"] == "mean" else {}
+    loaded = {}
+
+    def model_and_means() -> dict:
+        """The model (and in mean mode each head's mean z), loaded only once a block's vectors are not
+        cached: a rerun on a full cache reads no weights."""
+        if not loaded:
+            model, tokenizer = context.load_model()
+            means = mean_z(model, tokenizer, texts, spans, settings["blocks"]) if settings["mode"] == "mean" else {}
+            loaded.update(model=model, tokenizer=tokenizer, means=means)
+        return loaded
+
     unablated, ablated = {}, {}
     bar = tqdm(total=len(settings["blocks"]) * n_heads, desc=f"{config.name}: head ablation", unit="head",
                disable=not context.progress)
@@ -100,19 +109,18 @@ def ablated_vectors(context, settings: dict) -> tuple[dict, dict]:
         for block in settings["blocks"]:
             inputs = None
 
-            def block_inputs(block=block):
+            def rerun(heads=None, block=block):
                 nonlocal inputs
+                model = model_and_means()["model"]
                 if inputs is None:
-                    inputs = capture_block_inputs(model, tokenizer, texts, spans, block, config.batch_size,
+                    inputs = capture_block_inputs(model, loaded["tokenizer"], texts, spans, block, config.batch_size,
                                                   whole_rows=settings["position"] == "last")
-                return inputs
+                replacement = loaded["means"].get(block) if heads else None
+                return _rerun(model, inputs, block, settings, context, heads, replacement)
 
-            unablated[block] = _cached(context, settings, block, None,
-                                       lambda: _rerun(model, block_inputs(), block, settings, context))
+            unablated[block] = _cached(context, settings, block, None, rerun)
             for head in range(n_heads):
-                ablated[(block, head)] = _cached(
-                    context, settings, block, head,
-                    lambda: _rerun(model, block_inputs(), block, settings, context, [head], means.get(block)))
+                ablated[(block, head)] = _cached(context, settings, block, head, lambda head=head: rerun([head]))
                 bar.update()
     return unablated, ablated
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import probe
+import probe.context
 from probe import plugins
 from probe.models import load_tokenizer
 from probe.config import load_config, validate
@@ -137,6 +138,16 @@ def test_head_ablation_experiment_writes_a_block_by_head_table(tiny_model, tmp_p
     assert all(math.isfinite(h["accuracy_drop"]) for h in table["heads"])
     for name in ("head_ablation.png", "head_ablation.csv", "attention_report.md", "attention_entropy.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+    # A rerun on the full cache reads no weights: every head's vectors and the attention report are kept.
+    def no_model(*args, **kwargs):
+        raise AssertionError("a rerun on a full cache loaded the model")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(probe.context.RunContext, "_load", no_model)
+        run_experiment(config, tmp_path / "again", cache_dir=tmp_path / "cache", progress=False)
+    for name in ("head_ablation.json", "attention_report.json", "attention_report.md"):
+        assert (tmp_path / "again" / name).read_text() == (tmp_path / "out" / name).read_text()
 
 
 def test_head_ablation_changes_the_extracted_vectors(tiny_model, tmp_path):
