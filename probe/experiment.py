@@ -154,8 +154,7 @@ def load_numbered_rows(config: ExperimentConfig):
     except (DataError, ConfigError, plugins.PluginError):
         raise
     except Exception as error:
-        raise plugins.PluginError(f"dataset {config.dataset_name!r} (plugin {registered.plugin!r}) raised "
-                                  f"{type(error).__name__}: {error}") from error
+        raise plugins.raised(registered, error) from error
     source = _source(config)
     check_filter(config, ds, source)
     how = protocol(config)
@@ -493,9 +492,7 @@ def _named_errors(entry: plugins.Registered) -> Callable:
         try:
             return entry.value(*args, **kwargs)
         except Exception as error:
-            raise plugins.PluginError(
-                f"plugin {entry.plugin!r}: metric {entry.name!r} raised {type(error).__name__}: {error}"
-            ) from error
+            raise plugins.raised(entry, error) from error
 
     return call
 
@@ -516,8 +513,7 @@ def write_reports(results: Results, output_dir: Path, context: RunContext) -> No
         except (ConfigError, plugins.PluginError):
             raise
         except Exception as error:  # the run is not published; the message names who failed
-            raise plugins.PluginError(f"reporter {name!r} (plugin {entry.plugin!r}) raised "
-                                      f"{type(error).__name__}: {error}") from error
+            raise plugins.raised(entry, error) from error
 
 
 def versions() -> dict:

@@ -67,6 +67,4 @@ def _measure(entry: plugins.Registered, X, y, probe, seed: int, options: dict) -
             values = entry.value(X, y, probe, seed, **options)
         return {str(name): float(value) for name, value in values.items()}
     except Exception as error:
-        raise plugins.PluginError(
-            f"plugin {entry.plugin!r}: measure {entry.name!r} raised {type(error).__name__}: {error}"
-        ) from error
+        raise plugins.raised(entry, error) from error

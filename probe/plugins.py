@@ -53,6 +53,7 @@ class Registered:
     name: str
     value: Any
     plugin: str
+    kind: str = ""  # dataset, probe, metric, measure, reporter, …: the registry it came from
 
 
 _manager: pluggy.PluginManager | None = None
@@ -163,6 +164,12 @@ _current_plugin: contextvars.ContextVar[str] = contextvars.ContextVar("probe_cur
 _collected: contextvars.ContextVar[list | None] = contextvars.ContextVar("probe_collected", default=None)
 
 
+def raised(entry: Registered, error: Exception) -> PluginError:
+    """The error for a registered dataset, metric, measure or reporter that raised: it names the plugin,
+    what it registered, and the exception."""
+    return PluginError(f"plugin {entry.plugin!r}: {entry.kind} {entry.name!r} raised {type(error).__name__}: {error}")
+
+
 def _attributed(function, plugin_name: str, hook_name: str):
     @functools.wraps(function)
     def call(*args, **kwargs):
@@ -197,7 +204,7 @@ def registry(kind: str) -> dict[str, Registered]:
             raise PluginError(
                 f"{kind} {name!r} is registered twice: by plugin {found[name].plugin!r} and by {plugin!r}"
             )
-        found[name] = Registered(name, value, plugin)
+        found[name] = Registered(name, value, plugin, kind)
 
     getattr(get_plugin_manager().hook, hook_name)(register=register)
     return found

@@ -251,7 +251,7 @@ CASES = {
     "jobs-zero": (lambda w: w.run_args(None, "--jobs", "0"), {}, "--jobs"),
     "model-config-not-json": (_model_folder(lambda w: _broken_config(w)), {}, "config.json is not valid JSON"),
     "reporter-raises": (lambda w: w.run_args(w.write_config("case", {"reporters": ["json", "boom"], "plugins": [
-        str(_plugin_file(w, "boom.py", BOOM_REPORTER))]})), {}, "reporter 'boom' (plugin"),
+        str(_plugin_file(w, "boom.py", BOOM_REPORTER))]})), {}, "reporter 'boom' raised ValueError: boom"),
     "plot-runs-corrupt-results": (lambda w: ["plot-runs", _corrupt_run(w), "--output", str(w.base / "p.png")], {},
                                   "results.json can't be read"),
     "plot-runs-unknown-subset": (lambda w: ["plot-runs", str(w.out), "--output", str(w.base / "p.png"), "--subset",

@@ -186,7 +186,7 @@ def test_a_plugin_registering_one_of_each_kind_is_found_by_lookup():
     for kind, name, value in [("dataset", "my-data", loader), ("probe", "my-probe", factory),
                               ("metric", "my-metric", metric), ("reporter", "my-reporter", reporter),
                               ("model", "my-model", source), ("measure", "my-measure", measure)]:
-        assert plugins.lookup(kind, name) == Registered(name, value, "everything")
+        assert plugins.lookup(kind, name) == Registered(name, value, "everything", kind)
         assert plugins.registry(kind)[name].plugin == "everything"
     assert probe.experiment.resolve_model("my-model", None) == "/models/mine"
     assert probe.experiment.resolve_model("some/hub-name", None) == "some/hub-name"
@@ -536,6 +536,27 @@ def test_a_metric_that_raises_names_its_plugin(tiny_model, tmp_path):
     plugins.register_plugin(BadMetric(), "bad-metric")
     with pytest.raises(PluginError, match="plugin 'bad-metric': metric 'explodes' raised ZeroDivisionError"):
         run_experiment(small_config(tiny_model), tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_a_dataset_or_reporter_that_raises_names_its_plugin_in_the_same_words(tiny_model, tmp_path):
+    class Broken(RowsPlugin):
+        @hookimpl
+        def register_datasets(self, register):
+            RowsPlugin.register_datasets(self, register)
+            register("no-rows", lambda: {}["rows"])
+
+        @hookimpl
+        def register_reporters(self, register):
+            register("explodes", lambda results, output_dir, context: 1 / 0)
+
+    plugins.register_plugin(Broken(), "broken")
+    with pytest.raises(PluginError, match="plugin 'broken': dataset 'no-rows' raised KeyError: 'rows'"):
+        run_experiment(small_config(tiny_model, dataset="no-rows"), tmp_path / "a", cache_dir=tmp_path / "cache",
+                       progress=False)
+    with pytest.raises(PluginError, match="plugin 'broken': reporter 'explodes' raised ZeroDivisionError"):
+        run_experiment(small_config(tiny_model, reporters=["json", "explodes"]), tmp_path / "b",
+                       cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "b").exists()  # a failed report publishes nothing
 
 
 MEASURE_PLUGIN = """
