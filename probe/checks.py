@@ -26,9 +26,9 @@ def check_config(config: ExperimentConfig, output_dir: Path, cache_dir: Path) ->
     _named(config, "reporter", "reporters", config.reporters)
     _named(config, "metric", "metrics", config.metrics or [])
     dataset = _named(config, "dataset", "dataset", [config.dataset_name])[0]
-    _options(where, "dataset", config.dataset_name, dataset.value, config.dataset_options)
+    check_options(where, "dataset", config.dataset_name, dataset.value, config.dataset_options)
     probe = _named(config, "probe", "probe", [config.probe_name])[0]
-    _options(where, "probe", config.probe_name, probe.value, config.probe_options, fixed=("seed",))
+    check_options(where, "probe", config.probe_name, probe.value, config.probe_options, fixed=("seed",))
     check_probe_fits(config)
     check_folder(output_dir, "output folder", "--output")
     check_folder(cache_dir, "cache folder", "--cache-dir")
@@ -53,7 +53,7 @@ def _named(config: ExperimentConfig, kind: str, field: str, names: list[str]) ->
     return [entries[name] for name in names]
 
 
-def _options(where: str, field: str, name: str, fn, options: dict, fixed: tuple[str, ...] = ()) -> None:
+def check_options(where: str, field: str, name: str, fn, options: dict, fixed: tuple[str, ...] = ()) -> None:
     """The options of a dataset or probe mapping must be parameters of the function that takes them."""
     accepted, open_ended = accepted_options(fn)
     accepted = [a for a in accepted if a not in fixed]

@@ -15,7 +15,8 @@ import numpy as np
 
 from probe import collector, measures, plugins, stronger_controls
 from probe.atomic import cache_lock, folders_under, missing_parents, new_folders, remove_empty, staged_output
-from probe.checks import check_architecture, check_config, check_filter, check_layers, check_rows
+from probe.checks import (check_architecture, check_config, check_filter, check_layers, check_options,
+                          check_rows)
 from probe.config import ConfigError, ExperimentConfig
 from probe.context import (
     DEFAULT_CACHE,
@@ -148,7 +149,8 @@ def load_numbered_rows(config: ExperimentConfig):
     from probe.evaluation import FixedSplit, protocol
 
     registered = plugins.lookup("dataset", config.dataset_name)
-    _check_dataset_options(registered, config)
+    check_options(f"{config.source or 'config'}:", "dataset", config.dataset_name, registered.value,
+                  config.dataset_options)  # load_dataset is also called without check_config
     try:
         ds = registered.value(**config.dataset_options)
     except (DataError, ConfigError, plugins.PluginError):
@@ -199,18 +201,6 @@ def _check_parts_exist(values, how, config: ExperimentConfig) -> None:
             listed = ", ".join(f"{value!r} ({n} rows)" for value, n in sorted(found.items()))
             raise ConfigError(f"{config.source}: field 'evaluation' names {how.split_field} = {part!r}, which no "
                               f"row has; values found: {listed}")
-
-
-def _check_dataset_options(registered: plugins.Registered, config: ExperimentConfig) -> None:
-    """An option the dataset's loader does not take is refused with the ones it does, not a TypeError."""
-    from probe.checks import accepted_options
-
-    accepted, open_ended = accepted_options(registered.value)  # follows a loader's forwards_to
-    unknown = [name for name in config.dataset_options if name not in accepted]
-    if unknown and not open_ended:
-        takes = ", ".join(accepted) or "no options"
-        raise ConfigError(f"{config.source}: field 'dataset': {config.dataset_name!r} does not take option "
-                          f"{unknown[0]!r}; it takes {takes}")
 
 
 @dataclass

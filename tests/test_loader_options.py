@@ -93,8 +93,8 @@ def test_a_bad_start_or_end_cell_names_the_row(tmp_path):
 
 def test_an_option_the_dataset_does_not_take_is_refused_with_the_ones_it_does(tmp_path):
     config = validate({"model": "m", "dataset": {"name": "mole", "path": "x.jsonl"}})
-    with pytest.raises(ConfigError, match="'mole' does not take option 'path'; it takes no options"):
+    with pytest.raises(ConfigError, match="dataset 'mole' has no option 'path'; it takes no options"):
         load_dataset(config)
     config = validate({"model": "m", "dataset": {"name": "file", "path": "x.jsonl", "span": "s"}})
-    with pytest.raises(ConfigError, match="'file' does not take option 'span'; it takes path, text_field"):
+    with pytest.raises(ConfigError, match="dataset 'file' has no option 'span'; it takes path, text_field"):
         load_dataset(config)
