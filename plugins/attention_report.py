@@ -63,37 +63,42 @@ def attention_report(results, output_dir, context):
 
 
 def _entropies_and_examples(context, n_examples: int, top_k: int):
-    """Each head's mean entropy (blocks, heads) and the example rows' top words; kept in the cache under the
-    key of the activations they come from, so a rerun on a full cache loads no model."""
+    """Each head's mean entropy (blocks, heads) and the example rows' top words. What the model computes is
+    kept in the cache under the key of the activations it comes from, so a rerun on a full cache loads no
+    model; each example's text and label are read from the rows now."""
     from probe.experiment import feature_key
     from probe.extract import cache_key
-    from probe.io import write_text_atomic
+    from probe.io import read_json_or_none, write_text_atomic
 
     key = cache_key({"features": feature_key(context, "all", "reimplemented"), "report": "attention_report",
                      "examples": n_examples, "top_k": top_k})
     path = context.cache_dir / "attention" / f"{key}.json"
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        return np.asarray(saved["mean_entropy_bits"], dtype=saved["dtype"]), saved["examples"]
-    except (OSError, ValueError, KeyError):  # not there yet, or damaged: computed again
-        pass
-    model, tokenizer = context.load_model()  # the run's model, probe's attention swapped in
+    saved = read_json_or_none(path)
+    if saved is None:
+        saved = _computed(context, n_examples, top_k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(saved))
     rows = context.rows
+    examples = [{"text": rows["text"][n], "label": rows["label"][n], **example}
+                for n, example in enumerate(saved["examples"])]
+    return np.asarray(saved["mean_entropy_bits"], dtype=saved["dtype"]), examples
+
+
+def _computed(context, n_examples: int, top_k: int) -> dict:
+    model, tokenizer = context.load_model()  # the run's model, probe's attention swapped in
     entropies, examples = [], []
-    for n, (tokens, target, patterns) in enumerate(target_patterns(model, tokenizer, rows["text"], context.spans)):
+    for n, (tokens, target, patterns) in enumerate(target_patterns(model, tokenizer, context.rows["text"],
+                                                                   context.spans)):
         entropies.append(entropy(patterns))  # (blocks, heads)
         if n < n_examples:
             top = np.argsort(-patterns, axis=-1)[..., :top_k]
             examples.append({
-                "text": rows["text"][n], "label": rows["label"][n], "target_token": tokens[target],
+                "target_token": tokens[target],
                 "top_tokens": [[[(tokens[k], round(float(patterns[l, h, k]), 3)) for k in top[l, h]]
                                 for h in range(patterns.shape[1])] for l in range(patterns.shape[0])],
             })
     mean_entropy = np.mean(entropies, axis=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({"mean_entropy_bits": mean_entropy.tolist(), "dtype": str(mean_entropy.dtype),
-                                        "examples": examples}))
-    return mean_entropy, examples
+    return {"mean_entropy_bits": mean_entropy.tolist(), "dtype": str(mean_entropy.dtype), "examples": examples}
 
 
 def _markdown(results, mean_entropy, examples) -> str:

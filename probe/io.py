@@ -28,6 +28,18 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def read_json_or_none(path: str | Path | None):
+    """A cached JSON value, or None when there is none or it no longer parses (then it is computed again)."""
+    import json
+
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
 def umask() -> int:
     """The process's umask (reading it means setting it: set back at once)."""
     mask = os.umask(0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe.io import write_text_atomic
+from probe.io import read_json_or_none, write_text_atomic
 
 FILE = "report_data.json"
 MAX_SENTENCES = 8
@@ -36,7 +36,7 @@ def build_report_data(
     layers = sorted({r["layer"] for r in results["layers"]})
     subsets = [str(v) for v in rows[split_by]] if split_by else None
     indices = example_rows(rows, split_by, example)
-    attention = _cached_json(attention_cache)
+    attention = read_json_or_none(attention_cache)
     if attention is None:
         attention = attention_sentences(rows, load_model, indices, subsets)
         if attention_cache is not None:
@@ -134,13 +134,3 @@ def attention_sentences(rows, load_model: Callable[[], tuple], indices: Sequence
         sentence["row"] = int(i)
         sentence["subset"] = subsets[int(i)] if subsets else None
     return sentences
-
-
-def _cached_json(path: Path | None):
-    """The cached value, or None when there is none or it no longer parses (then it is computed again)."""
-    if path is None or not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return None

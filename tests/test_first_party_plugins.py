@@ -208,3 +208,21 @@ def test_mean_z_is_every_tokens_z_averaged(tiny_model):
                 model(**tokenizer(text, return_tensors="pt"))
             z.append(seen[f"blocks.{block}.attn.z"][0].transpose(0, 1))
         torch.testing.assert_close(means[0][block], torch.cat(z).mean(0))
+
+
+def test_relabelled_rows_are_not_shown_with_their_old_labels(tiny_model, tmp_path):
+    """The attention caches are keyed by the activations (the texts); what a report says about its rows
+    (their labels, which also pick report.html's example rows) must come from the rows themselves."""
+    mole = Path(probe.__file__).parent / "builtin" / "data" / "mole.jsonl"
+    rows = [json.loads(line) for line in mole.read_text().splitlines() if line.strip()][::4]
+    for name, prefix in (("old", ""), ("new", "x-")):
+        relabelled = [{**row, "label": prefix + row["label"]} for row in rows]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in relabelled))
+        config = validate({"model": str(tiny_model), "dataset": {"name": "file", "path": str(tmp_path / f"{name}.jsonl")},
+                           "folds": 3, "controls": ["majority"], "reporters": ["json", "html", "attention-report"],
+                           "options": {"attention_report": {"examples": 2}}})
+        run_experiment(config, tmp_path / name, cache_dir=tmp_path / "cache", progress=False)
+    viewer = json.loads((tmp_path / "new" / "report_data.json").read_text())["attention"]
+    report = json.loads((tmp_path / "new" / "attention_report.json").read_text())["examples"]
+    assert viewer and all(sentence["label"].startswith("x-") for sentence in viewer)
+    assert report and all(example["label"].startswith("x-") for example in report)

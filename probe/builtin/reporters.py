@@ -142,14 +142,17 @@ def html_page(results, output_dir, context):
 
 
 def _attention_cache(context):
-    """Where the viewer's patterns are kept: under the key of the activations they come from, plus the
-    rows shown, so that a rerun on a full cache loads no model for report.html either."""
+    """Where the viewer's patterns are kept: under the key of the activations they come from, plus what
+    picks and names the rows shown (the labels and the split_by column: the activations' key covers only
+    the texts), so that a rerun on a full cache loads no model for report.html either."""
     from probe.experiment import feature_key
     from probe.extract import cache_key
 
     config = context.config
+    shown = {"label": list(context.rows["label"]),
+             "subsets": [str(v) for v in context.rows[config.split_by]] if config.split_by else None}
     key = cache_key({"features": feature_key(context, "all", "reimplemented"), "viewer": "report.html",
-                     "split_by": config.split_by, "example": config.example})
+                     "split_by": config.split_by, "example": config.example, "rows": cache_key(shown)})
     return context.cache_dir / "attention" / f"{key}.json"
 
 
