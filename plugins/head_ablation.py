@@ -50,12 +50,12 @@ def mean_z(model, tokenizer, texts, spans, blocks: list[int], batch_size: int = 
     import torch
 
     from probe.devices import device_of, on_device
-    from probe.extract import length_sorted, unpadded_batches
+    from probe.extract import extraction_batches, length_sorted
     from probe.hooks import capture
 
     order, lengths = length_sorted(tokenizer, texts, spans, cut=False)
     per_row = {}
-    for _, rows in unpadded_batches(order, lengths, batch_size):
+    for rows in extraction_batches(order, lengths, batch_size):
         encoding = on_device(tokenizer([texts[i] for i in rows], return_tensors="pt"), device_of(model))
         with capture(model, [f"blocks.{b}.attn.z" for b in blocks]) as seen, torch.no_grad():
             model(**encoding)

@@ -162,6 +162,14 @@ def unpadded_batches(rows: list[int], lengths: list[int], batch_size: int) -> li
     return batches
 
 
+def extraction_batches(order: list[int], lengths: list[int], batch_size: int,
+                       chunk_rows: int = CHUNK_ROWS) -> list[list[int]]:
+    """The batches ``extract`` runs, in its order: ``order`` cut into cache chunks of ``chunk_rows`` rows, each
+    chunk in ``unpadded_batches``. A rerun batched alike computes each row as extraction did, bit for bit."""
+    chunks = [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
+    return [batch for chunk in chunks for _, batch in unpadded_batches(chunk, lengths, batch_size)]
+
+
 def is_complete(folder: Path, n_rows: int, chunk_rows: int = CHUNK_ROWS) -> bool:
     """Whether ``folder`` holds a finished extraction: marked complete, and no chunk deleted by hand since."""
     every_chunk = all(_chunk_path(folder, n).exists() for n in range(-(-n_rows // chunk_rows)))

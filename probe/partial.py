@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from probe.devices import device_of, on_device
-from probe.extract import attends_causally, encode_rows, length_sorted, pool_targets, unpadded_batches
+from probe.extract import attends_causally, encode_rows, extraction_batches, length_sorted, pool_targets
 
 
 class _Stop(Exception):
@@ -48,7 +48,7 @@ def capture_block_inputs(model, tokenizer, texts, spans, block: int, batch_size:
     cut = not whole_rows and attends_causally(model)
     order, lengths = length_sorted(tokenizer, texts, spans, cut)
     batches = []
-    for _, rows in unpadded_batches(order, lengths, batch_size):
+    for rows in extraction_batches(order, lengths, batch_size):
         encoding, targets, last = encode_rows(tokenizer, [texts[i] for i in rows], [spans[i] for i in rows], cut)
         seen = {}
 

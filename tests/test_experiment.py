@@ -288,6 +288,29 @@ def test_the_batch_size_is_part_of_the_feature_cache_key(tiny_model, tmp_path):
     assert key(context, [1], "reimplemented") != key(other, [1], "reimplemented")
 
 
+def test_extraction_batches_are_the_batches_extract_runs(tiny_model, tmp_path, monkeypatch):
+    """Reruns from a block (probe/partial.py) batch rows with extraction_batches: it must mirror extract's
+    chunks and batches, or a rerun would differ from the extracted vectors in the last bits."""
+    data = write_planted(tmp_path / "planted.jsonl", n_per_label=20)  # 40 rows: chunks of 8 cut length runs
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    texts = [row["text"] for row in rows]
+    spans = [(row["text"].index(" mole ") + 1, row["text"].index(" mole ") + 5) for row in rows]
+    ran, real = [], probe.extract._extract_batch
+
+    def recording(model, tokenizer, batch_texts, *args, **kwargs):
+        ran.append([texts.index(text) for text in batch_texts])
+        return real(model, tokenizer, batch_texts, *args, **kwargs)
+
+    monkeypatch.setattr(probe.extract, "_extract_batch", recording)
+    assert len(set(texts)) == len(texts)
+    extract(lambda: load_and_swap(tiny_model), texts, spans, folder=tmp_path / "f", layers=[1], batch_size=3,
+            chunk_rows=8, progress=False)
+    order, lengths = probe.extract.length_sorted(load_and_swap(tiny_model)[1], texts, spans, cut=False)
+    assert ran == probe.extract.extraction_batches(order, lengths, 3, chunk_rows=8)
+    unchunked = [batch for _, batch in probe.extract.unpadded_batches(order, lengths, 3)]
+    assert ran != unchunked  # the chunk boundaries did change the batches
+
+
 def test_extract_resumes_at_the_first_missing_chunk(tiny_model, tmp_path):
     data = write_planted(tmp_path / "planted.jsonl", n_per_label=20)  # 40 rows
     rows = [json.loads(line) for line in data.read_text().splitlines()]
