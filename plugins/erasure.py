@@ -8,12 +8,13 @@ from there. Reported against erasing a random subspace of the same rank (``draws
 probe/erasure.py for how it is drawn):
 
 (a) probe accuracy at layer L and every later layer, a fresh probe per layer on the erased run;
-(b) the change in the model's own next-token loss on the rows (mean over predicted tokens; only for a
-    checkpoint with a causal LM head, which is loaded once more for it; otherwise "not available").
+(b) the change in the model's own next-token loss on the folds' test rows (every row under k folds, the
+    test part of a fixed split; mean over predicted tokens; only for a checkpoint with a causal LM head,
+    which is loaded once more for it; otherwise "not available").
 
-No leakage: in each cross-validation fold the eraser is fitted on the fold's training rows only; the
-probe is trained on those rows of the erased run and scored on the fold's test rows, and each row's
-loss is measured under the eraser of the fold that holds it out.
+No leakage: in each of the run's own folds (k folds, or a fixed split's train/test) the eraser is fitted
+on the fold's training rows only; the probe is trained on those rows of the erased run and scored on the
+fold's test rows, and each row's loss is measured under the eraser of the fold that holds it out.
 
 Options under ``options.erasure``: ``layer`` (default: the best-probed layer that has a block after it),
 ``draws`` (random subspaces, default 5), ``position`` (default the config's first). Writes erasure.json,
@@ -200,6 +201,8 @@ class LossMeter:
 
         from probe.devices import on_device
 
+        if batch.cut:
+            raise ValueError("a next-token loss needs every token: capture the rows with whole_rows=True")
         loss = self.loss
         picked = [i for i, row in enumerate(batch.rows) if row in self.rows]
         if not picked:

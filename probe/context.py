@@ -38,7 +38,11 @@ class RunContext:
     def folds(self, subset: str = "all") -> list:
         """The run's own folds over a subset's rows, under its evaluation protocol (k folds, a fixed split's
         train/test, or a splitter's), for a reporter that fits probes of its own."""
-        return next(split for split in self.splits if split.name == subset).folds
+        for split in self.splits:
+            if split.name == subset:
+                return split.folds
+        known = ", ".join(split.name for split in self.splits) or "none: the run has not split its rows yet"
+        raise ValueError(f"no subset {subset!r} in this run's splits; its subsets: {known}")
 
     # ------------------------------------------------------------ what the model is, read once
 

@@ -282,3 +282,18 @@ def test_mlflow_gets_every_numeric_column_of_the_tidy_table(run_dir):
              if column not in ("layer", "position", "subset") and table[column].notna().any()}
     logged = {name.split("/", 2)[2] for name, _, _ in layer_metrics(run_dir["results"]) if not name.startswith("best/")}
     assert "macro_f1_std" in shown and logged == shown
+
+
+def test_run_context_folds_name_the_subsets_there_are(tiny_model, tmp_path):
+    from probe.context import RunContext
+    from probe.experiment import load_dataset, make_splits
+
+    config = small(tiny_model)
+    context = RunContext(config, str(tiny_model), tmp_path, False)
+    with pytest.raises(ValueError, match="has not split its rows yet"):
+        context.folds()
+    context.rows, _ = load_dataset(config)
+    context.splits = make_splits(context.rows, config)
+    assert len(context.folds()) == 3 and len(context.folds("left")) == 3
+    with pytest.raises(ValueError, match="no subset 'middle'.*its subsets: all, both, left, right"):
+        context.folds("middle")
