@@ -116,8 +116,8 @@ def extract(
     model, tokenizer = load()
     cut = "last" not in positions and attends_causally(model)
     order, lengths = length_sorted(tokenizer, texts, spans, cut)
-    chunks = [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
-    todo = [(n, rows) for n, rows in enumerate(chunks) if ranks.owns(n) and not _chunk_path(folder, n).exists()]
+    todo = [(n, rows) for n, rows in enumerate(chunked(order, chunk_rows))
+            if ranks.owns(n) and not _chunk_path(folder, n).exists()]
 
     bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
     for n, rows in todo:
@@ -166,8 +166,12 @@ def extraction_batches(order: list[int], lengths: list[int], batch_size: int,
                        chunk_rows: int = CHUNK_ROWS) -> list[list[int]]:
     """The batches ``extract`` runs, in its order: ``order`` cut into cache chunks of ``chunk_rows`` rows, each
     chunk in ``unpadded_batches``. A rerun batched alike computes each row as extraction did, bit for bit."""
-    chunks = [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
-    return [batch for chunk in chunks for _, batch in unpadded_batches(chunk, lengths, batch_size)]
+    return [batch for chunk in chunked(order, chunk_rows) for _, batch in unpadded_batches(chunk, lengths, batch_size)]
+
+
+def chunked(order: list[int], chunk_rows: int) -> list[list[int]]:
+    """``order`` cut into the cache's chunks: chunk n is written to its own file (see ``_chunk_path``)."""
+    return [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
 
 
 def is_complete(folder: Path, n_rows: int, chunk_rows: int = CHUNK_ROWS) -> bool:
