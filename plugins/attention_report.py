@@ -76,8 +76,7 @@ def _entropies_and_examples(context, n_examples: int, top_k: int):
     saved = read_json_or_none(path)
     if saved is None:
         saved = _computed(context, n_examples, top_k)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(saved))
+        write_text_atomic(path, json.dumps(saved))  # makes the folder if need be
     rows = context.rows
     examples = [{"text": rows["text"][n], "label": rows["label"][n], **example}
                 for n, example in enumerate(saved["examples"])]
