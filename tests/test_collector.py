@@ -1,5 +1,5 @@
 """probe.collector: what a run's loading blocks leave frozen, what they free, and that a run hands every
-frozen object back to the collector (a sweep runs many experiments in one process)."""
+frozen object back to the collector (a notebook or a script may run many experiments in one process)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ from probe.experiment import run_experiment
 from tiny_gpt2 import build_tiny_gpt2
 
 pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    model = build_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "model", n_layer=2, n_embd=32, seed=1)
+    return validate({"model": str(model), "dataset": "mole", "folds": 3, "controls": [], "reporters": ["json"]})
 
 
 class Node:
@@ -41,9 +47,7 @@ def test_a_long_lived_block_frees_its_cycles_and_freezes_what_it_keeps():
         gc.unfreeze()
 
 
-def test_a_run_unfreezes_what_it_froze(tmp_path):
-    model = build_tiny_gpt2(tmp_path / "model", n_layer=2, n_embd=32, seed=1)
-    config = validate({"model": str(model), "dataset": "mole", "folds": 3, "controls": [], "reporters": ["json"]})
+def test_a_run_unfreezes_what_it_froze(config, tmp_path):
     assert gc.get_freeze_count() == 0
     frozen_during = []
     real = collector.long_lived
@@ -59,9 +63,7 @@ def test_a_run_unfreezes_what_it_froze(tmp_path):
     assert gc.get_freeze_count() == 0
 
 
-def test_objects_frozen_before_a_run_stay_frozen_and_the_run_freezes_nothing(tmp_path):
-    model = build_tiny_gpt2(tmp_path / "model", n_layer=2, n_embd=32, seed=1)
-    config = validate({"model": str(model), "dataset": "mole", "folds": 3, "controls": [], "reporters": ["json"]})
+def test_objects_frozen_before_a_run_stay_frozen_and_the_run_freezes_nothing(config, tmp_path):
     gc.freeze()  # a server that forks workers does this
     try:
         before = gc.get_freeze_count()
