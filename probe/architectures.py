@@ -128,12 +128,13 @@ def save_random(model_type: str, folder, seed: int = 0):
     return folder
 
 
-def support_table(measure: bool = False) -> list[dict]:
-    """One row per architecture: which adapter and path take it, and (``measure``) the parity vs eager."""
+def support_table(measure: bool = False, device="cpu", dtype=None) -> list[dict]:
+    """One row per architecture: which adapter and path take it, and (``measure``) the parity vs eager,
+    both models loaded in ``dtype`` (default float32) on ``device``."""
     rows = []
     for name in sorted(ARCHITECTURES):
         row = {"architecture": name, "example": ARCHITECTURES[name].example}
-        row.update(_swap_and_measure(ARCHITECTURES[name], measure))
+        row.update(_swap_and_measure(ARCHITECTURES[name], measure, device, dtype))
         rows.append(row)
     return rows
 
@@ -147,7 +148,7 @@ def markdown_table(rows: list[dict]) -> str:
     )
 
 
-def _swap_and_measure(arch: Architecture, measure: bool) -> dict:
+def _swap_and_measure(arch: Architecture, measure: bool, device, dtype) -> dict:
     import tempfile
 
     import torch
@@ -157,16 +158,21 @@ def _swap_and_measure(arch: Architecture, measure: bool) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         save_random(arch.model_type, folder)
         auto = _auto_class(arch)
-        swapped = probe.swap_attention(auto.from_pretrained(folder, attn_implementation="eager").eval())
+
+        def load():
+            return auto.from_pretrained(folder, attn_implementation="eager", dtype=dtype or torch.float32).to(device)
+
+        swapped = probe.swap_attention(load().eval())
         adapter = swapped._probe_swap.adapter
         row = {"adapter": adapter.name, "path": adapter.path}
         if measure:
-            reference = auto.from_pretrained(folder, attn_implementation="eager").eval()
-            ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+            reference = load().eval()
+            ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
             with torch.no_grad():
                 a = reference(input_ids=ids, output_hidden_states=True).hidden_states
                 b = swapped(input_ids=ids, output_hidden_states=True).hidden_states
             row["max_abs_diff"] = max((x - y).abs().max().item() for x, y in zip(a, b))
+            row["device"], row["dtype"] = str(torch.device(device)), str(swapped.dtype).removeprefix("torch.")
     return row
 
 

@@ -52,7 +52,6 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
     """
     from probe import models
     from probe.compare import DEFAULT_TEXTS, compare_models
-    from probe.devices import check_dtype, resolve_device
     from probe.context import model_load_error, resolve_model
     from probe.swap import swap_attention
 
@@ -62,15 +61,7 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
         raise click.BadParameter(f"{tolerance} is not a tolerance; give a max abs diff ≥ 0", param_hint="--tolerance")
     if any(not text.strip() for text in texts):
         raise click.BadParameter("an empty text has no tokens to compare; give some words", param_hint="--text")
-    try:
-        where = resolve_device(device)  # before any model work
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--device") from None
-    try:
-        check_dtype(dtype, where, option="--dtype")
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--dtype") from None
-    torch_dtype = models.parse_dtype(dtype)
+    where, torch_dtype = checked_placement(device, dtype)  # before any model work
     try:
         if random_init in ARCHITECTURES and random_init not in GPT2_SHAPES:
             folder = architectures.save_random(random_init, tempfile.mkdtemp(prefix="probe-random-"), seed=seed)
@@ -177,21 +168,41 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     click.echo(f"results, plots and summary in {output_dir}/")
 
 
+def checked_placement(device: str, dtype: str):
+    """(torch.device, torch dtype) for ``--device`` and ``--dtype``, or a usage error naming the option."""
+    from probe import models
+    from probe.devices import check_dtype, resolve_device
+
+    try:
+        where = resolve_device(device)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--device") from None
+    try:
+        check_dtype(dtype, where, option="--dtype")
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--dtype") from None
+    return where, models.parse_dtype(dtype)
+
+
 @cli.command(name="architectures")
 @click.option("--measure", is_flag=True, help="Also measure each one's parity vs eager on a tiny random model.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--markdown", is_flag=True, help="Print the README's Markdown table.")
-def list_architectures(measure, as_json, markdown):
+@click.option("--device", default="cpu", show_default=True, help="Where --measure runs: auto, cpu, cuda, cuda:N or mps.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+              help="The dtype --measure loads both models in.")
+def list_architectures(measure, as_json, markdown, device, dtype):
     """Every architecture probe swaps: adapter, path (full or universal) and, with --measure, parity."""
     import warnings
 
+    where, torch_dtype = checked_placement(device, dtype)
     quiet_progress_bars()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the tiny configs' vocabularies are smaller than their token ids say
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = architectures.support_table(measure=measure)
+        rows = architectures.support_table(measure=measure, device=where, dtype=torch_dtype)
     if as_json or markdown:
         click.echo(json.dumps(rows, indent=2) if as_json else architectures.markdown_table(rows), nl=not markdown)
         return
