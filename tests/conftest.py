@@ -80,6 +80,22 @@ class CheckpointFactory:
             return self.paths[key]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="where tests that take the `device` fixture run: cpu (default), cuda, cuda:N or mps")
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """The torch.device of ``pytest --device``: the parity suite runs there as well as on the CPU."""
+    from probe.devices import resolve_device
+
+    try:
+        return resolve_device(request.config.getoption("--device"), option="pytest --device")
+    except ValueError as error:
+        pytest.exit(str(error), returncode=4)
+
+
 @pytest.fixture(scope="session")
 def saved_gpt2(tmp_path_factory):
     """``saved_gpt2(model_cls=GPT2LMHeadModel, seed=0, **config_overrides) -> checkpoint path`` (cached)."""

@@ -19,11 +19,11 @@ def relative_diff(a, b, keep):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fast_path_matches_eager_up_to_rounding_and_hooks_bring_back_the_exact_path(name, checkpoints):
+def test_fast_path_matches_eager_up_to_rounding_and_hooks_bring_back_the_exact_path(name, checkpoints, device):
     arch = ARCHITECTURES[name]
     path = checkpoints(name)
-    reference, fast = load(arch, path), probe.swap_attention(load(arch, path), fast=True)
-    ids, mask = batch("left")
+    reference, fast = load(arch, path, device), probe.swap_attention(load(arch, path, device), fast=True)
+    ids, mask = batch("left", device)
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         got = fast(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
@@ -36,9 +36,9 @@ def test_fast_path_matches_eager_up_to_rounding_and_hooks_bring_back_the_exact_p
             assert torch.equal(a[mask.bool()], b[mask.bool()])
 
 
-def test_fast_path_is_off_by_default_and_can_be_switched(checkpoints):
+def test_fast_path_is_off_by_default_and_can_be_switched(checkpoints, device):
     arch = ARCHITECTURES["qwen2"]
-    model = probe.swap_attention(load(arch, checkpoints("qwen2")))
+    model = probe.swap_attention(load(arch, checkpoints("qwen2"), device))
     assert not any(core.fast for core in model._probe_swap.cores)
     probe.set_fast_attention(model)
     assert all(core.fast for core in model._probe_swap.cores)
@@ -47,9 +47,9 @@ def test_fast_path_is_off_by_default_and_can_be_switched(checkpoints):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
-def test_a_replacement_takes_the_training_mode_of_the_module_it_replaces(name, checkpoints):
+def test_a_replacement_takes_the_training_mode_of_the_module_it_replaces(name, checkpoints, device):
     arch = ARCHITECTURES[name]
-    model = load(arch, checkpoints(name))  # from_pretrained: eval mode
+    model = load(arch, checkpoints(name), device)  # from_pretrained: eval mode
     probe.swap_attention(model)
     assert not any(m.training for m in model.modules())
     model.train()

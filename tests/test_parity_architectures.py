@@ -2,7 +2,8 @@
 
 Each architecture: tiny config → random init (norms and biases perturbed, so a wrong gain or bias
 shows) → save_pretrained → two from_pretrained loads, one eager (the reference) and one swapped.
-Every comparison is bitwise (max abs diff 0.0) at non-padding positions.
+Every comparison is bitwise (max abs diff 0.0) at non-padding positions, on the CPU or wherever
+``pytest --device`` names (e.g. ``pytest --device cuda tests/test_parity_architectures.py``).
 """
 
 from __future__ import annotations
@@ -35,19 +36,19 @@ def checkpoints(tmp_path_factory):
     return path_of
 
 
-def load(arch, path, dtype=torch.float32, swap=False):
+def load(arch, path, device, dtype=torch.float32, swap=False):
     auto = AutoModelForCausalLM if arch.causal else AutoModel
-    model = auto.from_pretrained(path, attn_implementation="eager", dtype=dtype).eval()
+    model = auto.from_pretrained(path, attn_implementation="eager", dtype=dtype).to(device).eval()
     return probe.swap_attention(model) if swap else model
 
 
-def pair(name, checkpoints, dtype=torch.float32):
+def pair(name, checkpoints, device, dtype=torch.float32):
     arch = ARCHITECTURES[name]
     path = checkpoints(name)
-    return arch, load(arch, path, dtype), load(arch, path, dtype, swap=True)
+    return arch, load(arch, path, device, dtype), load(arch, path, device, dtype, swap=True)
 
 
-def batch(padding: str, length: int = 9, n_pad: int = 3):
+def batch(padding: str, device, length: int = 9, n_pad: int = 3):
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 100, (2, length), generator=generator)
     mask = torch.ones(2, length, dtype=torch.long)
@@ -55,7 +56,7 @@ def batch(padding: str, length: int = 9, n_pad: int = 3):
         mask[0, :n_pad] = 0
     elif padding == "right":
         mask[0, -n_pad:] = 0
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 def assert_same_at(real: torch.Tensor, ref: torch.Tensor, got: torch.Tensor, what: str):
@@ -67,9 +68,9 @@ def assert_same_at(real: torch.Tensor, ref: torch.Tensor, got: torch.Tensor, wha
 
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("name", NAMES)
-def test_hidden_states_logits_and_patterns_are_bitwise_equal(name, padding, checkpoints):
-    arch, ref, swapped = pair(name, checkpoints)
-    ids, mask = batch(padding)
+def test_hidden_states_logits_and_patterns_are_bitwise_equal(name, padding, checkpoints, device):
+    arch, ref, swapped = pair(name, checkpoints, device)
+    ids, mask = batch(padding, device)
     with torch.no_grad():
         expected = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
         got = swapped(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
@@ -83,9 +84,9 @@ def test_hidden_states_logits_and_patterns_are_bitwise_equal(name, padding, chec
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if ARCHITECTURES[n].causal])
-def test_step_by_step_decoding_with_the_cache_and_greedy_generate(name, checkpoints):
-    _, ref, swapped = pair(name, checkpoints)
-    ids, mask = batch("left")
+def test_step_by_step_decoding_with_the_cache_and_greedy_generate(name, checkpoints, device):
+    _, ref, swapped = pair(name, checkpoints, device)
+    ids, mask = batch("left", device)
     with torch.no_grad():
         expected, got = ref(input_ids=ids[:, :5], attention_mask=mask[:, :5]), swapped(
             input_ids=ids[:, :5], attention_mask=mask[:, :5]
@@ -99,22 +100,23 @@ def test_step_by_step_decoding_with_the_cache_and_greedy_generate(name, checkpoi
         assert torch.equal(ref.generate(**generate), swapped.generate(**generate))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", NAMES)
-def test_bfloat16_is_bitwise_equal(name, checkpoints):
-    _, ref, swapped = pair(name, checkpoints, dtype=torch.bfloat16)
-    ids, mask = batch("right")
+def test_half_precision_is_bitwise_equal(name, dtype, checkpoints, device):
+    _, ref, swapped = pair(name, checkpoints, device, dtype=dtype)
+    ids, mask = batch("right", device)
     with torch.no_grad():
         expected = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         got = swapped(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
     for i, (a, b) in enumerate(zip(expected, got, strict=True)):
-        assert_same_at(mask, a, b, f"bf16 hidden state {i}")
+        assert_same_at(mask, a, b, f"{dtype} hidden state {i}")
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_an_edit_at_the_pattern_changes_the_output(name, checkpoints):
+def test_an_edit_at_the_pattern_changes_the_output(name, checkpoints, device):
     """Liveness: a swap that silently left Hugging Face's attention in charge would fail here."""
-    _, _, swapped = pair(name, checkpoints)
-    ids, mask = batch("none")
+    _, _, swapped = pair(name, checkpoints, device)
+    ids, mask = batch("none", device)
 
     def uniform(pattern, hook_name):
         return torch.full_like(pattern, 1.0 / pattern.shape[-1])
@@ -127,12 +129,12 @@ def test_an_edit_at_the_pattern_changes_the_output(name, checkpoints):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_restore_gives_back_the_model_as_it_was(name, checkpoints):
-    arch, ref, swapped = pair(name, checkpoints)
+def test_restore_gives_back_the_model_as_it_was(name, checkpoints, device):
+    arch, ref, swapped = pair(name, checkpoints, device)
     implementation = ref.config._attn_implementation
     probe.restore_attention(swapped)
     assert swapped.config._attn_implementation == implementation
-    ids, mask = batch("left")
+    ids, mask = batch("left", device)
     with torch.no_grad():
         expected = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
         got = swapped(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
@@ -140,8 +142,8 @@ def test_restore_gives_back_the_model_as_it_was(name, checkpoints):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "gemma2", "gpt_neox", "roberta"])
-def test_training_mode_dropout_and_gradients_are_bitwise_equal(name, checkpoints):
-    arch, ref, swapped = pair(name, checkpoints)
+def test_training_mode_dropout_and_gradients_are_bitwise_equal(name, checkpoints, device):
+    arch, ref, swapped = pair(name, checkpoints, device)
     for model in (ref, swapped):
         model.train()
         for module in model.modules():  # attention dropout on, wherever the family keeps its rate
@@ -150,7 +152,7 @@ def test_training_mode_dropout_and_gradients_are_bitwise_equal(name, checkpoints
                     setattr(module, attr, 0.3)
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.3
-    ids, mask = batch("right")
+    ids, mask = batch("right", device)
     results = []
     for model in (ref, swapped):
         torch.manual_seed(0)
