@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,12 +83,12 @@ def test_torchrun_with_two_processes_writes_the_single_process_results(tiny_mode
         "device": "cpu",
     }))
     env = {**os.environ, "PROBE_PLUGINS": "", "OMP_NUM_THREADS": "1"}
-    probe_cli = str(BIN / "probe")
+    probe_cli = shutil.which("probe", path=str(BIN)) or shutil.which("probe")  # beside python, or on PATH
     options = ["run", str(config), "--quiet", "--jobs", "1"]
     subprocess.run([probe_cli, *options, "--output", str(tmp_path / "single"), "--cache-dir", str(tmp_path / "c1")],
                    env=env, check=True, capture_output=True, text=True)
     launched = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", probe_cli, *options,
+        [shutil.which("torchrun", path=str(BIN)) or shutil.which("torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", probe_cli, *options,
          "--output", str(tmp_path / "spread"), "--cache-dir", str(tmp_path / "c2")],
         env=env, capture_output=True, text=True, check=False,
     )

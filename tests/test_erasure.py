@@ -111,7 +111,7 @@ def snapshot_reporter(snapshots: list):
     def snapshot(results, output_dir, context):
         model, _ = context.load_model()
         with torch.no_grad():
-            output = model(torch.tensor([[5, 9, 14, 3, 7]])).last_hidden_state.clone()
+            output = model(torch.tensor([[5, 9, 14, 3, 7]], device=model.device)).last_hidden_state.cpu()
         attached = sum(len(point.fns) for point in probe.hook_points(model).values())
         snapshots.append((output, attached))
 

@@ -256,7 +256,7 @@ def test_a_device_the_machine_lacks_is_refused_before_any_model_work(tiny_model,
 def test_a_model_spread_to_disk_by_device_map_gives_the_same_vectors(tiny_model, tmp_path, caplog):
     import numpy as np
 
-    plain = run_experiment(small(tiny_model), tmp_path / "plain", cache_dir=tmp_path / "cache-plain",
+    plain = run_experiment(small(tiny_model, device="cpu"), tmp_path / "plain", cache_dir=tmp_path / "cache-plain",
                            progress=False, n_jobs=1)
     spread_config = small(tiny_model, device_map="auto", max_memory={"cpu": "40KB", "disk": "1GB"})
     spread = run_experiment(spread_config, tmp_path / "spread", cache_dir=tmp_path / "cache-spread",
