@@ -3,6 +3,7 @@ plain script a user would write (benchmarks/plain_script.py).
 
     python benchmarks/pipeline.py                       # make run's two commands, cold then cached
     python benchmarks/pipeline.py --models smollm2-135m --set 'controls=[]' --script --repeats 3
+    python benchmarks/pipeline.py --models FOLDER --device cuda --script   # a checkpoint folder, on a GPU
 
 Each run is a fresh process. "cold" starts from an empty cache folder (so a GGUF checkpoint is converted
 too); "features cold" keeps only the converted model (no vectors, predictions or patterns); "cached"
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "mole.yaml"
 
 
-def one_run(model: str, cache: Path, out: Path, overrides: list[str]) -> dict:
+def one_run(model: str, cache: Path, out: Path, overrides: list[str], device: str | None) -> dict:
     """`probe run CONFIG --model MODEL --set … --quiet` in a fresh process, through the console script's own
     entry (probe.cli.main); the phases from run_experiment's clock, the total (exit included) from outside."""
     driver = (
@@ -49,6 +50,7 @@ def one_run(model: str, cache: Path, out: Path, overrides: list[str]) -> dict:
     )
     command = ["run", str(CONFIG), "--model", model, "--cache-dir", str(cache), "--output", str(out), "--quiet"]
     command += [arg for override in overrides for arg in ("--set", override)]
+    command += ["--device", device] if device else []
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", driver, *command], capture_output=True, text=True, cwd=ROOT)
     total = time.perf_counter() - start
@@ -58,10 +60,10 @@ def one_run(model: str, cache: Path, out: Path, overrides: list[str]) -> dict:
     return {**timings, "exit": total - sum(timings.values()), "total": total}
 
 
-def plain_script(model: str) -> float:
+def plain_script(model: str, device: str | None) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_script.py"), "--model", model],
-                   check=True, cwd=ROOT, capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_script.py"), "--model", model,
+                    "--device", device or "cpu"], check=True, cwd=ROOT, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--script", action="store_true", help="also time benchmarks/plain_script.py")
+    parser.add_argument("--device", help="probe's and the script's device [default: probe's auto, the script's cpu]")
     args = parser.parse_args()
 
     rows = []
@@ -83,14 +86,14 @@ def main() -> None:
         for _ in range(args.repeats):
             work = Path(tempfile.mkdtemp(prefix="probe-bench-"))
             try:
-                cold.append(one_run(model, work / "cache", work / "out", args.overrides))
-                cached.append(one_run(model, work / "cache", work / "out", args.overrides))
+                cold.append(one_run(model, work / "cache", work / "out", args.overrides, args.device))
+                cached.append(one_run(model, work / "cache", work / "out", args.overrides, args.device))
                 for kept in (work / "cache").iterdir():  # all but the converted model
                     if kept.name != "models":
                         shutil.rmtree(kept)
-                features_cold.append(one_run(model, work / "cache", work / "out", args.overrides))
+                features_cold.append(one_run(model, work / "cache", work / "out", args.overrides, args.device))
                 if args.script:
-                    script.append(plain_script(model))
+                    script.append(plain_script(model, args.device))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
         for name, runs in (("cold", cold), ("features cold", features_cold), ("cached", cached)):
@@ -104,7 +107,8 @@ def main() -> None:
     for row in rows:
         cells = [f"{row[p]:.1f}" if p in row else "" for p in phases]
         print(f"| {row['model']} | {row['run']} | {' | '.join(cells)} |")
-    print(f"\nmedians of {args.repeats} run(s), seconds; overrides: {args.overrides or 'none'}")
+    print(f"\nmedians of {args.repeats} run(s), seconds; overrides: {args.overrides or 'none'}; "
+          f"device: {args.device or 'auto'}")
 
 
 if __name__ == "__main__":

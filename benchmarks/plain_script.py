@@ -3,7 +3,9 @@ a Hugging Face model with output_hidden_states, one sentence at a time, the vect
 (its subwords averaged), and per layer a scikit-learn logistic regression, 5 grouped stratified folds,
 BLAS held to one thread for the fits. The same rows (probe's mole set) and the same probe settings.
 
-    python benchmarks/plain_script.py --model smollm2-135m
+    python benchmarks/plain_script.py --model smollm2-135m [--device cuda]
+
+--model also takes a checkpoint folder; --device puts the model and each sentence there (default cpu).
 """
 
 import argparse
@@ -29,6 +31,8 @@ MODELS = {  # where pip put the offline checkpoints (see probe/builtin/models.py
 def model_folder(name):
     import importlib.util
 
+    if name not in MODELS:  # a checkpoint folder
+        return name, {}
     module, inside, gguf = MODELS[name]
     folder = Path(next(iter(importlib.util.find_spec(module).submodule_search_locations))) / inside
     return str(folder), ({"gguf_file": gguf} if gguf else {})
@@ -37,10 +41,11 @@ def model_folder(name):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     folder, extra = model_folder(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
-    model = AutoModel.from_pretrained(folder, **extra).eval()
+    model = AutoModel.from_pretrained(folder, **extra).to(args.device).eval()
 
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     vectors, labels, groups = [], [], []
@@ -51,8 +56,8 @@ def main():
         offsets = enc.pop("offset_mapping")[0].tolist()
         target = [i for i, (s, e) in enumerate(offsets) if s < end and e > start and e > s]
         with torch.no_grad():
-            hidden = model(**enc, output_hidden_states=True).hidden_states
-        vectors.append(torch.stack([h[0, target].mean(0) for h in hidden]).numpy())
+            hidden = model(**enc.to(args.device), output_hidden_states=True).hidden_states
+        vectors.append(torch.stack([h[0, target].mean(0) for h in hidden]).cpu().numpy())
         labels.append(row["label"])
         groups.append(row.get("group"))
     X, y = np.stack(vectors), np.array(labels)
