@@ -194,10 +194,8 @@ class MaskedMultiHeadAttention(nn.Module):
 
         # 4. Pattern: softmax over keys. A query with no allowed key gets zeros, not NaN.
         pattern = self.softmax(masked_scores, sinks)
-        if allowed is not None and self.blocked_score == "-inf":
-            nothing_to_attend = ~allowed.any(dim=-1, keepdim=True)
-            if nothing_to_attend.any():
-                pattern = pattern.masked_fill(nothing_to_attend, 0.0)
+        if attention_mask is not None and self.blocked_score == "-inf":
+            pattern = pattern.masked_fill(no_key_to_attend(allowed), 0.0)
         pattern = self.hook_pattern(pattern.to(v.dtype))
         pattern = (dropout or self.attn_dropout)(pattern)
 
@@ -220,8 +218,8 @@ class MaskedMultiHeadAttention(nn.Module):
         kernels on a GPU): the same arithmetic in another order, so equal up to rounding, not bitwise."""
         allowed = self.allowed_keys(q.shape[-2], k.shape[-2], attention_mask, device=q.device, causal=causal)
         nothing_to_attend = None
-        if allowed is not None:
-            nothing_to_attend = ~allowed.any(dim=-1, keepdim=True)
+        if attention_mask is not None:
+            nothing_to_attend = no_key_to_attend(allowed)
             allowed = allowed | nothing_to_attend  # a row with no key would be NaN; it is zeroed below
         mask = allowed
         if score_bias is not None:
@@ -230,7 +228,7 @@ class MaskedMultiHeadAttention(nn.Module):
             )
             mask = score_bias.to(q.dtype) + blocked
         z = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        if nothing_to_attend is not None and nothing_to_attend.any():
+        if nothing_to_attend is not None:
             z = z.masked_fill(nothing_to_attend, 0.0)
         return self.hook_z(z)
 
@@ -274,6 +272,12 @@ class MaskedMultiHeadAttention(nn.Module):
             check_mask(attention_mask, n_q, n_k)
             allowed = attention_mask if allowed is None else allowed & attention_mask
         return allowed
+
+
+def no_key_to_attend(allowed: torch.Tensor) -> torch.Tensor:
+    """(…, query, 1) True where a query may attend to no key (left padding). Only a mask can cause that
+    (causal alone always leaves key 0), and it is filled unasked: asking would make a GPU wait."""
+    return ~allowed.any(dim=-1, keepdim=True)
 
 
 def share_kv_heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:

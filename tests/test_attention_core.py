@@ -287,3 +287,19 @@ def test_property_matches_naive(batch, n_q, extra_k, n_kv_heads, group, d_head, 
     context = torch.randn(batch, n_k, 8, generator=g) if extra_k else None
     mask = padding_mask(batch, n_k, [p % (n_k + 1) for p in pads[:batch]], "left")  # may mask whole rows
     assert_close_to_naive(core, x, mask, context=context)
+
+
+def test_a_float_mask_with_biases_is_refused_even_after_it_was_checked_once():
+    """bool_mask checks a float mask once per mask object (a model hands one to every block); a mask
+    changed in place after its check (a new in-place version) is checked again."""
+    from probe.adapters import bool_mask
+
+    mask = torch.zeros(1, 1, 3, 3)
+    mask[..., 2] = torch.finfo(mask.dtype).min
+    assert bool_mask(mask).tolist() == [[[[True, True, False]] * 3]]
+    assert bool_mask(mask) is not None  # checked before: no second read of its values
+    mask[0, 0, 0, 1] = -2.5  # an additive bias, which a bool mask cannot express
+    with pytest.raises(ValueError, match="additive biases"):
+        bool_mask(mask)
+    with pytest.raises(ValueError, match="additive biases"):
+        bool_mask(torch.full((1, 1, 2, 2), 0.5))

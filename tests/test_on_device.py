@@ -7,11 +7,17 @@ report and the HTML page all run with the model on that device.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 
 import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+import probe
 from probe import plugins
+from probe.architectures import ARCHITECTURES, TINY
 from probe.config import validate
 from probe.experiment import run_experiment
 from tiny_gpt2 import build_tiny_gpt2
@@ -57,3 +63,59 @@ def test_both_attentions_give_the_same_vectors_on_the_device(tiny_model, device,
     assert results.settings["dtype"] == dtype
     assert [row.max_abs_diff_vs_reference for row in results.rows] == [0.0] * len(results.rows)
     assert all(row.accuracy == row.reference_accuracy for row in results.rows)
+
+
+@contextlib.contextmanager
+def counted_value_reads():
+    """Counts the Python reads of a tensor's values (bool(t), t.item(), …): on a GPU each one makes the
+    host wait for the device, so a read per block stalls every forward."""
+    reads = collections.Counter()
+    originals = {name: getattr(torch.Tensor, name) for name in VALUE_READS}
+
+    def counting(name):
+        def read(self, *args, **kwargs):
+            reads[name] += 1
+            return originals[name](self, *args, **kwargs)
+        return read
+
+    try:
+        for name in VALUE_READS:
+            setattr(torch.Tensor, name, counting(name))
+        yield reads
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+VALUE_READS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__")
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_probes_attention_reads_no_tensor_value_per_block(name):
+    """At most one read per forward and mask (the float mask's check; Gemma 2 has a sliding and a full
+    mask), however many blocks: 6 here, where a read per block would add 6."""
+    arch = ARCHITECTURES[name]
+    overrides = dict(arch.overrides)  # per-block lists, written for the tiny configs' 2 blocks, times 3
+    if "layer_types" in overrides:
+        overrides["layer_types"] = overrides["layer_types"] * 3
+    if "attention_types" in overrides:
+        overrides["attention_types"] = [[kinds, 3 * times] for kinds, times in overrides["attention_types"]]
+    config = AutoConfig.for_model(arch.model_type, **{
+        **{k: v for k, v in TINY.items() if k not in arch.drop}, **overrides, "num_hidden_layers": 6})
+    auto = AutoModelForCausalLM if arch.causal else AutoModel
+    ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, :3] = 0  # a padded row: the pattern's rows with no key to attend to are zeroed
+    reads = []
+    for swap in (False, True):
+        torch.manual_seed(0)
+        model = auto.from_config(config, attn_implementation="eager").eval()
+        if swap:
+            probe.swap_attention(model)
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)  # a first call may set things up
+            with counted_value_reads() as counted:
+                model(input_ids=ids, attention_mask=mask)
+        reads.append(sum(counted.values()))
+    eager, swapped = reads
+    assert swapped - eager <= 2, f"{name}: eager reads {eager} values a forward, probe {swapped}"

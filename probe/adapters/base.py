@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -35,13 +36,32 @@ def bool_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     if not mask.is_floating_point():
         raise TypeError(f"attention mask must be bool or floating point, got {mask.dtype}")
     allowed = mask == 0
-    blocked = mask <= torch.finfo(mask.dtype).min / 2
-    if not bool((allowed | blocked).all()):
-        raise ValueError(
-            "attention mask holds additive biases other than 0 and -inf/dtype-min; "
-            "probe's attention only supports masks that allow or block a key"
-        )
+    if not _CHECKED_MASKS.seen(mask):
+        blocked = mask <= torch.finfo(mask.dtype).min / 2
+        if not bool((allowed | blocked).all()):
+            raise ValueError(
+                "attention mask holds additive biases other than 0 and -inf/dtype-min; "
+                "probe's attention only supports masks that allow or block a key"
+            )
+        _CHECKED_MASKS.add(mask)
     return allowed
+
+
+class _RecentTensors:
+    """The last few tensors checked, by identity and in-place version. A model hands one mask to every
+    block, and reading a GPU tensor's values makes the host wait for the device: check it once a forward."""
+
+    def __init__(self, size: int = 4):
+        self.size, self.entries = size, []
+
+    def seen(self, tensor: torch.Tensor) -> bool:
+        return any(ref() is tensor and version == tensor._version for ref, version in self.entries)
+
+    def add(self, tensor: torch.Tensor) -> None:
+        self.entries = [*self.entries[-(self.size - 1):], (weakref.ref(tensor), tensor._version)]
+
+
+_CHECKED_MASKS = _RecentTensors()
 
 
 def check_forward_signature(cls: type, required: tuple[str, ...], one_of: tuple[str, ...]) -> None:
