@@ -30,6 +30,7 @@ def swap_attention(model: nn.Module, fast: bool = False) -> nn.Module:
     ``fast``: see ``set_fast_attention``; the exact path, bit-identical to eager, is the default.
     """
     from probe.adapters import adapter_for  # imports transformers' model code: only when swapping
+    from probe.adapters.base import scope_mask_checks
 
     if getattr(model, "_probe_swap", None) is not None:
         raise ValueError(f"{type(model).__name__}'s attention is already swapped")
@@ -40,6 +41,7 @@ def swap_attention(model: nn.Module, fast: bool = False) -> nn.Module:
     add_model_points(model, adapter, state)
     for i, block in enumerate(adapter.blocks(model)):
         _add_residual_points(block, i, state)
+    state.torch_handles += scope_mask_checks(model)
     model._probe_swap = state
     return set_fast_attention(model, fast)
 

@@ -289,17 +289,23 @@ def test_property_matches_naive(batch, n_q, extra_k, n_kv_heads, group, d_head, 
     assert_close_to_naive(core, x, mask, context=context)
 
 
-def test_a_float_mask_with_biases_is_refused_even_after_it_was_checked_once():
-    """bool_mask checks a float mask once per mask object (a model hands one to every block); a mask
-    changed in place after its check (a new in-place version) is checked again."""
-    from probe.adapters import bool_mask
+def test_a_float_mask_is_checked_once_a_forward_and_again_in_the_next():
+    """bool_mask reads a float mask's values once per forward of a swapped model (the model hands the
+    same mask to every block); outside a forward, and in the next one, a mask changed in place is refused."""
+    from probe.adapters.base import MASK_CHECKS, bool_mask
 
     mask = torch.zeros(1, 1, 3, 3)
     mask[..., 2] = torch.finfo(mask.dtype).min
     assert bool_mask(mask).tolist() == [[[[True, True, False]] * 3]]
-    assert bool_mask(mask) is not None  # checked before: no second read of its values
-    mask[0, 0, 0, 1] = -2.5  # an additive bias, which a bool mask cannot express
-    with pytest.raises(ValueError, match="additive biases"):
-        bool_mask(mask)
+    MASK_CHECKS.forward_begins()
+    bool_mask(mask)
+    assert MASK_CHECKS.seen(mask)  # the next block's conversion will not read it again
+    MASK_CHECKS.forward_ends()
+    assert not MASK_CHECKS.seen(mask)
+    with torch.inference_mode():  # inference tensors, which extraction uses, have no in-place version
+        frozen = mask.clone()
+        frozen[0, 0, 0, 1] = -2.5  # an additive bias, which a bool mask cannot express
+        with pytest.raises(ValueError, match="additive biases"):
+            bool_mask(frozen)
     with pytest.raises(ValueError, match="additive biases"):
         bool_mask(torch.full((1, 1, 2, 2), 0.5))

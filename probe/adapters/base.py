@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -36,32 +37,57 @@ def bool_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     if not mask.is_floating_point():
         raise TypeError(f"attention mask must be bool or floating point, got {mask.dtype}")
     allowed = mask == 0
-    if not _CHECKED_MASKS.seen(mask):
+    if not MASK_CHECKS.seen(mask):
         blocked = mask <= torch.finfo(mask.dtype).min / 2
         if not bool((allowed | blocked).all()):
             raise ValueError(
                 "attention mask holds additive biases other than 0 and -inf/dtype-min; "
                 "probe's attention only supports masks that allow or block a key"
             )
-        _CHECKED_MASKS.add(mask)
+        MASK_CHECKS.add(mask)
     return allowed
 
 
-class _RecentTensors:
-    """The last few tensors checked, by identity and in-place version. A model hands one mask to every
-    block, and reading a GPU tensor's values makes the host wait for the device: check it once a forward."""
+class MaskChecks(threading.local):
+    """The float masks already checked in the swapped model's forward under way: the model hands one mask
+    to every block, and reading a GPU tensor's values makes the host wait for the device, so each is read
+    once a forward. Outside a forward nothing is remembered (a mask changed in place is checked again)."""
 
-    def __init__(self, size: int = 4):
-        self.size, self.entries = size, []
+    def __init__(self):
+        self.depth, self.checked = 0, []
 
-    def seen(self, tensor: torch.Tensor) -> bool:
-        return any(ref() is tensor and version == tensor._version for ref, version in self.entries)
+    def seen(self, mask: torch.Tensor) -> bool:
+        return any(ref() is mask for ref in self.checked)
 
-    def add(self, tensor: torch.Tensor) -> None:
-        self.entries = [*self.entries[-(self.size - 1):], (weakref.ref(tensor), tensor._version)]
+    def add(self, mask: torch.Tensor) -> None:
+        if self.depth:
+            self.checked.append(weakref.ref(mask))
+
+    def forward_begins(self) -> None:
+        self.depth += 1
+
+    def forward_ends(self) -> None:
+        self.depth -= 1
+        if not self.depth:
+            self.checked.clear()
 
 
-_CHECKED_MASKS = _RecentTensors()
+MASK_CHECKS = MaskChecks()
+
+
+def scope_mask_checks(model: nn.Module) -> list:
+    """Torch hook handles that bracket each forward of ``model`` for MASK_CHECKS (removed on restore).
+    Module-level functions, not bound methods: a deepcopy of the model copies its hooks."""
+    return [model.register_forward_pre_hook(_forward_begins),
+            model.register_forward_hook(_forward_ends, always_call=True)]
+
+
+def _forward_begins(module, args) -> None:
+    MASK_CHECKS.forward_begins()
+
+
+def _forward_ends(module, args, output) -> None:
+    MASK_CHECKS.forward_ends()
 
 
 def check_forward_signature(cls: type, required: tuple[str, ...], one_of: tuple[str, ...]) -> None:
