@@ -18,6 +18,8 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 import probe.experiment
@@ -494,6 +496,31 @@ def test_a_gguf_checkpoint_is_converted_once_and_read_back(tmp_path, monkeypatch
     converted, direct = load_model(str(folder)).state_dict(), load_model(gguf).state_dict()
     assert converted.keys() == direct.keys()
     assert all(torch.equal(converted[name], direct[name]) for name in direct)
+
+
+@given(st.one_of(
+    st.tuples(st.just(8), st.text()),
+    st.tuples(st.sampled_from([(0, "u1"), (1, "i1"), (2, "u2"), (3, "i2"), (4, "u4"), (5, "i4"), (10, "u8"),
+                               (11, "i8")]), st.integers(0, 120)),
+    st.tuples(st.sampled_from([(6, "f4"), (12, "f8")]), st.floats(-1e6, 1e6, width=32)),
+    st.tuples(st.just((7, "?")), st.booleans()),
+), st.booleans())
+def test_the_quick_gguf_value_parser_gives_what_transformers_gives(kind_and_value, in_an_array):
+    """probe's stand-in for transformers' _gguf_parse_value, element by element as the GGUF loader calls it."""
+    from transformers.integrations import _gguf_parse_value
+
+    from probe.models import _parse_value_quickly
+
+    kind, value = kind_and_value
+    if kind == 8:
+        part = np.frombuffer(value.encode(), dtype=np.uint8)
+    else:
+        kind, dtype = kind
+        part = np.array([value], dtype=dtype)
+    types = [9, kind] if in_an_array else [kind]
+    expected = _gguf_parse_value(part, types)
+    got = _parse_value_quickly(_gguf_parse_value)(part, types)
+    assert got == expected and type(got) is type(expected)
 
 
 def test_two_runs_with_fresh_caches_give_identical_results(planted_run, tmp_path):
