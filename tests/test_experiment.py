@@ -523,6 +523,27 @@ def test_the_quick_gguf_value_parser_gives_what_transformers_gives(kind_and_valu
     assert got == expected and type(got) is type(expected)
 
 
+@pytest.mark.parametrize("qtype, scales, quant_bytes", [("Q4_0", 1, 16), ("Q4_1", 2, 16), ("Q8_0", 1, 32)])
+def test_torch_dequantization_gives_ggufs_bits(qtype, scales, quant_bytes):
+    """The conversion dequantizes these block formats with transformers' torch kernels: the same float32
+    bits as gguf's numpy, on random blocks (scales of every magnitude an fp16 holds, signs included)."""
+    import gguf
+
+    from probe.models import _dequantize_with_torch
+
+    rng = np.random.default_rng(0)
+    rows, blocks_per_row = 6, 4
+    halves = (rng.standard_normal((rows * blocks_per_row, scales)) * 10.0 ** rng.integers(-6, 4, (1, scales)))
+    blocks = np.concatenate([halves.astype(np.float16).view(np.uint8),
+                             rng.integers(0, 256, (rows * blocks_per_row, quant_bytes), dtype=np.uint8)], axis=1)
+    data = blocks.reshape(rows, -1)
+    kind = gguf.GGMLQuantizationType[qtype]
+    expected = gguf.dequantize(data, kind)
+    got = _dequantize_with_torch(lambda *args: pytest.fail("fell back to gguf's numpy"))(data, kind)
+    assert got.shape == expected.shape == (rows, 32 * blocks_per_row) and got.dtype == np.float32
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
 def test_two_runs_with_fresh_caches_give_identical_results(planted_run, tmp_path):
     again = run_experiment(planted_run["config"], tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
     assert again["layers"] == planted_run["results"]["layers"]
