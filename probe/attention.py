@@ -194,8 +194,8 @@ class MaskedMultiHeadAttention(nn.Module):
 
         # 4. Pattern: softmax over keys. A query with no allowed key gets zeros, not NaN.
         pattern = self.softmax(masked_scores, sinks)
-        if attention_mask is not None and self.blocked_score == "-inf":
-            pattern = pattern.masked_fill(no_key_to_attend(allowed), 0.0)
+        if self.blocked_score == "-inf" and may_lack_keys(attention_mask, causal, q.shape[-2], k.shape[-2]):
+            pattern = zero_rows(pattern, no_key_to_attend(allowed))
         pattern = self.hook_pattern(pattern.to(v.dtype))
         pattern = (dropout or self.attn_dropout)(pattern)
 
@@ -218,7 +218,7 @@ class MaskedMultiHeadAttention(nn.Module):
         kernels on a GPU): the same arithmetic in another order, so equal up to rounding, not bitwise."""
         allowed = self.allowed_keys(q.shape[-2], k.shape[-2], attention_mask, device=q.device, causal=causal)
         nothing_to_attend = None
-        if attention_mask is not None:
+        if may_lack_keys(attention_mask, causal, q.shape[-2], k.shape[-2]):
             nothing_to_attend = no_key_to_attend(allowed)
             allowed = allowed | nothing_to_attend  # a row with no key would be NaN; it is zeroed below
         mask = allowed
@@ -229,7 +229,7 @@ class MaskedMultiHeadAttention(nn.Module):
             mask = score_bias.to(q.dtype) + blocked
         z = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         if nothing_to_attend is not None:
-            z = z.masked_fill(nothing_to_attend, 0.0)
+            z = zero_rows(z, nothing_to_attend)
         return self.hook_z(z)
 
     def softmax(self, masked_scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
@@ -274,10 +274,21 @@ class MaskedMultiHeadAttention(nn.Module):
         return allowed
 
 
+def may_lack_keys(attention_mask, causal: bool, n_q: int, n_k: int) -> bool:
+    """Whether some query may have no key to attend to, decided on the host: only a mask (left padding) or
+    a causal one with more queries than keys can do that. Which queries is not asked (that would make a
+    GPU wait): their rows are zeroed unasked."""
+    return attention_mask is not None or (causal and n_q > n_k)
+
+
 def no_key_to_attend(allowed: torch.Tensor) -> torch.Tensor:
-    """(…, query, 1) True where a query may attend to no key (left padding). Only a mask can cause that
-    (causal alone always leaves key 0), and it is filled unasked: asking would make a GPU wait."""
+    """(…, query, 1) True where a query may attend to no key."""
     return ~allowed.any(dim=-1, keepdim=True)
+
+
+def zero_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``t`` with ``rows`` set to 0; in place (no second attention-sized tensor) unless autograd needs ``t``."""
+    return t.masked_fill(rows, 0.0) if t.requires_grad else t.masked_fill_(rows, 0.0)
 
 
 def share_kv_heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:

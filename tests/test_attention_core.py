@@ -289,23 +289,45 @@ def test_property_matches_naive(batch, n_q, extra_k, n_kv_heads, group, d_head, 
     assert_close_to_naive(core, x, mask, context=context)
 
 
-def test_a_float_mask_is_checked_once_a_forward_and_again_in_the_next():
-    """bool_mask reads a float mask's values once per forward of a swapped model (the model hands the
-    same mask to every block); outside a forward, and in the next one, a mask changed in place is refused."""
+def test_a_float_mask_is_checked_in_every_forward_and_outside_one(saved_gpt2):
+    """bool_mask reads a float mask's values once per forward of a swapped model (the model hands the same
+    mask to every block) and forgets it when the forward ends, raises, or is nested in another one; a mask
+    changed in place between calls is refused, inference-mode tensors (no in-place version) included."""
+    from transformers import GPT2LMHeadModel
+
+    import probe
     from probe.adapters.base import MASK_CHECKS, bool_mask
 
-    mask = torch.zeros(1, 1, 3, 3)
-    mask[..., 2] = torch.finfo(mask.dtype).min
-    assert bool_mask(mask).tolist() == [[[[True, True, False]] * 3]]
-    MASK_CHECKS.forward_begins()
-    bool_mask(mask)
-    assert MASK_CHECKS.seen(mask)  # the next block's conversion will not read it again
-    MASK_CHECKS.forward_ends()
-    assert not MASK_CHECKS.seen(mask)
-    with torch.inference_mode():  # inference tensors, which extraction uses, have no in-place version
-        frozen = mask.clone()
-        frozen[0, 0, 0, 1] = -2.5  # an additive bias, which a bool mask cannot express
+    model = probe.swap_attention(GPT2LMHeadModel.from_pretrained(saved_gpt2(), attn_implementation="eager").eval())
+    ids = torch.tensor([[5, 9, 14, 3]])
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 1:].triu_(1).masked_fill_(torch.ones(4, 3, dtype=torch.bool).triu(0), torch.finfo(mask.dtype).min)
+    checked = []
+
+    def watch(pattern, name):
+        checked.append(MASK_CHECKS.seen(mask))
+
+    with torch.inference_mode(), probe.hooks(model, {"blocks.*.attn.pattern": watch}):
+        model(ids, attention_mask=mask)
+        assert checked == [True, True]  # checked in block 0, remembered for block 1
+        assert MASK_CHECKS.forward is None and not MASK_CHECKS.checked  # forgotten when the forward ended
+        mask[0, 0, 3, 1] = -2.5  # an additive bias, which a bool mask cannot express
         with pytest.raises(ValueError, match="additive biases"):
-            bool_mask(frozen)
+            model(ids, attention_mask=mask)
+        assert MASK_CHECKS.forward is None  # the end ran although the forward raised
+        with pytest.raises(ValueError, match="additive biases"):
+            bool_mask(mask)  # outside a forward: checked on every call
+    assert model._forward_pre_hooks and next(iter(model._forward_pre_hooks.values())).__name__ == "_forward_begins"
+    probe.restore_attention(model)
+    assert not model._forward_pre_hooks and not model._forward_hooks
     with pytest.raises(ValueError, match="additive biases"):
         bool_mask(torch.full((1, 1, 2, 2), 0.5))
+
+
+def test_a_causal_core_with_more_queries_than_keys_gives_zeros_not_nan():
+    """Causal masking alone leaves a query no key when there are more queries than keys."""
+    core = make_core(2, 4, d_model=8)
+    for fast in (False, True):
+        core.fast = fast
+        out, _ = core(torch.randn(1, 5, 8), context=torch.randn(1, 3, 8))
+        assert not torch.isnan(out).any()

@@ -49,45 +49,45 @@ def bool_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class MaskChecks(threading.local):
-    """The float masks already checked in the swapped model's forward under way: the model hands one mask
-    to every block, and reading a GPU tensor's values makes the host wait for the device, so each is read
-    once a forward. Outside a forward nothing is remembered (a mask changed in place is checked again)."""
+    """The float masks already checked in the forward of a swapped model under way. The model hands one mask
+    to every block, and reading a GPU tensor's values makes the host wait for the device, so each is read once
+    a forward. Every forward starts afresh (nested ones too: the outer one then checks again, which costs a
+    read, never a check); outside a forward nothing is remembered, so a mask changed in place is checked."""
 
     def __init__(self):
-        self.depth, self.checked = 0, []
+        self.forward, self.checked = None, []  # a token for the forward under way, its checked masks
 
     def seen(self, mask: torch.Tensor) -> bool:
-        return any(ref() is mask for ref in self.checked)
+        return self.forward is not None and any(ref() is mask for ref in self.checked)
 
     def add(self, mask: torch.Tensor) -> None:
-        if self.depth:
+        if self.forward is not None:
             self.checked.append(weakref.ref(mask))
 
-    def forward_begins(self) -> None:
-        self.depth += 1
+    def begin(self) -> None:
+        self.forward, self.checked = object(), []
 
-    def forward_ends(self) -> None:
-        self.depth -= 1
-        if not self.depth:
-            self.checked.clear()
+    def end(self) -> None:
+        self.forward, self.checked = None, []
 
 
 MASK_CHECKS = MaskChecks()
 
 
 def scope_mask_checks(model: nn.Module) -> list:
-    """Torch hook handles that bracket each forward of ``model`` for MASK_CHECKS (removed on restore).
-    Module-level functions, not bound methods: a deepcopy of the model copies its hooks."""
-    return [model.register_forward_pre_hook(_forward_begins),
+    """Torch hook handles that bracket each forward of ``model`` for MASK_CHECKS (removed on restore): the
+    start runs before any other pre-hook, the end even when the forward raises. Module-level functions, not
+    bound methods: a deepcopy of the model copies its hooks."""
+    return [model.register_forward_pre_hook(_forward_begins, prepend=True),
             model.register_forward_hook(_forward_ends, always_call=True)]
 
 
 def _forward_begins(module, args) -> None:
-    MASK_CHECKS.forward_begins()
+    MASK_CHECKS.begin()
 
 
 def _forward_ends(module, args, output) -> None:
-    MASK_CHECKS.forward_ends()
+    MASK_CHECKS.end()
 
 
 def check_forward_signature(cls: type, required: tuple[str, ...], one_of: tuple[str, ...]) -> None:
