@@ -93,30 +93,33 @@ def _gguf_parsed_once():
     their arguments, and the reader only reads its memory map. The reader slices its map once per string of
     the vocabulary (about 200,000 times); slicing an ``np.memmap`` runs Python code each time, slicing a
     plain array view of the same map does not (SmolLM2: 1.6 s → 0.7 s to read the file, the same values).
+    Metadata values are parsed by ``_parse_value_quickly`` and common block formats dequantized by
+    ``_dequantize_with_torch``, both giving what transformers and gguf give.
     """
     import gguf
     from gguf import gguf_reader
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    real_reader, real_name_map, real_numpy = gguf.GGUFReader, gguf.get_tensor_name_map, gguf_reader.np
-    real_load, real_parse = gguf_utils.load_gguf_checkpoint, gguf_utils._gguf_parse_value
-    real_dequantize = gguf.dequantize
-    gguf.GGUFReader = functools.lru_cache(maxsize=None)(real_reader)
-    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(real_name_map)
-    gguf_reader.np = _plain_memmap_numpy()
-    gguf_utils.load_gguf_checkpoint = _metadata_parsed_once(real_load)
-    gguf_utils._gguf_parse_value = _parse_value_quickly(real_parse)
-    gguf.dequantize = _dequantize_with_torch(real_dequantize)
+    patches = [  # every replacement is made before any is set: a failure here leaves nothing patched
+        (gguf, "GGUFReader", functools.lru_cache(maxsize=None)(gguf.GGUFReader)),
+        (gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)),
+        (gguf_reader, "np", _plain_memmap_numpy()),
+        (gguf_utils, "load_gguf_checkpoint", _metadata_parsed_once(gguf_utils.load_gguf_checkpoint)),
+        (gguf_utils, "_gguf_parse_value", _parse_value_quickly(gguf_utils._gguf_parse_value)),
+        (gguf, "dequantize", _dequantize_with_torch(gguf.dequantize)),
+    ]
+    originals = [(module, name, getattr(module, name)) for module, name, _ in patches]
     try:
+        for module, name, replacement in patches:
+            setattr(module, name, replacement)
         yield
     finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map, gguf_reader.np = real_reader, real_name_map, real_numpy
-        gguf_utils.load_gguf_checkpoint, gguf_utils._gguf_parse_value = real_load, real_parse
-        gguf.dequantize = real_dequantize
+        for module, name, original in originals:
+            setattr(module, name, original)
 
 
-# The block formats whose torch kernels in transformers compute what gguf's numpy ones do, op for op:
-# Q4_0 d·(q−8), Q4_1 d·q + m, Q8_0 d·q, each product and sum rounded once in float32.
+# The block formats whose torch kernels in transformers give gguf's numpy bits: Q4_0 d·(q−8), Q4_1 d·q + m,
+# Q8_0 d·q — an fp16 scale times a small integer is exact in float32, and Q4_1's one sum rounds once in both.
 TORCH_DEQUANTIZED = {"Q4_0", "Q4_1", "Q8_0"}
 
 

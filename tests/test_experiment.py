@@ -511,13 +511,15 @@ def test_the_quick_gguf_value_parser_gives_what_transformers_gives(kind_and_valu
 
     from probe.models import _parse_value_quickly
 
+    from gguf import GGUFValueType
+
     kind, value = kind_and_value
     if kind == 8:
         part = np.frombuffer(value.encode(), dtype=np.uint8)
     else:
         kind, dtype = kind
         part = np.array([value], dtype=dtype)
-    types = [9, kind] if in_an_array else [kind]
+    types = [GGUFValueType.ARRAY, GGUFValueType(kind)] if in_an_array else [GGUFValueType(kind)]  # as the reader
     expected = _gguf_parse_value(part, types)
     got = _parse_value_quickly(_gguf_parse_value)(part, types)
     assert got == expected and type(got) is type(expected)
@@ -533,7 +535,8 @@ def test_torch_dequantization_gives_ggufs_bits(qtype, scales, quant_bytes):
 
     rng = np.random.default_rng(0)
     rows, blocks_per_row = 6, 4
-    halves = (rng.standard_normal((rows * blocks_per_row, scales)) * 10.0 ** rng.integers(-6, 4, (1, scales)))
+    shape = (rows * blocks_per_row, scales)
+    halves = rng.standard_normal(shape) * 10.0 ** rng.integers(-7, 5, shape)  # subnormal to 1e4, each its own
     blocks = np.concatenate([halves.astype(np.float16).view(np.uint8),
                              rng.integers(0, 256, (rows * blocks_per_row, quant_bytes), dtype=np.uint8)], axis=1)
     data = blocks.reshape(rows, -1)
@@ -542,6 +545,26 @@ def test_torch_dequantization_gives_ggufs_bits(qtype, scales, quant_bytes):
     got = _dequantize_with_torch(lambda *args: pytest.fail("fell back to gguf's numpy"))(data, kind)
     assert got.shape == expected.shape == (rows, 32 * blocks_per_row) and got.dtype == np.float32
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+def test_the_conversions_patches_are_undone_after_it_and_after_a_failure():
+    import gguf
+    from gguf import gguf_reader
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from probe.models import _gguf_parsed_once
+
+    def current():
+        return (gguf.GGUFReader, gguf.get_tensor_name_map, gguf.dequantize, gguf_reader.np,
+                gguf_utils.load_gguf_checkpoint, gguf_utils._gguf_parse_value)
+
+    before = current()
+    with _gguf_parsed_once():
+        assert all(a is not b for a, b in zip(current(), before))
+    assert all(a is b for a, b in zip(current(), before))
+    with pytest.raises(RuntimeError, match="mid-conversion"), _gguf_parsed_once():
+        raise RuntimeError("mid-conversion")
+    assert all(a is b for a, b in zip(current(), before))
 
 
 def test_two_runs_with_fresh_caches_give_identical_results(planted_run, tmp_path):
