@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "mole.yaml"
 
 
-def one_run(model: str, cache: Path, out: Path, overrides: list[str], device: str | None) -> dict:
+def one_run(model: str, cache: Path, out: Path, overrides: list[str], device: str) -> dict:
     """`probe run CONFIG --model MODEL --set … --quiet` in a fresh process, through the console script's own
     entry (probe.cli.main); the phases from run_experiment's clock, the total (exit included) from outside."""
     driver = (
@@ -50,7 +50,7 @@ def one_run(model: str, cache: Path, out: Path, overrides: list[str], device: st
     )
     command = ["run", str(CONFIG), "--model", model, "--cache-dir", str(cache), "--output", str(out), "--quiet"]
     command += [arg for override in overrides for arg in ("--set", override)]
-    command += ["--device", device] if device else []
+    command += ["--device", device]
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", driver, *command], capture_output=True, text=True, cwd=ROOT)
     total = time.perf_counter() - start
@@ -60,10 +60,10 @@ def one_run(model: str, cache: Path, out: Path, overrides: list[str], device: st
     return {**timings, "exit": total - sum(timings.values()), "total": total}
 
 
-def plain_script(model: str, device: str | None) -> float:
+def plain_script(model: str, device: str) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_script.py"), "--model", model,
-                    "--device", device or "cpu"], check=True, cwd=ROOT, capture_output=True)
+                    "--device", device], check=True, cwd=ROOT, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--script", action="store_true", help="also time benchmarks/plain_script.py")
-    parser.add_argument("--device", help="probe's and the script's device [default: probe's auto, the script's cpu]")
+    parser.add_argument("--device", default="cpu", help="probe's and the script's device (cpu, cuda, …)")
     args = parser.parse_args()
 
     rows = []
@@ -108,7 +108,7 @@ def main() -> None:
         cells = [f"{row[p]:.1f}" if p in row else "" for p in phases]
         print(f"| {row['model']} | {row['run']} | {' | '.join(cells)} |")
     print(f"\nmedians of {args.repeats} run(s), seconds; overrides: {args.overrides or 'none'}; "
-          f"device: {args.device or 'auto'}")
+          f"device: {args.device}")
 
 
 if __name__ == "__main__":

@@ -140,8 +140,11 @@ def support_table(measure: bool = False, device="cpu", dtype=None) -> list[dict]
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The README's table of architectures, from ``support_table`` rows."""
-    header = "| architecture | e.g. | path | max abs diff vs eager |\n|---|---|---|---|\n"
+    """The README's table of architectures, from ``support_table`` rows (measured away from the CPU or
+    float32, the header says where and in what)."""
+    where = {(row["device"], row["dtype"]) for row in rows if "device" in row} - {("cpu", "float32")}
+    measured = "max abs diff vs eager" + "".join(f" ({device}, {dtype})" for device, dtype in sorted(where))
+    header = f"| architecture | e.g. | path | {measured} |\n|---|---|---|---|\n"
     return header + "".join(
         f"| {r['architecture']} | {r['example']} | {r['path']} ({r['adapter']}) | {r.get('max_abs_diff', '')} |\n"
         for r in rows

@@ -202,7 +202,7 @@ def list_architectures(measure, as_json, markdown, device, dtype):
     hf_logging.set_verbosity_error()  # the tiny configs' vocabularies are smaller than their token ids say
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = architectures.support_table(measure=measure, device=where, dtype=torch_dtype)
+        rows = architectures.support_table(measure=measure, device=where if measure else "cpu", dtype=torch_dtype)
     if as_json or markdown:
         click.echo(json.dumps(rows, indent=2) if as_json else architectures.markdown_table(rows), nl=not markdown)
         return

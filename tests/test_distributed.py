@@ -84,11 +84,13 @@ def test_torchrun_with_two_processes_writes_the_single_process_results(tiny_mode
     }))
     env = {**os.environ, "PROBE_PLUGINS": "", "OMP_NUM_THREADS": "1"}
     probe_cli = shutil.which("probe", path=str(BIN)) or shutil.which("probe")  # beside python, or on PATH
+    torchrun = shutil.which("torchrun", path=str(BIN)) or shutil.which("torchrun")
+    assert probe_cli and torchrun, "probe's console script and torchrun must be installed (pip install -e .)"
     options = ["run", str(config), "--quiet", "--jobs", "1"]
     subprocess.run([probe_cli, *options, "--output", str(tmp_path / "single"), "--cache-dir", str(tmp_path / "c1")],
                    env=env, check=True, capture_output=True, text=True)
     launched = subprocess.run(
-        [shutil.which("torchrun", path=str(BIN)) or shutil.which("torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", probe_cli, *options,
+        [torchrun, "--standalone", "--nproc-per-node", "2", "--no-python", probe_cli, *options,
          "--output", str(tmp_path / "spread"), "--cache-dir", str(tmp_path / "c2")],
         env=env, capture_output=True, text=True, check=False,
     )

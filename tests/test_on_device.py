@@ -68,7 +68,8 @@ def test_both_attentions_give_the_same_vectors_on_the_device(tiny_model, device,
 @contextlib.contextmanager
 def counted_value_reads():
     """Counts the Python reads of a tensor's values (bool(t), t.item(), …): on a GPU each one makes the
-    host wait for the device, so a read per block stalls every forward."""
+    host wait for the device, so a read per block stalls every forward. (Waits inside torch's own ops,
+    such as nonzero or boolean indexing, are not counted.)"""
     reads = collections.Counter()
     originals = {name: getattr(torch.Tensor, name) for name in VALUE_READS}
 
