@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test bench clean chromium
+.PHONY: setup run test bench gpu-check clean chromium
 
 setup: $(STAMP)
 
@@ -44,6 +44,23 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py
 	$(BIN)/python benchmarks/extraction.py
 	$(BIN)/python benchmarks/pipeline.py --repeats 3
+
+# On a machine with a CUDA GPU and probe installed with a CUDA build of torch (this Makefile's setup installs
+# the CPU one): parity on the GPU in three dtypes (only rows that are not 0.0 are printed under each header),
+# the pipeline there, and the GPU timings the README quotes. GPU_PYTHON=python3 to use another environment;
+# MODELS are names or checkpoint folders; GPU_DEVICE=cuda:1 for another GPU.
+GPU_PYTHON ?= $(BIN)/python
+GPU_DEVICE ?= cuda
+MODELS ?= minilm-l6 smollm2-135m
+gpu-check:
+	$(GPU_PYTHON) -m pytest --device $(GPU_DEVICE) -q -n 4 tests/test_parity_architectures.py tests/test_fast_path.py tests/test_on_device.py
+	for dtype in float32 bfloat16 float16; do \
+	  $(GPU_PYTHON) -m probe.cli architectures --measure --device $(GPU_DEVICE) --dtype $$dtype --markdown | grep -v '| 0.0 |'; \
+	done
+	$(GPU_PYTHON) -m probe.cli compare --random-init gpt2 --device $(GPU_DEVICE) --dtype bfloat16
+	$(GPU_PYTHON) benchmarks/attention.py --device $(GPU_DEVICE)
+	$(GPU_PYTHON) benchmarks/attention.py --device $(GPU_DEVICE) --shape gpt2-medium --batch 16 --length 512 --repeats 10
+	$(GPU_PYTHON) benchmarks/pipeline.py --models $(MODELS) --device $(GPU_DEVICE) --set 'controls=[]' --script
 
 clean:
 	rm -rf $(VENV) runs .probe-cache
