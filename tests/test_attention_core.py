@@ -310,11 +310,11 @@ def test_a_float_mask_is_checked_in_every_forward_and_outside_one(saved_gpt2):
     with torch.inference_mode(), probe.hooks(model, {"blocks.*.attn.pattern": watch}):
         model(ids, attention_mask=mask)
         assert checked == [True, True]  # checked in block 0, remembered for block 1
-        assert MASK_CHECKS.forward is None and not MASK_CHECKS.checked  # forgotten when the forward ended
+        assert not MASK_CHECKS.in_forward and not MASK_CHECKS.checked  # forgotten when the forward ended
         mask[0, 0, 3, 1] = -2.5  # an additive bias, which a bool mask cannot express
         with pytest.raises(ValueError, match="additive biases"):
             model(ids, attention_mask=mask)
-        assert MASK_CHECKS.forward is None  # the end ran although the forward raised
+        assert not MASK_CHECKS.in_forward  # the end ran although the forward raised
         with pytest.raises(ValueError, match="additive biases"):
             bool_mask(mask)  # outside a forward: checked on every call
     assert model._forward_pre_hooks and next(iter(model._forward_pre_hooks.values())).__name__ == "_forward_begins"

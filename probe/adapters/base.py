@@ -55,20 +55,20 @@ class MaskChecks(threading.local):
     read, never a check); outside a forward nothing is remembered, so a mask changed in place is checked."""
 
     def __init__(self):
-        self.forward, self.checked = None, []  # a token for the forward under way, its checked masks
+        self.in_forward, self.checked = False, []  # whether a forward is under way, the masks checked in it
 
     def seen(self, mask: torch.Tensor) -> bool:
-        return self.forward is not None and any(ref() is mask for ref in self.checked)
+        return self.in_forward and any(ref() is mask for ref in self.checked)
 
     def add(self, mask: torch.Tensor) -> None:
-        if self.forward is not None:
+        if self.in_forward:
             self.checked.append(weakref.ref(mask))
 
     def begin(self) -> None:
-        self.forward, self.checked = object(), []
+        self.in_forward, self.checked = True, []
 
     def end(self) -> None:
-        self.forward, self.checked = None, []
+        self.in_forward, self.checked = False, []
 
 
 MASK_CHECKS = MaskChecks()
