@@ -67,14 +67,14 @@ def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: 
          long_lived) -> Results:
     plugins.call_each("experiment_started", config=config, output_dir=output_dir)
     with long_lived():  # the model's config, the tokenizer, the rows (and a GGUF conversion): made once
-        context, layers, splits, skipped = _load(config, cache_dir, progress)
+        context, layers, skipped = _load(config, cache_dir, progress)
     clock.lap("load")
     with process_group(context.ranks, context.device):
         context.stores = extract_features(context, layers)
     clock.lap("extract")
     if not context.ranks.is_main:
         return None  # under torchrun, rank 0 probes and reports what every rank extracted
-    results = probe_layers(context, splits, layers, skipped, n_jobs)
+    results = probe_layers(context, context.splits, layers, skipped, n_jobs)
     clock.lap("probe")
     with staged_output(output_dir) as staging:  # all reports appear together, or none
         write_reports(results, staging, context)
@@ -83,8 +83,8 @@ def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: 
 
 
 def _load(config: ExperimentConfig, cache_dir: Path, progress: bool):
-    """The run's context (model config, tokenizer), its layers, rows and splits, each checked before any
-    model work → (context, layers, splits, skipped rows)."""
+    """The run's context (model config, tokenizer, rows and their splits) and layers, each checked before
+    any model work → (context, layers, skipped rows)."""
     from probe.lengths import fit_rows, max_positions
 
     context = RunContext(config, resolve_model(config.model, config.revision), cache_dir, progress)
@@ -97,10 +97,10 @@ def _load(config: ExperimentConfig, cache_dir: Path, progress: bool):
     check_rows(config, context.rows)
     if not features_cached(context, layers):  # a rerun on a full cache swaps nothing: no need to ask
         check_architecture(config, context.model_config)
-    splits = context.splits = make_splits(context.rows, config)  # fails before any model work, not after
-    stronger_controls.check(context, splits)
+    context.splits = make_splits(context.rows, config)  # fails before any model work, not after
+    stronger_controls.check(context, context.splits)
     measures.check(config)
-    return context, layers, splits, skipped
+    return context, layers, skipped
 
 
 def check_placement(context: RunContext) -> None:
