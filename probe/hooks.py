@@ -58,10 +58,10 @@ class HookPoint:
     def __repr__(self) -> str:
         return f"HookPoint({self.name!r}, {len(self.fns)} hooks)"
 
+
 def _who(fn) -> str:
     """A hook function's name for an error: the plugin that owns it, else its qualified name."""
     return getattr(fn, "probe_owner", None) or getattr(fn, "__qualname__", None) or repr(fn)
-
 
 
 class HookHandle:
