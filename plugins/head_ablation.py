@@ -142,10 +142,10 @@ def _cached(context, settings, block, head, compute):
     from probe.io import write_atomic
 
     # The vectors of the attention the reruns use (under attention: both, not the first-extracted reference);
-    # their folder's name is their feature key, which carries the batching and batch size the reruns share.
+    # their folder's name is their feature key, which carries the pooling, batching and batch size they share.
     key = cache_key({"features": context.stores[context.config.main_mode].folder.name, "block": block, "head": head,
                      "mode": settings["mode"] if head is not None else None, "layer": settings["probe_layer"],
-                     "position": settings["position"], "pooling": context.config.pooling})
+                     "position": settings["position"]})
     path = context.cache_dir / "ablation" / f"{key}.npy"
     if path.exists():
         return np.load(path)
