@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -57,14 +58,12 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        with _quiet_tqdm(not progress), _gguf_parsed_once():
+        with _quiet_tqdm(not progress), _gguf_parsed_once(), ThreadPoolExecutor(1) as writer:
             model = load_model(str(path), dtype=torch.float32)
+            # Writing the weights (SmolLM2: 540 MB, 0.6 s) releases the GIL: the tokenizer converts meanwhile.
+            weights = writer.submit(_save_dequantized, model, tmp)
             load_tokenizer(str(path)).save_pretrained(tmp)
-        # The weights are plain float32 tensors now; only the "gguf quantizer" marker forbids saving them.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
+            weights.result()  # raises what the writing raised
         os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a model cache is for everyone to read
         os.replace(tmp, folder)  # one step: a reader sees no folder or a complete one
     except OSError:
@@ -73,6 +72,14 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename happened
     return folder
+
+
+def _save_dequantized(model, folder: Path) -> None:
+    """The weights are plain float32 tensors now; only the "gguf quantizer" marker forbids saving them."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(folder)
 
 
 def file_sha256(path: Path, block: int = 1 << 22) -> str:
