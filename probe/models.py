@@ -51,7 +51,8 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     path = Path(gguf_path)
     from importlib.metadata import version
 
-    key = hashlib.sha256(f"{file_sha256(path)}:{version('transformers')}".encode()).hexdigest()[:20]
+    digest = remembered_sha256(path, Path(cache_root) / "digests")
+    key = hashlib.sha256(f"{digest}:{version('transformers')}".encode()).hexdigest()[:20]
     folder = Path(cache_root) / f"{path.stem}-{key}"
     if (folder / "config.json").exists():
         return folder
@@ -80,6 +81,24 @@ def _save_dequantized(model, folder: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(folder)
+
+
+def remembered_sha256(path: Path, memo_folder: Path) -> str:
+    """``file_sha256(path)``, hashed once per version of the file: the digest is kept in ``memo_folder`` with the
+    file's size, modification time (ns) and inode, and read back while those are unchanged — as git's index
+    trusts a file's stat. A 4 GB GGUF file takes about 3 s to hash, on every run that names it."""
+    from probe.io import read_json_or_none, write_text_atomic
+
+    path = path.resolve()
+    stat = path.stat()
+    version = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    memo = memo_folder / f"{hashlib.sha256(str(path).encode()).hexdigest()[:20]}.json"
+    known = read_json_or_none(memo)
+    if isinstance(known, dict) and known.get("file") == version and isinstance(known.get("sha256"), str):
+        return known["sha256"]
+    digest = file_sha256(path)
+    write_text_atomic(memo, json.dumps({"file": version, "sha256": digest}))
+    return digest
 
 
 def file_sha256(path: Path, block: int = 1 << 22) -> str:

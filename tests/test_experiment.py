@@ -498,6 +498,30 @@ def test_a_gguf_checkpoint_is_converted_once_and_read_back(tmp_path, monkeypatch
     assert all(torch.equal(converted[name], direct[name]) for name in direct)
 
 
+def test_a_files_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    """gguf_folder's key hashes the whole file; the digest is kept under the file's size, mtime and inode, so
+    a rerun hashes nothing, and a rewritten file (or a damaged memo) is hashed again."""
+    import os
+
+    from probe import models
+
+    checkpoint, memos = tmp_path / "model.gguf", tmp_path / "digests"
+    checkpoint.write_bytes(b"weights, version one")
+    first = models.remembered_sha256(checkpoint, memos)
+    assert first == models.file_sha256(checkpoint)
+    hashed = []
+    monkeypatch.setattr(models, "file_sha256", lambda path: hashed.append(path) or "fresh")
+    assert models.remembered_sha256(checkpoint, memos) == first and not hashed  # read back, not hashed
+    checkpoint.write_bytes(b"weights, version two!")  # another size
+    assert models.remembered_sha256(checkpoint, memos) == "fresh" and len(hashed) == 1
+    stat = checkpoint.stat()
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # same size, touched
+    assert models.remembered_sha256(checkpoint, memos) == "fresh" and len(hashed) == 2
+    for memo in memos.iterdir():
+        memo.write_text("{not json")
+    assert models.remembered_sha256(checkpoint, memos) == "fresh" and len(hashed) == 3
+
+
 @given(st.one_of(
     st.tuples(st.just(8), st.text()),
     st.tuples(st.sampled_from([(0, "u1"), (1, "i1"), (2, "u2"), (3, "i2"), (4, "u4"), (5, "i4"), (10, "u8"),
