@@ -21,6 +21,8 @@ def evaluate(context, splits, layers: list[int], n_jobs: int | None = None) -> d
     from joblib import Parallel, delayed
     from sklearn.base import clone
 
+    from probe.probes import jobs_worth_starting
+
     config = context.config
     if not config.measures:
         return {}
@@ -29,7 +31,7 @@ def evaluate(context, splits, layers: list[int], n_jobs: int | None = None) -> d
         _ship_by_value(entry)
     store = context.stores[config.main_mode]
     template = context.make_probe()()
-    jobs, keys = [], []
+    jobs, keys, work = [], [], 0
     for split in splits:
         for position in config.positions:
             for layer in layers:
@@ -38,8 +40,11 @@ def evaluate(context, splits, layers: list[int], n_jobs: int | None = None) -> d
                     options = config.options.get(entry.name, {})
                     jobs.append(delayed(_measure)(entry, X, split.y, clone(template), config.seed, options))
                     keys.append(((split.name, position, layer), entry.name))
+                    work += X.size
+    # Each job fits at least one probe on its rows: counted as one fit, workers start only for plenty of them.
+    n_jobs = jobs_worth_starting(n_jobs, work)
     answers: dict[Hashable, dict] = {}
-    for (key, name), values in zip(keys, Parallel(n_jobs=-1 if n_jobs is None else n_jobs)(jobs)):
+    for (key, name), values in zip(keys, Parallel(n_jobs=n_jobs)(jobs)):
         answers.setdefault(key, {})[name] = values
     return answers
 

@@ -190,8 +190,7 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
     if not jobs:
         return answers
     fits = [delayed(_fit_predict)(probe, task.X, task.y, train, test) for task, probe, train, test in jobs]
-    if n_jobs is None:  # all cores, when there is enough work to pay for starting the worker processes
-        n_jobs = -1 if sum(len(train) * task.X.shape[1] for task, _, train, _ in jobs) > LOKY_WORTH else 1
+    n_jobs = jobs_worth_starting(n_jobs, sum(len(train) * task.X.shape[1] for task, _, train, _ in jobs))
     for predicted, (task, _, _, _) in zip(Parallel(n_jobs=n_jobs, return_as="generator")(fits), jobs):
         answers[task.key].append(predicted)
         if progress:
@@ -206,6 +205,14 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
 # training rows × features summed over fits; SmolLM2's mole probes (155 fits of 153 × 576) are 1.4e7 and
 # took 1.3 s in this process, 1.3 s on 2 threads, 1.7 s on 2 worker processes. It never changes a result.
 LOKY_WORTH = 3e7
+
+
+def jobs_worth_starting(n_jobs: int | None, work: float) -> int:
+    """``n_jobs`` when asked for; by default all cores when ``work`` (training rows × features, summed over the
+    fits) pays for starting the worker processes (LOKY_WORTH), else this process."""
+    if n_jobs is not None:
+        return n_jobs
+    return -1 if work > LOKY_WORTH else 1
 
 
 def _fit_predict(probe, X, y, train, test) -> np.ndarray:

@@ -139,6 +139,19 @@ def test_a_measures_options_do_not_change_the_feature_cache_key(tiny_model, tmp_
     assert all("codelength" in row.measures["mdl"] for row in results.rows)
 
 
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_measures_do_not_depend_on_n_jobs(tiny_model, tmp_path, n_jobs):
+    """Measures run in this process by default when they are few (as the fits do), in workers when asked:
+    the same code lengths either way."""
+    plugins.load_plugin_file(ROOT / "plugins" / "mdl.py")
+    config = small(tiny_model, layers=[0, 2], measures=["mdl"], controls=[])
+    cache = tmp_path / "cache"
+    alone = run_experiment(config, tmp_path / "a", cache_dir=cache, progress=False, n_jobs=1)
+    other = run_experiment(config, tmp_path / "b", cache_dir=cache, progress=False, n_jobs=n_jobs)
+    assert [row.measures for row in other.rows] == [row.measures for row in alone.rows]
+    assert all(row.measures["mdl"]["codelength"] > 0 for row in alone.rows)
+
+
 def test_probe_run_takes_a_path_a_dict_or_overrides(tiny_model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     results = probe.run(ROOT / "experiments" / "mole.yaml", model=str(tiny_model), folds=3, controls=["majority"],
