@@ -87,6 +87,7 @@ def vectors_from(model, batches: list[BlockInputs], block: int, layers, position
     BlockInputs with its whole hidden state at the deepest layer (on the model's device). Rows come back in
     dataset order."""
     from probe.adapters import adapter_for
+    from probe.adapters.base import one_forward
 
     layers = sorted(set(layers))
     if layers[0] < block:
@@ -95,16 +96,17 @@ def vectors_from(model, batches: list[BlockInputs], block: int, layers, position
     out: dict[int, list] = {layer: [] for layer in layers}
     for batch in batches:
         hidden = batch.args[0] if batch.args else batch.kwargs["hidden_states"]
-        for i in range(block, layers[-1] + 1):
-            if i in out:
-                out[i].append(_pooled(hidden, batch, position, pooling))
-            if i == layers[-1]:
-                if on_deepest is not None:
-                    on_deepest(batch, hidden)
-                break
-            args, kwargs = _with_hidden(batch, hidden)
-            output = blocks[i](*args, **kwargs)
-            hidden = output[0] if isinstance(output, tuple) else output
+        with one_forward():  # the batch's mask is checked once, not by every block (each check waits for a GPU)
+            for i in range(block, layers[-1] + 1):
+                if i in out:
+                    out[i].append(_pooled(hidden, batch, position, pooling))
+                if i == layers[-1]:
+                    if on_deepest is not None:
+                        on_deepest(batch, hidden)
+                    break
+                args, kwargs = _with_hidden(batch, hidden)
+                output = blocks[i](*args, **kwargs)
+                hidden = output[0] if isinstance(output, tuple) else output
     rows = np.concatenate([batch.rows for batch in batches])
     return {layer: _in_dataset_order(parts, rows) for layer, parts in out.items()}
 

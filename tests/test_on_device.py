@@ -120,3 +120,24 @@ def test_probes_attention_reads_no_tensor_value_per_block(name):
         reads.append(sum(counted.values()))
     eager, swapped = reads
     assert swapped - eager <= 2, f"{name}: eager reads {eager} values a forward, probe {swapped}"
+
+
+def test_rerunning_blocks_reads_each_mask_once_a_batch(tmp_path):
+    """probe.partial runs blocks by hand, outside the model's forward: the mask they share is still checked
+    once a batch, not once a block (6 blocks rerun here)."""
+    from transformers import AutoTokenizer, GPT2Model
+
+    from probe.partial import capture_block_inputs, vectors_from
+
+    folder = build_tiny_gpt2(tmp_path / "model", n_layer=7, n_embd=32, seed=1)
+    model = probe.swap_attention(GPT2Model.from_pretrained(folder, attn_implementation="eager").eval())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    texts = ["The gardener trapped the mole.", "One mole of gas fills the flask."]
+    spans = [(text.index("mole"), text.index("mole") + 4) for text in texts]
+    batches = capture_block_inputs(model, tokenizer, texts, spans, block=1, batch_size=1, whole_rows=True)
+    reads = []
+    for last_layer in (2, 7):  # one block rerun, then six
+        with counted_value_reads() as counted:
+            vectors_from(model, batches, 1, [last_layer])
+        reads.append(sum(counted.values()))
+    assert reads[1] == reads[0], f"reads grow with the blocks rerun: {reads[0]} for one block, {reads[1]} for six"

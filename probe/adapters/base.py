@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import weakref
@@ -80,6 +81,17 @@ def scope_mask_checks(model: nn.Module) -> list:
     bound methods: a deepcopy of the model copies its hooks."""
     return [model.register_forward_pre_hook(_forward_begins, prepend=True),
             model.register_forward_hook(_forward_ends, always_call=True)]
+
+
+@contextlib.contextmanager
+def one_forward():
+    """Blocks run one after another by hand (probe.partial), sharing one mask as the model's forward would:
+    within the block, each float mask is checked once."""
+    MASK_CHECKS.begin()
+    try:
+        yield
+    finally:
+        MASK_CHECKS.end()
 
 
 def _forward_begins(module, args) -> None:
