@@ -21,7 +21,7 @@ def evaluate(context, splits, layers: list[int], n_jobs: int | None = None) -> d
     from joblib import Parallel, delayed
     from sklearn.base import clone
 
-    from probe.probes import jobs_worth_starting
+    from probe.probes import n_jobs_for
 
     config = context.config
     if not config.measures:
@@ -42,7 +42,7 @@ def evaluate(context, splits, layers: list[int], n_jobs: int | None = None) -> d
                     keys.append(((split.name, position, layer), entry.name))
                     work += X.size
     # Each job fits at least one probe on its rows: counted as one fit, workers start only for plenty of them.
-    n_jobs = jobs_worth_starting(n_jobs, work)
+    n_jobs = n_jobs_for(n_jobs, work)
     answers: dict[Hashable, dict] = {}
     for (key, name), values in zip(keys, Parallel(n_jobs=n_jobs)(jobs)):
         answers.setdefault(key, {})[name] = values

@@ -190,7 +190,7 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
     if not jobs:
         return answers
     fits = [delayed(_fit_predict)(probe, task.X, task.y, train, test) for task, probe, train, test in jobs]
-    n_jobs = jobs_worth_starting(n_jobs, sum(len(train) * task.X.shape[1] for task, _, train, _ in jobs))
+    n_jobs = n_jobs_for(n_jobs, sum(len(train) * task.X.shape[1] for task, _, train, _ in jobs))
     for predicted, (task, _, _, _) in zip(Parallel(n_jobs=n_jobs, return_as="generator")(fits), jobs):
         answers[task.key].append(predicted)
         if progress:
@@ -207,7 +207,7 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
 LOKY_WORTH = 3e7
 
 
-def jobs_worth_starting(n_jobs: int | None, work: float) -> int:
+def n_jobs_for(n_jobs: int | None, work: float) -> int:
     """``n_jobs`` when asked for; by default all cores when ``work`` (training rows × features, summed over the
     fits) pays for starting the worker processes (LOKY_WORTH), else this process."""
     if n_jobs is not None:

@@ -85,8 +85,8 @@ def scope_mask_checks(model: nn.Module) -> list:
 
 @contextlib.contextmanager
 def one_forward():
-    """Blocks run one after another by hand (probe.partial), sharing one mask as the model's forward would:
-    within the block, each float mask is checked once."""
+    """For blocks run one after another by hand (probe.partial), sharing one mask as in the model's forward:
+    inside the ``with``, each float mask is checked once, however many blocks it reaches."""
     MASK_CHECKS.begin()
     try:
         yield
