@@ -67,11 +67,14 @@ class RunContext:
     @cached_property
     def source(self) -> str:
         """Where weights load from: a GGUF file's converted safetensors folder (see models.gguf_folder)."""
-        from probe.models import gguf_folder
+        from probe.models import NotWritten, gguf_folder
 
         if str(self.model_path).endswith(".gguf") and Path(self.model_path).is_file():
             try:
                 return str(gguf_folder(self.model_path, self.cache_dir / "models", progress=self.progress))
+            except NotWritten as error:
+                raise ConfigError(f"{self.config.source or 'config'}: field 'model': {self.model_path} was read, but "
+                                  f"{error}; make room there or give another --cache-dir") from None
             except Exception as error:  # not a GGUF file, or one transformers can't convert
                 raise ConfigError(f"{self.config.source or 'config'}: field 'model': {self.model_path} can't be "
                                   f"read as a GGUF checkpoint ({type(error).__name__}: {error})") from None

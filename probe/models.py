@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,23 +58,70 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     folder = Path(cache_root) / f"{path.stem}-{key}"
     if (folder / "config.json").exists():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    with _writing(folder):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_conversions(folder)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.{socket.gethostname()}.{os.getpid()}."))
     try:
-        with _quiet_tqdm(not progress), _gguf_parsed_once(), ThreadPoolExecutor(1) as writer:
-            model = load_model(str(path), dtype=torch.float32)
-            # Writing the weights (SmolLM2: 540 MB, 0.6 s) releases the GIL: the tokenizer converts meanwhile.
-            weights = writer.submit(_save_dequantized, model, tmp)
-            load_tokenizer(str(path)).save_pretrained(tmp)
-            weights.result()  # raises what the writing raised
-        os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a model cache is for everyone to read
-        os.replace(tmp, folder)  # one step: a reader sees no folder or a complete one
+        _convert(path, tmp, folder, progress)
+        with _writing(folder):
+            os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a model cache is for everyone to read
+            os.replace(tmp, folder)  # one step: a reader sees no folder or a complete one
     except OSError:
         if not (folder / "config.json").exists():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename happened
     return folder
+
+
+def _convert(path: Path, tmp: Path, folder: Path, progress: bool) -> None:
+    """Dequantize the GGUF file at ``path`` and save it, model and tokenizer, into ``tmp``."""
+    with _quiet_tqdm(not progress), _gguf_parsed_once(), ThreadPoolExecutor(1) as writer:
+        model = load_model(str(path), dtype=torch.float32)
+        # Writing the weights (SmolLM2: 540 MB, 0.6 s) releases the GIL: the tokenizer converts meanwhile.
+        weights = writer.submit(_save_dequantized, model, tmp)
+        tokenizer = load_tokenizer(str(path))
+        with _writing(folder):
+            tokenizer.save_pretrained(tmp)
+            weights.result()  # raises what the writing raised
+
+
+class NotWritten(OSError):
+    """The checkpoint was read and converted, but its folder could not be written (a full disk, no permission)."""
+
+
+@contextlib.contextmanager
+def _writing(folder: Path):
+    """Any failure inside is a NotWritten naming where: safetensors reports a full disk as its own error type."""
+    try:
+        yield
+    except Exception as error:
+        raise NotWritten(f"the converted model could not be written to {folder.parent} "
+                         f"({type(error).__name__}: {error})") from error
+
+
+def remove_abandoned_conversions(folder: Path) -> None:
+    """Remove the half-written conversions into ``folder`` that processes on this machine left when they were
+    killed (a failing conversion removes its own): each is named after its host and process id, and one
+    whose process is gone is never finished — a 7B model's is tens of GB. Another host's are left alone."""
+    host = socket.gethostname()
+    for tmp in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
+        owner = tmp.name[len(folder.name) + 2:].rsplit(".", 2)  # host, pid, mkdtemp's random part
+        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _process_exists(int(owner[1])):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    if os.name == "nt":  # Windows' os.kill ends the process whatever the signal: assume it is running
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists is checked
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def _save_dequantized(model, folder: Path) -> None:
@@ -97,7 +146,8 @@ def remembered_sha256(path: Path, memo_folder: Path) -> str:
     if isinstance(known, dict) and known.get("file") == version and isinstance(known.get("sha256"), str):
         return known["sha256"]
     digest = file_sha256(path)
-    write_text_atomic(memo, json.dumps({"file": version, "sha256": digest}))
+    with contextlib.suppress(OSError):  # a cache it can't write to: the digest is computed again next time
+        write_text_atomic(memo, json.dumps({"file": version, "sha256": digest}))
     return digest
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from pathlib import Path
 
@@ -496,6 +497,60 @@ def test_a_gguf_checkpoint_is_converted_once_and_read_back(tmp_path, monkeypatch
     converted, direct = load_model(str(folder)).state_dict(), load_model(gguf).state_dict()
     assert converted.keys() == direct.keys()
     assert all(torch.equal(converted[name], direct[name]) for name in direct)
+
+
+def test_a_conversion_that_cannot_be_written_says_where_and_leaves_nothing(tmp_path, monkeypatch):
+    """A full disk while the converted weights are written (safetensors raises its own error type) is a
+    ConfigError naming the cache folder, not "can't be read as a GGUF checkpoint"; no half folder stays."""
+    from probe import models
+    from probe.config import ConfigError
+    from probe.experiment import RunContext
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            (Path(folder) / "tokenizer.json").write_text("{}")
+
+    def full_disk(model, folder):
+        (Path(folder) / "model.safetensors").write_bytes(b"half of it")
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: object())
+    monkeypatch.setattr(models, "load_tokenizer", lambda *args, **kwargs: Tokenizer())
+    monkeypatch.setattr(models, "_save_dequantized", full_disk)
+    checkpoint = tmp_path / "checkpoints" / "model.gguf"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"GGUF, or so it says")
+    context = RunContext(validate({"model": str(checkpoint), "dataset": "mole"}), str(checkpoint), tmp_path / "cache")
+    with pytest.raises(ConfigError) as raised:
+        _ = context.source
+    message = str(raised.value)
+    assert "could not be written to" in message and str(tmp_path / "cache" / "models") in message
+    assert "No space left on device" in message and "can't be read" not in message
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == ["digests"]
+
+
+def test_conversions_left_by_killed_processes_are_removed(tmp_path):
+    """A conversion killed mid-write leaves a hidden folder named after its host and process; the next
+    conversion of that checkpoint removes those whose process is gone, on this host only."""
+    import socket
+    import subprocess
+    import sys
+
+    from probe.models import remove_abandoned_conversions
+
+    folder = tmp_path / "models" / "model.v1-0123"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    host, dead = socket.gethostname(), int(gone.stdout)
+    names = {"dead": f".{folder.name}.{host}.{dead}.x1y2", "running": f".{folder.name}.{host}.{os.getpid()}.ab_c",
+             "elsewhere": f".{folder.name}.other-host.{dead}.q9", "other model": f".model.v2-9999.{host}.{dead}.zz",
+             "older probe": f".{folder.name}.k3j4"}
+    for name in names.values():
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "model.safetensors").write_bytes(b"half")
+    remove_abandoned_conversions(folder)
+    left = {what for what, name in names.items() if (tmp_path / "models" / name).exists()}
+    assert left == {"running", "elsewhere", "other model", "older probe"}
 
 
 def test_a_files_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
