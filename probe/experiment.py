@@ -88,7 +88,7 @@ def _load(config: ExperimentConfig, cache_dir: Path, progress: bool):
     from probe.lengths import fit_rows, max_positions
 
     context = RunContext(config, resolve_model(config.model, config.revision), cache_dir, progress)
-    check_placement(context)  # a device this machine lacks is found now, not after the data work
+    resolve_placement(context)  # a device this machine lacks is found now, not after the data work
     layers = check_layers(config, context.n_blocks)  # the depth comes from config.json: no weights read
     rows, skipped, numbers = load_numbered_rows(config)
     rows, too_long = fit_rows(rows, numbers, lambda: context.tokenizer, max_positions(context.config_fields),
@@ -103,9 +103,9 @@ def _load(config: ExperimentConfig, cache_dir: Path, progress: bool):
     return context, layers, skipped
 
 
-def check_placement(context: RunContext) -> None:
-    """The launcher's ranks, the device, the dtype and ``max_memory``, checked before any model work; a
-    ConfigError names the option at fault."""
+def resolve_placement(context: RunContext) -> None:
+    """Set the context's ranks (from the launcher) and device, checking them, the dtype and ``max_memory``
+    before any model work; a ConfigError names the option at fault."""
     from probe.distributed import launched_ranks
     from probe.placement import check_max_memory
 
