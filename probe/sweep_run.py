@@ -7,6 +7,7 @@ one model and one dataset extract once when they run one after the other, and ha
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -68,8 +69,25 @@ def _prepare_worker(settings: CellSettings) -> None:
     quiet_progress_bars()
     datasets.disable_progress_bars()
     torch.set_num_threads(settings.threads)
+    _stop_fit_workers_at_exit()
     if settings.plugins_dir:
         plugins.load_plugins_dir(settings.plugins_dir)
+
+
+@functools.cache
+def _stop_fit_workers_at_exit() -> None:
+    """A cell's probe fits may start joblib's worker processes, which joblib keeps 300 s for reuse; a worker
+    process of the sweep waits for its children when it ends, so the sweep sat idle that long after its last
+    cell. They are stopped first (a multiprocessing finalizer runs before the children are waited for)."""
+    from multiprocessing.util import Finalize
+
+    Finalize(None, _stop_fit_workers, exitpriority=100)
+
+
+def _stop_fit_workers() -> None:
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
 
 
 def _describe(error: Exception) -> str:

@@ -138,6 +138,31 @@ def test_sweep_over_a_folder_of_words_writes_one_table_and_skips_finished_cells(
     assert load_results(redo.run_dir).experiment == redo.experiment
 
 
+def test_a_sweep_ends_with_its_last_cell(tmp_path, tiny_models):
+    """Cells whose probe fits ran on joblib's workers (two threads a cell) leave none behind: joblib keeps
+    its workers 300 s for reuse, and the cell's process, waiting for them as it ended, held the sweep that
+    long. Run in a child process: without the fix it outlives the timeout."""
+    import subprocess
+    import sys
+
+    words = write_words(tmp_path / "words", ["mole"])
+    experiment = write_experiment(tmp_path / "exp.yaml", tiny_models[0])
+    script = f"""
+from probe.sweep import plan_cells, validate_sweep
+from probe.sweep_run import CellSettings, run_cells
+sweep = validate_sweep({{"experiments": [{str(experiment)!r}], "datasets": {str(words)!r},
+                        "models": [{tiny_models[0]!r}], "seeds": [0, 1], "output": {str(tmp_path / "out")!r}}})
+outcomes = list(run_cells(plan_cells(sweep), CellSettings(cache_dir={str(tmp_path / "cache")!r}, threads=2), jobs=1))
+assert [outcome.status for outcome in outcomes] == ["ran", "ran"], outcomes
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=150)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the sweep was still running 150 s after starting: its cells' processes waited for idle "
+                    "joblib workers")
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_an_unusable_tracking_uri_fails_before_any_cell_runs(tmp_path, tiny_models):
     pytest.importorskip("mlflow")
     experiment = write_experiment(tmp_path / "exp.yaml", tiny_models[0])
