@@ -76,18 +76,24 @@ def _prepare_worker(settings: CellSettings) -> None:
 
 @functools.cache
 def _stop_fit_workers_at_exit() -> None:
-    """A cell's probe fits may start joblib's worker processes, which joblib keeps 300 s for reuse; a worker
-    process of the sweep waits for its children when it ends, so the sweep sat idle that long after its last
-    cell. They are stopped first (a multiprocessing finalizer runs before the children are waited for)."""
+    """A cell's probe fits may start joblib's worker processes, which joblib keeps 300 s for reuse. A process
+    that multiprocessing started waits for its children when it ends, and runs no exit handlers (where
+    joblib would stop them), so the sweep sat idle 300 s after its last cell. A multiprocessing finalizer
+    (run before the children are waited for) stops them."""
     from multiprocessing.util import Finalize
 
     Finalize(None, _stop_fit_workers, exitpriority=100)
 
 
 def _stop_fit_workers() -> None:
+    """joblib's workers stopped, then the exit handlers this process would have run: among them joblib's
+    removal of the folders it shares arrays through (else its resource tracker warns of leaked folders)."""
+    import atexit
+
     from joblib.externals.loky import get_reusable_executor
 
     get_reusable_executor().shutdown(wait=True)
+    atexit._run_exitfuncs()
 
 
 def _describe(error: Exception) -> str:

@@ -141,7 +141,7 @@ def test_sweep_over_a_folder_of_words_writes_one_table_and_skips_finished_cells(
 def test_a_sweep_ends_with_its_last_cell(tmp_path, tiny_models):
     """Cells whose probe fits ran on joblib's workers (two threads a cell) leave none behind: joblib keeps
     its workers 300 s for reuse, and the cell's process, waiting for them as it ended, held the sweep that
-    long. Run in a child process: without the fix it outlives the timeout."""
+    long (run in a child process: without the fix it outlives the timeout); nor folders for its tracker."""
     import subprocess
     import sys
 
@@ -161,6 +161,7 @@ assert [outcome.status for outcome in outcomes] == ["ran", "ran"], outcomes
         pytest.fail("the sweep was still running 150 s after starting: its cells' processes waited for idle "
                     "joblib workers")
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "leaked" not in done.stderr  # joblib's folders for sharing arrays removed, not left to its tracker
 
 
 def test_an_unusable_tracking_uri_fails_before_any_cell_runs(tmp_path, tiny_models):
