@@ -231,13 +231,27 @@ def resolve_model(name: str, revision: str | None) -> str:
 
 
 def model_load_error(name: str, error: OSError) -> str:
-    """Why a model name led nowhere, with the names that do work offline."""
-    known = ", ".join(sorted(plugins.registry("model")))
-    reason = first_line(error)
+    """Why a model name led nowhere: a registered name whose source can't be reached, a path with no folder,
+    or a name that is none of these — with the registered names."""
+    sources = plugins.registry("model")
+    known, reason = ", ".join(sorted(sources)), first_line(error)
+    if name in sources:
+        return (f"cannot load model {name!r}: it is registered (by plugin {sources[name].plugin!r}) as "
+                f"{resolve_model(name, None)!r}, which can't be loaded from here ({reason})")
+    if looks_like_path(name):
+        path = Path(name).expanduser().absolute()
+        if not path.exists():
+            return f"cannot load model {name!r}: there is no file or folder at {path} (registered names: {known})"
+        return f"cannot load model {name!r}: {path} holds no model transformers can read ({reason})"
     return (
         f"cannot load model {name!r}: it is not a registered name ({known}), an existing local folder, "
         f"or a hub model reachable from here ({reason})"
     )
+
+
+def looks_like_path(name: str) -> bool:
+    """A filesystem path rather than a hub name (``namespace/repo``): absolute, ~, ./ or ../, or deeper."""
+    return name.startswith(("/", "~", "./", "../", ".\\")) or name.count("/") > 1 or Path(name).exists()
 
 
 def attach_activation_hooks(model, config: ExperimentConfig) -> list:

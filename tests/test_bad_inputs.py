@@ -231,6 +231,10 @@ CASES = {
                        {}, "long.jsonl, row 1, field 'text': the text is"),
     # models, tokenizers, plugins
     "model-missing": (_config({"model": "no/such-model-here"}), {}, "cannot load model 'no/such-model-here'"),
+    "model-path-missing": (_config({"model": "./no/such/folder"}), {}, "there is no file or folder at /"),
+    "model-registered-offline": (_config({"model": "gpt2"}), {"HF_HUB_OFFLINE": "1"},
+                                 "it is registered (by plugin 'probe.builtin.models') as 'openai-community/gpt2', "
+                                 "which can't be loaded from here"),
     "model-without-tokenizer": (_model_folder(_no_tokenizer), {}, "no tokenizer files at"),
     "model-slow-tokenizer": (_model_folder(_slow_tokenizer), {}, "slow one, which gives no character offsets"),
     "model-unsupported-architecture": (_model_folder(_mamba), {}, "cannot swap the attention of MambaModel"),
