@@ -375,7 +375,8 @@ def gpt2_config(name_or_json: str):
         except (json.JSONDecodeError, TypeError) as error:
             raise ValueError(f"--random-init: {path} is not a GPT2Config JSON object: {error}") from None
     raise ValueError(
-        f"--random-init: unknown shape {name_or_json!r}; give one of {', '.join(GPT2_SHAPES)} or a JSON file"
+        f"--random-init: unknown shape {name_or_json!r}; give a GPT-2 shape ({', '.join(GPT2_SHAPES)}), a "
+        "GPT2Config JSON file, or an architecture `probe architectures` lists (llama, qwen3, bert, …)"
     )
 
 
