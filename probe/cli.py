@@ -12,7 +12,7 @@ import click
 from probe import architectures
 from probe.architectures import ARCHITECTURES
 from probe.config import DTYPES, GPT2_SHAPES
-from probe.errors import first_line
+from probe.errors import command_error, first_line
 
 
 @click.group()
@@ -156,7 +156,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
         output_dir = Path(output_dir or Path("runs") / config.name)
         results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
     except user_errors() as error:
-        raise click.ClickException(str(error)) from None
+        raise command_error(error) from None
     if results is None:  # a torchrun rank other than 0: its share of the vectors is in the cache
         return
     click.echo(layer_table(results))
@@ -266,7 +266,7 @@ def report(run_dirs, output):
     try:
         path = write_report(run_dirs[0], output or default, *run_dirs[1:])
     except ReportError as error:
-        raise click.ClickException(str(error)) from None
+        raise command_error(error) from None
     click.echo(f"wrote {path}")
 
 
@@ -291,7 +291,7 @@ def view(run_dir, screenshots, no_open):
                 for path in screenshot_views(browser_page, Path(run_dir) / "screenshots"):
                     click.echo(f"wrote {path}")
     except (ReportError, BrowserError) as error:
-        raise click.ClickException(str(error)) from None
+        raise command_error(error) from None
     if not no_open and not webbrowser.open(page.resolve().as_uri()):
         click.echo(f"no browser to open here; the report is {page}")
 
@@ -306,7 +306,7 @@ def list_plugins(plugins_dir):
         if plugins_dir:
             plugins.load_plugins_dir(plugins_dir)
     except plugins.PluginError as error:
-        raise click.ClickException(str(error)) from None
+        raise command_error(error) from None
     for name, hooks in plugins.describe():
         click.echo(f"{name}\n    {', '.join(hooks) or '(no hooks)'}")
 
@@ -327,12 +327,26 @@ def main(args: list[str] | None = None):
     # for memory the process is about to give back anyway. A frozen heap is skipped; atexit handlers still run.
     atexit.register(gc.freeze)
 
+    from probe.errors import debugging
+
+    argv = list(sys.argv[1:] if args is None else args)
+    if "--debug" not in argv:
+        return _run_command(argv, debugging())
+    before = os.environ.get("PROBE_DEBUG")
+    os.environ["PROBE_DEBUG"] = "1"  # every command's errors, and a sweep's worker processes, show tracebacks
+    try:
+        return _run_command([arg for arg in argv if arg != "--debug"], True)
+    finally:  # main() called in-process (tests, notebooks) leaves the environment as it was
+        if before is None:
+            del os.environ["PROBE_DEBUG"]
+        else:
+            os.environ["PROBE_DEBUG"] = before
+
+
+def _run_command(argv: list[str], debug: bool):
     from probe import plugins
     from probe.errors import explain
 
-    argv = list(sys.argv[1:] if args is None else args)
-    debug = "--debug" in argv or os.environ.get("PROBE_DEBUG", "") not in ("", "0")
-    argv = [arg for arg in argv if arg != "--debug"]
     try:
         for _, _ in plugins.call_each("register_commands", cli=cli):
             pass
@@ -347,7 +361,6 @@ def main(args: list[str] | None = None):
             raise
         click.echo(f"Error: {explain(error)}", err=True)
         sys.exit(1)
-
 
 if __name__ == "__main__":
     main()

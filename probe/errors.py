@@ -4,6 +4,23 @@
 from __future__ import annotations
 
 
+def debugging() -> bool:
+    """Whether ``--debug`` or ``PROBE_DEBUG=1`` asked for tracebacks (the command line sets the variable)."""
+    import os
+
+    return os.environ.get("PROBE_DEBUG", "") not in ("", "0")
+
+
+def command_error(error: BaseException):
+    """What a command raises for an error whose message says it all: a one-line ClickException, or with
+    ``--debug`` the error itself, traceback and all."""
+    import click
+
+    if debugging():
+        return error
+    return click.ClickException(str(error))
+
+
 def first_line(error: BaseException) -> str:
     """An error's message cut to its first line, or its type's name when it has no message."""
     text = str(error).strip()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from probe.errors import command_error
+
 
 @click.command()
 @click.argument("config_path", metavar="SWEEP_OR_EXPERIMENT", type=click.Path(dir_okay=False))
@@ -56,7 +58,7 @@ def sweep(config_path, datasets, models, seeds, overrides, output_dir, cache_dir
             config = validate_sweep({**given, "experiments": [str(config_path)]}, source="the command line")
         cells = plan_cells(config)
     except (ConfigError, plugins.PluginError) as error:
-        raise click.ClickException(str(error)) from None
+        raise command_error(error) from None
     output = config.output_dir()
     click.echo(f"{config.name}: {len(cells)} cells into {output}/"
                + (f" on Ray ({ray_address})" if ray_address else f", {jobs} at a time"))
@@ -79,7 +81,7 @@ def sweep(config_path, datasets, models, seeds, overrides, output_dir, cache_dir
             check_tracking(config.tracking, settings.sweep_name)
         outcomes = run_cells(cells, settings, jobs=jobs, ray_address=ray_address, on_outcome=report)
     except (RuntimeError, ConnectionError) as error:  # the backend is missing or unreachable
-        raise click.ClickException(str(error)) from None
+        raise command_error(error) from None
     written = write_sweep_reports(cells, output, title=f"{config.name}: best-layer accuracy")
     for path in written.values():
         click.echo(f"wrote {path}")

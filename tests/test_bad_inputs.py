@@ -334,6 +334,19 @@ def test_an_unexpected_error_is_one_message_and_debug_shows_its_traceback(world,
         invoke(capsys, [*world.run_args(), "--debug"], {"PROBE_PLUGINS": ""}, monkeypatch)
 
 
+def test_debug_shows_the_traceback_of_a_bad_input_too(world, capsys, monkeypatch):
+    """--debug is for finding where any error came from, a config error included; it does not stay set."""
+    from probe.config import ConfigError
+
+    monkeypatch.delenv("PROBE_DEBUG", raising=False)
+    bad = world.write_config("case", {"folds": 1})
+    code, err = invoke(capsys, world.run_args(bad), {"PROBE_PLUGINS": ""}, monkeypatch)
+    assert code == 1 and "field 'folds'" in err and "Traceback" not in err
+    with pytest.raises(ConfigError, match="field 'folds'"):
+        invoke(capsys, [*world.run_args(bad), "--debug"], {"PROBE_PLUGINS": ""}, monkeypatch)
+    assert "PROBE_DEBUG" not in os.environ
+
+
 # ---------------------------------------------------------------- long texts
 
 

@@ -76,7 +76,8 @@ def test_compare_unknown_random_init_name_lists_the_known_shapes():
     result = run("compare", "--random-init", "gpt3")
     assert result.exit_code == 2
     assert "unknown shape 'gpt3'" in result.output
-    assert "give one of " + ", ".join(GPT2_SHAPES) + " or a JSON file" in result.output.replace("\n", " ")
+    output = result.output.replace("\n", " ")
+    assert f"give a GPT-2 shape ({', '.join(GPT2_SHAPES)}), a GPT2Config JSON file, or an architecture" in output
 
 
 def test_compare_random_init_missing_or_malformed_json(tmp_path):
