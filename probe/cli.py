@@ -147,10 +147,14 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
 
     try:
         values = dict(parse_override(text) for text in overrides)
-        if model_name:
-            values["model"] = model_name
-        values.update({k: v for k, v in (("device", device), ("dtype", dtype)) if v})
-        config = load_config(config_path, values)
+    except user_errors() as error:  # not key=value: a bad option, status 2
+        raise click.BadParameter(str(error), param_hint="--set") from None
+    origins = {field: f"--set {field}" for field in values}
+    for field, value in {"model": model_name, "device": device, "dtype": dtype}.items():  # options for fields
+        if value:
+            values[field], origins[field] = value, f"--{field}"
+    try:
+        config = load_config(config_path, values, origins)
         if plugins_dir:
             plugins.load_plugins_dir(plugins_dir)
         output_dir = Path(output_dir or Path("runs") / config.name)

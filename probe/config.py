@@ -158,8 +158,10 @@ class ExperimentConfig(BaseModel):
 FIELD_NAMES = [name for name in ExperimentConfig.model_fields if name != "source"]
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read, override (``--set key=value``) and validate a YAML experiment config."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                origins: dict[str, str] | None = None) -> ExperimentConfig:
+    """Read, override (``--set key=value``) and validate a YAML experiment config. An error in an overridden
+    field says so: "overridden", or where ``origins`` says it was given (e.g. "--set folds", "--model")."""
     path = Path(path)
     raw = read_yaml_mapping(path)
     raw.setdefault("name", path.stem)
@@ -173,7 +175,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
         beside_config = path.parent / dataset["path"]
         if beside_config.exists() and not Path(dataset["path"]).is_absolute():
             raw["dataset"] = {**dataset, "path": str(beside_config.resolve())}
-    return validate(raw, source=str(path))
+    origins = dict.fromkeys(overrides or {}, "overridden") | (origins or {})
+    return validate(raw, source=str(path), origins=origins)
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
@@ -214,21 +217,28 @@ def parse_override(text: str) -> tuple[str, Any]:
                           f"e.g. --set '{key.strip()}=\"{value}\"'") from None
 
 
-def validate(raw: dict, source: str = "<config>") -> ExperimentConfig:
-    where = f"{source}:"
+def validate(raw: dict, source: str = "<config>", origins: dict[str, str] | None = None) -> ExperimentConfig:
+    """``raw`` checked into an ExperimentConfig; an error names ``source`` and the field, and for a field
+    given elsewhere (``origins``: field → e.g. "--set folds") that too."""
+    origins = origins or {}
+
+    def where(field: str) -> str:
+        return f"{source} ({origins[field]}):" if field in origins else f"{source}:"
+
     unknown = [key for key in raw if key not in FIELD_NAMES]
     if unknown:
         key = unknown[0]
         near = difflib.get_close_matches(key, FIELD_NAMES, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"{where} unknown field {key!r}.{hint} Accepted fields: {', '.join(FIELD_NAMES)}")
+        raise ConfigError(f"{where(key)} unknown field {key!r}.{hint} Accepted fields: {', '.join(FIELD_NAMES)}")
     for required in ("model", "dataset"):
         if raw.get(required) in (None, ""):
-            raise ConfigError(f"{where} field {required!r} is required")
+            raise ConfigError(f"{where(required)} field {required!r} is required")
     try:
         return ExperimentConfig.model_validate({**raw, "source": source})
     except ValidationError as error:
-        raise ConfigError(f"{where} {_message(error.errors()[0], raw)}") from None
+        first = error.errors()[0]
+        raise ConfigError(f"{where(str(first['loc'][0]))} {_message(first, raw)}") from None
 
 
 def _message(error: dict, raw: dict) -> str:

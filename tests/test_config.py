@@ -258,13 +258,28 @@ def test_overrides_can_supply_a_missing_required_field(tmp_path):
     assert load_config(path, {"model": "distilgpt2"}).model == "distilgpt2"
 
 
+def test_an_error_in_a_field_given_elsewhere_says_where(tmp_path):
+    """A field overridden outside the file (--set, --model, a keyword of probe.run) is named with its origin;
+    the file's own fields are not."""
+    path = write_yaml(tmp_path / "exp.yaml", {**MINIMAL, "pooling": "avg"})
+    with pytest.raises(ConfigError, match=r"exp.yaml: field 'pooling'"):
+        load_config(path, {"folds": 3})
+    with pytest.raises(ConfigError, match=r"exp.yaml \(--model\): unknown field"):
+        validate({**MINIMAL, "modle": "x"}, source="exp.yaml", origins={"modle": "--model"})
+    with pytest.raises(ConfigError, match=r"ok.yaml \(overridden\): field 'folds' must be an int"):
+        load_config(write_yaml(tmp_path / "ok.yaml", MINIMAL), {"folds": "x"})
+
+
 def test_bad_override_through_the_cli(tmp_path):
     config = write_yaml(tmp_path / "exp.yaml", MINIMAL)
-    for args, expected in [(["--set", "folds=five"], "field 'folds' must be an int"),
-                           (["--set", "folds"], "expected key=value"),
-                           (["--set", "attention=fast"], "accepted values: reimplemented, reference, both")]:
+    for args, code, expected in [
+        (["--set", "folds=five"], 1, "(--set folds): field 'folds' must be an int"),
+        (["--set", "folds"], 2, "expected key=value"),  # not KEY=VALUE: a bad command-line option
+        (["--set", "attention=fast"], 1, "(--set attention): field 'attention' is 'fast'; accepted values: "
+                                         "reimplemented, reference, both"),
+    ]:
         result = run_cli("run", config, "--output", tmp_path / "out", "--cache-dir", tmp_path / "c", *args)
-        assert result.exit_code == 1, args
+        assert result.exit_code == code, args
         assert isinstance(result.exception, SystemExit), args
         assert expected in result.output, (args, result.output)
 
