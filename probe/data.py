@@ -153,7 +153,7 @@ def _load_raw(source: str, *, split: str, revision: str | None) -> datasets.Data
             f"use one of {', '.join(BUILDERS)} or '{HUB_PREFIX}owner/name' for a hub dataset"
         )
     if not path.is_file():
-        raise DataError(f"{source}: no such file")
+        raise DataError(f"{source}: no such file (looked for {path.absolute()})")
     check_data_file(path, DataError)  # empty, not UTF-8, malformed: named with its line
     # A local file is always read as the builder's single "train" split.
     try:

@@ -109,9 +109,12 @@ def test_unsupported_file_type_is_a_data_error(tmp_path):
         load_rows(path)
 
 
-def test_missing_file_is_a_data_error(tmp_path):
+def test_missing_file_is_a_data_error_naming_where_it_looked(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="no such file"):
         load_rows(tmp_path / "absent.jsonl")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"absent.jsonl: no such file \\(looked for {tmp_path}/absent.jsonl\\)"):
+        load_rows("absent.jsonl")
 
 
 # ---------------------------------------------------------------- prepare: spans
