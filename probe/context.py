@@ -3,6 +3,7 @@ model, its config and tokenizer, each loaded at most once (and only when some st
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -250,8 +251,10 @@ def model_load_error(name: str, error: OSError) -> str:
 
 
 def looks_like_path(name: str) -> bool:
-    """A filesystem path rather than a hub name (``namespace/repo``): absolute, ~, ./ or ../, or deeper."""
-    return name.startswith(("/", "~", "./", "../", ".\\")) or name.count("/") > 1 or Path(name).exists()
+    """A filesystem path rather than a hub name (``namespace/repo``, or ``namespace/repo/file.gguf``): one that
+    exists, or starts at the root, ~, . or .. (or a Windows drive or backslash)."""
+    return (Path(name).exists() or name.startswith(("/", "~", "./", "../", ".\\", "..\\", "\\"))
+            or re.match(r"[A-Za-z]:[\\/]", name) is not None)
 
 
 def attach_activation_hooks(model, config: ExperimentConfig) -> list:

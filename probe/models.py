@@ -61,7 +61,7 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     with _writing(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
         remove_abandoned_conversions(folder)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.{socket.gethostname()}.{os.getpid()}."))
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.{_process_space()}.{os.getpid()}."))
     try:
         _convert(path, tmp, folder, progress)
         with _writing(folder):
@@ -93,23 +93,37 @@ class NotWritten(OSError):
 
 @contextlib.contextmanager
 def _writing(folder: Path):
-    """Any failure inside is a NotWritten naming where: safetensors reports a full disk as its own error type."""
+    """A file system error inside is a NotWritten naming where (safetensors reports a full disk as its own
+    error type); anything else is not a writing problem and passes as it is."""
+    from safetensors import SafetensorError
+
     try:
         yield
-    except Exception as error:
+    except (OSError, SafetensorError) as error:
         raise NotWritten(f"the converted model could not be written to {folder.parent} "
                          f"({type(error).__name__}: {error})") from error
 
 
 def remove_abandoned_conversions(folder: Path) -> None:
     """Remove the half-written conversions into ``folder`` that processes on this machine left when they were
-    killed (a failing conversion removes its own): each is named after its host and process id, and one
-    whose process is gone is never finished — a 7B model's is tens of GB. Another host's are left alone."""
-    host = socket.gethostname()
+    killed (a failing conversion removes its own): each is named after its host and PID namespace and its
+    process id, and one whose process is gone is never finished — a 7B model's is tens of GB. Another
+    host's or container's are left alone."""
     for tmp in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
-        owner = tmp.name[len(folder.name) + 2:].rsplit(".", 2)  # host, pid, mkdtemp's random part
-        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _process_exists(int(owner[1])):
+        owner = tmp.name[len(folder.name) + 2:].rsplit(".", 2)  # processes, pid, mkdtemp's random part
+        if len(owner) == 3 and owner[0] == _process_space() and owner[1].isdigit() \
+                and not _process_exists(int(owner[1])):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _process_space() -> str:
+    """Where this process's id means something: the host, and on Linux the PID namespace (containers that
+    share a host name and a cache volume each have their own)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}-{namespace}"
 
 
 def _process_exists(pid: int) -> bool:
@@ -142,7 +156,10 @@ def remembered_sha256(path: Path, memo_folder: Path) -> str:
     stat = path.stat()
     version = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
     memo = memo_folder / f"{hashlib.sha256(str(path).encode()).hexdigest()[:20]}.json"
-    known = read_json_or_none(memo)
+    try:
+        known = read_json_or_none(memo)
+    except OSError:  # a memo this user can't read: hash the file, as if there were none
+        known = None
     if isinstance(known, dict) and known.get("file") == version and isinstance(known.get("sha256"), str):
         return known["sha256"]
     digest = file_sha256(path)

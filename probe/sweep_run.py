@@ -80,9 +80,11 @@ def _stop_fit_workers_at_exit() -> None:
     that multiprocessing started waits for its children when it ends, and runs no exit handlers (where
     joblib would stop them), so the sweep sat idle 300 s after its last cell. A multiprocessing finalizer
     (run before the children are waited for) stops them."""
+    import multiprocessing
     from multiprocessing.util import Finalize
 
-    Finalize(None, _stop_fit_workers, exitpriority=100)
+    if multiprocessing.parent_process() is not None:  # elsewhere (Ray, this process) exit handlers do run
+        Finalize(None, _stop_fit_workers, exitpriority=100)
 
 
 def _stop_fit_workers() -> None:
@@ -97,9 +99,14 @@ def _stop_fit_workers() -> None:
 
 
 def _describe(error: Exception) -> str:
-    """probe's own errors already say what is wrong and where; others get their type named."""
-    from probe.errors import user_errors
+    """probe's own errors already say what is wrong and where; others get their type named; with --debug
+    (PROBE_DEBUG=1) the traceback comes too."""
+    import traceback
 
+    from probe.errors import debugging, user_errors
+
+    if debugging():
+        return "".join(traceback.format_exception(error))
     return str(error) if isinstance(error, user_errors()) else f"{type(error).__name__}: {error}"
 
 
@@ -158,8 +165,10 @@ def run_ray(cells: list[Cell], settings: CellSettings, address: str) -> Iterator
 
 
 def _forwarded_environment() -> dict[str, str]:
-    """The settings that change what a worker loads (which plugins, offline mode) travel with the tasks."""
-    names = ("PROBE_PLUGINS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
+    """The settings that change what a worker loads (which plugins, offline mode) or says (--debug) travel
+    with the tasks."""
+    names = ("PROBE_PLUGINS", "PROBE_DEBUG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
+             "HF_HOME")
     return {name: os.environ[name] for name in names if name in os.environ}
 
 

@@ -511,8 +511,10 @@ def test_a_conversion_that_cannot_be_written_says_where_and_leaves_nothing(tmp_p
             (Path(folder) / "tokenizer.json").write_text("{}")
 
     def full_disk(model, folder):
+        from safetensors import SafetensorError
+
         (Path(folder) / "model.safetensors").write_bytes(b"half of it")
-        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: object())
     monkeypatch.setattr(models, "load_tokenizer", lambda *args, **kwargs: Tokenizer())
@@ -528,6 +530,13 @@ def test_a_conversion_that_cannot_be_written_says_where_and_leaves_nothing(tmp_p
     assert "No space left on device" in message and "can't be read" not in message
     assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == ["digests"]
 
+    def a_bug(model, folder):
+        raise AttributeError("a bug in saving, not a full disk")
+
+    monkeypatch.setattr(models, "_save_dequantized", a_bug)
+    with pytest.raises(AttributeError, match="a bug in saving"):  # not blamed on the disk
+        models.gguf_folder(checkpoint, tmp_path / "cache" / "models")
+
 
 def test_conversions_left_by_killed_processes_are_removed(tmp_path):
     """A conversion killed mid-write leaves a hidden folder named after its host and process; the next
@@ -536,21 +545,22 @@ def test_conversions_left_by_killed_processes_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from probe.models import remove_abandoned_conversions
+    from probe.models import _process_space, remove_abandoned_conversions
 
     folder = tmp_path / "models" / "model.v1-0123"
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
-    host, dead = socket.gethostname(), int(gone.stdout)
-    names = {"dead": f".{folder.name}.{host}.{dead}.x1y2", "running": f".{folder.name}.{host}.{os.getpid()}.ab_c",
-             "elsewhere": f".{folder.name}.other-host.{dead}.q9", "other model": f".model.v2-9999.{host}.{dead}.zz",
-             "older probe": f".{folder.name}.k3j4"}
+    here, dead = _process_space(), int(gone.stdout)
+    names = {"dead": f".{folder.name}.{here}.{dead}.x1y2", "running": f".{folder.name}.{here}.{os.getpid()}.ab_c",
+             "elsewhere": f".{folder.name}.other-host-0.{dead}.q9",
+             "another container": f".{folder.name}.{socket.gethostname()}-1.{dead}.q8",
+             "other model": f".model.v2-9999.{here}.{dead}.zz", "older probe": f".{folder.name}.k3j4"}
     for name in names.values():
         (tmp_path / "models" / name).mkdir(parents=True)
         (tmp_path / "models" / name / "model.safetensors").write_bytes(b"half")
     remove_abandoned_conversions(folder)
     left = {what for what, name in names.items() if (tmp_path / "models" / name).exists()}
-    assert left == {"running", "elsewhere", "other model", "older probe"}
+    assert left == {"running", "elsewhere", "another container", "other model", "older probe"}
 
 
 def test_a_files_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):

@@ -228,6 +228,18 @@ def test_a_cell_with_a_changed_config_is_not_finished(tmp_path, tiny_models, bui
     assert changed.run_dir == cell.run_dir and not is_finished(changed)
 
 
+def test_a_failed_cells_traceback_comes_with_debug(tmp_path, tiny_models, builtins_only, monkeypatch):
+    words = write_words(tmp_path / "words", [])
+    (words / "broken.jsonl").write_text('{"text": "no label here", "target": "label"}\n')
+    experiment = write_experiment(tmp_path / "exp.yaml", tiny_models[0])
+    (cell,) = plan_cells(load_sweep_from(experiment, words, tiny_models[:1], tmp_path / "out"))
+    plain = run_cell(cell, CellSettings(cache_dir=tmp_path / "cache"))
+    monkeypatch.setenv("PROBE_DEBUG", "1")
+    debug = run_cell(cell, CellSettings(cache_dir=tmp_path / "cache"))
+    assert plain.status == debug.status == "failed" and "broken.jsonl" in plain.error
+    assert "Traceback" not in plain.error and "Traceback (most recent call last)" in debug.error
+
+
 # ---------------------------------------------------------------- Ray
 
 
