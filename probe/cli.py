@@ -300,6 +300,23 @@ def view(run_dir, screenshots, no_open):
         click.echo(f"no browser to open here; the report is {page}")
 
 
+@cli.command(name="cache")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=".probe-cache", show_default=True)
+def cache_usage(cache_dir):
+    """What the cache holds and its size on disk, part by part; delete a part's folder to free it."""
+    from probe.cache_usage import converted_models, human, parts
+
+    cache = Path(cache_dir)
+    if not cache.is_dir():
+        raise click.BadParameter(f"no cache folder at {cache.absolute()}", param_hint="--cache-dir")
+    found = parts(cache)
+    click.echo(f"{cache}: {human(sum(part.bytes for part in found))}")
+    for part in found:
+        click.echo(f"  {part.name:<10} {human(part.bytes):>9}  {part.entries:>4} entries  {part.what}")
+    for model in converted_models(cache):
+        click.echo(f"  models/{model.folder.name}: {human(model.bytes)}, from {model.source or 'a GGUF file'}")
+
+
 @cli.command(name="plugins")
 @click.option("--plugins-dir", type=click.Path(file_okay=False), help="Also load the .py files in this folder.")
 def list_plugins(plugins_dir):

@@ -195,3 +195,44 @@ def test_a_device_this_machine_lacks_or_that_does_not_exist_is_refused_by_option
     result = run("compare", "--random-init", tiny_json, "--device", device)
     assert result.exit_code == 2 and "--device" in result.output and device in result.output
     assert "Traceback" not in result.output
+
+
+def test_bytes_read_as_a_person_would():
+    from probe.cache_usage import human
+
+    assert [human(n) for n in (0, 999, 1000, 1_234_567, 28_300_000_000)] == ["0 B", "999 B", "1.0 KB", "1.2 MB",
+                                                                          "28.3 GB"]
+
+
+def test_cache_lists_its_parts_and_the_gguf_file_a_converted_model_came_from(tmp_path, monkeypatch):
+    from probe import models
+    from probe.cache_usage import human
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            (Path(folder) / "tokenizer.json").write_text("{}")
+
+    def save(model, folder):
+        (Path(folder) / "config.json").write_text("{}")
+        (Path(folder) / "model.safetensors").write_bytes(b"w" * 3000)
+
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: object())
+    monkeypatch.setattr(models, "load_tokenizer", lambda *args, **kwargs: Tokenizer())
+    monkeypatch.setattr(models, "_save_dequantized", save)
+    checkpoint = tmp_path / "tiny.Q8_0.gguf"
+    checkpoint.write_bytes(b"GGUF")
+    cache = tmp_path / "cache"
+    folder = models.gguf_folder(checkpoint, cache / "models", progress=False)
+    (cache / "features" / "0123abcd").mkdir(parents=True)
+    (cache / "features" / "0123abcd" / "chunk-00000.safetensors").write_bytes(b"v" * 1500)
+
+    result = CliRunner().invoke(cli, ["cache", "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    memo = sum(p.stat().st_size for p in (cache / "models" / "digests").iterdir())
+    assert lines[0] == f"{cache}: {human(3000 + 2 + memo + 1500)}"  # weights, tokenizer, digest memo, vectors
+    assert lines[1].split()[:5] == ["models", *human(3000 + 2 + memo).split(), "1", "entries"]  # one model
+    assert lines[2].split()[:5] == ["features", "1.5", "KB", "1", "entries"]
+    assert f"  models/{folder.name}: {human(3002)}, from {checkpoint.resolve()}" in lines
+    missing = CliRunner().invoke(cli, ["cache", "--cache-dir", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "no cache folder at" in missing.output
