@@ -210,9 +210,12 @@ LOKY_WORTH = 3e7
 def n_jobs_for(n_jobs: int | None, work: float) -> int:
     """``n_jobs`` when asked for; by default all cores when ``work`` (training rows × features, summed over the
     fits) pays for starting the worker processes (LOKY_WORTH), else this process."""
-    if n_jobs is not None:
-        return n_jobs
-    return -1 if work > LOKY_WORTH else 1
+    from probe import fit_workers
+
+    chosen = n_jobs if n_jobs is not None else -1 if work > LOKY_WORTH else 1
+    if chosen != 1:
+        fit_workers.stop_at_exit()  # in a child process, joblib's idle workers would hold its end 300 s
+    return chosen
 
 
 def _fit_predict(probe, X, y, train, test) -> np.ndarray:

@@ -7,7 +7,6 @@ one model and one dataset extract once when they run one after the other, and ha
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -69,33 +68,8 @@ def _prepare_worker(settings: CellSettings) -> None:
     quiet_progress_bars()
     datasets.disable_progress_bars()
     torch.set_num_threads(settings.threads)
-    _stop_fit_workers_at_exit()
     if settings.plugins_dir:
         plugins.load_plugins_dir(settings.plugins_dir)
-
-
-@functools.cache
-def _stop_fit_workers_at_exit() -> None:
-    """A cell's probe fits may start joblib's worker processes, which joblib keeps 300 s for reuse. A process
-    that multiprocessing started waits for its children when it ends, and runs no exit handlers (where
-    joblib would stop them), so the sweep sat idle 300 s after its last cell. A multiprocessing finalizer
-    (run before the children are waited for) stops them."""
-    import multiprocessing
-    from multiprocessing.util import Finalize
-
-    if multiprocessing.parent_process() is not None:  # elsewhere (Ray, this process) exit handlers do run
-        Finalize(None, _stop_fit_workers, exitpriority=100)
-
-
-def _stop_fit_workers() -> None:
-    """joblib's workers stopped, then the exit handlers this process would have run: among them joblib's
-    removal of the folders it shares arrays through (else its resource tracker warns of leaked folders)."""
-    import atexit
-
-    from joblib.externals.loky import get_reusable_executor
-
-    get_reusable_executor().shutdown(wait=True)
-    atexit._run_exitfuncs()
 
 
 def _describe(error: Exception) -> str:
