@@ -3,8 +3,6 @@ are float32, four to eight times their file, and extracted vectors grow with row
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,19 +55,12 @@ def _entries(folder: Path) -> int:
 def converted_models(cache_dir: Path) -> list[ConvertedModel]:
     """The converted checkpoints in ``cache_dir/models``, largest first, each with the GGUF file it came from
     when the digest memo that named it is there (for this transformers version)."""
-    from importlib.metadata import version
+    from probe.models import conversion_sources
 
     models = cache_dir / "models"
     if not models.is_dir():
         return []
-    sources = {}
-    for memo in (models / "digests").glob("*.json"):
-        try:
-            known = json.loads(memo.read_text(encoding="utf-8"))
-            key = hashlib.sha256(f"{known['sha256']}:{version('transformers')}".encode()).hexdigest()[:20]
-            sources[key] = known["file"]["path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+    sources = conversion_sources(models)
     found = [ConvertedModel(p, folder_bytes(p), sources.get(p.name.rsplit("-", 1)[-1]))
              for p in models.iterdir() if p.is_dir() and (p / "config.json").exists()]
     return sorted(found, key=lambda m: -m.bytes)

@@ -51,11 +51,8 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     converted float32 safetensors gives the same tensors, since dequantizing already yields float32.
     """
     path = Path(gguf_path)
-    from importlib.metadata import version
-
     digest = remembered_sha256(path, Path(cache_root) / "digests")
-    key = hashlib.sha256(f"{digest}:{version('transformers')}".encode()).hexdigest()[:20]
-    folder = Path(cache_root) / f"{path.stem}-{key}"
+    folder = Path(cache_root) / f"{path.stem}-{conversion_key(digest)}"
     if (folder / "config.json").exists():
         return folder
     with _writing(folder):
@@ -73,6 +70,26 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename happened
     return folder
+
+
+def conversion_key(digest: str) -> str:
+    """The end of a converted folder's name: the GGUF file's SHA-256 and the transformers version that
+    converted it (another version may convert differently)."""
+    from importlib.metadata import version
+
+    return hashlib.sha256(f"{digest}:{version('transformers')}".encode()).hexdigest()[:20]
+
+
+def conversion_sources(cache_root: Path) -> dict[str, str]:
+    """``conversion_key`` → the GGUF file it was made from, for the files whose digest ``cache_root`` remembers."""
+    sources = {}
+    for memo in (Path(cache_root) / "digests").glob("*.json"):
+        try:
+            known = json.loads(memo.read_text(encoding="utf-8"))
+            sources[conversion_key(known["sha256"])] = known["file"]["path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sources
 
 
 def _convert(path: Path, tmp: Path, folder: Path, progress: bool) -> None:
@@ -109,10 +126,10 @@ def remove_abandoned_conversions(folder: Path) -> None:
     killed (a failing conversion removes its own): each is named after its host and PID namespace and its
     process id, and one whose process is gone is never finished — a 7B model's is tens of GB. Another
     host's or container's are left alone."""
+    here = _process_space()
     for tmp in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
         owner = tmp.name[len(folder.name) + 2:].rsplit(".", 2)  # processes, pid, mkdtemp's random part
-        if len(owner) == 3 and owner[0] == _process_space() and owner[1].isdigit() \
-                and not _process_exists(int(owner[1])):
+        if len(owner) == 3 and owner[0] == here and owner[1].isdigit() and not _process_exists(int(owner[1])):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
