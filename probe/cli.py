@@ -348,15 +348,13 @@ def main(args: list[str] | None = None):
     # for memory the process is about to give back anyway. A frozen heap is skipped; atexit handlers still run.
     atexit.register(gc.freeze)
 
-    from probe.errors import debugging
-
     argv = list(sys.argv[1:] if args is None else args)
     if "--debug" not in argv:
-        return _run_command(argv, debugging())
+        return _run_command(argv)
     before = os.environ.get("PROBE_DEBUG")
     os.environ["PROBE_DEBUG"] = "1"  # every command's errors, and a sweep's worker processes, show tracebacks
     try:
-        return _run_command([arg for arg in argv if arg != "--debug"], True)
+        return _run_command([arg for arg in argv if arg != "--debug"])
     finally:  # main() called in-process (tests, notebooks) leaves the environment as it was
         if before is None:
             del os.environ["PROBE_DEBUG"]
@@ -364,10 +362,11 @@ def main(args: list[str] | None = None):
             os.environ["PROBE_DEBUG"] = before
 
 
-def _run_command(argv: list[str], debug: bool):
+def _run_command(argv: list[str]):
     from probe import plugins
-    from probe.errors import explain
+    from probe.errors import debugging, explain
 
+    debug = debugging()
     try:
         for _, _ in plugins.call_each("register_commands", cli=cli):
             pass
@@ -382,6 +381,7 @@ def _run_command(argv: list[str], debug: bool):
             raise
         click.echo(f"Error: {explain(error)}", err=True)
         sys.exit(1)
+
 
 if __name__ == "__main__":
     main()
