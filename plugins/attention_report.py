@@ -74,8 +74,8 @@ def _entropies_and_examples(context, n_examples: int, top_k: int):
                      "examples": n_examples, "top_k": top_k})
     path = context.cache_dir / "attention" / f"{key}.json"
     saved = read_json_or_none(path)
-    if saved is None:
-        saved = _computed(context, n_examples, top_k)
+    if not isinstance(saved, dict) or not {"mean_entropy_bits", "dtype", "examples"} <= saved.keys():
+        saved = _computed(context, n_examples, top_k)  # not there yet, or damaged: computed again
         write_text_atomic(path, json.dumps(saved))  # makes the folder if need be
     rows = context.rows
     examples = [{"text": rows["text"][n], "label": rows["label"][n], **example}

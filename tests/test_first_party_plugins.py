@@ -149,6 +149,13 @@ def test_head_ablation_experiment_writes_a_block_by_head_table(tiny_model, tmp_p
     for name in ("head_ablation.json", "attention_report.json", "attention_report.md"):
         assert (tmp_path / "again" / name).read_text() == (tmp_path / "out" / name).read_text()
 
+    # A cached entropy entry that parses but lacks its fields (damaged, or from an older probe) is computed again.
+    (kept,) = [p for p in (tmp_path / "cache" / "attention").glob("*.json") if "mean_entropy_bits" in p.read_text()]
+    kept.write_text("{}")
+    run_experiment(config, tmp_path / "third", cache_dir=tmp_path / "cache", progress=False)
+    third, first = (tmp_path / run / "attention_report.json" for run in ("third", "out"))
+    assert third.read_text() == first.read_text()
+
 
 def test_head_ablation_changes_the_extracted_vectors(tiny_model, tmp_path):
     from transformers import GPT2Model
