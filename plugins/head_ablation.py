@@ -43,9 +43,10 @@ def ablate(heads: list[int], replacement=None):
 
 
 def mean_z(model, tokenizer, texts, spans, blocks: list[int], batch_size: int = 16) -> dict:
-    """Each head's z averaged over every token of ``texts``: block → (heads, d_head). Rows of one length are
-    batched together, unpadded, as extraction batches them, and each row's sum is added in float64 in
-    dataset order, so the mean depends on the batch size only as the z themselves do (the last bits)."""
+    """Each head's z averaged over every token of ``texts``: block → (heads, d_head). Rows are batched as
+    extraction batches them (sorted by length, right-padded; padding is left out of the sums), and each
+    row's sum is added in float64 in dataset order, so the mean depends on the batch size only as the z
+    themselves do (the last bits)."""
     import numpy as np
     import torch
 
@@ -55,12 +56,15 @@ def mean_z(model, tokenizer, texts, spans, blocks: list[int], batch_size: int = 
 
     order, lengths = length_sorted(tokenizer, texts, spans, cut=False)
     per_row = {}
-    for rows in extraction_batches(order, lengths, batch_size):
-        encoding = on_device(tokenizer([texts[i] for i in rows], return_tensors="pt"), device_of(model))
+    tokenizer.padding_side = "right"
+    for rows in extraction_batches(order, batch_size):
+        encoding = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True)
+        encoding = on_device(encoding, device_of(model))
+        real = encoding["attention_mask"].double()[:, None, :, None]  # (rows, 1, pos, 1): 0 at padding
         with capture(model, [f"blocks.{b}.attn.z" for b in blocks]) as seen, torch.no_grad():
             model(**encoding)
         for b in blocks:
-            sums = seen[f"blocks.{b}.attn.z"].double().sum(2).cpu().numpy()  # (rows, heads, d_head)
+            sums = (seen[f"blocks.{b}.attn.z"].double() * real).sum(2).cpu().numpy()  # (rows, heads, d_head)
             per_row.setdefault(b, np.zeros((len(texts), *sums.shape[1:])))[rows] = sums
     return {b: torch.from_numpy(sums.sum(0) / sum(lengths)).float().to(device_of(model)) for b, sums in per_row.items()}
 

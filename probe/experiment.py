@@ -345,9 +345,9 @@ def feature_key(context: RunContext, layers, mode: str) -> str:
         # CPU and GPU kernels round differently; the vectors of one are not the other's.
         "device": context.device.type if context.device.type != "cpu" else None,
         "activation_plugins": changing, "options": options,
-        # Rows of one length batched together, unpadded (extract.unpadded_batches); the batch size still moves
-        # the last bits (the matrix-multiply library picks its kernels by the number of rows).
-        "batches": "unpadded", "batch_size": config.batch_size,
+        # Rows sorted by length, right-padded (extract.sorted_batches); the batch size moves the last bits
+        # (the matrix-multiply library picks its kernels by the number of rows).
+        "batches": "padded", "batch_size": config.batch_size,
         # Only a run that reads the last layer after the final norm gets a key of its own (older caches stay).
         **({"final_norm": True} if _reads_final_norm(context, layers) else {}),
     })

@@ -15,7 +15,6 @@ same key does no model work, and an interrupted run picks up at the first missin
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,14 +114,14 @@ def extract(
 
     model, tokenizer = load()
     cut = "last" not in positions and attends_causally(model)
-    order, lengths = length_sorted(tokenizer, texts, spans, cut)
+    order, _ = length_sorted(tokenizer, texts, spans, cut)
     todo = [(n, rows) for n, rows in enumerate(chunked(order, chunk_rows))
             if ranks.owns(n) and not _chunk_path(folder, n).exists()]
 
     bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
     for n, rows in todo:
         vectors = {p: np.empty((len(layers), len(rows), _width(model)), dtype=np.float32) for p in positions}
-        for start, batch in unpadded_batches(rows, lengths, batch_size):
+        for start, batch in sorted_batches(rows, batch_size):
             found = _extract_batch(model, tokenizer, [texts[i] for i in batch], [spans[i] for i in batch], layers,
                                    pooling, cut, final_norm)
             for position in positions:
@@ -140,33 +139,26 @@ def extract(
 
 
 def length_sorted(tokenizer, texts, spans, cut: bool) -> tuple[list[int], list[int]]:
-    """The rows longest first (a batch too big for memory fails at once), and each row's token count (with
-    ``cut``, up to its target's last token): the order extraction and reruns from a block batch rows in."""
+    """The rows longest first (a batch too big for memory fails at once; rows of like length share a batch),
+    and each row's token count (with ``cut``, up to its target's last token): the order extraction and reruns
+    from a block batch rows in."""
     lengths = token_counts(tokenizer, texts, spans, cut)
     return sorted(range(len(texts)), key=lambda i: (-lengths[i], i)), lengths
 
 
-def unpadded_batches(rows: list[int], lengths: list[int], batch_size: int) -> list[tuple[int, list[int]]]:
-    """``rows`` (sorted by length) in batches of at most ``batch_size`` that never mix lengths, each with
-    its offset in ``rows``. Unpadded, a row's vectors do not depend on how long the other rows of its batch
-    are (with padding they did: padding changes how the attention's sums are rounded). They still depend on
-    the batch size in the last bits, as any batched inference does: the matrix-multiply library picks its
-    kernel and thread split by the number of rows (SmolLM2's mole vectors differ by up to 1e-4 between batch
-    sizes 1, 3, 16 and 64; MiniLM's are the same bits). So the batch size is part of the cache key."""
-    batches, start = [], 0
-    for _, run in itertools.groupby(rows, key=lambda i: lengths[i]):
-        run = list(run)
-        for offset in range(0, len(run), batch_size):
-            batches.append((start + offset, run[offset : offset + batch_size]))
-        start += len(run)
-    return batches
+def sorted_batches(rows: list[int], batch_size: int) -> list[tuple[int, list[int]]]:
+    """``rows`` (sorted by length, longest first) in batches of ``batch_size``, each with its offset in
+    ``rows``: neighbours in length share a batch, so right padding adds few tokens. A row's vectors depend
+    in the last bits on its batch (the matrix-multiply library picks its kernel and thread split by the
+    number of rows: SmolLM2's mole vectors move by about 1e-6 of their size between batch sizes), so the
+    batch size is part of the cache key; the same rows and batch size give the same bits every time."""
+    return [(start, rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
 
 
-def extraction_batches(order: list[int], lengths: list[int], batch_size: int,
-                       chunk_rows: int = CHUNK_ROWS) -> list[list[int]]:
+def extraction_batches(order: list[int], batch_size: int, chunk_rows: int = CHUNK_ROWS) -> list[list[int]]:
     """The batches ``extract`` runs, in its order: ``order`` cut into cache chunks of ``chunk_rows`` rows, each
-    chunk in ``unpadded_batches``. A rerun batched alike computes each row as extraction did, bit for bit."""
-    return [batch for chunk in chunked(order, chunk_rows) for _, batch in unpadded_batches(chunk, lengths, batch_size)]
+    chunk in ``sorted_batches``. A rerun batched alike computes each row as extraction did, bit for bit."""
+    return [batch for chunk in chunked(order, chunk_rows) for _, batch in sorted_batches(chunk, batch_size)]
 
 
 def chunked(order: list[int], chunk_rows: int) -> list[list[int]]:
@@ -295,7 +287,9 @@ def run_to_layer(model, encoding, deepest: int, layers, final_norm: bool = False
     handles = [blocks[0].register_forward_pre_hook(keep_input, with_kwargs=True)]
     handles += [blocks[layer - 1].register_forward_hook(keep_output(layer)) for layer in layers if layer > 0]
     try:
-        outputs = model(**encoding, **({"output_hidden_states": True} if normed else {}))
+        # No KV cache: nothing is generated, and reruns from a block (probe.partial) run without one too; the
+        # cache's copy of the keys rounds GPT-2's attention differently in the last bits.
+        outputs = model(**encoding, use_cache=False, **({"output_hidden_states": True} if normed else {}))
         if normed:
             captured[deepest] = outputs.hidden_states[-1]
     except _StopForward:

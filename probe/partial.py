@@ -4,9 +4,9 @@ residual stream entering block b is computed once and only blocks b.. are rerun 
 ``capture_block_inputs`` runs each batch up to block b and keeps what the model hands that block (the
 hidden states and the keyword arguments: mask, position embeddings, …, which every block receives
 alike); ``vectors_at`` reruns blocks b..layer-1 from there — under whatever hooks are attached — and
-pools the target vectors at ``layer``. Rows are batched as extraction batches them (rows of one token
-length together, unpadded; in a causal model cut after the target unless ``whole_rows``), so without an
-intervention they are the extracted vectors bit for bit, given the same batch size and rows cut alike.
+pools the target vectors at ``layer``. Rows are batched as extraction batches them (sorted by length,
+right-padded; in a causal model cut after the target unless ``whole_rows``), so without an intervention
+they are the extracted vectors bit for bit, given the same batch size and rows cut alike.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def capture_block_inputs(model, tokenizer, texts, spans, block: int, batch_size:
 
     blocks = adapter_for(model).blocks(model)
     cut = not whole_rows and attends_causally(model)
-    order, lengths = length_sorted(tokenizer, texts, spans, cut)
+    order, _ = length_sorted(tokenizer, texts, spans, cut)
     batches = []
-    for rows in extraction_batches(order, lengths, batch_size):
+    for rows in extraction_batches(order, batch_size):
         encoding, targets, last = encode_rows(tokenizer, [texts[i] for i in rows], [spans[i] for i in rows], cut)
         seen = {}
 

@@ -264,8 +264,8 @@ class Interrupted(RuntimeError):
 
 @pytest.mark.parametrize("positions", [("target", "last"), ("target",)])  # whole sentences; cut at the target
 def test_the_batch_size_moves_the_vectors_by_rounding_only(tiny_model, tmp_path, positions):
-    """Rows of one length are batched together, unpadded: for one batch size the same bits run after run;
-    between batch sizes the matrix-multiply kernels round differently, nothing more."""
+    """Rows sorted by length, right-padded: for one batch size the same bits run after run; between batch
+    sizes the matrix-multiply kernels round differently, nothing more."""
     data = write_planted(tmp_path / "planted.jsonl", n_per_label=12)
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     texts = [row["text"] for row in rows]
@@ -309,8 +309,8 @@ def test_extraction_batches_are_the_batches_extract_runs(tiny_model, tmp_path, m
     extract(lambda: load_and_swap(tiny_model), texts, spans, folder=tmp_path / "f", layers=[1], batch_size=3,
             chunk_rows=8, progress=False)
     order, lengths = probe.extract.length_sorted(load_and_swap(tiny_model)[1], texts, spans, cut=False)
-    assert ran == probe.extract.extraction_batches(order, lengths, 3, chunk_rows=8)
-    unchunked = [batch for _, batch in probe.extract.unpadded_batches(order, lengths, 3)]
+    assert ran == probe.extract.extraction_batches(order, 3, chunk_rows=8)
+    unchunked = [batch for _, batch in probe.extract.sorted_batches(order, 3)]
     assert ran != unchunked  # the chunk boundaries did change the batches
 
 
@@ -336,10 +336,7 @@ def test_extract_resumes_at_the_first_missing_chunk(tiny_model, tmp_path):
         model.register_forward_pre_hook(count, with_kwargs=True)
         return model, tokenizer
 
-    # Batches never mix lengths (extract.unpadded_batches), so count each chunk's batches as extract does.
-    lengths = probe.extract.token_counts(load_and_swap(tiny_model)[1], texts, spans, cut=False)
-    order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
-    per_chunk = [len(probe.extract.unpadded_batches(order[c : c + 8], lengths, 4)) for c in range(0, 40, 8)]
+    per_chunk = [2] * 5  # each chunk of 8 rows in two batches of 4
     folder = tmp_path / "resumable"
     # Killed in chunk 2's last batch: chunks 0 and 1 are finished.
     with pytest.raises(Interrupted):

@@ -164,7 +164,7 @@ def test_probe_run_takes_a_path_a_dict_or_overrides(tiny_model, tmp_path, monkey
 
 
 def test_rerunning_from_a_block_gives_the_extracted_vectors(tiny_model, tmp_path):
-    """Bit for bit at each batch size: reruns batch rows as extraction does (one length, unpadded)."""
+    """Bit for bit at each batch size: reruns batch rows as extraction does (sorted by length, padded)."""
     from transformers import GPT2Model
 
     from probe.extract import extract
