@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -633,6 +633,47 @@ def test_torch_dequantization_gives_ggufs_bits(qtype, scales, quant_bytes):
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=40),
+       st.lists(st.integers(-2**31, 2**31 - 1), min_size=1, max_size=40),
+       st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=10), st.lists(st.booleans(), min_size=1, max_size=5))
+def test_ggufs_arrays_split_at_once_are_ggufs_own_parts(tmp_path_factory, strings, integers, floats, booleans):
+    """The reader's fields, with arrays split by _array_parts_at_once: the same offsets, parts (dtype, shape,
+    bytes), data indices and types as gguf's own reader gives, for string, number and nested arrays (gguf's
+    writer refuses empty ones)."""
+    import gguf
+
+    from probe.models import _array_parts_at_once
+
+    path = tmp_path_factory.mktemp("gguf") / "fields.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.name", "tiny")
+    writer.add_uint32("llama.block_count", 2)
+    for key, values in (("strings", strings), ("integers", integers), ("floats", floats), ("booleans", booleans),
+                        ("nested", [integers[:1], integers[-1:]])):
+        writer.add_array(f"test.{key}", values)
+    writer.add_tensor("weight", np.arange(8, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    own = gguf.GGUFReader(str(path))
+    real = gguf.GGUFReader._get_field_parts
+    gguf.GGUFReader._get_field_parts = _array_parts_at_once(real)
+    try:
+        quick = gguf.GGUFReader(str(path))
+    finally:
+        gguf.GGUFReader._get_field_parts = real
+    assert list(quick.fields) == list(own.fields)
+    for name, field in own.fields.items():
+        other = quick.fields[name]
+        assert (other.offset, other.data, other.types) == (field.offset, field.data, field.types), name
+        assert [(p.dtype, p.shape, p.tobytes()) for p in other.parts] == [(p.dtype, p.shape, p.tobytes())
+                                                                          for p in field.parts], name
+    assert quick.data_offset == own.data_offset and np.array_equal(quick.tensors[0].data, own.tensors[0].data)
+
+
 def test_the_conversions_patches_are_undone_after_it_and_after_a_failure():
     import gguf
     from gguf import gguf_reader
@@ -642,7 +683,7 @@ def test_the_conversions_patches_are_undone_after_it_and_after_a_failure():
 
     def current():
         return (gguf.GGUFReader, gguf.get_tensor_name_map, gguf.dequantize, gguf_reader.np,
-                gguf_utils.load_gguf_checkpoint, gguf_utils._gguf_parse_value)
+                gguf_utils.load_gguf_checkpoint, gguf_utils._gguf_parse_value, gguf_reader.GGUFReader._get_field_parts)
 
     before = current()
     with _gguf_parsed_once():
