@@ -59,12 +59,13 @@ def mean_z(model, tokenizer, texts, spans, blocks: list[int], batch_size: int = 
     tokenizer.padding_side = "right"
     for rows in extraction_batches(order, batch_size):
         encoding = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True)
-        encoding = on_device(encoding, device_of(model))
         real = encoding["attention_mask"].double()[:, None, :, None]  # (rows, 1, pos, 1): 0 at padding
         with capture(model, [f"blocks.{b}.attn.z" for b in blocks]) as seen, torch.no_grad():
-            model(**encoding)
+            model(**on_device(encoding, device_of(model)), use_cache=False)
         for b in blocks:
-            sums = (seen[f"blocks.{b}.attn.z"].double() * real).sum(2).cpu().numpy()  # (rows, heads, d_head)
+            # Summed on the CPU: blocks spread over devices (device_map) hold z where they run, and some
+            # devices (Apple's MPS) have no float64.
+            sums = (seen[f"blocks.{b}.attn.z"].cpu().double() * real).sum(2).numpy()  # (rows, heads, d_head)
             per_row.setdefault(b, np.zeros((len(texts), *sums.shape[1:])))[rows] = sums
     return {b: torch.from_numpy(sums.sum(0) / sum(lengths)).float().to(device_of(model)) for b, sums in per_row.items()}
 

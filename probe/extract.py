@@ -147,11 +147,12 @@ def length_sorted(tokenizer, texts, spans, cut: bool) -> tuple[list[int], list[i
 
 
 def sorted_batches(rows: list[int], batch_size: int) -> list[tuple[int, list[int]]]:
-    """``rows`` (sorted by length, longest first) in batches of ``batch_size``, each with its offset in
-    ``rows``: neighbours in length share a batch, so right padding adds few tokens. A row's vectors depend
-    in the last bits on its batch (the matrix-multiply library picks its kernel and thread split by the
-    number of rows: SmolLM2's mole vectors move by about 1e-6 of their size between batch sizes), so the
-    batch size is part of the cache key; the same rows and batch size give the same bits every time."""
+    """``rows`` (sorted by length, longest first) in batches of at most ``batch_size``, each with its offset
+    in ``rows``: neighbours in length share a batch, so right padding adds few tokens. A row's vectors depend
+    in the last bits on its batch, on its size and padded length (the matrix-multiply library picks its
+    kernel and thread split by the number of rows: SmolLM2's mole vectors differ by up to 1e-4, about 1e-6
+    of their size, between batch sizes), so the batch size is part of the cache key; the same dataset and
+    batch size give the same batches, hence the same bits, every time."""
     return [(start, rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
 
 

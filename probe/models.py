@@ -231,10 +231,11 @@ def _gguf_parsed_once():
 
 
 def _array_parts_at_once(get_field_parts):
-    """gguf's ``GGUFReader._get_field_parts`` for the arrays of numbers or strings in the file's byte order:
-    the same parts (one array per number; each string's length and bytes), listed in one loop instead of a
-    recursive call per element, which took 0.5 s for SmolLM2's 147,000 vocabulary entries, types and merge
-    rules. Anything else (a scalar, nested arrays, a file of the other byte order) goes to gguf's own."""
+    """gguf's ``GGUFReader._get_field_parts`` for the arrays of numbers or strings of a file in the machine's
+    byte order: the same parts (one array per number; each string's length and bytes), listed in one loop
+    instead of a recursive call per element, which took 0.5 s for SmolLM2's 147,000 vocabulary entries,
+    types and merge rules. Anything else (a scalar, an empty or nested array, a file of the other byte
+    order) goes to gguf's own."""
     import struct
 
     import numpy
@@ -246,10 +247,13 @@ def _array_parts_at_once(get_field_parts):
         if raw_type != GGUFValueType.ARRAY or self.byte_order != "I":
             return get_field_parts(self, start, raw_type)
         item_type, count = self._get(start, numpy.uint32), self._get(start + 4, numpy.uint64)
-        kind, n, offset = GGUFValueType(int(item_type[0])), int(count[0]), start + 12
+        n, offset = int(count[0]), start + 12
+        if n == 0:  # gguf's own never reads the type of an empty array's elements
+            return get_field_parts(self, start, raw_type)
+        kind = GGUFValueType(int(item_type[0]))
         found, types = [item_type, count], [GGUFValueType.ARRAY]
         number = self.gguf_scalar_to_np.get(kind)
-        if n == 0 or (number is None and kind != GGUFValueType.STRING):
+        if number is None and kind != GGUFValueType.STRING:
             return get_field_parts(self, start, raw_type)
         types.append(kind)
         if number is not None:

@@ -308,7 +308,7 @@ def test_extraction_batches_are_the_batches_extract_runs(tiny_model, tmp_path, m
     assert len(set(texts)) == len(texts)
     extract(lambda: load_and_swap(tiny_model), texts, spans, folder=tmp_path / "f", layers=[1], batch_size=3,
             chunk_rows=8, progress=False)
-    order, lengths = probe.extract.length_sorted(load_and_swap(tiny_model)[1], texts, spans, cut=False)
+    order, _ = probe.extract.length_sorted(load_and_swap(tiny_model)[1], texts, spans, cut=False)
     assert ran == probe.extract.extraction_batches(order, 3, chunk_rows=8)
     unchunked = [batch for _, batch in probe.extract.sorted_batches(order, 3)]
     assert ran != unchunked  # the chunk boundaries did change the batches
