@@ -202,7 +202,8 @@ def _gguf_parsed_once():
     every submodule; for SmolLM2 those repeats were most of a 17 s conversion. Both are pure functions of
     their arguments, and the reader only reads its memory map. The reader slices its map once per string of
     the vocabulary (about 200,000 times); slicing an ``np.memmap`` runs Python code each time, slicing a
-    plain array view of the same map does not (SmolLM2: 1.6 s → 0.7 s to read the file, the same values).
+    plain array view of the same map does not (SmolLM2: 1.6 s → 0.7 s to read the file, the same values;
+    transformers' own reader, which the tokenizer reads its vocabulary with, 0.14 s → 0.06 s).
     Metadata values are parsed by ``_parse_value_quickly``, the reader's arrays split by ``_array_parts_at_once``
     and common block formats dequantized by ``_dequantize_with_torch``, each giving what gguf and transformers
     give.
@@ -210,8 +211,11 @@ def _gguf_parsed_once():
     import gguf
     from gguf import gguf_reader
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.integrations.gguf import reader as transformers_reader
 
     patches = [  # every replacement is made before any is set: a failure here leaves nothing patched
+        # transformers' own reader (the tokenizer's vocabulary and merges) slices its map per string too.
+        (transformers_reader, "_mapped", _plain_map),
         (gguf.GGUFReader, "_get_field_parts", _array_parts_at_once(gguf.GGUFReader._get_field_parts)),
         (gguf, "GGUFReader", functools.lru_cache(maxsize=None)(gguf.GGUFReader)),
         (gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)),
@@ -341,6 +345,13 @@ def _metadata_parsed_once(load_gguf_checkpoint):
         return copy.deepcopy(parsed[path])
 
     return load
+
+
+def _plain_map(path):
+    """The file's read-only memory map as a plain uint8 array view (kept alive by its base)."""
+    import numpy
+
+    return numpy.memmap(path, mode="r", dtype=numpy.uint8).view(numpy.ndarray)
 
 
 def _plain_memmap_numpy():

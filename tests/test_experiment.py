@@ -678,12 +678,14 @@ def test_the_conversions_patches_are_undone_after_it_and_after_a_failure():
     import gguf
     from gguf import gguf_reader
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.integrations.gguf import reader as transformers_reader
 
     from probe.models import _gguf_parsed_once
 
     def current():
         return (gguf.GGUFReader, gguf.get_tensor_name_map, gguf.dequantize, gguf_reader.np,
-                gguf_utils.load_gguf_checkpoint, gguf_utils._gguf_parse_value, gguf_reader.GGUFReader._get_field_parts)
+                gguf_utils.load_gguf_checkpoint, gguf_utils._gguf_parse_value, gguf_reader.GGUFReader._get_field_parts,
+                transformers_reader._mapped)
 
     before = current()
     with _gguf_parsed_once():
