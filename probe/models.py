@@ -347,24 +347,28 @@ def _metadata_parsed_once(load_gguf_checkpoint):
     return load
 
 
-def _plain_map(path):
-    """The file's read-only memory map as a plain uint8 array view (kept alive by its base)."""
+def _plain_memmap(*args, **kwargs):
+    """``numpy.memmap(...)`` as a plain ndarray view (kept alive by its base): slicing it runs no Python code."""
     import numpy
 
-    return numpy.memmap(path, mode="r", dtype=numpy.uint8).view(numpy.ndarray)
+    return numpy.memmap(*args, **kwargs).view(numpy.ndarray)
+
+
+def _plain_map(path):
+    """transformers' reader's ``_mapped``: the file's read-only map as a plain uint8 array view."""
+    import numpy
+
+    return _plain_memmap(path, mode="r", dtype=numpy.uint8)
 
 
 def _plain_memmap_numpy():
-    """numpy, for gguf's reader, except that ``memmap`` returns a plain ndarray view (kept alive by its base).
-    A namespace copy, not a proxy: the reader looks up ``np.uint8`` and the like some 450,000 times."""
+    """numpy, for gguf's reader, except that ``memmap`` is ``_plain_memmap``. A namespace copy, not a proxy:
+    the reader looks up ``np.uint8`` and the like some 450,000 times."""
     import types
 
     import numpy
 
-    def memmap(*args, **kwargs):
-        return numpy.memmap(*args, **kwargs).view(numpy.ndarray)
-
-    return types.SimpleNamespace(**{**vars(numpy), "memmap": memmap})
+    return types.SimpleNamespace(**{**vars(numpy), "memmap": _plain_memmap})
 
 
 @contextlib.contextmanager
