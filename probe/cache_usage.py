@@ -48,8 +48,14 @@ def parts(cache_dir: Path) -> list[Part]:
 
 def _entries(folder: Path) -> int:
     if folder.name == "models":
-        return sum(1 for p in folder.iterdir() if (p / "config.json").exists())
+        return len(_converted_folders(folder))
     return sum(1 for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _converted_folders(models: Path) -> list[Path]:
+    from probe.models import is_converted
+
+    return [p for p in models.iterdir() if p.is_dir() and is_converted(p)]
 
 
 def converted_models(cache_dir: Path) -> list[ConvertedModel]:
@@ -62,7 +68,7 @@ def converted_models(cache_dir: Path) -> list[ConvertedModel]:
         return []
     sources = conversion_sources(models)
     found = [ConvertedModel(p, folder_bytes(p), sources.get(p.name.rsplit("-", 1)[-1]))
-             for p in models.iterdir() if p.is_dir() and (p / "config.json").exists()]
+             for p in _converted_folders(models)]
     return sorted(found, key=lambda m: -m.bytes)
 
 

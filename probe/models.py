@@ -53,7 +53,7 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     path = Path(gguf_path)
     digest = remembered_sha256(path, Path(cache_root) / "digests")
     folder = Path(cache_root) / f"{path.stem}-{conversion_key(digest)}"
-    if (folder / "config.json").exists():
+    if is_converted(folder):
         return folder
     with _writing(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -65,11 +65,16 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
             os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a model cache is for everyone to read
             os.replace(tmp, folder)  # one step: a reader sees no folder or a complete one
     except OSError:
-        if not (folder / "config.json").exists():
+        if not is_converted(folder):  # another process's rename came first: its folder is as good
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename happened
     return folder
+
+
+def is_converted(folder: Path) -> bool:
+    """Whether ``folder`` is a finished conversion: it appears in one rename, complete, config.json and all."""
+    return (folder / "config.json").exists()
 
 
 def conversion_key(digest: str) -> str:
