@@ -208,6 +208,20 @@ def assert_patterns_bitwise(
         if rest_zero:
             assert torch.equal(b[~rows], torch.zeros_like(b[~rows])), f"{what}[{i}]: padding rows must be all 0"
 
+def fake_gguf_conversion(monkeypatch, save_weights) -> None:
+    """probe.models.gguf_folder without transformers: no model is read, the tokenizer writes an empty
+    tokenizer.json, and ``save_weights(model, folder)`` stands in for writing the dequantized weights."""
+    from probe import models
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            (Path(folder) / "tokenizer.json").write_text("{}")
+
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: object())
+    monkeypatch.setattr(models, "load_tokenizer", lambda *args, **kwargs: Tokenizer())
+    monkeypatch.setattr(models, "_save_dequantized", save_weights)
+
+
 def shared_folder(tmp_path_factory, name: str, produce) -> Path:
     """``produce(folder)`` once per session, even with several xdist workers (they share the parent folder)."""
     base = tmp_path_factory.getbasetemp()

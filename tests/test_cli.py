@@ -205,20 +205,15 @@ def test_bytes_read_as_a_person_would():
 
 
 def test_cache_lists_its_parts_and_the_gguf_file_a_converted_model_came_from(tmp_path, monkeypatch):
+    from conftest import fake_gguf_conversion
     from probe import models
     from probe.cache_usage import human
-
-    class Tokenizer:
-        def save_pretrained(self, folder):
-            (Path(folder) / "tokenizer.json").write_text("{}")
 
     def save(model, folder):
         (Path(folder) / "config.json").write_text("{}")
         (Path(folder) / "model.safetensors").write_bytes(b"w" * 3000)
 
-    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: object())
-    monkeypatch.setattr(models, "load_tokenizer", lambda *args, **kwargs: Tokenizer())
-    monkeypatch.setattr(models, "_save_dequantized", save)
+    fake_gguf_conversion(monkeypatch, save)
     checkpoint = tmp_path / "tiny.Q8_0.gguf"
     checkpoint.write_bytes(b"GGUF")
     cache = tmp_path / "cache"

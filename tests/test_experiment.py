@@ -35,7 +35,7 @@ from probe.extract import FeatureStore, extract
 from probe.atomic import MARKER
 from probe.provenance import without_provenance
 from probe.report import CSV_COLUMNS
-from conftest import shared_folder
+from conftest import fake_gguf_conversion, shared_folder
 from tiny_gpt2 import build_tiny_gpt2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -503,19 +503,13 @@ def test_a_conversion_that_cannot_be_written_says_where_and_leaves_nothing(tmp_p
     from probe.config import ConfigError
     from probe.experiment import RunContext
 
-    class Tokenizer:
-        def save_pretrained(self, folder):
-            (Path(folder) / "tokenizer.json").write_text("{}")
-
     def full_disk(model, folder):
         from safetensors import SafetensorError
 
         (Path(folder) / "model.safetensors").write_bytes(b"half of it")
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: object())
-    monkeypatch.setattr(models, "load_tokenizer", lambda *args, **kwargs: Tokenizer())
-    monkeypatch.setattr(models, "_save_dequantized", full_disk)
+    fake_gguf_conversion(monkeypatch, full_disk)
     checkpoint = tmp_path / "checkpoints" / "model.gguf"
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(b"GGUF, or so it says")
