@@ -20,7 +20,7 @@ from transformers import GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 import probe
-from probe.models import gpt2_config
+from probe.pipeline.models import gpt2_config
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import yaml
 
-from probe.provenance import without_provenance
+from probe.pipeline.results import without_provenance
 
 MOLE = ROOT / "probe" / "builtin" / "data" / "mole.jsonl"
 FIELDS = {"folds": 3, "controls": ["majority"], "reporters": ["json", "csv", "summary"], "batch_size": 8}

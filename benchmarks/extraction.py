@@ -1,4 +1,4 @@
-"""Extraction throughput and memory: probe.extract (exact and fast paths) vs a naive loop and TransformerLens.
+"""Extraction throughput and memory: probe.pipeline.extract (exact and fast paths) vs a naive loop and TransformerLens.
 
     python benchmarks/extraction.py [--rows 256] [--repeats 3] [--memory-rows 1000 10000] [--memory-layers 0 1 2]
 
@@ -7,7 +7,7 @@ byte-level BPE tokenizer trained offline on the built-in sentences. Every varian
 states at the target word, from a model loaded beforehand (loading is not timed):
 
 - the naive loop is what one writes first: batch 1, the LM-head model, output_hidden_states=True;
-- probe.extract batches length-sorted rows, runs the base model only up to the deepest layer asked for
+- probe.pipeline.extract batches length-sorted rows, runs the base model only up to the deepest layer asked for
   and keeps only the target vectors, on probe's exact path (bit-identical to eager) and on its fast path
   (scaled_dot_product_attention); it is also timed for layers 0-6, to show what stopping early saves,
   and for the target alone (an experiment's default positions: [target]), where a causal model's
@@ -45,9 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from tiny_gpt2 import build_tokenizer, corpus
 
-from probe.data import whole_word_matches
-from probe.extract import extract
-from probe.swap import swap_attention
+from probe.core.swap import swap_attention
+from probe.pipeline.data import whole_word_matches
+from probe.pipeline.extract import extract
 
 ALL_LAYERS = list(range(13))  # GPT-2 small: the embeddings and 12 blocks
 
@@ -93,7 +93,7 @@ def naive(folder: Path, tokenizer):
 
 def probe_extract(folder: Path, tokenizer, cache: Path, fast: bool, layers=ALL_LAYERS, batch_size: int = 32,
                   positions=("target", "last")):
-    """probe.extract on a model swapped beforehand; each call extracts into a fresh cache folder. With
+    """probe.pipeline.extract on a model swapped beforehand; each call extracts into a fresh cache folder. With
     ``positions=["target"]`` (an experiment's default) a causal model runs only up to each target."""
     model = swap_attention(GPT2Model.from_pretrained(folder, attn_implementation="eager").eval(), fast=fast)
     calls = iter(range(10**6))
@@ -111,7 +111,7 @@ def transformer_lens(folder: Path, batch_size: int = 32):
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
 
-    from probe.extract import encode_batch, pool_targets
+    from probe.pipeline.extract import encode_batch, pool_targets
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     bridge = TransformerBridge.boot_transformers(str(folder), tokenizer=tokenizer, device="cpu")
@@ -183,11 +183,11 @@ def main() -> None:
         cache = Path(tmp) / "cache"
         variants = {
             "naive loop (batch 1, LM head, output_hidden_states)": naive(folder, tokenizer),
-            "probe.extract, exact path (batch 32, length-sorted)": probe_extract(folder, tokenizer, cache / "e", False),
-            "probe.extract, fast path (batch 32, length-sorted)": probe_extract(folder, tokenizer, cache / "f", True),
-            "probe.extract, fast path, layers 0-6 only": probe_extract(folder, tokenizer, cache / "h", True,
+            "probe.pipeline.extract, exact path (batch 32, length-sorted)": probe_extract(folder, tokenizer, cache / "e", False),
+            "probe.pipeline.extract, fast path (batch 32, length-sorted)": probe_extract(folder, tokenizer, cache / "f", True),
+            "probe.pipeline.extract, fast path, layers 0-6 only": probe_extract(folder, tokenizer, cache / "h", True,
                                                                        layers=list(range(7))),
-            "probe.extract, fast path, target only (stops at it)": probe_extract(folder, tokenizer, cache / "t", True,
+            "probe.pipeline.extract, fast path, target only (stops at it)": probe_extract(folder, tokenizer, cache / "t", True,
                                                                                  positions=["target"]),
         }
         if importlib.util.find_spec("transformer_lens"):

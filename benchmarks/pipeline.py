@@ -34,7 +34,7 @@ def one_run(model: str, cache: Path, out: Path, overrides: list[str], device: st
     entry (probe.cli.main); the phases from run_experiment's clock, the total (exit included) from outside."""
     driver = (
         "import json, sys, time; start = time.perf_counter()\n"
-        "import probe.experiment as experiment\n"
+        "import probe.pipeline.run as experiment\n"
         "timings, real = {}, experiment.run_experiment\n"
         "def timed(*args, **kwargs):\n"
         "    timings['import'] = time.perf_counter() - start\n"

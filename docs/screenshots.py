@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-from probe.browser import open_page
+from probe.report.browser import open_page
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "images"

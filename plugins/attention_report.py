@@ -23,8 +23,8 @@ def target_patterns(model, tokenizer, texts, spans, batch_size: int = 16):
     """Yield (tokens, target index, patterns (blocks, heads, keys)) for each row, in order."""
     import torch
 
-    from probe.attention_view import run_padded
-    from probe.data import span_token_indices
+    from probe.pipeline.data import span_token_indices
+    from probe.report.attention_view import run_padded
 
     n_blocks = sum(1 for name in _names(model) if name.endswith(".attn.pattern"))
     names = [f"blocks.{i}.attn.pattern" for i in range(n_blocks)]
@@ -40,7 +40,7 @@ def target_patterns(model, tokenizer, texts, spans, batch_size: int = 16):
 
 
 def _names(model):
-    from probe.hooks import hook_points
+    from probe.core.hooks import hook_points
 
     return hook_points(model)
 
@@ -52,7 +52,7 @@ def entropy(p: np.ndarray) -> np.ndarray:
 
 
 def attention_report(results, output_dir, context):
-    from probe.io import write_text_atomic
+    from probe.store.files import write_text_atomic
 
     options = context.config.options.get("attention_report", {})
     mean_entropy, examples = _entropies_and_examples(context, options.get("examples", 3), options.get("top_k", 3))
@@ -66,9 +66,9 @@ def _entropies_and_examples(context, n_examples: int, top_k: int):
     """Each head's mean entropy (blocks, heads) and the example rows' top words. What the model computes is
     kept in the cache under the key of the activations it comes from, so a rerun on a full cache loads no
     model; each example's text and label are read from the rows now."""
-    from probe.experiment import feature_key
-    from probe.extract import cache_key
-    from probe.io import read_json_or_none, write_text_atomic
+    from probe.pipeline.extract import cache_key
+    from probe.pipeline.run import feature_key
+    from probe.store.files import read_json_or_none, write_text_atomic
 
     key = cache_key({"features": feature_key(context, "all", "reimplemented"), "report": "attention_report",
                      "examples": n_examples, "top_k": top_k})
@@ -116,7 +116,7 @@ def _markdown(results, mean_entropy, examples) -> str:
 
 
 def _plot(results, mean_entropy, output_dir):
-    from probe.report import _pyplot, _save
+    from probe.report.writers import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1 + 0.45 * mean_entropy.shape[1], 1 + 0.35 * mean_entropy.shape[0]))

@@ -47,7 +47,7 @@ def erasure_settings(results, config, n_blocks: int) -> dict:
         raise TypeError(f"options.erasure.layer must be an integer, got {layer!r}")
     if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
         raise ValueError(f"options.erasure.draws must be a positive integer, got {draws!r}")
-    from probe.erasure import erasure_point
+    from probe.science.erasure import erasure_point
 
     return {"layer": layer, "draws": draws, "position": position, "hook_point": erasure_point(layer, n_blocks)}
 
@@ -55,7 +55,7 @@ def erasure_settings(results, config, n_blocks: int) -> dict:
 def fold_erasers(X, y, fold_list, draws: int, seed: int) -> tuple[dict, list[int]]:
     """{(condition, fold): eraser} for LEACE and each random draw, fitted on each fold's training rows;
     and LEACE's rank per fold (the random subspaces get the same)."""
-    from probe.erasure import concept_rank, fit_leace, random_fitter, whitening
+    from probe.science.erasure import concept_rank, fit_leace, random_fitter, whitening
 
     erasers, ranks = {}, []
     for fold, (train, _) in enumerate(fold_list):
@@ -71,7 +71,7 @@ def fold_erasers(X, y, fold_list, draws: int, seed: int) -> tuple[dict, list[int
 def unerased_vectors(context, settings: dict, loss) -> tuple:
     """What block L receives (per batch), layer L's vectors, and {later layer: X} without erasure;
     with ``loss``, every row's next-token loss too."""
-    from probe.partial import capture_block_inputs, vectors_from
+    from probe.pipeline.partial import capture_block_inputs, vectors_from
 
     config, layer = context.config, settings["layer"]
     model, tokenizer = context.load_model()
@@ -88,9 +88,9 @@ def erased_vectors(context, settings: dict, inputs, erasers: dict, fold_list, lo
     with ``loss``, {(condition, fold): meter} of the fold's test rows' next-token losses."""
     from tqdm.auto import tqdm
 
-    from probe.erasure import erase_hook
-    from probe.hooks import hooks
-    from probe.partial import vectors_from
+    from probe.core.hooks import hooks
+    from probe.pipeline.partial import vectors_from
+    from probe.science.erasure import erase_hook
 
     config, layer = context.config, settings["layer"]
     model, _ = context.load_model()
@@ -110,8 +110,8 @@ def score_layers(context, settings, X_layer, runs, erasers, y, fold_list) -> lis
     random draw (mean over folds), each probe trained on its fold's training rows of its own run."""
     import numpy as np
 
-    from probe.erasure import erase_numpy
-    from probe.probes import FitTask, fit_all
+    from probe.science.erasure import erase_numpy
+    from probe.science.probes import FitTask, fit_all
 
     layer, draws = settings["layer"], settings["draws"]
     layers = [layer, *runs["unerased"]]
@@ -171,10 +171,11 @@ class NextTokenLoss:
     def __init__(self, context):
         from transformers import AutoModelForCausalLM
 
-        from probe.adapters import adapter_for
-        from probe.adapters.layouts import get_path
-        from probe.models import load_model, parse_dtype
-        from probe.points import layout_of
+        from probe.core.adapters import adapter_for
+        from probe.core.adapters.layouts import get_path
+        from probe.core.points import layout_of
+        from probe.pipeline.models import load_model
+        from probe.scale.devices import parse_dtype
 
         model, _ = context.load_model()
         layout = layout_of(model, adapter_for(model))
@@ -199,7 +200,7 @@ class LossMeter:
         """``batch``: the BlockInputs (whole rows) that ``hidden`` came from."""
         import torch
 
-        from probe.devices import on_device
+        from probe.scale.devices import on_device
 
         if batch.cut:
             raise ValueError("a next-token loss needs every token: capture the rows with whole_rows=True")
@@ -262,7 +263,7 @@ def erasure(results, output_dir, context):
 
     import numpy as np
 
-    from probe.report import as_results
+    from probe.report.writers import as_results
 
     results = as_results(results)
     config = context.config
@@ -288,7 +289,7 @@ def erasure(results, output_dir, context):
 
 
 def _write(summary: dict, output_dir) -> None:
-    from probe.io import write_text_atomic
+    from probe.store.files import write_text_atomic
 
     write_text_atomic(output_dir / "erasure.json", json.dumps(summary, indent=2) + "\n")
     columns = ["layer", "unerased", "leace", "leace_std", "random", "random_std"]
@@ -304,7 +305,7 @@ def _plot(results, summary: dict, output_dir):
     random subspaces (bands: std over folds / over draws). Right: the change in next-token loss."""
     import numpy as np
 
-    from probe.report import LAYER_AXIS, _pyplot, _save
+    from probe.report.writers import LAYER_AXIS, _pyplot, _save
 
     plt = _pyplot()
     has_loss = summary["loss"]["available"]

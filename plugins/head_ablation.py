@@ -6,7 +6,7 @@ what depends on the input) — re-extract the target vectors, re-probe, and repo
 A head whose ablation costs accuracy was moving sense information into the target's vector.
 
 Only what the ablation changes is recomputed: the residual stream entering block b is computed once
-per block and the blocks from b up to the probed layer are rerun per head (``probe.partial``); the
+per block and the blocks from b up to the probed layer are rerun per head (``probe.pipeline.partial``); the
 probes for every head are fitted in parallel on the run's folds. Each drop comes with its spread over
 folds and an exact McNemar test on the rows (unablated vs ablated, same rows, same folds): a drop of a
 row or two is noise, and the heatmap marks only heads whose drop survives a Bonferroni correction.
@@ -50,9 +50,9 @@ def mean_z(model, tokenizer, texts, spans, blocks: list[int], batch_size: int = 
     import numpy as np
     import torch
 
-    from probe.devices import device_of, on_device
-    from probe.extract import extraction_batches, length_sorted
-    from probe.hooks import capture
+    from probe.core.hooks import capture
+    from probe.pipeline.extract import extraction_batches, length_sorted
+    from probe.scale.devices import device_of, on_device
 
     order, lengths = length_sorted(tokenizer, texts, spans, cut=False)
     per_row = {}
@@ -91,7 +91,7 @@ def ablated_vectors(context, settings: dict) -> tuple[dict, dict]:
     each rerun from the block's own input; cached on disk beside the run's features."""
     from tqdm.auto import tqdm
 
-    from probe.partial import capture_block_inputs
+    from probe.pipeline.partial import capture_block_inputs
 
     config = context.config
     n_heads = context.model_config.num_attention_heads
@@ -131,8 +131,8 @@ def ablated_vectors(context, settings: dict) -> tuple[dict, dict]:
 
 
 def _rerun(model, inputs, block, settings, context, heads=None, replacement=None):
-    from probe.hooks import hooks
-    from probe.partial import vectors_at
+    from probe.core.hooks import hooks
+    from probe.pipeline.partial import vectors_at
 
     with hooks(model, {f"blocks.{block}.attn.z": ablate(heads, replacement)} if heads else {}):
         return vectors_at(model, inputs, block, settings["probe_layer"], settings["position"],
@@ -143,8 +143,8 @@ def _cached(context, settings, block, head, compute):
     """``compute()``'s vectors, stored under a key of everything they depend on; written atomically."""
     import numpy as np
 
-    from probe.extract import cache_key
-    from probe.io import write_atomic
+    from probe.pipeline.extract import cache_key
+    from probe.store.files import write_atomic
 
     # The vectors of the attention the reruns use (under attention: both, not the first-extracted reference);
     # their folder's name is their feature key, which carries the pooling, batching and batch size they share.
@@ -160,7 +160,7 @@ def _cached(context, settings, block, head, compute):
 
 
 def head_ablation(results, output_dir, context):
-    from probe.report import as_results
+    from probe.report.writers import as_results
 
     results = as_results(results)
     settings = sweep_settings(results, context.config)
@@ -177,7 +177,7 @@ def score_heads(context, unablated: dict, ablated: dict) -> list[dict]:
     for all heads fitted in one parallel batch on the same folds."""
     import numpy as np
 
-    from probe.probes import FitTask, fit_all
+    from probe.science.probes import FitTask, fit_all
 
     y = np.asarray(context.rows["label"])
     fold_list = context.folds()  # the run's own, under its evaluation protocol
@@ -213,7 +213,7 @@ def mcnemar(before, after) -> float:
 
 
 def _write(summary, output_dir):
-    from probe.io import write_text_atomic
+    from probe.store.files import write_text_atomic
 
     write_text_atomic(output_dir / "head_ablation.json", json.dumps(summary, indent=2) + "\n")
     buffer = io.StringIO()
@@ -228,7 +228,7 @@ def _plot(results, table, settings, output_dir):
     within noise stays pale; a dot marks heads significant after Bonferroni correction."""
     import numpy as np
 
-    from probe.report import _pyplot, _save
+    from probe.report.writers import _pyplot, _save
 
     blocks = settings["blocks"]
     n_heads = 1 + max(row["head"] for row in table)

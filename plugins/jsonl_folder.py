@@ -15,7 +15,7 @@ from probe import hookimpl
 def load_jsonl_folder(path: str, words: list[str] | None = None, prefix_labels: bool = True, **fields):
     import datasets  # imported when used: `probe --help` loads every plugin
 
-    from probe.data import DataError, load_rows
+    from probe.pipeline.data import DataError, load_rows
 
     folder = Path(path)
     if not folder.is_dir():

@@ -10,7 +10,9 @@ from probe import hookimpl
 
 def nearest_centroid_probe(seed: int = 0, metric: str = "cosine", standardize: bool = False):
     """Cosine distance to each sense's centroid (the paper's choice); optionally standardised first."""
-    from sklearn.neighbors import NearestCentroid  # imported when used: `probe --help` loads every plugin
+    from sklearn.neighbors import (
+        NearestCentroid,  # imported when used: `probe --help` loads every plugin
+    )
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 

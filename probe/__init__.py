@@ -7,8 +7,6 @@ torch, transformers and scikit-learn until something needs them.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 from probe.hookspecs import hookimpl
@@ -17,25 +15,30 @@ __version__ = "0.1.0"
 
 # public name → the module that defines it
 _LAZY = {
-    "MaskedMultiHeadAttention": "probe.attention",
-    "HookPoint": "probe.hooks",
-    "add_hook": "probe.hooks",
-    "capture": "probe.hooks",
-    "hook_points": "probe.hooks",
-    "is_swapped": "probe.swap",
-    "restore_attention": "probe.swap",
-    "set_fast_attention": "probe.swap",
-    "swap_attention": "probe.swap",
-    "swapped_attention": "probe.swap",
+    "MaskedMultiHeadAttention": "probe.core.attention",
+    "HookPoint": "probe.core.hooks",
+    "add_hook": "probe.core.hooks",
+    "capture": "probe.core.hooks",
+    "hook_points": "probe.core.hooks",
+    "is_swapped": "probe.core.swap",
+    "restore_attention": "probe.core.swap",
+    "set_fast_attention": "probe.core.swap",
+    "swap_attention": "probe.api",
+    "swapped_attention": "probe.api",
     "run": "probe.api",
-    "Results": "probe.results",
-    "LayerResult": "probe.results",
-    "load_results": "probe.results",
+    "Results": "probe.pipeline.results",
+    "LayerResult": "probe.pipeline.results",
+    "load_results": "probe.api",
     "ActivationCache": "probe.notebook",
     "run_with_cache": "probe.notebook",
+    "plot": "probe.notebook",
+    # probe.attention is the notebook's attention viewer and probe.hooks the hook context manager: both are
+    # functions only (the modules live in probe.core), so neither name means two things.
+    "attention": "probe.notebook",
+    "hooks": "probe.core.hooks",
 }
 
-__all__ = ["attention", "hookimpl", "hooks", *_LAZY]
+__all__ = ["hookimpl", *_LAZY]
 
 
 def __getattr__(name: str):
@@ -46,39 +49,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'probe' has no attribute {name!r}")
 
 
-class _Package(types.ModuleType):
-    """``probe.hooks`` and ``probe.attention`` are functions (the hook context manager and the notebook's
-    attention viewer), though probe.hooks and probe.attention are also submodules: importing a submodule
-    must not replace the function with the module (``from probe.attention import …`` still works)."""
-
-    @property
-    def hooks(self):
-        return importlib.import_module("probe.hooks").hooks
-
-    @hooks.setter
-    def hooks(self, value) -> None:  # the import system setting the submodule: keep the function
-        pass
-
-    @property
-    def attention(self):
-        return importlib.import_module("probe.notebook").attention
-
-    @attention.setter
-    def attention(self, value) -> None:
-        pass
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | {"attention", "hooks"})
+    return sorted(set(globals()) | set(_LAZY))
 
 
 if TYPE_CHECKING:
-    from probe.api import run
-    from probe.attention import MaskedMultiHeadAttention
-    from probe.hooks import HookPoint, add_hook, capture, hook_points, hooks
-    from probe.notebook import ActivationCache, attention, run_with_cache
-    from probe.results import LayerResult, Results, load_results
-    from probe.swap import is_swapped, restore_attention, set_fast_attention, swap_attention, swapped_attention
+    from probe.api import load_results, run, swap_attention, swapped_attention
+    from probe.core.attention import MaskedMultiHeadAttention
+    from probe.core.hooks import HookPoint, add_hook, capture, hook_points, hooks
+    from probe.core.swap import is_swapped, restore_attention, set_fast_attention
+    from probe.notebook import ActivationCache, attention, plot, run_with_cache
+    from probe.pipeline.results import LayerResult, Results

@@ -27,26 +27,14 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The errors whose message already names the field, row, file or plugin at fault."""
-    from probe.config import ConfigError
-    from probe.data import DataError
-    from probe.hooks import HookError
-    from probe.plugins import PluginError
-    from probe.probes import ProbeError
-
-    found = [ConfigError, DataError, PluginError, ProbeError, HookError]
-    try:
-        from probe.html_report import ReportError
-
-        found.append(ReportError)
-    except ImportError:
-        pass
-    return tuple(found)
+class UserError(Exception):
+    """An error whose message already names the field, row, file or plugin at fault, and what to do: the
+    command line prints it as it is. Every such error in probe derives from it (ConfigError, DataError,
+    PluginError, ProbeError, HookError, ReportError)."""
 
 
 def explain(error: BaseException) -> str:
-    if isinstance(error, user_errors()):
+    if isinstance(error, UserError):
         return str(error)
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {error.strerror or error}"

@@ -40,8 +40,8 @@ def run_with_cache(model, text: str | Sequence[str], *, tokenizer=None,
     once and kept. ``tokenizer``: default, the one saved with the model. A model without probe's attention
     gets it for this call only (``probe.swapped_attention``).
     """
-    from probe.hooks import capture
-    from probe.swap import is_swapped, swapped_attention
+    from probe.core.hooks import capture
+    from probe.core.swap import is_swapped, swapped_attention
 
     model, tokenizer = _model_and_tokenizer(model, tokenizer, revision)
     texts = [text] if isinstance(text, str) else list(text)
@@ -58,7 +58,7 @@ def run_with_cache(model, text: str | Sequence[str], *, tokenizer=None,
 class AttentionView:
     """Every block's attention for some sentences; shown as the interactive viewer in Jupyter."""
 
-    sentences: list[dict]  # as ``probe.attention_view.capture_attention`` returns them
+    sentences: list[dict]  # as ``probe.report.attention_view.capture_attention`` returns them
 
     @property
     def patterns(self) -> torch.Tensor:
@@ -71,13 +71,13 @@ class AttentionView:
         return self.sentences[0]["tokens"]
 
     def _repr_html_(self) -> str:
-        from probe.attention_view import viewer_html
+        from probe.report.attention_view import viewer_html
 
         return viewer_html(self.sentences)
 
     def save(self, path: str | Path) -> Path:
         """A standalone HTML page with the viewer (no network needed to open it)."""
-        from probe.io import write_text_atomic
+        from probe.store.files import write_text_atomic
 
         page = f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>attention</title></head><body>' \
                f"{self._repr_html_()}</body></html>\n"
@@ -89,8 +89,8 @@ def attention(model, text: str | Sequence[str], *, target: str | None = None, to
     """The attention viewer for ``text`` (a string or a list of them): pick a block and a head, see each
     token shaded by the attention the ``target`` word (default: the last token) gives it, and the full
     query × key grid with the causal mask hatched. Displays itself in Jupyter; ``.save("a.html")`` too."""
-    from probe.attention_view import capture_attention
-    from probe.swap import is_swapped, swapped_attention
+    from probe.core.swap import is_swapped, swapped_attention
+    from probe.report.attention_view import capture_attention
 
     model, tokenizer = _model_and_tokenizer(model, tokenizer, revision)
     texts = [text] if isinstance(text, str) else list(text)
@@ -104,7 +104,7 @@ def _model_and_tokenizer(model, tokenizer, revision):
         loaded, own_tokenizer = _load(str(model), revision)
         return loaded, tokenizer or own_tokenizer
     if tokenizer is None:
-        from probe.models import load_tokenizer
+        from probe.pipeline.models import load_tokenizer
 
         source = getattr(model, "name_or_path", None)
         if not source:
@@ -116,8 +116,8 @@ def _model_and_tokenizer(model, tokenizer, revision):
 @functools.lru_cache(maxsize=2)
 def _load(name: str, revision: str | None):
     """A model by name, loaded once per session: registered names resolve to their files."""
-    from probe.experiment import resolve_model
-    from probe.models import load_model, load_tokenizer
+    from probe.pipeline.models import load_model, load_tokenizer
+    from probe.pipeline.run import resolve_model
 
     source = resolve_model(name, revision)
     return load_model(source, revision=revision), load_tokenizer(source, revision=revision)
@@ -132,3 +132,36 @@ def _tokens(tokenizer, encoding) -> list[list[str]]:
     for ids, mask in zip(encoding["input_ids"].tolist(), encoding["attention_mask"].tolist()):
         rows.append([tokenizer.decode([i]) for i, keep in zip(ids, mask) if keep])
     return rows
+
+
+def report_html(results) -> str:
+    """The views of report.html as a fragment for a notebook cell (PCA and attention too, when the run
+    folder has them); several can share one notebook."""
+    from probe.report.html import render_report
+
+    source = results.run_dir if results.run_dir and (results.run_dir / "results.json").exists() else results.to_dict()
+    return render_report(source, fragment=True)
+
+
+def plot(results, path: str | Path | None = None):
+    """Accuracy per layer with its controls (what accuracy.png shows); returns the matplotlib figure."""
+    from probe.report.writers import accuracy_figure
+
+    figure = accuracy_figure(results)
+    if path is not None:
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+    return figure
+
+
+def register_display() -> None:
+    """In IPython or Jupyter, show a Results as its report (the Results type itself knows nothing of
+    reports: the display is registered here, through IPython's own formatter table)."""
+    import sys
+
+    if "IPython" not in sys.modules:  # not in a notebook or IPython shell: nothing to register
+        return
+    shell = sys.modules["IPython"].get_ipython()
+    if shell is not None:
+        from probe.pipeline.results import Results
+
+        shell.display_formatter.formatters["text/html"].for_type(Results, report_html)

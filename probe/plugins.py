@@ -20,6 +20,7 @@ from typing import Any
 import pluggy
 
 from probe import hookspecs
+from probe.errors import UserError
 
 BUILTIN_PLUGINS = (
     "probe.builtin.datasets",
@@ -44,7 +45,7 @@ REGISTRIES = {
 }
 
 
-class PluginError(RuntimeError):
+class PluginError(UserError, RuntimeError):
     """A plugin failed to load, raised inside a hook, or clashed with another plugin."""
 
 
@@ -228,6 +229,14 @@ def call_each(hook_name: str, **kwargs) -> list[tuple[str, Any]]:
         return _collected.get()
     finally:
         _collected.reset(token)
+
+
+def adapters() -> list:
+    """Every registered adapter in the order they are asked: the most recently registered first (a
+    plugin's before probe's own), the universal adapter last."""
+    entries = list(registry("adapter").values())
+    last = [e for e in entries if e.name == "universal"]
+    return [e.value for e in reversed(entries) if e.name != "universal"] + [e.value for e in last]
 
 
 def describe() -> list[tuple[str, list[str]]]:

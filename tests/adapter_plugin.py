@@ -5,7 +5,7 @@ describing where its attention keeps W_Q, W_K, W_V and W_O — a ProjectionMap, 
 """
 
 import probe
-from probe.adapters.mapped import MappedAdapter, ProjectionMap
+from probe.core.adapters.mapped import MappedAdapter, ProjectionMap
 
 
 class ArceeFullAdapter(MappedAdapter):

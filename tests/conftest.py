@@ -19,8 +19,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
-from filelock import FileLock
 import transformers
+from filelock import FileLock
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import probe
@@ -88,7 +88,7 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session")
 def device(request):
     """The torch.device of ``pytest --device``: the parity suite runs there as well as on the CPU."""
-    from probe.devices import resolve_device
+    from probe.scale.devices import resolve_device
 
     try:
         return resolve_device(request.config.getoption("--device"), option="pytest --device")
@@ -209,9 +209,9 @@ def assert_patterns_bitwise(
             assert torch.equal(b[~rows], torch.zeros_like(b[~rows])), f"{what}[{i}]: padding rows must be all 0"
 
 def fake_gguf_conversion(monkeypatch, save_weights) -> None:
-    """probe.models.gguf_folder without transformers: no model is read, the tokenizer writes an empty
+    """probe.pipeline.models.gguf_folder without transformers: no model is read, the tokenizer writes an empty
     tokenizer.json, and ``save_weights(model, folder)`` stands in for writing the dequantized weights."""
-    from probe import models
+    from probe.pipeline import models
 
     class Tokenizer:
         def save_pretrained(self, folder):

@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from probe import plugins
-from probe.config import validate
-from probe.experiment import run_experiment
 from conftest import shared_folder
 from tiny_gpt2 import build_tiny_gpt2
+
+from probe import plugins
+from probe.pipeline.config import validate
+from probe.pipeline.run import run_experiment
 
 CONFIG = {
     "name": "mole-cues", "dataset": "mole", "filter": {"cue": ["left", "right"]}, "split_by": "cue",

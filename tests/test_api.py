@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from report_runs import report_run
 from transformers import AutoModel
 
 import probe
-from report_runs import report_run
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +16,13 @@ def model_path(tmp_path_factory) -> str:
     return str(report_run(tmp_path_factory).parent / "model")
 
 
-def test_probe_attention_is_the_function_and_the_module_still_imports():
-    from probe.attention import MaskedMultiHeadAttention  # the module behind the name
+def test_probe_attention_and_probe_hooks_are_functions_only():
+    import probe.core.attention  # importing the core's modules never replaces the public functions
+    import probe.core.hooks
 
     assert callable(probe.attention) and probe.attention.__module__ == "probe.notebook"
-    assert MaskedMultiHeadAttention.__module__ == "probe.attention"
+    assert callable(probe.hooks) and probe.hooks.__module__ == "probe.core.hooks"
+    assert probe.MaskedMultiHeadAttention.__module__ == "probe.core.attention"
 
 
 def test_run_with_cache_by_name_gives_every_hook_point_without_gradients(model_path):
@@ -69,7 +71,7 @@ def test_attention_view_patterns_and_target(model_path):
 def test_attention_of_several_texts_in_one_batch_matches_one_at_a_time(model_path):
     from transformers import AutoTokenizer
 
-    from probe.attention_view import capture_attention, capture_attentions
+    from probe.report.attention_view import capture_attention, capture_attentions
 
     model = probe.swap_attention(AutoModel.from_pretrained(model_path, attn_implementation="eager").eval())
     tokenizer = AutoTokenizer.from_pretrained(model_path)

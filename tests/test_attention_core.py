@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probe import MaskedMultiHeadAttention
-from probe.attention import STEPS
+from probe.core.attention import STEPS
 
 
 def make_core(n_heads=4, d_head=6, d_model=16, seed=0, **kwargs):
@@ -296,7 +296,7 @@ def test_a_float_mask_is_checked_in_every_forward_and_outside_one(saved_gpt2):
     from transformers import GPT2LMHeadModel
 
     import probe
-    from probe.adapters.base import MASK_CHECKS, bool_mask
+    from probe.core.adapters.base import MASK_CHECKS, bool_mask
 
     model = probe.swap_attention(GPT2LMHeadModel.from_pretrained(saved_gpt2(), attn_implementation="eager").eval())
     ids = torch.tensor([[5, 9, 14, 3]])

@@ -22,7 +22,7 @@ from tiny_gpt2 import build_tiny_gpt2, build_tiny_mamba
 
 from probe import plugins
 from probe.cli import main
-from probe.provenance import without_provenance
+from probe.pipeline.results import without_provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 MOLE = ROOT / "probe" / "builtin" / "data" / "mole.jsonl"
@@ -321,12 +321,12 @@ def test_a_bad_input_is_one_clear_message_and_changes_nothing(case, world, capsy
 
 
 def test_an_unexpected_error_is_one_message_and_debug_shows_its_traceback(world, capsys, monkeypatch):
-    import probe.experiment
+    import probe.pipeline.run
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(probe.experiment, "make_splits", broken)
+    monkeypatch.setattr(probe.pipeline.run, "make_splits", broken)
     code, err = invoke(capsys, world.run_args(), {"PROBE_PLUGINS": ""}, monkeypatch)
     assert code == 1 and "Traceback" not in err
     assert "RuntimeError: a bug" in err and "--debug" in err
@@ -336,7 +336,7 @@ def test_an_unexpected_error_is_one_message_and_debug_shows_its_traceback(world,
 
 def test_debug_shows_the_traceback_of_a_bad_input_too(world, capsys, monkeypatch):
     """--debug is for finding where any error came from, a config error included; it does not stay set."""
-    from probe.config import ConfigError
+    from probe.pipeline.config import ConfigError
 
     monkeypatch.delenv("PROBE_DEBUG", raising=False)
     bad = world.write_config("case", {"folds": 1})
@@ -369,7 +369,7 @@ def test_a_long_text_is_skipped_or_windowed(world, capsys, monkeypatch, tmp_path
 def test_a_window_fits_the_model_and_keeps_the_target():
     from tiny_gpt2 import build_tokenizer, corpus
 
-    from probe.lengths import window
+    from probe.pipeline.lengths import window
 
     tokenizer = build_tokenizer(corpus())
     text = "words " * 100 + "the mole dug" + " more words" * 100
@@ -408,7 +408,7 @@ def uninterrupted(world):
 
 def test_a_kill_during_extraction_resumes_to_the_same_results(world, uninterrupted, tmp_path, capsys, monkeypatch):
     args = ["run", world.config, "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--quiet", "--jobs", "1"]
-    killed = _cli_with(KILL_AFTER.format(module="chunks", function="write_chunk"), args)
+    killed = _cli_with(KILL_AFTER.format(module="store.chunks", function="write_chunk"), args)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "out").exists()  # nothing published
     code, err = invoke(capsys, args, {"PROBE_PLUGINS": ""}, monkeypatch)
@@ -425,7 +425,7 @@ def test_a_kill_during_reporting_leaves_the_previous_run_whole(world, tmp_path, 
     before = snapshot(out)
     config = world.write_config("other-seed", {"seed": 1})
     args = ["run", config, "--output", out, "--cache-dir", cache, "--quiet", "--jobs", "1"]
-    killed = _cli_with(KILL_AFTER.format(module="report", function="write_json"), args)
+    killed = _cli_with(KILL_AFTER.format(module="report.writers", function="write_json"), args)
     assert killed.returncode == -signal.SIGKILL
     assert snapshot(out) == before  # the new results.json is not mixed with the old csv and summary
     code, err = invoke(capsys, args, {"PROBE_PLUGINS": ""}, monkeypatch)

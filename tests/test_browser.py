@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from report_runs import copy_run, report_run
 
 import probe
-from probe.browser import open_page, screenshot_views
-from probe.html_report import write_report
-from report_runs import copy_run, report_run
+from probe.report.browser import open_page, screenshot_views
+from probe.report.html import write_report
 
 # Each test opens its own page; one worker runs them, so two Chromiums never compete for the 2 cores.
 pytestmark = pytest.mark.xdist_group("browser")
@@ -142,7 +142,7 @@ def test_comparison_page_of_two_runs(run_dir, tmp_path):
 
 
 def test_probe_attention_page_for_any_sentence(tmp_path_factory, tmp_path):
-    """probe.attention's page shows the very weights of ``view.patterns`` for the chosen block and head."""
+    """probe.core.attention's page shows the very weights of ``view.patterns`` for the chosen block and head."""
     model = report_run(tmp_path_factory).parent / "model"
     view = probe.attention(str(model), ["The mole dug a tunnel.", "A mole is a unit."], target="mole")
     path = view.save(tmp_path / "attention.html")
@@ -161,7 +161,7 @@ def test_probe_attention_page_for_any_sentence(tmp_path_factory, tmp_path):
 
 def test_two_report_fragments_share_a_notebook_page(run_dir, tmp_path):
     """render_report(..., fragment=True) is what a notebook cell shows: two on one page draw independently."""
-    from probe.html_report import render_report
+    from probe.report.html import render_report
 
     cells = render_report(run_dir, fragment=True) + render_report(run_dir, fragment=True)
     path = tmp_path / "notebook.html"

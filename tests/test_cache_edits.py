@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import probe
-from probe.architectures import save_random
+from probe.core.architectures import save_random
 
 NAMES = ["gpt2", "llama", "qwen2"]
 
@@ -72,9 +72,8 @@ def test_head_out_sums_to_out_and_an_edit_there_is_used(name, folders):
 
 def test_a_model_whose_attention_another_tool_replaced_is_refused(folders):
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register("other_tool", sdpa_attention_forward)
     AttentionMaskInterface.register("other_tool", sdpa_mask)
@@ -100,7 +99,7 @@ def test_family_steps_have_their_own_hook_points(tmp_path):
 
 
 def test_a_failing_universal_swap_leaves_nothing_behind(folders, monkeypatch):
-    from probe import interface
+    from probe.core import interface
 
     model = AutoModelForCausalLM.from_pretrained(save_random("cohere", folders["qwen2"].parent / "cohere"))
     calls = []

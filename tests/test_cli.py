@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from probe.cli import cli
-from probe.config import GPT2_SHAPES
+from probe.pipeline.config import GPT2_SHAPES
 from probe.plugins import BUILTIN_PLUGINS
 
 TINY_CONFIG = {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 300, "n_positions": 128}
@@ -171,7 +171,7 @@ def test_compare_random_init_takes_any_listed_architecture(architecture):
 
 
 def test_architectures_lists_each_with_its_path():
-    from probe.architectures import ARCHITECTURES
+    from probe.core.architectures import ARCHITECTURES
 
     result = run("architectures", "--json")
     assert result.exit_code == 0, result.output
@@ -198,7 +198,7 @@ def test_a_device_this_machine_lacks_or_that_does_not_exist_is_refused_by_option
 
 
 def test_bytes_read_as_a_person_would():
-    from probe.cache_usage import human
+    from probe.cli.cache import human
 
     assert [human(n) for n in (0, 999, 1000, 1_234_567, 28_300_000_000)] == ["0 B", "999 B", "1.0 KB", "1.2 MB",
                                                                           "28.3 GB"]
@@ -206,8 +206,9 @@ def test_bytes_read_as_a_person_would():
 
 def test_cache_lists_its_parts_and_the_gguf_file_a_converted_model_came_from(tmp_path, monkeypatch):
     from conftest import fake_gguf_conversion
-    from probe import models
-    from probe.cache_usage import human
+
+    from probe.cli.cache import human
+    from probe.pipeline import models
 
     def save(model, folder):
         (Path(folder) / "config.json").write_text("{}")

@@ -16,9 +16,9 @@ from test_evaluation import stored_vectors
 from tiny_gpt2 import build_tiny_gpt2
 
 from probe.builtin.coarsewsd import load_coarsewsd
-from probe.config import validate
-from probe.data import DataError
-from probe.experiment import run_experiment
+from probe.pipeline.config import validate
+from probe.pipeline.data import DataError
+from probe.pipeline.run import run_experiment
 
 pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 

@@ -1,4 +1,4 @@
-"""probe.collector: what a run's loading blocks leave frozen, what they free, and that a run hands every
+"""probe.scale.collector: what a run's loading blocks leave frozen, what they free, and that a run hands every
 frozen object back to the collector (a notebook or a script may run many experiments in one process)."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import gc
 import weakref
 
 import pytest
-
-from probe import collector
-from probe.config import validate
-from probe.experiment import run_experiment
 from tiny_gpt2 import build_tiny_gpt2
+
+from probe.pipeline.config import validate
+from probe.pipeline.run import run_experiment
+from probe.scale import collector
 
 pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 

@@ -1,4 +1,4 @@
-"""probe.config: YAML experiment configs, checked field by field, with messages that say what to write instead."""
+"""probe.pipeline.config: YAML experiment configs, checked field by field, with messages that say what to write instead."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from probe import plugins
 from probe.cli import cli
-from probe.config import (
+from probe.pipeline.config import (
     ATTENTION_MODES,
     FIELD_NAMES,
     ConfigError,
@@ -21,7 +21,7 @@ from probe.config import (
     parse_override,
     validate,
 )
-from probe.experiment import run_experiment
+from probe.pipeline.run import run_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = {"model": "gpt2", "dataset": "mole"}

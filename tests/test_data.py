@@ -1,4 +1,4 @@
-"""probe.data: loading sense-labelled rows, validating them, aligning targets to tokens, pooling."""
+"""probe.pipeline.data: loading sense-labelled rows, validating them, aligning targets to tokens, pooling."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import BertTokenizerFast, PreTrainedTokenizerFast
 
-from probe.data import (
+from probe.pipeline.data import (
     COLUMNS,
     DataError,
     Problem,

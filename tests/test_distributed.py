@@ -14,9 +14,9 @@ import pytest
 from safetensors.numpy import load_file
 from tiny_gpt2 import build_tiny_gpt2, corpus
 
-from probe.distributed import Ranks, launched_ranks
-from probe.extract import extract
-from probe.provenance import without_provenance
+from probe.pipeline.extract import extract
+from probe.pipeline.results import without_provenance
+from probe.scale.ranks import Ranks, launched_ranks
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -53,7 +53,7 @@ def test_every_chunk_belongs_to_exactly_one_rank():
 def test_ranks_shares_make_the_single_process_cache(tiny_model, tmp_path, monkeypatch):
     from transformers import AutoTokenizer, GPT2Model
 
-    from probe.swap import swap_attention
+    from probe.core.swap import swap_attention
 
     monkeypatch.setattr(Ranks, "wait", lambda self: None)  # the ranks run one after the other here
     texts = corpus()[:40]

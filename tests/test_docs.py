@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 
 import pytest
+from report_runs import report_run
 
 import probe
 from probe import hookspecs
-from report_runs import report_run
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 GUIDE = (DOCS / "plugins.md").read_text()
@@ -66,7 +66,7 @@ def test_every_results_key_is_documented(tmp_path_factory):
 
 
 def test_every_dataset_column_is_documented():
-    from probe.data import COLUMNS
+    from probe.pipeline.data import COLUMNS
 
     assert not [c for c in COLUMNS if not documented(c)]
 

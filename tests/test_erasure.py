@@ -14,8 +14,9 @@ from tiny_gpt2 import build_tiny_gpt2
 
 import probe
 from probe import plugins
-from probe.config import load_config
-from probe.erasure import (
+from probe.pipeline.config import load_config
+from probe.pipeline.run import run_experiment
+from probe.science.erasure import (
     concept_rank,
     erase_hook,
     erase_numpy,
@@ -23,7 +24,6 @@ from probe.erasure import (
     fit_leace,
     random_fitter,
 )
-from probe.experiment import run_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -157,7 +157,7 @@ def test_erasing_a_planted_signal_drops_later_layers_to_chance_and_leaves_the_mo
 
 def test_erasure_evaluates_on_the_runs_own_fixed_split(planted, tmp_path):
     """Erasers fitted on the split's train rows, probes scored and the loss measured on its test rows."""
-    from probe.models import load_tokenizer
+    from probe.pipeline.models import load_tokenizer
 
     model, rows = planted
     lines = [json.loads(line) for line in rows.read_text().splitlines()]
@@ -184,9 +184,9 @@ def test_erasure_evaluates_on_the_runs_own_fixed_split(planted, tmp_path):
 def test_vectors_from_a_block_equal_the_extracted_vectors(planted, tmp_path):
     from transformers import GPT2Model
 
-    from probe.extract import extract
-    from probe.models import load_tokenizer
-    from probe.partial import capture_block_inputs, vectors_from
+    from probe.pipeline.extract import extract
+    from probe.pipeline.models import load_tokenizer
+    from probe.pipeline.partial import capture_block_inputs, vectors_from
 
     folder, _ = planted
     model = probe.swap_attention(GPT2Model.from_pretrained(folder, attn_implementation="eager").eval())
@@ -206,7 +206,7 @@ def test_vectors_from_a_block_equal_the_extracted_vectors(planted, tmp_path):
 def test_bad_erasure_options_name_the_option():
     from probe_plugins.erasure import erasure_settings
 
-    from probe.config import validate
+    from probe.pipeline.config import validate
 
     rows = [types.SimpleNamespace(layer=layer, position="target", subset="all", accuracy=accuracy)
             for layer, accuracy in enumerate([0.3, 0.8, 0.9, 0.95])]

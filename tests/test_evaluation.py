@@ -16,10 +16,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tiny_gpt2 import build_tiny_gpt2
 
-from probe.config import ConfigError, validate
-from probe.evaluation import CrossValidation, FixedSplit, protocol, shuffled_within
-from probe.experiment import run_experiment
-from probe.probes import (
+from probe.pipeline.config import ConfigError, validate
+from probe.pipeline.evaluation import (
+    CrossValidation,
+    FixedSplit,
+    protocol,
+    shuffled_within,
+)
+from probe.pipeline.run import run_experiment
+from probe.science.probes import (
     FitTask,
     ProbeError,
     cross_validate,
@@ -261,7 +266,7 @@ def test_a_fixed_split_that_cannot_train_says_why(tiny_model, tmp_path):
 
 
 def test_the_console_gives_a_fixed_splits_one_score_without_a_spread(fixed_run):
-    from probe.report import accuracy_text
+    from probe.report.writers import accuracy_text
 
     best = fixed_run["results"].best_rows()[("target", "all")]
     assert accuracy_text(best) == f"{best.accuracy:.3f}"  # what `probe run` prints after "best layer N accuracy"

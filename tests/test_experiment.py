@@ -19,24 +19,24 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from conftest import fake_gguf_conversion, shared_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from tiny_gpt2 import build_tiny_gpt2
 
-import probe.experiment
-import probe.extract
-import probe.models
+import probe.pipeline.extract
+import probe.pipeline.models
+import probe.pipeline.run
 from probe import plugins
 from probe.cli import cli
-from probe.config import validate
-from probe.context import RunContext
-from probe.experiment import run_experiment
-from probe.extract import FeatureStore, extract
-from probe.atomic import MARKER
-from probe.provenance import without_provenance
-from probe.report import CSV_COLUMNS
-from conftest import fake_gguf_conversion, shared_folder
-from tiny_gpt2 import build_tiny_gpt2
+from probe.pipeline.config import validate
+from probe.pipeline.context import RunContext
+from probe.pipeline.extract import FeatureStore, extract
+from probe.pipeline.results import without_provenance
+from probe.pipeline.run import run_experiment
+from probe.report.writers import CSV_COLUMNS
+from probe.store.files import MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 MOLE_YAML = ROOT / "experiments" / "mole.yaml"
@@ -124,10 +124,10 @@ def feature_folders(cache: Path) -> list[Path]:
 
 
 def count_model_loads(monkeypatch) -> list:
-    """Every call of probe.models.load_model from now on, recorded (and passed through)."""
+    """Every call of probe.pipeline.models.load_model from now on, recorded (and passed through)."""
     calls = []
-    real = probe.models.load_model
-    monkeypatch.setattr(probe.models, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = probe.pipeline.models.load_model
+    monkeypatch.setattr(probe.pipeline.models, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
     return calls
 
 
@@ -145,8 +145,8 @@ def load_and_swap(model_path: Path):
     """What run_experiment's loader does for attention: reimplemented, without the config plumbing."""
     from transformers import AutoModel
 
-    from probe.models import load_model, load_tokenizer
-    from probe.swap import swap_attention
+    from probe.core.swap import swap_attention
+    from probe.pipeline.models import load_model, load_tokenizer
 
     model = load_model(str(model_path), model_class=AutoModel)
     swap_attention(model)
@@ -284,10 +284,10 @@ def test_the_batch_size_moves_the_vectors_by_rounding_only(tiny_model, tmp_path,
 def test_the_batch_size_is_part_of_the_feature_cache_key(tiny_model, tmp_path):
     config = validate({"model": str(tiny_model), "dataset": "mole", "reporters": ["json"], "controls": []})
     context = RunContext(config, str(tiny_model), tmp_path, False)
-    context.rows, _ = probe.experiment.load_dataset(config)
+    context.rows, _ = probe.pipeline.run.load_dataset(config)
     other = RunContext(config.model_copy(update={"batch_size": 3}), str(tiny_model), tmp_path, False)
     other.rows = context.rows
-    key = probe.experiment.feature_key
+    key = probe.pipeline.run.feature_key
     assert key(context, [1], "reimplemented") != key(other, [1], "reimplemented")
 
 
@@ -298,19 +298,19 @@ def test_extraction_batches_are_the_batches_extract_runs(tiny_model, tmp_path, m
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     texts = [row["text"] for row in rows]
     spans = [(row["text"].index(" mole ") + 1, row["text"].index(" mole ") + 5) for row in rows]
-    ran, real = [], probe.extract._extract_batch
+    ran, real = [], probe.pipeline.extract._extract_batch
 
     def recording(model, tokenizer, batch_texts, *args, **kwargs):
         ran.append([texts.index(text) for text in batch_texts])
         return real(model, tokenizer, batch_texts, *args, **kwargs)
 
-    monkeypatch.setattr(probe.extract, "_extract_batch", recording)
+    monkeypatch.setattr(probe.pipeline.extract, "_extract_batch", recording)
     assert len(set(texts)) == len(texts)
     extract(lambda: load_and_swap(tiny_model), texts, spans, folder=tmp_path / "f", layers=[1], batch_size=3,
             chunk_rows=8, progress=False)
-    order, _ = probe.extract.length_sorted(load_and_swap(tiny_model)[1], texts, spans, cut=False)
-    assert ran == probe.extract.extraction_batches(order, 3, chunk_rows=8)
-    unchunked = [batch for _, batch in probe.extract.sorted_batches(order, 3)]
+    order, _ = probe.pipeline.extract.length_sorted(load_and_swap(tiny_model)[1], texts, spans, cut=False)
+    assert ran == probe.pipeline.extract.extraction_batches(order, 3, chunk_rows=8)
+    unchunked = [batch for _, batch in probe.pipeline.extract.sorted_batches(order, 3)]
     assert ran != unchunked  # the chunk boundaries did change the batches
 
 
@@ -367,8 +367,8 @@ def test_extract_resumes_at_the_first_missing_chunk(tiny_model, tmp_path):
 def test_run_experiment_resumes_an_interrupted_extraction(tiny_model, tmp_path, monkeypatch):
     data = write_planted(tmp_path / "planted.jsonl", n_per_label=40)  # 80 rows
     config = planted_config(tiny_model, data, batch_size=8)
-    monkeypatch.setitem(probe.extract.extract.__kwdefaults__, "chunk_rows", 16)  # 5 chunks of 2 batches
-    real_batch = probe.extract._extract_batch
+    monkeypatch.setitem(probe.pipeline.extract.extract.__kwdefaults__, "chunk_rows", 16)  # 5 chunks of 2 batches
+    real_batch = probe.pipeline.extract._extract_batch
     batches = []
 
     def batch(model, tokenizer, texts, *args):
@@ -377,7 +377,7 @@ def test_run_experiment_resumes_an_interrupted_extraction(tiny_model, tmp_path, 
             raise Interrupted("killed")
         return real_batch(model, tokenizer, texts, *args)
 
-    monkeypatch.setattr(probe.extract, "_extract_batch", batch)
+    monkeypatch.setattr(probe.pipeline.extract, "_extract_batch", batch)
     cache = tmp_path / "cache"
 
     fail_at = 7  # first batch of chunk 3: chunks 0..2 are on disk
@@ -396,7 +396,7 @@ def test_run_experiment_resumes_an_interrupted_extraction(tiny_model, tmp_path, 
     # The resumed cache holds what an uninterrupted extraction of the same rows gives, bit for bit.
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     spans = [(row["text"].index(" mole ") + 1, row["text"].index(" mole ") + 5) for row in rows]
-    monkeypatch.setattr(probe.extract, "_extract_batch", real_batch)
+    monkeypatch.setattr(probe.pipeline.extract, "_extract_batch", real_batch)
     whole = extract(RunContext(config, str(tiny_model)).load_model,
                     [row["text"] for row in rows], spans, layers=[0, 1, 2], folder=tmp_path / "whole",
                     positions=["target"], batch_size=8, chunk_rows=256, progress=False)
@@ -481,7 +481,7 @@ def test_a_gguf_checkpoint_is_converted_once_and_read_back(tmp_path, monkeypatch
     same tensors and the same tokenizer as transformers' own GGUF loading (which the conversion speeds up
     by parsing once, over plain arrays)."""
     from probe.builtin.models import packaged_model_path
-    from probe.models import gguf_folder, load_model, load_tokenizer
+    from probe.pipeline.models import gguf_folder, load_model, load_tokenizer
 
     gguf = packaged_model_path("smollm2-135m")
     folder = gguf_folder(gguf, tmp_path / "models", progress=False)
@@ -499,9 +499,9 @@ def test_a_gguf_checkpoint_is_converted_once_and_read_back(tmp_path, monkeypatch
 def test_a_conversion_that_cannot_be_written_says_where_and_leaves_nothing(tmp_path, monkeypatch):
     """A full disk while the converted weights are written (safetensors raises its own error type) is a
     ConfigError naming the cache folder, not "can't be read as a GGUF checkpoint"; no half folder stays."""
-    from probe import models
-    from probe.config import ConfigError
-    from probe.experiment import RunContext
+    from probe.pipeline import models
+    from probe.pipeline.config import ConfigError
+    from probe.pipeline.run import RunContext
 
     def full_disk(model, folder):
         from safetensors import SafetensorError
@@ -536,7 +536,7 @@ def test_conversions_left_by_killed_processes_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from probe.models import _process_space, remove_abandoned_conversions
+    from probe.pipeline.models import _process_space, remove_abandoned_conversions
 
     folder = tmp_path / "models" / "model.v1-0123"
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
@@ -559,7 +559,7 @@ def test_a_files_digest_is_remembered_until_the_file_changes(tmp_path, monkeypat
     a rerun hashes nothing, and a rewritten file (or a damaged memo) is hashed again."""
     import os
 
-    from probe import models
+    from probe.pipeline import models
 
     checkpoint, memos = tmp_path / "model.gguf", tmp_path / "digests"
     checkpoint.write_bytes(b"weights, version one")
@@ -587,11 +587,10 @@ def test_a_files_digest_is_remembered_until_the_file_changes(tmp_path, monkeypat
 ), st.booleans())
 def test_the_quick_gguf_value_parser_gives_what_transformers_gives(kind_and_value, in_an_array):
     """probe's stand-in for transformers' _gguf_parse_value, element by element as the GGUF loader calls it."""
+    from gguf import GGUFValueType
     from transformers.integrations import _gguf_parse_value
 
-    from probe.models import _parse_value_quickly
-
-    from gguf import GGUFValueType
+    from probe.pipeline.models import _parse_value_quickly
 
     kind, value = kind_and_value
     if kind == 8:
@@ -611,7 +610,7 @@ def test_torch_dequantization_gives_ggufs_bits(qtype, scales, quant_bytes):
     bits as gguf's numpy, on random blocks (scales of every magnitude an fp16 holds, signs included)."""
     import gguf
 
-    from probe.models import _dequantize_with_torch
+    from probe.pipeline.models import _dequantize_with_torch
 
     rng = np.random.default_rng(0)
     rows, blocks_per_row = 6, 4
@@ -637,7 +636,7 @@ def test_ggufs_arrays_split_at_once_are_ggufs_own_parts(tmp_path_factory, string
     writer refuses empty ones)."""
     import gguf
 
-    from probe.models import _array_parts_at_once
+    from probe.pipeline.models import _array_parts_at_once
 
     path = tmp_path_factory.mktemp("gguf") / "fields.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -674,7 +673,7 @@ def test_the_conversions_patches_are_undone_after_it_and_after_a_failure():
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.integrations.gguf import reader as transformers_reader
 
-    from probe.models import _gguf_parsed_once
+    from probe.pipeline.models import _gguf_parsed_once
 
     def current():
         return (gguf.GGUFReader, gguf.get_tensor_name_map, gguf.dequantize, gguf_reader.np,
@@ -713,8 +712,8 @@ def test_second_run_with_the_same_cache_does_no_model_work(planted_run, tiny_mod
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded although every feature is cached")
 
-    monkeypatch.setattr(probe.models, "load_model", no_model)
-    monkeypatch.setattr(probe.extract, "_extract_batch", no_model)
+    monkeypatch.setattr(probe.pipeline.models, "load_model", no_model)
+    monkeypatch.setattr(probe.pipeline.extract, "_extract_batch", no_model)
     # The plots reporter loads the model for attention.png, so it is left out (as in planted_run); the
     # controls are not part of the cache key, so fewer of them still find every feature cached.
     config = planted_config(tiny_model, planted_run["data"], **{**PLANTED_FIELDS, "controls": ["majority"]})
@@ -850,7 +849,7 @@ def test_too_few_groups_for_the_folds_is_a_clean_cli_error(tiny_model, tmp_path)
 def test_a_rerun_copies_the_figures_it_drew_and_a_change_draws_them_anew(tiny_model, tmp_path, monkeypatch):
     """Drawing was most of a cached rerun: unchanged inputs give the same files without drawing; another
     seed (other folds, other results) draws again."""
-    from probe import report
+    from probe.report import writers as report
 
     data = write_planted(tmp_path / "planted.jsonl", n_per_label=5)
     config = planted_config(tiny_model, data, reporters=["json", "plots"])

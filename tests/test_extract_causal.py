@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probe.architectures import ARCHITECTURES
-from probe.extract import attends_causally, extract
-from probe.swap import swapped_attention
+from probe.core.architectures import ARCHITECTURES
+from probe.core.swap import swapped_attention
+from probe.pipeline.extract import attends_causally, extract
 
 TEXTS = ["The mole dug a long tunnel under the garden wall last night .",
          "A mole of gas fills the flask .",

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_parity_architectures import batch, checkpoints, load  # noqa: F401  (fixture)
 
 import probe
-from probe.architectures import ARCHITECTURES
-
-from test_parity_architectures import batch, checkpoints, load  # noqa: F401  (fixture)
+from probe.core.architectures import ARCHITECTURES
 
 NAMES = ["gpt2", "llama", "qwen2", "bert", "gpt_neox", "cohere", "mpt", "gpt_neo", "bloom", "falcon", "gemma2"]
 

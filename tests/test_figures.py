@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
-
-from probe import report
 from report_runs import report_run
+
+from probe.report import writers as report
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_an_unknown_figure_format_names_the_option():
     from types import SimpleNamespace
 
     from probe.builtin.reporters import figure_formats
-    from probe.config import ConfigError
+    from probe.pipeline.config import ConfigError
 
     config = SimpleNamespace(options={"plots": {"formats": ["png", "tiff"]}}, source="x.yaml")
     with pytest.raises(ConfigError, match=r"x.yaml: options.plots.formats: unknown format\(s\) 'tiff'; choose from png"):

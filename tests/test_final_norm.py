@@ -9,10 +9,10 @@ from test_evaluation import stored_vectors
 from tiny_gpt2 import build_tiny_gpt2
 from transformers import AutoTokenizer, GPT2Model
 
-from probe.config import validate
-from probe.experiment import run_experiment
-from probe.extract import run_to_layer
-from probe.swap import swap_attention
+from probe.core.swap import swap_attention
+from probe.pipeline.config import validate
+from probe.pipeline.extract import run_to_layer
+from probe.pipeline.run import run_experiment
 
 pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 

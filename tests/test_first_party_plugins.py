@@ -7,15 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from probe_plugins import (
+    attention_report,
+    head_ablation,
+    jsonl_folder,
+    nearest_centroid,
+)
+from tiny_gpt2 import build_tiny_gpt2
 
 import probe
-import probe.context
+import probe.pipeline.context
 from probe import plugins
-from probe.models import load_tokenizer
-from probe.config import load_config, validate
-from probe.experiment import run_experiment
-from probe_plugins import attention_report, head_ablation, jsonl_folder, nearest_centroid
-from tiny_gpt2 import build_tiny_gpt2
+from probe.pipeline.config import load_config, validate
+from probe.pipeline.models import load_tokenizer
+from probe.pipeline.run import run_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -144,7 +149,7 @@ def test_head_ablation_experiment_writes_a_block_by_head_table(tiny_model, tmp_p
         raise AssertionError("a rerun on a full cache loaded the model")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(probe.context.RunContext, "_load", no_model)
+        mp.setattr(probe.pipeline.context.RunContext, "_load", no_model)
         run_experiment(config, tmp_path / "again", cache_dir=tmp_path / "cache", progress=False)
     for name in ("head_ablation.json", "attention_report.json", "attention_report.md"):
         assert (tmp_path / "again" / name).read_text() == (tmp_path / "out" / name).read_text()
@@ -160,7 +165,7 @@ def test_head_ablation_experiment_writes_a_block_by_head_table(tiny_model, tmp_p
 def test_head_ablation_changes_the_extracted_vectors(tiny_model, tmp_path):
     from transformers import GPT2Model
 
-    from probe.extract import extract
+    from probe.pipeline.extract import extract
 
     model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model, attn_implementation="eager").eval())
     tokenizer = load_tokenizer(str(tiny_model))
@@ -199,7 +204,7 @@ def test_target_patterns_are_distributions_over_the_sentence(tiny_model):
 def test_mean_z_is_every_tokens_z_averaged(tiny_model):
     from transformers import GPT2Model
 
-    from probe.hooks import capture
+    from probe.core.hooks import capture
 
     model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model).eval())
     tokenizer = load_tokenizer(str(tiny_model))

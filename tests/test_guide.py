@@ -5,11 +5,11 @@ import re
 from pathlib import Path
 
 import pytest
+from tiny_gpt2 import build_tiny_gpt2
 
 from probe import plugins
-from probe.config import validate
-from probe.experiment import run_experiment
-from tiny_gpt2 import build_tiny_gpt2
+from probe.pipeline.config import validate
+from probe.pipeline.run import run_experiment
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

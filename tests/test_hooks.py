@@ -6,12 +6,11 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_bitwise, keep_mask, load, load_pair, make_inputs
 
 import probe
-from probe.attention import STEPS
-from probe.hooks import HookPoint
-
-from conftest import assert_bitwise, keep_mask, load, load_pair, make_inputs
+from probe.core.attention import STEPS
+from probe.core.hooks import HookPoint
 
 N_HEAD, D_HEAD = 4, 6  # n_embd 24; head 2 exists
 

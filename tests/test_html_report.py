@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from report_runs import copy_run, report_run
 
 from probe.cli import cli
-from probe.html_figures import accuracy_figure, comparison_figure
-from probe.html_report import ReportError, load_run, render_report
-from probe.report_data import example_rows, pca2
-from report_runs import copy_run, report_run
+from probe.report.extras import example_rows, pca2
+from probe.report.figures import accuracy_figure, comparison_figure
+from probe.report.html import ReportError, load_run, render_report
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from probe.config import ConfigError, validate
-from probe.data import DataError, load_rows, prepare
-from probe.experiment import load_dataset
+from probe.pipeline.config import ConfigError, validate
+from probe.pipeline.data import DataError, load_rows, prepare
+from probe.pipeline.run import load_dataset
 
 pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 

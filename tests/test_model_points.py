@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import probe
-from probe.architectures import save_random
+from probe.core.architectures import save_random
 
 IDS = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(0))
 SEQUENTIAL = ["gpt2", "llama", "qwen2", "gpt_bigcode"]  # full path and universal path

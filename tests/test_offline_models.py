@@ -7,9 +7,8 @@ suite quick: extraction stops after the deepest one.
 
 import pytest
 
-from probe.config import validate
-from probe.experiment import run_experiment
-
+from probe.pipeline.config import validate
+from probe.pipeline.run import run_experiment
 
 pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import probe
-from probe.architectures import save_random
+from probe.core.architectures import save_random
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "cohere"])  # hand-written, mapped and universal paths

@@ -13,14 +13,14 @@ import json
 
 import pytest
 import torch
+from tiny_gpt2 import build_tiny_gpt2
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import probe
 from probe import plugins
-from probe.architectures import ARCHITECTURES, TINY
-from probe.config import validate
-from probe.experiment import run_experiment
-from tiny_gpt2 import build_tiny_gpt2
+from probe.core.architectures import ARCHITECTURES, TINY
+from probe.pipeline.config import validate
+from probe.pipeline.run import run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +123,11 @@ def test_probes_attention_reads_no_tensor_value_per_block(name):
 
 
 def test_rerunning_blocks_reads_each_mask_once_a_batch(tmp_path):
-    """probe.partial runs blocks by hand, outside the model's forward: the mask they share is still checked
+    """probe.pipeline.partial runs blocks by hand, outside the model's forward: the mask they share is still checked
     once a batch, not once a block (6 blocks rerun here)."""
     from transformers import AutoTokenizer, GPT2Model
 
-    from probe.partial import capture_block_inputs, vectors_from
+    from probe.pipeline.partial import capture_block_inputs, vectors_from
 
     folder = build_tiny_gpt2(tmp_path / "model", n_layer=7, n_embd=32, seed=1)
     model = probe.swap_attention(GPT2Model.from_pretrained(folder, attn_implementation="eager").eval())

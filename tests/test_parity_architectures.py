@@ -1,4 +1,4 @@
-"""Parity for every architecture in probe.architectures, from that one table.
+"""Parity for every architecture in probe.core.architectures, from that one table.
 
 Each architecture: tiny config → random init (norms and biases perturbed, so a wrong gain or bias
 shows) → save_pretrained → two from_pretrained loads, one eager (the reference) and one swapped.
@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
 import probe
-from probe.architectures import ARCHITECTURES
+from probe.core.architectures import ARCHITECTURES
 
 NAMES = sorted(ARCHITECTURES)
 
@@ -169,7 +169,7 @@ def test_training_mode_dropout_and_gradients_are_bitwise_equal(name, checkpoints
 def test_the_readme_table_is_the_generated_one():
     from pathlib import Path
 
-    from probe.architectures import markdown_table, support_table
+    from probe.core.architectures import markdown_table, support_table
 
     readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
     generated = markdown_table(support_table()).splitlines()

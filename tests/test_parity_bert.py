@@ -16,19 +16,19 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import assert_bitwise, max_diff
 from transformers import BertConfig, BertLMHeadModel, BertModel
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.bert import modeling_bert as hf_bert
 
 import probe
-from conftest import assert_bitwise, max_diff
-from probe.adapters import adapter_for
-from probe.adapters.bert import BertAdapter, BertAttention
 from probe.builtin.models import packaged_model_path
 from probe.cli import cli as probe_cli
-from probe.compare import compare_models
-from probe.experiment import resolve_model
-from probe.models import load_model, load_tokenizer
+from probe.core.adapters import adapter_for
+from probe.core.adapters.bert import BertAdapter, BertAttention
+from probe.core.compare import compare_models
+from probe.pipeline.models import load_model, load_tokenizer
+from probe.pipeline.run import resolve_model
 
 TEXTS = [
     "The gardener found a mole tunnelling under the lawn.",

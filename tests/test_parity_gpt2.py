@@ -11,12 +11,6 @@ import shutil
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from transformers import GPT2Config, GPT2LMHeadModel
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-import probe
 from conftest import (
     PAD_ID,
     TINY,
@@ -30,6 +24,12 @@ from conftest import (
     max_diff,
     positions_from_mask,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+import probe
 
 # Tiny configurations covering every scaling path; d_head 12 and 6 have a 1/sqrt(d) that is not a power of 2.
 VARIANTS = {

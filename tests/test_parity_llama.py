@@ -17,17 +17,17 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_bitwise, assert_patterns_bitwise, keep_mask, max_diff
 from transformers import LlamaForCausalLM
 from transformers.models.llama import modeling_llama as hf_llama
 
 import probe
-from conftest import assert_bitwise, assert_patterns_bitwise, keep_mask, max_diff
-from probe.adapters import adapter_for
-from probe.adapters.mapped import MappedAdapter, MappedAttention
 from probe.builtin.models import packaged_model_path
-from probe.compare import compare_models
-from probe.experiment import resolve_model
-from probe.models import load_model, load_tokenizer, split_gguf
+from probe.core.adapters import adapter_for
+from probe.core.adapters.mapped import MappedAdapter, MappedAttention
+from probe.core.compare import compare_models
+from probe.pipeline.models import load_model, load_tokenizer, split_gguf
+from probe.pipeline.run import resolve_model
 
 # All of this file's tests share one loaded model: under `pytest -n 2 --dist loadgroup` one worker runs them.
 pytestmark = pytest.mark.xdist_group("smollm2")

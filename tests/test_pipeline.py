@@ -9,14 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_gpt2 import build_tiny_gpt2
 
 import probe
-import probe.experiment
+import probe.notebook
+import probe.pipeline.run
 from probe import plugins
-from probe.config import validate
-from probe.experiment import run_experiment
-from probe.results import TABLE_COLUMNS, Results, load_results
-from tiny_gpt2 import build_tiny_gpt2
+from probe.pipeline.config import validate
+from probe.pipeline.results import TABLE_COLUMNS, Results, load_results
+from probe.pipeline.run import run_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +83,7 @@ def test_results_round_trip_through_results_json(run_dir):
 
 
 def test_plot_returns_a_figure_with_a_panel_per_subset(run_dir, tmp_path):
-    figure = run_dir["results"].plot(tmp_path / "accuracy.png")
+    figure = probe.notebook.plot(run_dir["results"], tmp_path / "accuracy.png")
     assert len([ax for ax in figure.axes if ax.get_visible()]) == 4  # split_by panels wrap after three
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -91,10 +92,10 @@ def test_plot_returns_a_figure_with_a_panel_per_subset(run_dir, tmp_path):
 def test_results_do_not_depend_on_n_jobs(run_dir, tiny_model, tmp_path, monkeypatch, n_jobs, worth):
     """By default small batches of fits run in this process, big ones in worker processes; explicitly
     asked-for jobs always get them: the same numbers either way."""
-    import probe.probes
+    import probe.science.probes
 
     if worth is not None:
-        monkeypatch.setattr(probe.probes, "LOKY_WORTH", worth)
+        monkeypatch.setattr(probe.science.probes, "LOKY_WORTH", worth)
     parallel = run_experiment(small(tiny_model), tmp_path / "out", cache_dir=tmp_path / "fresh", progress=False,
                               n_jobs=n_jobs)
     assert parallel.to_dict()["layers"] == run_dir["results"].to_dict()["layers"]
@@ -102,12 +103,12 @@ def test_results_do_not_depend_on_n_jobs(run_dir, tiny_model, tmp_path, monkeypa
 
 
 def test_a_rerun_on_cached_vectors_fits_no_probe(run_dir, tiny_model, tmp_path, monkeypatch):
-    import probe.probes
+    import probe.science.probes
 
     def no_fit(*args):
         raise AssertionError("a probe was fitted although its predictions are cached")
 
-    monkeypatch.setattr(probe.probes, "_fit_predict", no_fit)
+    monkeypatch.setattr(probe.science.probes, "_fit_predict", no_fit)
     again = run_experiment(small(tiny_model), tmp_path / "out", cache_dir=run_dir["cache"], progress=False)
     assert again.to_dict()["layers"] == run_dir["results"].to_dict()["layers"]
     # A different probe setting is a different key: it is fitted.
@@ -128,7 +129,7 @@ def test_a_reporters_options_do_not_change_the_feature_cache_key(run_dir, tiny_m
 
 def test_a_measures_options_do_not_change_the_feature_cache_key(tiny_model, tmp_path, monkeypatch):
     """With an activation plugin loaded, options count in the key, but not those only a measure reads."""
-    monkeypatch.setattr(probe.experiment, "activation_plugins", lambda: ["an-activation-plugin"])
+    monkeypatch.setattr(probe.pipeline.run, "activation_plugins", lambda: ["an-activation-plugin"])
     plugins.load_plugin_file(ROOT / "plugins" / "mdl.py")
     cache = tmp_path / "cache"
     run_experiment(small(tiny_model, layers=[0, 1]), tmp_path / "a", cache_dir=cache, progress=False, n_jobs=1)
@@ -167,9 +168,9 @@ def test_rerunning_from_a_block_gives_the_extracted_vectors(tiny_model, tmp_path
     """Bit for bit at each batch size: reruns batch rows as extraction does (sorted by length, padded)."""
     from transformers import GPT2Model
 
-    from probe.extract import extract
-    from probe.models import load_tokenizer
-    from probe.partial import capture_block_inputs, vectors_at
+    from probe.pipeline.extract import extract
+    from probe.pipeline.models import load_tokenizer
+    from probe.pipeline.partial import capture_block_inputs, vectors_at
 
     model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model, attn_implementation="eager").eval())
     tokenizer = load_tokenizer(str(tiny_model))
@@ -207,7 +208,7 @@ def test_mcnemar_counts_only_the_rows_that_changed():
 
 
 def test_head_ablation_reports_each_drop_with_its_uncertainty(tiny_model, tmp_path):
-    from probe.config import load_config
+    from probe.pipeline.config import load_config
 
     plugins.load_plugin_file(ROOT / "plugins" / "head_ablation.py")
     config = load_config(ROOT / "experiments" / "mole-heads.yaml", {
@@ -239,15 +240,16 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
 
 
 def test_results_show_the_report_in_a_notebook_cell(run_dir):
-    from probe.results import load_results
+    from probe.notebook import report_html
+    from probe.pipeline.results import load_results
 
     for results in (run_dir["results"], load_results(run_dir["out"])):
         assert results.run_dir == run_dir["out"]
-        html = results._repr_html_()
+        html = report_html(results)
         assert "<html" not in html.lower()[:200]  # a fragment, not a page: several can share a notebook
         assert results.experiment in html and "plotly" in html.lower()
     detached = type(run_dir["results"]).from_dict(run_dir["results"].to_dict())  # no run folder known
-    assert detached.run_dir is None and detached.experiment in detached._repr_html_()
+    assert detached.run_dir is None and detached.experiment in report_html(detached)
 
 
 def test_a_run_on_an_explicit_device_in_bfloat16(tiny_model, tmp_path):
@@ -258,7 +260,7 @@ def test_a_run_on_an_explicit_device_in_bfloat16(tiny_model, tmp_path):
 
 
 def test_a_device_the_machine_lacks_is_refused_before_any_model_work(tiny_model, tmp_path):
-    from probe.config import ConfigError
+    from probe.pipeline.config import ConfigError
 
     with pytest.raises(ConfigError, match="device: 'cuda:99'"):
         run_experiment(small(tiny_model, device="cuda:99"), tmp_path / "out", cache_dir=tmp_path / "cache",
@@ -288,7 +290,7 @@ def test_a_model_spread_to_disk_by_device_map_gives_the_same_vectors(tiny_model,
 
 def test_mlflow_gets_every_numeric_column_of_the_tidy_table(run_dir):
     """A sweep's MLflow metrics are the table's columns (controls, extra metrics, measures), not a copy."""
-    from probe.tracking import layer_metrics
+    from probe.sweep.tracking import layer_metrics
 
     table = run_dir["results"].layers
     shown = {column for column in table.columns
@@ -298,8 +300,8 @@ def test_mlflow_gets_every_numeric_column_of_the_tidy_table(run_dir):
 
 
 def test_run_context_folds_name_the_subsets_there_are(tiny_model, tmp_path):
-    from probe.context import RunContext
-    from probe.experiment import load_dataset, make_splits
+    from probe.pipeline.context import RunContext
+    from probe.pipeline.run import load_dataset, make_splits
 
     config = small(tiny_model)
     context = RunContext(config, str(tiny_model), tmp_path, False)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from tiny_gpt2 import build_tiny_gpt2
 
-from probe.config import ConfigError, validate
-from probe.devices import check_dtype, resolve_device
-from probe.experiment import run_experiment
-from probe.placement import check_max_memory, model_bytes
+from probe.pipeline.config import ConfigError, validate
+from probe.pipeline.run import run_experiment
+from probe.scale.devices import check_dtype, resolve_device
+from probe.scale.placement import check_max_memory, model_bytes
 
 pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 

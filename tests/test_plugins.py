@@ -21,17 +21,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 from filelock import FileLock
+from tiny_gpt2 import build_tiny_gpt2
 
 import probe
 import probe.cli
-import probe.experiment
+import probe.pipeline.run
 from probe import hookimpl, hookspecs, plugins
-from probe.config import validate
-from probe.experiment import run_experiment
+from probe.core.swap import is_swapped
+from probe.pipeline.config import validate
+from probe.pipeline.run import run_experiment
 from probe.plugins import BUILTIN_PLUGINS, PluginError, Registered
-from probe.probes import logistic_probe
-from probe.swap import is_swapped
-from tiny_gpt2 import build_tiny_gpt2
+from probe.science.probes import logistic_probe
 
 FILLER = "about across after air all and been built can card desk every from had hand has her his into".split()
 
@@ -188,8 +188,8 @@ def test_a_plugin_registering_one_of_each_kind_is_found_by_lookup():
                               ("model", "my-model", source), ("measure", "my-measure", measure)]:
         assert plugins.lookup(kind, name) == Registered(name, value, "everything", kind)
         assert plugins.registry(kind)[name].plugin == "everything"
-    assert probe.experiment.resolve_model("my-model", None) == "/models/mine"
-    assert probe.experiment.resolve_model("some/hub-name", None) == "some/hub-name"
+    assert probe.pipeline.run.resolve_model("my-model", None) == "/models/mine"
+    assert probe.pipeline.run.resolve_model("some/hub-name", None) == "some/hub-name"
 
     plugins.unregister_plugin("everything")
     with pytest.raises(PluginError, match="unknown dataset 'my-data'"):
@@ -512,7 +512,7 @@ def test_a_run_uses_the_plugins_dataset_probe_metric_model_and_reporter(tiny_mod
 
     assert results["model"]["path"] == str(tiny_model)  # the model source resolved the name
     assert results["dataset"]["rows"] == 18  # the dataset loader got the config's options (n=9)
-    # seed + options; 3 folds × 3 layers, once more before any model work (probe.checks fits it on made-up
+    # seed + options; 3 folds × 3 layers, once more before any model work (probe.pipeline.checks fits it on made-up
     # rows), and one more that results.json describes (its params and C)
     assert set(probe_calls) == {(0, 0.5)} and len(probe_calls) == 3 * 3 + 2
     assert results["probe"]["name"] == "plugin-probe" and results["probe"]["C"] == 0.5
@@ -753,10 +753,10 @@ def test_a_register_commands_hook_that_raises_is_reported_by_main(monkeypatch):
 
 
 def test_a_plugin_adds_a_family_through_register_adapters(tmp_path):
+    import adapter_plugin
     from transformers import AutoModelForCausalLM
 
-    import adapter_plugin
-    from probe.architectures import save_random
+    from probe.core.architectures import save_random
 
     save_random("arcee", tmp_path)
     load = lambda: AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()  # noqa: E731

@@ -1,11 +1,11 @@
-"""probe.probes: cross-validated linear probes and their controls, on synthetic data with known answers."""
+"""probe.science.probes: cross-validated linear probes and their controls, on synthetic data with known answers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from probe.probes import (
+from probe.science.probes import (
     ProbeError,
     cross_validate,
     folds,
@@ -136,8 +136,8 @@ def test_mismatched_rows_and_labels():
 
 def test_a_fit_key_is_the_same_whether_or_not_the_features_hash_is_reused():
     """fit_all hashes a matrix shared by many tasks once; the keys must not change for that."""
-    from probe import fitcache
-    from probe.probes import logistic_probe
+    from probe.science.probes import logistic_probe
+    from probe.store import caches as fitcache
 
     rng = np.random.default_rng(0)
     X, other = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from probe import provenance
-from probe.results import Provenance
+from probe.pipeline import results as provenance
+from probe.pipeline.results import Provenance
 
 
 @pytest.fixture

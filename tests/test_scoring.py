@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-from probe.probes import confusion_counts, macro_f1, score
+from probe.science.probes import confusion_counts, macro_f1, score
 
 LABELS = ["animal", "lesion", "spy", "unit"]
 

@@ -11,12 +11,14 @@ import json
 import numpy as np
 import pytest
 from conftest import shared_folder
+import probe.notebook
 from probe_plugins import mdl as mdl_plugin
 from probe_plugins.mdl import online_codelength
 from tiny_gpt2 import build_tiny_gpt2
 
-from probe import control_tasks, permutation
-from probe.probes import FitTask, evaluate, folds, logistic_probe
+from probe.science import controls as control_tasks
+from probe.science import permutation
+from probe.science.probes import FitTask, evaluate, folds, logistic_probe
 
 pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 
@@ -204,7 +206,7 @@ def stronger_config(model, data, **fields):
 
 def test_an_experiment_reports_permutations_control_task_and_mdl_whatever_n_jobs(tiny_model, two_word_data, tmp_path):
     from probe import plugins
-    from probe.experiment import run_experiment
+    from probe.pipeline.run import run_experiment
 
     plugins.register_plugin(mdl_plugin, "mdl")
     config = stronger_config(tiny_model, two_word_data)
@@ -232,7 +234,7 @@ def test_an_experiment_reports_permutations_control_task_and_mdl_whatever_n_jobs
     assert "## Controls and measures per layer" in summary and "9 label permutations" in summary
     saved = json.loads((tmp_path / "one" / "results.json").read_text())
     assert saved["layers"][1]["measures"]["mdl"] == after_attention.measures["mdl"]
-    legend = {text.get_text() for text in one.plot().legends[0].get_texts()}
+    legend = {text.get_text() for text in probe.notebook.plot(one).legends[0].get_texts()}
     assert {"permuted labels, 5–95 % (target)", "p < 0.05, permutation test (target)",
             "control task (target)"} <= legend
 
@@ -240,8 +242,8 @@ def test_an_experiment_reports_permutations_control_task_and_mdl_whatever_n_jobs
 def test_a_control_task_on_one_word_type_is_a_config_error_before_model_work(tiny_model, tmp_path):
     from test_experiment import write_planted
 
-    from probe.config import ConfigError
-    from probe.experiment import run_experiment
+    from probe.pipeline.config import ConfigError
+    from probe.pipeline.run import run_experiment
 
     data = write_planted(tmp_path / "mole.jsonl", n_per_label=10)
     config = stronger_config(tiny_model, data, folds=2)
@@ -251,7 +253,7 @@ def test_a_control_task_on_one_word_type_is_a_config_error_before_model_work(tin
 
 
 def test_an_unknown_measure_names_the_registered_ones(tiny_model, two_word_data, tmp_path):
-    from probe.experiment import run_experiment
+    from probe.pipeline.run import run_experiment
     from probe.plugins import PluginError
 
     config = stronger_config(tiny_model, two_word_data, controls=["majority"])
@@ -261,7 +263,7 @@ def test_an_unknown_measure_names_the_registered_ones(tiny_model, two_word_data,
 
 
 def test_config_fields_of_the_stronger_controls():
-    from probe.config import ConfigError, validate
+    from probe.pipeline.config import ConfigError, validate
 
     base = {"model": "gpt2", "dataset": "mole"}
     assert validate(base).controls == ["majority", "shuffled", "random_weights"]  # the costly ones are opt-in

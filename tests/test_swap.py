@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY, assert_bitwise, assert_patterns_bitwise, load, make_inputs
 from safetensors.torch import load_file
 from torch import nn
 from transformers import (
@@ -20,12 +21,10 @@ from transformers import (
 from transformers.models.gpt2 import modeling_gpt2 as hf_gpt2
 
 import probe
-from probe.adapters import registered_adapters
-from probe.adapters.base import SUPPORTED_TRANSFORMERS
-from probe.adapters.gpt2 import GPT2Adapter
-from probe.attention import MaskedMultiHeadAttention
-
-from conftest import TINY, assert_bitwise, assert_patterns_bitwise, load, make_inputs
+from probe.plugins import adapters as registered_adapters
+from probe.core.adapters.base import SUPPORTED_TRANSFORMERS
+from probe.core.adapters.gpt2 import GPT2Adapter
+from probe.core.attention import MaskedMultiHeadAttention
 
 SIX_CLASSES = [
     GPT2Model,

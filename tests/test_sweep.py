@@ -17,12 +17,17 @@ from conftest import shared_folder
 from tiny_gpt2 import DATA, build_tiny_gpt2
 
 from probe.cli import cli
-from probe.config import ConfigError
-from probe.experiment import run_experiment
-from probe.provenance import without_provenance
-from probe.results import load_results
-from probe.sweep import CELL_FILE, is_finished, load_sweep, plan_cells, validate_sweep
-from probe.sweep_run import CellSettings, run_cell, run_cells
+from probe.pipeline.config import ConfigError
+from probe.pipeline.results import load_results, without_provenance
+from probe.pipeline.run import run_experiment
+from probe.sweep.plan import (
+    CELL_FILE,
+    is_finished,
+    load_sweep,
+    plan_cells,
+    validate_sweep,
+)
+from probe.sweep.run import CellSettings, run_cell, run_cells
 
 ROWS_PER_SENSE = 6
 
@@ -148,8 +153,8 @@ def test_a_sweep_ends_with_its_last_cell(tmp_path, tiny_models):
     words = write_words(tmp_path / "words", ["mole"])
     experiment = write_experiment(tmp_path / "exp.yaml", tiny_models[0])
     script = f"""
-from probe.sweep import plan_cells, validate_sweep
-from probe.sweep_run import CellSettings, run_cells
+from probe.sweep.plan import plan_cells, validate_sweep
+from probe.sweep.run import CellSettings, run_cells
 sweep = validate_sweep({{"experiments": [{str(experiment)!r}], "datasets": {str(words)!r},
                         "models": [{tiny_models[0]!r}], "seeds": [0, 1], "output": {str(tmp_path / "out")!r}}})
 outcomes = list(run_cells(plan_cells(sweep), CellSettings(cache_dir={str(tmp_path / "cache")!r}, threads=2), jobs=1))

@@ -25,8 +25,8 @@ import json
 import re
 from pathlib import Path
 
-from probe.data import FEATURES, DataError
-from probe.datafiles import utf8
+from probe.pipeline.data import FEATURES, DataError
+from probe.pipeline.datafiles import utf8
 
 DATA_SUFFIX, GOLD_SUFFIX = ".data.txt", ".gold.txt"
 

@@ -16,7 +16,7 @@ BUILTIN = {
 
 def builtin_loader(name: str):
     def load():
-        from probe.data import load_rows
+        from probe.pipeline.data import load_rows
 
         return load_rows(DATA / f"{name}.jsonl")
 
@@ -27,7 +27,7 @@ def builtin_loader(name: str):
 def load_file(path: str, **fields):
     """A JSONL / CSV / Parquet file, or hf:owner/name, with optional text_field, label_field, … renames;
     ``split`` and ``revision`` for a hub dataset only."""
-    from probe.data import load_rows
+    from probe.pipeline.data import load_rows
 
     return load_rows(path, **fields)
 
@@ -39,7 +39,7 @@ def load_coarsewsd(path: str, words: list[str] | None = None):
     return load(path, words)
 
 
-load_file.forwards_to = "probe.data:load_rows"  # the options a config may give (probe.checks reads these)
+load_file.forwards_to = "probe.pipeline.data:load_rows"  # the options a config may give (probe.pipeline.checks reads these)
 load_file.forwards_skip = ("source",)
 
 

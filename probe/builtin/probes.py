@@ -4,13 +4,13 @@ from probe.hookspecs import hookimpl
 
 
 def logreg(seed: int = 0, **options):
-    """probe.probes.logistic_probe, imported when first used (scikit-learn is slow to import)."""
-    from probe.probes import logistic_probe
+    """probe.science.probes.logistic_probe, imported when first used (scikit-learn is slow to import)."""
+    from probe.science.probes import logistic_probe
 
     return logistic_probe(seed=seed, **options)
 
 
-logreg.forwards_to = "probe.probes:logistic_probe"  # the options a config may give (probe.checks reads these)
+logreg.forwards_to = "probe.science.probes:logistic_probe"  # the options a config may give (probe.pipeline.checks reads these)
 
 
 @hookimpl

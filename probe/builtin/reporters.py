@@ -6,8 +6,8 @@ from probe.hookspecs import hookimpl
 
 
 def plots(results, output_dir, context):
-    from probe import report
-    from probe.figure_cache import drawn_before, keep_drawn
+    from probe.report import writers as report
+    from probe.store.caches import drawn_before, keep_drawn
 
     formats = figure_formats(context.config)
     store = context.stores[context.config.main_mode]  # probe's own vectors, as report.html shows
@@ -24,11 +24,11 @@ def plots(results, output_dir, context):
 def _figures_key(results, context, store, formats) -> str:
     """Everything the three figures are drawn from: the results (less when and where they were made), the
     vectors (their cache folder is named by their content), the example row, the formats, the code."""
-    from probe.experiment import feature_key
-    from probe.extract import cache_key
-    from probe.figure_cache import drawing_code
-    from probe.provenance import without_provenance
-    from probe.report import as_dict
+    from probe.pipeline.extract import cache_key
+    from probe.pipeline.results import without_provenance
+    from probe.pipeline.run import feature_key
+    from probe.report.writers import as_dict
+    from probe.store.caches import drawing_code
 
     row = context.rows[min(context.config.example, len(context.rows) - 1)]
     return cache_key({"results": without_provenance(as_dict(results)), "vectors": store.folder.name,
@@ -39,8 +39,8 @@ def _figures_key(results, context, store, formats) -> str:
 
 def figure_formats(config) -> tuple[str, ...]:
     """``options: {plots: {formats: [png, svg, pdf]}}``; PNG alone by default."""
-    from probe.config import ConfigError
-    from probe.report import DEFAULT_FORMATS, FIGURE_FORMATS
+    from probe.pipeline.config import ConfigError
+    from probe.report.writers import DEFAULT_FORMATS, FIGURE_FORMATS
 
     formats = (config.options.get("plots") or {}).get("formats", DEFAULT_FORMATS)
     if isinstance(formats, str):
@@ -54,7 +54,7 @@ def figure_formats(config) -> tuple[str, ...]:
 
 def attention_plot(results, output_dir, context, n_blocks_shown: int = 4, formats=("png",)):
     """The example sentence's target token: which words each head attends to, in a few blocks."""
-    from probe import report
+    from probe.report import writers as report
 
     results = report.as_results(results)
     row = context.rows[min(context.config.example, len(context.rows) - 1)]
@@ -72,9 +72,9 @@ def example_patterns(context, row, shown: list[int]):
 
     import numpy as np
 
-    from probe.experiment import feature_key
-    from probe.extract import cache_key
-    from probe.io import write_atomic
+    from probe.pipeline.extract import cache_key
+    from probe.pipeline.run import feature_key
+    from probe.store.files import write_atomic
 
     key = cache_key({"features": feature_key(context, shown, "reimplemented"), "text": row["text"],
                      "span": [row["span_start"], row["span_end"]]})
@@ -98,9 +98,9 @@ def example_patterns(context, row, shown: list[int]):
 def _patterns(context, row, shown):
     import torch
 
-    from probe.data import span_token_indices
-    from probe.devices import device_of
-    from probe.hooks import capture
+    from probe.core.hooks import capture
+    from probe.pipeline.data import span_token_indices
+    from probe.scale.devices import device_of
 
     model, tokenizer = context.load_model()  # the run's model, probe's attention swapped in
     encoding = tokenizer(row["text"], return_tensors="pt", return_offsets_mapping=True)
@@ -114,10 +114,10 @@ def _patterns(context, row, shown):
 
 
 def _report(name: str):
-    """A reporter that calls ``probe.report.<name>(results, output_dir)``, importing it only when used."""
+    """A reporter that calls ``probe.report.writers.<name>(results, output_dir)``, importing it only when used."""
 
     def write(results, output_dir, context):
-        from probe import report
+        from probe.report import writers as report
 
         return getattr(report, name)(results, output_dir)
 
@@ -126,10 +126,10 @@ def _report(name: str):
 
 def html_page(results, output_dir, context):
     """report.html, and report_data.json (the PCA and attention views) so that `probe report` can redraw it."""
-    from probe.html_report import PAGE, Run, render_report
-    from probe.io import write_text_atomic
-    from probe.report import as_dict
-    from probe.report_data import build_report_data, write_report_data
+    from probe.report.extras import build_report_data, write_report_data
+    from probe.report.html import PAGE, Run, render_report
+    from probe.report.writers import as_dict
+    from probe.store.files import write_text_atomic
 
     results = as_dict(results)
     config = context.config
@@ -145,8 +145,8 @@ def _attention_cache(context):
     """Where the viewer's patterns are kept: under the key of the activations they come from, plus what
     picks and names the rows shown (the labels and the split_by column: the activations' key covers only
     the texts), so that a rerun on a full cache loads no model for report.html either."""
-    from probe.experiment import feature_key
-    from probe.extract import cache_key
+    from probe.pipeline.extract import cache_key
+    from probe.pipeline.run import feature_key
 
     config = context.config
     shown = {"label": list(context.rows["label"]),

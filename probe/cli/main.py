@@ -1,0 +1,375 @@
+"""The `probe` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from probe.core import architectures
+from probe.core.architectures import ARCHITECTURES
+from probe.errors import command_error, first_line
+from probe.pipeline.config import DTYPES, GPT2_SHAPES
+from probe.report.console import quiet_progress_bars
+from probe.scale.devices import parse_dtype
+
+
+@click.group()
+@click.version_option(package_name="probe")
+def cli():
+    """Probe Hugging Face language models with a readable, hookable reimplementation of attention."""
+
+
+@cli.command()
+@click.option(
+    "--model", "model_name", help="Registered name (see probe.builtin.models), hub name, local folder or .gguf file."
+)
+@click.option("--revision", help="Hub revision (branch, tag or commit) for --model.")
+@click.option(
+    "--random-init",
+    metavar="NAME_OR_JSON",
+    help=f"Offline: random weights in a GPT-2 shape ({', '.join(GPT2_SHAPES)}), a GPT2Config JSON file, "
+    "or a tiny config of any architecture `probe architectures` lists.",
+)
+@click.option("--reference", type=click.Choice(["eager", "sdpa"]), default="eager", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
+@click.option("--text", "texts", multiple=True, help="Input text (repeatable); several texts are padded.")
+@click.option("--padding", type=click.Choice(["right", "left"]), default="right", show_default=True)
+@click.option(
+    "--tolerance", type=float,
+    help="Largest allowed max abs diff [default: 0 vs eager; vs sdpa 1e-5 relative to each tensor's scale].",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--fast", is_flag=True, help="Run probe's fast path (scaled_dot_product_attention; no patterns).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+def compare(model_name, revision, random_init, reference, dtype, texts, padding, tolerance, seed, as_json, fast,
+            device):
+    """Compare probe's reimplemented attention with Hugging Face's, layer by layer.
+
+    Exits with status 1 when a difference exceeds the tolerance.
+    """
+    from probe.api import swap_attention
+    from probe.core.compare import DEFAULT_TEXTS, compare_models
+    from probe.pipeline import models
+    from probe.pipeline.context import model_load_error, resolve_model
+
+    if bool(model_name) == bool(random_init):
+        raise click.UsageError("give exactly one of --model and --random-init")
+    if tolerance is not None and not tolerance >= 0:  # also refuses nan
+        raise click.BadParameter(f"{tolerance} is not a tolerance; give a max abs diff ≥ 0", param_hint="--tolerance")
+    if any(not text.strip() for text in texts):
+        raise click.BadParameter("an empty text has no tokens to compare; give some words", param_hint="--text")
+    where, torch_dtype = checked_placement(device, dtype)  # before any model work
+    try:
+        if random_init in ARCHITECTURES and random_init not in GPT2_SHAPES:
+            folder = architectures.save_random(random_init, tempfile.mkdtemp(prefix="probe-random-"), seed=seed)
+            source, tokenizer = str(folder), None
+        elif random_init:
+            config = models.gpt2_config(random_init)
+            folder = models.save_random_gpt2(config, seed=seed)
+            source, tokenizer = str(folder), None
+        else:
+            source = resolve_model(model_name, revision)  # registered names → hub name or local path
+            tokenizer = models.load_tokenizer(source, revision=revision)
+            if models.is_empty_tokenizer(tokenizer):
+                raise ValueError(f"no tokenizer files at {source}; save the model's tokenizer there "
+                                 f"with tokenizer.save_pretrained({source!r})")
+    except OSError as error:
+        message = model_load_error(model_name, error) if model_name else str(error)
+        raise click.BadParameter(message, param_hint="--model" if model_name else "--random-init") from None
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+    try:
+        reference_model = models.load_model(source, revision=revision, dtype=torch_dtype,
+                                            attn_implementation=reference).to(where)
+        candidate = swap_attention(models.load_model(source, revision=revision, dtype=torch_dtype).to(where),
+                                   fast=fast)
+    except (OSError, ValueError) as error:  # weights that don't load; an architecture probe can't swap
+        raise click.BadParameter(first_line(error),
+                                 param_hint="--model" if model_name else "--random-init") from None
+    vocab_size = reference_model.config.vocab_size
+    input_ids, attention_mask = encode(list(texts or DEFAULT_TEXTS), tokenizer, padding, vocab_size)
+    input_ids, attention_mask = input_ids.to(where), attention_mask.to(where)
+    result = compare_models(
+        reference_model, candidate, input_ids, attention_mask, reference_name=reference, tolerance=tolerance,
+        fast=fast,
+    )
+    result.model = model_name or f"random-init:{random_init}"
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
+    sys.exit(0 if result.passed else 1)
+
+
+def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
+    """Token ids and attention mask; without a tokenizer (random-init) the UTF-8 bytes, modulo the
+    vocabulary size, serve as ids."""
+    import torch
+
+    if tokenizer is not None:
+        tokenizer.padding_side = padding_side
+        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        return batch["input_ids"], batch["attention_mask"]
+    rows = [[byte % vocab_size for byte in text.encode("utf-8")] for text in texts]
+    width = max(len(row) for row in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        ids[i, span], mask[i, span] = torch.tensor(row), 1
+    return ids, mask
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--model", "model_name", help="Model to probe instead of the config's (registered name, hub name or folder).")
+@click.option("--output", "output_dir", type=click.Path(file_okay=False), help="Output folder [default: runs/NAME].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=".probe-cache", show_default=True)
+@click.option("--plugins-dir", type=click.Path(file_okay=False), help="Load every .py file in this folder as a plugin.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--jobs", "n_jobs", type=int, help="Probe fits in parallel [default: all cores, unless too few fits to pay for starting workers]; results do not depend on it.")
+@click.option("--device", help="auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps [default: the config's, auto].")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Model dtype [default: the config's].")
+def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):
+    """Run an experiment config: probe every layer, write results.json/csv, plots and summary.md."""
+    if n_jobs == 0:
+        raise click.BadParameter("0 fits at a time would never finish; give a number ≥ 1, or -1 for all cores",
+                                 param_hint="--jobs")
+    if quiet:
+        quiet_progress_bars()  # first: the imports below read the setting
+    from probe import plugins
+    from probe.errors import UserError
+    from probe.pipeline.config import load_config, parse_override
+    from probe.pipeline.run import run_experiment
+    from probe.report.writers import accuracy_text, layer_table
+
+    try:
+        values = dict(parse_override(text) for text in overrides)
+    except UserError as error:  # not key=value: a bad option, status 2
+        raise click.BadParameter(str(error), param_hint="--set") from None
+    origins = {field: f"--set {field}" for field in values}
+    for field, value in {"model": model_name, "device": device, "dtype": dtype}.items():  # options for fields
+        if value:
+            values[field], origins[field] = value, f"--{field}"
+    try:
+        config = load_config(config_path, values, origins)
+        if plugins_dir:
+            plugins.load_plugins_dir(plugins_dir)
+        output_dir = Path(output_dir or Path("runs") / config.name)
+        results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
+    except UserError as error:
+        raise command_error(error) from None
+    if results is None:  # a torchrun rank other than 0: its share of the vectors is in the cache
+        return
+    click.echo(layer_table(results))
+    for (position, subset), best in results.best_rows().items():
+        click.echo(
+            f"{config.name} [{position}, {subset}]: best layer {best.layer} "
+            f"accuracy {accuracy_text(best)}"
+        )
+    click.echo(f"results, plots and summary in {output_dir}/")
+
+
+def checked_placement(device: str, dtype: str):
+    """(torch.device, torch dtype) for ``--device`` and ``--dtype``, or a usage error naming the option."""
+    from probe.scale.devices import check_dtype, resolve_device
+
+    try:
+        where = resolve_device(device)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--device") from None
+    try:
+        check_dtype(dtype, where, option="--dtype")
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--dtype") from None
+    return where, parse_dtype(dtype)
+
+
+@cli.command(name="architectures")
+@click.option("--measure", is_flag=True, help="Also measure each one's parity vs eager on a tiny random model.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--markdown", is_flag=True, help="Print the README's Markdown table.")
+@click.option("--device", default="cpu", show_default=True, help="Where --measure runs: auto, cpu, cuda, cuda:N or mps.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+              help="The dtype --measure loads both models in.")
+def list_architectures(measure, as_json, markdown, device, dtype):
+    """Every architecture probe swaps: adapter, path (full or universal) and, with --measure, parity."""
+    import warnings
+
+    where, torch_dtype = checked_placement(device, dtype)
+    quiet_progress_bars()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the tiny configs' vocabularies are smaller than their token ids say
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = architectures.support_table(measure=measure, device=where if measure else "cpu", dtype=torch_dtype)
+    if as_json or markdown:
+        click.echo(json.dumps(rows, indent=2) if as_json else architectures.markdown_table(rows), nl=not markdown)
+        return
+    widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in rows[0]}
+    click.echo("  ".join(f"{c:<{w}}" for c, w in widths.items()))
+    for row in rows:
+        click.echo("  ".join(f"{str(row[c]):<{w}}" for c, w in widths.items()))
+
+
+@cli.command(name="plot-runs")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--subset", "subsets", multiple=True, help="Only these subsets (e.g. left, right).")
+def plot_runs(run_dirs, output, subsets):
+    """Plot several runs' accuracy per layer side by side (e.g. one experiment on two models)."""
+    from probe.pipeline.results import load_results
+    from probe.report.writers import plot_runs as plot
+
+    runs = []
+    for folder in run_dirs:
+        if not (Path(folder) / "results.json").exists():
+            raise click.BadParameter(f"{folder} has no results.json", param_hint="RUN_DIRS")
+        try:
+            runs.append(load_results(folder))
+        except ValueError as error:  # not JSON, or not what a run writes
+            reason = first_line(error)
+            raise click.BadParameter(f"{folder}/results.json can't be read as a run's results ({reason})",
+                                     param_hint="RUN_DIRS") from None
+    found = sorted({subset for results in runs for _, subset in results.series()})
+    unknown = [subset for subset in subsets if subset not in found]
+    if unknown:
+        raise click.BadParameter(f"no run has subset {unknown[0]!r}; the runs' subsets: {', '.join(found)}",
+                                 param_hint="--subset")
+    click.echo(f"wrote {plot(runs, Path(output), list(subsets) or None)}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="HTML file to write [default: RUN_DIR/report.html for one run, ./report.html for several].")
+def report(run_dirs, output):
+    """Write report.html for a run, or one page comparing several runs (e.g. one experiment on two models)."""
+    from probe.report.html import ReportError, write_report
+
+    default = Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else Path("report.html")
+    try:
+        path = write_report(run_dirs[0], output or default, *run_dirs[1:])
+    except ReportError as error:
+        raise command_error(error) from None
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("run_dir")
+@click.option("--screenshots", is_flag=True, help="Also save a PNG of each view under RUN_DIR/screenshots/ "
+              "(needs chromium and playwright).")
+@click.option("--no-open", is_flag=True, help="Do not open a browser (with --screenshots: only save them).")
+def view(run_dir, screenshots, no_open):
+    """Open a run's report.html in the browser (writing it first if the run has none)."""
+    import webbrowser
+
+    from probe.report.browser import BrowserError, open_page, screenshot_views
+    from probe.report.html import PAGE, ReportError, write_report
+
+    page = Path(run_dir) / PAGE
+    try:
+        if not page.exists():
+            write_report(run_dir)
+        if screenshots:
+            with open_page(page) as (browser_page, _):
+                for path in screenshot_views(browser_page, Path(run_dir) / "screenshots"):
+                    click.echo(f"wrote {path}")
+    except (ReportError, BrowserError) as error:
+        raise command_error(error) from None
+    if not no_open and not webbrowser.open(page.resolve().as_uri()):
+        click.echo(f"no browser to open here; the report is {page}")
+
+
+@cli.command(name="cache")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=".probe-cache", show_default=True)
+def cache_usage(cache_dir):
+    """What the cache holds and its size on disk, part by part; delete a part's folder to free it."""
+    from probe.cli.cache import converted_models, human, parts
+
+    cache = Path(cache_dir)
+    if not cache.is_dir():
+        raise click.BadParameter(f"no cache folder at {cache.absolute()}", param_hint="--cache-dir")
+    found = parts(cache)
+    click.echo(f"{cache}: {human(sum(part.bytes for part in found))}")
+    for part in found:
+        click.echo(f"  {part.name:<10} {human(part.bytes):>9}  {part.entries:>4} entries  {part.what}")
+    for model in converted_models(cache):
+        click.echo(f"  models/{model.folder.name}: {human(model.bytes)}, from {model.source or 'a GGUF file'}")
+
+
+@cli.command(name="plugins")
+@click.option("--plugins-dir", type=click.Path(file_okay=False), help="Also load the .py files in this folder.")
+def list_plugins(plugins_dir):
+    """List loaded plugins and the hooks each implements."""
+    from probe import plugins
+
+    try:
+        if plugins_dir:
+            plugins.load_plugins_dir(plugins_dir)
+    except plugins.PluginError as error:
+        raise command_error(error) from None
+    for name, hooks in plugins.describe():
+        click.echo(f"{name}\n    {', '.join(hooks) or '(no hooks)'}")
+
+
+from probe.cli.sweep import (
+    sweep,  # its own module; the command imports its work when run
+)
+
+cli.add_command(sweep)
+
+
+def main(args: list[str] | None = None):
+    """The `probe` command. An error ends in one message on stderr and exit status 1 (2 for usage errors);
+    a traceback only with --debug (anywhere on the line) or PROBE_DEBUG=1."""
+    import atexit
+    import gc
+    import os
+
+    # At exit, Python collects garbage across everything torch and transformers imported: about 1 s here,
+    # for memory the process is about to give back anyway. A frozen heap is skipped; atexit handlers still run.
+    atexit.register(gc.freeze)
+
+    argv = list(sys.argv[1:] if args is None else args)
+    if "--debug" not in argv:
+        return _run_command(argv)
+    before = os.environ.get("PROBE_DEBUG")
+    os.environ["PROBE_DEBUG"] = "1"  # every command's errors, and a sweep's worker processes, show tracebacks
+    try:
+        return _run_command([arg for arg in argv if arg != "--debug"])
+    finally:  # main() called in-process (tests, notebooks) leaves the environment as it was
+        if before is None:
+            del os.environ["PROBE_DEBUG"]
+        else:
+            os.environ["PROBE_DEBUG"] = before
+
+
+def _run_command(argv: list[str]):
+    from probe import plugins
+    from probe.errors import debugging, explain
+
+    debug = debugging()
+    try:
+        for _, _ in plugins.call_each("register_commands", cli=cli):
+            pass
+    except plugins.PluginError as error:
+        if debug:
+            raise
+        raise SystemExit(f"Error: {error}") from None
+    try:
+        cli.main(args=argv, prog_name="probe")
+    except Exception as error:  # click has already handled its own errors (and exited)
+        if debug:
+            raise
+        click.echo(f"Error: {explain(error)}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

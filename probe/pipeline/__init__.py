@@ -1,0 +1,1 @@
+"""One experiment as stages over typed values: config, data, models, extraction, fits, results, the run."""

@@ -1,0 +1,270 @@
+"""Experiment configs: plain YAML, checked field by field with messages that say what to write instead."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from probe.errors import UserError
+
+ATTENTION_MODES = ("reimplemented", "reference", "both")
+POSITIONS = ("target", "last")
+POOLINGS = ("first", "last", "mean")
+CONTROLS = ("majority", "shuffled", "random_weights", "permutation", "control_task")
+DEFAULT_CONTROLS = ("majority", "shuffled", "random_weights")  # the permutation test and control task cost more
+ON_BAD_ROWS = ("raise", "skip")
+LONG_TEXTS = ("refuse", "window")  # a text longer than the model's positions: a bad row, or cut around the target
+DTYPES = ("float32", "float16", "bfloat16")
+
+# The published GPT-2 checkpoints' shapes, for building random-weight stand-ins offline.
+GPT2_SHAPES = {
+    "gpt2": {},
+    "distilgpt2": {"n_layer": 6},
+    "gpt2-medium": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
+    "gpt2-large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
+    "gpt2-xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25},
+}
+
+
+class ConfigError(UserError, ValueError):
+    """A config field is missing, misspelt or has a value probe does not accept."""
+
+
+class ExperimentConfig(BaseModel):
+    """A validated experiment. Build it with ``validate(raw)`` (or ``load_config(path)``), whose errors
+    name the field and the accepted values; pydantic checks each field, these messages explain it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
+
+    model: str
+    dataset: Union[str, dict]
+    name: str = "experiment"
+    revision: Optional[str] = None
+    description: str = ""
+    probe: Union[str, dict] = "logreg"
+    positions: list[Literal[POSITIONS]] = ["target"]
+    pooling: Literal[POOLINGS] = "mean"
+    layers: Union[Literal["all"], list[int]] = "all"
+    attention: Literal[ATTENTION_MODES] = "reimplemented"
+    folds: int = Field(5, ge=2)
+    seed: int = 0
+    batch_size: int = Field(16, ge=1)
+    dtype: Literal[DTYPES] = "float32"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (see probe/devices.py)
+    device_map: Optional[str] = None  # accelerate: auto | balanced | sequential … (then `device` is not used)
+    max_memory: Optional[dict[Union[int, str], str]] = None  # e.g. {0: 20GiB, cpu: 60GiB}; the rest to disk
+    filter: dict[str, list] = {}
+    split_by: Optional[str] = None
+    controls: list[Literal[CONTROLS]] = list(DEFAULT_CONTROLS)
+    permutations: int = Field(100, ge=1)  # label permutations of the `permutation` control
+    measures: list[str] = []  # registered per-layer measures (register_measures), e.g. [mdl]
+    reporters: list[str] = ["json", "csv", "plots", "summary"]
+    metrics: Optional[list[str]] = None  # registered metric names; None: all registered
+    plugins: list[str] = []
+    on_bad_rows: Literal[ON_BAD_ROWS] = "raise"
+    long_texts: Literal[LONG_TEXTS] = "refuse"
+    example: int = 0
+    options: dict[str, Any] = {}  # free-form settings for plugins
+    # How probes are scored, and what the last layer is (see probe/evaluation.py and probe/extract.py).
+    evaluation: dict[str, Any] = {}  # {} / {cv: 5 | StratifiedKFold …} / {split_field, train, test, dev}
+    final_norm: bool = False  # the last layer after the model's final norm, as HF's last hidden_states
+    source: str = ""  # the file the config came from, for messages
+
+    @field_validator("positions", "controls", "reporters", "plugins", "metrics", "measures", mode="before")
+    @classmethod
+    def _one_becomes_a_list(cls, value):
+        return value if value is None else _as_list(value)
+
+    @field_validator("positions")
+    @classmethod
+    def _some_position(cls, value):
+        if not value:
+            raise ValueError(f"needs at least one of {', '.join(POSITIONS)}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, value):
+        from probe.scale.devices import DEVICE_PATTERN
+
+        if not DEVICE_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @field_validator("dataset", "probe", mode="before")
+    @classmethod
+    def _name_or_mapping(cls, value):
+        if not isinstance(value, str) and not (isinstance(value, dict) and isinstance(value.get("name"), str)):
+            raise ValueError(f"must be a name or a mapping with a 'name' key and options, got {value!r}")
+        return value
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layer_numbers(cls, value):
+        if value == "all":
+            return value
+        layers = _as_list(value)
+        if not layers or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers):
+            raise ValueError(f"must be 'all' or a list of layer numbers ≥ 0, got {value!r}")
+        return sorted(set(layers))
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _filter_lists(cls, value):
+        if not isinstance(value, dict):
+            raise ValueError("must map a column to accepted values, e.g. {cue: [left]}")
+        return {key: _as_list(values) for key, values in value.items()}
+
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _evaluation_protocol(cls, value):
+        from probe.pipeline.evaluation import parse
+
+        return parse(value)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset if isinstance(self.dataset, str) else self.dataset["name"]
+
+    @property
+    def dataset_options(self) -> dict:
+        return {} if isinstance(self.dataset, str) else {k: v for k, v in self.dataset.items() if k != "name"}
+
+    @property
+    def attention_modes(self) -> list[str]:
+        """The attention(s) vectors are extracted with: both compares the reference with probe's."""
+        return ["reference", "reimplemented"] if self.attention == "both" else [self.attention]
+
+    @property
+    def main_mode(self) -> str:
+        """The attention whose vectors are probed (probe's own when both are extracted)."""
+        return self.attention_modes[-1]
+
+    @property
+    def probe_name(self) -> str:
+        return self.probe if isinstance(self.probe, str) else self.probe["name"]
+
+    @property
+    def probe_options(self) -> dict:
+        return {} if isinstance(self.probe, str) else {k: v for k, v in self.probe.items() if k != "name"}
+
+    def settings(self) -> dict:
+        """Everything that shaped the results, for results.json."""
+        return {name: getattr(self, name) for name in FIELD_NAMES}
+
+
+FIELD_NAMES = [name for name in ExperimentConfig.model_fields if name != "source"]
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                origins: dict[str, str] | None = None) -> ExperimentConfig:
+    """Read, override (``--set key=value``) and validate a YAML experiment config. An error in an overridden
+    field says so: "overridden", or where ``origins`` says it was given (e.g. "--set folds", "--model")."""
+    path = Path(path)
+    raw = read_yaml_mapping(path)
+    raw.setdefault("name", path.stem)
+    for key, value in (overrides or {}).items():
+        raw[key] = value
+    # Plugin files, and a dataset's path when it exists there, are relative to the config file.
+    raw["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) else p
+                      for p in _as_list(raw.get("plugins") or [])]
+    dataset = raw.get("dataset")
+    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
+        beside_config = path.parent / dataset["path"]
+        if beside_config.exists() and not Path(dataset["path"]).is_absolute():
+            raw["dataset"] = {**dataset, "path": str(beside_config.resolve())}
+    origins = dict.fromkeys(overrides or {}, "overridden") | (origins or {})
+    return validate(raw, source=str(path), origins=origins)
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file's top-level mapping; a missing, unreadable, non-UTF-8 or malformed file is a ConfigError
+    naming the file (and the line of a byte that is not UTF-8)."""
+    from probe.pipeline.datafiles import utf8
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except OSError as error:
+        raise ConfigError(f"{what} {path} can't be read: {error.strerror}") from None
+    try:
+        raw = yaml.safe_load(utf8(data, path, ConfigError, "save the config as UTF-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``; the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set folds=3")
+    key, value = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: the field name before '=' is empty, e.g. --set folds=3")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        from probe.errors import first_line
+
+        problem = first_line(error)
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({problem}); quote it, "
+                          f"e.g. --set '{key.strip()}=\"{value}\"'") from None
+
+
+def validate(raw: dict, source: str = "<config>", origins: dict[str, str] | None = None) -> ExperimentConfig:
+    """``raw`` checked into an ExperimentConfig; an error names ``source`` and the field, and for a field
+    given elsewhere (``origins``: field → e.g. "--set folds") that too."""
+    origins = origins or {}
+
+    def where(field: str) -> str:
+        return f"{source} ({origins[field]}):" if field in origins else f"{source}:"
+
+    unknown = [key for key in raw if key not in FIELD_NAMES]
+    if unknown:
+        key = unknown[0]
+        near = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"{where(key)} unknown field {key!r}.{hint} Accepted fields: {', '.join(FIELD_NAMES)}")
+    for required in ("model", "dataset"):
+        if raw.get(required) in (None, ""):
+            raise ConfigError(f"{where(required)} field {required!r} is required")
+    try:
+        return ExperimentConfig.model_validate({**raw, "source": source})
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ConfigError(f"{where(str(first['loc'][0]))} {_message(first, raw)}") from None
+
+
+def _message(error: dict, raw: dict) -> str:
+    """One pydantic error as a sentence that names the field and says what it accepts."""
+    name = str(error["loc"][0])
+    value = raw.get(name)
+    kind = error["type"]
+    if kind == "literal_error":
+        got = error["input"]
+        return f"field {name!r} is {got!r}; accepted values: {', '.join(_CHOICES[name])}"
+    if kind == "greater_than_equal":
+        return f"field {name!r} must be at least {error['ctx']['ge']}, got {value}"
+    if kind == "value_error":
+        return f"field {name!r} {error['ctx']['error']}"
+    if kind in _TYPES:
+        return f"field {name!r} must be {_TYPES[kind]}, got {value!r}"
+    return f"field {name!r}: {error['msg']}, got {value!r}"
+
+
+_CHOICES = {"attention": ATTENTION_MODES, "pooling": POOLINGS, "dtype": DTYPES, "on_bad_rows": ON_BAD_ROWS,
+            "positions": POSITIONS, "controls": CONTROLS, "long_texts": LONG_TEXTS}
+_TYPES = {"int_type": "an int", "string_type": "a str", "list_type": "a list", "dict_type": "a mapping",
+          "bool_type": "true or false"}
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]

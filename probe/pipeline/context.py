@@ -1,0 +1,284 @@
+"""RunContext: what one run shares between its stages and reporters — config, rows, features, and the
+model, its config and tokenizer, each loaded at most once (and only when some stage needs it)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from probe import plugins
+from probe.errors import first_line
+from probe.pipeline.config import ConfigError, ExperimentConfig
+from probe.scale.ranks import Ranks
+
+DEFAULT_CACHE = Path(".probe-cache")
+
+
+@dataclass
+class RunContext:
+    """One run's shared state. ``load_model()`` gives the (model, tokenizer) pair with probe's attention
+    and the plugins' activation hooks; extraction, controls and reporters all get this same object."""
+
+    config: ExperimentConfig
+    model_path: str  # what the config's model resolved to: a hub name, a folder or a .gguf file
+    cache_dir: Path = DEFAULT_CACHE
+    progress: bool = True
+    rows: Any = None  # datasets.Dataset of prepared rows
+    stores: dict = field(default_factory=dict)  # attention mode or control → FeatureStore
+    splits: list = field(default_factory=list)  # experiment.Split per subset: its rows and the run's folds
+    loads: int = 0  # how many times weights were read from disk (tests and benchmarks check it)
+    ranks: Ranks = field(default_factory=Ranks)  # this process among those torchrun started (see distributed.py)
+    _model: Any = None
+    _attention: str | None = None  # which attention the shared model has now: reference | reimplemented
+    _hook_handles: list = field(default_factory=list)
+
+    def folds(self, subset: str = "all") -> list:
+        """The run's own folds over a subset's rows, under its evaluation protocol (k folds, a fixed split's
+        train/test, or a splitter's), for a reporter that fits probes of its own."""
+        for split in self.splits:
+            if split.name == subset:
+                return split.folds
+        known = ", ".join(split.name for split in self.splits) or "none: the run has not split its rows yet"
+        raise ValueError(f"no subset {subset!r} in this run's splits; its subsets: {known}")
+
+    # ------------------------------------------------------------ what the model is, read once
+
+    @cached_property
+    def device(self):
+        """The torch.device the config's ``device`` names here, one GPU per process when torchrun started
+        several (checked before any model work, with the dtype, which the device must be able to do)."""
+        from probe.scale.devices import check_dtype, resolve_device
+        from probe.scale.ranks import rank_device
+
+        device = rank_device(resolve_device(self.config.device), self.ranks)
+        check_dtype(self.config.dtype, device)
+        return device
+
+    @property
+    def attention_path(self) -> str:
+        """How probe's attention runs: ``fast`` (scaled_dot_product_attention in every block whose scores
+        and pattern no hook reads; equal to the exact path up to rounding) unless the run compares it with
+        Hugging Face's attention (``attention: both``), which needs the bit-identical ``exact`` path."""
+        return "exact" if self.config.attention == "both" else "fast"
+
+    @cached_property
+    def source(self) -> str:
+        """Where weights load from: a GGUF file's converted safetensors folder (see models.gguf_folder)."""
+        from probe.pipeline.models import NotWritten, gguf_folder
+
+        if str(self.model_path).endswith(".gguf") and Path(self.model_path).is_file():
+            try:
+                return str(gguf_folder(self.model_path, self.cache_dir / "models", progress=self.progress))
+            except NotWritten as error:
+                raise ConfigError(f"{self.config.source or 'config'}: field 'model': {self.model_path} was read, but "
+                                  f"{error}; make room there or give another --cache-dir") from None
+            except Exception as error:  # not a GGUF file, or one transformers can't convert
+                raise ConfigError(f"{self.config.source or 'config'}: field 'model': {self.model_path} can't be "
+                                  f"read as a GGUF checkpoint ({type(error).__name__}: {error})") from None
+        return self.model_path
+
+    @cached_property
+    def model_config(self):
+        """The transformers config; the first place a bad model name shows, so its error says what works."""
+        from probe.pipeline.models import load_config
+
+        try:
+            return load_config(self.source, revision=self.config.revision)
+        except (OSError, ValueError) as error:  # ValueError: a config.json whose model_type nobody knows
+            raise ConfigError(f"{self.config.source}: {model_load_error(self.config.model, error)}") from None
+
+    @cached_property
+    def config_fields(self) -> dict:
+        """The model config's fields: a local config.json read as JSON (no transformers import), else the
+        transformers config's."""
+        import json
+
+        path = Path(self.source) / "config.json"
+        if not path.is_file():
+            return self.model_config.to_dict()
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise ConfigError(f"{self.config.source or 'config'}: field 'model': {path} is not valid JSON "
+                              f"({error})") from None
+
+    @cached_property
+    def n_blocks(self) -> int:
+        """The number of blocks, as the model's config gives it."""
+        for name in ("num_hidden_layers", "n_layer"):
+            if isinstance(self.config_fields.get(name), int):
+                return self.config_fields[name]
+        return self.model_config.num_hidden_layers
+
+    @cached_property
+    def tokenizer(self):
+        """The model's tokenizer; a folder without one, or one without character offsets (which finding the
+        target's tokens needs), is a ConfigError that says how to fix it."""
+        from probe.pipeline.models import is_empty_tokenizer, load_tokenizer
+
+        where = f"{self.config.source or 'config'}: field 'model' ({self.config.model})"
+        try:
+            tokenizer = load_tokenizer(self.source, revision=self.config.revision)
+        except (OSError, ValueError, TypeError) as error:
+            reason = first_line(error)
+            raise ConfigError(f"{where}: no usable tokenizer at {self.source} ({reason}); save the model's "
+                              f"tokenizer there with tokenizer.save_pretrained({str(self.source)!r})") from None
+        if is_empty_tokenizer(tokenizer):
+            raise ConfigError(f"{where}: no tokenizer files at {self.source} (what loads has an empty "
+                              f"vocabulary); save the model's tokenizer there with "
+                              f"tokenizer.save_pretrained({str(self.source)!r})")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError(f"{where}: its tokenizer ({type(tokenizer).__name__}) is a slow one, which gives no "
+                              "character offsets, and probe needs them to find the target's tokens; save a fast "
+                              "tokenizer (tokenizer.json) beside the model")
+        return tokenizer
+
+    # ------------------------------------------------------------ the shared model
+
+    def model(self, attention: str = "reimplemented"):
+        """The base model (no LM head), loaded once; ``reimplemented`` swaps probe's attention in and
+        attaches the plugins' activation hooks, ``reference`` gives Hugging Face's attention back."""
+        if self._model is None:
+            from transformers import AutoModel
+
+            from probe.pipeline.models import load_model
+            from probe.scale.devices import parse_dtype
+
+            self._model = self._load(load_model, AutoModel, parse_dtype(self.config.dtype))
+            self.loads += 1
+            self._attention = "reference"
+        if attention != self._attention:
+            self._switch(attention)
+        return self._model
+
+    def _load(self, load_model, model_class, dtype):
+        """``_place``, with weights that fail to load (missing, truncated) a ConfigError naming the model."""
+        try:
+            return self._place(load_model, model_class, dtype)
+        except (ConfigError, plugins.PluginError):
+            raise
+        except Exception as error:  # missing files, a truncated safetensors file (SafetensorError), bad shapes
+            reason = first_line(error)
+            raise ConfigError(f"{self.config.source or 'config'}: field 'model': the weights at {self.source} "
+                              f"can't be loaded ({type(error).__name__}: {reason})") from None
+
+    def _place(self, load_model, model_class, dtype):
+        """On ``device``, or spread by accelerate when the config gives a ``device_map`` (offloading what
+        ``max_memory`` leaves over to a folder in the cache)."""
+        config = self.config
+        if config.device_map is None:
+            return load_model(self.source, revision=config.revision, dtype=dtype, model_class=model_class).to(self.device)
+        return load_model(self.source, revision=config.revision, dtype=dtype, model_class=model_class,
+                          device_map=config.device_map, max_memory=config.max_memory,
+                          offload_folder=str(self.cache_dir / "offload"))
+
+    def _switch(self, attention: str) -> None:
+        from probe.core.swap import restore_attention, swap_attention
+
+        if attention == "reimplemented":
+            swap_attention(self._model, fast=self.attention_path == "fast", adapters=plugins.adapters())
+            self._hook_handles = attach_activation_hooks(self._model, self.config)
+        else:
+            for handle in self._hook_handles:
+                handle.remove()
+            self._hook_handles = []
+            restore_attention(self._model)
+        self._attention = attention
+
+    def load_model(self, attention: str = "reimplemented"):
+        """(model, tokenizer): what extraction and reporters call; nothing is read from disk twice."""
+        tokenizer = self.tokenizer  # first: a missing tokenizer is found before the weights are read
+        return self.model(attention), tokenizer
+
+    def random_weights_model(self):
+        """The same architecture with fresh random weights (seeded): what structure alone gives."""
+        import torch
+        from transformers import AutoModel
+
+        from probe.core.swap import swap_attention
+        from probe.scale.devices import parse_dtype
+
+        torch.manual_seed(self.config.seed)
+        model = AutoModel.from_config(self.model_config, dtype=parse_dtype(self.config.dtype),
+                                      attn_implementation="eager").to(self.device).eval()
+        swap_attention(model, fast=self.attention_path == "fast", adapters=plugins.adapters())
+        attach_activation_hooks(model, self.config)
+        return model, self.tokenizer
+
+    # ------------------------------------------------------------ conveniences for reporters
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        return list(zip(self.rows["span_start"], self.rows["span_end"]))
+
+    def make_probe(self) -> Callable[[], object]:
+        return probe_factory(self.config)
+
+
+def probe_factory(config: ExperimentConfig) -> Callable[[], object]:
+    factory = plugins.lookup("probe", config.probe_name).value
+    return lambda: factory(seed=config.seed, **config.probe_options)
+
+
+def resolve_model(name: str, revision: str | None) -> str:
+    """A registered model source's path or hub name; anything else is passed to from_pretrained as is."""
+    sources = plugins.registry("model")
+    if name in sources:
+        return str(sources[name].value(revision))
+    return name
+
+
+def model_load_error(name: str, error: OSError) -> str:
+    """Why a model name led nowhere: a registered name whose source can't be reached, a path with no folder,
+    or a name that is none of these — with the registered names."""
+    sources = plugins.registry("model")
+    known, reason = ", ".join(sorted(sources)), first_line(error)
+    if name in sources:
+        return (f"cannot load model {name!r}: it is registered (by plugin {sources[name].plugin!r}) as "
+                f"{resolve_model(name, None)!r}, which can't be loaded from here ({reason})")
+    if looks_like_path(name):
+        path = Path(name).expanduser().absolute()
+        if not path.exists():
+            return f"cannot load model {name!r}: there is no file or folder at {path} (registered names: {known})"
+        return f"cannot load model {name!r}: {path} holds no model transformers can read ({reason})"
+    return (
+        f"cannot load model {name!r}: it is not a registered name ({known}), an existing local folder, "
+        f"or a hub model reachable from here ({reason})"
+    )
+
+
+def looks_like_path(name: str) -> bool:
+    """A filesystem path rather than a hub name (``namespace/repo``, or ``namespace/repo/file.gguf``): one that
+    exists, or starts at the root, ~, . or .. (or a Windows drive or backslash)."""
+    return (Path(name).exists() or name.startswith(("/", "~", "./", "../", ".\\", "..\\", "\\"))
+            or re.match(r"[A-Za-z]:[\\/]", name) is not None)
+
+
+def attach_activation_hooks(model, config: ExperimentConfig) -> list:
+    """Hook functions that plugins return from ``activation_hooks``, attached by hook point name;
+    returns the handles."""
+    from probe.core.hooks import add_hook
+
+    handles = []
+    for plugin, fns in plugins.call_each("activation_hooks", model=model, config=config):
+        for name, fn in (fns or {}).items():
+            try:
+                if getattr(fn, "probe_owner", None) is None:  # so that a bad return value names the plugin
+                    try:
+                        fn.probe_owner = f"{getattr(fn, '__qualname__', repr(fn))} (plugin {plugin!r}, activation_hooks)"
+                    except AttributeError:  # a bound method or builtin can't take attributes
+                        pass
+                handles += add_hook(model, name, fn)
+            except KeyError as error:
+                raise plugins.PluginError(f"plugin {plugin!r} (activation_hooks): {error.args[0]}") from None
+    return handles
+
+
+def activation_plugins() -> list[str]:
+    """Plugins that may change activations: part of the cache key, so their runs never share a cache."""
+    hook = plugins.get_plugin_manager().hook.activation_hooks
+    return sorted(impl.plugin_name for impl in hook.get_hookimpls())

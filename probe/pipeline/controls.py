@@ -1,0 +1,57 @@
+"""The controls that go beyond one shuffled-label fit, wired into an experiment's probe fits: the
+permutation test (probe/permutation.py) and the Hewitt–Liang control task (probe/control_tasks.py). Both
+reuse each subset's folds and run as ordinary FitTasks, so they share the probes' joblib pool and cache."""
+
+from __future__ import annotations
+
+from probe.pipeline.config import ConfigError
+from probe.science import controls as control_tasks
+from probe.science import permutation
+
+
+def tasks(context, splits, layers: list[int]) -> list:
+    """The FitTasks of the config's stronger controls, for every subset × position × layer."""
+    config = context.config
+    wanted_permutation = permutation.CONTROL in config.controls
+    wanted_control_task = control_tasks.CONTROL in config.controls
+    if not (wanted_permutation or wanted_control_task):
+        return []
+    store = context.stores[config.main_mode]
+    groups = context.rows["group"]
+    control_labels = _control_plan(context, splits) if wanted_control_task else {}
+    found = []
+    for split in splits:
+        permuted = (permutation.within_group_permutations(split.y, [groups[i] for i in split.index],
+                                                          config.permutations, config.seed)
+                    if wanted_permutation else [])
+        for position in config.positions:
+            for layer in layers:
+                X = store.layer(position, layer)[split.index]
+                key = (split.name, position, layer)
+                found += permutation.tasks(key, X, permuted, split.folds)
+                if split.name in control_labels:
+                    found += control_tasks.tasks(key, X, control_labels[split.name], split.folds)
+    return found
+
+
+def check(context, splits) -> None:
+    """Fail before any model work when the data can't carry a requested control."""
+    if control_tasks.CONTROL in context.config.controls:
+        _control_plan(context, splits)
+
+
+def _control_plan(context, splits) -> dict:
+    try:
+        return control_tasks.plan(context.rows, context.config, splits)
+    except control_tasks.ControlTaskError as error:
+        raise ConfigError(f"{context.config.source or 'config'}: field 'controls' asks for control_task, "
+                          f"but {error}") from None
+
+
+def fill(row, context, scores: dict, key: tuple) -> None:
+    """Set the row's stronger-control fields from the scores of their tasks."""
+    config = context.config
+    if permutation.CONTROL in config.controls:
+        permutation.fill(row, scores, key, config.permutations)
+    if (*key, control_tasks.CONTROL) in scores:
+        control_tasks.fill(row, scores, key)

@@ -1,0 +1,298 @@
+"""Target vectors per layer: batched, length-sorted, stopped after the deepest layer asked for, cached on disk.
+
+Layer 0 is the residual stream entering the first block (token + position embeddings); layer L is the
+residual stream leaving block L (before any final layer norm, unless ``final_norm`` asks for the last
+layer after it, as Hugging Face's last ``hidden_states``). Only the vectors at the target word
+(pooled over its subwords) and, when asked for, at the sentence's last token (special tokens such as
+[SEP] aside) are kept, never whole sequences. In a causal model the tokens after the target cannot change
+its vectors, so when the last token is not asked for they are not computed (about half of the tokens of
+the mole set).
+
+The cache is a folder of chunk files, each written atomically once its rows are done: a rerun with the
+same key does no model work, and an interrupted run picks up at the first missing chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from probe.pipeline.config import POOLINGS, POSITIONS
+from probe.pipeline.data import span_token_indices
+from probe.scale.devices import device_of, on_device
+from probe.scale.ranks import Ranks
+from probe.store.chunks import drop_damaged, mark_complete, write_chunk
+
+CHUNK_ROWS = 256  # rows per cache file: a killed run loses at most this many rows' work
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the deepest requested layer is captured: the rest of the model is not run."""
+
+
+@dataclass
+class FeatureStore:
+    """Extracted vectors on disk: ``store.layer("target", 3)`` → (n_rows, d) float32, in dataset order."""
+
+    folder: Path
+    layers: list[int]
+    n_rows: int
+    positions: tuple[str, ...] = POSITIONS  # which positions were extracted
+
+    def chunks(self) -> list[Path]:
+        return sorted(self.folder.glob("chunk-*.safetensors"))
+
+    def layer(self, position: str, layer: int) -> np.ndarray:
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+        if position not in self.positions:
+            raise ValueError(f"position {position!r} was not extracted into {self.folder} "
+                             f"(it holds: {', '.join(self.positions)})")
+        slot = self.layers.index(layer)
+        out = None
+        for path in self.chunks():
+            with safe_open(path, framework="pt") as chunk:
+                rows = chunk.get_tensor("rows").numpy()
+                vectors = chunk.get_slice(position)[slot].float().numpy()
+            if out is None:
+                out = np.empty((self.n_rows, vectors.shape[-1]), dtype=np.float32)
+            out[rows] = vectors
+        return out
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def data_fingerprint(texts: Sequence[str], spans: Sequence[tuple[int, int]]) -> str:
+    digest = hashlib.sha256()
+    for text, (start, end) in zip(texts, spans):
+        digest.update(f"{start}:{end}:{text}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def extract(
+    load: Callable[[], tuple[torch.nn.Module, object]],
+    texts: Sequence[str],
+    spans: Sequence[tuple[int, int]],
+    *,
+    layers: Sequence[int],
+    folder: str | Path,
+    pooling: str = "mean",
+    positions: Sequence[str] = POSITIONS,
+    batch_size: int = 16,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: bool = True,
+    description: str = "extracting",
+    final_norm: bool = False,
+    ranks: Ranks | None = None,
+) -> FeatureStore:
+    """Vectors at ``positions`` (target, last) for ``layers``; ``load()`` → (model, tokenizer) runs only if needed.
+    ``final_norm``: the last layer after the model's final norm (see ``run_to_layer``).
+    ``ranks``: under torchrun, this process extracts only the chunks it owns, then waits for the others."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    layers = sorted(set(layers))
+    positions = tuple(p for p in POSITIONS if p in positions)
+    ranks = ranks or Ranks()
+    folder = Path(folder)  # created with its first chunk: a run that fails before leaves no empty folder
+    store = FeatureStore(folder, layers, len(texts), positions)
+    drop_damaged(folder)  # a chunk that fails its checksum is named and extracted again, never read
+    if is_complete(folder, len(texts), chunk_rows):
+        return store
+
+    model, tokenizer = load()
+    cut = "last" not in positions and attends_causally(model)
+    order, _ = length_sorted(tokenizer, texts, spans, cut)
+    todo = [(n, rows) for n, rows in enumerate(chunked(order, chunk_rows))
+            if ranks.owns(n) and not _chunk_path(folder, n).exists()]
+
+    bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
+    for n, rows in todo:
+        vectors = {p: np.empty((len(layers), len(rows), _width(model)), dtype=np.float32) for p in positions}
+        for start, batch in sorted_batches(rows, batch_size):
+            found = _extract_batch(model, tokenizer, [texts[i] for i in batch], [spans[i] for i in batch], layers,
+                                   pooling, cut, final_norm)
+            for position in positions:
+                vectors[position][:, start : start + len(batch)] = found[position]
+            bar.update(len(batch))
+        write_chunk(  # atomically, with the checksum drop_damaged checks
+            _chunk_path(folder, n),
+            {"rows": torch.tensor(rows), **{p: torch.from_numpy(v) for p, v in vectors.items()}},
+        )
+    bar.close()
+    ranks.wait()  # every rank's chunks are on disk before the store is called complete and read
+    if ranks.is_main:
+        mark_complete(folder, json.dumps({"rows": len(texts), "layers": layers}))
+    return store
+
+
+def length_sorted(tokenizer, texts, spans, cut: bool) -> tuple[list[int], list[int]]:
+    """The rows longest first (a batch too big for memory fails at once; rows of like length share a batch),
+    and each row's token count (with ``cut``, up to its target's last token): the order extraction and reruns
+    from a block batch rows in."""
+    lengths = token_counts(tokenizer, texts, spans, cut)
+    return sorted(range(len(texts)), key=lambda i: (-lengths[i], i)), lengths
+
+
+def sorted_batches(rows: list[int], batch_size: int) -> list[tuple[int, list[int]]]:
+    """``rows`` (sorted by length, longest first) in batches of at most ``batch_size``, each with its offset
+    in ``rows``: neighbours in length share a batch, so right padding adds few tokens. A row's vectors depend
+    in the last bits on its batch, on its size and padded length (the matrix-multiply library picks its
+    kernel and thread split by the number of rows: SmolLM2's mole vectors differ by up to 1e-4, about 1e-6
+    of their size, between batch sizes), so the batch size is part of the cache key; the same dataset and
+    batch size give the same batches, hence the same bits, every time."""
+    return [(start, rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+
+
+def extraction_batches(order: list[int], batch_size: int, chunk_rows: int = CHUNK_ROWS) -> list[list[int]]:
+    """The batches ``extract`` runs, in its order: ``order`` cut into cache chunks of ``chunk_rows`` rows, each
+    chunk in ``sorted_batches``. A rerun batched alike computes each row as extraction did, bit for bit."""
+    return [batch for chunk in chunked(order, chunk_rows) for _, batch in sorted_batches(chunk, batch_size)]
+
+
+def chunked(order: list[int], chunk_rows: int) -> list[list[int]]:
+    """``order`` cut into the cache's chunks: chunk n is written to its own file (see ``_chunk_path``)."""
+    return [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
+
+
+def is_complete(folder: Path, n_rows: int, chunk_rows: int = CHUNK_ROWS) -> bool:
+    """Whether ``folder`` holds a finished extraction: marked complete, and no chunk deleted by hand since."""
+    every_chunk = all(_chunk_path(folder, n).exists() for n in range(-(-n_rows // chunk_rows)))
+    return (Path(folder) / "complete.json").exists() and every_chunk
+
+
+def _chunk_path(folder: Path, n: int) -> Path:
+    return folder / f"chunk-{n:05d}.safetensors"
+
+
+def _width(model) -> int:
+    return model.config.hidden_size
+
+
+def attends_causally(model) -> bool:
+    """Whether every attention layer lets a position see only itself and earlier ones (probe's cores say
+    so by ``causal``, Hugging Face's modules by ``is_causal``): then nothing after the target changes it."""
+    from probe.core.attention import MaskedMultiHeadAttention
+
+    flags = [module.causal if isinstance(module, MaskedMultiHeadAttention) else module.is_causal
+             for module in model.modules()
+             if isinstance(module, MaskedMultiHeadAttention) or isinstance(getattr(module, "is_causal", None), bool)]
+    return bool(flags) and all(flags) and not getattr(model.config, "is_encoder_decoder", False)
+
+
+def token_counts(tokenizer, texts, spans, cut: bool) -> list[int]:
+    """Tokens each row needs: all of them, or with ``cut`` those up to the target's last one."""
+    if not cut:
+        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    offsets = tokenizer(list(texts), return_offsets_mapping=True)["offset_mapping"]
+    return [max(span_token_indices(text, row, start, end), default=len(row)) + 1
+            for text, row, (start, end) in zip(texts, offsets, spans)]
+
+
+@torch.inference_mode()
+def _extract_batch(model, tokenizer, texts, spans, layers, pooling, cut=False, final_norm=False):
+    """One forward (cut short after the deepest layer, and with ``cut`` after the batch's last target
+    token) → {"target": array, and unless cut "last": array}, each of shape (layers, batch, d)."""
+    encoding, targets, last_index = encode_rows(tokenizer, texts, spans, cut)
+    captured = run_to_layer(model, on_device(encoding, device_of(model)), max(layers), layers, final_norm)
+    target_out = np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
+    last_out = None if cut else np.empty_like(target_out)
+    rows = torch.arange(len(texts))
+    for slot, layer in enumerate(layers):
+        hidden = captured[layer].float().cpu()  # vectors are stored; nothing else leaves the device
+        if last_out is not None:
+            last_out[slot] = hidden[rows, last_index].numpy()
+        target_out[slot] = pool_targets(hidden, targets, pooling)
+    return {"target": target_out} if cut else {"target": target_out, "last": last_out}
+
+
+def encode_rows(tokenizer, texts, spans, cut: bool):
+    """``encode_batch``'s (encoding, target indices, last index); with ``cut``, without the columns after every
+    row's target (right-padded, so no token a target sees is dropped; ``last`` then points past the end)."""
+    encoding, targets, last_index = encode_batch(tokenizer, texts, spans)
+    if cut:
+        keep = max(max(covered) for covered in targets) + 1
+        encoding = {name: values[:, :keep] for name, values in encoding.items()}
+    return dict(encoding), targets, last_index
+
+
+def encode_batch(tokenizer, texts, spans):
+    """Right-padded encoding, each row's target token indices, and each row's last word-piece index."""
+    tokenizer.padding_side = "right"
+    encoding = tokenizer(
+        list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True, return_special_tokens_mask=True
+    )
+    offsets = encoding.pop("offset_mapping").tolist()
+    special = encoding.pop("special_tokens_mask").bool()
+    targets = []
+    for i, (text, (start, end)) in enumerate(zip(texts, spans)):
+        covered = span_token_indices(text, offsets[i], start, end)
+        if not covered:
+            raise ValueError(f"no token covers the target {text[start:end]!r} in {text!r}")
+        targets.append(covered)
+    # The sentence's last word-piece: the last real token that is not a special one ([SEP], </s>).
+    words = encoding["attention_mask"].bool() & ~special
+    last_index = torch.where(words, torch.arange(words.shape[1]), -1).max(-1).values
+    return encoding, targets, last_index
+
+
+def pool_targets(hidden: torch.Tensor, targets: list[list[int]], pooling: str) -> np.ndarray:
+    """(batch, pos, d) → (batch, d): each row's target tokens pooled (first, last or mean)."""
+    out = np.empty((len(targets), hidden.shape[-1]), dtype=np.float32)
+    for i, covered in enumerate(targets):
+        vectors = hidden[i, covered].float()
+        pooled = {"first": vectors[0], "last": vectors[-1], "mean": vectors.mean(0)}[pooling]
+        out[i] = pooled.numpy()
+    return out
+
+
+def run_to_layer(model, encoding, deepest: int, layers, final_norm: bool = False) -> dict[int, torch.Tensor]:
+    """Run ``model`` on ``encoding`` until block ``deepest`` is done; the residual stream at ``layers``.
+
+    ``final_norm``: the last layer (the number of blocks) is read after the model's final norm instead —
+    Hugging Face's last ``hidden_states`` — so the whole model runs; other layers are unchanged."""
+    from probe.core.adapters import adapter_for
+
+    blocks = adapter_for(model).blocks(model)
+    if deepest > len(blocks):
+        raise ValueError(f"layer {deepest} requested, but the model has {len(blocks)} blocks (layers 0..{len(blocks)})")
+    normed = final_norm and deepest == len(blocks)
+    stop_at = None if normed else deepest
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep_input(module, args, kwargs):
+        captured[0] = args[0] if args else kwargs["hidden_states"]
+        if stop_at == 0:
+            raise _StopForward
+
+    def keep_output(layer):
+        def hook(module, args, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == stop_at:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[0].register_forward_pre_hook(keep_input, with_kwargs=True)]
+    handles += [blocks[layer - 1].register_forward_hook(keep_output(layer)) for layer in layers if layer > 0]
+    try:
+        # No KV cache: nothing is generated, and reruns from a block (probe.pipeline.partial) run without one too; the
+        # cache's copy of the keys rounds GPT-2's attention differently in the last bits.
+        outputs = model(**encoding, use_cache=False, **({"output_hidden_states": True} if normed else {}))
+        if normed:
+            captured[deepest] = outputs.hidden_states[-1]
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {layer: captured[layer] for layer in layers}

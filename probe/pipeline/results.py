@@ -1,0 +1,241 @@
+"""Typed results of a run: one ``LayerResult`` per layer × position × subset, baselines, and where they came
+from. ``Results.layers`` is the tidy table (a pandas DataFrame) that reporters and notebooks read;
+``to_dict()`` is what results.json holds, and ``Results.model_json_schema()`` describes it.
+
+"Layer N" is hidden state N: 0 = the embeddings, N = the residual stream leaving block N.
+
+Where a result came from: probe's git commit (when probe runs from a git checkout) and when it was made.
+
+Both are recorded in results.json under ``provenance``. Neither changes a number, so comparisons of two
+runs' results leave them out (``without_provenance``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+# Scalar columns of the tidy table, in order; the extra metrics follow them.
+TABLE_COLUMNS = (
+    "layer", "position", "subset", "accuracy", "accuracy_std", "macro_f1", "macro_f1_std",
+    "shuffled_accuracy", "selectivity", "random_weights_accuracy", "reference_accuracy",
+    "max_abs_diff_vs_reference", "dev_accuracy",
+    # the permutation test and the control task (probe/permutation.py, probe/control_tasks.py)
+    "permutation_accuracy", "permutation_p_value", "permutation_selectivity",
+    "control_task_accuracy", "control_task_selectivity",
+)
+
+
+class LayerResult(BaseModel):
+    """A linear probe's cross-validated scores at one hidden state, position and subset of rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int = Field(description="hidden state: 0 = embeddings, N = after block N")
+    position: str = Field(description="target (the word) or last (the sentence's last token)")
+    subset: str = Field(description="'all', or a value of the config's split_by column")
+    accuracy: float
+    accuracy_std: float = Field(description="population std of the accuracy over folds")
+    macro_f1: float
+    macro_f1_std: float
+    per_sense_recall: dict[str, float]
+    labels: list[str]
+    confusion: list[list[int]] = Field(description="rows: true sense, columns: predicted, order of labels")
+    fold_accuracies: list[float]
+    metrics: dict[str, Any] | None = Field(None, description="extra metrics on pooled out-of-fold predictions")
+    shuffled_accuracy: float | None = None
+    selectivity: float | None = Field(None, description="accuracy − shuffled_accuracy")
+    random_weights_accuracy: float | None = None
+    reference_accuracy: float | None = None
+    max_abs_diff_vs_reference: float | None = None
+    # Stronger controls and plugin measures: absent unless the config asks for them.
+    permutation_accuracies: list[float] | None = Field(None, description="accuracy under each label permutation")
+    permutation_accuracy: float | None = Field(None, description="mean of permutation_accuracies")
+    permutation_p_value: float | None = Field(
+        None, description="(1 + #permutations scoring ≥ accuracy) / (1 + #permutations)")
+    permutation_selectivity: float | None = Field(None, description="accuracy − permutation_accuracy")
+    control_task_accuracy: float | None = Field(None, description="accuracy on the Hewitt–Liang control task")
+    control_task_selectivity: float | None = Field(None, description="accuracy − control_task_accuracy")
+    measures: dict[str, dict[str, float]] | None = Field(
+        None, description="per-layer measures from plugins (config `measures`), e.g. mdl: {codelength, …}")
+    dev_accuracy: float | None = Field(None, description="a fixed split's dev rows, scored by the train-only fit")
+
+    def to_dict(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
+def table_record(row: LayerResult) -> dict:
+    """One row of the tidy table: the fixed columns, then the numeric extra metrics and the measures."""
+    record = {column: getattr(row, column) for column in TABLE_COLUMNS}
+    for name, value in (row.metrics or {}).items():
+        if isinstance(value, (int, float)):
+            record[name] = value
+    for measure, values in (row.measures or {}).items():
+        record.update({f"{measure}_{name}": value for name, value in values.items()})
+    return record
+
+
+class Baseline(BaseModel):
+    accuracy: float
+    accuracy_std: float | None = None
+    macro_f1: float | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    path: str
+    revision: str | None = None
+    layers: int = Field(description="number of transformer blocks (hidden states 0..layers)")
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    rows: int
+    labels: list[str]
+    skipped_rows: list[str] = []
+
+
+class Provenance(BaseModel):
+    """When the results were made and from which probe; changes no number (see probe/provenance.py)."""
+
+    timestamp: str = Field(description="when the run finished probing, UTC ISO-8601")
+    git_commit: str | None = Field(None, description="probe's git commit, when run from a git checkout")
+
+    @classmethod
+    def now(cls) -> Provenance:
+        from probe.pipeline.results import git_commit, timestamp
+
+        return cls(timestamp=timestamp(), git_commit=git_commit())
+
+
+class Results(BaseModel):
+    """Everything a run found. ``results["layers"]``-style access gives ``to_dict()``'s plain values, for
+    plugins written against the results dict."""
+
+    experiment: str
+    description: str = ""
+    model: ModelInfo
+    settings: dict[str, Any]
+    versions: dict[str, str]
+    dataset: DatasetInfo
+    extraction: dict[str, Any] = Field({}, description="how the vectors were computed: attention_path per store")
+    rows: list[LayerResult] = Field(alias="layers")
+    baselines: dict[str, Baseline] = {}
+    evaluation: dict[str, Any] | None = Field(None, description="the protocol that ran: cross-validation "
+                                              "(splitter, n_splits) or a fixed split (split_field, parts, rows)")
+    probe: dict[str, Any] | None = Field(None, description="the probe: name, options, estimator, params, C")
+    provenance: Provenance | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+    _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self._run_dir
+
+    # ------------------------------------------------------------ serialisation
+
+    def to_dict(self) -> dict:
+        return {
+            "experiment": self.experiment, "description": self.description,
+            "model": self.model.model_dump(), "settings": self.settings, "versions": self.versions,
+            "dataset": self.dataset.model_dump(), "extraction": self.extraction,
+            "layers": [row.to_dict() for row in self.rows],
+            "baselines": {name: b.model_dump(exclude_none=True) for name, b in self.baselines.items()},
+            **{name: value for name, value in (("evaluation", self.evaluation), ("probe", self.probe)) if value},
+            "provenance": self.provenance.model_dump() if self.provenance else None,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Results:
+        return cls.model_validate(data)
+
+    def __getitem__(self, key: str):
+        return self.to_dict()[key]
+
+    # ------------------------------------------------------------ views
+
+    @property
+    def layers(self):
+        """The tidy table: one row per layer × position × subset; scores and controls as columns."""
+        import pandas as pd
+
+        records = [table_record(row) for row in self.rows]
+        return pd.DataFrame.from_records(records, columns=_columns(records))
+
+    def series(self) -> dict[tuple[str, str], list[LayerResult]]:
+        """Layer rows grouped by (position, subset), in layer order."""
+        grouped: dict[tuple[str, str], list[LayerResult]] = {}
+        for row in self.rows:
+            grouped.setdefault((row.position, row.subset), []).append(row)
+        return {key: sorted(rows, key=lambda r: r.layer) for key, rows in grouped.items()}
+
+    def best(self, metric: str = "accuracy"):
+        """The best layer per position × subset (the first one on a tie), as a table."""
+        table = self.layers
+        best = table.loc[table.groupby(["position", "subset"], sort=False)[metric].idxmax()]
+        return best.reset_index(drop=True)
+
+    def best_rows(self, metric: str = "accuracy") -> dict[tuple[str, str], LayerResult]:
+        return {key: max(rows, key=lambda r: getattr(r, metric)) for key, rows in self.series().items()}
+
+    def baseline(self, name: str, subset: str = "all") -> Baseline | None:
+        """A baseline by name (majority, layer0_target, …) for a subset of rows."""
+        return self.baselines.get(name if subset == "all" else f"{name}[{subset}]")
+
+
+def _columns(records: list[dict]) -> list[str]:
+    extra = sorted({name for record in records for name in record} - set(TABLE_COLUMNS))
+    return list(TABLE_COLUMNS) + extra
+
+
+def load_results(run_dir: str | Path) -> Results:
+    """The Results a run wrote to ``run_dir/results.json`` (or that file itself)."""
+    path = Path(run_dir)
+    if path.suffix != ".json":
+        path = path / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a probe run folder?")
+    results = Results.from_dict(json.loads(path.read_text()))
+    results._run_dir = path.parent
+    return results
+
+
+GIT_TIMEOUT_S = 2.0  # a slow or hung git must not hold up a run
+
+
+def timestamp() -> str:
+    """Now, in UTC, as ISO-8601 to the second: ``2026-11-25T20:15:00+00:00``."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the checkout probe is imported from; None for an installed copy, or without git.
+
+    Only a checkout whose top folder holds probe's package counts: a virtualenv inside some other
+    project's repository must not report that project's commit."""
+    root = Path(__file__).resolve().parents[2]  # probe/pipeline/results.py → the checkout
+    if not (root / ".git").exists():  # a folder, or a file in a git worktree
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=GIT_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and len(commit) == 40 else None
+
+
+def without_provenance(results: dict) -> dict:
+    """A results dict (as in results.json) without the fields that differ between identical runs."""
+    return {key: value for key, value in results.items() if key != "provenance"}

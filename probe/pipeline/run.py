@@ -1,0 +1,541 @@
+"""Run one experiment, stage by stage; each stage takes plain typed values and returns one:
+
+config → RunContext (model, tokenizer: loaded once) → rows → Splits (subsets and their folds)
+       → features (FeatureStore per attention mode / control) → Results → reports.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from probe import plugins
+from probe.pipeline import controls as stronger_controls
+from probe.pipeline import measures
+from probe.pipeline.checks import (
+    check_architecture,
+    check_config,
+    check_filter,
+    check_layers,
+    check_options,
+    check_rows,
+)
+from probe.pipeline.config import ConfigError, ExperimentConfig
+from probe.pipeline.context import (
+    DEFAULT_CACHE,
+    RunContext,
+    activation_plugins,
+    model_load_error,  # noqa: F401  (re-exported: the CLI's compare command uses it)
+    resolve_model,
+)
+from probe.pipeline.results import (
+    Baseline,
+    DatasetInfo,
+    LayerResult,
+    ModelInfo,
+    Provenance,
+    Results,
+)
+from probe.scale import collector
+from probe.scale.ranks import process_group
+from probe.store.files import (
+    cache_lock,
+    folders_under,
+    missing_parents,
+    new_folders,
+    remove_empty,
+    staged_output,
+)
+
+__all__ = ["DEFAULT_CACHE", "RunContext", "run_experiment", "load_dataset", "resolve_model"]
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    output_dir: str | Path,
+    *,
+    cache_dir: str | Path = DEFAULT_CACHE,
+    progress: bool = True,
+    n_jobs: int | None = None,
+    timings: dict | None = None,
+) -> Results | None:
+    """Run ``config`` and write its reports to ``output_dir``. ``n_jobs``: parallel probe fits (None: all
+    cores; the results do not depend on it). ``timings``, if given, receives seconds per phase. Under
+    torchrun every process extracts its share and only rank 0 probes: the others return None."""
+    from time import perf_counter
+
+    clock = _Clock(timings, perf_counter)
+    output_dir, cache_dir = Path(output_dir), Path(cache_dir)  # output: replaced whole once every report is done
+    with collector.for_one_run() as long_lived:
+        with long_lived():  # plugins and the libraries the checks import live as long as the run
+            for path in config.plugins:
+                plugins.load_plugin_file(path)
+            check_config(config, output_dir, cache_dir)  # names, options, folders: before any data or model work
+        cache_folders, made = folders_under(cache_dir), missing_parents(cache_dir)
+        try:
+            results = _run(config, output_dir, cache_dir, progress, n_jobs, clock, long_lived)
+        except BaseException:
+            remove_empty(new_folders(cache_dir, cache_folders) + made)  # a failed run leaves no empty folders
+            raise
+    plugins.call_each("experiment_finished", config=config, results=results, output_dir=output_dir)
+    clock.lap("report")
+    return results
+
+
+def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: bool, n_jobs, clock,
+         long_lived) -> Results:
+    plugins.call_each("experiment_started", config=config, output_dir=output_dir)
+    with long_lived():  # the model's config, the tokenizer, the rows (and a GGUF conversion): made once
+        context, layers, skipped = _load(config, cache_dir, progress)
+    clock.lap("load")
+    with process_group(context.ranks, context.device):
+        context.stores = extract_features(context, layers)
+    clock.lap("extract")
+    if not context.ranks.is_main:
+        return None  # under torchrun, rank 0 probes and reports what every rank extracted
+    results = probe_layers(context, context.splits, layers, skipped, n_jobs)
+    clock.lap("probe")
+    with staged_output(output_dir) as staging:  # all reports appear together, or none
+        write_reports(results, staging, context)
+    results._run_dir = output_dir
+    return results
+
+
+def _load(config: ExperimentConfig, cache_dir: Path, progress: bool):
+    """The run's context (model config, tokenizer, rows and their splits) and layers, each checked before
+    any model work → (context, layers, skipped rows)."""
+    from probe.pipeline.lengths import fit_rows, max_positions
+
+    context = RunContext(config, resolve_model(config.model, config.revision), cache_dir, progress)
+    resolve_placement(context)  # a device this machine lacks is found now, not after the data work
+    layers = check_layers(config, context.n_blocks)  # the depth comes from config.json: no weights read
+    rows, skipped, numbers = load_numbered_rows(config)
+    rows, too_long = fit_rows(rows, numbers, lambda: context.tokenizer, max_positions(context.config_fields),
+                              policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))
+    context.rows, skipped = rows, skipped + too_long
+    check_rows(config, context.rows)
+    if not features_cached(context, layers):  # a rerun on a full cache swaps nothing: no need to ask
+        check_architecture(config, context.model_config)
+    context.splits = make_splits(context.rows, config)  # fails before any model work, not after
+    stronger_controls.check(context, context.splits)
+    measures.check(config)
+    return context, layers, skipped
+
+
+def resolve_placement(context: RunContext) -> None:
+    """Set the context's ranks (from the launcher) and device, checking them, the dtype and ``max_memory``
+    before any model work; a ConfigError names the option at fault."""
+    from probe.scale.placement import check_max_memory
+    from probe.scale.ranks import launched_ranks
+
+    config = context.config
+    try:
+        context.ranks = launched_ranks()
+        _ = context.device  # resolved now, with the dtype it must be able to do
+        if config.max_memory is not None and config.device_map is None:
+            raise ValueError("max_memory limits what accelerate places, so it needs device_map (e.g. auto)")
+        if config.max_memory is not None:
+            check_max_memory(config.max_memory, context.model_config, config.dtype)
+    except ValueError as error:
+        raise ConfigError(f"{config.source or 'config'}: {error}") from None
+
+
+class _Clock:
+    def __init__(self, timings, now):
+        self.timings, self.now, self.start = timings, now, now()
+
+    def lap(self, phase: str) -> None:
+        if self.timings is not None:
+            end = self.now()
+            self.timings[phase] = self.timings.get(phase, 0.0) + end - self.start
+            self.start = end
+
+
+# ---------------------------------------------------------------- rows
+
+
+def load_dataset(config: ExperimentConfig):
+    """The config's dataset, prepared and filtered; bad rows raise or are skipped per ``on_bad_rows``.
+    Under a fixed split only the rows of its parts (train, test, dev) are kept."""
+    rows, skipped, _ = load_numbered_rows(config)
+    return rows, skipped
+
+
+def load_numbered_rows(config: ExperimentConfig):
+    """``load_dataset``'s (rows, skipped problems), and each row's 1-based number in its source, for
+    messages about the rows that later checks find."""
+    from probe.pipeline.data import DataError, prepare
+    from probe.pipeline.evaluation import FixedSplit, protocol
+
+    registered = plugins.lookup("dataset", config.dataset_name)
+    check_options(f"{config.source or 'config'}:", "dataset", config.dataset_name, registered.value,
+                  config.dataset_options)  # load_dataset is also called without check_config
+    try:
+        ds = registered.value(**config.dataset_options)
+    except (DataError, ConfigError, plugins.PluginError):
+        raise
+    except Exception as error:
+        raise plugins.raised(registered, error) from error
+    source = _source(config)
+    check_filter(config, ds, source)
+    how = protocol(config)
+    columns = {"split_by": [config.split_by] if config.split_by else [],
+               "evaluation": [how.split_field] if isinstance(how, FixedSplit) else []}
+    for field, named in columns.items():
+        for column in named:
+            if column not in ds.column_names:
+                raise ConfigError(
+                    f"{config.source}: field {field!r} names column {column!r}, which the dataset lacks; "
+                    f"its columns: {', '.join(ds.column_names)}"
+                )
+    parts = set(how.parts()) if isinstance(how, FixedSplit) else None
+    if parts:
+        _check_parts_exist(ds[how.split_field], how, config)
+
+    def keep(row) -> bool:
+        kept = all(row[column] in accepted for column, accepted in config.filter.items())
+        # The split column's values are compared as text: a split of numbers matches however YAML read them.
+        return kept and (parts is None or str(row[how.split_field]) in parts)
+
+    rows, skipped = prepare(ds, source=source, n_folds=how.min_rows_per_label(), on_error=config.on_bad_rows,
+                            keep=keep if config.filter or parts else None)
+    bad = {problem.row for problem in skipped}
+    numbers = [n for n, row in enumerate(ds, start=1) if (not (config.filter or parts) or keep(row)) and n not in bad]
+    if len(numbers) != len(rows):  # a loader that numbers rows its own way: position in the prepared rows
+        numbers = list(range(1, len(rows) + 1))
+    return rows, skipped, numbers
+
+
+def _source(config: ExperimentConfig) -> str:
+    return str(config.dataset_options.get("path", config.dataset_name))
+
+
+def _check_parts_exist(values, how, config: ExperimentConfig) -> None:
+    """Each part the fixed split names must occur in its column (a misspelt part would probe nothing)."""
+    from collections import Counter
+
+    found = Counter(str(value) for value in values)
+    for part in how.parts():
+        if not found[part]:
+            listed = ", ".join(f"{value!r} ({n} rows)" for value, n in sorted(found.items()))
+            raise ConfigError(f"{config.source}: field 'evaluation' names {how.split_field} = {part!r}, which no "
+                              f"row has; values found: {listed}")
+
+
+@dataclass
+class Split:
+    """One subset of rows with its folds, computed once and shared by every layer and control."""
+
+    name: str
+    index: np.ndarray  # row numbers in the prepared dataset
+    y: np.ndarray
+    folds: list
+    shuffled_y: np.ndarray | None = None  # the shuffled-label control: permuted labels and their own folds
+    shuffled_folds: list | None = None
+    dev_folds: list | None = None  # a fixed split's (train, dev) fold, when the config names a dev part
+
+
+def make_splits(rows, config: ExperimentConfig) -> list[Split]:
+    """Each subset's folds under the config's evaluation protocol (probe/evaluation.py)."""
+    from probe.pipeline.evaluation import FixedSplit, protocol
+
+    how = protocol(config)
+    if isinstance(how, FixedSplit):
+        return [_fixed_split(rows, config, how, name, index) for name, index in _subsets(rows, config.split_by).items()]
+    from probe.science.probes import shuffled_labels
+
+    labels, groups = np.asarray(rows["label"]), rows["group"]
+    splits = []
+    for name, index in _subsets(rows, config.split_by).items():
+        y, g = labels[index], [groups[i] for i in index]
+        split = Split(name, index, y, how.folds(y, g, config.seed))
+        if "shuffled" in config.controls:
+            split.shuffled_y = shuffled_labels(y, config.seed)
+            split.shuffled_folds = how.folds(split.shuffled_y, g, config.seed)
+        splits.append(split)
+    return splits
+
+
+def _fixed_split(rows, config: ExperimentConfig, how, name: str, index: np.ndarray) -> Split:
+    """One subset's train/test fold; the shuffled control permutes labels within each part."""
+    from probe.pipeline.data import DataError
+    from probe.pipeline.evaluation import check_fixed_split, shuffled_within
+
+    y = np.asarray(rows["label"])[index]
+    parts = [rows[how.split_field][i] for i in index]
+    problems = check_fixed_split(parts, y, how, f"{config.source}, subset {name!r}")
+    if problems:
+        raise DataError("the fixed split can't be probed:", problems)
+    split = Split(name, index, y, how.folds(parts))
+    if how.dev is not None:
+        split.dev_folds = how.folds(parts, scored="dev")
+    if "shuffled" in config.controls:
+        split.shuffled_y = shuffled_within(y, parts, how.parts(), config.seed)
+        split.shuffled_folds = split.folds
+    return split
+
+
+def describe_evaluation(context: RunContext, splits: list[Split]) -> dict:
+    """Which protocol ran, for results.json: the splitter and its folds, or the split's parts and sizes."""
+    from probe.pipeline.evaluation import FixedSplit, protocol
+
+    config = context.config
+    how = protocol(config)
+    described = how.describe(grouped=any(group is not None for group in context.rows["group"]))
+    if isinstance(how, FixedSplit):
+        everything = next(split for split in splits if split.name == "all")
+        train, test = everything.folds[0]
+        described["rows"] = {how.train: len(train), how.test: len(test)}
+        if everything.dev_folds:
+            described["rows"][how.dev] = len(everything.dev_folds[0][1])
+    return described
+
+
+def _subsets(rows, split_by: str | None) -> dict[str, np.ndarray]:
+    everything = {"all": np.arange(len(rows))}
+    if split_by is None:
+        return everything
+    values = np.asarray(rows[split_by], dtype=object)
+    subsets = {str(v): np.flatnonzero(values == v) for v in sorted(set(values.tolist()), key=str)}
+    return {**everything, **subsets}
+
+
+# ---------------------------------------------------------------- features
+
+
+def extract_features(context: RunContext, layers: list[int]) -> dict:
+    """A FeatureStore per attention mode (reference first, while the shared model is unswapped) and for
+    the random-weights control; each from the cache when its key is there."""
+    loads = {mode: lambda mode=mode: context.load_model(mode) for mode in ("reference", "reimplemented")}
+    loads["random_weights"] = context.random_weights_model
+    return {mode: _extract(context, layers, mode, loads[mode]) for mode in feature_modes(context.config)}
+
+
+def feature_modes(config: ExperimentConfig) -> list[str]:
+    """The FeatureStores a run needs: its attention mode(s), then the random-weights control's."""
+    return config.attention_modes + (["random_weights"] if "random_weights" in config.controls else [])
+
+
+def features_cached(context: RunContext, layers: list[int]) -> bool:
+    """Whether every FeatureStore the run needs is complete in the cache (so no model will be run for it)."""
+    from probe.pipeline.extract import is_complete
+
+    features = context.cache_dir / "features"
+    return all(is_complete(features / feature_key(context, layers, mode), len(context.rows))
+               for mode in feature_modes(context.config))
+
+
+def _extract(context: RunContext, layers, mode: str, load: Callable):
+    from probe.pipeline.extract import extract
+
+    config = context.config
+    texts, spans = context.rows["text"], context.spans
+    folder = context.cache_dir / "features" / feature_key(context, layers, mode)
+    with cache_lock(folder, context.ranks):  # two runs on one cache: the second waits, then finds the chunks done
+        return extract(
+            load, texts, spans, layers=layers, folder=folder,
+            pooling=config.pooling, positions=config.positions, batch_size=config.batch_size,
+            progress=context.progress, description=f"{config.name}: {mode}",
+            final_norm=_reads_final_norm(context, layers), ranks=context.ranks,
+        )
+
+
+def _reads_final_norm(context: RunContext, layers) -> bool:
+    """Whether the config's final_norm changes these vectors: only when the last layer is among them."""
+    return context.config.final_norm and (layers == "all" or context.n_blocks in layers)
+
+
+def feature_key(context: RunContext, layers, mode: str) -> str:
+    """Only what changes the vectors: model and weights, rows, layers, pooling, attention, dtype, batch size,
+    the seed of random weights, and the plugins that may change activations with the options they may read. A
+    reporter's or a measure's own options (``options.<its name>``) never change activations."""
+    from probe.pipeline.extract import cache_key, data_fingerprint
+
+    config = context.config
+    changing = activation_plugins() if mode != "reference" else []
+    own_options = {name.replace("-", "_") for name in config.reporters} | set(config.measures)
+    options = {k: v for k, v in config.options.items() if k not in own_options} if changing else {}
+    return cache_key({
+        "model": context.model_path, "revision": config.revision, "weights": _weights_fingerprint(context.model_path),
+        "data": data_fingerprint(context.rows["text"], context.spans), "layers": layers, "pooling": config.pooling,
+        "positions": sorted(config.positions),
+        "attention": mode, "dtype": config.dtype, "seed": config.seed if mode == "random_weights" else None,
+        "attention_path": context.attention_path if mode != "reference" else None,
+        # CPU and GPU kernels round differently; the vectors of one are not the other's.
+        "device": context.device.type if context.device.type != "cpu" else None,
+        "activation_plugins": changing, "options": options,
+        # Rows sorted by length, right-padded (extract.sorted_batches); the batch size moves the last bits
+        # (the matrix-multiply library picks its kernels by the number of rows).
+        "batches": "padded", "batch_size": config.batch_size,
+        # Only a run that reads the last layer after the final norm gets a key of its own (older caches stay).
+        **({"final_norm": True} if _reads_final_norm(context, layers) else {}),
+    })
+
+
+def _weights_fingerprint(model_path: str) -> str:
+    """Size and mtime of a local model's files, so retraining a local folder invalidates the cache."""
+    path = Path(model_path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
+
+
+# ---------------------------------------------------------------- probes
+
+
+def probe_layers(context: RunContext, splits: list[Split], layers: list[int], skipped, n_jobs=None) -> Results:
+    """Every (subset × position × layer) probe and its controls, fitted in parallel; the typed Results."""
+    from probe.science.probes import describe_probe, evaluate
+
+    config = context.config
+    tasks = probe_tasks(context, splits, layers) + stronger_controls.tasks(context, splits, layers)
+    with _progress_bar(context, sum(len(task.folds) for task in tasks)) as bar:
+        scores = evaluate(tasks, context.make_probe(), n_jobs=n_jobs, metrics=chosen_metrics(config),
+                          progress=bar.update, cache=context.cache_dir / "probes")
+    measured = measures.evaluate(context, splits, layers, n_jobs)
+    labels = np.asarray(context.rows["label"])
+    results = Results(
+        experiment=config.name, description=config.description,
+        model=ModelInfo(name=config.model, path=context.model_path, revision=config.revision, layers=context.n_blocks),
+        settings=config.settings(), versions=versions(), extraction=extraction_info(context),
+        dataset=DatasetInfo(name=config.dataset_name, rows=len(context.rows), labels=sorted(set(labels.tolist())),
+                            skipped_rows=[str(p) for p in skipped]),
+        layers=[], provenance=Provenance.now(),
+        evaluation=describe_evaluation(context, splits),
+        probe={"name": config.probe_name, "options": config.probe_options, **describe_probe(context.make_probe()())},
+    )
+    for split in splits:
+        if "majority" in config.controls:
+            majority = scores[(split.name, "majority")]
+            results.baselines[_key("majority", split.name)] = Baseline(
+                **{k: majority[k] for k in ("accuracy", "accuracy_std", "macro_f1")})
+        for position in config.positions:
+            for layer in layers:
+                row = layer_result(context, scores, split, position, layer)
+                stronger_controls.fill(row, context, scores, (split.name, position, layer))
+                row.measures = measured.get((split.name, position, layer))
+                results.rows.append(row)
+                plugins.call_each("layer_result", config=config, layer=layer, result=row.to_dict())
+            first = scores[(split.name, position, layers[0], "probe")]
+            results.baselines[_key(f"layer{layers[0]}_{position}", split.name)] = Baseline(accuracy=first["accuracy"])
+    return results
+
+
+def extraction_info(context: RunContext) -> dict:
+    """How the vectors were computed, beyond the settings: which attention ran for each store (Hugging
+    Face's ``eager`` for the reference, probe's ``fast`` or ``exact`` path otherwise)."""
+    paths = {mode: "eager" if mode == "reference" else context.attention_path for mode in context.stores}
+    return {"attention_path": paths}
+
+
+def probe_tasks(context: RunContext, splits: list[Split], layers: list[int]) -> list:
+    """The fits to run (k folds, or a fixed split's one), each keyed by (subset, position, layer, what) — or
+    (subset, majority); under a fixed split with a dev part, (…, "dev") scores the dev rows."""
+    from sklearn.dummy import DummyClassifier
+
+    from probe.science.probes import FitTask
+
+    config, stores = context.config, context.stores
+    main = config.main_mode
+    tasks = []
+    for split in splits:
+        if "majority" in config.controls:
+            no_features = np.zeros((len(split.y), 1), dtype=np.float32)
+            tasks.append(FitTask((split.name, "majority"), no_features, split.y, split.folds, metrics=False,
+                                 make_probe=lambda: DummyClassifier(strategy="most_frequent")))
+        for position in config.positions:
+            for layer in layers:
+                X = stores[main].layer(position, layer)[split.index]
+                key = (split.name, position, layer)
+                tasks.append(FitTask((*key, "probe"), X, split.y, split.folds))
+                if "shuffled" in config.controls:
+                    tasks.append(FitTask((*key, "shuffled"), X, split.shuffled_y, split.shuffled_folds, metrics=False))
+                if "random_weights" in config.controls:
+                    Xr = stores["random_weights"].layer(position, layer)[split.index]
+                    tasks.append(FitTask((*key, "random_weights"), Xr, split.y, split.folds, metrics=False))
+                if config.attention == "both":
+                    Xref = stores["reference"].layer(position, layer)[split.index]
+                    tasks.append(FitTask((*key, "reference"), Xref, split.y, split.folds, metrics=False))
+                if split.dev_folds:
+                    tasks.append(FitTask((*key, "dev"), X, split.y, split.dev_folds, metrics=False))
+    return tasks
+
+
+def layer_result(context: RunContext, scores: dict, split: Split, position: str, layer: int) -> LayerResult:
+    config = context.config
+    key = (split.name, position, layer)
+    row = LayerResult(layer=layer, position=position, subset=split.name, **scores[(*key, "probe")])
+    if "shuffled" in config.controls:
+        row.shuffled_accuracy = scores[(*key, "shuffled")]["accuracy"]
+        row.selectivity = row.accuracy - row.shuffled_accuracy
+    if "random_weights" in config.controls:
+        row.random_weights_accuracy = scores[(*key, "random_weights")]["accuracy"]
+    if split.dev_folds:
+        row.dev_accuracy = scores[(*key, "dev")]["accuracy"]
+    if config.attention == "both":
+        row.reference_accuracy = scores[(*key, "reference")]["accuracy"]
+        main = context.stores[config.main_mode].layer(position, layer)[split.index]
+        reference = context.stores["reference"].layer(position, layer)[split.index]
+        row.max_abs_diff_vs_reference = float(np.abs(reference - main).max())
+    return row
+
+
+def _progress_bar(context: RunContext, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{context.config.name}: probes", unit="fit", disable=not context.progress)
+
+
+def chosen_metrics(config: ExperimentConfig) -> dict[str, Callable]:
+    """The registered metrics the config names (all of them when it names none)."""
+    if config.metrics is None:
+        entries = list(plugins.registry("metric").values())
+    else:
+        entries = [plugins.lookup("metric", name) for name in config.metrics]
+    return {entry.name: _named_errors(entry) for entry in entries}
+
+
+def _named_errors(entry: plugins.Registered) -> Callable:
+    """A registered function whose exceptions name the plugin that registered it."""
+
+    def call(*args, **kwargs):
+        try:
+            return entry.value(*args, **kwargs)
+        except Exception as error:
+            raise plugins.raised(entry, error) from error
+
+    return call
+
+
+def _key(name: str, subset: str) -> str:
+    return name if subset == "all" else f"{name}[{subset}]"
+
+
+# ---------------------------------------------------------------- reports
+
+
+def write_reports(results: Results, output_dir: Path, context: RunContext) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name in context.config.reporters:
+        entry = plugins.lookup("reporter", name)
+        try:
+            entry.value(results, output_dir, context)
+        except (ConfigError, plugins.PluginError):
+            raise
+        except Exception as error:  # the run is not published; the message names who failed
+            raise plugins.raised(entry, error) from error
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    import sklearn
+    import torch
+
+    import probe
+
+    return {"probe": probe.__version__, "torch": torch.__version__, "transformers": version("transformers"),
+            "scikit-learn": sklearn.__version__, "python": platform.python_version()}

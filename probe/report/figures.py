@@ -1,0 +1,127 @@
+"""The report's fixed plotly figures, built in Python: accuracy per layer with its controls, and several
+runs compared by depth. (The views driven by a slider are drawn in the browser, by static/report.js.)"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from probe.pipeline.evaluation import accuracy_axis
+from probe.report.writers import series
+
+LAYER_AXIS = "layer (hidden state; 0 = embeddings)"
+ACCURACY_AXIS = "cross-validated accuracy"  # runs compared; one run's axis follows its protocol
+POSITION_COLOURS = {"target": "#1f77b4", "last": "#ff7f0e"}
+RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
+# control → (results key, line dash, legend name)
+CONTROLS = (
+    ("shuffled_accuracy", "dot", "shuffled labels"),
+    ("random_weights_accuracy", "dash", "random weights"),
+    ("reference_accuracy", "dashdot", "HF reference attention"),
+    ("permutation_accuracy", "longdash", "permuted labels (mean)"),
+    ("control_task_accuracy", "longdashdot", "control task"),
+)
+PANELS_PER_ROW = 3
+
+
+def subsets_of(results: dict) -> list[str]:
+    return list(dict.fromkeys(subset for _, subset in series(results)))
+
+
+def majority(results: dict, subset: str) -> float | None:
+    baseline = results["baselines"].get("majority" if subset == "all" else f"majority[{subset}]")
+    return baseline["accuracy"] if baseline else None
+
+
+def accuracy_figure(results: dict) -> dict:
+    """One panel per subset (split_by side by side, wrapped after three): the probe's accuracy with its
+    fold spread (error bars ± std; hover lists every fold), each control, and the majority class."""
+    from plotly.subplots import make_subplots
+
+    subsets = subsets_of(results)
+    cols = min(len(subsets), PANELS_PER_ROW)
+    n_rows = math.ceil(len(subsets) / cols)
+    fig = make_subplots(rows=n_rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.06,
+                        vertical_spacing=0.16, subplot_titles=[f"{s} rows" for s in subsets])
+    for n, subset in enumerate(subsets):
+        where = dict(row=n // cols + 1, col=n % cols + 1)
+        panel = {position: rows for (position, sub), rows in series(results).items() if sub == subset}
+        for position, rows in panel.items():
+            for trace in _position_traces(position, rows, first_panel=n == 0):
+                fig.add_trace(trace, **where)
+        rows = next(iter(panel.values()))
+        base = majority(results, subset)
+        if base is not None:
+            fig.add_trace(_majority_trace(rows, base, n == 0), **where)
+        fig.update_xaxes(title_text=LAYER_AXIS, dtick=_tick_step(rows), **where)
+        fig.update_yaxes(range=[0, 1.03], **where)
+        if where["col"] == 1:
+            fig.update_yaxes(title_text=accuracy_axis(results.get("evaluation")), **where)
+    fig.update_layout(
+        title=f"{results['experiment']} on {results['model']['name']}: probe accuracy per layer",
+        height=380 * n_rows + 80, hovermode="x unified", template="plotly_white",
+        legend=dict(orientation="h", y=-0.25 if n_rows == 1 else -0.1), margin=dict(t=80, b=40),
+    )
+    return json.loads(fig.to_json())
+
+
+def _position_traces(position: str, rows: list[dict], first_panel: bool) -> list:
+    import plotly.graph_objects as go
+
+    colour = POSITION_COLOURS.get(position, "#2ca02c")
+    layers = [r["layer"] for r in rows]
+    folds = [", ".join(f"{a:.2f}" for a in r.get("fold_accuracies", [])) for r in rows]
+    traces = [go.Scatter(
+        x=layers, y=[r["accuracy"] for r in rows], mode="lines+markers", name=f"probe at {position} token",
+        legendgroup=position, showlegend=first_panel, line=dict(color=colour),
+        error_y=dict(type="data", array=[r["accuracy_std"] for r in rows], thickness=1, width=3),
+        customdata=folds,
+        hovertemplate=f"probe at {position}: %{{y:.3f}} ± %{{error_y.array:.3f}} (folds: %{{customdata}})<extra></extra>",
+    )]
+    for key, dash, name in CONTROLS:
+        if key in rows[0]:
+            traces.append(go.Scatter(
+                x=layers, y=[r[key] for r in rows], mode="lines", name=f"{name} ({position})",
+                legendgroup=f"{position}-{key}", showlegend=first_panel, line=dict(color=colour, dash=dash, width=1.5),
+                opacity=0.75, hovertemplate=f"{name} ({position}): %{{y:.3f}}<extra></extra>",
+            ))
+    return traces
+
+
+def _majority_trace(rows: list[dict], accuracy: float, first_panel: bool):
+    import plotly.graph_objects as go
+
+    layers = [r["layer"] for r in rows]
+    return go.Scatter(x=[layers[0], layers[-1]], y=[accuracy, accuracy], mode="lines", name="majority class",
+                      legendgroup="majority", showlegend=first_panel, line=dict(color="grey", width=1),
+                      hovertemplate="majority class: %{y:.3f}<extra></extra>")
+
+
+def _tick_step(rows: list[dict]) -> int:
+    return max(1, math.ceil(len(rows) / 16))
+
+
+def comparison_figure(runs: list[dict]) -> dict:
+    """Several runs on one axis: accuracy against depth (layer / number of blocks), so that models of
+    different depth line up; hover gives each point's layer."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    dashes = {"target": "solid", "last": "dash"}
+    for n, results in enumerate(runs):
+        depth = max(results["model"]["layers"], 1)
+        colour = RUN_COLOURS[n % len(RUN_COLOURS)]
+        for (position, subset), rows in series(results).items():
+            name = f"{results['model']['name']}: {position} token, {subset} rows"
+            fig.add_trace(go.Scatter(
+                x=[r["layer"] / depth for r in rows], y=[r["accuracy"] for r in rows], mode="lines+markers",
+                name=name, line=dict(color=colour, dash=dashes.get(position, "dot")),
+                customdata=[r["layer"] for r in rows],
+                hovertemplate=f"{name}<br>layer %{{customdata}}: %{{y:.3f}}<extra></extra>",
+            ))
+    fig.update_layout(
+        title="Runs compared: probe accuracy by relative depth", template="plotly_white", height=460,
+        xaxis=dict(title="depth (layer / number of blocks)", tickformat=".0%", range=[-0.02, 1.02]),
+        yaxis=dict(title=ACCURACY_AXIS, range=[0, 1.03]), legend=dict(orientation="h", y=-0.2),
+    )
+    return json.loads(fig.to_json())

@@ -1,0 +1,175 @@
+"""report.html: one self-contained, offline page per run (or one page comparing several runs).
+
+The page inlines plotly.js once and reads everything from the run folder: results.json for accuracy and
+confusion matrices, report_data.json (written by the ``html`` reporter) for the PCA and attention views.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from probe.errors import UserError
+from probe.pipeline.evaluation import sentence as evaluation_sentence
+from probe.report.attention_view import json_for_script, static_text
+from probe.report.extras import FILE as DATA_FILE
+from probe.report.figures import accuracy_figure, comparison_figure
+from probe.store.files import write_text_atomic
+
+PAGE = "report.html"
+
+
+class ReportError(UserError, ValueError):
+    """A run folder that can't be reported on; the message names the file."""
+
+
+@dataclass
+class Run:
+    """One run as the report sees it: results.json's dict and, when written, report_data.json's."""
+
+    results: dict
+    data: dict | None = None
+    folder: Path | None = None
+
+
+def load_run(folder: str | Path) -> Run:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"{folder}: no such run folder")
+    results = _read_json(folder / "results.json", required=True)
+    return Run(results, _read_json(folder / DATA_FILE, required=False), folder)
+
+
+def _read_json(path: Path, required: bool) -> dict | None:
+    if not path.exists():
+        if required:
+            raise ReportError(f"{path}: not found (is {path.parent} the output folder of `probe run`?)")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ReportError(f"{path}: not valid JSON ({error})") from None
+
+
+def as_run(source) -> Run:
+    """A run folder, a ``Run``, a results dict, or any object with a ``run_dir``/``output_dir`` folder."""
+    if isinstance(source, Run):
+        return source
+    if isinstance(source, (str, Path)):
+        return load_run(source)
+    if isinstance(source, Mapping):
+        return Run(dict(source))
+    for attribute in ("run_dir", "output_dir"):
+        if getattr(source, attribute, None) is not None:
+            return load_run(getattr(source, attribute))
+    raise TypeError(f"cannot make a report from {type(source).__name__}; give a run folder or a results dict")
+
+
+def render_report(*sources, fragment: bool = False) -> str:
+    """The report page for one run, or one page comparing several (each source as in ``as_run``).
+
+    ``fragment``: an HTML fragment instead of a whole document, for a notebook's ``_repr_html_`` (several
+    can share a page)."""
+    if not sources:
+        raise ValueError("render_report needs at least one run")
+    runs = [as_run(source) for source in sources]
+    data = {"runs": [_run_payload(run) for run in runs],
+            "comparison": comparison_figure([run.results for run in runs]) if len(runs) > 1 else None}
+    sections = "".join(_run_section(n, run) for n, run in enumerate(runs))
+    comparison = _view("comparison", "Runs compared", "", '<div class="plot"></div>') if len(runs) > 1 else ""
+    report = _report_div(_title(runs), comparison + sections, data)
+    return _assets() + report if fragment else _page(_title(runs), report)
+
+
+def write_report(run_dir: str | Path, output: str | Path | None = None, *more_runs) -> Path:
+    """Render and write the page (default ``RUN_DIR/report.html``) atomically; returns its path."""
+    output = Path(output) if output else Path(run_dir) / PAGE
+    return write_text_atomic(output, render_report(run_dir, *more_runs))
+
+
+def _title(runs: list[Run]) -> str:
+    if len(runs) == 1:
+        r = runs[0].results
+        return f"{r['experiment']} on {r['model']['name']}"
+    return f"{runs[0].results['experiment']}: {len(runs)} runs compared"
+
+
+def _run_payload(run: Run) -> dict:
+    """What static/report.js needs for one run; the layer rows are cut down to the fields it draws."""
+    results, data = run.results, run.data or {}
+    keep = ("layer", "position", "subset", "accuracy", "labels", "confusion")
+    return {
+        "name": f"{results['experiment']} on {results['model']['name']}",
+        "blocks": results["model"]["layers"],
+        "layers": [{k: row[k] for k in keep if k in row} for row in results["layers"]],
+        "accuracy": accuracy_figure(results),
+        "rows": data.get("rows"),
+        "pca": data.get("pca"),
+        "attention": data.get("attention"),
+    }
+
+
+def _run_section(n: int, run: Run) -> str:
+    r = run.results
+    missing = "" if run.data else (
+        f'<p class="hint">No {DATA_FILE} in this run (it is written by the <code>html</code> reporter), '
+        "so there is no PCA or attention view.</p>")
+    views = [
+        _view("accuracy", "Accuracy per layer",
+              "Error bars: ± one standard deviation over folds; hover for each fold's score and every control.",
+              '<div class="plot"></div>'),
+        _view("confusion", "Confusion matrix per layer",
+              "Out-of-fold predictions pooled over folds; rows are the true sense.", ""),
+    ]
+    if run.data:
+        views.insert(1, _view("pca", "Target vectors per layer (PCA)",
+                              "Each layer's own first two principal components, coloured by sense; "
+                              "hover a point for its sentence.", ""))
+        views.append(_view("attention", "Attention",
+                           "Blocks are numbered from 0; block i reads layer i and writes layer i + 1.",
+                           '<div class="probe-attention"></div>'))
+    return (f'<section class="run" data-run="{n}"><h2>{html.escape(_title([run]))}</h2>'
+            f'<p class="meta">{html.escape(_meta(r))}</p>{missing}{"".join(views)}</section>')
+
+
+def _meta(results: dict) -> str:
+    s, d = results["settings"], results["dataset"]
+    return (f"{results['model']['layers']} blocks · dataset {d['name']} ({d['rows']} rows; senses "
+            f"{', '.join(d['labels'])}) · positions {', '.join(s['positions'])} · "
+            f"{evaluation_sentence(results.get('evaluation'), s)} · attention: {s['attention']}" + (f" · split by {s['split_by']}" if s.get("split_by") else ""))
+
+
+def _view(name: str, title: str, hint: str, body: str) -> str:
+    hint_html = f'<p class="hint">{html.escape(hint)}</p>' if hint else ""
+    return f'<div class="view" data-view="{name}"><h3>{html.escape(title)}</h3>{hint_html}{body}</div>'
+
+
+def _assets() -> str:
+    """The page's CSS and JavaScript, plotly.js included: everything inline, nothing fetched."""
+    from plotly.offline import get_plotlyjs
+
+    return (f"<style>{static_text('report.css')}</style><script>{get_plotlyjs()}</script>"
+            f"<script>{static_text('attention.js')}</script><script>{static_text('report.js')}</script>")
+
+
+def _report_div(title: str, body: str, data: dict) -> str:
+    """The report itself, drawn into its own element (so that several can share a notebook)."""
+    element = f"probe-report-{uuid.uuid4().hex[:12]}"
+    return (
+        f'<div class="probe-report" id="{element}"><h1>{html.escape(title)}</h1>'
+        '<p class="meta">Made by probe. Layer N is hidden state N (0 = the embeddings); block i is the '
+        "i-th transformer block, which writes layer i + 1.</p>"
+        f'{body}<script type="application/json" data-probe-data>{json_for_script(data)}</script></div>\n'
+        f"<script>probeReport(document.getElementById({json.dumps(element)}));</script>\n"
+    )
+
+
+def _page(title: str, report: str) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title>{_assets()}</head>\n<body>{report}</body></html>\n"
+    )

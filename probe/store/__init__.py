@@ -1,0 +1,1 @@
+"""What lives on disk: atomic files and run folders, feature chunks, and the fit and figure caches."""

@@ -1,0 +1,68 @@
+"""Feature-cache chunks that can't lie: each file carries the SHA-256 of its tensors, recorded when it is
+written and checked before a run uses it. A truncated, overwritten or foreign chunk is named, removed and
+extracted again; it is never read as if nothing happened."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from probe.store.files import write_atomic, write_text_atomic
+
+DIGEST = "sha256"  # the safetensors metadata key holding the tensors' checksum
+log = logging.getLogger("probe")
+
+
+def write_chunk(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``tensors`` with their checksum, atomically: readers see the whole chunk or none."""
+    tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={DIGEST: tensors_digest(tensors)}))
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over each tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def damage(path: Path) -> str | None:
+    """Why the chunk at ``path`` can't be trusted, or None when its tensors match their checksum."""
+    try:
+        with safe_open(str(path), framework="pt") as chunk:
+            recorded = (chunk.metadata() or {}).get(DIGEST)
+            tensors = {name: chunk.get_tensor(name) for name in chunk.keys()}
+    except Exception as error:  # truncated or garbled: safetensors can't even parse it
+        return f"it can't be read ({type(error).__name__}: {error})"
+    if recorded is None:
+        return "it carries no checksum (written by an older probe)"
+    if tensors_digest(tensors) != recorded:
+        return "its contents differ from the checksum recorded when it was written"
+    return None
+
+
+def drop_damaged(folder: Path, pattern: str = "chunk-*.safetensors") -> list[Path]:
+    """Check every chunk in ``folder``; remove the damaged ones (and the folder's ``complete.json``, so
+    they are extracted again), warning with each one's name. Returns the chunks removed."""
+    removed = []
+    for path in sorted(folder.glob(pattern)):
+        reason = damage(path)
+        if reason is not None:
+            log.warning("cache chunk %s is damaged (%s); extracting its rows again", path, reason)
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        (folder / "complete.json").unlink(missing_ok=True)
+    return removed
+
+
+def mark_complete(folder: Path, text: str) -> None:
+    write_text_atomic(folder / "complete.json", text)  # creates the folder if need be

@@ -1,0 +1,185 @@
+"""A run's output folder changes all at once, and a failed run leaves nothing behind.
+
+Reports are written into a hidden sibling folder (``.NAME.staging-*``); once every reporter is done it
+takes the output folder's place in one step (Linux's ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames,
+with ``recover`` undoing a kill between them). So a kill at any moment leaves either the previous complete
+run or the new one, never a mix. A lock beside the folder keeps two runs from publishing at once.
+
+Atomic file writes: a reader never sees half a file, and an interrupted run never leaves one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from filelock import FileLock
+
+MARKER = ".probe-run.json"  # in every run folder: says the folder is probe's to replace
+
+
+def lock_for(output_dir: Path) -> FileLock:
+    """The lock two runs writing the same output folder share (a hidden file beside it)."""
+    return FileLock(str(output_dir.parent / f".{output_dir.name}.lock"))
+
+
+def cache_lock(folder: Path, ranks=None):
+    """A lock on one cache entry, kept in the cache's ``locks/`` folder. Under torchrun (``ranks``, see
+    probe.scale.ranks, of a world over 1) the ranks share entries on purpose and coordinate themselves,
+    so none is taken."""
+    if ranks is not None and ranks.world > 1:
+        return nullcontext()
+    locks = folder.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(locks / f"{folder.name}.lock"))
+
+
+def is_replaceable(output_dir: Path) -> bool:
+    """A folder probe may replace as a whole: missing, empty, or a probe run (marker or results.json)."""
+    if not output_dir.exists():
+        return True
+    if not output_dir.is_dir():
+        return False
+    names = {p.name for p in output_dir.iterdir()}
+    return not names or MARKER in names or "results.json" in names
+
+
+@contextmanager
+def staged_output(output_dir: str | Path) -> Iterator[Path]:
+    """``with staged_output(out) as folder:`` write every report into ``folder``; on a clean exit it
+    becomes ``out`` (the previous run there, if any, goes), on an error or kill ``out`` is untouched."""
+    output_dir = Path(output_dir).absolute()
+    made = missing_parents(output_dir.parent)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with lock_for(output_dir):
+            recover(output_dir)
+            staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.staging-"))
+            os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700 folders; a run is for everyone to read
+            try:
+                yield staging
+                (staging / MARKER).write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+                publish(staging, output_dir)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # the new run on failure, the old one on success
+    except BaseException:
+        if made:  # nobody else can have a lock in a folder this run created
+            Path(lock_for(output_dir).lock_file).unlink(missing_ok=True)
+        remove_empty(made)
+        raise
+
+
+def publish(staging: Path, output_dir: Path) -> None:
+    """Put ``staging`` at ``output_dir`` in one step; afterwards ``staging`` holds the previous run."""
+    if not output_dir.exists():
+        os.rename(staging, output_dir)
+        return
+    if _exchange(staging, output_dir):
+        return
+    old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
+    os.rename(output_dir, old)  # a kill right here is undone by recover(): the old run comes back
+    os.rename(staging, output_dir)
+    os.rename(old, staging)
+
+
+def recover(output_dir: Path) -> None:
+    """Undo what a killed run left (call with the lock held): a previous run moved aside comes back, and
+    stale staging folders go."""
+    parent, name = output_dir.parent, output_dir.name
+    for old in sorted(parent.glob(f".{name}.old-*")):
+        if output_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, output_dir)
+    for staging in parent.glob(f".{name}.staging-*"):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 with RENAME_EXCHANGE); False where that is unavailable."""
+    libc_name = ctypes.util.find_library("c")
+    try:
+        renameat2 = ctypes.CDLL(libc_name, use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return done == 0
+
+
+def missing_parents(folder: Path) -> list[Path]:
+    """The folders that creating ``folder`` would make, deepest first (to remove them again on failure)."""
+    made = []
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        made.append(folder)
+        folder = folder.parent
+    return made
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each folder if it is empty (deepest first), so that a failed run leaves no empty folders."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def new_folders(root: Path, before: set[Path]) -> list[Path]:
+    """Folders under ``root`` (and ``root`` itself) that were not there ``before``, deepest first."""
+    if not root.is_dir():
+        return []
+    found = [Path(dirpath) for dirpath, _, _ in os.walk(root)]
+    return [f for f in sorted(found, key=lambda p: -len(p.parts)) if f not in before]
+
+
+def folders_under(root: Path) -> set[Path]:
+    return {Path(dirpath) for dirpath, _, _ in os.walk(root)} if root.is_dir() else set()
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)``, then move the finished file onto ``path`` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600 files; results are for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_json_or_none(path: str | Path | None):
+    """A cached JSON value, or None when there is none or it no longer parses (then it is computed again)."""
+    import json
+
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,216 @@
+"""`probe sweep`: one experiment over many words, models and seeds, each combination (a *cell*) a normal run
+folder; then one tidy table and one plot over all of them (probe/sweep_report.py).
+
+A sweep file lists experiment configs and what to vary:
+
+    name: senses
+    experiments: [mole.yaml, tower.yaml, tower-size.yaml]   # relative to this file
+    models: [minilm-l6, smollm2-135m]                      # default: each experiment's own model
+    seeds: [0]                                             # default: each experiment's own seed
+    set: {folds: 5}                                        # overrides for every cell, as `probe run --set`
+    tracking: file:./mlruns                                # optional: log each cell to MLflow
+
+or names one experiment and a folder of datasets (``datasets: words/``): each data file there is a word,
+run with that experiment. A cell whose run folder holds complete results of the same config is skipped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from probe.pipeline.config import (
+    ConfigError,
+    ExperimentConfig,
+    load_config,
+    read_yaml_mapping,
+)
+from probe.pipeline.datafiles import BUILDERS
+from probe.store.files import write_text_atomic
+
+CELL_FILE = "cell.json"  # written into a cell's run folder once every reporter has finished
+
+
+class SweepConfig(BaseModel):
+    """A validated sweep file; ``load_sweep`` gives errors that name the field."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    name: str = "sweep"
+    experiments: list[str] = Field(min_length=1)
+    datasets: str | None = None
+    models: list[str] = []
+    seeds: list[int] | None = Field(None, min_length=1)
+    overrides: dict[str, Any] = Field({}, alias="set")
+    output: str | None = None
+    tracking: str | None = None
+    source: str = ""  # the sweep file, for messages; relative paths in it are relative to its folder
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.source).parent if self.source else Path(".")
+
+    def output_dir(self) -> Path:
+        return Path(self.output) if self.output else Path("runs") / self.name
+
+
+FIELDS = ["name", "experiments", "datasets", "models", "seeds", "set", "output", "tracking"]
+
+
+def is_sweep_file(raw: dict) -> bool:
+    """A sweep file lists ``experiments``; anything else is an experiment config."""
+    return "experiments" in raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    return read_yaml_mapping(path, what="file")
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read and validate a sweep file; ``overrides`` (from the command line) replace its fields."""
+    raw = read_yaml(path)
+    raw.setdefault("name", Path(path).stem)
+    overrides = dict(overrides or {})
+    if isinstance(raw.get("set"), dict) and "set" in overrides:  # --set adds to the file's overrides
+        overrides["set"] = {**raw["set"], **overrides["set"]}
+    return validate_sweep({**raw, **overrides}, source=str(path))
+
+
+def validate_sweep(raw: dict, source: str = "<sweep>") -> SweepConfig:
+    unknown = [key for key in raw if key not in FIELDS]
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], FIELDS, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"{source}: unknown field {unknown[0]!r}.{hint} Accepted fields: {', '.join(FIELDS)}")
+    if isinstance(raw.get("experiments"), str):
+        raw = {**raw, "experiments": [raw["experiments"]]}
+    try:
+        sweep = SweepConfig.model_validate({**raw, "source": source})
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_message(error.errors()[0])}") from None
+    if sweep.datasets is not None and len(sweep.experiments) != 1:
+        raise ConfigError(f"{source}: field 'datasets' runs one experiment over a folder of words; "
+                          f"field 'experiments' lists {len(sweep.experiments)}")
+    return sweep
+
+
+def _message(error: dict) -> str:
+    field = ".".join(str(part) for part in error["loc"])
+    return f"field {field!r}: {error['msg'].lower()}, got {error['input']!r}"
+
+
+# ---------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the sweep: an experiment (a word) on one model with one seed, in its own folder."""
+
+    experiment: str
+    model: str
+    seed: int
+    config: ExperimentConfig
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}/{_folder_name(self.model)}/seed{self.seed}"
+
+
+def plan_cells(sweep: SweepConfig) -> list[Cell]:
+    """Every (experiment or word) × model × seed, its config validated now, before any model work."""
+    cells = []
+    for path, extra in _experiments(sweep):
+        base = load_config(path, {**sweep.overrides, **extra})
+        for model in sweep.models or [base.model]:
+            for seed in [base.seed] if sweep.seeds is None else sweep.seeds:
+                config = load_config(path, {**sweep.overrides, **extra, "model": model, "seed": seed})
+                run_dir = sweep.output_dir() / config.name / _folder_name(model) / f"seed{seed}"
+                cells.append(Cell(config.name, model, seed, config, run_dir.resolve()))
+    _refuse_duplicates(cells, sweep.source)
+    return cells
+
+
+def _experiments(sweep: SweepConfig) -> list[tuple[Path, dict]]:
+    """(experiment file, overrides) per experiment; with ``datasets``, one per data file in the folder."""
+    paths = [_beside(sweep, experiment) for experiment in sweep.experiments]
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"{sweep.source}: field 'experiments': {path} does not exist")
+    if sweep.datasets is None:
+        return [(path, {}) for path in paths]
+    folder = _beside(sweep, sweep.datasets)
+    if not folder.is_dir():
+        raise ConfigError(f"{sweep.source}: field 'datasets': {folder} is not a folder")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in BUILDERS and not f.name.startswith("."))
+    if not files:
+        raise ConfigError(f"{sweep.source}: field 'datasets': {folder} holds no {'/'.join(BUILDERS)} files")
+    dataset = _file_dataset_options(paths[0])
+    return [(paths[0], {"name": f.stem, "dataset": {**dataset, "name": "file", "path": str(f)}}) for f in files]
+
+
+def _file_dataset_options(experiment: Path) -> dict:
+    """A `file` dataset's field renames (text_field, …) carry over to every word's file."""
+    dataset = read_yaml(experiment).get("dataset")
+    if isinstance(dataset, dict) and dataset.get("name") == "file":
+        return {k: v for k, v in dataset.items() if k not in ("name", "path")}
+    return {}
+
+
+def _beside(sweep: SweepConfig, path: str) -> Path:
+    relative = sweep.folder / path
+    return relative if not Path(path).is_absolute() and relative.exists() else Path(path)
+
+
+def _folder_name(model: str) -> str:
+    """A model name as one folder name: a path becomes its last part plus a short hash of the whole."""
+    if re.fullmatch(r"[A-Za-z0-9._-]+", model):
+        return model
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name or model).strip("_") or "model"
+    return f"{tail}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+
+
+def _refuse_duplicates(cells: list[Cell], source: str) -> None:
+    seen: dict[Path, Cell] = {}
+    for cell in cells:
+        if cell.run_dir in seen:
+            raise ConfigError(f"{source}: two cells would write to {cell.run_dir} ({cell.name} twice): "
+                              "give the experiments different names")
+        seen[cell.run_dir] = cell
+
+
+# ---------------------------------------------------------------- finished or not
+
+
+def config_hash(config: ExperimentConfig) -> str:
+    """Everything that shaped a cell's results (its settings), hashed."""
+    from probe.pipeline.extract import cache_key
+
+    return cache_key(config.settings())
+
+
+def is_finished(cell: Cell) -> bool:
+    """True when the cell's folder holds complete results (every reporter ran) of this very config."""
+    from probe.pipeline.results import load_results
+
+    try:
+        marker = json.loads((cell.run_dir / CELL_FILE).read_text())
+        load_results(cell.run_dir)  # validates: a truncated or foreign results.json does not count
+    except (OSError, ValueError):
+        return False
+    return marker.get("config_hash") == config_hash(cell.config)
+
+
+def mark_finished(cell: Cell, seconds: float) -> None:
+    from probe.pipeline.results import timestamp
+
+    marker = {"cell": cell.name, "config_hash": config_hash(cell.config), "seconds": round(seconds, 2),
+              "finished": timestamp()}
+    write_text_atomic(cell.run_dir / CELL_FILE, json.dumps(marker, indent=2) + "\n")
