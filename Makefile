@@ -42,7 +42,7 @@ chromium:
 
 # The documentation site (mkdocs-material) into build/site/; strict: a broken link or reference is an error.
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py
