@@ -1,6 +1,6 @@
 """The plugin author's reference (docs/plugins.md) describes everything a plugin can touch: every hook in
 probe/hookspecs.py, every RunContext field and property, every key of results.json and of its layer rows.
-The notebook API page (docs/api.md) is executed as written."""
+(Every page's code blocks, docs/api.md's included, run in tests/test_docs_blocks.py.)"""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import importlib
 import inspect
 import json
 import pkgutil
-import re
 from pathlib import Path
 
-import pytest
 from report_runs import report_run
 
 import probe
@@ -69,19 +67,3 @@ def test_every_dataset_column_is_documented():
     from probe.pipeline.data import COLUMNS
 
     assert not [c for c in COLUMNS if not documented(c)]
-
-
-def api_examples() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (DOCS / "api.md").read_text(), flags=re.S)
-
-
-@pytest.mark.xdist_group("minilm")
-def test_api_page_runs_as_written(tmp_path, monkeypatch):
-    """Each Python block of docs/api.md, in order, in one namespace, like notebook cells."""
-    monkeypatch.chdir(tmp_path)
-    blocks = api_examples()
-    assert len(blocks) >= 2
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, str(DOCS / "api.md"), "exec"), namespace)
-    assert (tmp_path / "mole-attention.html").exists()

@@ -1,4 +1,5 @@
-"""The README's plugin guide is a working plugin: extract it, load it as a file, run an experiment with it."""
+"""The plugins guide (docs/plugins-guide.md) is a working plugin: extract it, load it as a file, run an
+experiment with it."""
 
 import json
 import re
@@ -11,12 +12,12 @@ from probe import plugins
 from probe.pipeline.config import validate
 from probe.pipeline.run import run_experiment
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins-guide.md"
 
 
 def guide_plugin_source() -> str:
-    blocks = re.findall(r"```python\n(# my_plugin\.py\n.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 1, "the README should hold exactly one '# my_plugin.py' example"
+    blocks = re.findall(r"```python\n(# my_plugin\.py\n.*?)```", GUIDE.read_text(), flags=re.S)
+    assert len(blocks) == 1, "the plugins guide should hold exactly one '# my_plugin.py' example"
     return blocks[0]
 
 
@@ -27,7 +28,7 @@ def clean_plugins():
     plugins.reset_plugin_manager()
 
 
-def test_readme_example_plugin_runs_an_experiment(tmp_path, clean_plugins):
+def test_the_guides_example_plugin_runs_an_experiment(tmp_path, clean_plugins):
     plugin_file = tmp_path / "my_plugin.py"
     plugin_file.write_text(guide_plugin_source())
     model = build_tiny_gpt2(tmp_path / "model")

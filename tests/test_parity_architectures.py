@@ -164,17 +164,3 @@ def test_training_mode_dropout_and_gradients_are_bitwise_equal(name, checkpoints
     assert expected_grads.keys() == got_grads.keys()
     for param_name, grad in expected_grads.items():
         assert torch.equal(grad, got_grads[param_name]), f"gradient of {param_name}"
-
-
-def test_the_readme_table_is_the_generated_one():
-    from pathlib import Path
-
-    from probe.core.architectures import markdown_table, support_table
-
-    readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
-    generated = markdown_table(support_table()).splitlines()
-    documented = [
-        line for line in readme.splitlines() if line.startswith("| ") and (" universal (" in line or " full (" in line)
-    ]
-    assert [row.rsplit("|", 2)[0] for row in generated[2:]] == [row.rsplit("|", 2)[0] for row in documented]
-    assert all(row.rsplit("|", 2)[1].strip() == "0.0" for row in documented)

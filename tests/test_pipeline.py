@@ -4,7 +4,6 @@ that do not depend on n_jobs, the cache key, rerunning from a block, and head ab
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -224,19 +223,6 @@ def test_head_ablation_reports_each_drop_with_its_uncertainty(tiny_model, tmp_pa
     assert len(cached) == 2 + 8  # per block unablated, per head ablated
     run_experiment(config, tmp_path / "again", cache_dir=tmp_path / "cache", progress=False)
     assert json.loads((tmp_path / "again" / "head_ablation.json").read_text()) == table
-
-
-def test_readme_python_api_example_runs(tmp_path, monkeypatch):
-    """The README's Python API example, executed as written (in a scratch folder)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
-    monkeypatch.chdir(tmp_path)
-    namespace = {}
-    exec(compile(code, "README.md (Python API)", "exec"), namespace)
-    assert isinstance(namespace["results"], Results)
-    assert (tmp_path / "runs").is_dir()
 
 
 def test_results_show_the_report_in_a_notebook_cell(run_dir):

@@ -27,12 +27,18 @@ def _type_name(annotation) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if arg is type(None) else _type_name(arg) for arg in args)
     if origin is list:
-        return f"list of {_type_name(args[0])}" if args else "list"
-    if origin is dict:
-        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}" if args else "mapping"
+        return f"list of {_grouped(args[0])}" if args else "list"
+    if origin is dict or annotation is dict:
+        return f"mapping of {_grouped(args[0])} to {_grouped(args[1])}" if args else "mapping"
     if annotation is typing.Any:
         return "any"
     return getattr(annotation, "__name__", str(annotation))
+
+
+def _grouped(annotation) -> str:
+    """A type inside another, in parentheses when it is a choice: `list of (int or str)`."""
+    name = _type_name(annotation)
+    return f"({name})" if " or " in name else name
 
 
 def _default(field) -> str:
@@ -87,7 +93,7 @@ def config_reference() -> str:
     fallback = field_descriptions()
     parts = []
     for model in config_models():
-        doc = inspect.cleandoc(model.__doc__ or "")
+        doc = _rst_to_markdown(inspect.cleandoc(model.__doc__ or ""))
         rows = [f"## `{model.__name__}`\n", doc + "\n" if doc else "",
                 "| field | type | default | meaning |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
