@@ -31,7 +31,7 @@ import probe.pipeline.run
 from probe import plugins
 from probe.cli import cli
 from probe.pipeline.config import validate
-from probe.pipeline.context import RunContext
+from probe.pipeline.context import Rows, Services
 from probe.pipeline.extract import FeatureStore, extract
 from probe.pipeline.results import without_provenance
 from probe.pipeline.run import run_experiment
@@ -283,12 +283,11 @@ def test_the_batch_size_moves_the_vectors_by_rounding_only(tiny_model, tmp_path,
 
 def test_the_batch_size_is_part_of_the_feature_cache_key(tiny_model, tmp_path):
     config = validate({"model": str(tiny_model), "dataset": "mole", "reporters": ["json"], "controls": []})
-    context = RunContext(config, str(tiny_model), tmp_path, False)
-    context.rows, _ = probe.pipeline.run.load_dataset(config)
-    other = RunContext(config.model_copy(update={"batch_size": 3}), str(tiny_model), tmp_path, False)
-    other.rows = context.rows
+    services = Services(config, str(tiny_model), tmp_path, False)
+    rows = Rows(probe.pipeline.run.load_dataset(config)[0])
+    other = Services(config.model_copy(update={"batch_size": 3}), str(tiny_model), tmp_path, False)
     key = probe.pipeline.run.feature_key
-    assert key(context, [1], "reimplemented") != key(other, [1], "reimplemented")
+    assert key(services, rows, [1], "reimplemented") != key(other, rows, [1], "reimplemented")
 
 
 def test_extraction_batches_are_the_batches_extract_runs(tiny_model, tmp_path, monkeypatch):
@@ -513,9 +512,9 @@ def test_a_conversion_that_cannot_be_written_says_where_and_leaves_nothing(tmp_p
     checkpoint = tmp_path / "checkpoints" / "model.gguf"
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(b"GGUF, or so it says")
-    context = RunContext(validate({"model": str(checkpoint), "dataset": "mole"}), str(checkpoint), tmp_path / "cache")
+    services = Services(validate({"model": str(checkpoint), "dataset": "mole"}), str(checkpoint), tmp_path / "cache")
     with pytest.raises(ConfigError) as raised:
-        _ = context.source
+        _ = services.source
     message = str(raised.value)
     assert "could not be written to" in message and str(tmp_path / "cache" / "models") in message
     assert "No space left on device" in message and "can't be read" not in message
