@@ -560,6 +560,25 @@ def test_a_dataset_or_reporter_that_raises_names_its_plugin_in_the_same_words(ti
     assert not (tmp_path / "b").exists()  # a failed report publishes nothing
 
 
+def test_a_reporter_written_for_the_old_run_context_is_told_where_a_name_moved(tiny_model, tmp_path):
+    """Reporters keep their positions (results, output_dir, third); the third is the RunData now, and a
+    RunContext name it lacks is an error that says where that name went, naming the plugin."""
+
+    def old_style(results, output_dir, context):
+        model, tokenizer = context.load_model()
+
+    class Old:
+        @hookimpl
+        def register_reporters(self, register):
+            register("old-style", old_style)
+
+    plugins.register_plugin(Old(), "old")
+    with pytest.raises(PluginError, match=r"plugin 'old': reporter 'old-style' raised AttributeError: .*"
+                                          r"'load_model'.*use run\.services\.load_model\(\)"):
+        run_experiment(small_config(tiny_model, reporters=["old-style"]), tmp_path / "out",
+                       cache_dir=tmp_path / "cache", progress=False)
+
+
 MEASURE_PLUGIN = """
 import numpy as np
 from probe import hookimpl
