@@ -567,7 +567,7 @@ def test_a_reporter_written_for_the_old_run_context_is_told_where_a_name_moved(t
     def old_style(results, output_dir, context):
         model, tokenizer = context.load_model()
 
-    class Old:
+    class Old(RowsPlugin):
         @hookimpl
         def register_reporters(self, register):
             register("old-style", old_style)
@@ -627,7 +627,7 @@ def test_lifecycle_hooks_are_called_in_order_with_the_right_arguments(tiny_model
 
         @hookimpl
         def layer_result(self, config, layer, result):
-            events.append(("layer_result", config, layer, dict(result)))
+            events.append(("layer_result", config, layer, result))
 
         @hookimpl
         def experiment_finished(self, config, results, output_dir):
@@ -676,7 +676,7 @@ def test_activation_hooks_change_what_is_extracted(tiny_model, tmp_path):
     plugins.register_plugin(RowsPlugin(), "rows")
     config = small_config(tiny_model, attention="both")
     before = run_experiment(config, tmp_path / "before", cache_dir=cache, progress=False)
-    assert [row["max_abs_diff_vs_reference"] for row in before["layers"]] == [0.0, 0.0, 0.0]
+    assert [row.max_abs_diff_vs_reference for row in before.rows] == [0.0, 0.0, 0.0]
 
     offered, calls = [], []
 
@@ -697,7 +697,7 @@ def test_activation_hooks_change_what_is_extracted(tiny_model, tmp_path):
     assert all(is_swapped(model) and seen is config for model, seen in offered)  # the model with hook points
     assert calls and {name for name, _ in calls} == {"blocks.0.attn.pattern"}
     assert all(len(shape) == 4 and shape[1] == 4 for _, shape in calls)  # (batch, heads, query, key)
-    diffs = [row["max_abs_diff_vs_reference"] for row in after["layers"]]
+    diffs = [row.max_abs_diff_vs_reference for row in after.rows]
     assert diffs[0] == 0.0  # the embeddings come before any attention
     assert diffs[1] > 0.0 and diffs[2] > 0.0  # ...and the reference (not swapped) is untouched
     # The activation plugin is part of the cache key: the unhooked features were not reused.
