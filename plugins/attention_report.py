@@ -51,18 +51,18 @@ def entropy(p: np.ndarray) -> np.ndarray:
         return -np.nansum(np.where(p > 0, p * np.log2(p), 0.0), axis=-1)
 
 
-def attention_report(results, output_dir, context):
+def attention_report(results, output_dir, run):
     from probe.store.files import write_text_atomic
 
-    options = context.config.options.get("attention_report", {})
-    mean_entropy, examples = _entropies_and_examples(context, options.get("examples", 3), options.get("top_k", 3))
+    options = run.config.options.get("attention_report", {})
+    mean_entropy, examples = _entropies_and_examples(run, options.get("examples", 3), options.get("top_k", 3))
     report = {"mean_entropy_bits": mean_entropy.round(4).tolist(), "examples": examples}
     write_text_atomic(output_dir / "attention_report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(output_dir / "attention_report.md", _markdown(results, mean_entropy, examples))
     _plot(results, mean_entropy, output_dir)
 
 
-def _entropies_and_examples(context, n_examples: int, top_k: int):
+def _entropies_and_examples(run, n_examples: int, top_k: int):
     """Each head's mean entropy (blocks, heads) and the example rows' top words. What the model computes is
     kept in the cache under the key of the activations it comes from, so a rerun on a full cache loads no
     model; each example's text and label are read from the rows now."""
@@ -70,24 +70,24 @@ def _entropies_and_examples(context, n_examples: int, top_k: int):
     from probe.pipeline.run import feature_key
     from probe.store.files import read_json_or_none, write_text_atomic
 
-    key = cache_key({"features": feature_key(context, "all", "reimplemented"), "report": "attention_report",
-                     "examples": n_examples, "top_k": top_k})
-    path = context.cache_dir / "attention" / f"{key}.json"
+    features = feature_key(run.services, run.rows, "all", "reimplemented")
+    key = cache_key({"features": features, "report": "attention_report", "examples": n_examples, "top_k": top_k})
+    path = run.services.cache_dir / "attention" / f"{key}.json"
     saved = read_json_or_none(path)
     if not isinstance(saved, dict) or not {"mean_entropy_bits", "dtype", "examples"} <= saved.keys():
-        saved = _computed(context, n_examples, top_k)  # not there yet, or damaged: computed again
+        saved = _computed(run, n_examples, top_k)  # not there yet, or damaged: computed again
         write_text_atomic(path, json.dumps(saved))  # makes the folder if need be
-    rows = context.rows
-    examples = [{"text": rows["text"][n], "label": rows["label"][n], **example}
+    texts, labels = run.rows.table["text"], run.rows.table["label"]
+    examples = [{"text": texts[n], "label": labels[n], **example}
                 for n, example in enumerate(saved["examples"])]
     return np.asarray(saved["mean_entropy_bits"], dtype=saved["dtype"]), examples
 
 
-def _computed(context, n_examples: int, top_k: int) -> dict:
-    model, tokenizer = context.load_model()  # the run's model, probe's attention swapped in
+def _computed(run, n_examples: int, top_k: int) -> dict:
+    model, tokenizer = run.services.load_model()  # the run's model, probe's attention swapped in
     entropies, examples = [], []
-    for n, (tokens, target, patterns) in enumerate(target_patterns(model, tokenizer, context.rows["text"],
-                                                                   context.spans)):
+    for n, (tokens, target, patterns) in enumerate(target_patterns(model, tokenizer, run.rows.table["text"],
+                                                                   run.rows.spans)):
         entropies.append(entropy(patterns))  # (blocks, heads)
         if n < n_examples:
             top = np.argsort(-patterns, axis=-1)[..., :top_k]

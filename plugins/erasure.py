@@ -68,22 +68,22 @@ def fold_erasers(X, y, fold_list, draws: int, seed: int) -> tuple[dict, list[int
     return erasers, ranks
 
 
-def unerased_vectors(context, settings: dict, loss) -> tuple:
+def unerased_vectors(run, settings: dict, loss) -> tuple:
     """What block L receives (per batch), layer L's vectors, and {later layer: X} without erasure;
     with ``loss``, every row's next-token loss too."""
     from probe.pipeline.partial import capture_block_inputs, vectors_from
 
-    config, layer = context.config, settings["layer"]
-    model, tokenizer = context.load_model()
-    inputs = capture_block_inputs(model, tokenizer, context.rows["text"], context.spans, layer, config.batch_size,
+    config, layer = run.config, settings["layer"]
+    model, tokenizer = run.services.load_model()
+    inputs = capture_block_inputs(model, tokenizer, run.rows.table["text"], run.rows.spans, layer, config.batch_size,
                                   whole_rows=loss is not None or settings["position"] == "last")
-    later = range(layer + 1, context.n_blocks + 1)
-    meter = loss.meter(range(len(context.rows)), check=True) if loss else None
+    later = range(layer + 1, run.services.n_blocks + 1)
+    meter = loss.meter(range(len(run.rows)), check=True) if loss else None
     vectors = vectors_from(model, inputs, layer, [layer, *later], settings["position"], config.pooling, meter)
     return inputs, vectors.pop(layer), vectors, meter
 
 
-def erased_vectors(context, settings: dict, inputs, erasers: dict, fold_list, loss) -> tuple[dict, dict]:
+def erased_vectors(run, settings: dict, inputs, erasers: dict, fold_list, loss) -> tuple[dict, dict]:
     """{(condition, fold): {later layer: X}}: blocks L.. rerun with each eraser at ``blocks.{L}.resid_pre``;
     with ``loss``, {(condition, fold): meter} of the fold's test rows' next-token losses."""
     from tqdm.auto import tqdm
@@ -92,12 +92,12 @@ def erased_vectors(context, settings: dict, inputs, erasers: dict, fold_list, lo
     from probe.pipeline.partial import vectors_from
     from probe.science.erasure import erase_hook
 
-    config, layer = context.config, settings["layer"]
-    model, _ = context.load_model()
-    later = range(layer + 1, context.n_blocks + 1)
+    config, layer = run.config, settings["layer"]
+    model, _ = run.services.load_model()
+    later = range(layer + 1, run.services.n_blocks + 1)
     runs, meters = {}, {}
     for (condition, fold), eraser in tqdm(erasers.items(), desc=f"{config.name}: erasure at layer {layer}",
-                                          unit="run", disable=not context.progress):
+                                          unit="run", disable=not run.services.progress):
         meter = meters[(condition, fold)] = loss.meter(fold_list[fold][1]) if loss else None
         with hooks(model, {settings["hook_point"]: erase_hook(eraser)}):
             runs[(condition, fold)] = vectors_from(model, inputs, layer, later, settings["position"],
@@ -105,7 +105,7 @@ def erased_vectors(context, settings: dict, inputs, erasers: dict, fold_list, lo
     return runs, meters
 
 
-def score_layers(context, settings, X_layer, runs, erasers, y, fold_list) -> list[dict]:
+def score_layers(run, settings, X_layer, runs, erasers, y, fold_list) -> list[dict]:
     """Per layer from L on: accuracy without erasure, after LEACE (mean and std over folds) and after each
     random draw (mean over folds), each probe trained on its fold's training rows of its own run."""
     import numpy as np
@@ -122,7 +122,7 @@ def score_layers(context, settings, X_layer, runs, erasers, y, fold_list) -> lis
         for fold, split in enumerate(fold_list):
             vectors = {layer: erase_numpy(erasers[(condition, fold)], X_layer), **runs[(condition, fold)]}
             tasks += [FitTask((condition, fold, ell), X, y, [split]) for ell, X in vectors.items()]
-    predicted = fit_all(tasks, context.make_probe(), cache=context.cache_dir / "probes")
+    predicted = fit_all(tasks, run.services.make_probe(), cache=run.services.cache_dir / "probes")
 
     def fold_accuracies(condition, ell):
         return [float(np.mean(predicted[(condition, fold, ell)][0] == y[test]))
@@ -153,12 +153,12 @@ def majority_accuracy(y, fold_list) -> float:
 # ------------------------------------------------------------------ (b) the model's own next-token loss
 
 
-def lm_head_missing(context) -> str | None:
+def lm_head_missing(run) -> str | None:
     """Why the next-token loss can't be measured here, or None when the checkpoint has a causal LM head."""
-    names = getattr(context.model_config, "architectures", None) or []
+    names = getattr(run.services.model_config, "architectures", None) or []
     if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names):
         return None
-    kind = ", ".join(names) or context.model_config.model_type
+    kind = ", ".join(names) or run.services.model_config.model_type
     return f"not available: the checkpoint ({kind}) has no causal language-model head"
 
 
@@ -168,21 +168,19 @@ class NextTokenLoss:
     the causal LM's own logits, so a family whose logits are something else (soft-capped, scaled) fails
     loudly instead of reporting a wrong loss."""
 
-    def __init__(self, context):
+    def __init__(self, run):
         from transformers import AutoModelForCausalLM
 
         from probe.core.adapters import adapter_for
         from probe.core.adapters.layouts import get_path
         from probe.core.points import layout_of
-        from probe.pipeline.models import load_model
-        from probe.scale.devices import parse_dtype
 
-        model, _ = context.load_model()
+        model, _ = run.services.load_model()
         layout = layout_of(model, adapter_for(model))
         self.norm = get_path(getattr(model, "base_model", model), layout.final_norm) if layout else None
         if self.norm is None:
             raise ValueError(f"no final norm is known for model type {model.config.model_type!r}")
-        self.lm = context._load(load_model, AutoModelForCausalLM, parse_dtype(context.config.dtype))
+        self.lm = run.services.load_weights(AutoModelForCausalLM)
         self.head = self.lm.get_output_embeddings()
 
     def meter(self, rows, check: bool = False):
@@ -258,29 +256,26 @@ def loss_summary(base, meters: dict, draws: int) -> dict:
 # ------------------------------------------------------------------ the reporter
 
 
-def erasure(results, output_dir, context):
+def erasure(results, output_dir, run):
     from importlib.metadata import version
 
     import numpy as np
 
-    from probe.report.writers import as_results
-
-    results = as_results(results)
-    config = context.config
-    settings = erasure_settings(results, config, context.n_blocks)
-    y = np.asarray(context.rows["label"])
-    fold_list = context.folds()  # the run's own, under its evaluation protocol (k folds or a fixed split)
-    missing = lm_head_missing(context)
-    loss = None if missing else NextTokenLoss(context)
-    inputs, X_layer, unerased, base = unerased_vectors(context, settings, loss)
+    config = run.config
+    settings = erasure_settings(results, config, run.services.n_blocks)
+    y = np.asarray(run.rows.table["label"])
+    fold_list = run.splits.folds()  # the run's own, under its evaluation protocol (k folds or a fixed split)
+    missing = lm_head_missing(run)
+    loss = None if missing else NextTokenLoss(run)
+    inputs, X_layer, unerased, base = unerased_vectors(run, settings, loss)
     erasers, ranks = fold_erasers(X_layer, y, fold_list, settings["draws"], config.seed)
-    runs, meters = erased_vectors(context, settings, inputs, erasers, fold_list, loss)
+    runs, meters = erased_vectors(run, settings, inputs, erasers, fold_list, loss)
     runs["unerased"] = unerased
     del inputs, loss
     summary = {**settings, "method": f"LEACE (concept-erasure {version('concept-erasure')})",
                "erased_at": "every position", "rank": ranks, "folds": len(fold_list),
                "majority": majority_accuracy(y, fold_list),
-               "layers": score_layers(context, settings, X_layer, runs, erasers, y, fold_list),
+               "layers": score_layers(run, settings, X_layer, runs, erasers, y, fold_list),
                "loss": {"available": False, "reason": missing} if missing else
                loss_summary(base, meters, settings["draws"])}
     _write(summary, output_dir)

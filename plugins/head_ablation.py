@@ -86,30 +86,30 @@ def sweep_settings(results, config) -> dict:
             "baseline_accuracy": next(r.accuracy for r in rows if r.layer == probe_layer)}
 
 
-def ablated_vectors(context, settings: dict) -> tuple[dict, dict]:
+def ablated_vectors(run, settings: dict) -> tuple[dict, dict]:
     """Vectors at the probed layer: per block unablated ({block: X}) and per head ablated ({(block, head): X}),
     each rerun from the block's own input; cached on disk beside the run's features."""
     from tqdm.auto import tqdm
 
     from probe.pipeline.partial import capture_block_inputs
 
-    config = context.config
-    n_heads = context.model_config.num_attention_heads
-    texts, spans = context.rows["text"], context.spans
+    config = run.config
+    n_heads = run.services.model_config.num_attention_heads
+    texts, spans = run.rows.table["text"], run.rows.spans
     loaded = {}
 
     def model_and_means() -> dict:
         """The model (and in mean mode each head's mean z), loaded only once a block's vectors are not
         cached: a rerun on a full cache reads no weights."""
         if not loaded:
-            model, tokenizer = context.load_model()
+            model, tokenizer = run.services.load_model()
             means = mean_z(model, tokenizer, texts, spans, settings["blocks"]) if settings["mode"] == "mean" else {}
             loaded.update(model=model, tokenizer=tokenizer, means=means)
         return loaded
 
     unablated, ablated = {}, {}
     bar = tqdm(total=len(settings["blocks"]) * n_heads, desc=f"{config.name}: head ablation", unit="head",
-               disable=not context.progress)
+               disable=not run.services.progress)
     with bar:
         for block in settings["blocks"]:
             inputs = None
@@ -121,25 +121,25 @@ def ablated_vectors(context, settings: dict) -> tuple[dict, dict]:
                     inputs = capture_block_inputs(model, loaded["tokenizer"], texts, spans, block, config.batch_size,
                                                   whole_rows=settings["position"] == "last")
                 replacement = loaded["means"].get(block) if heads else None
-                return _rerun(model, inputs, block, settings, context, heads, replacement)
+                return _rerun(model, inputs, block, settings, run, heads, replacement)
 
-            unablated[block] = _cached(context, settings, block, None, rerun)
+            unablated[block] = _cached(run, settings, block, None, rerun)
             for head in range(n_heads):
-                ablated[(block, head)] = _cached(context, settings, block, head, lambda head=head: rerun([head]))
+                ablated[(block, head)] = _cached(run, settings, block, head, lambda head=head: rerun([head]))
                 bar.update()
     return unablated, ablated
 
 
-def _rerun(model, inputs, block, settings, context, heads=None, replacement=None):
+def _rerun(model, inputs, block, settings, run, heads=None, replacement=None):
     from probe.core.hooks import hooks
     from probe.pipeline.partial import vectors_at
 
     with hooks(model, {f"blocks.{block}.attn.z": ablate(heads, replacement)} if heads else {}):
         return vectors_at(model, inputs, block, settings["probe_layer"], settings["position"],
-                          context.config.pooling)
+                          run.config.pooling)
 
 
-def _cached(context, settings, block, head, compute):
+def _cached(run, settings, block, head, compute):
     """``compute()``'s vectors, stored under a key of everything they depend on; written atomically."""
     import numpy as np
 
@@ -148,10 +148,10 @@ def _cached(context, settings, block, head, compute):
 
     # The vectors of the attention the reruns use (under attention: both, not the first-extracted reference);
     # their folder's name is their feature key, which carries the pooling, batching and batch size they share.
-    key = cache_key({"features": context.stores[context.config.main_mode].folder.name, "block": block, "head": head,
+    key = cache_key({"features": run.features.main.folder.name, "block": block, "head": head,
                      "mode": settings["mode"] if head is not None else None, "layer": settings["probe_layer"],
                      "position": settings["position"]})
-    path = context.cache_dir / "ablation" / f"{key}.npy"
+    path = run.services.cache_dir / "ablation" / f"{key}.npy"
     if path.exists():
         return np.load(path)
     vectors = compute()
@@ -159,31 +159,28 @@ def _cached(context, settings, block, head, compute):
     return vectors
 
 
-def head_ablation(results, output_dir, context):
-    from probe.report.writers import as_results
-
-    results = as_results(results)
-    settings = sweep_settings(results, context.config)
-    unablated, ablated = ablated_vectors(context, settings)
-    table = score_heads(context, unablated, ablated)
+def head_ablation(results, output_dir, run):
+    settings = sweep_settings(results, run.config)
+    unablated, ablated = ablated_vectors(run, settings)
+    table = score_heads(run, unablated, ablated)
     summary = {k: v for k, v in settings.items() if k != "blocks"} | {"heads": table}
     _write(summary, output_dir)
     _plot(results, table, settings, output_dir)
     return summary
 
 
-def score_heads(context, unablated: dict, ablated: dict) -> list[dict]:
+def score_heads(run, unablated: dict, ablated: dict) -> list[dict]:
     """Every head's accuracy drop (mean over folds) with its fold spread and a McNemar p-value, the probes
     for all heads fitted in one parallel batch on the same folds."""
     import numpy as np
 
     from probe.science.probes import FitTask, fit_all
 
-    y = np.asarray(context.rows["label"])
-    fold_list = context.folds()  # the run's own, under its evaluation protocol
+    y = np.asarray(run.rows.table["label"])
+    fold_list = run.splits.folds()  # the run's own, under its evaluation protocol
     tasks = [FitTask(("unablated", b), X, y, fold_list) for b, X in unablated.items()]
     tasks += [FitTask(key, X, y, fold_list) for key, X in ablated.items()]
-    predictions = fit_all(tasks, context.make_probe(), cache=context.cache_dir / "probes")
+    predictions = fit_all(tasks, run.services.make_probe(), cache=run.services.cache_dir / "probes")
     correct = {key: _correct(y, fold_list, predicted) for key, predicted in predictions.items()}
     table = []
     for block, head in ablated:

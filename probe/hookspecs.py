@@ -35,7 +35,12 @@ def register_measures(register):
 
 @hookspec
 def register_reporters(register):
-    """Register reporters: ``register(name, fn)``; ``fn(results, output_dir, context)`` writes files."""
+    """Register reporters: ``register(name, fn)``; ``fn(results, output_dir, run)`` writes files into
+    ``output_dir`` (a staging folder; every report of a run appears together). ``results``: the typed
+    ``Results`` (``results.rows``, ``results.layers`` the tidy table). ``run``: the run's read-only
+    ``RunData`` — ``run.services`` (``config``, ``load_model()`` the run's one model and tokenizer,
+    ``cache_dir``, ``ranks``, ``make_probe()``…), ``run.rows.table``, ``run.splits.folds(subset)``,
+    ``run.features.main.layer(position, layer)``, ``run.layers``. docs/plugins.md lists every field."""
 
 
 @hookspec
@@ -65,9 +70,10 @@ def experiment_started(config, output_dir):
 
 @hookspec
 def layer_result(config, layer, result):
-    """Called with each layer's probe result (a dict, as in results.json), in order, once the probes are fitted."""
+    """Called with each layer's probe result (a typed ``LayerResult``; ``result.to_dict()`` is its row in
+    results.json), in order, once the probes are fitted."""
 
 
 @hookspec
 def experiment_finished(config, results, output_dir):
-    """Called once with the Results (``results["layers"]`` works too) after every reporter has written its files."""
+    """Called once with the typed Results after every reporter has written its files."""

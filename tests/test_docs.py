@@ -1,19 +1,17 @@
 """The plugin author's reference (docs/plugins.md) describes everything a plugin can touch: every hook in
-probe/hookspecs.py, every RunContext field and property, every key of results.json and of its layer rows.
+probe/hookspecs.py, every member of the RunData a reporter gets, every key of results.json and of its layer rows.
 (Every page's code blocks, docs/api.md's included, run in tests/test_docs_blocks.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import functools
 import inspect
 import json
-import pkgutil
 from pathlib import Path
 
 from report_runs import report_run
 
-import probe
 from probe import hookspecs
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -24,16 +22,12 @@ def hook_names() -> list[str]:
     return [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "probe_spec")]
 
 
-def run_context_class():
-    """RunContext wherever it lives in probe (the pipeline may move it): the dataclass of that name."""
-    found = set()
-    for info in pkgutil.walk_packages(probe.__path__, "probe."):
-        module = importlib.import_module(info.name)
-        candidate = getattr(module, "RunContext", None)
-        if inspect.isclass(candidate) and dataclasses.is_dataclass(candidate):
-            found.add(candidate)
-    assert len(found) == 1, f"expected one RunContext dataclass in probe, found {found}"
-    return found.pop()
+def public_members(cls) -> list[str]:
+    """A dataclass's public fields, properties and methods."""
+    names = [field.name for field in dataclasses.fields(cls) if not field.name.startswith("_")]
+    names += [name for name, member in inspect.getmembers(cls) if not name.startswith("_")
+              and (isinstance(member, (property, functools.cached_property)) or inspect.isfunction(member))]
+    return sorted(set(names))
 
 
 def documented(name: str) -> bool:
@@ -47,13 +41,14 @@ def test_every_hook_has_a_section():
     assert not missing, f"hooks without a section in docs/plugins.md: {missing}"
 
 
-def test_every_run_context_field_and_property_is_documented():
-    cls = run_context_class()
-    names = [field.name for field in dataclasses.fields(cls) if not field.name.startswith("_")]  # public only
-    names += [name for name, member in inspect.getmembers(cls) if not name.startswith("_")
-              and (isinstance(member, property) or inspect.isfunction(member))]
-    missing = [name for name in names if not documented(f"context.{name}")]
-    assert not missing, f"RunContext members not in docs/plugins.md: {missing}"
+def test_every_member_of_what_a_reporter_gets_is_documented():
+    """A reporter's ``run`` (RunData) and what it holds: each public member has its line in docs/plugins.md."""
+    from probe.pipeline.context import Features, Rows, RunData, Services, Splits
+
+    where = {RunData: "run", Services: "run.services", Rows: "run.rows", Splits: "run.splits", Features: "run.features"}
+    missing = [f"{prefix}.{name}" for cls, prefix in where.items() for name in public_members(cls)
+               if not documented(f"{prefix}.{name}")]
+    assert not missing, f"members of a reporter's run not in docs/plugins.md: {missing}"
 
 
 def test_every_results_key_is_documented(tmp_path_factory):

@@ -108,8 +108,8 @@ def planted(tmp_path_factory):
 def snapshot_reporter(snapshots: list):
     """A plugin whose reporter records the run's model output on fixed ids, and its attached hook functions."""
 
-    def snapshot(results, output_dir, context):
-        model, _ = context.load_model()
+    def snapshot(results, output_dir, run):
+        model, _ = run.services.load_model()
         with torch.no_grad():
             output = model(torch.tensor([[5, 9, 14, 3, 7]], device=model.device)).last_hidden_state.cpu()
         attached = sum(len(point.fns) for point in probe.hook_points(model).values())

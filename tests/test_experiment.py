@@ -31,7 +31,7 @@ import probe.pipeline.run
 from probe import plugins
 from probe.cli import cli
 from probe.pipeline.config import validate
-from probe.pipeline.context import RunContext
+from probe.pipeline.context import Rows, Services
 from probe.pipeline.extract import FeatureStore, extract
 from probe.pipeline.results import without_provenance
 from probe.pipeline.run import run_experiment
@@ -283,12 +283,11 @@ def test_the_batch_size_moves_the_vectors_by_rounding_only(tiny_model, tmp_path,
 
 def test_the_batch_size_is_part_of_the_feature_cache_key(tiny_model, tmp_path):
     config = validate({"model": str(tiny_model), "dataset": "mole", "reporters": ["json"], "controls": []})
-    context = RunContext(config, str(tiny_model), tmp_path, False)
-    context.rows, _ = probe.pipeline.run.load_dataset(config)
-    other = RunContext(config.model_copy(update={"batch_size": 3}), str(tiny_model), tmp_path, False)
-    other.rows = context.rows
+    services = Services(config, str(tiny_model), tmp_path, False)
+    rows = Rows(probe.pipeline.run.load_dataset(config)[0])
+    other = Services(config.model_copy(update={"batch_size": 3}), str(tiny_model), tmp_path, False)
     key = probe.pipeline.run.feature_key
-    assert key(context, [1], "reimplemented") != key(other, [1], "reimplemented")
+    assert key(services, rows, [1], "reimplemented") != key(other, rows, [1], "reimplemented")
 
 
 def test_extraction_batches_are_the_batches_extract_runs(tiny_model, tmp_path, monkeypatch):
@@ -397,7 +396,7 @@ def test_run_experiment_resumes_an_interrupted_extraction(tiny_model, tmp_path, 
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     spans = [(row["text"].index(" mole ") + 1, row["text"].index(" mole ") + 5) for row in rows]
     monkeypatch.setattr(probe.pipeline.extract, "_extract_batch", real_batch)
-    whole = extract(RunContext(config, str(tiny_model)).load_model,
+    whole = extract(Services(config, str(tiny_model)).load_model,
                     [row["text"] for row in rows], spans, layers=[0, 1, 2], folder=tmp_path / "whole",
                     positions=["target"], batch_size=8, chunk_rows=256, progress=False)
     store = FeatureStore(folder, [0, 1, 2], 80, positions=("target",))
@@ -421,7 +420,7 @@ def planted_run(tiny_model, tmp_path_factory):
         data = write_planted(base / "planted.jsonl", n_per_label=100, seed=0)
         results = run_experiment(planted_config(tiny_model, data, **PLANTED_FIELDS), base / "out",
                                  cache_dir=base / "cache", progress=False)
-        assert results["layers"]
+        assert results.rows
 
     base = shared_folder(tmp_path_factory, "planted-run", isolated(produce))
     return {"results": json.loads((base / "out" / "results.json").read_text()), "out": base / "out",
@@ -501,7 +500,6 @@ def test_a_conversion_that_cannot_be_written_says_where_and_leaves_nothing(tmp_p
     ConfigError naming the cache folder, not "can't be read as a GGUF checkpoint"; no half folder stays."""
     from probe.pipeline import models
     from probe.pipeline.config import ConfigError
-    from probe.pipeline.run import RunContext
 
     def full_disk(model, folder):
         from safetensors import SafetensorError
@@ -513,9 +511,9 @@ def test_a_conversion_that_cannot_be_written_says_where_and_leaves_nothing(tmp_p
     checkpoint = tmp_path / "checkpoints" / "model.gguf"
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(b"GGUF, or so it says")
-    context = RunContext(validate({"model": str(checkpoint), "dataset": "mole"}), str(checkpoint), tmp_path / "cache")
+    services = Services(validate({"model": str(checkpoint), "dataset": "mole"}), str(checkpoint), tmp_path / "cache")
     with pytest.raises(ConfigError) as raised:
-        _ = context.source
+        _ = services.source
     message = str(raised.value)
     assert "could not be written to" in message and str(tmp_path / "cache" / "models") in message
     assert "No space left on device" in message and "can't be read" not in message
@@ -717,7 +715,7 @@ def test_second_run_with_the_same_cache_does_no_model_work(planted_run, tiny_mod
     # The plots reporter loads the model for attention.png, so it is left out (as in planted_run); the
     # controls are not part of the cache key, so fewer of them still find every feature cached.
     config = planted_config(tiny_model, planted_run["data"], **{**PLANTED_FIELDS, "controls": ["majority"]})
-    again = run_experiment(config, tmp_path / "out", cache_dir=planted_run["cache"], progress=False)
+    again = run_experiment(config, tmp_path / "out", cache_dir=planted_run["cache"], progress=False).to_dict()
     keys = ("layer", "accuracy", "macro_f1", "confusion", "reference_accuracy", "max_abs_diff_vs_reference")
     assert [{k: r[k] for k in keys} for r in again["layers"]] == [
         {k: r[k] for k in keys} for r in planted_run["results"]["layers"]]
@@ -759,7 +757,7 @@ def test_split_by_cue_gives_rows_per_subset(split_run):
 def test_filter_keeps_only_the_chosen_rows(tiny_model, tmp_path, split_run):
     dataset = {"name": "file", "path": str(split_run["data"])}
     results = run_experiment(config_for(tiny_model, dataset, filter={"cue": ["left"]}, split_by="cue"),
-                             tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+                             tmp_path / "out", cache_dir=tmp_path / "cache", progress=False).to_dict()
     assert results["dataset"]["rows"] == 30
     assert sorted({row["subset"] for row in results["layers"]}) == ["all", "left"]
     for row in results["layers"]:

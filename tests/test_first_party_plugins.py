@@ -149,7 +149,7 @@ def test_head_ablation_experiment_writes_a_block_by_head_table(tiny_model, tmp_p
         raise AssertionError("a rerun on a full cache loaded the model")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(probe.pipeline.context.RunContext, "_load", no_model)
+        mp.setattr(probe.pipeline.context.Services, "load_weights", no_model)
         run_experiment(config, tmp_path / "again", cache_dir=tmp_path / "cache", progress=False)
     for name in ("head_ablation.json", "attention_report.json", "attention_report.md"):
         assert (tmp_path / "again" / name).read_text() == (tmp_path / "out" / name).read_text()

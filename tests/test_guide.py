@@ -38,10 +38,10 @@ def test_the_guides_example_plugin_runs_an_experiment(tmp_path, clean_plugins):
     })
     results = run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
 
-    assert results["dataset"]["labels"] == ["money", "river"]
-    assert [row["layer"] for row in results["layers"]] == [0, 1, 2]
-    for row in results["layers"]:
-        assert row["metrics"]["error_rate"] == pytest.approx(1 - row["accuracy"], abs=0.11)
+    assert results.dataset.labels == ["money", "river"]
+    assert [row.layer for row in results.rows] == [0, 1, 2]
+    for row in results.rows:
+        assert row.metrics["error_rate"] == pytest.approx(1 - row.accuracy, abs=0.11)
     written = json.loads((tmp_path / "out" / "results.json").read_text())
     assert written["layers"][0]["metrics"].keys() == {"error_rate"}
     names = dict(plugins.describe())

@@ -28,11 +28,11 @@ def test_mole_senses_are_found_far_above_the_majority_baseline(model, layers, tm
     })
     results = run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
 
-    majority = results["baselines"]["majority"]["accuracy"]
-    rows = results["layers"]
-    best = max(rows, key=lambda r: r["accuracy"])
-    assert best["layer"] > 0, "context must add something over the bare embedding"
-    assert best["accuracy"] > majority + 0.35, (model, best["accuracy"], majority)
-    assert best["selectivity"] > 0.3
-    assert rows[0]["accuracy"] < majority + 0.15  # layer 0: one vector per word form, no context
+    majority = results.baseline("majority").accuracy
+    rows = results.rows
+    best = max(rows, key=lambda r: r.accuracy)
+    assert best.layer > 0, "context must add something over the bare embedding"
+    assert best.accuracy > majority + 0.35, (model, best.accuracy, majority)
+    assert best.selectivity > 0.3
+    assert rows[0].accuracy < majority + 0.15  # layer 0: one vector per word form, no context
     assert (tmp_path / "out" / "summary.md").exists()

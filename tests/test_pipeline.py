@@ -67,7 +67,7 @@ def test_best_is_the_highest_accuracy_per_position_and_subset(run_dir):
     for _, row in best.iterrows():
         rows = table[(table.position == row.position) & (table.subset == row.subset)]
         assert row.accuracy == rows.accuracy.max()
-    assert results.baseline("majority", "left").accuracy == results["baselines"]["majority[left]"]["accuracy"]
+    assert results.baseline("majority", "left").accuracy == results.to_dict()["baselines"]["majority[left]"]["accuracy"]
 
 
 def test_results_round_trip_through_results_json(run_dir):
@@ -285,16 +285,29 @@ def test_mlflow_gets_every_numeric_column_of_the_tidy_table(run_dir):
     assert "macro_f1_std" in shown and logged == shown
 
 
-def test_run_context_folds_name_the_subsets_there_are(tiny_model, tmp_path):
-    from probe.pipeline.context import RunContext
+def test_splits_folds_name_the_subsets_there_are(tiny_model, tmp_path):
     from probe.pipeline.run import load_dataset, make_splits
 
     config = small(tiny_model)
-    context = RunContext(config, str(tiny_model), tmp_path, False)
-    with pytest.raises(ValueError, match="has not split its rows yet"):
-        context.folds()
-    context.rows, _ = load_dataset(config)
-    context.splits = make_splits(context.rows, config)
-    assert len(context.folds()) == 3 and len(context.folds("left")) == 3
+    rows, _ = load_dataset(config)
+    splits = make_splits(rows, config)
+    assert len(splits.folds()) == 3 and len(splits.folds("left")) == 3
     with pytest.raises(ValueError, match="no subset 'middle'.*its subsets: all, both, left, right"):
-        context.folds("middle")
+        splits.folds("middle")
+
+
+def test_the_services_and_the_stage_values_are_read_only(tiny_model, tmp_path):
+    """A stage can't fill in what another stage made: assigning to a field raises."""
+    import dataclasses
+
+    from probe.pipeline.context import Services
+    from probe.pipeline.run import load_dataset, make_splits
+
+    config = small(tiny_model)
+    services = Services(config, str(tiny_model), tmp_path, False)
+    splits = make_splits(load_dataset(config)[0], config)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        services.cache_dir = tmp_path / "elsewhere"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        splits.subsets[0].folds = []
+    assert services.n_blocks == 2 and services.loads == 0  # the depth is read from config.json: no weights

@@ -148,7 +148,7 @@ def test_a_plugin_registering_one_of_each_kind_is_found_by_lookup():
     def metric(y_true, y_pred, labels):
         return 0.0
 
-    def reporter(results, output_dir, context):
+    def reporter(results, output_dir, run):
         return None
 
     def source(revision):
@@ -228,7 +228,7 @@ def test_a_plugin_reusing_a_builtin_name_names_the_builtin():
     class Shadow:
         @hookimpl
         def register_reporters(self, register):
-            register("json", lambda results, output_dir, context: None)
+            register("json", lambda results, output_dir, run: None)
 
     plugins.register_plugin(Shadow(), "shadow")
     with pytest.raises(PluginError) as caught:
@@ -483,9 +483,9 @@ def test_a_run_uses_the_plugins_dataset_probe_metric_model_and_reporter(tiny_mod
         assert labels == ["animal", "unit"]
         return {"rows": len(y_true), "agree": int(np.sum(np.asarray(y_true) == np.asarray(y_pred)))}
 
-    def report(results, output_dir, context):
-        reports.append(context)
-        (output_dir / "plugin-report.txt").write_text(f"{len(results['layers'])} layers\n")
+    def report(results, output_dir, run):
+        reports.append(run)
+        (output_dir / "plugin-report.txt").write_text(f"{len(results.rows)} layers\n")
 
     class Kit(RowsPlugin):
         @hookimpl
@@ -510,19 +510,20 @@ def test_a_run_uses_the_plugins_dataset_probe_metric_model_and_reporter(tiny_mod
                        "controls": ["majority"], "reporters": ["json", "plugin-reporter"]})
     results = run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
 
-    assert results["model"]["path"] == str(tiny_model)  # the model source resolved the name
-    assert results["dataset"]["rows"] == 18  # the dataset loader got the config's options (n=9)
+    assert results.model.path == str(tiny_model)  # the model source resolved the name
+    assert results.dataset.rows == 18  # the dataset loader got the config's options (n=9)
     # seed + options; 3 folds × 3 layers, once more before any model work (probe.pipeline.checks fits it on made-up
     # rows), and one more that results.json describes (its params and C)
     assert set(probe_calls) == {(0, 0.5)} and len(probe_calls) == 3 * 3 + 2
-    assert results["probe"]["name"] == "plugin-probe" and results["probe"]["C"] == 0.5
-    for row in results["layers"]:
-        metric = row["metrics"]["n_scored"]
+    assert results.probe["name"] == "plugin-probe" and results.probe["C"] == 0.5
+    for row in results.rows:
+        metric = row.metrics["n_scored"]
         assert metric["rows"] == 18
-        assert metric["agree"] / 18 == pytest.approx(float(np.trace(row["confusion"])) / 18)
-        assert set(row["metrics"]) == {"n_scored"}  # metrics: [n_scored] picks only that one
-    (context,) = reports
-    assert context.config is config and len(context.rows) == 18 and list(context.stores) == ["reimplemented"]
+        assert metric["agree"] / 18 == pytest.approx(float(np.trace(row.confusion)) / 18)
+        assert set(row.metrics) == {"n_scored"}  # metrics: [n_scored] picks only that one
+    (run,) = reports
+    assert run.config is config and len(run.rows) == 18 and list(run.features.stores) == ["reimplemented"]
+    assert len(run.splits.folds()) == 3 and run.layers == [0, 1, 2]
     assert (tmp_path / "out" / "plugin-report.txt").read_text() == "3 layers\n"
     assert json.loads((tmp_path / "out" / "results.json").read_text())["layers"][0]["metrics"]["n_scored"]["rows"] == 18
 
@@ -547,7 +548,7 @@ def test_a_dataset_or_reporter_that_raises_names_its_plugin_in_the_same_words(ti
 
         @hookimpl
         def register_reporters(self, register):
-            register("explodes", lambda results, output_dir, context: 1 / 0)
+            register("explodes", lambda results, output_dir, run: 1 / 0)
 
     plugins.register_plugin(Broken(), "broken")
     with pytest.raises(PluginError, match="plugin 'broken': dataset 'no-rows' raised KeyError: 'rows'"):
@@ -557,6 +558,25 @@ def test_a_dataset_or_reporter_that_raises_names_its_plugin_in_the_same_words(ti
         run_experiment(small_config(tiny_model, reporters=["json", "explodes"]), tmp_path / "b",
                        cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "b").exists()  # a failed report publishes nothing
+
+
+def test_a_reporter_written_for_the_old_run_context_is_told_where_a_name_moved(tiny_model, tmp_path):
+    """Reporters keep their positions (results, output_dir, third); the third is the RunData now, and a
+    RunContext name it lacks is an error that says where that name went, naming the plugin."""
+
+    def old_style(results, output_dir, context):
+        model, tokenizer = context.load_model()
+
+    class Old(RowsPlugin):
+        @hookimpl
+        def register_reporters(self, register):
+            register("old-style", old_style)
+
+    plugins.register_plugin(Old(), "old")
+    with pytest.raises(PluginError, match=r"plugin 'old': reporter 'old-style' raised AttributeError: .*"
+                                          r"'load_model'.*use run\.services\.load_model\(\)"):
+        run_experiment(small_config(tiny_model, reporters=["old-style"]), tmp_path / "out",
+                       cache_dir=tmp_path / "cache", progress=False)
 
 
 MEASURE_PLUGIN = """
@@ -607,7 +627,7 @@ def test_lifecycle_hooks_are_called_in_order_with_the_right_arguments(tiny_model
 
         @hookimpl
         def layer_result(self, config, layer, result):
-            events.append(("layer_result", config, layer, dict(result)))
+            events.append(("layer_result", config, layer, result))
 
         @hookimpl
         def experiment_finished(self, config, results, output_dir):
@@ -624,11 +644,11 @@ def test_lifecycle_hooks_are_called_in_order_with_the_right_arguments(tiny_model
     assert events[0][2] == out
     layer_events = events[1:4]
     assert [event[2] for event in layer_events] == [0, 1, 2]
-    assert [event[3] for event in layer_events] == results["layers"]  # each row as soon as it is computed
-    assert all("shuffled_accuracy" in event[3] for event in layer_events)  # ... with its controls
+    assert [event[3] for event in layer_events] == results.rows  # each row as soon as it is computed
+    assert all(event[3].shuffled_accuracy is not None for event in layer_events)  # ... with its controls
     _, _, finished_results, output_dir, on_disk = events[-1]
     assert finished_results is results and output_dir == out
-    assert on_disk["layers"] == results["layers"]
+    assert on_disk["layers"] == results.to_dict()["layers"]
 
 
 def test_layer_result_is_called_for_every_subset_row(tiny_model, tmp_path):
@@ -642,12 +662,12 @@ def test_layer_result_is_called_for_every_subset_row(tiny_model, tmp_path):
 
         @hookimpl
         def layer_result(self, layer, result):  # a hook may take a subset of the arguments
-            seen.append((result["subset"], layer))
+            seen.append((result.subset, layer))
 
     plugins.register_plugin(Rows(), "rows")
     results = run_experiment(small_config(tiny_model, dataset="cue-rows", split_by="cue", layers=[0, 2]),
                              tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
-    assert seen == [(row["subset"], row["layer"]) for row in results["layers"]]
+    assert seen == [(row.subset, row.layer) for row in results.rows]
     assert seen == [("all", 0), ("all", 2), ("left", 0), ("left", 2), ("right", 0), ("right", 2)]
 
 
@@ -656,7 +676,7 @@ def test_activation_hooks_change_what_is_extracted(tiny_model, tmp_path):
     plugins.register_plugin(RowsPlugin(), "rows")
     config = small_config(tiny_model, attention="both")
     before = run_experiment(config, tmp_path / "before", cache_dir=cache, progress=False)
-    assert [row["max_abs_diff_vs_reference"] for row in before["layers"]] == [0.0, 0.0, 0.0]
+    assert [row.max_abs_diff_vs_reference for row in before.rows] == [0.0, 0.0, 0.0]
 
     offered, calls = [], []
 
@@ -677,7 +697,7 @@ def test_activation_hooks_change_what_is_extracted(tiny_model, tmp_path):
     assert all(is_swapped(model) and seen is config for model, seen in offered)  # the model with hook points
     assert calls and {name for name, _ in calls} == {"blocks.0.attn.pattern"}
     assert all(len(shape) == 4 and shape[1] == 4 for _, shape in calls)  # (batch, heads, query, key)
-    diffs = [row["max_abs_diff_vs_reference"] for row in after["layers"]]
+    diffs = [row.max_abs_diff_vs_reference for row in after.rows]
     assert diffs[0] == 0.0  # the embeddings come before any attention
     assert diffs[1] > 0.0 and diffs[2] > 0.0  # ...and the reference (not swapped) is untouched
     # The activation plugin is part of the cache key: the unhooked features were not reused.

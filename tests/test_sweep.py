@@ -95,7 +95,7 @@ def test_cells_are_planned_and_their_configs_checked_before_any_run(tmp_path, ti
     assert {(c.experiment, c.model, c.seed) for c in cells} == {
         (w, m, s) for w in ("mole", "tower") for m in tiny_models for s in (0, 3)}
     for cell in cells:
-        assert cell.config.dataset == {"name": "file", "path": str(words / f"{cell.experiment}.jsonl")}
+        assert cell.config.dataset.as_written() == {"name": "file", "path": str(words / f"{cell.experiment}.jsonl")}
         assert cell.config.seed == cell.seed and cell.config.model == cell.model
     assert len({cell.run_dir for cell in cells}) == len(cells)
     bad = validate_sweep({"experiments": [str(experiment)], "set": {"folds": 1}})

@@ -1,40 +1,48 @@
-"""Built-in reporters: results.json, results.csv, plots (accuracy, PCA, attention), summary.md and report.html."""
+"""Built-in reporters: results.json, results.csv, plots (accuracy, PCA, attention), summary.md and report.html.
+
+Each is ``fn(results, output_dir, run)``: the typed Results, the folder, and the run's RunData (services,
+rows, splits, features); see docs/plugins.md."""
 
 from __future__ import annotations
 
 from probe.hookspecs import hookimpl
 
 
-def plots(results, output_dir, context):
+def plots(results, output_dir, run):
     from probe.report import writers as report
     from probe.store.caches import drawn_before, keep_drawn
 
-    formats = figure_formats(context.config)
-    store = context.stores[context.config.main_mode]  # probe's own vectors, as report.html shows
-    key = _figures_key(results, context, store, formats)
-    if drawn_before(context.cache_dir, key, output_dir):
+    config, cache_dir = run.config, run.services.cache_dir
+    formats = figure_formats(config)
+    store = run.features.main  # probe's own vectors, as report.html shows
+    key = _figures_key(results, run, store, formats)
+    if drawn_before(cache_dir, key, output_dir):
         return
     drawn = [report.plot_accuracy(results, output_dir, formats),
-             report.plot_pca(results, output_dir, store, context.rows["label"],
-                             position=context.config.positions[0], formats=formats),
-             attention_plot(results, output_dir, context, formats=formats)]
-    keep_drawn(context.cache_dir, key, [png.with_suffix(f".{fmt}") for png in drawn for fmt in ("png", *formats)])
+             report.plot_pca(results, output_dir, store, run.rows.table["label"],
+                             position=config.positions[0], formats=formats),
+             attention_plot(results, output_dir, run, formats=formats)]
+    keep_drawn(cache_dir, key, [png.with_suffix(f".{fmt}") for png in drawn for fmt in ("png", *formats)])
 
 
-def _figures_key(results, context, store, formats) -> str:
+def _figures_key(results, run, store, formats) -> str:
     """Everything the three figures are drawn from: the results (less when and where they were made), the
     vectors (their cache folder is named by their content), the example row, the formats, the code."""
     from probe.pipeline.extract import cache_key
     from probe.pipeline.results import without_provenance
     from probe.pipeline.run import feature_key
-    from probe.report.writers import as_dict
     from probe.store.caches import drawing_code
 
-    row = context.rows[min(context.config.example, len(context.rows) - 1)]
-    return cache_key({"results": without_provenance(as_dict(results)), "vectors": store.folder.name,
-                      "position": context.config.positions[0], "example": [row["text"], row["label"]],
-                      "attention": feature_key(context, [0], "reimplemented"), "formats": list(formats),
-                      "code": drawing_code()})
+    row = example_row(run)
+    return cache_key({"results": without_provenance(results.to_dict()), "vectors": store.folder.name,
+                      "position": run.config.positions[0], "example": [row["text"], row["label"]],
+                      "attention": feature_key(run.services, run.rows, [0], "reimplemented"),
+                      "formats": list(formats), "code": drawing_code()})
+
+
+def example_row(run) -> dict:
+    """The row the config's ``example`` names (the last one when it names a row past the end)."""
+    return run.rows.table[min(run.config.example, len(run.rows) - 1)]
 
 
 def figure_formats(config) -> tuple[str, ...]:
@@ -52,20 +60,19 @@ def figure_formats(config) -> tuple[str, ...]:
     return tuple(formats)
 
 
-def attention_plot(results, output_dir, context, n_blocks_shown: int = 4, formats=("png",)):
+def attention_plot(results, output_dir, run, n_blocks_shown: int = 4, formats=("png",)):
     """The example sentence's target token: which words each head attends to, in a few blocks."""
     from probe.report import writers as report
 
-    results = report.as_results(results)
-    row = context.rows[min(context.config.example, len(context.rows) - 1)]
+    row = example_row(run)
     n_blocks = results.model.layers
     shown = sorted({0, n_blocks // 3, 2 * n_blocks // 3, n_blocks - 1})[:n_blocks_shown]
-    tokens, target, patterns = example_patterns(context, row, shown)
+    tokens, target, patterns = example_patterns(run, row, shown)
     title = f"{results.experiment}: attention from {row['target']!r} ({row['label']}) — {row['text']}"
     return report.plot_attention(tokens, target, patterns, title, output_dir, formats)
 
 
-def example_patterns(context, row, shown: list[int]):
+def example_patterns(run, row, shown: list[int]):
     """(tokens, target index, {block: (heads, keys)}) for one row; cached under the key its activations
     have, so a rerun on a full cache loads no model."""
     import json
@@ -76,16 +83,16 @@ def example_patterns(context, row, shown: list[int]):
     from probe.pipeline.run import feature_key
     from probe.store.files import write_atomic
 
-    key = cache_key({"features": feature_key(context, shown, "reimplemented"), "text": row["text"],
+    key = cache_key({"features": feature_key(run.services, run.rows, shown, "reimplemented"), "text": row["text"],
                      "span": [row["span_start"], row["span_end"]]})
-    path = context.cache_dir / "attention" / f"{key}.npz"
+    path = run.services.cache_dir / "attention" / f"{key}.npz"
     if path.exists():
         try:  # a damaged file (zip CRC) is computed again, not trusted
             with np.load(path) as saved:
                 return json.loads(str(saved["tokens"])), int(saved["target"]), {b: saved[f"block{b}"] for b in shown}
         except Exception:
             path.unlink(missing_ok=True)
-    tokens, target, patterns = _patterns(context, row, shown)
+    tokens, target, patterns = _patterns(run.services, row, shown)
 
     def write(tmp):
         with open(tmp, "wb") as handle:
@@ -95,14 +102,14 @@ def example_patterns(context, row, shown: list[int]):
     return tokens, target, patterns
 
 
-def _patterns(context, row, shown):
+def _patterns(services, row, shown):
     import torch
 
     from probe.core.hooks import capture
     from probe.pipeline.data import span_token_indices
     from probe.scale.devices import device_of
 
-    model, tokenizer = context.load_model()  # the run's model, probe's attention swapped in
+    model, tokenizer = services.load_model()  # the run's model, probe's attention swapped in
     encoding = tokenizer(row["text"], return_tensors="pt", return_offsets_mapping=True)
     offsets = encoding.pop("offset_mapping")[0].tolist()
     target = span_token_indices(row["text"], offsets, row["span_start"], row["span_end"])[-1]
@@ -116,7 +123,7 @@ def _patterns(context, row, shown):
 def _report(name: str):
     """A reporter that calls ``probe.report.writers.<name>(results, output_dir)``, importing it only when used."""
 
-    def write(results, output_dir, context):
+    def write(results, output_dir, run):
         from probe.report import writers as report
 
         return getattr(report, name)(results, output_dir)
@@ -124,36 +131,34 @@ def _report(name: str):
     return write
 
 
-def html_page(results, output_dir, context):
+def html_page(results, output_dir, run):
     """report.html, and report_data.json (the PCA and attention views) so that `probe report` can redraw it."""
     from probe.report.extras import build_report_data, write_report_data
     from probe.report.html import PAGE, Run, render_report
-    from probe.report.writers import as_dict
     from probe.store.files import write_text_atomic
 
-    results = as_dict(results)
-    config = context.config
-    store = context.stores[config.main_mode]
-    data = build_report_data(results, context.rows, store.layer, config.positions, context.load_model,
-                             split_by=config.split_by, example=config.example,
-                             attention_cache=_attention_cache(context))
+    config = run.config
+    data = build_report_data(results, run.rows.table, run.features.main.layer, config.positions,
+                             run.services.load_model, split_by=config.split_by, example=config.example,
+                             attention_cache=_attention_cache(run))
     write_report_data(data, output_dir)
-    return write_text_atomic(output_dir / PAGE, render_report(Run(results, data, output_dir)))
+    # report.html's page reads the results as results.json writes them
+    return write_text_atomic(output_dir / PAGE, render_report(Run(results.to_dict(), data, output_dir)))
 
 
-def _attention_cache(context):
+def _attention_cache(run):
     """Where the viewer's patterns are kept: under the key of the activations they come from, plus what
     picks and names the rows shown (the labels and the split_by column: the activations' key covers only
     the texts), so that a rerun on a full cache loads no model for report.html either."""
     from probe.pipeline.extract import cache_key
     from probe.pipeline.run import feature_key
 
-    config = context.config
-    shown = {"label": list(context.rows["label"]),
-             "subsets": [str(v) for v in context.rows[config.split_by]] if config.split_by else None}
-    key = cache_key({"features": feature_key(context, "all", "reimplemented"), "viewer": "report.html",
+    config, table = run.config, run.rows.table
+    shown = {"label": list(table["label"]),
+             "subsets": [str(v) for v in table[config.split_by]] if config.split_by else None}
+    key = cache_key({"features": feature_key(run.services, run.rows, "all", "reimplemented"), "viewer": "report.html",
                      "split_by": config.split_by, "example": config.example, "rows": cache_key(shown)})
-    return context.cache_dir / "attention" / f"{key}.json"
+    return run.services.cache_dir / "attention" / f"{key}.json"
 
 
 @hookimpl

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from probe.errors import UserError
 
@@ -34,6 +34,88 @@ class ConfigError(UserError, ValueError):
     """A config field is missing, misspelt or has a value probe does not accept."""
 
 
+class Named(BaseModel):
+    """A registered name and the options its function takes: ``logreg`` or ``{name: logreg, C: 0.5}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    options: dict[str, Any] = {}
+
+    @classmethod
+    def parse(cls, value) -> Named:
+        """From a name or a mapping with a ``name`` key; anything else is a ValueError saying what to write."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return cls(name=value)
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            return cls(name=value["name"], options={k: v for k, v in value.items() if k != "name"})
+        raise ValueError(f"must be a name or a mapping with a 'name' key and options, got {value!r}")
+
+    def as_written(self) -> str | dict:
+        """The form a config file writes (and results.json records): a bare name when there are no options."""
+        return {"name": self.name, **self.options} if self.options else self.name
+
+
+class DatasetSpec(Named):
+    """The config's ``dataset``: a registered loader and its options (e.g. ``path``)."""
+
+
+class ProbeSpec(Named):
+    """The config's ``probe``: a registered probe factory and its options (``seed`` is the config's)."""
+
+
+class CrossValidationSpec(BaseModel):
+    """``evaluation: {}`` or ``{cv: N | splitter name}``: k-fold cross-validation (``folds`` when no cv)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cv: Union[int, str, None] = None
+
+    def protocol(self, folds: int):
+        from probe.pipeline.evaluation import CrossValidation
+
+        if isinstance(self.cv, int):
+            return CrossValidation(self.cv)
+        return CrossValidation(folds, self.cv or "auto")
+
+    def as_written(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
+class FixedSplitSpec(BaseModel):
+    """``evaluation: {split_field, train, test[, dev]}``: a benchmark's own split, named by a column."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    split_field: str
+    train: str
+    test: str
+    dev: Optional[str] = None
+
+    def protocol(self, folds: int):
+        from probe.pipeline.evaluation import FixedSplit
+
+        return FixedSplit(self.split_field, self.train, self.test, self.dev)
+
+    def as_written(self) -> dict:
+        return self.model_dump()
+
+
+def _evaluation_kind(value) -> str:
+    """Which protocol a parsed evaluation is: a fixed split names its column, cross-validation does not."""
+    if isinstance(value, BaseModel):
+        return "fixed" if isinstance(value, FixedSplitSpec) else "cv"
+    return "fixed" if isinstance(value, dict) and "split_field" in value else "cv"
+
+
+Evaluation = Annotated[
+    Union[Annotated[CrossValidationSpec, Tag("cv")], Annotated[FixedSplitSpec, Tag("fixed")]],
+    Discriminator(_evaluation_kind),
+]
+
+
 class ExperimentConfig(BaseModel):
     """A validated experiment. Build it with ``validate(raw)`` (or ``load_config(path)``), whose errors
     name the field and the accepted values; pydantic checks each field, these messages explain it."""
@@ -41,11 +123,11 @@ class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
 
     model: str
-    dataset: Union[str, dict]
+    dataset: DatasetSpec
     name: str = "experiment"
     revision: Optional[str] = None
     description: str = ""
-    probe: Union[str, dict] = "logreg"
+    probe: ProbeSpec = ProbeSpec(name="logreg")
     positions: list[Literal[POSITIONS]] = ["target"]
     pooling: Literal[POOLINGS] = "mean"
     layers: Union[Literal["all"], list[int]] = "all"
@@ -70,7 +152,7 @@ class ExperimentConfig(BaseModel):
     example: int = 0
     options: dict[str, Any] = {}  # free-form settings for plugins
     # How probes are scored, and what the last layer is (see probe/evaluation.py and probe/extract.py).
-    evaluation: dict[str, Any] = {}  # {} / {cv: 5 | StratifiedKFold …} / {split_field, train, test, dev}
+    evaluation: Evaluation = CrossValidationSpec()  # {} / {cv: 5 | StratifiedKFold …} / {split_field, train, test, dev}
     final_norm: bool = False  # the last layer after the model's final norm, as HF's last hidden_states
     source: str = ""  # the file the config came from, for messages
 
@@ -95,12 +177,15 @@ class ExperimentConfig(BaseModel):
             raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
         return value
 
-    @field_validator("dataset", "probe", mode="before")
+    @field_validator("dataset", mode="before")
     @classmethod
-    def _name_or_mapping(cls, value):
-        if not isinstance(value, str) and not (isinstance(value, dict) and isinstance(value.get("name"), str)):
-            raise ValueError(f"must be a name or a mapping with a 'name' key and options, got {value!r}")
-        return value
+    def _dataset_name_or_mapping(cls, value):
+        return DatasetSpec.parse(value)
+
+    @field_validator("probe", mode="before")
+    @classmethod
+    def _probe_name_or_mapping(cls, value):
+        return ProbeSpec.parse(value)
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -124,15 +209,16 @@ class ExperimentConfig(BaseModel):
     def _evaluation_protocol(cls, value):
         from probe.pipeline.evaluation import parse
 
-        return parse(value)
+        checked = parse(value)  # the sentences a person can act on; then the typed protocol
+        return FixedSplitSpec(**checked) if "split_field" in checked else CrossValidationSpec(**checked)
 
     @property
     def dataset_name(self) -> str:
-        return self.dataset if isinstance(self.dataset, str) else self.dataset["name"]
+        return self.dataset.name
 
     @property
     def dataset_options(self) -> dict:
-        return {} if isinstance(self.dataset, str) else {k: v for k, v in self.dataset.items() if k != "name"}
+        return self.dataset.options
 
     @property
     def attention_modes(self) -> list[str]:
@@ -146,15 +232,22 @@ class ExperimentConfig(BaseModel):
 
     @property
     def probe_name(self) -> str:
-        return self.probe if isinstance(self.probe, str) else self.probe["name"]
+        return self.probe.name
 
     @property
     def probe_options(self) -> dict:
-        return {} if isinstance(self.probe, str) else {k: v for k, v in self.probe.items() if k != "name"}
+        return self.probe.options
+
+    @property
+    def protocol(self):
+        """The evaluation protocol that makes the folds (probe/pipeline/evaluation.py)."""
+        return self.evaluation.protocol(self.folds)
 
     def settings(self) -> dict:
-        """Everything that shaped the results, for results.json."""
-        return {name: getattr(self, name) for name in FIELD_NAMES}
+        """Everything that shaped the results, for results.json, each field as a config file writes it."""
+        written = {"dataset": self.dataset.as_written(), "probe": self.probe.as_written(),
+                   "evaluation": self.evaluation.as_written()}
+        return {name: written.get(name, getattr(self, name)) for name in FIELD_NAMES}
 
 
 FIELD_NAMES = [name for name in ExperimentConfig.model_fields if name != "source"]

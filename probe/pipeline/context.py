@@ -1,5 +1,6 @@
-"""RunContext: what one run shares between its stages and reporters — config, rows, features, and the
-model, its config and tokenizer, each loaded at most once (and only when some stage needs it)."""
+"""Services: what one run's stages read and never change — the config, the cache, this process among
+torchrun's, and the model, its config and tokenizer, each loaded at most once (and only when a stage
+needs it)."""
 
 from __future__ import annotations
 
@@ -18,32 +19,18 @@ from probe.scale.ranks import Ranks
 DEFAULT_CACHE = Path(".probe-cache")
 
 
-@dataclass
-class RunContext:
-    """One run's shared state. ``load_model()`` gives the (model, tokenizer) pair with probe's attention
-    and the plugins' activation hooks; extraction, controls and reporters all get this same object."""
+@dataclass(frozen=True)
+class Services:
+    """What the stages of one run read and never change: the config, where the model and cache are, this
+    process among torchrun's, and, lazily, the model's config, tokenizer and the one shared model (read
+    from disk at most once, by ``models``). Assigning to a field raises; the lazily read values are
+    computed on first use and kept."""
 
     config: ExperimentConfig
     model_path: str  # what the config's model resolved to: a hub name, a folder or a .gguf file
     cache_dir: Path = DEFAULT_CACHE
     progress: bool = True
-    rows: Any = None  # datasets.Dataset of prepared rows
-    stores: dict = field(default_factory=dict)  # attention mode or control → FeatureStore
-    splits: list = field(default_factory=list)  # experiment.Split per subset: its rows and the run's folds
-    loads: int = 0  # how many times weights were read from disk (tests and benchmarks check it)
-    ranks: Ranks = field(default_factory=Ranks)  # this process among those torchrun started (see distributed.py)
-    _model: Any = None
-    _attention: str | None = None  # which attention the shared model has now: reference | reimplemented
-    _hook_handles: list = field(default_factory=list)
-
-    def folds(self, subset: str = "all") -> list:
-        """The run's own folds over a subset's rows, under its evaluation protocol (k folds, a fixed split's
-        train/test, or a splitter's), for a reporter that fits probes of its own."""
-        for split in self.splits:
-            if split.name == subset:
-                return split.folds
-        known = ", ".join(split.name for split in self.splits) or "none: the run has not split its rows yet"
-        raise ValueError(f"no subset {subset!r} in this run's splits; its subsets: {known}")
+    ranks: Ranks = field(default_factory=Ranks)  # this process among those torchrun started (see scale/ranks.py)
 
     # ------------------------------------------------------------ what the model is, read once
 
@@ -139,26 +126,34 @@ class RunContext:
 
     # ------------------------------------------------------------ the shared model
 
+    @cached_property
+    def models(self) -> ModelProvider:
+        """The one shared model of this run, loaded on first use."""
+        return ModelProvider(self)
+
+    @property
+    def loads(self) -> int:
+        """How many times weights were read from disk (tests and benchmarks check it)."""
+        return self.models.loads
+
     def model(self, attention: str = "reimplemented"):
         """The base model (no LM head), loaded once; ``reimplemented`` swaps probe's attention in and
         attaches the plugins' activation hooks, ``reference`` gives Hugging Face's attention back."""
-        if self._model is None:
-            from transformers import AutoModel
+        return self.models.get(attention)
 
-            from probe.pipeline.models import load_model
-            from probe.scale.devices import parse_dtype
+    def load_model(self, attention: str = "reimplemented"):
+        """(model, tokenizer): what extraction and reporters call; nothing is read from disk twice."""
+        tokenizer = self.tokenizer  # first: a missing tokenizer is found before the weights are read
+        return self.model(attention), tokenizer
 
-            self._model = self._load(load_model, AutoModel, parse_dtype(self.config.dtype))
-            self.loads += 1
-            self._attention = "reference"
-        if attention != self._attention:
-            self._switch(attention)
-        return self._model
+    def load_weights(self, model_class):
+        """A model of ``model_class`` (e.g. AutoModelForCausalLM) from the run's weights, placed as the run's
+        model is; weights that fail to load are a ConfigError naming the model. Not shared: each call reads."""
+        from probe.pipeline.models import load_model
+        from probe.scale.devices import parse_dtype
 
-    def _load(self, load_model, model_class, dtype):
-        """``_place``, with weights that fail to load (missing, truncated) a ConfigError naming the model."""
         try:
-            return self._place(load_model, model_class, dtype)
+            return self._place(load_model, model_class, parse_dtype(self.config.dtype))
         except (ConfigError, plugins.PluginError):
             raise
         except Exception as error:  # missing files, a truncated safetensors file (SafetensorError), bad shapes
@@ -176,24 +171,6 @@ class RunContext:
                           device_map=config.device_map, max_memory=config.max_memory,
                           offload_folder=str(self.cache_dir / "offload"))
 
-    def _switch(self, attention: str) -> None:
-        from probe.core.swap import restore_attention, swap_attention
-
-        if attention == "reimplemented":
-            swap_attention(self._model, fast=self.attention_path == "fast", adapters=plugins.adapters())
-            self._hook_handles = attach_activation_hooks(self._model, self.config)
-        else:
-            for handle in self._hook_handles:
-                handle.remove()
-            self._hook_handles = []
-            restore_attention(self._model)
-        self._attention = attention
-
-    def load_model(self, attention: str = "reimplemented"):
-        """(model, tokenizer): what extraction and reporters call; nothing is read from disk twice."""
-        tokenizer = self.tokenizer  # first: a missing tokenizer is found before the weights are read
-        return self.model(attention), tokenizer
-
     def random_weights_model(self):
         """The same architecture with fresh random weights (seeded): what structure alone gives."""
         import torch
@@ -209,14 +186,45 @@ class RunContext:
         attach_activation_hooks(model, self.config)
         return model, self.tokenizer
 
-    # ------------------------------------------------------------ conveniences for reporters
-
-    @property
-    def spans(self) -> list[tuple[int, int]]:
-        return list(zip(self.rows["span_start"], self.rows["span_end"]))
-
     def make_probe(self) -> Callable[[], object]:
         return probe_factory(self.config)
+
+
+class ModelProvider:
+    """Holds the run's one base model and which attention it runs now; the only state behind Services,
+    so that extraction and every reporter share one copy of the weights."""
+
+    def __init__(self, services: Services):
+        self.services = services
+        self.loads = 0
+        self._model = None
+        self._attention: str | None = None  # which attention the model has now: reference | reimplemented
+        self._hook_handles: list = []
+
+    def get(self, attention: str):
+        if self._model is None:
+            from transformers import AutoModel
+
+            self._model = self.services.load_weights(AutoModel)
+            self.loads += 1
+            self._attention = "reference"
+        if attention != self._attention:
+            self._switch(attention)
+        return self._model
+
+    def _switch(self, attention: str) -> None:
+        from probe.core.swap import restore_attention, swap_attention
+
+        if attention == "reimplemented":
+            fast = self.services.attention_path == "fast"
+            swap_attention(self._model, fast=fast, adapters=plugins.adapters())
+            self._hook_handles = attach_activation_hooks(self._model, self.services.config)
+        else:
+            for handle in self._hook_handles:
+                handle.remove()
+            self._hook_handles = []
+            restore_attention(self._model)
+        self._attention = attention
 
 
 def probe_factory(config: ExperimentConfig) -> Callable[[], object]:
@@ -282,3 +290,97 @@ def activation_plugins() -> list[str]:
     """Plugins that may change activations: part of the cache key, so their runs never share a cache."""
     hook = plugins.get_plugin_manager().hook.activation_hooks
     return sorted(impl.plugin_name for impl in hook.get_hookimpls())
+
+
+# ---------------------------------------------------------------- the values the stages pass on
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The prepared rows (a datasets.Dataset: text, target, label, cue, group, span_start, span_end and the
+    source's other columns) and the problems of the rows left out."""
+
+    table: Any
+    skipped: tuple = ()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        return list(zip(self.table["span_start"], self.table["span_end"]))
+
+
+@dataclass(frozen=True)
+class Split:
+    """One subset of rows with its folds, computed once and shared by every layer and control."""
+
+    name: str
+    index: Any  # np.ndarray: row numbers in the prepared rows
+    y: Any  # np.ndarray: their labels
+    folds: list
+    shuffled_y: Any = None  # the shuffled-label control: permuted labels and their own folds
+    shuffled_folds: list | None = None
+    dev_folds: list | None = None  # a fixed split's (train, dev) fold, when the config names a dev part
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Every subset's Split: ``all`` first, then the config's ``split_by`` values."""
+
+    subsets: tuple[Split, ...]
+
+    def __iter__(self):
+        return iter(self.subsets)
+
+    def folds(self, subset: str = "all") -> list:
+        """A subset's folds under the run's evaluation protocol (k folds, a fixed split's train/test, or a
+        splitter's), for a reporter that fits probes of its own."""
+        for split in self.subsets:
+            if split.name == subset:
+                return split.folds
+        known = ", ".join(split.name for split in self.subsets) or "none"
+        raise ValueError(f"no subset {subset!r} in this run's splits; its subsets: {known}")
+
+
+@dataclass(frozen=True)
+class Features:
+    """A FeatureStore per attention mode (and the random-weights control); ``main`` is the one probed."""
+
+    stores: dict
+    main_mode: str
+
+    @property
+    def main(self):
+        return self.stores[self.main_mode]
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What a reporter reads beside the Results: the services and every stage's value. Read-only."""
+
+    services: Services
+    rows: Rows
+    splits: Splits
+    features: Features
+    layers: list
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.services.config
+
+    def __getattr__(self, name: str):
+        # Called only for a name the class lacks: a reporter written for RunContext gets a sentence, not a riddle.
+        if name in _MOVED:
+            raise AttributeError(f"the run object has no {name!r} since RunContext was replaced; use run.{_MOVED[name]} "
+                                 "(see docs/plugins.md, 'The run object')")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+# RunContext's names → where they are now (for the message above).
+_MOVED = {"load_model": "services.load_model()", "model": "services.model()", "tokenizer": "services.tokenizer",
+          "random_weights_model": "services.random_weights_model()", "stores": "features.stores",
+          "cache_dir": "services.cache_dir", "progress": "services.progress", "loads": "services.loads",
+          "model_path": "services.model_path", "device": "services.device", "n_blocks": "services.n_blocks",
+          "model_config": "services.model_config", "spans": "rows.spans", "make_probe": "services.make_probe()",
+          "folds": "splits.folds()", "ranks": "services.ranks", "attention_path": "services.attention_path"}

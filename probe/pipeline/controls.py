@@ -9,16 +9,15 @@ from probe.science import controls as control_tasks
 from probe.science import permutation
 
 
-def tasks(context, splits, layers: list[int]) -> list:
+def tasks(config, rows, features, splits, layers: list[int]) -> list:
     """The FitTasks of the config's stronger controls, for every subset × position × layer."""
-    config = context.config
     wanted_permutation = permutation.CONTROL in config.controls
     wanted_control_task = control_tasks.CONTROL in config.controls
     if not (wanted_permutation or wanted_control_task):
         return []
-    store = context.stores[config.main_mode]
-    groups = context.rows["group"]
-    control_labels = _control_plan(context, splits) if wanted_control_task else {}
+    store = features.main
+    groups = rows.table["group"]
+    control_labels = _control_plan(config, rows, splits) if wanted_control_task else {}
     found = []
     for split in splits:
         permuted = (permutation.within_group_permutations(split.y, [groups[i] for i in split.index],
@@ -34,23 +33,22 @@ def tasks(context, splits, layers: list[int]) -> list:
     return found
 
 
-def check(context, splits) -> None:
+def check(config, rows, splits) -> None:
     """Fail before any model work when the data can't carry a requested control."""
-    if control_tasks.CONTROL in context.config.controls:
-        _control_plan(context, splits)
+    if control_tasks.CONTROL in config.controls:
+        _control_plan(config, rows, splits)
 
 
-def _control_plan(context, splits) -> dict:
+def _control_plan(config, rows, splits) -> dict:
     try:
-        return control_tasks.plan(context.rows, context.config, splits)
+        return control_tasks.plan(rows.table, config, splits)
     except control_tasks.ControlTaskError as error:
-        raise ConfigError(f"{context.config.source or 'config'}: field 'controls' asks for control_task, "
+        raise ConfigError(f"{config.source or 'config'}: field 'controls' asks for control_task, "
                           f"but {error}") from None
 
 
-def fill(row, context, scores: dict, key: tuple) -> None:
+def fill(row, config, scores: dict, key: tuple) -> None:
     """Set the row's stronger-control fields from the scores of their tasks."""
-    config = context.config
     if permutation.CONTROL in config.controls:
         permutation.fill(row, scores, key, config.permutations)
     if (*key, control_tasks.CONTROL) in scores:

@@ -137,13 +137,7 @@ class FixedSplit:
 
 def protocol(config) -> CrossValidation | FixedSplit:
     """The protocol an ExperimentConfig asks for."""
-    evaluation = config.evaluation
-    if evaluation.get("split_field"):
-        return FixedSplit(evaluation["split_field"], evaluation["train"], evaluation["test"], evaluation.get("dev"))
-    cv = evaluation.get("cv")
-    if isinstance(cv, int):
-        return CrossValidation(cv)
-    return CrossValidation(config.folds, cv or "auto")
+    return config.protocol
 
 
 def check_fixed_split(values: Sequence, labels: Sequence, split: FixedSplit, where: str) -> list[str]:

@@ -16,21 +16,22 @@ def check(config) -> None:
         plugins.lookup("measure", name)
 
 
-def evaluate(context, splits, layers: list[int], n_jobs: int | None = None) -> dict[Hashable, dict]:
-    """``{(subset, position, layer): {measure name: {value name: number}}}`` for the config's measures."""
+def evaluate(config, features, splits, layers: list[int], make_probe, n_jobs: int | None = None
+             ) -> dict[Hashable, dict]:
+    """``{(subset, position, layer): {measure name: {value name: number}}}`` for the config's measures, on
+    the probed vectors (``features.main``); ``make_probe``: the run's probe factory."""
     from joblib import Parallel, delayed
     from sklearn.base import clone
 
     from probe.science.probes import n_jobs_for
 
-    config = context.config
     if not config.measures:
         return {}
     chosen = [plugins.lookup("measure", name) for name in config.measures]
     for entry in chosen:
         _ship_by_value(entry)
-    store = context.stores[config.main_mode]
-    template = context.make_probe()()
+    store = features.main
+    template = make_probe()
     jobs, keys, work = [], [], 0
     for split in splits:
         for position in config.positions:

@@ -115,8 +115,8 @@ class Provenance(BaseModel):
 
 
 class Results(BaseModel):
-    """Everything a run found. ``results["layers"]``-style access gives ``to_dict()``'s plain values, for
-    plugins written against the results dict."""
+    """Everything a run found, typed: ``rows`` (one LayerResult each), ``layers`` (the tidy table),
+    ``baselines``, ``model``, ``dataset``. ``to_dict()`` is results.json's form, for writing it."""
 
     experiment: str
     description: str = ""
@@ -158,9 +158,6 @@ class Results(BaseModel):
     @classmethod
     def from_dict(cls, data: dict) -> Results:
         return cls.model_validate(data)
-
-    def __getitem__(self, key: str):
-        return self.to_dict()[key]
 
     # ------------------------------------------------------------ views
 

@@ -1,14 +1,14 @@
 """Run one experiment, stage by stage; each stage takes plain typed values and returns one:
 
-config → RunContext (model, tokenizer: loaded once) → rows → Splits (subsets and their folds)
-       → features (FeatureStore per attention mode / control) → Results → reports.
+ExperimentConfig → Services (read-only: model, tokenizer, cache, ranks; the model loaded once, lazily)
+                 → Rows → Splits (subsets and their folds) → Features (a FeatureStore per attention mode
+                 and control) → Results (the probes' fits and controls) → reports (Results + RunData).
 """
 
 from __future__ import annotations
 
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,12 @@ from probe.pipeline.checks import (
 from probe.pipeline.config import ConfigError, ExperimentConfig
 from probe.pipeline.context import (
     DEFAULT_CACHE,
-    RunContext,
+    Features,
+    Rows,
+    RunData,
+    Services,
+    Split,
+    Splits,
     activation_plugins,
     model_load_error,  # noqa: F401  (re-exported: the CLI's compare command uses it)
     resolve_model,
@@ -51,7 +56,7 @@ from probe.store.files import (
     staged_output,
 )
 
-__all__ = ["DEFAULT_CACHE", "RunContext", "run_experiment", "load_dataset", "resolve_model"]
+__all__ = ["DEFAULT_CACHE", "Services", "RunData", "run_experiment", "load_dataset", "resolve_model"]
 
 
 def run_experiment(
@@ -90,58 +95,66 @@ def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: 
          long_lived) -> Results:
     plugins.call_each("experiment_started", config=config, output_dir=output_dir)
     with long_lived():  # the model's config, the tokenizer, the rows (and a GGUF conversion): made once
-        context, layers, skipped = _load(config, cache_dir, progress)
+        services = make_services(config, cache_dir, progress)
+        layers = check_layers(config, services.n_blocks)  # the depth comes from config.json: no weights read
+        rows = load_rows(services)
+        splits = checked_splits(services, rows, layers)  # fails before any model work, not after
     clock.lap("load")
-    with process_group(context.ranks, context.device):
-        context.stores = extract_features(context, layers)
+    with process_group(services.ranks, services.device):
+        features = extract_features(services, rows, layers)
     clock.lap("extract")
-    if not context.ranks.is_main:
+    if not services.ranks.is_main:
         return None  # under torchrun, rank 0 probes and reports what every rank extracted
-    results = probe_layers(context, context.splits, layers, skipped, n_jobs)
+    run = RunData(services, rows, splits, features, layers)
+    results = probe_layers(run, n_jobs)
     clock.lap("probe")
     with staged_output(output_dir) as staging:  # all reports appear together, or none
-        write_reports(results, staging, context)
+        write_reports(results, staging, run)
     results._run_dir = output_dir
     return results
 
 
-def _load(config: ExperimentConfig, cache_dir: Path, progress: bool):
-    """The run's context (model config, tokenizer, rows and their splits) and layers, each checked before
-    any model work → (context, layers, skipped rows)."""
-    from probe.pipeline.lengths import fit_rows, max_positions
-
-    context = RunContext(config, resolve_model(config.model, config.revision), cache_dir, progress)
-    resolve_placement(context)  # a device this machine lacks is found now, not after the data work
-    layers = check_layers(config, context.n_blocks)  # the depth comes from config.json: no weights read
-    rows, skipped, numbers = load_numbered_rows(config)
-    rows, too_long = fit_rows(rows, numbers, lambda: context.tokenizer, max_positions(context.config_fields),
-                              policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))
-    context.rows, skipped = rows, skipped + too_long
-    check_rows(config, context.rows)
-    if not features_cached(context, layers):  # a rerun on a full cache swaps nothing: no need to ask
-        check_architecture(config, context.model_config)
-    context.splits = make_splits(context.rows, config)  # fails before any model work, not after
-    stronger_controls.check(context, context.splits)
-    measures.check(config)
-    return context, layers, skipped
-
-
-def resolve_placement(context: RunContext) -> None:
-    """Set the context's ranks (from the launcher) and device, checking them, the dtype and ``max_memory``
+def make_services(config: ExperimentConfig, cache_dir: Path, progress: bool = True) -> Services:
+    """The run's Services: ranks (from the launcher) and device, checked with the dtype and ``max_memory``
     before any model work; a ConfigError names the option at fault."""
     from probe.scale.placement import check_max_memory
     from probe.scale.ranks import launched_ranks
 
-    config = context.config
     try:
-        context.ranks = launched_ranks()
-        _ = context.device  # resolved now, with the dtype it must be able to do
+        services = Services(config, resolve_model(config.model, config.revision), Path(cache_dir), progress,
+                            launched_ranks())
+        _ = services.device  # resolved now, with the dtype it must be able to do
         if config.max_memory is not None and config.device_map is None:
             raise ValueError("max_memory limits what accelerate places, so it needs device_map (e.g. auto)")
         if config.max_memory is not None:
-            check_max_memory(config.max_memory, context.model_config, config.dtype)
+            check_max_memory(config.max_memory, services.model_config, config.dtype)
     except ValueError as error:
         raise ConfigError(f"{config.source or 'config'}: {error}") from None
+    return services
+
+
+def load_rows(services: Services) -> Rows:
+    """The config's rows, prepared, filtered and fitted to the model's positions (``long_texts``), checked."""
+    from probe.pipeline.lengths import fit_rows, max_positions
+
+    config = services.config
+    table, skipped, numbers = load_numbered_rows(config)
+    table, too_long = fit_rows(table, numbers, lambda: services.tokenizer, max_positions(services.config_fields),
+                               policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))
+    check_rows(config, table)
+    return Rows(table, tuple(skipped + too_long))
+
+
+def checked_splits(services: Services, rows: Rows, layers) -> Splits:
+    """The rows' Splits, after the checks that need the rows: the architecture can be swapped (unless
+    every vector is cached already), the controls and measures can run."""
+    config = services.config
+    if not features_cached(services, rows, layers):  # a rerun on a full cache swaps nothing: no need to ask
+        check_architecture(config, services.model_config)
+    splits = make_splits(rows.table, config)
+    stronger_controls.check(config, rows, splits)
+    measures.check(config)
+    return splits
 
 
 class _Clock:
@@ -226,38 +239,29 @@ def _check_parts_exist(values, how, config: ExperimentConfig) -> None:
                               f"row has; values found: {listed}")
 
 
-@dataclass
-class Split:
-    """One subset of rows with its folds, computed once and shared by every layer and control."""
+def make_splits(rows, config: ExperimentConfig) -> Splits:
+    """Each subset's folds under the config's evaluation protocol (probe/pipeline/evaluation.py); ``rows``:
+    the prepared rows' table."""
+    from probe.pipeline.evaluation import FixedSplit
 
-    name: str
-    index: np.ndarray  # row numbers in the prepared dataset
-    y: np.ndarray
-    folds: list
-    shuffled_y: np.ndarray | None = None  # the shuffled-label control: permuted labels and their own folds
-    shuffled_folds: list | None = None
-    dev_folds: list | None = None  # a fixed split's (train, dev) fold, when the config names a dev part
-
-
-def make_splits(rows, config: ExperimentConfig) -> list[Split]:
-    """Each subset's folds under the config's evaluation protocol (probe/evaluation.py)."""
-    from probe.pipeline.evaluation import FixedSplit, protocol
-
-    how = protocol(config)
+    how = config.protocol
+    subsets = _subsets(rows, config.split_by).items()
     if isinstance(how, FixedSplit):
-        return [_fixed_split(rows, config, how, name, index) for name, index in _subsets(rows, config.split_by).items()]
+        return Splits(tuple(_fixed_split(rows, config, how, name, index) for name, index in subsets))
+    return Splits(tuple(_cross_validated(rows, config, how, name, index) for name, index in subsets))
+
+
+def _cross_validated(rows, config: ExperimentConfig, how, name: str, index: np.ndarray) -> Split:
+    """One subset's k folds; the shuffled control gets permuted labels and folds of its own."""
     from probe.science.probes import shuffled_labels
 
-    labels, groups = np.asarray(rows["label"]), rows["group"]
-    splits = []
-    for name, index in _subsets(rows, config.split_by).items():
-        y, g = labels[index], [groups[i] for i in index]
-        split = Split(name, index, y, how.folds(y, g, config.seed))
-        if "shuffled" in config.controls:
-            split.shuffled_y = shuffled_labels(y, config.seed)
-            split.shuffled_folds = how.folds(split.shuffled_y, g, config.seed)
-        splits.append(split)
-    return splits
+    y, every_group = np.asarray(rows["label"])[index], rows["group"]
+    groups = [every_group[i] for i in index]
+    if "shuffled" not in config.controls:
+        return Split(name, index, y, how.folds(y, groups, config.seed))
+    shuffled_y = shuffled_labels(y, config.seed)
+    return Split(name, index, y, how.folds(y, groups, config.seed), shuffled_y=shuffled_y,
+                 shuffled_folds=how.folds(shuffled_y, groups, config.seed))
 
 
 def _fixed_split(rows, config: ExperimentConfig, how, name: str, index: np.ndarray) -> Split:
@@ -270,22 +274,20 @@ def _fixed_split(rows, config: ExperimentConfig, how, name: str, index: np.ndarr
     problems = check_fixed_split(parts, y, how, f"{config.source}, subset {name!r}")
     if problems:
         raise DataError("the fixed split can't be probed:", problems)
-    split = Split(name, index, y, how.folds(parts))
-    if how.dev is not None:
-        split.dev_folds = how.folds(parts, scored="dev")
-    if "shuffled" in config.controls:
-        split.shuffled_y = shuffled_within(y, parts, how.parts(), config.seed)
-        split.shuffled_folds = split.folds
-    return split
+    folds = how.folds(parts)
+    shuffled = "shuffled" in config.controls
+    return Split(name, index, y, folds,
+                 shuffled_y=shuffled_within(y, parts, how.parts(), config.seed) if shuffled else None,
+                 shuffled_folds=folds if shuffled else None,
+                 dev_folds=how.folds(parts, scored="dev") if how.dev is not None else None)
 
 
-def describe_evaluation(context: RunContext, splits: list[Split]) -> dict:
+def describe_evaluation(config: ExperimentConfig, rows: Rows, splits: Splits) -> dict:
     """Which protocol ran, for results.json: the splitter and its folds, or the split's parts and sizes."""
-    from probe.pipeline.evaluation import FixedSplit, protocol
+    from probe.pipeline.evaluation import FixedSplit
 
-    config = context.config
-    how = protocol(config)
-    described = how.describe(grouped=any(group is not None for group in context.rows["group"]))
+    how = config.protocol
+    described = how.describe(grouped=any(group is not None for group in rows.table["group"]))
     if isinstance(how, FixedSplit):
         everything = next(split for split in splits if split.name == "all")
         train, test = everything.folds[0]
@@ -307,12 +309,14 @@ def _subsets(rows, split_by: str | None) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- features
 
 
-def extract_features(context: RunContext, layers: list[int]) -> dict:
+def extract_features(services: Services, rows: Rows, layers: list[int]) -> Features:
     """A FeatureStore per attention mode (reference first, while the shared model is unswapped) and for
     the random-weights control; each from the cache when its key is there."""
-    loads = {mode: lambda mode=mode: context.load_model(mode) for mode in ("reference", "reimplemented")}
-    loads["random_weights"] = context.random_weights_model
-    return {mode: _extract(context, layers, mode, loads[mode]) for mode in feature_modes(context.config)}
+    loads = {mode: lambda mode=mode: services.load_model(mode) for mode in ("reference", "reimplemented")}
+    loads["random_weights"] = services.random_weights_model
+    modes = feature_modes(services.config)
+    stores = {mode: _extract(services, rows, layers, mode, loads[mode]) for mode in modes}
+    return Features(stores, services.config.main_mode)
 
 
 def feature_modes(config: ExperimentConfig) -> list[str]:
@@ -320,59 +324,58 @@ def feature_modes(config: ExperimentConfig) -> list[str]:
     return config.attention_modes + (["random_weights"] if "random_weights" in config.controls else [])
 
 
-def features_cached(context: RunContext, layers: list[int]) -> bool:
+def features_cached(services: Services, rows: Rows, layers: list[int]) -> bool:
     """Whether every FeatureStore the run needs is complete in the cache (so no model will be run for it)."""
     from probe.pipeline.extract import is_complete
 
-    features = context.cache_dir / "features"
-    return all(is_complete(features / feature_key(context, layers, mode), len(context.rows))
-               for mode in feature_modes(context.config))
+    features = services.cache_dir / "features"
+    return all(is_complete(features / feature_key(services, rows, layers, mode), len(rows))
+               for mode in feature_modes(services.config))
 
 
-def _extract(context: RunContext, layers, mode: str, load: Callable):
+def _extract(services: Services, rows: Rows, layers, mode: str, load: Callable):
     from probe.pipeline.extract import extract
 
-    config = context.config
-    texts, spans = context.rows["text"], context.spans
-    folder = context.cache_dir / "features" / feature_key(context, layers, mode)
-    with cache_lock(folder, context.ranks):  # two runs on one cache: the second waits, then finds the chunks done
+    config = services.config
+    folder = services.cache_dir / "features" / feature_key(services, rows, layers, mode)
+    with cache_lock(folder, services.ranks):  # two runs on one cache: the second waits, then finds the chunks done
         return extract(
-            load, texts, spans, layers=layers, folder=folder,
+            load, rows.table["text"], rows.spans, layers=layers, folder=folder,
             pooling=config.pooling, positions=config.positions, batch_size=config.batch_size,
-            progress=context.progress, description=f"{config.name}: {mode}",
-            final_norm=_reads_final_norm(context, layers), ranks=context.ranks,
+            progress=services.progress, description=f"{config.name}: {mode}",
+            final_norm=_reads_final_norm(services, layers), ranks=services.ranks,
         )
 
 
-def _reads_final_norm(context: RunContext, layers) -> bool:
+def _reads_final_norm(services: Services, layers) -> bool:
     """Whether the config's final_norm changes these vectors: only when the last layer is among them."""
-    return context.config.final_norm and (layers == "all" or context.n_blocks in layers)
+    return services.config.final_norm and (layers == "all" or services.n_blocks in layers)
 
 
-def feature_key(context: RunContext, layers, mode: str) -> str:
+def feature_key(services: Services, rows: Rows, layers, mode: str) -> str:
     """Only what changes the vectors: model and weights, rows, layers, pooling, attention, dtype, batch size,
     the seed of random weights, and the plugins that may change activations with the options they may read. A
     reporter's or a measure's own options (``options.<its name>``) never change activations."""
     from probe.pipeline.extract import cache_key, data_fingerprint
 
-    config = context.config
+    config = services.config
     changing = activation_plugins() if mode != "reference" else []
     own_options = {name.replace("-", "_") for name in config.reporters} | set(config.measures)
     options = {k: v for k, v in config.options.items() if k not in own_options} if changing else {}
     return cache_key({
-        "model": context.model_path, "revision": config.revision, "weights": _weights_fingerprint(context.model_path),
-        "data": data_fingerprint(context.rows["text"], context.spans), "layers": layers, "pooling": config.pooling,
+        "model": services.model_path, "revision": config.revision, "weights": _weights_fingerprint(services.model_path),
+        "data": data_fingerprint(rows.table["text"], rows.spans), "layers": layers, "pooling": config.pooling,
         "positions": sorted(config.positions),
         "attention": mode, "dtype": config.dtype, "seed": config.seed if mode == "random_weights" else None,
-        "attention_path": context.attention_path if mode != "reference" else None,
+        "attention_path": services.attention_path if mode != "reference" else None,
         # CPU and GPU kernels round differently; the vectors of one are not the other's.
-        "device": context.device.type if context.device.type != "cpu" else None,
+        "device": services.device.type if services.device.type != "cpu" else None,
         "activation_plugins": changing, "options": options,
         # Rows sorted by length, right-padded (extract.sorted_batches); the batch size moves the last bits
         # (the matrix-multiply library picks its kernels by the number of rows).
         "batches": "padded", "batch_size": config.batch_size,
         # Only a run that reads the last layer after the final norm gets a key of its own (older caches stay).
-        **({"final_norm": True} if _reads_final_norm(context, layers) else {}),
+        **({"final_norm": True} if _reads_final_norm(services, layers) else {}),
     })
 
 
@@ -386,26 +389,28 @@ def _weights_fingerprint(model_path: str) -> str:
 # ---------------------------------------------------------------- probes
 
 
-def probe_layers(context: RunContext, splits: list[Split], layers: list[int], skipped, n_jobs=None) -> Results:
+def probe_layers(run: RunData, n_jobs=None) -> Results:
     """Every (subset × position × layer) probe and its controls, fitted in parallel; the typed Results."""
     from probe.science.probes import describe_probe, evaluate
 
-    config = context.config
-    tasks = probe_tasks(context, splits, layers) + stronger_controls.tasks(context, splits, layers)
-    with _progress_bar(context, sum(len(task.folds) for task in tasks)) as bar:
-        scores = evaluate(tasks, context.make_probe(), n_jobs=n_jobs, metrics=chosen_metrics(config),
-                          progress=bar.update, cache=context.cache_dir / "probes")
-    measured = measures.evaluate(context, splits, layers, n_jobs)
-    labels = np.asarray(context.rows["label"])
+    services, rows, splits, features, layers = run.services, run.rows, run.splits, run.features, run.layers
+    config = services.config
+    tasks = probe_tasks(config, features, splits, layers) + stronger_controls.tasks(config, rows, features, splits,
+                                                                                      layers)
+    with _progress_bar(services, sum(len(task.folds) for task in tasks)) as bar:
+        scores = evaluate(tasks, services.make_probe(), n_jobs=n_jobs, metrics=chosen_metrics(config),
+                          progress=bar.update, cache=services.cache_dir / "probes")
+    measured = measures.evaluate(config, features, splits, layers, services.make_probe(), n_jobs)
+    labels = np.asarray(rows.table["label"])
     results = Results(
         experiment=config.name, description=config.description,
-        model=ModelInfo(name=config.model, path=context.model_path, revision=config.revision, layers=context.n_blocks),
-        settings=config.settings(), versions=versions(), extraction=extraction_info(context),
-        dataset=DatasetInfo(name=config.dataset_name, rows=len(context.rows), labels=sorted(set(labels.tolist())),
-                            skipped_rows=[str(p) for p in skipped]),
+        model=ModelInfo(name=config.model, path=services.model_path, revision=config.revision, layers=services.n_blocks),
+        settings=config.settings(), versions=versions(), extraction=extraction_info(services, features),
+        dataset=DatasetInfo(name=config.dataset_name, rows=len(rows), labels=sorted(set(labels.tolist())),
+                            skipped_rows=[str(p) for p in rows.skipped]),
         layers=[], provenance=Provenance.now(),
-        evaluation=describe_evaluation(context, splits),
-        probe={"name": config.probe_name, "options": config.probe_options, **describe_probe(context.make_probe()())},
+        evaluation=describe_evaluation(config, rows, splits),
+        probe={"name": config.probe_name, "options": config.probe_options, **describe_probe(services.make_probe()())},
     )
     for split in splits:
         if "majority" in config.controls:
@@ -414,32 +419,31 @@ def probe_layers(context: RunContext, splits: list[Split], layers: list[int], sk
                 **{k: majority[k] for k in ("accuracy", "accuracy_std", "macro_f1")})
         for position in config.positions:
             for layer in layers:
-                row = layer_result(context, scores, split, position, layer)
-                stronger_controls.fill(row, context, scores, (split.name, position, layer))
+                row = layer_result(config, features, scores, split, position, layer)
+                stronger_controls.fill(row, config, scores, (split.name, position, layer))
                 row.measures = measured.get((split.name, position, layer))
                 results.rows.append(row)
-                plugins.call_each("layer_result", config=config, layer=layer, result=row.to_dict())
+                plugins.call_each("layer_result", config=config, layer=layer, result=row)
             first = scores[(split.name, position, layers[0], "probe")]
             results.baselines[_key(f"layer{layers[0]}_{position}", split.name)] = Baseline(accuracy=first["accuracy"])
     return results
 
 
-def extraction_info(context: RunContext) -> dict:
+def extraction_info(services: Services, features: Features) -> dict:
     """How the vectors were computed, beyond the settings: which attention ran for each store (Hugging
     Face's ``eager`` for the reference, probe's ``fast`` or ``exact`` path otherwise)."""
-    paths = {mode: "eager" if mode == "reference" else context.attention_path for mode in context.stores}
+    paths = {mode: "eager" if mode == "reference" else services.attention_path for mode in features.stores}
     return {"attention_path": paths}
 
 
-def probe_tasks(context: RunContext, splits: list[Split], layers: list[int]) -> list:
+def probe_tasks(config: ExperimentConfig, features: Features, splits: Splits, layers: list[int]) -> list:
     """The fits to run (k folds, or a fixed split's one), each keyed by (subset, position, layer, what) — or
     (subset, majority); under a fixed split with a dev part, (…, "dev") scores the dev rows."""
     from sklearn.dummy import DummyClassifier
 
     from probe.science.probes import FitTask
 
-    config, stores = context.config, context.stores
-    main = config.main_mode
+    stores, main = features.stores, features.main_mode
     tasks = []
     for split in splits:
         if "majority" in config.controls:
@@ -464,8 +468,8 @@ def probe_tasks(context: RunContext, splits: list[Split], layers: list[int]) -> 
     return tasks
 
 
-def layer_result(context: RunContext, scores: dict, split: Split, position: str, layer: int) -> LayerResult:
-    config = context.config
+def layer_result(config: ExperimentConfig, features: Features, scores: dict, split: Split, position: str,
+                 layer: int) -> LayerResult:
     key = (split.name, position, layer)
     row = LayerResult(layer=layer, position=position, subset=split.name, **scores[(*key, "probe")])
     if "shuffled" in config.controls:
@@ -477,16 +481,16 @@ def layer_result(context: RunContext, scores: dict, split: Split, position: str,
         row.dev_accuracy = scores[(*key, "dev")]["accuracy"]
     if config.attention == "both":
         row.reference_accuracy = scores[(*key, "reference")]["accuracy"]
-        main = context.stores[config.main_mode].layer(position, layer)[split.index]
-        reference = context.stores["reference"].layer(position, layer)[split.index]
+        main = features.main.layer(position, layer)[split.index]
+        reference = features.stores["reference"].layer(position, layer)[split.index]
         row.max_abs_diff_vs_reference = float(np.abs(reference - main).max())
     return row
 
 
-def _progress_bar(context: RunContext, total: int):
+def _progress_bar(services: Services, total: int):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"{context.config.name}: probes", unit="fit", disable=not context.progress)
+    return tqdm(total=total, desc=f"{services.config.name}: probes", unit="fit", disable=not services.progress)
 
 
 def chosen_metrics(config: ExperimentConfig) -> dict[str, Callable]:
@@ -517,12 +521,13 @@ def _key(name: str, subset: str) -> str:
 # ---------------------------------------------------------------- reports
 
 
-def write_reports(results: Results, output_dir: Path, context: RunContext) -> None:
+def write_reports(results: Results, output_dir: Path, run: RunData) -> None:
+    """Each reporter the config names, in order, with the Results, the folder and the run's RunData."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    for name in context.config.reporters:
+    for name in run.config.reporters:
         entry = plugins.lookup("reporter", name)
         try:
-            entry.value(results, output_dir, context)
+            entry.value(results, output_dir, run)
         except (ConfigError, plugins.PluginError):
             raise
         except Exception as error:  # the run is not published; the message names who failed

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probe.pipeline.results import Results
 from probe.store.files import read_json_or_none, write_text_atomic
 
 FILE = "report_data.json"
@@ -20,7 +21,7 @@ MAX_SENTENCES = 8
 
 
 def build_report_data(
-    results: dict,
+    results: Results,
     rows,
     vectors: Callable[[str, int], np.ndarray],
     positions: Sequence[str],
@@ -30,10 +31,10 @@ def build_report_data(
     example: int = 0,
     attention_cache: Path | None = None,
 ) -> dict:
-    """``rows``: the run's prepared rows (text, label, target, span_start, span_end, …);
+    """``results``: the run's Results (the layers it probed); ``rows``: the run's prepared rows (text, label, target, span_start, span_end, …);
     ``vectors(position, layer)`` → (n_rows, d); ``load_model()`` → (model, tokenizer).
     ``attention_cache``: a JSON file keyed by what the patterns depend on; when it exists no model is loaded."""
-    layers = sorted({r["layer"] for r in results["layers"]})
+    layers = sorted({row.layer for row in results.rows})
     subsets = [str(v) for v in rows[split_by]] if split_by else None
     indices = example_rows(rows, split_by, example)
     attention = read_json_or_none(attention_cache)
