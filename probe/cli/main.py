@@ -197,13 +197,19 @@ def checked_placement(device: str, dtype: str):
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
               help="The dtype --measure loads both models in.")
 @click.option("--check", is_flag=True, help="Exit with status 1 when one is refused (or, measured, not bit-identical).")
-def list_architectures(measure, as_json, markdown, device, dtype, check):
-    """Every architecture probe swaps: adapter, path (full or universal), status and, with --measure, parity.
+@click.argument("names", nargs=-1, metavar="[ARCHITECTURE]...")
+def list_architectures(measure, as_json, markdown, device, dtype, check, names):
+    """Every architecture probe swaps (or the ARCHITECTUREs named): adapter, path (full or universal),
+    status and, with --measure, parity.
 
     An architecture the installed transformers breaks is listed as "refused: <reason>"; the others still are.
     """
     import warnings
 
+    unknown = [name for name in names if name not in ARCHITECTURES]
+    if unknown:
+        raise click.BadParameter(f"no architecture {unknown[0]!r}; `probe architectures` lists them",
+                                 param_hint="ARCHITECTURE")
     where, torch_dtype = checked_placement(device, dtype)
     quiet_progress_bars()
     from transformers.utils import logging as hf_logging
@@ -211,7 +217,8 @@ def list_architectures(measure, as_json, markdown, device, dtype, check):
     hf_logging.set_verbosity_error()  # the tiny configs' vocabularies are smaller than their token ids say
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = architectures.support_table(measure=measure, device=where if measure else "cpu", dtype=torch_dtype)
+        rows = architectures.support_table(measure=measure, device=where if measure else "cpu", dtype=torch_dtype,
+                                           names=names)
     if as_json or markdown:
         click.echo(json.dumps(rows, indent=2) if as_json else architectures.markdown_table(rows), nl=not markdown)
     else:

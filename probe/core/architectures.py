@@ -130,12 +130,12 @@ def save_random(model_type: str, folder, seed: int = 0):
     return folder
 
 
-def support_table(measure: bool = False, device="cpu", dtype=None, adapters=None) -> list[dict]:
+def support_table(measure: bool = False, device="cpu", dtype=None, adapters=None, names=None) -> list[dict]:
     """One row per architecture: which adapter and path take it, its status ("ok", or "refused: <reason>"
     where the installed releases break it: one architecture's failure never hides the others) and
     (``measure``) the parity vs eager, both models loaded in ``dtype`` (default float32) on ``device``.
-    ``adapters``: the adapters to ask (default: probe's built-ins)."""
-    return [_row(ARCHITECTURES[name], measure, device, dtype, adapters) for name in sorted(ARCHITECTURES)]
+    ``adapters``: the adapters to ask (default: probe's built-ins); ``names``: only these (default: all)."""
+    return [_row(get(name), measure, device, dtype, adapters) for name in sorted(names or ARCHITECTURES)]
 
 
 def refused(rows: list[dict]) -> list[dict]:

@@ -179,16 +179,16 @@ def numerics_of(attention: nn.Module) -> dict:
     bit for bit is the answer. Returns the core's switches (``softmax_in_float32``,
     ``scores_in_float32``); raises UnsupportedNumerics when none reproduces the family.
     """
-    trial = Trial.of(attention)
-    key = (type(attention), trial)
+    key = (type(attention), Trial.of(attention))
     if key not in _LEARNED:
-        _LEARNED[key] = _learn(attention, trial)
+        _LEARNED[key] = learn_numerics(attention, eager_function_of(type(attention)))
     return dict(_LEARNED[key])
 
 
-def _learn(attention: nn.Module, trial: Trial) -> dict:
-    name = type(attention).__name__
-    eager = eager_function_of(type(attention))
+def learn_numerics(attention: nn.Module, eager) -> dict:
+    """The core's switches that make it attend as ``eager`` (a Hugging Face attention function) does for
+    ``attention``, tried on a tiny input; UnsupportedNumerics when none does."""
+    name, trial = type(attention).__name__, Trial.of(attention)
     generator = torch.Generator().manual_seed(0)  # its own generator: the global random state stays as it was
     cases = [_trial_inputs(trial, dtype, generator) for dtype in TRIAL_DTYPES]
     try:
