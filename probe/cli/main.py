@@ -196,10 +196,20 @@ def checked_placement(device: str, dtype: str):
 @click.option("--device", default="cpu", show_default=True, help="Where --measure runs: auto, cpu, cuda, cuda:N or mps.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
               help="The dtype --measure loads both models in.")
-def list_architectures(measure, as_json, markdown, device, dtype):
-    """Every architecture probe swaps: adapter, path (full or universal) and, with --measure, parity."""
+@click.option("--check", is_flag=True, help="Exit with status 1 when one is refused (or, measured, not bit-identical).")
+@click.argument("names", nargs=-1, metavar="[ARCHITECTURE]...")
+def list_architectures(measure, as_json, markdown, device, dtype, check, names):
+    """Every architecture probe swaps (or the ARCHITECTUREs named): adapter, path (full or universal),
+    status and, with --measure, parity.
+
+    An architecture the installed transformers breaks is listed as "refused: <reason>"; the others still are.
+    """
     import warnings
 
+    unknown = [name for name in names if name not in ARCHITECTURES]
+    if unknown:
+        raise click.BadParameter(f"no architecture {unknown[0]!r}; `probe architectures` lists them",
+                                 param_hint="ARCHITECTURE")
     where, torch_dtype = checked_placement(device, dtype)
     quiet_progress_bars()
     from transformers.utils import logging as hf_logging
@@ -207,14 +217,26 @@ def list_architectures(measure, as_json, markdown, device, dtype):
     hf_logging.set_verbosity_error()  # the tiny configs' vocabularies are smaller than their token ids say
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = architectures.support_table(measure=measure, device=where if measure else "cpu", dtype=torch_dtype)
+        rows = architectures.support_table(measure=measure, device=where if measure else "cpu", dtype=torch_dtype,
+                                           names=names)
     if as_json or markdown:
         click.echo(json.dumps(rows, indent=2) if as_json else architectures.markdown_table(rows), nl=not markdown)
-        return
-    widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in rows[0]}
-    click.echo("  ".join(f"{c:<{w}}" for c, w in widths.items()))
+    else:
+        echo_table(rows)
+    failed = architectures.refused(rows)
+    if check and failed:
+        names = ", ".join(row["architecture"] for row in failed)
+        click.echo(f"{len(failed)} of {len(rows)} not bit-identical or refused: {names}", err=True)
+        sys.exit(1)
+
+
+def echo_table(rows: list[dict]) -> None:
+    """Rows as aligned columns; a refused row has no measurement, so its cells there stay empty."""
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    widths = {c: max(len(c), *(len(str(row.get(c, ""))) for row in rows)) for c in columns}
+    click.echo("  ".join(f"{c:<{widths[c]}}" for c in columns).rstrip())
     for row in rows:
-        click.echo("  ".join(f"{str(row[c]):<{w}}" for c, w in widths.items()))
+        click.echo("  ".join(f"{str(row.get(c, '')):<{widths[c]}}" for c in columns).rstrip())
 
 
 @cli.command(name="plot-runs")

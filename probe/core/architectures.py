@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from probe.errors import first_line
+
 # Small enough to run in milliseconds, large enough to have heads, GQA and several blocks.
 TINY = dict(
     vocab_size=128,
@@ -128,34 +130,51 @@ def save_random(model_type: str, folder, seed: int = 0):
     return folder
 
 
-def support_table(measure: bool = False, device="cpu", dtype=None) -> list[dict]:
-    """One row per architecture: which adapter and path take it, and (``measure``) the parity vs eager,
-    both models loaded in ``dtype`` (default float32) on ``device``."""
-    rows = []
-    for name in sorted(ARCHITECTURES):
-        row = {"architecture": name, "example": ARCHITECTURES[name].example}
-        row.update(_swap_and_measure(ARCHITECTURES[name], measure, device, dtype))
-        rows.append(row)
-    return rows
+def support_table(measure: bool = False, device="cpu", dtype=None, adapters=None, names=None) -> list[dict]:
+    """One row per architecture: which adapter and path take it, its status ("ok", or "refused: <reason>"
+    where the installed releases break it: one architecture's failure never hides the others) and
+    (``measure``) the parity vs eager, both models loaded in ``dtype`` (default float32) on ``device``.
+    ``adapters``: the adapters to ask (default: probe's built-ins); ``names``: only these (default: all)."""
+    return [_row(get(name), measure, device, dtype, adapters) for name in sorted(names or ARCHITECTURES)]
+
+
+def refused(rows: list[dict]) -> list[dict]:
+    """The rows of architectures that are refused, or that differ from eager where measured."""
+    return [row for row in rows if row["status"] != "ok" or row.get("max_abs_diff") not in (None, 0.0)]
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The README's table of architectures, from ``support_table`` rows (measured away from the CPU or
-    float32, the header says where and in what)."""
+    float32, the header says where and in what; a refused architecture shows its reason there)."""
     where = {(row["device"], row["dtype"]) for row in rows if "device" in row} - {("cpu", "float32")}
     measured = "max abs diff vs eager" + "".join(f" ({device}, {dtype})" for device, dtype in sorted(where))
     header = f"| architecture | e.g. | path | {measured} |\n|---|---|---|---|\n"
     return header + "".join(
-        f"| {r['architecture']} | {r['example']} | {r['path']} ({r['adapter']}) | {r.get('max_abs_diff', '')} |\n"
+        f"| {r['architecture']} | {r['example']} | {r['path']} ({r['adapter']}) | "
+        f"{r.get('max_abs_diff', '') if r['status'] == 'ok' else r['status']} |\n"
         for r in rows
     )
 
 
-def _swap_and_measure(arch: Architecture, measure: bool, device, dtype) -> dict:
+def _row(arch: Architecture, measure: bool, device, dtype, adapters) -> dict:
+    """One architecture's row. Whatever swapping or measuring it raises is that row's refusal: a release may
+    change any family's code in ways no adapter foresaw, and the table must still list the rest."""
+    row = {"architecture": arch.model_type, "example": arch.example, "adapter": "none", "path": "none"}
+    try:
+        _swap_and_measure(arch, measure, device, dtype, adapters, row)
+        row["status"] = "ok"
+    except Exception as error:  # noqa: BLE001 — reported in the row, by name, with its reason
+        row["status"] = f"refused: {type(error).__name__}: {first_line(error)}"
+    return row
+
+
+def _swap_and_measure(arch: Architecture, measure: bool, device, dtype, adapters, row: dict) -> None:
+    """Fills in ``row``: the adapter as soon as one is found, then (``measure``) the parity."""
     import tempfile
 
     import torch
 
+    from probe.core.adapters import adapter_for
     from probe.core.swap import swap_attention
 
     with tempfile.TemporaryDirectory() as folder:
@@ -165,9 +184,10 @@ def _swap_and_measure(arch: Architecture, measure: bool, device, dtype) -> dict:
         def load():
             return auto.from_pretrained(folder, attn_implementation="eager", dtype=dtype or torch.float32).to(device)
 
-        swapped = swap_attention(load().eval())
-        adapter = swapped._probe_swap.adapter
-        row = {"adapter": adapter.name, "path": adapter.path}
+        model = load().eval()
+        adapter = adapter_for(model, adapters)
+        row.update(adapter=adapter.name, path=adapter.path)  # known even if the swap then refuses
+        swapped = swap_attention(model, adapters=[adapter])
         if measure:
             reference = load().eval()
             ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
@@ -176,7 +196,6 @@ def _swap_and_measure(arch: Architecture, measure: bool, device, dtype) -> dict:
                 b = swapped(input_ids=ids, output_hidden_states=True).hidden_states
             row["max_abs_diff"] = max((x - y).abs().max().item() for x, y in zip(a, b))
             row["device"], row["dtype"] = str(torch.device(device)), str(swapped.dtype).removeprefix("torch.")
-    return row
 
 
 def _auto_class(arch: Architecture):

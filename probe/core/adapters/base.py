@@ -15,7 +15,7 @@ from transformers.cache_utils import EncoderDecoderCache
 
 from probe.core.attention import STEPS
 
-SUPPORTED_TRANSFORMERS = ">=5.24,<5.25"
+SUPPORTED_TRANSFORMERS = ">=5.24,<5.26"  # pyproject.toml's range
 
 # What attention modules call their KV-cache argument, across families and releases.
 CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")

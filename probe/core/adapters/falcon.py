@@ -13,6 +13,10 @@ keys/values, rotary positions or ALiBi, KV cache) onto the core, following its e
 
 The replacement keeps FalconAttention's own submodules (query_key_value, dense, attention_dropout), so
 parameters are shared and state_dict keys unchanged.
+
+This adapter is for the releases whose FalconAttention does its own arithmetic (it is handed ``alibi``;
+transformers 5.24). From 5.25 FalconAttention dispatches through the attention interface, with ALiBi
+folded into the mask: the universal adapter takes it there, and this one steps aside (``matches``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 from transformers.models.falcon import modeling_falcon as hf_falcon
 
+from probe.core import interface
 from probe.core.adapters.base import FamilyAdapter, bool_mask
 from probe.core.adapters.rotary import rotate
 from probe.core.attention import MaskedMultiHeadAttention
@@ -155,3 +160,7 @@ class FalconAdapter(FamilyAdapter):
     attention_path = "self_attention"
     replacement = FalconAttention
     cache_parameters = ("layer_past",)
+
+    def matches(self, model: nn.Module) -> bool:
+        # Decided by what the installed release's attention does, not by its version number.
+        return super().matches(model) and not interface.calls_the_interface(self.attention_class)
