@@ -45,6 +45,8 @@ def _default(field) -> str:
     if field.is_required():
         return "required"
     value = field.get_default(call_default_factory=True)
+    if hasattr(value, "as_written"):  # a typed spec (dataset, probe, evaluation): shown as a config writes it
+        value = value.as_written()
     return "`null`" if value is None else f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
 
 
