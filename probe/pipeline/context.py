@@ -180,7 +180,7 @@ class RunContext:
         from probe.core.swap import restore_attention, swap_attention
 
         if attention == "reimplemented":
-            swap_attention(self._model, fast=self.attention_path == "fast", adapters=plugins.adapters())
+            swap_attention(self._model, fast=self.attention_path == "fast", adapters=plugins.adapters_for(self._model))
             self._hook_handles = attach_activation_hooks(self._model, self.config)
         else:
             for handle in self._hook_handles:
@@ -205,7 +205,7 @@ class RunContext:
         torch.manual_seed(self.config.seed)
         model = AutoModel.from_config(self.model_config, dtype=parse_dtype(self.config.dtype),
                                       attn_implementation="eager").to(self.device).eval()
-        swap_attention(model, fast=self.attention_path == "fast", adapters=plugins.adapters())
+        swap_attention(model, fast=self.attention_path == "fast", adapters=plugins.adapters_for(model))
         attach_activation_hooks(model, self.config)
         return model, self.tokenizer
 
