@@ -51,6 +51,8 @@ def test_a_projection_map_for_a_family_probe_has_no_spec_for_names_the_missing_f
         MappedAdapter({"newfamily": ProjectionMap("NewAttention")})
     message = str(caught.value)
     assert "'newfamily'" in message and "'blocks'" in message and "'attn'" in message
+    with pytest.raises(SpecError, match="'newfamily' has no field 'projections'"):
+        MappedAdapter({"newfamily": FamilySpec("layers", "self_attn")})
 
 
 def test_a_spec_that_does_not_fit_names_its_field(tmp_path):

@@ -119,9 +119,10 @@ class MappedAdapter(FamilyAdapter):
 
     def __init__(self, specs: Mapping[str, FamilySpec | ProjectionMap] | None = None):
         self.strict = specs is not None
-        given = SPECS if specs is None else specs
-        self.specs = {model_type: _full_spec(model_type, spec) for model_type, spec in given.items()}
-        self.specs = {t: s for t, s in self.specs.items() if s.projections is not None}
+        if specs is None:  # probe's own: the families whose spec says where the projections are
+            self.specs = {t: spec for t, spec in SPECS.items() if spec.projections is not None}
+        else:
+            self.specs = {t: _full_spec(t, spec) for t, spec in specs.items()}
 
     def spec_for(self, model) -> FamilySpec | None:
         return self.specs.get(getattr(getattr(model, "config", None), "model_type", None))
@@ -157,6 +158,10 @@ class MappedAdapter(FamilyAdapter):
 def _full_spec(model_type: str, spec: FamilySpec | ProjectionMap) -> FamilySpec:
     """A plugin's bare ProjectionMap completed by probe's spec for the same model type."""
     if isinstance(spec, FamilySpec):
+        if spec.projections is None:
+            raise SpecError(f"the FamilySpec for model type {model_type!r} has no field 'projections': the full "
+                            "path needs a ProjectionMap saying where W_Q, W_K, W_V and W_O are (without one, "
+                            "give the spec to an InterfaceAdapter, which leaves the projections to the model)")
         return spec
     if model_type not in SPECS:
         raise SpecError(

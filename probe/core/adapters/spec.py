@@ -57,6 +57,9 @@ class Numerics:
 
 @dataclass(frozen=True)
 class FamilySpec:
+    """Everything probe needs to know about one model type: paths are dotted attribute names, those of
+    norms, MLP, cross-attention and W_O relative to a block."""
+
     blocks: str  # the ModuleList of blocks, from the base model: "layers", "h", "encoder.layer"
     attn: str  # the attention module inside a block: "self_attn", "attn", "attention.self"
     ln1: str | None = None  # the norm in front of attention (pre-norm families)
@@ -108,7 +111,7 @@ def check_fits(model: nn.Module, spec: FamilySpec, model_type: str) -> None:
     if wanted is not None and type(attention).__name__ != wanted:
         raise SpecError(f"{where}: field 'projections.attention_class' is {wanted!r}, but the module at "
                         f"{spec.attn!r} is a {type(attention).__name__}")
-    for name in ("ln1", "ln2", "mlp", "cross_attn", "o_proj"):
+    for name in ("ln1", "ln2", "mlp", "o_proj"):  # cross_attn: only where the config adds it
         path = getattr(spec, name)
         if path is not None and module_at(blocks[0], path) is None:
             raise SpecError(f"{where}: field {name!r} ({path!r}) names no module in block 0")
