@@ -172,12 +172,12 @@ class NextTokenLoss:
         from transformers import AutoModelForCausalLM
 
         from probe.core.adapters import adapter_for
-        from probe.core.adapters.layouts import get_path
-        from probe.core.points import layout_of
+        from probe.core.adapters.spec import module_at
+        from probe.core.points import spec_of
 
         model, _ = run.services.load_model()
-        layout = layout_of(model, adapter_for(model))
-        self.norm = get_path(getattr(model, "base_model", model), layout.final_norm) if layout else None
+        spec = spec_of(model, adapter_for(model))
+        self.norm = module_at(getattr(model, "base_model", model), spec.final_norm) if spec else None
         if self.norm is None:
             raise ValueError(f"no final norm is known for model type {model.config.model_type!r}")
         self.lm = run.services.load_weights(AutoModelForCausalLM)

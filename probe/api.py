@@ -38,13 +38,13 @@ def run(
 
 
 def swap_attention(model, fast: bool = False):
-    """Replace every attention module of ``model`` with probe's reimplementation, asking the registered
-    adapters (plugins' first, probe's built-ins last) which one handles it; parameters are shared, not
-    copied. ``fast``: see ``probe.set_fast_attention``. Returns the model, swapped in place."""
+    """Replace every attention module of ``model`` with probe's reimplementation, by the adapter the
+    ``probe_adapter`` hook chooses (plugins asked first, probe's built-ins last); parameters are shared,
+    not copied. ``fast``: see ``probe.set_fast_attention``. Returns the model, swapped in place."""
     from probe import plugins
     from probe.core import swap
 
-    return swap.swap_attention(model, fast=fast, adapters=plugins.adapters())
+    return swap.swap_attention(model, fast=fast, adapters=plugins.adapters_for(model))
 
 
 def swapped_attention(model):
@@ -52,7 +52,7 @@ def swapped_attention(model):
     from probe import plugins
     from probe.core import swap
 
-    return swap.swapped_attention(model, adapters=plugins.adapters())
+    return swap.swapped_attention(model, adapters=plugins.adapters_for(model))
 
 
 def load_results(run_dir) -> Results:

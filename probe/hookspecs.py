@@ -48,9 +48,19 @@ def register_models(register):
     """Register model sources: ``register(name, resolve)``; ``resolve(revision)`` returns a path or hub name."""
 
 
+@hookspec(firstresult=True)
+def probe_adapter(model):
+    """Return the adapter that swaps ``model``'s attention, or None to leave it to the next plugin.
+
+    The first answer that is not None wins. A plugin is asked before probe's own adapters, which answer
+    last (``trylast``); see probe/core/adapters/ for the protocol and FamilySpec for describing a family."""
+
+
 @hookspec
 def register_adapters(register):
-    """Register model-family adapters: ``register(name, adapter)``; see probe/adapters/ for the protocol."""
+    """Register model-family adapters: ``register(name, adapter)``. The older way to bring an adapter,
+    kept for existing plugins: these are asked after every plugin's ``probe_adapter``, the most recently
+    registered first, and before probe's own."""
 
 
 @hookspec

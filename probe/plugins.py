@@ -3,6 +3,10 @@
 Plugins come from: probe's own built-ins, installed packages (entry-point group ``probe``), and
 local files (an experiment's ``plugins:`` list or ``--plugins-dir``). ``PROBE_PLUGINS`` restricts
 installed plugins to a comma-separated list of entry-point names (empty: none).
+
+An installed plugin that fails to load is named in a PluginWarning and skipped, so that one broken
+package never keeps probe's built-ins from working; one that ``PROBE_PLUGINS`` asks for by name is a
+PluginError, as is a local plugin file, which an experiment or the command line asked for.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,10 @@ REGISTRIES = {
 
 class PluginError(UserError, RuntimeError):
     """A plugin failed to load, raised inside a hook, or clashed with another plugin."""
+
+
+class PluginWarning(UserWarning):
+    """An installed plugin nobody asked for by name failed to load and was skipped."""
 
 
 @dataclass
@@ -98,10 +107,20 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         if allowed is not None and entry_point.name not in allowed:
             continue
         try:
-            plugin = entry_point.load()
-        except Exception as error:
-            raise PluginError(f"installed plugin {entry_point.name!r} ({entry_point.value}) failed to import: {error}") from error
-        _register(pm, plugin, entry_point.name)
+            _register(pm, _load(entry_point), entry_point.name)
+        except PluginError as error:
+            if allowed is not None:  # asked for by name: failing quietly would run without it
+                raise
+            warnings.warn(f"{error}; skipped (set {RESTRICT_ENV} to choose the installed plugins)",
+                          PluginWarning, stacklevel=2)
+
+
+def _load(entry_point):
+    try:
+        return entry_point.load()
+    except Exception as error:
+        raise PluginError(f"installed plugin {entry_point.name!r} ({entry_point.value}) failed to import: "
+                          f"{error}") from error
 
 
 def load_plugin_file(path: str | Path) -> str:
@@ -231,12 +250,23 @@ def call_each(hook_name: str, **kwargs) -> list[tuple[str, Any]]:
         _collected.reset(token)
 
 
-def adapters() -> list:
-    """Every registered adapter in the order they are asked: the most recently registered first (a
-    plugin's before probe's own), the universal adapter last."""
-    entries = list(registry("adapter").values())
-    last = [e for e in entries if e.name == "universal"]
-    return [e.value for e in reversed(entries) if e.name != "universal"] + [e.value for e in last]
+def adapter_for(model):
+    """The adapter that swaps ``model``: the first answer of the ``probe_adapter`` hook (plugins asked
+    before probe's built-ins), or the one that swapped it; a ValueError naming what is supported when
+    none takes it."""
+    from probe.core import adapters as core_adapters
+
+    if getattr(model, "_probe_swap", None) is not None:
+        return core_adapters.adapter_for(model)
+    chosen = get_plugin_manager().hook.probe_adapter(model=model)
+    if chosen is None:
+        raise core_adapters.unsupported(model)
+    return chosen
+
+
+def adapters_for(model) -> list:
+    """What the core's ``swap_attention(model, adapters=…)`` is to ask: the adapter ``adapter_for`` chose."""
+    return [adapter_for(model)]
 
 
 def describe() -> list[tuple[str, list[str]]]:

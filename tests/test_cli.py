@@ -113,7 +113,7 @@ def test_plugins_lists_the_builtins_with_their_hooks():
         "probe.builtin.metrics": "register_metrics",
         "probe.builtin.reporters": "register_reporters",
         "probe.builtin.models": "register_models",
-        "probe.builtin.adapters": "register_adapters",
+        "probe.builtin.adapters": "probe_adapter",
     }
     assert list(expected) == list(BUILTIN_PLUGINS)
     lines = result.output.splitlines()

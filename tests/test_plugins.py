@@ -21,12 +21,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 from filelock import FileLock
+from conftest import TINY, assert_bitwise, make_inputs
 from tiny_gpt2 import build_tiny_gpt2
+from transformers import GPT2Config, GPT2LMHeadModel
 
 import probe
 import probe.cli
 import probe.pipeline.run
 from probe import hookimpl, hookspecs, plugins
+from probe.core.adapters.gpt2 import GPT2Adapter
 from probe.core.swap import is_swapped
 from probe.pipeline.config import validate
 from probe.pipeline.run import run_experiment
@@ -769,7 +772,62 @@ def test_a_register_commands_hook_that_raises_is_reported_by_main(monkeypatch):
                                     "AttributeError: no such group option")
 
 
-# ---------------------------------------------------------------- register_adapters
+# ---------------------------------------------------------------- probe_adapter and register_adapters
+
+
+class MyGPT2Adapter(GPT2Adapter):
+    name = "my-gpt2"
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(**TINY, attn_implementation="eager")).eval()
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+class ClaimsGPT2:
+    """A plugin that claims the family a built-in also claims."""
+
+    @hookimpl
+    def probe_adapter(self, model):
+        return MyGPT2Adapter() if model.config.model_type == "gpt2" else None
+
+
+def test_a_plugins_adapter_is_asked_before_probes_own():
+    inputs = make_inputs()
+    reference = tiny_gpt2()
+    assert probe.swap_attention(tiny_gpt2())._probe_swap.adapter.name == "gpt2"
+    plugins.register_plugin(ClaimsGPT2(), "claims-gpt2")
+    swapped = probe.swap_attention(tiny_gpt2())
+    assert type(swapped._probe_swap.adapter) is MyGPT2Adapter
+    assert_bitwise(logits(reference, inputs), logits(swapped, inputs), "logits by the plugin's adapter")
+
+
+def test_a_plugin_that_declines_leaves_the_model_to_the_builtins():
+    asked = []
+
+    class Declines:
+        @hookimpl
+        def probe_adapter(self, model):
+            asked.append(type(model).__name__)
+
+    plugins.register_plugin(Declines(), "declines")
+    assert plugins.adapter_for(tiny_gpt2()).name == "gpt2" and asked == ["GPT2LMHeadModel"]
+
+
+def test_an_adapter_registered_the_older_way_still_wins_over_the_builtin():
+    class Older:
+        @hookimpl
+        def register_adapters(self, register):
+            register("my-gpt2", MyGPT2Adapter())
+
+    plugins.register_plugin(Older(), "older")
+    assert plugins.adapter_for(tiny_gpt2()).name == "my-gpt2"
+    assert probe.swap_attention(tiny_gpt2())._probe_swap.adapter.name == "my-gpt2"
 
 
 def test_a_plugin_adds_a_family_through_register_adapters(tmp_path):

@@ -21,7 +21,7 @@ from transformers import (
 from transformers.models.gpt2 import modeling_gpt2 as hf_gpt2
 
 import probe
-from probe.plugins import adapters as registered_adapters
+from probe.core.adapters import builtin_adapters
 from probe.core.adapters.base import SUPPORTED_TRANSFORMERS
 from probe.core.adapters.gpt2 import GPT2Adapter
 from probe.core.attention import MaskedMultiHeadAttention
@@ -265,7 +265,7 @@ def test_swapping_twice_is_a_clear_error(saved_gpt2):
 
 
 SUPPORTED_NAMES = [cls.__name__ for cls in SIX_CLASSES] + [
-    cls.__name__ for adapter in registered_adapters() for cls in getattr(adapter, "model_classes", ())
+    cls.__name__ for adapter in builtin_adapters() for cls in getattr(adapter, "model_classes", ())
 ] + ["AttentionInterface", "probe architectures"]
 
 

@@ -1,12 +1,19 @@
-"""probe's own model-family adapters, registered through the same hook as anyone's."""
+"""probe's own model-family adapters, answering the same hook as anyone's, last."""
 
 from probe.hookspecs import hookimpl
 
 
-@hookimpl
-def register_adapters(register):
-    from probe.core.adapters import builtin_adapters
+@hookimpl(trylast=True)
+def probe_adapter(model):
+    """The adapter plugins registered through the older register_adapters hook (the most recent first)
+    that takes ``model``, else the first of probe's built-ins that does; None when none does."""
+    from probe import plugins
+    from probe.core.adapters import SpecError, builtin_adapters, first_match
 
-    # Registered last-asked first: the registry asks the most recently registered first.
-    for adapter in reversed(builtin_adapters()):
-        register(adapter.name, adapter)
+    for entry in reversed(list(plugins.registry("adapter").values())):
+        try:
+            if entry.value.matches(model):
+                return entry.value
+        except SpecError as error:  # named here, or the error would name this built-in plugin
+            raise plugins.PluginError(f"plugin {entry.plugin!r}: adapter {entry.name!r}: {error}") from error
+    return first_match(model, builtin_adapters())

@@ -1,4 +1,4 @@
-"""Hook points beyond attention, named the same in every family through its layout.
+"""Hook points beyond attention, named the same in every family through its spec.
 
     embed                  token embeddings (before any position embedding is added)
     blocks.{i}.ln1.out     the norm in front of attention
@@ -7,38 +7,38 @@
     blocks.{i}.mlp.out     the MLP's output, before it joins the residual stream
     ln_final.out           the norm after the last block
 
-Each point reads and may replace its tensor. A point exists only where the family's layout names the
-module (probe/adapters/layouts.py): a parallel block (GPT-J, Phi) has no resid_mid and no ln2.
+Each point reads and may replace its tensor. A point exists only where the family's spec names the
+module (its FamilySpec, probe/core/adapters/spec.py): a parallel block (GPT-J, Phi) has no resid_mid and no ln2.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from probe.core.adapters.layouts import LAYOUTS, get_path
+from probe.core.adapters.spec import SPECS, FamilySpec, module_at
 from probe.core.hooks import HookPoint
 
 
-def layout_of(model: nn.Module, adapter):
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if hasattr(adapter, "layout"):
-        return adapter.layout(model)
-    return LAYOUTS.get(model_type)
+def spec_of(model: nn.Module, adapter) -> FamilySpec | None:
+    """The spec ``adapter`` swaps ``model`` by; an adapter that has none: probe's for the model type."""
+    if hasattr(adapter, "spec_for"):
+        return adapter.spec_for(model)
+    return SPECS.get(getattr(getattr(model, "config", None), "model_type", None))
 
 
 def add_model_points(model: nn.Module, adapter, state) -> None:
     base = getattr(model, "base_model", model)
-    layout = layout_of(model, adapter)
+    spec = spec_of(model, adapter)
     embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
     _output_point(embeddings, "embed", state)
-    if layout is None:
+    if spec is None:
         return
-    _output_point(get_path(base, layout.final_norm), "ln_final.out", state)
+    _output_point(module_at(base, spec.final_norm), "ln_final.out", state)
     for i, block in enumerate(adapter.blocks(model)):
         for field in ("ln1", "ln2", "mlp"):
-            _output_point(get_path(block, getattr(layout, field)), f"blocks.{i}.{field}.out", state)
-        ln2 = get_path(block, layout.ln2)
-        if layout.sequential_pre_norm and ln2 is not None:
+            _output_point(module_at(block, getattr(spec, field)), f"blocks.{i}.{field}.out", state)
+        ln2 = module_at(block, spec.ln2)
+        if spec.sequential_pre_norm and ln2 is not None:
             _resid_mid_point(block, ln2, f"blocks.{i}.resid_mid", state)
 
 

@@ -172,8 +172,6 @@ def check_architecture(config: ExperimentConfig, model_config) -> None:
     import torch
     from transformers import AutoModel
 
-    from probe.core.adapters import adapter_for
-
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -181,7 +179,7 @@ def check_architecture(config: ExperimentConfig, model_config) -> None:
     except Exception:
         return  # building it is the real load's business, and its error is reported there
     try:
-        adapter_for(model, plugins.adapters())
+        plugins.adapter_for(model)
     except ValueError as error:
         raise ConfigError(f"{config.source or 'config'}: field 'model' ({config.model}): {error}; "
                           "or set attention: reference without the random_weights control") from None

@@ -182,7 +182,7 @@ class Services:
         torch.manual_seed(self.config.seed)
         model = AutoModel.from_config(self.model_config, dtype=parse_dtype(self.config.dtype),
                                       attn_implementation="eager").to(self.device).eval()
-        swap_attention(model, fast=self.attention_path == "fast", adapters=plugins.adapters())
+        swap_attention(model, fast=self.attention_path == "fast", adapters=plugins.adapters_for(model))
         attach_activation_hooks(model, self.config)
         return model, self.tokenizer
 
@@ -217,7 +217,7 @@ class ModelProvider:
 
         if attention == "reimplemented":
             fast = self.services.attention_path == "fast"
-            swap_attention(self._model, fast=fast, adapters=plugins.adapters())
+            swap_attention(self._model, fast=fast, adapters=plugins.adapters_for(self._model))
             self._hook_handles = attach_activation_hooks(self._model, self.services.config)
         else:
             for handle in self._hook_handles:

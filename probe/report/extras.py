@@ -127,7 +127,7 @@ def attention_sentences(rows, load_model: Callable[[], tuple], indices: Sequence
 
     model, tokenizer = load_model()
     if not is_swapped(model):
-        swap_attention(model, adapters=plugins.adapters())
+        swap_attention(model, adapters=plugins.adapters_for(model))
     chosen = [rows[int(i)] for i in indices]
     sentences = capture_attentions(model, tokenizer, [row["text"] for row in chosen],
                                    [(row["span_start"], row["span_end"]) for row in chosen],

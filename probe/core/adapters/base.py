@@ -13,6 +13,7 @@ import transformers
 from torch import nn
 from transformers.cache_utils import EncoderDecoderCache
 
+from probe.core.adapters.spec import FamilySpec
 from probe.core.attention import STEPS
 
 SUPPORTED_TRANSFORMERS = ">=5.24,<5.26"  # pyproject.toml's range
@@ -152,11 +153,11 @@ TORCH_HOOK_DICTS = (
 class FamilyAdapter:
     """The full path: a family's attention modules are replaced by the core, projections included.
 
-    A subclass says, as data, which models it takes (``model_classes``), where their blocks are
-    (``blocks_path``, from the base model) and where the attention sits in a block (``attention_path``),
-    which class it replaces (``attention_class``, whose forward must take ``expected_parameters`` and
-    one of ``cache_parameters``) and with what (``replacement``, a core subclass). Families with more
-    decoder blocks may also hold a cross-attention module (``cross_attention_path``).
+    A subclass says which models it takes (``model_classes``), which class it replaces
+    (``attention_class``, whose forward must take ``expected_parameters`` and one of ``cache_parameters``)
+    and with what (``replacement``, a core subclass, built from the original module and the spec's
+    numerics where the spec has them). Where the blocks, their attention (and a decoder block's
+    cross-attention) and their norms are is the family's ``spec``.
     """
 
     name: str
@@ -166,10 +167,8 @@ class FamilyAdapter:
     expected_parameters: tuple[str, ...]
     # `cache` was called `past_key_values` before transformers 5.24; some families say `layer_past`.
     cache_parameters: tuple[str, ...] = ("cache", "past_key_values")
-    blocks_path: str
-    attention_path: str
+    spec: FamilySpec
     replacement: type
-    cross_attention_path: str | None = None  # GPT-2's and BERT's add_cross_attention
     extra_steps: tuple[str, ...] = ()  # optional steps this family takes, e.g. ("biased_scores",) for ALiBi
 
     def matches(self, model: nn.Module) -> bool:
@@ -178,21 +177,26 @@ class FamilyAdapter:
     def check(self) -> None:
         check_forward_signature(self.attention_class, self.expected_parameters, self.cache_parameters)
 
+    def spec_for(self, model: nn.Module) -> FamilySpec:
+        return self.spec
+
     def blocks(self, model: nn.Module) -> list[nn.Module]:
-        return list(model.base_model.get_submodule(self.blocks_path))
+        return list(model.base_model.get_submodule(self.spec.blocks))
 
     def slots(self, model: nn.Module) -> list[AttentionSlot]:
-        parent_path, _, attr = self.attention_path.rpartition(".")
+        parent_path, _, attr = self.spec.attn.rpartition(".")
+        cross = self.spec.cross_attn
         slots = []
         for i, block in enumerate(self.blocks(model)):
             slots.append(AttentionSlot(block.get_submodule(parent_path), attr, f"blocks.{i}.attn", self.attention_class))
-            if self.cross_attention_path and hasattr(block, self.cross_attention_path):
-                prefix = f"blocks.{i}.cross_attn"
-                slots.append(AttentionSlot(block, self.cross_attention_path, prefix, self.attention_class))
+            if cross and hasattr(block, cross):
+                slots.append(AttentionSlot(block, cross, f"blocks.{i}.cross_attn", self.attention_class))
         return slots
 
     def replace(self, original: nn.Module):
-        return self.replacement(original)
+        if self.spec.numerics is None:  # the replacement writes its family's arithmetic out (Falcon)
+            return self.replacement(original)
+        return self.replacement(original, self.spec.numerics)
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         """Each block's self-attention module, in block order."""

@@ -33,6 +33,7 @@ from probe.core.adapters.base import (
     cached_cross_layer,
     update_kv_cache,
 )
+from probe.core.adapters.spec import SPECS, Numerics
 from probe.core.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -54,7 +55,7 @@ EXPECTED_PARAMETERS = ("hidden_states", "attention_mask", "encoder_hidden_states
 class BertAttention(MaskedMultiHeadAttention):
     """The core, fed by BERT's query/key/value linears and finished by BertSelfOutput's W_O and LayerNorm."""
 
-    def __init__(self, original: hf_bert.BertAttention):
+    def __init__(self, original: hf_bert.BertAttention, numerics: Numerics = SPECS["bert"].numerics):
         inner = original.self  # BertSelfAttention, or BertCrossAttention when is_cross_attention
         super().__init__(
             n_heads=inner.num_attention_heads,
@@ -62,6 +63,7 @@ class BertAttention(MaskedMultiHeadAttention):
             scale=inner.scaling,  # attention_head_size**-0.5
             causal=inner.is_causal,  # config.is_decoder for self-attention; never for cross-attention
             attn_dropout=inner.dropout,
+            **numerics.switches(),
         )
         self.config = inner.config
         self.layer_idx = inner.layer_idx
@@ -112,12 +114,10 @@ class BertAdapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_bert.BertAttention
     expected_parameters = EXPECTED_PARAMETERS
-    blocks_path = "encoder.layer"
-    attention_path = "attention"
-    cross_attention_path = "crossattention"
+    spec = SPECS["bert"]
 
     def replace(self, original: nn.Module) -> MaskedMultiHeadAttention:
-        new = BertAttention(original)
+        new = BertAttention(original, self.spec.numerics)
         # Forward hooks on the inner BertSelfAttention (HF's output_attentions recorder reads its output[1],
         # the pattern) move to the replacement, whose output[1] is the same pattern. Pre-hooks do not: they
         # would see BertAttention's arguments, not BertSelfAttention's.

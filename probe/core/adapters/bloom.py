@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from transformers.models.bloom import modeling_bloom as hf_bloom
 
 from probe.core.adapters.base import FamilyAdapter, bool_mask
+from probe.core.adapters.spec import SPECS, Numerics
 from probe.core.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -37,14 +38,14 @@ EXPECTED_PARAMETERS = ("hidden_states", "residual", "alibi", "attention_mask")
 class BloomAttention(MaskedMultiHeadAttention):
     """The core, fed by BLOOM's fused projection, with ALiBi fused into the score product as in eager."""
 
-    def __init__(self, original: hf_bloom.BloomAttention):
+    def __init__(self, original: hf_bloom.BloomAttention, numerics: Numerics = SPECS["bloom"].numerics):
         super().__init__(
             n_heads=original.num_heads,
             d_head=original.head_dim,
             scale=original.inv_norm_factor,  # 1/√d_head
             causal=True,
             attn_dropout=original.attention_dropout,
-            softmax_in_float32=True,
+            **numerics.switches(),  # softmax in float32
         )
         self.layer_idx = original.layer_idx
         self.beta = original.beta
@@ -116,8 +117,7 @@ class BloomAdapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_bloom.BloomAttention
     expected_parameters = EXPECTED_PARAMETERS
-    blocks_path = "h"
-    attention_path = "self_attention"
+    spec = SPECS["bloom"]
     replacement = BloomAttention
     cache_parameters = ("layer_past",)
     extra_steps = ("biased_scores",)

@@ -30,6 +30,7 @@ from transformers.models.falcon import modeling_falcon as hf_falcon
 from probe.core import interface
 from probe.core.adapters.base import FamilyAdapter, bool_mask
 from probe.core.adapters.rotary import rotate
+from probe.core.adapters.spec import SPECS
 from probe.core.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -156,8 +157,7 @@ class FalconAdapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_falcon.FalconAttention
     expected_parameters = EXPECTED_PARAMETERS
-    blocks_path = "h"
-    attention_path = "self_attention"
+    spec = SPECS["falcon"]
     replacement = FalconAttention
     cache_parameters = ("layer_past",)
 

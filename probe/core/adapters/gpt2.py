@@ -15,6 +15,7 @@ from probe.core.adapters.base import (
     cached_cross_layer,
     update_kv_cache,
 )
+from probe.core.adapters.spec import SPECS, Numerics
 from probe.core.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -33,7 +34,7 @@ EXPECTED_PARAMETERS = ("hidden_states", "attention_mask", "encoder_hidden_states
 class GPT2Attention(MaskedMultiHeadAttention):
     """The core, fed by GPT-2's fused c_attn / c_proj and speaking GPT2Attention's forward signature."""
 
-    def __init__(self, original: hf_gpt2.GPT2Attention):
+    def __init__(self, original: hf_gpt2.GPT2Attention, numerics: Numerics = SPECS["gpt2"].numerics):
         config = original.config
         super().__init__(
             n_heads=original.num_heads,
@@ -41,7 +42,8 @@ class GPT2Attention(MaskedMultiHeadAttention):
             scale=original.scaling,  # head_dim**-0.5, and / (layer + 1) under scale_attn_by_inverse_layer_idx
             causal=not original.is_cross_attention,
             attn_dropout=original.attn_dropout,
-            scores_in_float32=config.reorder_and_upcast_attn,
+            softmax_in_float32=numerics.softmax_in_float32,
+            scores_in_float32=numerics.scores_in_float32 or config.reorder_and_upcast_attn,
         )
         self.config = config
         self.layer_idx = original.layer_idx
@@ -98,7 +100,5 @@ class GPT2Adapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_gpt2.GPT2Attention
     expected_parameters = EXPECTED_PARAMETERS
-    blocks_path = "h"
-    attention_path = "attn"
-    cross_attention_path = "crossattention"
+    spec = SPECS["gpt2"]
     replacement = GPT2Attention

@@ -16,6 +16,7 @@ import torch
 from transformers.models.gpt_neo import modeling_gpt_neo as hf_gpt_neo
 
 from probe.core.adapters.base import FamilyAdapter, bool_mask
+from probe.core.adapters.spec import SPECS, Numerics
 from probe.core.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -33,7 +34,7 @@ EXPECTED_PARAMETERS = ("hidden_states", "attention_mask")
 class GPTNeoAttention(MaskedMultiHeadAttention):
     """The core, fed by GPT-Neo's q/k/v projections; local layers see a sliding window of keys."""
 
-    def __init__(self, original: hf_gpt_neo.GPTNeoSelfAttention):
+    def __init__(self, original: hf_gpt_neo.GPTNeoSelfAttention, numerics: Numerics = SPECS["gpt_neo"].numerics):
         config = original.config
         super().__init__(
             n_heads=original.num_heads,
@@ -41,7 +42,7 @@ class GPTNeoAttention(MaskedMultiHeadAttention):
             scale=1.0,  # GPT-Neo does not scale its scores
             causal=True,
             attn_dropout=original.attn_dropout,
-            scores_in_float32="matmul",  # queries and keys upcast to fp32 before the product
+            **numerics.switches(),  # queries and keys upcast to fp32 before the product
         )
         self.config = config
         self.layer_idx = original.layer_id  # GPT-Neo's name for the block index
@@ -89,7 +90,6 @@ class GPTNeoAdapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_gpt_neo.GPTNeoSelfAttention
     expected_parameters = EXPECTED_PARAMETERS
-    blocks_path = "h"
-    attention_path = "attn.attention"
+    spec = SPECS["gpt_neo"]
     replacement = GPTNeoAttention
     cache_parameters = ("layer_past",)

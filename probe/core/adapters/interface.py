@@ -11,69 +11,65 @@ and ``attn.out`` (around the module that applies W_O).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from probe.core import interface
 from probe.core.adapters.base import CACHE_ARGUMENTS
-from probe.core.adapters.layouts import (
-    LAYOUTS,
-    Layout,
-    get_path,
-    guess_layout,
-    o_proj_of,
-)
+from probe.core.adapters.spec import SPECS, FamilySpec, blocks_of, module_at
 from probe.core.attention import STEPS
 from probe.core.heads import per_head_output, sum_heads, unchanged
 from probe.core.hooks import HookPoint
 
 
 class InterfaceAdapter:
-    """Swaps in the core through the attention interface; ``layouts`` says where blocks and norms live."""
+    """Swaps in the core through the attention interface; ``specs`` (default: probe's) say where blocks
+    and norms live, and a model of another type has its blocks and attention found (``guess``)."""
 
     name = "universal"
     path = "universal"
 
-    def __init__(self, layouts: dict[str, Layout] | None = None, guess: bool = True):
-        self.layouts = LAYOUTS if layouts is None else layouts
+    def __init__(self, specs: Mapping[str, FamilySpec] | None = None, guess: bool = True):
+        self.specs = SPECS if specs is None else specs
         self.guess = guess
 
-    def layout(self, model: nn.Module) -> Layout | None:
+    def spec_for(self, model: nn.Module) -> FamilySpec | None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        if model_type in self.layouts:
-            return self.layouts[model_type]
-        return guess_layout(model, _is_interface_attention) if self.guess else None
+        if model_type in self.specs:
+            return self.specs[model_type]
+        return guess_spec(model) if self.guess else None
 
     def matches(self, model: nn.Module) -> bool:
-        layout = self.layout(model) if hasattr(model, "set_attn_implementation") else None
-        if layout is None:
+        spec = self.spec_for(model) if hasattr(model, "set_attn_implementation") else None
+        if spec is None:
             return False
-        attentions = [get_path(block, layout.attn) for block in self.blocks(model)]
+        attentions = [module_at(block, spec.attn) for block in self.blocks(model)]
         # Hybrid models (Qwen3-Next, MiniMax, LFM2) have blocks without attention: those get no attn points.
         present = [a for a in attentions if a is not None]
         return bool(present) and all(_is_interface_attention(a) for a in present)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
-        layout = self.layout(model)
-        blocks = get_path(getattr(model, "base_model", model), layout.blocks) if layout else None
-        return list(blocks) if blocks is not None else []
+        spec = self.spec_for(model)
+        return blocks_of(model, spec) if spec else []
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         """Each block's attention module, in block order (blocks without attention left out)."""
-        attentions = (get_path(block, self.layout(model).attn) for block in self.blocks(model))
+        attentions = (module_at(block, self.spec_for(model).attn) for block in self.blocks(model))
         return [a for a in attentions if a is not None]
 
     def install(self, model: nn.Module, state) -> None:
         """Attach a core to every attention module and switch the model to it; all or nothing."""
-        layout = self.layout(model)
+        spec = self.spec_for(model)
         plan = []
         for i, block in enumerate(self.blocks(model)):
-            attention = get_path(block, layout.attn)
+            attention = module_at(block, spec.attn)
             if attention is None:
                 continue
             core = interface.InterfaceCore(attention, interface.numerics_of(attention))
             points = _name_points(core, f"blocks.{i}.attn", attention)
-            plan.append((attention, core, points, o_proj_of(block, layout)))
+            plan.append((attention, core, points, o_proj_of(block, spec)))
         interface.register()
         previous = model.config._attn_implementation
         model.set_attn_implementation(interface.IMPLEMENTATION)
@@ -92,6 +88,34 @@ class InterfaceAdapter:
 
 def _is_interface_attention(module) -> bool:
     return module is not None and interface.calls_the_interface(type(module))
+
+
+def guess_spec(model: nn.Module) -> FamilySpec | None:
+    """Blocks and attention of a model no spec names: the first ModuleList as long as the model is deep
+    whose blocks hold a module on the attention interface; None when there is none."""
+    base = getattr(model, "base_model", model)
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for list_path, modules in base.named_modules():
+        if not isinstance(modules, nn.ModuleList) or len(modules) == 0 or (depth and len(modules) != depth):
+            continue
+        for block in modules:  # the first block may have none (hybrids with linear-attention blocks)
+            for attn_path, sub in block.named_modules():
+                if attn_path and _is_interface_attention(sub):
+                    return FamilySpec(blocks=list_path, attn=attn_path)
+    return None
+
+
+# Where W_O usually sits inside an attention module whose spec does not say.
+O_PROJ_NAMES = ("o_proj", "out_proj", "dense", "c_proj", "out_lin", "Wo", "wo")
+
+
+def o_proj_of(block: nn.Module, spec: FamilySpec) -> nn.Module | None:
+    if spec.o_proj is not None:
+        return module_at(block, spec.o_proj)
+    attention = module_at(block, spec.attn)
+    if spec.projections is not None:
+        return getattr(attention, spec.projections.o)
+    return next((getattr(attention, n) for n in O_PROJ_NAMES if isinstance(getattr(attention, n, None), nn.Module)), None)
 
 
 def _name_points(core, prefix: str, attention: nn.Module) -> dict[str, HookPoint]:

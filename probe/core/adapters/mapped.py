@@ -1,6 +1,6 @@
-"""The full path, declaratively: a family's attention described by a ``ProjectionMap`` — where W_Q, W_K,
-W_V and W_O live, how a fused projection is laid out, which query/key norms there are, whether rotary
-covers the whole head — and one core class (``MappedAttention``) that runs every step from it.
+"""The full path, declaratively: a family's attention described by the ``ProjectionMap`` of its spec —
+where W_Q, W_K, W_V and W_O live, how a fused projection is laid out, which query/key norms there are,
+whether rotary covers the whole head — and one core class (``MappedAttention``) that runs every step from it.
 
 Rotary itself is the family's own ``apply_rotary_pos_emb`` (families rotate pairs differently, and the
 model computes cos/sin once per forward); the KV cache is Hugging Face's. Everything else is the core.
@@ -9,79 +9,34 @@ model computes cos/sin once per forward); the KV cache is Hugging Face's. Everyt
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from probe.core.adapters.base import (
-    CACHE_ARGUMENTS,
-    AttentionSlot,
-    FamilyAdapter,
-    bool_mask,
-)
-from probe.core.adapters.layouts import LAYOUTS, get_path
+from probe.core.adapters.base import CACHE_ARGUMENTS, AttentionSlot, FamilyAdapter, bool_mask
+from probe.core.adapters.spec import SPECS, FamilySpec, ProjectionMap, SpecError, blocks_of, check_fits
 from probe.core.attention import MaskedMultiHeadAttention
 from probe.core.interface import numerics_of
 
-
-@dataclass(frozen=True)
-class ProjectionMap:
-    attention_class: str  # the Hugging Face class this map describes, e.g. "LlamaAttention"
-    q: str = "q_proj"
-    k: str = "k_proj"
-    v: str = "v_proj"
-    o: str = "o_proj"
-    qkv: str | None = None  # one fused projection instead of q, k, v …
-    qkv_layout: str = "split"  # … laid out [Q | K | V] ("split", Phi-3) or [q k v] per head ("per_head", GPT-NeoX)
-    q_norm: str | None = None  # norms on queries and keys (qk-norm) …
-    k_norm: str | None = None
-    norm_on: str = "heads"  # … over each head before the head axis moves ("heads"), or the whole width ("width")
-    partial_rotary: bool = False  # rotary on the first ``module.rotary_ndims`` of each head only
-
-    def fused(self) -> bool:
-        return self.qkv is not None
-
-
-LLAMA = ProjectionMap("LlamaAttention")
-
-# model_type → map. Families listed here run on the full path; every other family on the interface
-# runs on the universal one.
-MAPS: dict[str, ProjectionMap] = {
-    "llama": LLAMA,
-    "mistral": ProjectionMap("MistralAttention"),
-    "mixtral": ProjectionMap("MixtralAttention"),
-    "qwen2": ProjectionMap("Qwen2Attention"),
-    "qwen2_moe": ProjectionMap("Qwen2MoeAttention"),
-    "qwen3": ProjectionMap("Qwen3Attention", q_norm="q_norm", k_norm="k_norm"),
-    "qwen3_moe": ProjectionMap("Qwen3MoeAttention", q_norm="q_norm", k_norm="k_norm"),
-    "gemma": ProjectionMap("GemmaAttention"),
-    "gemma2": ProjectionMap("Gemma2Attention"),
-    "olmo": ProjectionMap("OlmoAttention"),
-    "olmo2": ProjectionMap("Olmo2Attention", q_norm="q_norm", k_norm="k_norm", norm_on="width"),
-    "phi": ProjectionMap("PhiAttention", o="dense", partial_rotary=True),
-    "phi3": ProjectionMap("Phi3Attention", qkv="qkv_proj"),
-    "gpt_neox": ProjectionMap("GPTNeoXAttention", qkv="query_key_value", qkv_layout="per_head", o="dense"),
-    "starcoder2": ProjectionMap("Starcoder2Attention"),
-    "granite": ProjectionMap("GraniteAttention"),
-    "glm": ProjectionMap("GlmAttention"),
-    "helium": ProjectionMap("HeliumAttention"),
-}
+__all__ = ["MappedAdapter", "MappedAttention", "ProjectionMap"]
 
 
 class MappedAttention(MaskedMultiHeadAttention):
     """The core, fed by the projections a ``ProjectionMap`` names on a Hugging Face attention module."""
 
-    def __init__(self, original: nn.Module, projection_map: ProjectionMap):
-        config = original.config
+    def __init__(self, original: nn.Module, spec: FamilySpec):
+        config, projection_map = original.config, spec.projections
         n_heads = config.num_attention_heads
+        numerics = spec.numerics.switches() if spec.numerics is not None else numerics_of(original)
         super().__init__(
             n_heads=n_heads,
             d_head=getattr(original, "head_dim", None) or original.head_size,  # GPT-NeoX says head_size
-            n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+            n_kv_heads=getattr(config, projection_map.kv_heads, None) or n_heads,
             scale=original.scaling,
             causal=getattr(original, "is_causal", True),
-            **numerics_of(original),
+            **numerics,
         )
         self.blocked_score = "dtype-min"  # as Hugging Face's masks: padded queries spread evenly, as in eager
         self.map, self.config, self.layer_idx = projection_map, config, original.layer_idx
@@ -120,12 +75,11 @@ class MappedAttention(MaskedMultiHeadAttention):
 
     def position(self, q, k, position_embeddings=None, **plumbing):
         cos, sin = position_embeddings
-        if not self.map.partial_rotary:
+        if self.map.rotary == "full":
             return self.apply_rotary(q, k, cos, sin)
         n = self.rotary_ndims  # rotary on the first n dimensions of each head, the rest passes through
         q_rot, k_rot = self.apply_rotary(q[..., :n], k[..., :n], cos, sin)
         return torch.cat((q_rot, q[..., n:]), dim=-1), torch.cat((k_rot, k[..., n:]), dim=-1)
-
 
     def output_projection(self):
         return getattr(self, self.map.o)
@@ -153,37 +107,66 @@ class MappedAttention(MaskedMultiHeadAttention):
 
 
 class MappedAdapter(FamilyAdapter):
-    """Full-path adapter for every family with a ``ProjectionMap``."""
+    """Full-path adapter for every family whose spec has ``projections``.
+
+    ``specs``: model type → FamilySpec, or a bare ProjectionMap for a model type probe has a spec for
+    (its blocks and norms come from probe's). Default: probe's specs. Given specs are strict: a model of
+    one of their types that the spec does not fit is a SpecError naming the field, where probe's own
+    leave the model to the universal path.
+    """
 
     name = "mapped"
 
-    def __init__(self, maps: dict[str, ProjectionMap] | None = None):
-        self.maps = MAPS if maps is None else maps
+    def __init__(self, specs: Mapping[str, FamilySpec | ProjectionMap] | None = None):
+        self.strict = specs is not None
+        if specs is None:  # probe's own: the families whose spec says where the projections are
+            self.specs = {t: spec for t, spec in SPECS.items() if spec.projections is not None}
+        else:
+            self.specs = {t: _full_spec(t, spec) for t, spec in specs.items()}
 
-    def map_of(self, model) -> ProjectionMap | None:
-        return self.maps.get(getattr(getattr(model, "config", None), "model_type", None))
+    def spec_for(self, model) -> FamilySpec | None:
+        return self.specs.get(getattr(getattr(model, "config", None), "model_type", None))
 
     def matches(self, model) -> bool:
-        projection_map = self.map_of(model)
-        if projection_map is None or not self.blocks(model):
+        spec = self.spec_for(model)
+        if spec is None:
             return False
-        return all(type(a).__name__ == projection_map.attention_class for a in self.attention_modules(model))
+        if self.strict:
+            check_fits(model, spec, model.config.model_type)
+        elif not self.blocks(model):
+            return False
+        return all(type(a).__name__ == spec.projections.attention_class for a in self.attention_modules(model))
 
     def check(self) -> None:
-        pass  # the map names the class; its forward is spoken through keyword arguments
+        pass  # the spec names the class; its forward is spoken through keyword arguments
 
     def blocks(self, model) -> list[nn.Module]:
-        layout = LAYOUTS.get(model.config.model_type)
-        blocks = get_path(model.base_model, layout.blocks) if layout else None
-        return list(blocks) if blocks is not None else []
+        spec = self.spec_for(model)
+        return blocks_of(model, spec) if spec else []
 
     def slots(self, model) -> list[AttentionSlot]:
-        layout = LAYOUTS[model.config.model_type]
+        attn = self.spec_for(model).attn
         return [
-            AttentionSlot(block, layout.attn, f"blocks.{i}.attn", type(getattr(block, layout.attn)))
+            AttentionSlot(block, attn, f"blocks.{i}.attn", type(getattr(block, attn)))
             for i, block in enumerate(self.blocks(model))
         ]
 
     def replace(self, original: nn.Module) -> MaskedMultiHeadAttention:
-        model_type = original.config.model_type
-        return MappedAttention(original, self.maps[model_type])
+        return MappedAttention(original, self.specs[original.config.model_type])
+
+
+def _full_spec(model_type: str, spec: FamilySpec | ProjectionMap) -> FamilySpec:
+    """A plugin's bare ProjectionMap completed by probe's spec for the same model type."""
+    if isinstance(spec, FamilySpec):
+        if spec.projections is None:
+            raise SpecError(f"the FamilySpec for model type {model_type!r} has no field 'projections': the full "
+                            "path needs a ProjectionMap saying where W_Q, W_K, W_V and W_O are (without one, "
+                            "give the spec to an InterfaceAdapter, which leaves the projections to the model)")
+        return spec
+    if model_type not in SPECS:
+        raise SpecError(
+            f"MappedAdapter got only a ProjectionMap for model type {model_type!r}, which probe has no "
+            "FamilySpec for: give a FamilySpec with the fields 'blocks' and 'attn' (where the blocks and their "
+            "attention are; 'ln1', 'ln2', 'mlp', 'final_norm' add hook points) and 'projections'"
+        )
+    return replace(SPECS[model_type], projections=spec)

@@ -17,6 +17,7 @@ import torch
 from transformers.models.mpt import modeling_mpt as hf_mpt
 
 from probe.core.adapters.base import FamilyAdapter, bool_mask
+from probe.core.adapters.spec import SPECS, Numerics
 from probe.core.attention import MaskedMultiHeadAttention
 
 MODEL_CLASSES = (
@@ -34,14 +35,14 @@ EXPECTED_PARAMETERS = ("hidden_states", "position_bias", "attention_mask")
 class MptAttention(MaskedMultiHeadAttention):
     """The core, fed by MPT's fused Wqkv, with ALiBi as the score bias."""
 
-    def __init__(self, original: hf_mpt.MptAttention):
+    def __init__(self, original: hf_mpt.MptAttention, numerics: Numerics = SPECS["mpt"].numerics):
         super().__init__(
             n_heads=original.n_heads,
             d_head=original.head_dim,
             scale=original.softmax_scale,  # config.attn_config.softmax_scale, or head_dim**-0.5
             causal=True,
             attn_dropout=original.attn_dropout_p,  # Hugging Face: functional dropout with this p
-            softmax_in_float32=True,
+            **numerics.switches(),  # softmax in float32
         )
         self.layer_idx = original.layer_idx
         self.clip_qkv = original.clip_qkv
@@ -98,7 +99,6 @@ class MptAdapter(FamilyAdapter):
     model_classes = MODEL_CLASSES
     attention_class = hf_mpt.MptAttention
     expected_parameters = EXPECTED_PARAMETERS
-    blocks_path = "blocks"
-    attention_path = "attn"
+    spec = SPECS["mpt"]
     replacement = MptAttention
     extra_steps = ("biased_scores",)
