@@ -18,9 +18,10 @@ def check(config) -> None:
 
 def evaluate(context, splits, layers: list[int], n_jobs: int | None = None) -> dict[Hashable, dict]:
     """``{(subset, position, layer): {measure name: {value name: number}}}`` for the config's measures."""
-    from joblib import Parallel, delayed
+    from joblib import delayed
     from sklearn.base import clone
 
+    from probe.scale.workers import run_parallel
     from probe.science.probes import n_jobs_for
 
     config = context.config
@@ -44,7 +45,7 @@ def evaluate(context, splits, layers: list[int], n_jobs: int | None = None) -> d
     # Each job fits at least one probe on its rows: counted as one fit, workers start only for plenty of them.
     n_jobs = n_jobs_for(n_jobs, work)
     answers: dict[Hashable, dict] = {}
-    for (key, name), values in zip(keys, Parallel(n_jobs=n_jobs)(jobs)):
+    for (key, name), values in zip(keys, run_parallel(jobs, n_jobs)):
         answers.setdefault(key, {})[name] = values
     return answers
 
