@@ -37,8 +37,9 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     """A GGUF checkpoint converted once to a safetensors folder (model + tokenizer) under ``cache_root``,
     keyed by the file's hash and the transformers version; later loads read that folder.
 
-    Parsing and dequantizing GGUF takes seconds per load (SmolLM2: about 10 s on 2 cores); reading the
-    converted float32 safetensors gives the same tensors, since dequantizing already yields float32.
+    Parsing and dequantizing GGUF takes seconds per load; reading the converted float32 safetensors gives
+    the same tensors, since dequantizing already yields float32. ``progress`` is kept for callers: probe's
+    reader draws no bar, and transformers' GGUF loading (other architectures) draws its own regardless.
     """
     path = Path(gguf_path)
     digest = remembered_sha256(path, Path(cache_root) / "digests")
@@ -50,7 +51,7 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
         remove_abandoned_conversions(folder)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.{_process_space()}.{os.getpid()}."))
     try:
-        _convert(path, tmp, folder, progress)
+        _convert(path, tmp, folder)
         with _writing(folder):
             os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a model cache is for everyone to read
             os.replace(tmp, folder)  # one step: a reader sees no folder or a complete one
@@ -87,7 +88,7 @@ def conversion_sources(cache_root: Path) -> dict[str, str]:
     return sources
 
 
-def _convert(path: Path, tmp: Path, folder: Path, progress: bool) -> None:
+def _convert(path: Path, tmp: Path, folder: Path) -> None:
     """Dequantize the GGUF file at ``path`` and save it, model and tokenizer, into ``tmp``."""
     with ThreadPoolExecutor(1) as writer:
         model = dequantized_model(path)
@@ -102,8 +103,8 @@ def _convert(path: Path, tmp: Path, folder: Path, progress: bool) -> None:
 # The GGUF architectures probe converts with its own reader (probe.store.gguf): those whose config
 # transformers reads with no special case, and whose tensors need only the name map and, for llama, the
 # rows of q and k put back in the order llama.cpp's converter permuted. Any other goes through
-# transformers' own GGUF loading, which gives the same tensors and reads the file three times over (SmolLM2:
-# about 17 s instead of 3).
+# transformers' own GGUF loading, which gives the same tensors and reads the file three times over
+# (docs/libraries.md).
 OWN_READER = {"llama"}
 
 
