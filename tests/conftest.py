@@ -217,8 +217,12 @@ def fake_gguf_conversion(monkeypatch, save_weights) -> None:
         def save_pretrained(self, folder):
             (Path(folder) / "tokenizer.json").write_text("{}")
 
-    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: object())
-    monkeypatch.setattr(models, "load_tokenizer", lambda *args, **kwargs: Tokenizer())
+    class Model:
+        class config:  # noqa: N801 - stands in for a transformers config
+            model_type = "llama"
+
+    monkeypatch.setattr(models, "dequantized_model", lambda *args, **kwargs: Model())
+    monkeypatch.setattr(models, "gguf_tokenizer", lambda *args, **kwargs: Tokenizer())
     monkeypatch.setattr(models, "_save_dequantized", save_weights)
 
 

@@ -20,9 +20,10 @@ def evaluate(config, features, splits, layers: list[int], make_probe, n_jobs: in
              ) -> dict[Hashable, dict]:
     """``{(subset, position, layer): {measure name: {value name: number}}}`` for the config's measures, on
     the probed vectors (``features.main``); ``make_probe``: the run's probe factory."""
-    from joblib import Parallel, delayed
+    from joblib import delayed
     from sklearn.base import clone
 
+    from probe.scale.workers import run_parallel
     from probe.science.probes import n_jobs_for
 
     if not config.measures:
@@ -45,7 +46,7 @@ def evaluate(config, features, splits, layers: list[int], make_probe, n_jobs: in
     # Each job fits at least one probe on its rows: counted as one fit, workers start only for plenty of them.
     n_jobs = n_jobs_for(n_jobs, work)
     answers: dict[Hashable, dict] = {}
-    for (key, name), values in zip(keys, Parallel(n_jobs=n_jobs)(jobs)):
+    for (key, name), values in zip(keys, run_parallel(jobs, n_jobs)):
         answers.setdefault(key, {})[name] = values
     return answers
 

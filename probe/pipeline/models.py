@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import glob
 import hashlib
 import json
@@ -38,8 +37,9 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
     """A GGUF checkpoint converted once to a safetensors folder (model + tokenizer) under ``cache_root``,
     keyed by the file's hash and the transformers version; later loads read that folder.
 
-    Parsing and dequantizing GGUF takes seconds per load (SmolLM2: about 10 s on 2 cores); reading the
-    converted float32 safetensors gives the same tensors, since dequantizing already yields float32.
+    Parsing and dequantizing GGUF takes seconds per load; reading the converted float32 safetensors gives
+    the same tensors, since dequantizing already yields float32. ``progress`` is kept for callers: probe's
+    reader draws no bar, and transformers' GGUF loading (other architectures) draws its own regardless.
     """
     path = Path(gguf_path)
     digest = remembered_sha256(path, Path(cache_root) / "digests")
@@ -51,7 +51,7 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = 
         remove_abandoned_conversions(folder)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.{_process_space()}.{os.getpid()}."))
     try:
-        _convert(path, tmp, folder, progress)
+        _convert(path, tmp, folder)
         with _writing(folder):
             os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a model cache is for everyone to read
             os.replace(tmp, folder)  # one step: a reader sees no folder or a complete one
@@ -88,16 +88,124 @@ def conversion_sources(cache_root: Path) -> dict[str, str]:
     return sources
 
 
-def _convert(path: Path, tmp: Path, folder: Path, progress: bool) -> None:
+def _convert(path: Path, tmp: Path, folder: Path) -> None:
     """Dequantize the GGUF file at ``path`` and save it, model and tokenizer, into ``tmp``."""
-    with _quiet_tqdm(not progress), _gguf_parsed_once(), ThreadPoolExecutor(1) as writer:
-        model = load_model(str(path), dtype=torch.float32)
+    with ThreadPoolExecutor(1) as writer:
+        model = dequantized_model(path)
         # Writing the weights (SmolLM2: 540 MB, 0.6 s) releases the GIL: the tokenizer converts meanwhile.
         weights = writer.submit(_save_dequantized, model, tmp)
-        tokenizer = load_tokenizer(str(path))
+        tokenizer = gguf_tokenizer(path, model.config.model_type)
         with _writing(folder):
             tokenizer.save_pretrained(tmp)
             weights.result()  # raises what the writing raised
+
+
+# The GGUF architectures probe converts with its own reader (probe.store.gguf): those whose config
+# transformers reads with no special case, and whose tensors need only the name map and, for llama, the
+# rows of q and k put back in the order llama.cpp's converter permuted. Any other goes through
+# transformers' own GGUF loading, which gives the same tensors and reads the file three times over
+# (docs/libraries.md).
+OWN_READER = {"llama"}
+
+
+def dequantized_model(path: Path):
+    """The GGUF file's model in float32, as ``load_model(path)`` gives it."""
+    from probe.store.gguf import read_gguf
+
+    gguf_file = read_gguf(path)
+    config = own_config_dict(gguf_file.metadata, gguf_file.tensors)
+    if config is None:
+        return load_model(str(path), dtype=torch.float32)
+    return _model_from_tensors(gguf_file, config)
+
+
+def own_config_dict(metadata: dict, tensors) -> dict | None:
+    """The config transformers reads from a GGUF file of an architecture in OWN_READER (its defaults, the
+    renamed keys of its table, tied embeddings when there is no output matrix, the vocabulary's size when
+    unstated); None for any other architecture."""
+    from transformers.integrations import GGUF_CONFIG_DEFAULTS_MAPPING, GGUF_CONFIG_MAPPING
+
+    architecture = metadata.get("general.architecture")
+    if architecture not in OWN_READER or "mistral" in str(metadata.get("general.name", "")):
+        return None  # transformers reads a llama file named mistral as mistral
+    config = {"tie_word_embeddings": all(info.name != "output.weight" for info in tensors)}
+    for key, value in GGUF_CONFIG_DEFAULTS_MAPPING.get(architecture, {}).items():
+        config.setdefault(key, value)
+    for key, value in metadata.items():
+        prefix, _, rest = key.partition(".")
+        renamed = GGUF_CONFIG_MAPPING.get(prefix, {}).get(rest)
+        if renamed is not None and renamed != -1:
+            config[renamed] = value[0] if isinstance(value, list) and len(value) == 1 else value
+    if "vocab_size" not in config and "tokenizer.ggml.tokens" in metadata:
+        config["vocab_size"] = len(metadata["tokenizer.ggml.tokens"])
+    return config
+
+
+def _model_from_tensors(gguf_file, config_dict: dict):
+    """Each tensor dequantized by gguf and renamed by gguf's name table, in a model built on the meta device
+    (no memory, no random init) that takes them as its parameters: a model to save, not to run."""
+    import gguf
+    import numpy
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**config_dict)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+    names = _transformers_names(model)
+    state = {}
+    for info in gguf_file.tensors:
+        if info.name not in names:
+            continue  # as transformers does: a tensor the model has no parameter for is left out
+        weights = gguf.dequantize(gguf_file.tensor_data(info), info.ggml_type)
+        if ".attn_q." in info.name or ".attn_k." in info.name:
+            weights = _unpermuted(weights, config_dict, query=".attn_q." in info.name)
+        state[names[info.name]] = torch.from_numpy(numpy.copy(weights))
+    missing, _ = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    if untied := [name for name in missing if model.get_parameter(name).is_meta]:
+        raise ValueError(f"{gguf_file.path}: no tensor in the file for {', '.join(untied[:5])}")
+    return model.eval()
+
+
+def _transformers_names(model) -> dict[str, str]:
+    """GGUF tensor name → the model's parameter name, through gguf's table of names for the architecture."""
+    import gguf
+
+    config = model.config
+    arch = next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == config.model_type)
+    table = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    names = {}
+    for name in model.state_dict():
+        stem, dot, suffix = name.rpartition(".") if name.endswith((".weight", ".bias")) else (name, "", "")
+        found = table.get_name(stem)
+        if found is not None:
+            names[found + dot + suffix] = name
+    return names
+
+
+def _unpermuted(weights, config: dict, query: bool):
+    """q or k rows back in the model's order: llama.cpp's converter interleaved each head's two rotary
+    halves (the rows of head h are (h, 2, d/2) there, (h, d/2, 2) in the GGUF file)."""
+    heads, kv_heads = config.get("num_attention_heads"), config.get("num_key_value_heads")
+    if heads is None or kv_heads is None:  # as transformers: no head counts, no reordering
+        return weights
+    heads = heads if query else kv_heads
+    half = weights.shape[0] // heads // 2
+    return weights.reshape(heads, half, 2, *weights.shape[1:]).swapaxes(2, 1).reshape(weights.shape)
+
+
+def gguf_tokenizer(path: Path, model_type: str):
+    """The GGUF file's tokenizer, as ``load_tokenizer(path)`` gives it. For an architecture in OWN_READER,
+    read by the class AutoTokenizer picks for it (a tokenizers backend built from the file's vocabulary),
+    named here: AutoTokenizer would first read the whole file once more to find the model's config."""
+    from transformers import TokenizersBackend
+
+    if model_type not in OWN_READER:
+        return load_tokenizer(str(path))
+    tokenizer = TokenizersBackend.from_pretrained(str(path.parent), gguf_file=path.name)
+    if tokenizer.pad_token is None:  # as load_tokenizer
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 class NotWritten(OSError):
@@ -187,198 +295,6 @@ def file_sha256(path: Path, block: int = 1 << 22) -> str:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _gguf_parsed_once():
-    """Within the block, each GGUF file is parsed once, over plain arrays, and gguf's tensor-name table is
-    built once per shape.
-
-    transformers reads the file three times (config, tokenizer, weights) and rebuilds the same name table for
-    every submodule; for SmolLM2 those repeats were most of a 17 s conversion. Both are pure functions of
-    their arguments, and the reader only reads its memory map. The reader slices its map once per string of
-    the vocabulary (about 200,000 times); slicing an ``np.memmap`` runs Python code each time, slicing a
-    plain array view of the same map does not (SmolLM2: 1.6 s → 0.7 s to read the file, the same values;
-    transformers' own reader, which the tokenizer reads its vocabulary with, 0.14 s → 0.06 s).
-    Metadata values are parsed by ``_parse_value_quickly``, the reader's arrays split by ``_array_parts_at_once``
-    and common block formats dequantized by ``_dequantize_with_torch``, each giving what gguf and transformers
-    give.
-    """
-    import gguf
-    from gguf import gguf_reader
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    from transformers.integrations.gguf import reader as transformers_reader
-
-    patches = [  # every replacement is made before any is set: a failure here leaves nothing patched
-        # transformers' own reader (the tokenizer's vocabulary and merges) slices its map per string too.
-        (transformers_reader, "_mapped", _plain_map),
-        (gguf.GGUFReader, "_get_field_parts", _array_parts_at_once(gguf.GGUFReader._get_field_parts)),
-        (gguf, "GGUFReader", functools.lru_cache(maxsize=None)(gguf.GGUFReader)),
-        (gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)),
-        (gguf_reader, "np", _plain_memmap_numpy()),
-        (gguf_utils, "load_gguf_checkpoint", _metadata_parsed_once(gguf_utils.load_gguf_checkpoint)),
-        (gguf_utils, "_gguf_parse_value", _parse_value_quickly(gguf_utils._gguf_parse_value)),
-        (gguf, "dequantize", _dequantize_with_torch(gguf.dequantize)),
-    ]
-    originals = [(module, name, getattr(module, name)) for module, name, _ in patches]
-    try:
-        for module, name, replacement in patches:
-            setattr(module, name, replacement)
-        yield
-    finally:
-        for module, name, original in originals:
-            setattr(module, name, original)
-
-
-def _array_parts_at_once(get_field_parts):
-    """gguf's ``GGUFReader._get_field_parts`` for the arrays of numbers or strings of a file in the machine's
-    byte order: the same parts (one array per number; each string's length and bytes), listed in one loop
-    instead of a recursive call per element, which took 0.5 s for SmolLM2's 147,000 vocabulary entries,
-    types and merge rules. Anything else (a scalar, an empty or nested array, a file of the other byte
-    order) goes to gguf's own."""
-    import struct
-
-    import numpy
-    from gguf.constants import GGUFValueType
-
-    read_length = struct.Struct("=Q").unpack_from  # "=": the byte order is the machine's, as byte_order "I" says
-
-    def parts(self, start, raw_type):
-        if raw_type != GGUFValueType.ARRAY or self.byte_order != "I":
-            return get_field_parts(self, start, raw_type)
-        item_type, count = self._get(start, numpy.uint32), self._get(start + 4, numpy.uint64)
-        n, offset = int(count[0]), start + 12
-        if n == 0:  # gguf's own never reads the type of an empty array's elements
-            return get_field_parts(self, start, raw_type)
-        kind = GGUFValueType(int(item_type[0]))
-        found, types = [item_type, count], [GGUFValueType.ARRAY]
-        number = self.gguf_scalar_to_np.get(kind)
-        if number is None and kind != GGUFValueType.STRING:
-            return get_field_parts(self, start, raw_type)
-        types.append(kind)
-        if number is not None:
-            values = self._get(offset, number, n)
-            found += list(values.reshape(n, 1))
-            return 12 + int(values.nbytes), found, list(range(2, 2 + n)), types
-        data, length_type = self.data, self._get(offset, numpy.uint64).dtype
-        for _ in range(n):
-            (length,) = read_length(data, offset)
-            found += [data[offset : offset + 8].view(length_type), data[offset + 8 : offset + 8 + length]]
-            offset += 8 + length
-        return offset - start, found, list(range(3, 2 + 2 * n, 2)), types
-
-    return parts
-
-
-# The block formats whose torch kernels in transformers give gguf's numpy bits: Q4_0 d·(q−8), Q4_1 d·q + m,
-# Q8_0 d·q — an fp16 scale times a small integer is exact in float32, and Q4_1's one sum rounds once in both.
-TORCH_DEQUANTIZED = {"Q4_0", "Q4_1", "Q8_0"}
-
-
-def _dequantize_with_torch(dequantize):
-    """gguf's ``dequantize(data, qtype)``, through transformers' torch kernels for the block formats in
-    TORCH_DEQUANTIZED (on every core; gguf's numpy runs on one, 0.6 s of SmolLM2's conversion); any other
-    format goes to gguf's own."""
-    import warnings
-
-    import numpy
-    from transformers.integrations.gguf import dequant
-
-    def dequantize_blocks(data, qtype):
-        if getattr(qtype, "name", None) not in TORCH_DEQUANTIZED or data.dtype != numpy.uint8:
-            return dequantize(data, qtype)
-        with warnings.catch_warnings():  # the file's read-only map: torch warns, and nothing writes to it
-            warnings.simplefilter("ignore", UserWarning)
-            blocks = torch.from_numpy(data)
-        values = dequant.dequantize(blocks.reshape(-1), int(qtype), torch.float32)
-        return values.reshape(*data.shape[:-1], -1).numpy()
-
-    return dequantize_blocks
-
-
-def _parse_value_quickly(parse_value):
-    """transformers' ``_gguf_parse_value`` for one element of a GGUF field, without its per-call list checks
-    and recursion, and a string decoded from its bytes at once rather than through a list of ints. It runs
-    once per vocabulary entry and merge rule (SmolLM2: about 150,000), twice (metadata, then tensors). Any
-    type it does not know goes to transformers' own function."""
-    integers, floats = frozenset({0, 1, 2, 3, 4, 5, 10, 11}), frozenset({6, 12})
-    array, string, boolean = 9, 8, 7
-
-    def parse(value, data_type):
-        kind = data_type
-        if type(kind) is list:
-            if len(kind) == 1:
-                kind = kind[0]
-            elif len(kind) == 2 and kind[0] == array:
-                kind = kind[1]
-            else:
-                return parse_value(value, data_type)
-        if kind == string:
-            return bytes(value).decode()
-        if kind in integers:
-            return int(value[0])
-        if kind in floats:
-            return float(value[0])
-        if kind == boolean:
-            return bool(value[0])
-        return parse_value(value, data_type)
-
-    return parse
-
-
-def _metadata_parsed_once(load_gguf_checkpoint):
-    """transformers' ``load_gguf_checkpoint``, with the metadata-only answer (config and tokenizer, asked for
-    by the config and the tokenizer loaders) computed once per file; each caller gets its own copy."""
-    import copy
-
-    parsed = {}
-
-    def load(path, return_tensors=False, **kwargs):
-        if return_tensors or kwargs:
-            return load_gguf_checkpoint(path, return_tensors=return_tensors, **kwargs)
-        if path not in parsed:
-            parsed[path] = load_gguf_checkpoint(path, return_tensors=False)
-        return copy.deepcopy(parsed[path])
-
-    return load
-
-
-def _plain_memmap(*args, **kwargs):
-    """``numpy.memmap(...)`` as a plain ndarray view (kept alive by its base): slicing it runs no Python code."""
-    import numpy
-
-    return numpy.memmap(*args, **kwargs).view(numpy.ndarray)
-
-
-def _plain_map(path):
-    """transformers' reader's ``_mapped``: the file's read-only map as a plain uint8 array view."""
-    import numpy
-
-    return _plain_memmap(path, mode="r", dtype=numpy.uint8)
-
-
-def _plain_memmap_numpy():
-    """numpy, for gguf's reader, except that ``memmap`` is ``_plain_memmap``. A namespace copy, not a proxy:
-    the reader looks up ``np.uint8`` and the like some 450,000 times."""
-    import types
-
-    import numpy
-
-    return types.SimpleNamespace(**{**vars(numpy), "memmap": _plain_memmap})
-
-
-@contextlib.contextmanager
-def _quiet_tqdm(quiet: bool):
-    """transformers' GGUF reader calls tqdm directly, not through its logging's progress bars."""
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-
-    real = gguf_utils.tqdm
-    if quiet:
-        gguf_utils.tqdm = functools.partial(real, disable=True)
-    try:
-        yield
-    finally:
-        gguf_utils.tqdm = real
 
 
 def model_class_for(name_or_path: str | Path, revision: str | None = None):

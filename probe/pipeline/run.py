@@ -45,7 +45,6 @@ from probe.pipeline.results import (
     Provenance,
     Results,
 )
-from probe.scale import collector
 from probe.scale.ranks import process_group
 from probe.store.files import (
     cache_lock,
@@ -75,30 +74,26 @@ def run_experiment(
 
     clock = _Clock(timings, perf_counter)
     output_dir, cache_dir = Path(output_dir), Path(cache_dir)  # output: replaced whole once every report is done
-    with collector.for_one_run() as long_lived:
-        with long_lived():  # plugins and the libraries the checks import live as long as the run
-            for path in config.plugins:
-                plugins.load_plugin_file(path)
-            check_config(config, output_dir, cache_dir)  # names, options, folders: before any data or model work
-        cache_folders, made = folders_under(cache_dir), missing_parents(cache_dir)
-        try:
-            results = _run(config, output_dir, cache_dir, progress, n_jobs, clock, long_lived)
-        except BaseException:
-            remove_empty(new_folders(cache_dir, cache_folders) + made)  # a failed run leaves no empty folders
-            raise
+    for path in config.plugins:
+        plugins.load_plugin_file(path)
+    check_config(config, output_dir, cache_dir)  # names, options, folders: before any data or model work
+    cache_folders, made = folders_under(cache_dir), missing_parents(cache_dir)
+    try:
+        results = _run(config, output_dir, cache_dir, progress, n_jobs, clock)
+    except BaseException:
+        remove_empty(new_folders(cache_dir, cache_folders) + made)  # a failed run leaves no empty folders
+        raise
     plugins.call_each("experiment_finished", config=config, results=results, output_dir=output_dir)
     clock.lap("report")
     return results
 
 
-def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: bool, n_jobs, clock,
-         long_lived) -> Results:
+def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: bool, n_jobs, clock) -> Results:
     plugins.call_each("experiment_started", config=config, output_dir=output_dir)
-    with long_lived():  # the model's config, the tokenizer, the rows (and a GGUF conversion): made once
-        services = make_services(config, cache_dir, progress)
-        layers = check_layers(config, services.n_blocks)  # the depth comes from config.json: no weights read
-        rows = load_rows(services)
-        splits = checked_splits(services, rows, layers)  # fails before any model work, not after
+    services = make_services(config, cache_dir, progress)
+    layers = check_layers(config, services.n_blocks)  # the depth comes from config.json: no weights read
+    rows = load_rows(services)
+    splits = checked_splits(services, rows, layers)  # fails before any model work, not after
     clock.lap("load")
     with process_group(services.ranks, services.device):
         features = extract_features(services, rows, layers)

@@ -1,9 +1,10 @@
-"""joblib's worker processes in a process that multiprocessing started (a sweep's cell, a user's pool).
+"""Where probe's fits run, and how many BLAS threads each uses.
 
-joblib keeps its workers 300 s for reuse and stops them in exit handlers. A process multiprocessing started
-runs no exit handlers and waits for its children when it ends: it sat idle 300 s after its last probe fit
-(a sweep of two cells took five minutes longer). A multiprocessing finalizer, which runs before the children
-are waited for, stops them.
+Fits go to joblib: on loky's worker processes, which joblib keeps 300 s for reuse and stops, with the
+folders it shares arrays through, in exit handlers. A process that multiprocessing started (a sweep's cell,
+a user's pool) runs no exit handlers and waits for its children as it ends: it would sit idle 300 s after
+its last fit and leave those folders to loky's tracker. There the fits run on threads instead (joblib's
+threading backend: no processes, no folders), with BLAS held to one thread for the whole batch.
 
 BLAS held to one thread around small numeric work (one probe fit, one PCA), where threaded BLAS only
 adds synchronisation, and on a busy machine spins.
@@ -14,25 +15,19 @@ from __future__ import annotations
 import functools
 
 
-def stop_at_exit() -> None:
-    """In a process multiprocessing started, stop joblib's workers (and run the exit handlers) as it ends;
-    elsewhere exit handlers run anyway. Once per process."""
+def run_parallel(jobs, n_jobs: int):
+    """joblib's ``Parallel(n_jobs)(jobs)``, results yielded in order as they come: on loky's processes, or
+    on threads in a process that multiprocessing started (see the module's docstring)."""
     import multiprocessing
-    from multiprocessing.util import Finalize
 
-    if multiprocessing.parent_process() is not None:
-        Finalize(None, _stop_workers, exitpriority=100)
+    from joblib import Parallel
 
-
-def _stop_workers() -> None:
-    """joblib's workers stopped, then the exit handlers this process would have run: among them joblib's
-    removal of the folders it shares arrays through (else its resource tracker warns of leaked folders)."""
-    import atexit
-
-    from joblib.externals.loky import get_reusable_executor
-
-    get_reusable_executor().shutdown(wait=True)
-    atexit._run_exitfuncs()
+    if n_jobs == 1 or multiprocessing.parent_process() is None:
+        yield from Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
+        return
+    # One limit for the batch: threads entering and leaving their own limits would restore each other's.
+    with one_thread():
+        yield from Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")(jobs)
 
 
 def one_thread():

@@ -172,8 +172,9 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
             cache: Path | None = None) -> dict[Hashable, list[np.ndarray]]:
     """Each task's test-fold predictions, fold by fold: every (task × fold) fit is one joblib job.
     With ``cache`` (a folder), a task whose vectors, labels, folds and probe were seen before is not refit."""
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
+    from probe.scale.workers import run_parallel
     from probe.store import caches as fitcache
 
     answers: dict[Hashable, list[np.ndarray]] = {}
@@ -193,7 +194,7 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
         return answers
     fits = [delayed(_fit_predict)(probe, task.X, task.y, train, test) for task, probe, train, test in jobs]
     n_jobs = n_jobs_for(n_jobs, sum(len(train) * task.X.shape[1] for task, _, train, _ in jobs))
-    for predicted, (task, _, _, _) in zip(Parallel(n_jobs=n_jobs, return_as="generator")(fits), jobs):
+    for predicted, (task, _, _, _) in zip(run_parallel(fits, n_jobs), jobs):
         answers[task.key].append(predicted)
         if progress:
             progress(1)
@@ -212,12 +213,7 @@ LOKY_WORTH = 3e7
 def n_jobs_for(n_jobs: int | None, work: float) -> int:
     """``n_jobs`` when asked for; by default all cores when ``work`` (training rows × features, summed over the
     fits) pays for starting the worker processes (LOKY_WORTH), else this process."""
-    from probe.scale import workers as fit_workers
-
-    chosen = n_jobs if n_jobs is not None else -1 if work > LOKY_WORTH else 1
-    if chosen != 1:
-        fit_workers.stop_at_exit()  # in a child process, joblib's idle workers would hold its end 300 s
-    return chosen
+    return n_jobs if n_jobs is not None else -1 if work > LOKY_WORTH else 1
 
 
 def _fit_predict(probe, X, y, train, test) -> np.ndarray:
