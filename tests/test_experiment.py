@@ -401,7 +401,7 @@ def test_run_experiment_resumes_an_interrupted_extraction(tiny_model, tmp_path, 
     for position in ("target",):
         for layer in (0, 1, 2):
             np.testing.assert_array_equal(store.layer(position, layer), whole.layer(position, layer))
-    assert [row["layer"] for row in resumed["layers"]] == [0, 1, 2]
+    assert [row.layer for row in resumed.rows] == [0, 1, 2]
 
 
 # ---------------------------------------------------------------- a planted left-context signal
@@ -581,8 +581,8 @@ def test_a_files_digest_is_remembered_until_the_file_changes(tmp_path, monkeypat
 
 def test_two_runs_with_fresh_caches_give_identical_results(planted_run, tmp_path):
     again = run_experiment(planted_run["config"], tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
-    assert again["layers"] == planted_run["results"]["layers"]
-    assert again["baselines"] == planted_run["results"]["baselines"]
+    assert again.to_dict()["layers"] == planted_run["results"]["layers"]
+    assert again.to_dict()["baselines"] == planted_run["results"]["baselines"]
     # Nothing in results.json depends on the output or cache folder: the files are identical but for when
     # (and from which commit) they were made.
     ours, theirs = (json.loads((out / "results.json").read_text()) for out in (tmp_path / "out", planted_run["out"]))

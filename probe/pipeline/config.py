@@ -39,8 +39,8 @@ class Named(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    options: dict[str, Any] = {}
+    name: str = Field(description="the registered name (`probe plugins` lists them)")
+    options: dict[str, Any] = Field({}, description="the other keys of the mapping, passed to the plugin as keyword options")
 
     @classmethod
     def parse(cls, value) -> Named:
@@ -71,7 +71,7 @@ class CrossValidationSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cv: Union[int, str, None] = None
+    cv: Union[int, str, None] = Field(None, description="the number of folds, or a splitter's name; none: `folds` folds, grouped and stratified where the rows allow")
 
     def protocol(self, folds: int):
         from probe.pipeline.evaluation import CrossValidation
@@ -89,10 +89,10 @@ class FixedSplitSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    split_field: str
-    train: str
-    test: str
-    dev: Optional[str] = None
+    split_field: str = Field(description="the column that names each row's part of the split")
+    train: str = Field(description="the value of `split_field` that marks training rows")
+    test: str = Field(description="the value of `split_field` that marks test rows")
+    dev: Optional[str] = Field(None, description="the value that marks development rows, scored by the same train-only fit and reported as `dev_accuracy`")
 
     def protocol(self, folds: int):
         from probe.pipeline.evaluation import FixedSplit
