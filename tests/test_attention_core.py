@@ -296,27 +296,29 @@ def test_a_float_mask_is_checked_in_every_forward_and_outside_one(saved_gpt2):
     from transformers import GPT2LMHeadModel
 
     import probe
-    from probe.core.adapters.base import MASK_CHECKS, bool_mask
+    from probe.core.adapters.base import bool_mask
 
     model = probe.swap_attention(GPT2LMHeadModel.from_pretrained(saved_gpt2(), attn_implementation="eager").eval())
     ids = torch.tensor([[5, 9, 14, 3]])
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., 1:].triu_(1).masked_fill_(torch.ones(4, 3, dtype=torch.bool).triu(0), torch.finfo(mask.dtype).min)
     checked = []
+    checks = model._probe_swap.mask_checks  # this swap's own record, handed to each of its cores
+    assert all(core.mask_checks is checks for core in model._probe_swap.cores)
 
     def watch(pattern, name):
-        checked.append(MASK_CHECKS.seen(mask))
+        checked.append(checks.seen(mask))
 
     with torch.inference_mode(), probe.hooks(model, {"blocks.*.attn.pattern": watch}):
         model(ids, attention_mask=mask)
         assert checked == [True, True]  # checked in block 0, remembered for block 1
-        assert not MASK_CHECKS.in_forward and not MASK_CHECKS.checked  # forgotten when the forward ended
+        assert not checks.in_forward and not checks.checked  # forgotten when the forward ended
         mask[0, 0, 3, 1] = -2.5  # an additive bias, which a bool mask cannot express
         with pytest.raises(ValueError, match="additive biases"):
             model(ids, attention_mask=mask)
-        assert not MASK_CHECKS.in_forward  # the end ran although the forward raised
+        assert not checks.in_forward  # the end ran although the forward raised
         with pytest.raises(ValueError, match="additive biases"):
-            bool_mask(mask)  # outside a forward: checked on every call
+            bool_mask(mask, checks)  # outside a forward: checked on every call
     assert model._forward_pre_hooks and next(iter(model._forward_pre_hooks.values())).__name__ == "_forward_begins"
     probe.restore_attention(model)
     assert not model._forward_pre_hooks and not model._forward_hooks
@@ -331,3 +333,24 @@ def test_a_causal_core_with_more_queries_than_keys_gives_zeros_not_nan():
         core.fast = fast
         out, _ = core(torch.randn(1, 5, 8), context=torch.randn(1, 3, 8))
         assert not torch.isnan(out).any()
+
+
+def test_each_swapped_model_keeps_its_own_mask_checks(saved_gpt2):
+    """The record of masks checked in a forward belongs to one swap: a second model, or a deep copy, has its
+    own, so a forward of one never makes another skip a check."""
+    import copy
+
+    from transformers import GPT2LMHeadModel
+
+    import probe
+
+    load = lambda: GPT2LMHeadModel.from_pretrained(saved_gpt2(), attn_implementation="eager").eval()  # noqa: E731
+    first, second = probe.swap_attention(load()), probe.swap_attention(load())
+    twin = copy.deepcopy(first)
+    records = [m._probe_swap.mask_checks for m in (first, second, twin)]
+    assert len({id(record) for record in records}) == 3
+    assert all(core.mask_checks is twin._probe_swap.mask_checks for core in twin._probe_swap.cores)
+    ids = torch.tensor([[5, 9, 14, 3]])
+    with torch.inference_mode():
+        assert torch.equal(twin(ids).logits, first(ids).logits)
+

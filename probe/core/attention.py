@@ -65,6 +65,7 @@ class MaskedMultiHeadAttention(nn.Module):
         # attend to spreads evenly, as in eager.
         self.blocked_score = "-inf"
         self.fast = False  # steps 2–5 by scaled_dot_product_attention while no one needs the pattern
+        self.mask_checks = None  # swap_attention hands each core its model's record of float masks checked (adapters.base)
         self.scores_in_float32 = scores_in_float32
         self.softmax_in_float32 = softmax_in_float32  # Llama & co.: softmax in fp32 whatever the dtype
         if not isinstance(attn_dropout, nn.Module):

@@ -49,7 +49,7 @@ def attend(
     if not core.kv_hooked_by_cache:  # no cache this call: keys and values pass their hook points here
         key, value = core.hook_k(key), core.hook_v(value)
     core.kv_hooked_by_cache = False
-    mask, bias = _mask_and_bias(attention_mask, key.shape[-2])
+    mask, bias = _mask_and_bias(attention_mask, key.shape[-2], core.mask_checks)
     if bias is not None:
         position_bias = bias if position_bias is None else position_bias + bias
     z, pattern = core.attend(
@@ -70,7 +70,7 @@ def attend(
     return z.transpose(1, 2).contiguous(), pattern
 
 
-def _mask_and_bias(attention_mask: torch.Tensor | None, n_keys: int):
+def _mask_and_bias(attention_mask: torch.Tensor | None, n_keys: int, checks=None):
     """(bool mask, additive bias), cut to ``n_keys`` keys (some families hand over a mask as long as the
     static cache). A mask that only allows or blocks keys becomes a bool mask; one that also carries
     position biases (Falcon's ALiBi from transformers 5.25) is added to the scores whole, as eager adds it."""
@@ -79,7 +79,7 @@ def _mask_and_bias(attention_mask: torch.Tensor | None, n_keys: int):
     if attention_mask is not None and attention_mask.shape[-1] != n_keys:
         attention_mask = attention_mask[..., :n_keys]
     try:
-        return bool_mask(attention_mask), None
+        return bool_mask(attention_mask, checks), None
     except ValueError:
         return None, attention_mask
 

@@ -21,6 +21,7 @@ class SwapState:
     blocks: list = field(default_factory=list)
     undo: list = field(default_factory=list)  # what restore must run, besides putting modules back
     cores: list = field(default_factory=list)  # the core of every attention, in block order
+    mask_checks: object = None  # the float masks checked in the forward under way (adapters.base.MaskChecks)
 
 
 def swap_attention(model: nn.Module, fast: bool = False, adapters=None) -> nn.Module:
@@ -34,14 +35,16 @@ def swap_attention(model: nn.Module, fast: bool = False, adapters=None) -> nn.Mo
     from probe.core.adapters import (
         adapter_for,  # imports transformers' model code: only when swapping
     )
-    from probe.core.adapters.base import scope_mask_checks
+    from probe.core.adapters.base import MaskChecks, scope_mask_checks
 
     if getattr(model, "_probe_swap", None) is not None:
         raise ValueError(f"{type(model).__name__}'s attention is already swapped")
     refuse_foreign_implementation(model)
     adapter = adapter_for(model, adapters)
-    state = SwapState(adapter=adapter)
+    state = SwapState(adapter=adapter, mask_checks=MaskChecks())
     adapter.install(model, state)  # all or nothing: raises before touching the model
+    for core in state.cores:
+        core.mask_checks = state.mask_checks
     add_model_points(model, adapter, state)
     for i, block in enumerate(adapter.blocks(model)):
         _add_residual_points(block, i, state)

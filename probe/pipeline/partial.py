@@ -102,7 +102,7 @@ def vectors_from(model, batches: list[BlockInputs], block: int, layers, position
     out: dict[int, list] = {layer: [] for layer in layers}
     for batch in batches:
         hidden = batch.args[0] if batch.args else batch.kwargs["hidden_states"]
-        with one_forward():  # the batch's mask is checked once, not by every block (each check waits for a GPU)
+        with one_forward(model):  # the batch's mask is checked once, not by every block (each check waits for a GPU)
             for i in range(block, layers[-1] + 1):
                 if i in out:
                     out[i].append(_pooled(hidden, batch, position, pooling))

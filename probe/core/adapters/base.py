@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import threading
 import weakref
 from dataclasses import dataclass
 
@@ -32,29 +31,35 @@ class AttentionSlot:
     expected_class: type
 
 
-def bool_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Hugging Face's 4-D attention mask (bool, or additive float 0 / dtype-min) as bool, True = attend."""
+def bool_mask(mask: torch.Tensor | None, checks: MaskChecks | None = None) -> torch.Tensor | None:
+    """Hugging Face's 4-D attention mask (bool, or additive float 0 / dtype-min) as bool, True = attend.
+    ``checks``: the swapped model's record of the masks already checked in the forward under way (each
+    core holds its model's); without it every float mask is checked."""
     if mask is None or mask.dtype == torch.bool:
         return mask
     if not mask.is_floating_point():
         raise TypeError(f"attention mask must be bool or floating point, got {mask.dtype}")
     allowed = mask == 0
-    if not MASK_CHECKS.seen(mask):
+    if checks is None or not checks.seen(mask):
         blocked = mask <= torch.finfo(mask.dtype).min / 2
         if not bool((allowed | blocked).all()):
             raise ValueError(
                 "attention mask holds additive biases other than 0 and -inf/dtype-min; "
                 "probe's attention only supports masks that allow or block a key"
             )
-        MASK_CHECKS.add(mask)
+        if checks is not None:
+            checks.add(mask)
     return allowed
 
 
-class MaskChecks(threading.local):
-    """The float masks already checked in the forward of a swapped model under way. The model hands one mask
-    to every block, and reading a GPU tensor's values makes the host wait for the device, so each is read once
-    a forward. Every forward starts afresh (nested ones too: the outer one then checks again, which costs a
-    read, never a check); outside a forward nothing is remembered, so a mask changed in place is checked."""
+class MaskChecks:
+    """The float masks already checked in the forward of one swapped model under way (one per swap, kept in
+    its SwapState and handed to each of its cores). The model hands one mask to every block, and reading a
+    GPU tensor's values makes the host wait for the device, so each is read once a forward. Every forward
+    starts afresh (nested ones too: the outer one then checks again, which costs a read, never a check);
+    outside a forward nothing is remembered, so a mask changed in place is checked. Two threads running
+    one model at once can only make it check more often, never skip a check: a mask is skipped only when
+    this very tensor was checked already."""
 
     def __init__(self):
         self.in_forward, self.checked = False, []  # whether a forward is under way, the masks checked in it
@@ -73,34 +78,34 @@ class MaskChecks(threading.local):
         self.in_forward, self.checked = False, []
 
 
-MASK_CHECKS = MaskChecks()
-
-
 def scope_mask_checks(model: nn.Module) -> list:
-    """Torch hook handles that bracket each forward of ``model`` for MASK_CHECKS (removed on restore): the
-    start runs before any other pre-hook, the end even when the forward raises. Module-level functions, not
-    bound methods: a deepcopy of the model copies its hooks."""
+    """Torch hook handles that bracket each forward of ``model`` for its swap's MaskChecks (removed on
+    restore): the start runs before any other pre-hook, the end even when the forward raises. Module-level
+    functions that find the checks through the model, not bound methods: a deepcopy of the model copies
+    its hooks, and its checks with it."""
     return [model.register_forward_pre_hook(_forward_begins, prepend=True),
             model.register_forward_hook(_forward_ends, always_call=True)]
 
 
 @contextlib.contextmanager
-def one_forward():
-    """For blocks run one after another by hand (probe.pipeline.partial), sharing one mask as in the model's forward:
-    inside the ``with``, each float mask is checked once, however many blocks it reaches."""
-    MASK_CHECKS.begin()
+def one_forward(model: nn.Module):
+    """For blocks of a swapped ``model`` run one after another by hand (probe.pipeline.partial), sharing one
+    mask as in the model's forward: inside the ``with``, each float mask is checked once, however many
+    blocks it reaches."""
+    checks = model._probe_swap.mask_checks
+    checks.begin()
     try:
         yield
     finally:
-        MASK_CHECKS.end()
+        checks.end()
 
 
 def _forward_begins(module, args) -> None:
-    MASK_CHECKS.begin()
+    module._probe_swap.mask_checks.begin()
 
 
 def _forward_ends(module, args, output) -> None:
-    MASK_CHECKS.end()
+    module._probe_swap.mask_checks.end()
 
 
 def check_forward_signature(cls: type, required: tuple[str, ...], one_of: tuple[str, ...]) -> None:

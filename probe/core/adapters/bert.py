@@ -104,7 +104,7 @@ class BertAttention(MaskedMultiHeadAttention):
             context, mask = encoder_hidden_states, encoder_attention_mask
         else:
             context, mask = None, attention_mask
-        out, pattern = super().forward(hidden_states, bool_mask(mask), context=context, cache=cache)
+        out, pattern = super().forward(hidden_states, bool_mask(mask, self.mask_checks), context=context, cache=cache)
         # The rest of BertSelfOutput, in its order: dropout, residual add, post-LayerNorm.
         return self.output.LayerNorm(self.output.dropout(out) + hidden_states), pattern
 

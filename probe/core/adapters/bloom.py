@@ -106,7 +106,7 @@ class BloomAttention(MaskedMultiHeadAttention):
     ):
         self._alibi = alibi
         try:
-            out, pattern = super().forward(hidden_states, bool_mask(attention_mask), cache=layer_past)
+            out, pattern = super().forward(hidden_states, bool_mask(attention_mask, self.mask_checks), cache=layer_past)
         finally:
             self._alibi = None
         return hf_bloom.dropout_add(out, residual, self.hidden_dropout, self.training), pattern

@@ -144,7 +144,7 @@ class FalconAttention(MaskedMultiHeadAttention):
             mask_bias = attention_mask
             allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
         else:
-            allowed = bool_mask(attention_mask)
+            allowed = bool_mask(attention_mask, self.mask_checks)
         self._call = (alibi, mask_bias, hidden_states.dtype)
         try:
             return super().forward(hidden_states, allowed, position_embeddings=position_embeddings, cache=layer_past)

@@ -91,7 +91,7 @@ class GPT2Attention(MaskedMultiHeadAttention):
             context, mask = encoder_hidden_states, encoder_attention_mask
         else:
             context, mask = None, attention_mask
-        out, pattern = super().forward(hidden_states, bool_mask(mask), context=context, cache=cache)
+        out, pattern = super().forward(hidden_states, bool_mask(mask, self.mask_checks), context=context, cache=cache)
         return self.resid_dropout(out), pattern
 
 

@@ -81,7 +81,7 @@ class GPTNeoAttention(MaskedMultiHeadAttention):
         output_attentions: bool = False,
         **kwargs,
     ):
-        out, pattern = super().forward(hidden_states, bool_mask(attention_mask), cache=layer_past)
+        out, pattern = super().forward(hidden_states, bool_mask(attention_mask, self.mask_checks), cache=layer_past)
         return self.resid_dropout(out), pattern
 
 

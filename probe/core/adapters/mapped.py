@@ -99,7 +99,7 @@ class MappedAttention(MaskedMultiHeadAttention):
         cache = next((c for c in caches if c is not None), None)
         return super().forward(
             hidden_states,
-            bool_mask(attention_mask),
+            bool_mask(attention_mask, self.mask_checks),
             position_embeddings=position_embeddings,
             cache=cache,
             cache_kwargs=kwargs,

@@ -86,7 +86,7 @@ class MptAttention(MaskedMultiHeadAttention):
         if attention_mask is not None and attention_mask.dtype == torch.bool:
             allowed = ~attention_mask
         else:
-            allowed = bool_mask(attention_mask)
+            allowed = bool_mask(attention_mask, self.mask_checks)
         self._position_bias = position_bias
         try:
             return super().forward(hidden_states, allowed, cache=cache, cache_kwargs=kwargs)
