@@ -132,11 +132,17 @@ class MaskedMultiHeadAttention(nn.Module):
         if k is not None:
             k, v = self.hook_k(k), self.hook_v(v)
         k, v = self.cache_kv(k, v, **plumbing)
-        z, pattern = self.attend(self.hook_q(q), k, v, attention_mask, causal=self.causal)
+        z, pattern = self.attend(self.hook_q(q), k, v, attention_mask, causal=self.causal,
+                                 **self.attend_options(**plumbing))
 
         # 6. Concatenate the heads and mix them with the output projection.
         out = self.hook_out(self.heads_through_w_o(z))
         return out, pattern
+
+    def attend_options(self, **plumbing) -> dict:
+        """What this call hands steps 2–5 beyond queries, keys, values and the mask (a family's ALiBi, its
+        softmax dtype): an adapter's forward passes them in as plumbing; by default there are none."""
+        return {}
 
     def heads_through_w_o(self, z: torch.Tensor) -> torch.Tensor:
         """concat(heads)·W_O; while someone listens to head_out, each head's share passes its hook point."""
@@ -161,6 +167,7 @@ class MaskedMultiHeadAttention(nn.Module):
         dropout=None,
         scale: float | None = None,
         training: bool | None = None,
+        call: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Steps 2–5, from queries, keys and values (batch, head, pos, d_head) to ``(z, pattern)``.
 
@@ -168,6 +175,7 @@ class MaskedMultiHeadAttention(nn.Module):
         ``softcap`` (Gemma 2: c·tanh(scores/c)), ``score_bias`` (ALiBi and other position biases,
         added to the scores), ``sinks`` (one learned logit per head that takes part in the softmax
         but has no value). ``training``: whether attention dropout is on (default: this module's mode).
+        ``call``: values of this call that a family's own ``dot_products`` and ``softmax`` read.
         With ``fast`` set, nothing listening to the score or pattern points and no dropout, steps 2–5
         run as one fused kernel instead (``attend_fast``) and the pattern returned is None.
         """
@@ -181,7 +189,8 @@ class MaskedMultiHeadAttention(nn.Module):
             return self.attend_fast(q, k, v, attention_mask, causal, score_bias, scale), None
 
         # 2. Scores: every query's dot product with every key, scaled.
-        scores = self.hook_scores(self.dot_products(q, k, scale))
+        call = call or {}
+        scores = self.hook_scores(self.dot_products(q, k, scale, **call))
         if softcap is not None:
             scores = self.hook_capped_scores(torch.tanh(scores / softcap) * softcap)
         if score_bias is not None:
@@ -194,7 +203,7 @@ class MaskedMultiHeadAttention(nn.Module):
         masked_scores = self.hook_masked_scores(masked_scores)
 
         # 4. Pattern: softmax over keys. A query with no allowed key gets zeros, not NaN.
-        pattern = self.softmax(masked_scores, sinks)
+        pattern = self.softmax(masked_scores, sinks, **call)
         if self.blocked_score == "-inf" and may_lack_keys(attention_mask, causal, q.shape[-2], k.shape[-2]):
             pattern = zero_rows(pattern, no_key_to_attend(allowed))
         pattern = self.hook_pattern(pattern.to(v.dtype))
@@ -233,7 +242,7 @@ class MaskedMultiHeadAttention(nn.Module):
             z = zero_rows(z, nothing_to_attend)
         return self.hook_z(z)
 
-    def softmax(self, masked_scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
+    def softmax(self, masked_scores: torch.Tensor, sinks: torch.Tensor | None, **call) -> torch.Tensor:
         if sinks is None:
             return torch.softmax(masked_scores, dim=-1, dtype=torch.float32 if self.softmax_in_float32 else None)
         # Attention sinks: a per-head logit joins each row's softmax, then its share is dropped.
@@ -242,7 +251,7 @@ class MaskedMultiHeadAttention(nn.Module):
         logits = logits - logits.max(dim=-1, keepdim=True).values
         return torch.softmax(logits, dim=-1, dtype=logits.dtype)[..., :-1]
 
-    def dot_products(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    def dot_products(self, q: torch.Tensor, k: torch.Tensor, scale: float, **call) -> torch.Tensor:
         if self.scores_in_float32 == "matmul":
             # GPT-J & CodeGen: queries and keys upcast to fp32 before the product.
             return torch.matmul(q.to(torch.float32), k.to(torch.float32).transpose(-1, -2)) * scale

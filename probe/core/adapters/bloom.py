@@ -53,7 +53,6 @@ class BloomAttention(MaskedMultiHeadAttention):
         self.pretraining_tp, self.slow_but_exact = original.pretraining_tp, original.slow_but_exact
         self.hidden_dropout = original.hidden_dropout
         self.query_key_value, self.dense = original.query_key_value, original.dense
-        self._alibi = None  # this call's ALiBi (batch·head, 1, key), from forward to dot_products
 
     def project_qkv(self, x, context, **plumbing):
         batch, n, _ = x.shape
@@ -61,12 +60,15 @@ class BloomAttention(MaskedMultiHeadAttention):
         return fused[..., 0, :].flatten(2), fused[..., 1, :].flatten(2), fused[..., 2, :].flatten(2)
 
 
-    def dot_products(self, q, k, scale):
+    def attend_options(self, alibi=None, **plumbing):
+        return {"call": {"alibi": alibi}}  # this call's ALiBi (batch·head, 1, key), for dot_products
+
+    def dot_products(self, q, k, scale, alibi=None):
         # BLOOM's eager scores: ALiBi·β + α·q·kᵀ in one baddbmm (one rounding), which (q·kᵀ)·scale + bias
         # does not reproduce bit for bit; so the bias goes in here, not as the core's score_bias.
         batch, heads, n_q, d = q.shape
         n_k = k.shape[-2]
-        scores = self._alibi.baddbmm(
+        scores = alibi.baddbmm(
             batch1=q.reshape(batch * heads, n_q, d),
             batch2=k.reshape(batch * heads, n_k, d).transpose(-1, -2),
             beta=self.beta,
@@ -104,11 +106,8 @@ class BloomAttention(MaskedMultiHeadAttention):
         output_attentions: bool = False,
         **kwargs,
     ):
-        self._alibi = alibi
-        try:
-            out, pattern = super().forward(hidden_states, bool_mask(attention_mask, self.mask_checks), cache=layer_past)
-        finally:
-            self._alibi = None
+        out, pattern = super().forward(hidden_states, bool_mask(attention_mask, self.mask_checks), cache=layer_past,
+                                       alibi=alibi)
         return hf_bloom.dropout_add(out, residual, self.hidden_dropout, self.training), pattern
 
 

@@ -67,7 +67,6 @@ class FalconAttention(MaskedMultiHeadAttention):
         self.num_kv_heads = original.num_kv_heads
         self.new_decoder_architecture, self.multi_query = original.new_decoder_architecture, original.multi_query
         self.query_key_value, self.dense = original.query_key_value, original.dense
-        self._call = None  # (alibi, mask bias, softmax dtype) of the call in progress, from forward to attend
 
     def project_qkv(self, x, context, **plumbing):
         q, k, v = hf_falcon.FalconAttention._split_heads(self, self.query_key_value(x))
@@ -93,26 +92,27 @@ class FalconAttention(MaskedMultiHeadAttention):
     def project_out(self, z):
         return self.dense(z)
 
-    def dot_products(self, q, k, scale):
+    def attend_options(self, alibi=None, mask_bias=None, softmax_dtype=None, **plumbing):
+        # This call's ALiBi and softmax dtype, for dot_products and softmax; the bias a mask carries, for attend.
+        return {"mask_bias": mask_bias, "call": {"alibi": alibi, "softmax_dtype": softmax_dtype}}
+
+    def dot_products(self, q, k, scale, alibi=None, softmax_dtype=None):
         # Falcon's eager arithmetic, which the core's (q·kᵀ)·scale does not reproduce bit for bit:
         # rotary divides by √d_head; ALiBi adds the bias to q·kᵀ (in fp32 under half precision) before
         # multiplying by the scale.
         scores = q @ k.transpose(-1, -2)
         if not self.alibi:
             return scores / math.sqrt(self.head_dim)
-        alibi, _, _ = self._call
         if scores.dtype in (torch.float16, torch.bfloat16):
             scores = scores.to(torch.float32)
         return (scores + alibi.view(q.shape[0], self.num_heads, 1, -1)) * scale
 
-    def softmax(self, masked_scores, sinks):
+    def softmax(self, masked_scores, sinks, alibi=None, softmax_dtype=None):
         # Hugging Face's softmax runs in the model's dtype (dtype=hidden_states.dtype), even over the
         # fp32 logits of the ALiBi branch.
-        _, _, dtype = self._call
-        return torch.softmax(masked_scores, dim=-1, dtype=dtype)
+        return torch.softmax(masked_scores, dim=-1, dtype=softmax_dtype)
 
-    def attend(self, q, k, v, attention_mask, **kwargs):
-        _, mask_bias, _ = self._call
+    def attend(self, q, k, v, attention_mask, mask_bias=None, **kwargs):
         if not self.alibi:
             kwargs.setdefault("dropout", nn.Identity())  # Falcon's rotary branch applies no attention dropout
         elif mask_bias is not None:
@@ -145,11 +145,8 @@ class FalconAttention(MaskedMultiHeadAttention):
             allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
         else:
             allowed = bool_mask(attention_mask, self.mask_checks)
-        self._call = (alibi, mask_bias, hidden_states.dtype)
-        try:
-            return super().forward(hidden_states, allowed, position_embeddings=position_embeddings, cache=layer_past)
-        finally:
-            self._call = None
+        return super().forward(hidden_states, allowed, position_embeddings=position_embeddings, cache=layer_past,
+                               alibi=alibi, mask_bias=mask_bias, softmax_dtype=hidden_states.dtype)
 
 
 class FalconAdapter(FamilyAdapter):

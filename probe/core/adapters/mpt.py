@@ -47,7 +47,6 @@ class MptAttention(MaskedMultiHeadAttention):
         self.layer_idx = original.layer_idx
         self.clip_qkv = original.clip_qkv
         self.Wqkv, self.out_proj = original.Wqkv, original.out_proj
-        self._position_bias = None  # this call's ALiBi, from forward to attend
 
     def project_qkv(self, x, context, **plumbing):
         qkv = self.Wqkv(x)
@@ -62,10 +61,13 @@ class MptAttention(MaskedMultiHeadAttention):
     def project_out(self, z):
         return self.out_proj(z)
 
-    def attend(self, q, k, v, attention_mask, **kwargs):
+    def attend_options(self, position_bias=None, **plumbing):
+        return {"position_bias": position_bias}  # this call's ALiBi, for attend
+
+    def attend(self, q, k, v, attention_mask, position_bias=None, **kwargs):
         # ALiBi for the keys there are: the last key_length columns of the model's (head, 1, max_seq_len)
         # bias, sliced as Hugging Face slices it.
-        bias = self._position_bias
+        bias = position_bias
         if bias is not None and "score_bias" not in kwargs:
             kwargs["score_bias"] = bias[:, :, max(0, bias.size(2) - k.shape[-2]) :]
         return super().attend(q, k, v, attention_mask, **kwargs)
@@ -87,11 +89,7 @@ class MptAttention(MaskedMultiHeadAttention):
             allowed = ~attention_mask
         else:
             allowed = bool_mask(attention_mask, self.mask_checks)
-        self._position_bias = position_bias
-        try:
-            return super().forward(hidden_states, allowed, cache=cache, cache_kwargs=kwargs)
-        finally:
-            self._position_bias = None
+        return super().forward(hidden_states, allowed, cache=cache, cache_kwargs=kwargs, position_bias=position_bias)
 
 
 class MptAdapter(FamilyAdapter):
