@@ -13,7 +13,13 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Llam
 
 import probe
 from probe import hookimpl, plugins
-from probe.core.adapters import SPECS, FamilySpec, ProjectionMap, SpecError, builtin_adapters
+from probe.core.adapters import (
+    SPECS,
+    FamilySpec,
+    ProjectionMap,
+    SpecError,
+    builtin_adapters,
+)
 from probe.core.adapters.gpt2 import GPT2Adapter
 from probe.core.adapters.interface import InterfaceAdapter
 from probe.core.adapters.mapped import MappedAdapter

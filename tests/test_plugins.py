@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from filelock import FileLock
 from conftest import TINY, assert_bitwise, make_inputs
+from filelock import FileLock
 from tiny_gpt2 import build_tiny_gpt2
 from transformers import GPT2Config, GPT2LMHeadModel
 

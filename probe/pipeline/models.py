@@ -123,7 +123,10 @@ def own_config_dict(metadata: dict, tensors) -> dict | None:
     """The config transformers reads from a GGUF file of an architecture in OWN_READER (its defaults, the
     renamed keys of its table, tied embeddings when there is no output matrix, the vocabulary's size when
     unstated); None for any other architecture."""
-    from transformers.integrations import GGUF_CONFIG_DEFAULTS_MAPPING, GGUF_CONFIG_MAPPING
+    from transformers.integrations import (
+        GGUF_CONFIG_DEFAULTS_MAPPING,
+        GGUF_CONFIG_MAPPING,
+    )
 
     architecture = metadata.get("general.architecture")
     if architecture not in OWN_READER or "mistral" in str(metadata.get("general.name", "")):

@@ -7,7 +7,13 @@ in order. Without one, they ask probe's built-ins (``builtin_adapters``); the pu
 """
 
 from probe.core.adapters.base import AttentionSlot, bool_mask
-from probe.core.adapters.spec import SPECS, FamilySpec, Numerics, ProjectionMap, SpecError
+from probe.core.adapters.spec import (
+    SPECS,
+    FamilySpec,
+    Numerics,
+    ProjectionMap,
+    SpecError,
+)
 
 UNIVERSAL = "universal"
 

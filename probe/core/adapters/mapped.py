@@ -15,8 +15,20 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from probe.core.adapters.base import CACHE_ARGUMENTS, AttentionSlot, FamilyAdapter, bool_mask
-from probe.core.adapters.spec import SPECS, FamilySpec, ProjectionMap, SpecError, blocks_of, check_fits
+from probe.core.adapters.base import (
+    CACHE_ARGUMENTS,
+    AttentionSlot,
+    FamilyAdapter,
+    bool_mask,
+)
+from probe.core.adapters.spec import (
+    SPECS,
+    FamilySpec,
+    ProjectionMap,
+    SpecError,
+    blocks_of,
+    check_fits,
+)
 from probe.core.attention import MaskedMultiHeadAttention
 from probe.core.interface import numerics_of
 
