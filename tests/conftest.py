@@ -80,6 +80,17 @@ class CheckpointFactory:
             return self.paths[key]
 
 
+def random_gpt2_lm(seed: int = 0) -> GPT2LMHeadModel:
+    """A tiny GPT-2 language model with seeded random weights, eager attention."""
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(**TINY, attn_implementation="eager")).eval()
+
+
+def logits(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu",
                      help="where tests that take the `device` fixture run: cpu (default), cuda, cuda:N or mps")

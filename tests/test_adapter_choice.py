@@ -7,9 +7,8 @@ import warnings
 from dataclasses import replace
 
 import pytest
-import torch
-from conftest import TINY, assert_bitwise, make_inputs
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig
+from conftest import assert_bitwise, logits, make_inputs, random_gpt2_lm
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 import probe
 from probe import hookimpl, plugins
@@ -28,15 +27,6 @@ from probe.core.architectures import save_random
 pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 
 
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(**TINY, attn_implementation="eager")).eval()
-
-
-def logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
 
 def tiny_llama():
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -48,7 +38,7 @@ def test_every_builtin_full_path_adapter_reads_its_blocks_from_the_spec():
     for adapter in builtin_adapters():
         if hasattr(adapter, "attention_class"):
             assert adapter.spec is SPECS[adapter.name]
-    model = tiny_gpt2()
+    model = random_gpt2_lm()
     assert GPT2Adapter().blocks(model) == list(model.transformer.h)
 
 
@@ -137,10 +127,10 @@ def test_a_broken_installed_plugin_is_named_and_skipped(monkeypatch):
     monkeypatch.delenv("PROBE_PLUGINS")
     plugins.reset_plugin_manager()
     inputs = make_inputs()
-    reference = tiny_gpt2()
+    reference = random_gpt2_lm()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        swapped = probe.swap_attention(tiny_gpt2())
+        swapped = probe.swap_attention(random_gpt2_lm())
     messages = [str(w.message) for w in caught if issubclass(w.category, plugins.PluginWarning)]
     assert len(messages) == 1
     assert "installed plugin 'fakebroken' (fake_probe_broken:plugin) failed to import: needs the xyz package" \
@@ -157,7 +147,7 @@ def test_a_broken_plugin_asked_for_by_name_fails_loudly(monkeypatch):
     monkeypatch.setenv("PROBE_PLUGINS", "fakebroken")
     plugins.reset_plugin_manager()
     with pytest.raises(plugins.PluginError, match="installed plugin 'fakebroken' .* failed to import"):
-        probe.swap_attention(tiny_gpt2())
+        probe.swap_attention(random_gpt2_lm())
 
 
 def test_an_installed_plugin_with_an_unknown_hook_is_skipped_too(monkeypatch):
@@ -178,4 +168,4 @@ def test_an_installed_plugin_with_an_unknown_hook_is_skipped_too(monkeypatch):
     monkeypatch.delenv("PROBE_PLUGINS")
     plugins.reset_plugin_manager()
     with pytest.warns(plugins.PluginWarning, match="plugin 'faketypo' is not valid"):
-        assert probe.swap_attention(tiny_gpt2())._probe_swap.adapter.name == "gpt2"
+        assert probe.swap_attention(random_gpt2_lm())._probe_swap.adapter.name == "gpt2"

@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY, assert_bitwise, make_inputs
+from conftest import assert_bitwise, logits, make_inputs, random_gpt2_lm
 from filelock import FileLock
 from tiny_gpt2 import build_tiny_gpt2
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import probe
 import probe.cli
@@ -779,15 +778,6 @@ class MyGPT2Adapter(GPT2Adapter):
     name = "my-gpt2"
 
 
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(**TINY, attn_implementation="eager")).eval()
-
-
-def logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
 
 class ClaimsGPT2:
     """A plugin that claims the family a built-in also claims."""
@@ -799,10 +789,10 @@ class ClaimsGPT2:
 
 def test_a_plugins_adapter_is_asked_before_probes_own():
     inputs = make_inputs()
-    reference = tiny_gpt2()
-    assert probe.swap_attention(tiny_gpt2())._probe_swap.adapter.name == "gpt2"
+    reference = random_gpt2_lm()
+    assert probe.swap_attention(random_gpt2_lm())._probe_swap.adapter.name == "gpt2"
     plugins.register_plugin(ClaimsGPT2(), "claims-gpt2")
-    swapped = probe.swap_attention(tiny_gpt2())
+    swapped = probe.swap_attention(random_gpt2_lm())
     assert type(swapped._probe_swap.adapter) is MyGPT2Adapter
     assert_bitwise(logits(reference, inputs), logits(swapped, inputs), "logits by the plugin's adapter")
 
@@ -816,7 +806,7 @@ def test_a_plugin_that_declines_leaves_the_model_to_the_builtins():
             asked.append(type(model).__name__)
 
     plugins.register_plugin(Declines(), "declines")
-    assert plugins.adapter_for(tiny_gpt2()).name == "gpt2" and asked == ["GPT2LMHeadModel"]
+    assert plugins.adapter_for(random_gpt2_lm()).name == "gpt2" and asked == ["GPT2LMHeadModel"]
 
 
 def test_an_adapter_registered_the_older_way_still_wins_over_the_builtin():
@@ -826,8 +816,8 @@ def test_an_adapter_registered_the_older_way_still_wins_over_the_builtin():
             register("my-gpt2", MyGPT2Adapter())
 
     plugins.register_plugin(Older(), "older")
-    assert plugins.adapter_for(tiny_gpt2()).name == "my-gpt2"
-    assert probe.swap_attention(tiny_gpt2())._probe_swap.adapter.name == "my-gpt2"
+    assert plugins.adapter_for(random_gpt2_lm()).name == "my-gpt2"
+    assert probe.swap_attention(random_gpt2_lm())._probe_swap.adapter.name == "my-gpt2"
 
 
 def test_a_plugin_adds_a_family_through_register_adapters(tmp_path):
