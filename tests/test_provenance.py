@@ -26,7 +26,7 @@ def test_timestamp_is_now_in_utc():
 
 
 def test_commit_is_the_checkouts_head(fresh_commit_cache):
-    root = Path(provenance.__file__).resolve().parent.parent
+    root = Path(provenance.__file__).resolve().parents[2]  # probe/pipeline/results.py → the checkout
     if not (root / ".git").exists():
         pytest.skip("probe is installed, not run from a git checkout")
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout

@@ -16,7 +16,7 @@ from probe_plugins.mdl import online_codelength
 from tiny_gpt2 import build_tiny_gpt2
 
 import probe.notebook
-from probe.science import controls as control_tasks
+from probe.science import control_tasks
 from probe.science import permutation
 from probe.science.probes import FitTask, evaluate, folds, logistic_probe
 

@@ -5,8 +5,7 @@ reuse each subset's folds and run as ordinary FitTasks, so they share the probes
 from __future__ import annotations
 
 from probe.pipeline.config import ConfigError
-from probe.science import controls as control_tasks
-from probe.science import permutation
+from probe.science import control_tasks, permutation
 
 
 def tasks(config, rows, features, splits, layers: list[int]) -> list:

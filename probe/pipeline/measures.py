@@ -67,10 +67,10 @@ def _ship_by_value(entry: plugins.Registered) -> None:
 
 
 def _measure(entry: plugins.Registered, X, y, probe, seed: int, options: dict) -> dict[str, float]:
-    from probe.scale import workers as blas
+    from probe.scale import workers
 
     try:
-        with blas.one_thread():
+        with workers.one_thread():
             values = entry.value(X, y, probe, seed, **options)
         return {str(name): float(value) for name, value in values.items()}
     except Exception as error:

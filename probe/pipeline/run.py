@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from probe import plugins
-from probe.pipeline import controls as stronger_controls
-from probe.pipeline import measures
+from probe.pipeline import controls, measures
 from probe.pipeline.checks import (
     check_architecture,
     check_config,
@@ -147,7 +146,7 @@ def checked_splits(services: Services, rows: Rows, layers) -> Splits:
     if not features_cached(services, rows, layers):  # a rerun on a full cache swaps nothing: no need to ask
         check_architecture(config, services.model_config)
     splits = make_splits(rows.table, config)
-    stronger_controls.check(config, rows, splits)
+    controls.check(config, rows, splits)
     measures.check(config)
     return splits
 
@@ -390,7 +389,7 @@ def probe_layers(run: RunData, n_jobs=None) -> Results:
 
     services, rows, splits, features, layers = run.services, run.rows, run.splits, run.features, run.layers
     config = services.config
-    tasks = probe_tasks(config, features, splits, layers) + stronger_controls.tasks(config, rows, features, splits,
+    tasks = probe_tasks(config, features, splits, layers) + controls.tasks(config, rows, features, splits,
                                                                                       layers)
     with _progress_bar(services, sum(len(task.folds) for task in tasks)) as bar:
         scores = evaluate(tasks, services.make_probe(), n_jobs=n_jobs, metrics=chosen_metrics(config),
@@ -415,7 +414,7 @@ def probe_layers(run: RunData, n_jobs=None) -> Results:
         for position in config.positions:
             for layer in layers:
                 row = layer_result(config, features, scores, split, position, layer)
-                stronger_controls.fill(row, config, scores, (split.name, position, layer))
+                controls.fill(row, config, scores, (split.name, position, layer))
                 row.measures = measured.get((split.name, position, layer))
                 results.rows.append(row)
                 plugins.call_each("layer_result", config=config, layer=layer, result=row)

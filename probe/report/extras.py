@@ -75,7 +75,7 @@ def pca2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     From the eigenvectors of the smaller of the rows' Gram matrix and the features' scatter matrix, not a
     full SVD: only two components are needed (192 rows × 576 features: 11 ms → 3 ms a layer)."""
-    from probe.scale import workers as blas
+    from probe.scale import workers
 
     centred = np.asarray(X, dtype=np.float64) - X.mean(0)
     total = float((centred**2).sum())
@@ -83,7 +83,7 @@ def pca2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((len(X), 2)), np.zeros(2)
     # One BLAS thread: a few hundred rows need no more, and on a busy machine threaded BLAS spins
     # (measured under load: 1.2 s per call with 2 threads, 47 ms with one).
-    with blas.one_thread():
+    with workers.one_thread():
         by_rows = centred.shape[0] <= centred.shape[1]
         values, vectors = np.linalg.eigh(centred @ centred.T if by_rows else centred.T @ centred)
     top = np.argsort(values)[::-1][:2]

@@ -175,14 +175,14 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
     from joblib import delayed
 
     from probe.scale.workers import run_parallel
-    from probe.store import caches as fitcache
+    from probe.store import caches
 
     answers: dict[Hashable, list[np.ndarray]] = {}
     jobs, keys, hashed = [], {}, {}
     for task in tasks:
         probes = [(task.make_probe or make_probe)() for _ in task.folds]
-        keys[task.key] = fitcache.fit_key(probes[0], task.X, task.y, task.folds, hashed) if cache else None
-        cached = fitcache.load(cache, keys[task.key]) if keys[task.key] else None
+        keys[task.key] = caches.fit_key(probes[0], task.X, task.y, task.folds, hashed) if cache else None
+        cached = caches.load(cache, keys[task.key]) if keys[task.key] else None
         if cached is not None:
             answers[task.key] = cached
             if progress:
@@ -199,7 +199,7 @@ def fit_all(tasks: Sequence[FitTask], make_probe: Callable[[], Any], *, n_jobs: 
         if progress:
             progress(1)
         if keys[task.key] and len(answers[task.key]) == len(task.folds):
-            fitcache.save(cache, keys[task.key], answers[task.key])
+            caches.save(cache, keys[task.key], answers[task.key])
     return answers
 
 
@@ -217,9 +217,9 @@ def n_jobs_for(n_jobs: int | None, work: float) -> int:
 
 
 def _fit_predict(probe, X, y, train, test) -> np.ndarray:
-    from probe.scale import workers as blas
+    from probe.scale import workers
 
-    with blas.one_thread():
+    with workers.one_thread():
         return probe.fit(X[train], y[train]).predict(X[test])
 
 
