@@ -294,8 +294,24 @@ def test_missing_invalid_and_non_mapping_files(tmp_path):
         load_config(write_yaml(tmp_path / "broken.yaml", "model: [unclosed\n"))
     with pytest.raises(ConfigError, match="expected a mapping of settings at the top level, got list"):
         load_config(write_yaml(tmp_path / "list.yaml", "- model\n- dataset\n"))
-    with pytest.raises(ConfigError, match="got NoneType"):
-        load_config(write_yaml(tmp_path / "empty.yaml", ""))
+    with pytest.raises(ConfigError, match=r"config file .*empty\.yaml is empty: write its settings in it"):
+        load_config(write_yaml(tmp_path / "empty.yaml", "# only a comment\n"))
+
+
+def test_yaml_a_config_would_misread_is_refused_with_its_line(tmp_path):
+    """A key given twice (YAML keeps the last one silently), a tab used for indentation and aliases that
+    expand without bound are each one message naming the line or field; merge keys stay allowed."""
+    with pytest.raises(ConfigError, match="line 4: 'folds' is given twice in one mapping \\(first on line 2\\)"):
+        load_config(write_yaml(tmp_path / "twice.yaml", "model: x\nfolds: 2\nlayers: [1]\nfolds: 3\n"))
+    with pytest.raises(ConfigError, match="line 3 is indented with a tab; YAML indents with spaces only"):
+        load_config(write_yaml(tmp_path / "tab.yaml", "model: x\noptions:\n\tplots: {}\n"))
+    levels = ["  l0: &l0 [" + ", ".join(["v"] * 10) + "]"]
+    levels += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    with pytest.raises(ConfigError, match="field 'options': its aliases .* expand to more than 100,000 values"):
+        load_config(write_yaml(tmp_path / "laughs.yaml", "model: x\noptions:\n" + "\n".join(levels) + "\n"))
+    merge = "model: x\ndataset: mole\noptions: {shared: &base {C: 0.5}}\nprobe: {name: logreg, <<: *base}\n"
+    merged = load_config(write_yaml(tmp_path / "merge.yaml", merge))
+    assert merged.probe.options == {"C": 0.5}
 
 
 def test_messages_name_the_config_file(tmp_path):

@@ -294,13 +294,89 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
         raise ConfigError(f"{what} {path} does not exist") from None
     except OSError as error:
         raise ConfigError(f"{what} {path} can't be read: {error.strerror}") from None
+    text = utf8(data, path, ConfigError, "save the config as UTF-8")
     try:
-        raw = yaml.safe_load(utf8(data, path, ConfigError, "save the config as UTF-8"))
+        raw = yaml.load(text, Loader=StrictLoader)
+    except StrictYAMLError as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(error, text)}") from None
+    if raw is None:
+        raise ConfigError(f"{what} {path} is empty: write its settings in it, one `field: value` per line")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
     return raw
+
+
+MAX_EXPANDED_NODES = 100_000  # a config whose aliases expand it beyond this many values is refused
+
+
+class StrictYAMLError(ValueError):
+    """A YAML construct probe refuses in a config: the same key twice, or too many aliases."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing what would make a config mean something other than it seems: a key
+    given twice in one mapping (YAML keeps the last one silently) and alias expansion beyond a bound (a
+    few hundred bytes of nested aliases — a "billion laughs" — would otherwise expand without end when the
+    options are hashed)."""
+
+    def construct_document(self, node):
+        sizes: dict = {}
+        expanded = _expanded_size(node, sizes)
+        if expanded > MAX_EXPANDED_NODES:
+            where = ""
+            if isinstance(node, yaml.MappingNode) and node.value:  # name the field that grows the most
+                key, _ = max(node.value, key=lambda pair: sizes[id(pair[1])])
+                where = f"field {key.value!r}: "
+            raise StrictYAMLError(f"{where}its aliases (*name) expand to more than {MAX_EXPANDED_NODES:,} "
+                                  f"values ({expanded:,} in all); write the values out instead")
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base constructor says so
+                break
+            if first is not None:
+                raise StrictYAMLError(f"line {key_node.start_mark.line + 1}: {key!r} is given twice in one "
+                                      f"mapping (first on line {first}); keep one of them")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, StrictLoader.construct_mapping)
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """How many values ``node`` stands for once every alias is written out; each shared node is counted
+    once per use but measured once, so a "billion laughs" is measured without being expanded."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a node that contains itself (a recursive alias) counts once
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
+
+
+def _yaml_problem(error: yaml.YAMLError, text: str) -> str:
+    """PyYAML's message, with what to do when the cause is a tab used for indentation."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None and "\t" in str(error):
+        line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
+        if line[: len(line) - len(line.lstrip())].count("\t"):
+            return f"line {mark.line + 1} is indented with a tab; YAML indents with spaces only"
+    return str(error)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -311,8 +387,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key.strip():
         raise ConfigError(f"--set {text!r}: the field name before '=' is empty, e.g. --set folds=3")
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as error:
+        return key.strip(), yaml.load(value, Loader=StrictLoader)
+    except (yaml.YAMLError, StrictYAMLError) as error:
         from probe.errors import first_line
 
         problem = first_line(error)
