@@ -9,6 +9,7 @@ from typing import Any
 from probe.pipeline.config import ExperimentConfig, load_config, validate
 from probe.pipeline.context import DEFAULT_CACHE
 from probe.pipeline.results import Results
+from probe.store.files import default_output
 
 
 def run(
@@ -32,7 +33,7 @@ def run(
         config = validate({**config, **overrides})
     elif overrides:
         config = validate({**config.settings(), **overrides}, source=config.source)
-    output = Path(output) if output is not None else Path("runs") / config.name
+    output = Path(output) if output is not None else default_output(config.name)
     register_display()
     return run_experiment(config, output, cache_dir=cache_dir, progress=progress, n_jobs=n_jobs)
 

@@ -15,6 +15,7 @@ from probe.errors import command_error, first_line
 from probe.pipeline.config import DTYPES, GPT2_SHAPES
 from probe.report.console import quiet_progress_bars
 from probe.scale.devices import parse_dtype
+from probe.store.files import default_output
 
 
 @click.group()
@@ -159,7 +160,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
         config = load_config(config_path, values, origins)
         if plugins_dir:
             plugins.load_plugins_dir(plugins_dir)
-        output_dir = Path(output_dir or Path("runs") / config.name)
+        output_dir = Path(output_dir) if output_dir else default_output(config.name)
         results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
     except UserError as error:
         raise command_error(error) from None

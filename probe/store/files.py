@@ -183,3 +183,21 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def folder_name(label: str, fallback: str = "experiment") -> str:
+    """A name from a config (an experiment's or a sweep's ``name``) as one safe folder name: it is a label,
+    never a path, so separators, ``..`` and anything but letters, digits, ``.``, ``_`` and ``-`` become
+    ``-`` (one for a run of them), and no leading or trailing dot or dash is kept (``../../x`` → ``x``,
+    ``/abs/path`` → ``abs-path``)."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]+|\.{2,}", "-", label)
+    name = re.sub(r"-{2,}", "-", name).strip(".-")[:100].strip(".-")
+    return name or fallback
+
+
+def default_output(label: str) -> Path:
+    """Where a run or sweep named ``label`` writes when no output folder is given: runs/<folder name>."""
+    return Path("runs") / folder_name(label)
+

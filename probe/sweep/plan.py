@@ -33,7 +33,7 @@ from probe.pipeline.config import (
     read_yaml_mapping,
 )
 from probe.pipeline.datafiles import BUILDERS
-from probe.store.files import write_text_atomic
+from probe.store.files import default_output, write_text_atomic
 
 CELL_FILE = "cell.json"  # written into a cell's run folder once every reporter has finished
 
@@ -58,7 +58,7 @@ class SweepConfig(BaseModel):
         return Path(self.source).parent if self.source else Path(".")
 
     def output_dir(self) -> Path:
-        return Path(self.output) if self.output else Path("runs") / self.name
+        return Path(self.output) if self.output else default_output(self.name)
 
 
 FIELDS = ["name", "experiments", "datasets", "models", "seeds", "set", "output", "tracking"]
