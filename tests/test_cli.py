@@ -218,7 +218,7 @@ def test_cache_lists_its_parts_and_the_gguf_file_a_converted_model_came_from(tmp
     checkpoint = tmp_path / "tiny.Q8_0.gguf"
     checkpoint.write_bytes(b"GGUF")
     cache = tmp_path / "cache"
-    folder = models.gguf_folder(checkpoint, cache / "models", progress=False)
+    folder = models.gguf_folder(checkpoint, cache / "models")
     (cache / "features" / "0123abcd").mkdir(parents=True)
     (cache / "features" / "0123abcd" / "chunk-00000.safetensors").write_bytes(b"v" * 1500)
 

@@ -481,7 +481,7 @@ def test_a_gguf_checkpoint_is_converted_once_and_read_back(tmp_path, monkeypatch
     from probe.pipeline.models import gguf_folder, load_model, load_tokenizer
 
     gguf = packaged_model_path("smollm2-135m")
-    folder = gguf_folder(gguf, tmp_path / "models", progress=False)
+    folder = gguf_folder(gguf, tmp_path / "models")
     assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
     loads = count_model_loads(monkeypatch)
     assert gguf_folder(gguf, tmp_path / "models") == folder and not loads  # second time: nothing parsed

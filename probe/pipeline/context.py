@@ -59,7 +59,7 @@ class Services:
 
         if str(self.model_path).endswith(".gguf") and Path(self.model_path).is_file():
             try:
-                return str(gguf_folder(self.model_path, self.cache_dir / "models", progress=self.progress))
+                return str(gguf_folder(self.model_path, self.cache_dir / "models"))
             except NotWritten as error:
                 raise ConfigError(f"{self.config.source or 'config'}: field 'model': {self.model_path} was read, but "
                                   f"{error}; make room there or give another --cache-dir") from None

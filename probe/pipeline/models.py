@@ -33,13 +33,13 @@ def split_gguf(name_or_path: str | Path) -> tuple[str, dict]:
     return str(path.parent), {"gguf_file": path.name}
 
 
-def gguf_folder(gguf_path: str | Path, cache_root: str | Path, progress: bool = True) -> Path:
+def gguf_folder(gguf_path: str | Path, cache_root: str | Path) -> Path:
     """A GGUF checkpoint converted once to a safetensors folder (model + tokenizer) under ``cache_root``,
     keyed by the file's hash and the transformers version; later loads read that folder.
 
     Parsing and dequantizing GGUF takes seconds per load; reading the converted float32 safetensors gives
-    the same tensors, since dequantizing already yields float32. ``progress`` is kept for callers: probe's
-    reader draws no bar, and transformers' GGUF loading (other architectures) draws its own regardless.
+    the same tensors, since dequantizing already yields float32. probe's reader draws no progress bar;
+    transformers' GGUF loading (other architectures) draws its own.
     """
     path = Path(gguf_path)
     digest = remembered_sha256(path, Path(cache_root) / "digests")
