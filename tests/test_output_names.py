@@ -30,3 +30,12 @@ def test_the_default_output_stays_under_runs_whatever_the_name():
         assert folder.parent == Path("runs") and len(folder.parts) == 2
         assert folder.name not in ("", ".", "..") and len(folder.name) <= 100
         assert (Path("/base") / folder).resolve().is_relative_to(Path("/base/runs"))
+
+
+def test_a_sweep_cells_model_folder_is_one_safe_name():
+    from probe.sweep.plan import _folder_name
+
+    assert _folder_name("gpt2") == "gpt2" and _folder_name("mole-v2.1") == "mole-v2.1"
+    for model in ["..", ".", "/models/../x", "a b"]:
+        name = _folder_name(model)
+        assert name not in (".", "..") and "/" not in name and name != model

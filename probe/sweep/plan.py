@@ -33,7 +33,7 @@ from probe.pipeline.config import (
     read_yaml_mapping,
 )
 from probe.pipeline.datafiles import BUILDERS
-from probe.store.files import default_output, write_text_atomic
+from probe.store.files import default_output, folder_name, write_text_atomic
 
 CELL_FILE = "cell.json"  # written into a cell's run folder once every reporter has finished
 
@@ -170,8 +170,9 @@ def _beside(sweep: SweepConfig, path: str) -> Path:
 
 
 def _folder_name(model: str) -> str:
-    """A model name as one folder name: a path becomes its last part plus a short hash of the whole."""
-    if re.fullmatch(r"[A-Za-z0-9._-]+", model):
+    """A model name as one folder name: itself when it is a safe one already (store.files.folder_name leaves
+    it as it is; ``..`` is not), else its last part plus a short hash of the whole."""
+    if folder_name(model, fallback="") == model:
         return model
     tail = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name or model).strip("_") or "model"
     return f"{tail}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
