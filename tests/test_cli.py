@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -179,6 +181,23 @@ def test_architectures_lists_each_with_its_path():
     assert set(rows) == set(ARCHITECTURES) and len(rows) >= 30
     assert rows["gpt2"]["path"] == "full" and rows["qwen2"]["path"] == "full" and rows["cohere"]["path"] == "universal"
     assert rows["bloom"]["path"] == "full"
+    assert {row["status"] for row in rows.values()} == {"declared"}  # read from the table, nothing built
+
+
+def test_listing_architectures_imports_neither_torch_nor_transformers():
+    code = ("import sys; from probe.cli import cli; from click.testing import CliRunner; "
+            "r = CliRunner().invoke(cli, ['architectures']); assert r.exit_code == 0, r.output; "
+            "heavy = {'torch', 'transformers'} & set(sys.modules); assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_architectures_check_swaps_each_named_one_on_the_installed_release():
+    result = run("architectures", "--check", "--json", "gpt2", "cohere")
+    assert result.exit_code == 0, result.output
+    rows = {row["architecture"]: row for row in json.loads(result.output)}
+    assert rows["gpt2"] == {**rows["gpt2"], "status": "ok", "adapter": "gpt2", "path": "full"}
+    assert rows["cohere"]["status"] == "ok" and rows["cohere"]["adapter"] == "universal"
 
 
 def test_compare_fast_reports_its_path_and_passes_against_sdpa():

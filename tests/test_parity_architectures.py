@@ -66,6 +66,18 @@ def assert_same_at(real: torch.Tensor, ref: torch.Tensor, got: torch.Tensor, wha
     assert diff == 0.0, f"{what}: max abs diff {diff}"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_table_declares_the_adapter_that_takes_each_architecture(name, checkpoints):
+    # `probe architectures` lists the declared adapter without building a model: it must be the real one.
+    from importlib.metadata import version
+
+    from probe.core.adapters import adapter_for
+
+    arch = ARCHITECTURES[name]
+    adapter = adapter_for(load(arch, checkpoints(name), "cpu"))
+    assert adapter.name == arch.adapter_on(version("transformers"))
+
+
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("name", NAMES)
 def test_hidden_states_logits_and_patterns_are_bitwise_equal(name, padding, checkpoints, device):

@@ -102,13 +102,13 @@ def test_the_command_lists_a_broken_family_and_check_fails_on_it(monkeypatch):
     monkeypatch.setattr(FalconAdapter, "check", changed_forward)
     monkeypatch.setattr(interface, "numerics_of", lambda attention: changed_forward(None))
     runner = CliRunner()
-    listed = runner.invoke(cli, ["architectures", "--json", "falcon", "gpt2"])
-    assert listed.exit_code == 0, listed.output
-    rows = {row["architecture"]: row for row in json.loads(listed.output)}
+    checked = runner.invoke(cli, ["architectures", "--check", "--json", "falcon", "gpt2"])
+    assert checked.exit_code == 1 and "1 of 2 not bit-identical or refused: falcon" in checked.stderr
+    rows = {row["architecture"]: row for row in json.loads(checked.stdout)}
     assert rows["falcon"]["status"].startswith("refused: RuntimeError: FalconAttention.forward in transformers 9.9")
     assert rows["gpt2"]["status"] == "ok"
-    checked = runner.invoke(cli, ["architectures", "--check", "falcon", "gpt2"])
-    assert checked.exit_code == 1 and "refused" in checked.output and "1 of 2" in checked.output
+    listed = runner.invoke(cli, ["architectures", "falcon", "gpt2"])  # the declared table: nothing is swapped
+    assert listed.exit_code == 0 and "refused" not in listed.output and "declared" in listed.output
 
 
 def test_the_falcon_adapter_takes_falcon_only_where_its_attention_does_its_own_arithmetic():

@@ -2,6 +2,10 @@
 
 One table serves ``probe architectures``, ``probe compare --random-init ARCH``, the README's table and
 the parity suite (tests/test_parity_architectures.py).
+
+Each row also declares the adapter that takes it, so that listing the table needs neither torch nor a
+model; the parity suite checks the declaration against the adapter ``adapter_for`` really picks, on
+every transformers release it runs on, and ``probe architectures --check`` swaps each one for real.
 """
 
 from __future__ import annotations
@@ -26,9 +30,18 @@ TINY = dict(
 class Architecture:
     model_type: str
     example: str  # a real checkpoint of this architecture, for the reader
+    adapter: str = "universal"  # the adapter that takes it (checked by the parity suite)
+    adapter_from: dict = field(default_factory=dict)  # transformers release → the adapter from that one on
     causal: bool = True
     overrides: dict = field(default_factory=dict)
     drop: tuple[str, ...] = ()  # TINY keys this config does not take
+
+    def adapter_on(self, release: str) -> str:
+        """The adapter that takes this architecture on a transformers ``release`` (e.g. "5.25.0")."""
+        from packaging.version import Version
+
+        changes = sorted((Version(v), name) for v, name in self.adapter_from.items() if Version(v) <= Version(release))
+        return changes[-1][1] if changes else self.adapter
 
     def config(self):
         from transformers import AutoConfig
@@ -49,42 +62,42 @@ MHA = ("num_key_value_heads",)  # families without grouped-query attention
 ARCHITECTURES: dict[str, Architecture] = {
     a.model_type: a
     for a in [
-        Architecture("gpt2", "openai-community/gpt2", drop=MHA),
+        Architecture("gpt2", "openai-community/gpt2", adapter="gpt2", drop=MHA),
         Architecture("gptj", "EleutherAI/gpt-j-6b", drop=MHA, overrides=dict(rotary_dim=8)),
-        Architecture("gpt_neox", "EleutherAI/pythia-160m", drop=MHA),
+        Architecture("gpt_neox", "EleutherAI/pythia-160m", adapter="mapped", drop=MHA),
         Architecture("gpt_bigcode", "bigcode/starcoderbase-1b", drop=MHA),
         Architecture("codegen", "Salesforce/codegen-350M-mono", drop=MHA, overrides=dict(rotary_dim=8)),
         Architecture("opt", "facebook/opt-125m", drop=MHA, overrides=dict(ffn_dim=128, word_embed_proj_dim=64)),
-        Architecture("llama", "HuggingFaceTB/SmolLM2-135M-Instruct"),
-        Architecture("mistral", "mistralai/Mistral-7B-v0.1", overrides=dict(sliding_window=4)),
-        Architecture("mixtral", "mistralai/Mixtral-8x7B-v0.1", overrides=dict(num_local_experts=4)),
-        Architecture("qwen2", "Qwen/Qwen2.5-0.5B"),
-        Architecture("qwen2_moe", "Qwen/Qwen1.5-MoE-A2.7B", overrides=dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=32)),
-        Architecture("qwen3", "Qwen/Qwen3-0.6B", overrides=dict(head_dim=16)),
-        Architecture("qwen3_moe", "Qwen/Qwen3-30B-A3B", overrides=dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)),
-        Architecture("gemma", "google/gemma-2b", overrides=dict(head_dim=16)),
-        Architecture("gemma2", "google/gemma-2-2b", overrides=dict(head_dim=16, sliding_window=4)),
+        Architecture("llama", "HuggingFaceTB/SmolLM2-135M-Instruct", adapter="mapped"),
+        Architecture("mistral", "mistralai/Mistral-7B-v0.1", adapter="mapped", overrides=dict(sliding_window=4)),
+        Architecture("mixtral", "mistralai/Mixtral-8x7B-v0.1", adapter="mapped", overrides=dict(num_local_experts=4)),
+        Architecture("qwen2", "Qwen/Qwen2.5-0.5B", adapter="mapped"),
+        Architecture("qwen2_moe", "Qwen/Qwen1.5-MoE-A2.7B", adapter="mapped", overrides=dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=32)),
+        Architecture("qwen3", "Qwen/Qwen3-0.6B", adapter="mapped", overrides=dict(head_dim=16)),
+        Architecture("qwen3_moe", "Qwen/Qwen3-30B-A3B", adapter="mapped", overrides=dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)),
+        Architecture("gemma", "google/gemma-2b", adapter="mapped", overrides=dict(head_dim=16)),
+        Architecture("gemma2", "google/gemma-2-2b", adapter="mapped", overrides=dict(head_dim=16, sliding_window=4)),
         Architecture("gemma3_text", "google/gemma-3-270m", overrides=dict(head_dim=16, sliding_window=4)),
-        Architecture("phi", "microsoft/phi-2", drop=MHA),
-        Architecture("phi3", "microsoft/Phi-3-mini-4k-instruct", overrides=dict(pad_token_id=0)),
-        Architecture("olmo", "allenai/OLMo-1B-hf"),
-        Architecture("olmo2", "allenai/OLMo-2-0425-1B"),
+        Architecture("phi", "microsoft/phi-2", adapter="mapped", drop=MHA),
+        Architecture("phi3", "microsoft/Phi-3-mini-4k-instruct", adapter="mapped", overrides=dict(pad_token_id=0)),
+        Architecture("olmo", "allenai/OLMo-1B-hf", adapter="mapped"),
+        Architecture("olmo2", "allenai/OLMo-2-0425-1B", adapter="mapped"),
         Architecture("olmoe", "allenai/OLMoE-1B-7B-0924", overrides=dict(num_experts=4, num_experts_per_tok=2)),
-        Architecture("starcoder2", "bigcode/starcoder2-3b"),
+        Architecture("starcoder2", "bigcode/starcoder2-3b", adapter="mapped"),
         Architecture("stablelm", "stabilityai/stablelm-2-1_6b"),
         Architecture("persimmon", "adept/persimmon-8b-base", drop=MHA),
         Architecture("cohere", "CohereForAI/c4ai-command-r-v01"),
-        Architecture("granite", "ibm-granite/granite-3.0-2b-base"),
+        Architecture("granite", "ibm-granite/granite-3.0-2b-base", adapter="mapped"),
         Architecture("smollm3", "HuggingFaceTB/SmolLM3-3B", overrides=dict(pad_token_id=0)),
-        Architecture("helium", "kyutai/helium-1-preview-2b", overrides=dict(head_dim=16)),
-        Architecture("glm", "THUDM/glm-4-9b-hf", overrides=dict(head_dim=16, pad_token_id=0)),
+        Architecture("helium", "kyutai/helium-1-preview-2b", adapter="mapped", overrides=dict(head_dim=16)),
+        Architecture("glm", "THUDM/glm-4-9b-hf", adapter="mapped", overrides=dict(head_dim=16, pad_token_id=0)),
         Architecture("nemotron", "nvidia/Minitron-4B-Base", overrides=dict(head_dim=16)),
         Architecture("biogpt", "microsoft/biogpt", drop=MHA),
         # Attention that does not go through Hugging Face's attention interface: full-path adapters.
-        Architecture("gpt_neo", "EleutherAI/gpt-neo-125m", drop=MHA, overrides=dict(attention_types=[[["global", "local"], 1]], window_size=4)),
-        Architecture("mpt", "mosaicml/mpt-7b", drop=MHA, overrides=dict(max_seq_len=64, use_cache=True)),
-        Architecture("falcon", "tiiuae/falcon-7b", drop=MHA),  # multi-query, rotary; ALiBi variant: see falcon.py
-        Architecture("bloom", "bigscience/bloom-560m", drop=MHA),
+        Architecture("gpt_neo", "EleutherAI/gpt-neo-125m", adapter="gpt_neo", drop=MHA, overrides=dict(attention_types=[[["global", "local"], 1]], window_size=4)),
+        Architecture("mpt", "mosaicml/mpt-7b", adapter="mpt", drop=MHA, overrides=dict(max_seq_len=64, use_cache=True)),
+        Architecture("falcon", "tiiuae/falcon-7b", adapter="falcon", adapter_from={"5.25.0": "universal"}, drop=MHA),  # multi-query, rotary; ALiBi variant: see falcon.py
+        Architecture("bloom", "bigscience/bloom-560m", adapter="bloom", drop=MHA),
         Architecture("gpt_oss", "openai/gpt-oss-20b", overrides=dict(head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=4)),
         Architecture("granitemoe", "ibm-granite/granite-3.0-1b-a400m-base", overrides=dict(num_local_experts=4, num_experts_per_tok=2)),
         Architecture("olmo3", "allenai/Olmo-3-7B", overrides=dict(sliding_window=4)),
@@ -107,7 +120,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("falcon_h1", "tiiuae/Falcon-H1-0.5B-Base"),
         Architecture("lfm2", "LiquidAI/LFM2-350M"),
         Architecture("modernbert-decoder", "jhu-clsp/ettin-decoder-17m", drop=MHA, overrides=dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)),
-        Architecture("bert", "sentence-transformers/all-MiniLM-L6-v2", **ENCODER),
+        Architecture("bert", "sentence-transformers/all-MiniLM-L6-v2", adapter="bert", **ENCODER),
         Architecture("roberta", "FacebookAI/roberta-base", **ENCODER),
         Architecture("xlm-roberta", "FacebookAI/xlm-roberta-base", **ENCODER),
         Architecture("electra", "google/electra-small-discriminator", **ENCODER),
@@ -130,6 +143,21 @@ def save_random(model_type: str, folder, seed: int = 0):
     return folder
 
 
+def declared_table(names=None) -> list[dict]:
+    """One row per architecture as the table declares it for the installed transformers (adapter and
+    path), without importing torch or building a model."""
+    from importlib.metadata import version
+
+    release = version("transformers")
+    return [_declared_row(arch, arch.adapter_on(release)) for arch in map(get, sorted(names or ARCHITECTURES))]
+
+
+def _declared_row(arch: Architecture, adapter: str) -> dict:
+    path = "universal" if adapter == "universal" else "full"
+    return {"architecture": arch.model_type, "example": arch.example, "adapter": adapter, "path": path,
+            "status": "declared"}
+
+
 def support_table(measure: bool = False, device="cpu", dtype=None, adapters=None, names=None) -> list[dict]:
     """One row per architecture: which adapter and path take it, its status ("ok", or "refused: <reason>"
     where the installed releases break it: one architecture's failure never hides the others) and
@@ -140,7 +168,8 @@ def support_table(measure: bool = False, device="cpu", dtype=None, adapters=None
 
 def refused(rows: list[dict]) -> list[dict]:
     """The rows of architectures that are refused, or that differ from eager where measured."""
-    return [row for row in rows if row["status"] != "ok" or row.get("max_abs_diff") not in (None, 0.0)]
+    return [row for row in rows if row["status"] not in ("ok", "declared")
+            or row.get("max_abs_diff") not in (None, 0.0)]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -151,7 +180,7 @@ def markdown_table(rows: list[dict]) -> str:
     header = f"| architecture | e.g. | path | {measured} |\n|---|---|---|---|\n"
     return header + "".join(
         f"| {r['architecture']} | {r['example']} | {r['path']} ({r['adapter']}) | "
-        f"{r.get('max_abs_diff', '') if r['status'] == 'ok' else r['status']} |\n"
+        f"{r.get('max_abs_diff', '') if r['status'] in ('ok', 'declared') else r['status']} |\n"
         for r in rows
     )
 
