@@ -291,7 +291,6 @@ def bad_inputs(lab: Lab):
     cli("PROBE_PLUGINS=nosuch", lambda: lab.args(), {"PROBE_PLUGINS": "nosuch"})
     cli("PROBE_PLUGINS=nosuch plugins", lambda: ["plugins"], {"PROBE_PLUGINS": "nosuch,other"})
     cli("run --plugins-dir broken", lambda: lab.args(None, "--plugins-dir", _plugin(lab, "b3", "import nosuch\n").parent))
-    cli("run --jobs 0", lambda: lab.args(None, "--jobs", "0"))
     cli("run --jobs x", lambda: lab.args(None, "--jobs", "x"))
     cli("run --device tpu", lambda: lab.args(None, "--device", "tpu"))
     cli("run --dtype float8", lambda: lab.args(None, "--dtype", "float8"))
@@ -323,7 +322,85 @@ def bad_inputs(lab: Lab):
     cli("run dataset plugin that raises", lambda: lab.args(lab.yaml("case", {"dataset": "bad", "plugins": [
         str(_plugin(lab, "p10", "from probe.hookspecs import hookimpl\n@hookimpl\ndef register_datasets(register):\n"
                     "    register('bad', lambda: [][0])\n"))]})))
+    # issue 25: bounded input, paths and names
+    big = "x" * (1 << 20)
+    cli("run options over 1 MiB", lambda: lab.args(lab.yaml("case", {"options": {"blob": big}})))
+    cli("run description over 1 MiB", lambda: lab.args(lab.yaml("case", {"description": big})))
+    cli("run options recursive alias", lambda: lab.args(lab.file("rec.yaml", (
+        f"model: {lab.model}\ndataset: mole\noptions: {{loop: &a [1, *a]}}\n").encode())))
+    cli("run dataset path 42", lambda: lab.args(lab.yaml("case", {"dataset": {"name": "file", "path": 42}})))
+    cli("run dataset path empty", lambda: lab.args(lab.yaml("case", {"dataset": {"name": "file", "path": " "}})))
+    data("jsonl field over 1 MiB", "big-field.jsonl", jsonl(rows[:1] + [rows[1] | {"text": "a mole " + big}]))
+    data("json array field over 1 MiB", "big-field.json", json.dumps(rows[:1] + [rows[1] | {"word": big + "x"}]).encode())
+    data("csv field over 1 MiB", "big-field.csv", b"text,target,label\na mole,mole,animal\n"
+         + f"a mole {big},mole,animal\n".encode())
+    data("jsonl line over max_row_bytes", "row.jsonl", jsonl(rows), max_row_bytes=50)
+    data("csv row over max_row_bytes", "row.csv", b"text,target,label\na mole,mole,animal\n", max_row_bytes=10)
+    data("jsonl list cell over max_field_bytes", "list.jsonl", jsonl([rows[0] | {"tags": ["t"] * 100}]),
+         max_field_bytes=200)
+    data("max_field_bytes 0", "limit0.jsonl", jsonl(rows), max_field_bytes=0)
+    data("max_row_bytes 'big'", "limitbig.jsonl", jsonl(rows), max_row_bytes="big")
+    cli("data parquet field over max_field_bytes", lambda: lab.args(lab.yaml("case", {"dataset": {
+        "name": "file", "path": str(_parquet(lab)), "max_field_bytes": 8}})))
+    for output in ("/tmp/probe-elsewhere", "../outside", "runs/../../outside", "~/runs"):
+        cli(f"sweep file output {output}", lambda output=output: ["sweep", lab.file("sweep.yaml", yaml.safe_dump(
+            {"experiments": [str(lab.config)], "output": output}).encode())])
+    cli("run --jobs many", lambda: lab.args(None, "--jobs", "many"))
+    cli("sweep --jobs -1", lambda: ["sweep", lab.config, "--jobs", "-1", "--output", lab.base / "sw"])
     return cases
+
+
+def _parquet(lab) -> Path:
+    import pandas as pd
+
+    path = lab.base / "files" / "rows.parquet"
+    pd.DataFrame([{k: r[k] for k in ("text", "target", "label")} for r in mole_rows()]).to_parquet(path)
+    return path
+
+
+def api_calls(lab: Lab):
+    """(name, call) for the Python API's bad arguments: each must raise probe's own error (issue 25)."""
+    import torch
+
+    import probe
+
+    config, module = {"model": str(lab.model), "dataset": "mole"}, torch.nn.Linear(2, 2)
+    return [
+        ("probe.run(None)", lambda: probe.run(None)),
+        ("probe.run(['exp.yaml'])", lambda: probe.run(["exp.yaml"])),
+        ("probe.run(..., output=123)", lambda: probe.run(config, output=123)),
+        ("probe.run(..., n_jobs='many')", lambda: probe.run(config, n_jobs="many")),
+        ("probe.run(..., n_jobs=0)", lambda: probe.run(config, n_jobs=0)),
+        ("probe.run(..., cache_dir=None)", lambda: probe.run(config, cache_dir=None)),
+        ("probe.run(path, 'out')", lambda: probe.run(str(lab.config), "out")),
+        ("probe.run(dataset path 42)", lambda: probe.run({**config, "dataset": {"name": "file", "path": 42}})),
+        ("probe.run(options over 1 MiB)", lambda: probe.run({**config, "options": {"x": "x" * (1 << 20)}})),
+        ("probe.run_with_cache(model, 123)", lambda: probe.run_with_cache(str(lab.model), 123)),
+        ("probe.run_with_cache(42, text)", lambda: probe.run_with_cache(42, "a mole")),
+        ("probe.attention(model, [])", lambda: probe.attention(str(lab.model), [])),
+        ("probe.load_results(None)", lambda: probe.load_results(None)),
+        ("probe.plot('results')", lambda: probe.plot("results")),
+        ("probe.swap_attention('gpt2')", lambda: probe.swap_attention("gpt2")),
+        ("probe.hook_points(None)", lambda: probe.hook_points(None)),
+        ("probe.add_hook(module, '', print)", lambda: probe.add_hook(module, "", print)),
+        ("probe.hooks(module, ['x'])", lambda: probe.hooks(module, ["x"])),
+        ("probe.capture(module, 3)", lambda: probe.capture(module, 3)),
+        ("probe.set_fast_attention(module, 'no')", lambda: probe.set_fast_attention(module, "no")),
+    ]
+
+
+def judge_call(call) -> tuple[str, str]:
+    """ok: probe's own error (a UserError) naming what is wrong; silent: accepted; traceback: anything else."""
+    from probe.errors import UserError
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            call()
+    except UserError as error:
+        return "ok", str(error).splitlines()[0]
+    except Exception as error:  # noqa: BLE001 - what escaped is the finding
+        return "traceback", f"{type(error).__name__}: {error}"
+    return "silent", "accepted"
 
 
 def _slow(lab, folder):
@@ -547,6 +624,13 @@ def main():
         if options.only and options.only not in name:
             continue
         outcome, message = judge(lab, name, make)
+        counts[outcome] = counts.get(outcome, 0) + 1
+        print(f"{outcome:9} {name}: {message[:150]}", flush=True)
+        bad += [name] if outcome != "ok" else []
+    for name, call in api_calls(lab):
+        if options.only and options.only not in name:
+            continue
+        outcome, message = judge_call(call)
         counts[outcome] = counts.get(outcome, 0) + 1
         print(f"{outcome:9} {name}: {message[:150]}", flush=True)
         bad += [name] if outcome != "ok" else []

@@ -13,16 +13,16 @@ from probe.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-# public name → the module that defines it
+# public name → the module that defines it (a function: probe.api, which exports it checking its arguments)
 _LAZY = {
     "MaskedMultiHeadAttention": "probe.core.attention",
     "HookPoint": "probe.core.hooks",
-    "add_hook": "probe.core.hooks",
-    "capture": "probe.core.hooks",
-    "hook_points": "probe.core.hooks",
-    "is_swapped": "probe.core.swap",
-    "restore_attention": "probe.core.swap",
-    "set_fast_attention": "probe.core.swap",
+    "add_hook": "probe.api",
+    "capture": "probe.api",
+    "hook_points": "probe.api",
+    "is_swapped": "probe.api",
+    "restore_attention": "probe.api",
+    "set_fast_attention": "probe.api",
     "swap_attention": "probe.api",
     "swapped_attention": "probe.api",
     "run": "probe.api",
@@ -30,12 +30,12 @@ _LAZY = {
     "LayerResult": "probe.pipeline.results",
     "load_results": "probe.api",
     "ActivationCache": "probe.notebook",
-    "run_with_cache": "probe.notebook",
-    "plot": "probe.notebook",
+    "run_with_cache": "probe.api",
+    "plot": "probe.api",
     # probe.attention is the notebook's attention viewer and probe.hooks the hook context manager: both are
     # functions only (the modules live in probe.core), so neither name means two things.
-    "attention": "probe.notebook",
-    "hooks": "probe.core.hooks",
+    "attention": "probe.api",
+    "hooks": "probe.api",
 }
 
 __all__ = ["hookimpl", *_LAZY]

@@ -268,7 +268,43 @@ CASES = {
                                   "results.json can't be read"),
     "plot-runs-unknown-subset": (lambda w: ["plot-runs", str(w.out), "--output", str(w.base / "p.png"), "--subset",
                                             "nosuch"], {}, "no run has subset 'nosuch'"),
+    # bounded input (issue 25): what is hashed, and a data file's fields and rows
+    "options-too-big": (_config({"options": {"blob": "x" * (1 << 20)}}), {},
+                        "field 'options' is 1,048,588 bytes written out; a field may be at most 1,048,576"),
+    "options-recursive": (lambda w: w.run_args(_raw_config(w, b"model: x\ndataset: mole\noptions: {loop: &a [1, *a]}\n")),
+                          {}, "field 'options' contains itself"),
+    "dataset-path-not-text": (_config({"dataset": {"name": "file", "path": 42}}), {},
+                              "field 'dataset' option 'path' must be a file or folder's path"),
+    "data-field-too-long": (_data_file("huge.jsonl", json.dumps(rows()[0]).encode() + b"\n" + json.dumps(
+        rows()[1] | {"text": "a mole " + "x" * (1 << 20)}).encode() + b"\n"), {},
+        "huge.jsonl, line 2, field 'text': 1,048,583 bytes, more than the 1,048,576 a field may hold"),
+    "data-csv-row-too-big": (_data_file("wide.csv", b"text,target,label\na mole,mole,animal\n", max_row_bytes=10),
+                             {}, "wide.csv, line 2: the row's fields hold 16 bytes, more than the 10"),
+    "data-parquet-field-too-long": (lambda w: w.run_args(w.write_config("case", {"dataset": {
+        "name": "file", "path": str(_parquet(w)), "max_field_bytes": 8}})), {}, "rows.parquet, row 1, field 'text'"),
+    "data-limit-not-a-number": (_data_file("limit.jsonl", json.dumps(rows()[0]).encode(), max_field_bytes=0), {},
+                                "dataset option max_field_bytes must be a number of bytes ≥ 1, got 0"),
+    # paths and names (issue 25)
+    "sweep-output-absolute": (lambda w: ["sweep", _sweep_file(w, "/tmp/elsewhere")], {},
+                              "field 'output' is '/tmp/elsewhere'; a sweep file's output must be a relative folder"),
+    "sweep-output-climbs": (lambda w: ["sweep", _sweep_file(w, "runs/../../x")], {},
+                            "field 'output' is 'runs/../../x'"),
+    "jobs-not-a-number": (lambda w: w.run_args(None, "--jobs", "many"), {}, "--jobs"),
 }
+
+
+def _parquet(w) -> Path:
+    import pandas as pd
+
+    path = w.base / "rows.parquet"
+    pd.DataFrame([{k: r[k] for k in ("text", "target", "label")} for r in rows()]).to_parquet(path)
+    return path
+
+
+def _sweep_file(w, output: str) -> Path:
+    path = w.base / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"experiments": [str(w.config)], "output": output}), encoding="utf-8")
+    return path
 
 
 BOOM_REPORTER = """

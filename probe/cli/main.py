@@ -132,7 +132,7 @@ def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=".probe-cache", show_default=True)
 @click.option("--plugins-dir", type=click.Path(file_okay=False), help="Load every .py file in this folder as a plugin.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--jobs", "n_jobs", type=int, help="Probe fits in parallel [default: all cores, unless too few fits to pay for starting workers]; results do not depend on it.")
+@click.option("--jobs", "n_jobs", type=int, help="Probe fits in parallel [default: all cores, unless too few fits to pay for starting workers]; negative as joblib reads it (-1: all cores, -2: all but one); results do not depend on it.")
 @click.option("--device", help="auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps [default: the config's, auto].")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Model dtype [default: the config's].")
 def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):
@@ -161,6 +161,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
         if plugins_dir:
             plugins.load_plugins_dir(plugins_dir)
         output_dir = Path(output_dir) if output_dir else default_output(config.name)
+        click.echo(paths_line(config, output_dir, cache_dir), err=True)
         results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
     except UserError as error:
         raise command_error(error) from None
@@ -173,6 +174,16 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
             f"accuracy {accuracy_text(best)}"
         )
     click.echo(f"results, plots and summary in {output_dir}/")
+
+
+def paths_line(config, output_dir: Path, cache_dir) -> str:
+    """What a run reads and writes, every path resolved: a config's relative paths are relative to its
+    folder, so the line says where they landed."""
+    reads = [f"data {config.dataset_options['path']}" if "path" in config.dataset_options
+             else f"dataset {config.dataset_name}"]
+    reads += [f"plugin {plugin}" for plugin in config.plugins]
+    return (f"{config.name}: reads {', '.join(reads)}; writes {Path(output_dir).absolute()}/ "
+            f"(cache {Path(cache_dir).absolute()}/)")
 
 
 def checked_placement(device: str, dtype: str):

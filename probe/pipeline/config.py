@@ -188,7 +188,12 @@ class ExperimentConfig(BaseModel):
     @field_validator("dataset", mode="before")
     @classmethod
     def _dataset_name_or_mapping(cls, value):
-        return DatasetSpec.parse(value)
+        spec = DatasetSpec.parse(value)
+        path = spec.options.get("path")
+        if "path" in spec.options and not (isinstance(path, str) and path.strip()):
+            raise ValueError(f"option 'path' must be a file or folder's path, or hf:owner/name, as text; "
+                             f"got {path!r} ({type(path).__name__})")
+        return spec
 
     @field_validator("probe", mode="before")
     @classmethod
@@ -274,7 +279,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     raw["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) else p
                       for p in _as_list(raw.get("plugins") or [])]
     dataset = raw.get("dataset")
-    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
+    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) and dataset["path"].strip():
         beside_config = path.parent / dataset["path"]
         if beside_config.exists() and not Path(dataset["path"]).is_absolute():
             raw["dataset"] = {**dataset, "path": str(beside_config.resolve())}
@@ -413,11 +418,37 @@ def validate(raw: dict, source: str = "<config>", origins: dict[str, str] | None
     for required in ("model", "dataset"):
         if raw.get(required) in (None, ""):
             raise ConfigError(f"{where(required)} field {required!r} is required")
+    for field, value in raw.items():
+        _check_hashable_size(field, value, where(field))
     try:
         return ExperimentConfig.model_validate({**raw, "source": source})
     except ValidationError as error:
         first = error.errors()[0]
         raise ConfigError(f"{where(str(first['loc'][0]))} {_message(first, raw)}") from None
+
+
+MAX_FIELD_BYTES = 1 << 20  # a field written out as JSON (as cache keys hash it) may be at most 1 MiB
+
+
+def _check_hashable_size(field: str, value, where: str) -> None:
+    """Refuse a field too big to hash into a cache key (its JSON form over MAX_FIELD_BYTES), or one that
+    contains itself (a recursive YAML alias, ``&a [*a]``), naming the field."""
+    import json
+
+    if not isinstance(value, (dict, list, tuple, str)):
+        return
+    try:
+        size = len(json.dumps(value, default=str).encode())
+    except ValueError:  # json's "Circular reference detected"
+        raise ConfigError(f"{where} field {field!r} contains itself (a recursive alias such as &a [*a]); "
+                          "write its values out instead") from None
+    except TypeError as error:  # a key json can't write (a tuple from a YAML complex key)
+        raise ConfigError(f"{where} field {field!r} can't be written out as JSON ({error}); "
+                          "use text, numbers, lists and mappings with text keys") from None
+    if size > MAX_FIELD_BYTES:
+        raise ConfigError(f"{where} field {field!r} is {size:,} bytes written out; a field may be at most "
+                          f"{MAX_FIELD_BYTES:,} (fields are hashed into cache keys and recorded in results.json): "
+                          "put large data in a file and give its path")
 
 
 def _message(error: dict, raw: dict) -> str:

@@ -29,7 +29,7 @@ import datasets
 import numpy as np
 
 from probe.errors import UserError, first_line
-from probe.pipeline.datafiles import BUILDERS
+from probe.pipeline.datafiles import BUILDERS, MAX_FIELD_BYTES, MAX_ROW_BYTES, SizeLimits, check_row_size
 
 CUES = ("left", "right", "both")
 COLUMNS = ("text", "target", "label", "cue", "group", "span_start", "span_end")
@@ -87,6 +87,8 @@ def load_rows(
     span_end_field: str | None = None,
     split: str | None = None,
     revision: str | None = None,
+    max_field_bytes: int = MAX_FIELD_BYTES,
+    max_row_bytes: int = MAX_ROW_BYTES,
 ) -> datasets.Dataset:
     """Load rows from a .jsonl/.json/.csv/.parquet file or "hf:owner/name" and rename them onto the schema.
 
@@ -95,10 +97,13 @@ def load_rows(
     column is kept as it is (a benchmark's ``split``, a ``word``…) for ``filter``, ``split_by`` and
     ``evaluation``, except one named like a schema column it does not fill. ``split`` and ``revision``
     apply to a hub dataset only (a file is one table: select its rows with ``filter`` or ``evaluation``).
+    A field larger than ``max_field_bytes`` (UTF-8; default 1 MiB) or a row larger than ``max_row_bytes``
+    (default 4 MiB) is refused, naming the file, row and field.
     """
     source_name = str(source)
     _check_options(source_name, split, revision, span_field, span_start_field, span_end_field)
-    raw = _load_raw(source_name, split=split or "train", revision=revision)
+    limits = SizeLimits(max_field_bytes, max_row_bytes).check(source_name, DataError)
+    raw = _load_raw(source_name, split=split or "train", revision=revision, limits=limits)
     if span_field is None and span_start_field is None and {"span_start", "span_end"} <= set(raw.column_names):
         span_start_field, span_end_field = "span_start", "span_end"
     spans = (span_field,) if span_field else tuple(f for f in (span_start_field, span_end_field) if f)
@@ -107,6 +112,7 @@ def load_rows(
     features = datasets.Features({**FEATURES, **{column: raw.features[column] for column in extra}})
     rows, problems = [], []
     for number, raw_row in enumerate(raw.to_list(), start=1):
+        check_row_size(raw_row, f"{source_name}, row {number}", limits, DataError)  # Parquet, hub: after reading
         try:
             row = _normalise_row(raw_row, fields, spans)
         except ValueError as error:
@@ -136,7 +142,7 @@ def _check_options(source, split, revision, span_field, span_start_field, span_e
                         f"{'span_start_field' if span_start_field else 'span_end_field'}")
 
 
-def _load_raw(source: str, *, split: str, revision: str | None) -> datasets.Dataset:
+def _load_raw(source: str, *, split: str, revision: str | None, limits: SizeLimits) -> datasets.Dataset:
     """Read the source with the matching datasets builder, untouched."""
     from probe.pipeline.datafiles import check_data_file, hub_error
 
@@ -154,7 +160,7 @@ def _load_raw(source: str, *, split: str, revision: str | None) -> datasets.Data
         )
     if not path.is_file():
         raise DataError(f"{source}: no such file (looked for {path.absolute()})")
-    check_data_file(path, DataError)  # empty, not UTF-8, malformed: named with its line
+    check_data_file(path, DataError, limits)  # empty, not UTF-8, malformed, too big: named with its line
     # A local file is always read as the builder's single "train" split.
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from probe.errors import first_line
@@ -15,6 +16,50 @@ from probe.errors import first_line
 # importing datasets).
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_FORMATS = (".jsonl", ".json", ".csv")
+# How big one field and one row of a data file may be (UTF-8 bytes; a list or mapping cell as JSON): a
+# sentence is a few hundred bytes, and a runaway cell would otherwise be read, hashed and tokenized whole.
+# A dataset's max_field_bytes / max_row_bytes options change them.
+MAX_FIELD_BYTES = 1 << 20
+MAX_ROW_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    field: int = MAX_FIELD_BYTES
+    row: int = MAX_ROW_BYTES
+
+    def check(self, source: str, error_class) -> SizeLimits:
+        """Itself, when both limits are whole numbers of bytes ≥ 1; else an ``error_class`` naming the option."""
+        for name, value in (("max_field_bytes", self.field), ("max_row_bytes", self.row)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise error_class(f"{source}: dataset option {name} must be a number of bytes ≥ 1, got {value!r}")
+        return self
+
+
+def size_of(value) -> int:
+    """A cell's size in bytes: UTF-8 for text, JSON for a list or mapping, 0 for numbers and nulls."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    if isinstance(value, (list, tuple, dict)):
+        return len(json.dumps(value, default=str).encode())
+    return 0
+
+
+def check_row_size(row: dict, where: str, limits: SizeLimits, error_class) -> None:
+    """Refuse a row (``where``: the file and its line or row) with a field or a total over ``limits``,
+    naming the field."""
+    total = 0
+    for field, value in row.items():
+        size = size_of(value)
+        if size > limits.field:
+            raise error_class(f"{where}, field {field!r}: {size:,} bytes, more than the {limits.field:,} a field "
+                              "may hold; shorten it, or raise the dataset's max_field_bytes option")
+        total += size
+    if total > limits.row:
+        raise error_class(f"{where}: the row's fields hold {total:,} bytes, more than the {limits.row:,} a row "
+                          "may hold; shorten it, or raise the dataset's max_row_bytes option")
 
 
 def utf8(data: bytes, path, error_class, advice: str = "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") -> str:
@@ -27,8 +72,9 @@ def utf8(data: bytes, path, error_class, advice: str = "save the file as UTF-8 (
         raise error_class(f"{path}, line {line}: byte {data[error.start]:#x} is not UTF-8; {advice}") from None
 
 
-def check_data_file(path: Path, error_class) -> None:
-    """Raise ``error_class`` (DataError) naming ``path`` and the line at fault, if the file can't be rows."""
+def check_data_file(path: Path, error_class, limits: SizeLimits = SizeLimits()) -> None:
+    """Raise ``error_class`` (DataError) naming ``path`` and the line at fault, if the file can't be rows
+    (or holds a field or row larger than ``limits``)."""
     data = path.read_bytes()
     if not data.strip():
         raise error_class(f"{path}: the file is empty; it needs a row per example (text, target, label)")
@@ -36,17 +82,20 @@ def check_data_file(path: Path, error_class) -> None:
         return
     text = utf8(data, path, error_class).removeprefix("\ufeff")
     if path.suffix.lower() == ".jsonl" or (path.suffix.lower() == ".json" and not text.lstrip().startswith("[")):
-        _check_json_lines(path, text, error_class)
+        _check_json_lines(path, text, error_class, limits)
     elif path.suffix.lower() == ".json":
-        _check_json_array(path, text, error_class)
+        _check_json_array(path, text, error_class, limits)
     else:
-        _check_csv(path, text, error_class)
+        _check_csv(path, text, error_class, limits)
 
 
-def _check_json_lines(path: Path, text: str, error_class) -> None:
+def _check_json_lines(path: Path, text: str, error_class, limits: SizeLimits) -> None:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        if len(line) > limits.row:  # characters: never more than the bytes; not worth parsing
+            raise error_class(f"{path}, line {number}: {len(line):,} characters, more than the {limits.row:,} "
+                              "bytes a row may hold; shorten it, or raise the dataset's max_row_bytes option")
         try:
             value = json.loads(line)
         except json.JSONDecodeError as error:
@@ -55,9 +104,10 @@ def _check_json_lines(path: Path, text: str, error_class) -> None:
         if not isinstance(value, dict):
             raise error_class(f"{path}, line {number}: a JSON {type(value).__name__}, not an object like "
                               '{"text": ..., "target": ..., "label": ...}')
+        check_row_size(value, f"{path}, line {number}", limits, error_class)
 
 
-def _check_json_array(path: Path, text: str, error_class) -> None:
+def _check_json_array(path: Path, text: str, error_class, limits: SizeLimits) -> None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
@@ -67,9 +117,22 @@ def _check_json_array(path: Path, text: str, error_class) -> None:
     bad = next((i for i, row in enumerate(value, start=1) if not isinstance(row, dict)), None)
     if bad is not None:
         raise error_class(f"{path}, row {bad}: not a JSON object like {{\"text\": ..., \"label\": ...}}")
+    for number, row in enumerate(value, start=1):
+        check_row_size(row, f"{path}, row {number}", limits, error_class)
 
 
-def _check_csv(path: Path, text: str, error_class) -> None:
+def _check_csv(path: Path, text: str, error_class, limits: SizeLimits) -> None:
+    # csv's own cap on a cell (128 KiB by default) is process-wide: raised to ours while this file is read.
+    before = csv.field_size_limit(max(limits.field, limits.row) + 1)
+    try:
+        _check_csv_rows(path, text, error_class, limits)
+    except csv.Error as error:
+        raise error_class(f"{path}: not valid CSV ({error})") from None
+    finally:
+        csv.field_size_limit(before)
+
+
+def _check_csv_rows(path: Path, text: str, error_class, limits: SizeLimits) -> None:
     reader = csv.reader(io.StringIO(text))
     header, n_rows = None, 0
     for row in reader:
@@ -82,6 +145,7 @@ def _check_csv(path: Path, text: str, error_class) -> None:
         if len(row) != len(header):
             raise error_class(f"{path}, line {reader.line_num}: {len(row)} cells, but the header has "
                               f"{len(header)}; quote cells that contain commas")
+        check_row_size(dict(zip(header, row)), f"{path}, line {reader.line_num}", limits, error_class)
     if n_rows == 0:
         raise error_class(f"{path}: only a header line ({', '.join(header or [])}) and no data rows")
 

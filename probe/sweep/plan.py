@@ -77,10 +77,22 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     """Read and validate a sweep file; ``overrides`` (from the command line) replace its fields."""
     raw = read_yaml(path)
     raw.setdefault("name", Path(path).stem)
+    _refuse_escaping_output(raw.get("output"), path)
     overrides = dict(overrides or {})
     if isinstance(raw.get("set"), dict) and "set" in overrides:  # --set adds to the file's overrides
         overrides["set"] = {**raw["set"], **overrides["set"]}
     return validate_sweep({**raw, **overrides}, source=str(path))
+
+
+def _refuse_escaping_output(output, path) -> None:
+    """A sweep file's ``output`` is where it writes and replaces runs: a relative folder, without ``..``,
+    under the folder probe runs in. Anywhere else is for the person running it to say (``--output``)."""
+    if not isinstance(output, str):
+        return  # not a path at all: validate_sweep says so
+    if Path(output).is_absolute() or output.startswith("~") or ".." in Path(output).parts:
+        raise ConfigError(f"{path}: field 'output' is {output!r}; a sweep file's output must be a relative "
+                          "folder without '..' (it is made under the current folder): give a folder elsewhere "
+                          "on the command line with --output")
 
 
 def validate_sweep(raw: dict, source: str = "<sweep>") -> SweepConfig:
@@ -132,7 +144,8 @@ def plan_cells(sweep: SweepConfig) -> list[Cell]:
         for model in sweep.models or [base.model]:
             for seed in [base.seed] if sweep.seeds is None else sweep.seeds:
                 config = load_config(path, {**sweep.overrides, **extra, "model": model, "seed": seed})
-                run_dir = sweep.output_dir() / config.name / _folder_name(model) / f"seed{seed}"
+                # The experiment's name is a label from a config: one safe folder name, never a path.
+                run_dir = sweep.output_dir() / folder_name(config.name) / _folder_name(model) / f"seed{seed}"
                 cells.append(Cell(config.name, model, seed, config, run_dir.resolve()))
     _refuse_duplicates(cells, sweep.source)
     return cells

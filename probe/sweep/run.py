@@ -99,16 +99,20 @@ def run_local(cells: list[Cell], settings: CellSettings, jobs: int) -> Iterator[
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["probe.sweep.run", "probe.pipeline.run"])
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_adopt_environment,
-                             initargs=(dict(os.environ),)) as pool:
+                             initargs=(dict(os.environ), os.getpid())) as pool:
         futures = [pool.submit(run_cell, cell, settings) for cell in cells]
         for future in as_completed(futures):
             yield future.result()
 
 
-def _adopt_environment(environment: dict[str, str]) -> None:
-    """The fork server keeps the environment of its start; a worker takes the sweep's (PROBE_PLUGINS, …)."""
+def _adopt_environment(environment: dict[str, str], sweep_pid: int) -> None:
+    """The fork server keeps the environment of its start; a worker takes the sweep's (PROBE_PLUGINS, …).
+    A worker also ends soon after the sweep process dies (a kill -9; probe.scale.workers.end_with_parent):
+    the fork server, its parent, stays as long as any worker does."""
     from probe import plugins
+    from probe.scale.workers import end_with_parent
 
+    end_with_parent(sweep_pid)
     os.environ.clear()
     os.environ.update(environment)
     plugins.reset_plugin_manager()
