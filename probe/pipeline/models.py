@@ -329,10 +329,10 @@ def remembered_sha256(path: Path, memo_folder: Path) -> str:
 
 def remember_sha256(path: Path, memo_folder: Path, digest: str) -> None:
     """Keep ``digest`` as the SHA-256 of the file at ``path`` as it is now (its size, mtime and inode)."""
-    from probe.store.files import write_text_atomic
+    from probe.store.files import DiskFull, write_text_atomic
 
     path = Path(path).resolve()
-    with contextlib.suppress(OSError):  # a cache it can't write to: the digest is computed again next time
+    with contextlib.suppress(OSError, DiskFull):  # a cache it can't write to: the digest is computed again next time
         write_text_atomic(_memo(path, memo_folder), json.dumps({"file": _version(path), "sha256": digest}))
 
 

@@ -54,6 +54,7 @@ from probe.store.files import (
     missing_parents,
     new_folders,
     remove_empty,
+    size_or_none,
     staged_output,
 )
 
@@ -530,7 +531,9 @@ def write_reports(results: Results, output_dir: Path, run: RunData) -> None:
             raise
         except OSError as error:
             if is_disk_full(error):  # not the reporter's fault: the message names the full folder instead
-                raise disk_full(error, Path(error.filename).parent if error.filename else output_dir) from error
+                where = Path(error.filename) if error.filename else None
+                raise disk_full(error, where.parent if where else output_dir, where.name if where else None,
+                                written=size_or_none(where)) from error
             raise plugins.raised(entry, error) from error
         except Exception as error:  # the run is not published; the message names who failed
             raise plugins.raised(entry, error) from error

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe.store.files import disk_full, is_disk_full, read_json_or_none, umask, write_atomic, write_text_atomic
+from probe.store.files import disk_full, is_disk_full, read_json_or_none, umask, write_atomic
 
 
 def fit_key(probe, X: np.ndarray, y: np.ndarray, folds, seen: dict | None = None) -> str | None:
@@ -132,7 +132,7 @@ def drawn_before(cache_dir: Path, key: str, output_dir: Path) -> bool:
     entry = Path(cache_dir) / "figures" / key
     if not entry.is_dir():
         return False
-    reason = _entry_damage(entry, key)
+    reason = entry_damage(entry, key)
     if reason is not None:
         logging.getLogger("probe").warning("cached figures %s are not what their name says (%s); drawing them "
                                            "again", entry, reason)
@@ -145,7 +145,7 @@ def drawn_before(cache_dir: Path, key: str, output_dir: Path) -> bool:
     return True
 
 
-def _entry_damage(entry: Path, key: str) -> str | None:
+def entry_damage(entry: Path, key: str) -> str | None:
     manifest = read_json_or_none(entry / MANIFEST)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         return "it carries no manifest"
@@ -199,25 +199,28 @@ def load_json_entry(path: Path | None):
         return None
     path = Path(path)
     try:
-        entry = json.loads(path.read_text(encoding="utf-8"))
+        header, _, body = path.read_bytes().partition(b"\n")
+        header = json.loads(header)
     except (OSError, ValueError) as error:
         return _drop_entry(path, f"it can't be read ({type(error).__name__})")
-    if not isinstance(entry, dict) or "value" not in entry:
+    if not isinstance(header, dict) or "digest" not in header:
         return _drop_entry(path, "it carries no key (written by an older probe)")
-    if entry.get("key") != path.stem:
+    if header.get("key") != path.stem:
         return _drop_entry(path, "it was written under another key")
-    if entry.get("digest") != value_digest(entry["value"]):
+    if header["digest"] != hashlib.sha256(body).hexdigest():
         return _drop_entry(path, "its value differs from the digest recorded when it was written")
-    return entry["value"]
+    try:
+        return json.loads(body)
+    except ValueError as error:  # only a digest of damaged JSON would match: not probe's writing
+        return _drop_entry(path, f"it can't be read ({type(error).__name__})")
 
 
 def save_json_entry(path: Path, value) -> None:
-    entry = {"key": Path(path).stem, "digest": value_digest(value), "value": value}
-    write_text_atomic(path, json.dumps(entry, separators=(",", ":")))
-
-
-def value_digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """``value`` as JSON under a first line holding the key (``path``'s stem) and the value's SHA-256: the
+    check on read hashes the bytes, it does not serialize the value again."""
+    body = json.dumps(value, separators=(",", ":")).encode()
+    header = json.dumps({"key": Path(path).stem, "digest": hashlib.sha256(body).hexdigest()}).encode()
+    write_atomic(path, lambda tmp: tmp.write_bytes(header + b"\n" + body), size=len(header) + 1 + len(body))
 
 
 def _drop_entry(path: Path, reason: str) -> None:

@@ -55,7 +55,7 @@ def damage(path: Path) -> str | None:
     if recorded is None:
         return "it carries no checksum (written by an older probe)"
     if metadata.get(KEY) != chunk_key(path):
-        return "it was written under another key" if metadata.get(KEY) else "it carries no key (written by an older probe)"
+        return "it was written under another key" if metadata.get(KEY) else "it carries no key (an older probe's)"
     if tensors_digest(tensors) != recorded:
         return "its contents differ from the checksum recorded when it was written"
     return None

@@ -168,7 +168,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], size: int | No
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600 files; results are for everyone to read
         os.replace(tmp, path)
     except BaseException as error:
-        written = _size_or_none(tmp)
+        written = size_or_none(tmp)
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if is_disk_full(error):
@@ -215,8 +215,8 @@ def disk_full(error: OSError, folder: Path, name: str | None = None, needed: int
         need = "needed room"
     free = free_bytes(folder)
     there = "" if free is None else f", {human_bytes(free)} free there"
-    target = f"writing {name} " if name else "writing "
-    return DiskFull(f"{folder} is {what} ({errno.errorcode.get(error.errno, error.errno)}): {target}{need}{there}; "
+    target = f"writing {name}" if name else "a write"
+    return DiskFull(f"{folder} is {what} ({errno.errorcode.get(error.errno, error.errno)}): {target} {need}{there}; "
                     "make room there or write elsewhere (--output, --cache-dir)")
 
 
@@ -240,7 +240,7 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _size_or_none(path) -> int | None:
+def size_or_none(path) -> int | None:
     try:
         return os.path.getsize(path) if path is not None else None
     except OSError:
