@@ -48,7 +48,7 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path) -> Path:
     digest = remembered_sha256(path, memos)
     folder = Path(cache_root) / f"{path.stem}-{conversion_key(digest)}"
     if is_converted(folder):
-        reason = conversion_damage(folder, memos)
+        reason = conversion_damage(folder, memos / "converted")
         if reason is None:
             return folder
         log.warning("converted checkpoint %s can't be trusted (%s); converting %s again", folder, reason, path)
@@ -64,7 +64,7 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path) -> Path:
             os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a model cache is for everyone to read
             os.replace(tmp, folder)  # one step: a reader sees no folder or a complete one
             for name, file_digest in digests.items():  # the files keep their inode and mtime: no rehash
-                remember_sha256(folder / name, memos, file_digest)
+                remember_sha256(folder / name, memos / "converted", file_digest)
     except OSError:
         if not is_converted(folder):  # another process's rename came first: its folder is as good
             raise

@@ -7,6 +7,10 @@ the estimator's class and parameters (``get_params``), and scikit-learn's versio
 Figures drawn once: a rerun whose inputs are unchanged copies the files drawn last time instead of
 drawing them again (drawing was most of a cached rerun's time). Keyed by everything a figure is drawn
 from, the drawing code included; entries are folders written whole, so a reader never sees half of one.
+
+Every entry proves what it is: it carries the key it was written under and a digest of its content, both
+checked on read. An entry renamed, copied over another or damaged is named in a warning, removed, and
+computed again, never used as if it were the entry asked for.
 """
 
 from __future__ import annotations
@@ -146,6 +150,7 @@ def drawn_before(cache_dir: Path, key: str, output_dir: Path) -> bool:
 
 
 def entry_damage(entry: Path, key: str) -> str | None:
+    """Why the figures entry ``entry`` is not ``key``'s as it was kept, or None."""
     manifest = read_json_or_none(entry / MANIFEST)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         return "it carries no manifest"

@@ -6,6 +6,7 @@ extracted again; it is never read as if nothing happened."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from safetensors.torch import save
 
 from probe.store.files import write_bytes_atomic, write_text_atomic
 
-DIGEST = "sha256"  # the safetensors metadata key holding the tensors' checksum
-KEY = "key"  # and the one holding the key it was written under
+# The safetensors metadata entry holding, as one JSON object (one entry: safetensors writes several in no
+# fixed order, and a chunk's bytes must not depend on the process), the key and the tensors' checksum.
+PROOF = "probe"
 log = logging.getLogger("probe")
 
 
@@ -24,7 +26,8 @@ def write_chunk(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Write ``tensors`` with their checksum and key, atomically: readers see the whole chunk or none. Made
     in memory, then written by Python, so that a full disk is an OSError (DiskFull), not safetensors' own."""
     tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
-    write_bytes_atomic(path, save(tensors, metadata={DIGEST: tensors_digest(tensors), KEY: chunk_key(path)}))
+    proof = json.dumps({"key": chunk_key(path), "sha256": tensors_digest(tensors)}, sort_keys=True)
+    write_bytes_atomic(path, save(tensors, metadata={PROOF: proof}))
 
 
 def chunk_key(path: Path) -> str:
@@ -47,16 +50,19 @@ def damage(path: Path) -> str | None:
     """Why the chunk at ``path`` can't be trusted, or None when its tensors match their checksum."""
     try:
         with safe_open(str(path), framework="pt") as chunk:
-            metadata = chunk.metadata() or {}
-            recorded = metadata.get(DIGEST)
+            proof = (chunk.metadata() or {}).get(PROOF)
             tensors = {name: chunk.get_tensor(name) for name in chunk.keys()}
     except Exception as error:  # truncated or garbled: safetensors can't even parse it
         return f"it can't be read ({type(error).__name__}: {error})"
-    if recorded is None:
+    try:
+        proof = json.loads(proof) if proof is not None else {}
+    except ValueError:
+        proof = None
+    if not isinstance(proof, dict) or "sha256" not in proof:
         return "it carries no checksum (written by an older probe)"
-    if metadata.get(KEY) != chunk_key(path):
-        return "it was written under another key" if metadata.get(KEY) else "it carries no key (an older probe's)"
-    if tensors_digest(tensors) != recorded:
+    if proof.get("key") != chunk_key(path):
+        return "it was written under another key" if proof.get("key") else "it carries no key (an older probe's)"
+    if tensors_digest(tensors) != proof["sha256"]:
         return "its contents differ from the checksum recorded when it was written"
     return None
 
