@@ -347,7 +347,37 @@ def bad_inputs(lab: Lab):
             {"experiments": [str(lab.config)], "output": output}).encode())])
     cli("run --jobs many", lambda: lab.args(None, "--jobs", "many"))
     cli("sweep --jobs -1", lambda: ["sweep", lab.config, "--jobs", "-1", "--output", lab.base / "sw"])
+    # a full disk (issue 25): said with the folder, not blamed on the reporter, nothing half-written
+    cli("disk full in a reporter", lambda: _full_disk_run(lab, "full1", "raise OSError(errno.ENOSPC, 'No space left on "
+                                                                   "device', str(output_dir / 'x.bin'))"))
+    cli("disk full in an atomic write", lambda: _full_disk_run(lab, "full2", "write_atomic(output_dir / 'x.bin', "
+                                                                             "half_then_full, size=4000)"))
+    cli("quota exceeded in an atomic write", lambda: _full_disk_run(lab, "full3", "write_atomic(output_dir / 'x.bin', "
+                                                                                  "half_then_full)", "EDQUOT"))
     return cases
+
+
+FULL_DISK_REPORTER = """
+import errno
+from probe.hookspecs import hookimpl
+from probe.store.files import write_atomic
+
+def half_then_full(tmp):
+    tmp.write_bytes(b"x" * 1500)
+    raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+def fills(results, output_dir, run):
+    {how}
+
+@hookimpl
+def register_reporters(register):
+    register("fills", fills)
+"""
+
+
+def _full_disk_run(lab, name, how, error="ENOSPC"):
+    plugin = _plugin(lab, name, FULL_DISK_REPORTER.replace("ENOSPC", error).format(how=how))
+    return lab.args(lab.yaml("case", {"reporters": ["json", "fills"], "plugins": [str(plugin)]}))
 
 
 def _parquet(lab) -> Path:
@@ -557,8 +587,138 @@ def faults(lab: Lab, reference: dict):
         ("cached fits zeroed", damage("fits-zeroed", all_npz(lambda b: b[:60] + bytes(len(b) - 60)))),
         ("cached fits flipped in data", damage("fits-flipped", all_npz(lambda b: b[:-40] + bytes(
             x ^ 0xFF for x in b[-40:-30]) + b[-30:]))),
+        # a cache entry proves what it is (issue 25): valid entries under another entry's name
+        ("two cached fits swapped by name", damage("fits-swapped", lambda c: _swap_files(sorted(
+            c.glob("probes/*.npz"), key=lambda p: p.stat().st_size)[::len(list(c.glob("probes/*.npz"))) - 1]))),
+        ("every cached fit replaced by one other", damage("fits-one", lambda c: [
+            p.write_bytes(max(c.glob("probes/*.npz"), key=lambda q: q.stat().st_size).read_bytes())
+            for p in sorted(c.glob("probes/*.npz"))])),
+        ("chunk renamed to another chunk's name", damage("chunk-renamed", lambda c: _renamed_chunk(c))),
+        ("attention entry from another key", attention_swapped(lab)),
+        ("local weights replaced, same size and mtime", weights_replaced(lab)),
+        ("converted checkpoint damaged", converted_damaged(lab)),
     ]
     return cases
+
+
+def _swap_files(paths):
+    a, b = paths
+    data = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(data)
+
+
+def _renamed_chunk(cache):
+    """The one chunk of a key written again as chunk 1 of that key, as if extraction had 2 chunks."""
+    chunk = min(cache.glob("features/*/chunk-*.safetensors"))
+    shutil.copy(chunk, chunk.with_name("chunk-00001.safetensors"))
+
+
+def _quiet_run(config, out, cache):
+    code, err = invoke(["run", config, "--output", out, "--cache-dir", cache, "--quiet", "--jobs", "1"])
+    return code, err, (json.loads((out / "results.json").read_text()) if code == 0 else None)
+
+
+def attention_swapped(lab):
+    """report.html's attention entry replaced by a valid entry of another key: rebuilt, report_data.json as
+    a clean run's."""
+
+    def run():
+        from probe.store.caches import save_json_entry
+
+        folder = _fresh(lab, "attention-swapped")
+        config = lab.yaml("html", {"reporters": ["json", "html"], "positions": ["target"]})
+        code, err, _ = _quiet_run(config, folder / "clean", folder / "cache")
+        if code:
+            return f"traceback: {err[-300:]}"
+        [entry] = (folder / "cache" / "attention").glob("*.json")
+        save_json_entry(entry.with_name("another-key.json"), [{"tokens": ["not", "these"], "row": 0}])
+        shutil.copy(entry.with_name("another-key.json"), entry)
+        code, err, _ = _quiet_run(config, folder / "again", folder / "cache")
+        if code:
+            return f"traceback: {err[-300:]}"
+        same = [json.loads((folder / out / "report_data.json").read_text()) for out in ("clean", "again")]
+        return None if same[0] == same[1] else "wrong: report_data.json differs from a clean run's"
+
+    return run
+
+
+def weights_replaced(lab):
+    """A local model's weights replaced by others of the same size, with the old mtime to the nanosecond."""
+
+    def run():
+        from tiny_gpt2 import build_tiny_gpt2
+
+        folder = _fresh(lab, "weights-replaced")
+        model = folder / "model"
+        shutil.copytree(lab.model, model)
+        other = build_tiny_gpt2(folder / "other", n_layer=2, n_embd=32, seed=4)
+        config = lab.yaml("weights", {"model": str(model)})
+        code, err, before = _quiet_run(config, folder / "before", folder / "cache")
+        stat = (model / "model.safetensors").stat()
+        shutil.copy(other / "model.safetensors", folder / "incoming")
+        os.replace(folder / "incoming", model / "model.safetensors")
+        os.utime(model / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        _, _, after = _quiet_run(config, folder / "after", folder / "cache")
+        code, err, clean = _quiet_run(config, folder / "clean", folder / "clean-cache")
+        if None in (before, after, clean):
+            return f"traceback: {err[-300:]}"
+        if without_provenance(after) != without_provenance(clean):
+            return "wrong: the old vectors were reused for the new weights"
+        return None
+
+    return run
+
+
+def converted_damaged(lab):
+    """A converted GGUF checkpoint with bytes overwritten: named, removed, converted again (the conversion
+    itself stands in: no GGUF model is read)."""
+
+    def run():
+        import logging
+
+        from probe.pipeline import models
+
+        folder = _fresh(lab, "converted-damaged")
+        saved = models.dequantized_model, models.gguf_tokenizer, models._save_dequantized
+
+        class Tokenizer:
+            def save_pretrained(self, target):
+                (Path(target) / "tokenizer.json").write_text("{}")
+
+        def save(model, target):
+            (Path(target) / "config.json").write_text("{}")
+            (Path(target) / "model.safetensors").write_bytes(b"weights " * 1000)
+
+        model_type = type("Config", (), {"model_type": "llama"})
+        models.dequantized_model = lambda *a, **k: type("Model", (), {"config": model_type})()
+        models.gguf_tokenizer, models._save_dequantized = (lambda *a, **k: Tokenizer()), save
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("probe").addHandler(handler)
+        try:
+            checkpoint = folder / "model.gguf"
+            checkpoint.write_bytes(b"GGUF, or so it says")
+            converted = models.gguf_folder(checkpoint, folder / "models")
+            weights = converted / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[:-8] + b"\xff" * 8)
+            models.gguf_folder(checkpoint, folder / "models")
+        finally:
+            models.dequantized_model, models.gguf_tokenizer, models._save_dequantized = saved
+            logging.getLogger("probe").removeHandler(handler)
+        if not any(str(converted) in r.getMessage() for r in records):
+            return "silent: the damaged conversion was not named"
+        return None if weights.read_bytes() == b"weights " * 1000 else "wrong: the damaged weights stayed"
+
+    return run
+
+
+def _fresh(lab, name):
+    folder = lab.base / "faults" / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def _swap_chunks(cache):

@@ -166,6 +166,16 @@ def _plugin_file(w, name, code):
     return path
 
 
+def _full_disk_reporter(name: str, how: str):
+    """A run whose extra reporter finds the disk full: ``how`` is what it does (FULL_DISK_REPORTER)."""
+
+    def args(w):
+        plugin = _plugin_file(w, name, FULL_DISK_REPORTER.format(how=how))
+        return w.run_args(w.write_config("case", {"reporters": ["json", "fills"], "plugins": [str(plugin)]}))
+
+    return args
+
+
 WRONG_DTYPE_HOOK = """
     from probe.hookspecs import hookimpl
     import torch
@@ -264,6 +274,13 @@ CASES = {
     "model-config-not-json": (_model_folder(lambda w: _broken_config(w)), {}, "config.json is not valid JSON"),
     "reporter-raises": (lambda w: w.run_args(w.write_config("case", {"reporters": ["json", "boom"], "plugins": [
         str(_plugin_file(w, "boom.py", BOOM_REPORTER))]})), {}, "reporter 'boom' raised ValueError: boom"),
+    # a full disk (issue 25): the folder and what was needed, not the reporter blamed; the previous run stays
+    "disk-full-in-a-reporter": (_full_disk_reporter("full1.py", "raise OSError(errno.ENOSPC, 'No space left', "
+                                                                "str(output_dir / 'x.bin'))"), {},
+                                "/out is full (ENOSPC): writing x.bin needed room"),
+    "disk-full-in-an-atomic-write": (_full_disk_reporter("full2.py", "write_atomic(output_dir / 'x.bin', "
+                                                                     "half_then_full, size=4000)"), {},
+                                     "/out is full (ENOSPC): writing x.bin needed 4.0 KB"),
     "plot-runs-corrupt-results": (lambda w: ["plot-runs", _corrupt_run(w), "--output", str(w.base / "p.png")], {},
                                   "results.json can't be read"),
     "plot-runs-unknown-subset": (lambda w: ["plot-runs", str(w.out), "--output", str(w.base / "p.png"), "--subset",
@@ -305,6 +322,24 @@ def _sweep_file(w, output: str) -> Path:
     path = w.base / "sweep.yaml"
     path.write_text(yaml.safe_dump({"experiments": [str(w.config)], "output": output}), encoding="utf-8")
     return path
+
+
+FULL_DISK_REPORTER = """
+    import errno
+    from probe.hookspecs import hookimpl
+    from probe.store.files import write_atomic
+
+    def half_then_full(tmp):
+        tmp.write_bytes(b"x" * 1500)
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    def fills(results, output_dir, run):
+        {how}
+
+    @hookimpl
+    def register_reporters(register):
+        register("fills", fills)
+"""
 
 
 BOOM_REPORTER = """
@@ -497,6 +532,32 @@ def test_a_damaged_chunk_is_named_and_extracted_again(world, uninterrupted, tmp_
     code, err = invoke(capsys, args, {"PROBE_PLUGINS": ""}, monkeypatch)
     assert code == 0, err
     assert str(chunk) in caplog.text and "damaged" in caplog.text  # the CLI prints it on stderr
+    assert without_provenance(json.loads((tmp_path / "out" / "results.json").read_text())) == uninterrupted
+
+
+@pytest.mark.parametrize("swap", ["fits", "chunk-renamed"])
+def test_cache_entries_under_another_name_are_named_and_rebuilt(world, uninterrupted, tmp_path, swap, capsys,
+                                                                monkeypatch, caplog):
+    """Valid entries under another entry's name (issue 25): two cached fits swapped, or a chunk copied to
+    another chunk's name. Each is named, removed and rebuilt; the results are an uninterrupted run's."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world.cache, cache)
+    if swap == "fits":
+        fits = sorted(cache.glob("probes/*.npz"), key=lambda p: p.stat().st_size)
+        first, last = fits[0].read_bytes(), fits[-1].read_bytes()
+        fits[0].write_bytes(last)
+        fits[-1].write_bytes(first)
+        named = str(fits[0])
+    else:
+        chunk = min(cache.glob("features/*/chunk-*.safetensors"))
+        shutil.copy(chunk, chunk.with_name("chunk-00001.safetensors"))
+        named = str(chunk.with_name("chunk-00001.safetensors"))
+    args = ["run", world.config, "--output", tmp_path / "out", "--cache-dir", cache, "--quiet", "--jobs", "1"]
+    code, err = invoke(capsys, args, {"PROBE_PLUGINS": ""}, monkeypatch)
+    assert code == 0, err
+    assert named in caplog.text and "another key" in caplog.text
     assert without_provenance(json.loads((tmp_path / "out" / "results.json").read_text())) == uninterrupted
 
 

@@ -252,13 +252,16 @@ def test_cache_lists_its_parts_and_the_gguf_file_a_converted_model_came_from(tmp
     # test runs (the sum once left out config.json's 2 bytes, which showed only when a path's length put the
     # total near a rounding edge: 4.7 KB against 4.8): the models part is exactly the converted folder
     # (weights, config.json, tokenizer.json) and the memo; the totals are what the files add up to.
-    memos = list((cache / "models" / "digests").iterdir())
+    memos = [p for p in (cache / "models" / "digests").iterdir() if p.is_file()]
     assert len(memos) == 1 and str(checkpoint.resolve()) in memos[0].read_text()
-    assert size(folder) == 3000 + 2 + 2
-    assert size(cache / "models") == size(folder) + memos[0].stat().st_size
+    # ... and the digests of the converted files, kept in the folder and remembered beside the memo.
+    recorded = (folder / models.DIGESTS).stat().st_size
+    assert size(folder) == 3000 + 2 + 2 + recorded
+    converted_memos = size(cache / "models" / "digests" / "converted")
+    assert size(cache / "models") == size(folder) + memos[0].stat().st_size + converted_memos
     assert lines[0] == f"{cache}: {human(size(cache))}"
     assert lines[1].split()[:5] == ["models", *human(size(cache / "models")).split(), "1", "entries"]  # one model
     assert lines[2].split()[:5] == ["features", "1.5", "KB", "1", "entries"]
-    assert f"  models/{folder.name}: {human(3004)}, from {checkpoint.resolve()}" in lines
+    assert f"  models/{folder.name}: {human(3004 + recorded)}, from {checkpoint.resolve()}" in lines
     missing = CliRunner().invoke(cli, ["cache", "--cache-dir", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "no cache folder at" in missing.output

@@ -6,6 +6,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -16,6 +17,8 @@ from pathlib import Path
 import torch
 
 from probe.pipeline.config import GPT2_SHAPES
+
+log = logging.getLogger("probe")
 
 # transformers is imported inside the functions that need it: a rerun on a full cache needs none of them.
 
@@ -41,11 +44,15 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path) -> Path:
     the same tensors, since dequantizing already yields float32. probe's reader draws no progress bar;
     transformers' GGUF loading (other architectures) draws its own.
     """
-    path = Path(gguf_path)
-    digest = remembered_sha256(path, Path(cache_root) / "digests")
+    path, memos = Path(gguf_path), Path(cache_root) / "digests"
+    digest = remembered_sha256(path, memos)
     folder = Path(cache_root) / f"{path.stem}-{conversion_key(digest)}"
     if is_converted(folder):
-        return folder
+        reason = conversion_damage(folder, memos / "converted")
+        if reason is None:
+            return folder
+        log.warning("converted checkpoint %s can't be trusted (%s); converting %s again", folder, reason, path)
+        shutil.rmtree(folder, ignore_errors=True)
     with _writing(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
         remove_abandoned_conversions(folder)
@@ -53,8 +60,11 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path) -> Path:
     try:
         _convert(path, tmp, folder)
         with _writing(folder):
+            digests = record_digests(tmp)
             os.chmod(tmp, 0o755)  # mkdtemp makes a private folder; a model cache is for everyone to read
             os.replace(tmp, folder)  # one step: a reader sees no folder or a complete one
+            for name, file_digest in digests.items():  # the files keep their inode and mtime: no rehash
+                remember_sha256(folder / name, memos / "converted", file_digest)
     except OSError:
         if not is_converted(folder):  # another process's rename came first: its folder is as good
             raise
@@ -66,6 +76,34 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path) -> Path:
 def is_converted(folder: Path) -> bool:
     """Whether ``folder`` is a finished conversion: it appears in one rename, complete, config.json and all."""
     return (folder / "config.json").exists()
+
+
+DIGESTS = "probe-digests.json"  # in a converted folder: the SHA-256 of every other file, written at conversion
+
+
+def record_digests(folder: Path) -> dict[str, str]:
+    """Hash every file of a finished conversion and keep the digests in it (DIGESTS)."""
+    digests = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != DIGESTS}
+    (folder / DIGESTS).write_text(json.dumps(digests, indent=1), encoding="utf-8")
+    return digests
+
+
+def conversion_damage(folder: Path, memos: Path) -> str | None:
+    """Why the converted checkpoint in ``folder`` can't be trusted, or None when its files match the digests
+    recorded at conversion. Each file is hashed once per version (``remembered_sha256``), so a rerun reads
+    only the memos."""
+    from probe.store.files import read_json_or_none
+
+    recorded = read_json_or_none(folder / DIGESTS)
+    if not isinstance(recorded, dict):
+        return "it carries no digests (converted by an older probe)"
+    present = {p.name for p in folder.iterdir() if p.is_file() and p.name != DIGESTS}
+    if present != set(recorded):
+        return f"its files are not those it was converted with ({', '.join(sorted(present ^ set(recorded)))})"
+    for name, digest in sorted(recorded.items()):
+        if remembered_sha256(folder / name, memos) != digest:
+            return f"{name} differs from the digest recorded when it was converted"
+    return None
 
 
 def conversion_key(digest: str) -> str:
@@ -82,7 +120,8 @@ def conversion_sources(cache_root: Path) -> dict[str, str]:
     for memo in (Path(cache_root) / "digests").glob("*.json"):
         try:
             known = json.loads(memo.read_text(encoding="utf-8"))
-            sources[conversion_key(known["sha256"])] = known["file"]["path"]
+            if str(known["file"]["path"]).endswith(".gguf"):  # the others are of converted or local weights
+                sources[conversion_key(known["sha256"])] = known["file"]["path"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return sources
@@ -274,22 +313,45 @@ def remembered_sha256(path: Path, memo_folder: Path) -> str:
     """``file_sha256(path)``, hashed once per version of the file: the digest is kept in ``memo_folder`` with the
     file's size, modification time (ns) and inode, and read back while those are unchanged — as git's index
     trusts a file's stat. Hashing reads the whole file (about 1.5 GB/s here: 3 s for a 4 GB GGUF file)."""
-    from probe.store.files import read_json_or_none, write_text_atomic
+    from probe.store.files import read_json_or_none
 
-    path = path.resolve()
-    stat = path.stat()
-    version = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
-    memo = memo_folder / f"{hashlib.sha256(str(path).encode()).hexdigest()[:20]}.json"
+    path = Path(path).resolve()
     try:
-        known = read_json_or_none(memo)
+        known = read_json_or_none(_memo(path, memo_folder))
     except OSError:  # a memo this user can't read: hash the file, as if there were none
         known = None
-    if isinstance(known, dict) and known.get("file") == version and isinstance(known.get("sha256"), str):
+    if isinstance(known, dict) and known.get("file") == _version(path) and isinstance(known.get("sha256"), str):
         return known["sha256"]
     digest = file_sha256(path)
-    with contextlib.suppress(OSError):  # a cache it can't write to: the digest is computed again next time
-        write_text_atomic(memo, json.dumps({"file": version, "sha256": digest}))
+    remember_sha256(path, memo_folder, digest)
     return digest
+
+
+def remember_sha256(path: Path, memo_folder: Path, digest: str) -> None:
+    """Keep ``digest`` as the SHA-256 of the file at ``path`` as it is now (its size, mtime and inode)."""
+    from probe.store.files import DiskFull, write_text_atomic
+
+    path = Path(path).resolve()
+    with contextlib.suppress(OSError, DiskFull):  # a cache it can't write to: the digest is computed again next time
+        write_text_atomic(_memo(path, memo_folder), json.dumps({"file": _version(path), "sha256": digest}))
+
+
+def _version(path: Path) -> dict:
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+
+
+def _memo(path: Path, memo_folder: Path) -> Path:
+    return Path(memo_folder) / f"{hashlib.sha256(str(path).encode()).hexdigest()[:20]}.json"
+
+
+def weights_fingerprint(model_path: str | Path, memo_folder: Path) -> str:
+    """What a local model's weights are, by content: each file's name and SHA-256 (a folder's files, or the
+    one file), hashed once per file version (``remembered_sha256``); empty for a hub name. Other weights of
+    the same size and time (a retrained folder, a file copied over) give another fingerprint."""
+    path = Path(model_path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    return ";".join(f"{p.name}:{remembered_sha256(p, memo_folder)}" for p in files)
 
 
 def file_sha256(path: Path, block: int = 1 << 22) -> str:

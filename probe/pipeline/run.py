@@ -46,11 +46,15 @@ from probe.pipeline.results import (
 )
 from probe.scale.ranks import process_group
 from probe.store.files import (
+    DiskFull,
     cache_lock,
+    disk_full,
     folders_under,
+    is_disk_full,
     missing_parents,
     new_folders,
     remove_empty,
+    size_or_none,
     staged_output,
 )
 
@@ -357,7 +361,7 @@ def feature_key(services: Services, rows: Rows, layers, mode: str) -> str:
     own_options = {name.replace("-", "_") for name in config.reporters} | set(config.measures)
     options = {k: v for k, v in config.options.items() if k not in own_options} if changing else {}
     return cache_key({
-        "model": services.model_path, "revision": config.revision, "weights": _weights_fingerprint(services.model_path),
+        "model": services.model_path, "revision": config.revision, "weights": _weights_fingerprint(services),
         "data": data_fingerprint(rows.table["text"], rows.spans), "layers": layers, "pooling": config.pooling,
         "positions": sorted(config.positions),
         "attention": mode, "dtype": config.dtype, "seed": config.seed if mode == "random_weights" else None,
@@ -373,11 +377,12 @@ def feature_key(services: Services, rows: Rows, layers, mode: str) -> str:
     })
 
 
-def _weights_fingerprint(model_path: str) -> str:
-    """Size and mtime of a local model's files, so retraining a local folder invalidates the cache."""
-    path = Path(model_path)
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
-    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
+def _weights_fingerprint(services: Services) -> str:
+    """A local model's files by content (hashed once per file version), so that other weights in their place
+    never reuse the vectors; see models.weights_fingerprint."""
+    from probe.pipeline.models import weights_fingerprint
+
+    return weights_fingerprint(services.model_path, services.cache_dir / "models" / "digests")
 
 
 # ---------------------------------------------------------------- probes
@@ -522,8 +527,14 @@ def write_reports(results: Results, output_dir: Path, run: RunData) -> None:
         entry = plugins.lookup("reporter", name)
         try:
             entry.value(results, output_dir, run)
-        except (ConfigError, plugins.PluginError):
+        except (ConfigError, plugins.PluginError, DiskFull):
             raise
+        except OSError as error:
+            if is_disk_full(error):  # not the reporter's fault: the message names the full folder instead
+                where = Path(error.filename) if error.filename else None
+                raise disk_full(error, where.parent if where else output_dir, where.name if where else None,
+                                written=size_or_none(where)) from error
+            raise plugins.raised(entry, error) from error
         except Exception as error:  # the run is not published; the message names who failed
             raise plugins.raised(entry, error) from error
 

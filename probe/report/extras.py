@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from probe.pipeline.results import Results
-from probe.store.files import read_json_or_none, write_text_atomic
+from probe.store.caches import load_json_entry, save_json_entry
+from probe.store.files import write_text_atomic
 
 FILE = "report_data.json"
 MAX_SENTENCES = 8
@@ -37,11 +38,11 @@ def build_report_data(
     layers = sorted({row.layer for row in results.rows})
     subsets = [str(v) for v in rows[split_by]] if split_by else None
     indices = example_rows(rows, split_by, example)
-    attention = read_json_or_none(attention_cache)
+    attention = load_json_entry(attention_cache)  # checked against its key and digest (probe.store.caches)
     if attention is None:
         attention = attention_sentences(rows, load_model, indices, subsets)
         if attention_cache is not None:
-            write_text_atomic(attention_cache, json.dumps(attention, separators=(",", ":")))
+            save_json_entry(attention_cache, attention)
     return {
         "rows": {"text": list(rows["text"]), "label": list(rows["label"]), "subset": subsets},
         "split_by": split_by,

@@ -7,11 +7,16 @@ the estimator's class and parameters (``get_params``), and scikit-learn's versio
 Figures drawn once: a rerun whose inputs are unchanged copies the files drawn last time instead of
 drawing them again (drawing was most of a cached rerun's time). Keyed by everything a figure is drawn
 from, the drawing code included; entries are folders written whole, so a reader never sees half of one.
+
+Every entry proves what it is: it carries the key it was written under and a digest of its content, both
+checked on read. An entry renamed, copied over another or damaged is named in a warning, removed, and
+computed again, never used as if it were the entry asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe.store.files import umask, write_atomic
+from probe.store.files import disk_full, is_disk_full, read_json_or_none, umask, write_atomic
 
 
 def fit_key(probe, X: np.ndarray, y: np.ndarray, folds, seen: dict | None = None) -> str | None:
@@ -65,22 +70,47 @@ def _plain(value):
 
 
 def load(folder: Path, key: str) -> list[np.ndarray] | None:
+    """The fold predictions kept under ``key``, or None. An entry proves what it is: it holds the key it was
+    written under and a digest of its predictions; one that is damaged, written under another key (a file
+    renamed or copied over) or by an older probe is named in a warning, removed, and fitted again."""
     path = folder / f"{key}.npz"
     if not path.exists():
         return None
     try:  # npz is a zip: a truncated or overwritten file fails its CRC here instead of giving wrong numbers
         with np.load(path) as saved:
-            return [saved[f"fold{i}"] for i in range(len(saved.files))]
+            folds = [saved[f"fold{i}"] for i in range(sum(name.startswith("fold") for name in saved.files))]
+            recorded_key = str(saved["key"]) if "key" in saved.files else None
+            recorded_digest = str(saved["digest"]) if "digest" in saved.files else None
     except Exception as error:
-        logging.getLogger("probe").warning("cached fit %s is damaged (%s); fitting again", path, error)
-        path.unlink(missing_ok=True)
-        return None
+        return _drop(path, f"it can't be read ({type(error).__name__}: {error})")
+    if recorded_key != key:
+        return _drop(path, "it was written under another key" if recorded_key else "it carries no key")
+    if recorded_digest != predictions_digest(folds):
+        return _drop(path, "its predictions differ from the digest recorded when it was written")
+    return folds
+
+
+def _drop(path: Path, reason: str) -> None:
+    logging.getLogger("probe").warning("cached fit %s is not what its name says (%s); fitting again", path, reason)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def predictions_digest(fold_predictions: list[np.ndarray]) -> str:
+    """SHA-256 over each fold's dtype, shape and bytes, in fold order."""
+    digest = hashlib.sha256()
+    for predictions in fold_predictions:
+        predictions = np.ascontiguousarray(predictions)
+        digest.update(f"{predictions.dtype}|{predictions.shape}|".encode())
+        digest.update(predictions.tobytes())
+    return digest.hexdigest()
 
 
 def save(folder: Path, key: str, fold_predictions: list[np.ndarray]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **{f"fold{i}": p for i, p in enumerate(fold_predictions)})
+            np.savez(handle, key=np.array(key), digest=np.array(predictions_digest(fold_predictions)),
+                     **{f"fold{i}": p for i, p in enumerate(fold_predictions)})
 
     write_atomic(folder / f"{key}.npz", write)
 
@@ -97,27 +127,109 @@ def drawing_code() -> str:
     return digest.hexdigest()[:16]
 
 
+MANIFEST = "entry.json"  # in each figures entry: the key it was kept under and each file's SHA-256
+
+
 def drawn_before(cache_dir: Path, key: str, output_dir: Path) -> bool:
-    """Copy the figures kept under ``key`` into ``output_dir``; False when there are none."""
+    """Copy the figures kept under ``key`` into ``output_dir``; False when there are none, or when the entry
+    does not prove it is ``key``'s (then it is named, removed, and the figures are drawn again)."""
     entry = Path(cache_dir) / "figures" / key
     if not entry.is_dir():
         return False
+    reason = entry_damage(entry, key)
+    if reason is not None:
+        logging.getLogger("probe").warning("cached figures %s are not what their name says (%s); drawing them "
+                                           "again", entry, reason)
+        shutil.rmtree(entry, ignore_errors=True)
+        return False
     output_dir.mkdir(parents=True, exist_ok=True)
     for path in entry.iterdir():
-        shutil.copyfile(path, output_dir / path.name)
+        if path.name != MANIFEST:
+            shutil.copyfile(path, output_dir / path.name)
     return True
 
 
+def entry_damage(entry: Path, key: str) -> str | None:
+    """Why the figures entry ``entry`` is not ``key``'s as it was kept, or None."""
+    manifest = read_json_or_none(entry / MANIFEST)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return "it carries no manifest"
+    if manifest.get("key") != key:
+        return "it was kept under another key"
+    present = {p.name for p in entry.iterdir() if p.name != MANIFEST}
+    if present != set(manifest["files"]):
+        return "its files are not the ones it was kept with"
+    for name, digest in manifest["files"].items():
+        if file_digest(entry / name) != digest:
+            return f"{name} differs from the digest recorded when it was kept"
+    return None
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def keep_drawn(cache_dir: Path, key: str, files: list[Path]) -> None:
-    """Keep ``files`` under ``key``: copied into a temporary folder, which is then renamed into place."""
+    """Keep ``files`` under ``key``, with a manifest of the key and their digests: copied into a temporary
+    folder, which is then renamed into place. A full disk is said; any other failure to keep them is not an
+    error (the run has its figures; the next one draws them again)."""
     entry = Path(cache_dir) / "figures" / key
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{key}."))
+    tmp = None
     try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{key}."))
+        kept = {}
         for path in files:
             if path.exists():
                 shutil.copyfile(path, tmp / path.name)
+                kept[path.name] = file_digest(tmp / path.name)
+        (tmp / MANIFEST).write_text(json.dumps({"key": key, "files": kept}), encoding="utf-8")
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes a private folder; a cache is for everyone
         os.replace(tmp, entry)
-    except OSError:  # another run kept the same figures first: theirs are as good
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as error:  # another run kept the same figures first: theirs are as good
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(error):
+            raise disk_full(error, entry.parent, key) from error
+
+
+# ---------------------------------------------------------------- JSON entries (the attention viewer's)
+
+
+def load_json_entry(path: Path | None):
+    """The value kept at ``path`` by ``save_json_entry``, or None. The entry's key is its file name's stem;
+    one that holds another key, no key, or a value that differs from its digest is named in a warning,
+    removed, and computed again."""
+    if path is None or not Path(path).exists():
+        return None
+    path = Path(path)
+    try:
+        header, _, body = path.read_bytes().partition(b"\n")
+        header = json.loads(header)
+    except (OSError, ValueError) as error:
+        return _drop_entry(path, f"it can't be read ({type(error).__name__})")
+    if not isinstance(header, dict) or "digest" not in header:
+        return _drop_entry(path, "it carries no key (written by an older probe)")
+    if header.get("key") != path.stem:
+        return _drop_entry(path, "it was written under another key")
+    if header["digest"] != hashlib.sha256(body).hexdigest():
+        return _drop_entry(path, "its value differs from the digest recorded when it was written")
+    try:
+        return json.loads(body)
+    except ValueError as error:  # only a digest of damaged JSON would match: not probe's writing
+        return _drop_entry(path, f"it can't be read ({type(error).__name__})")
+
+
+def save_json_entry(path: Path, value) -> None:
+    """``value`` as JSON under a first line holding the key (``path``'s stem) and the value's SHA-256: the
+    check on read hashes the bytes, it does not serialize the value again."""
+    body = json.dumps(value, separators=(",", ":")).encode()
+    header = json.dumps({"key": Path(path).stem, "digest": hashlib.sha256(body).hexdigest()}).encode()
+    write_atomic(path, lambda tmp: tmp.write_bytes(header + b"\n" + body), size=len(header) + 1 + len(body))
+
+
+def _drop_entry(path: Path, reason: str) -> None:
+    logging.getLogger("probe").warning("cache entry %s is not what its name says (%s); computing it again",
+                                       path, reason)
+    path.unlink(missing_ok=True)
+    return None

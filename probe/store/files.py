@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from filelock import FileLock
+
+from probe.errors import UserError
 
 MARKER = ".probe-run.json"  # in every run folder: says the folder is probe's to replace
 
@@ -68,6 +71,12 @@ def staged_output(output_dir: str | Path) -> Iterator[Path]:
                 yield staging
                 (staging / MARKER).write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
                 publish(staging, output_dir)
+            except DiskFull as error:  # name the folder the user gave, not the hidden one it is staged in
+                raise DiskFull(str(error).replace(str(staging), str(output_dir))) from error.__cause__
+            except OSError as error:
+                if is_disk_full(error):
+                    raise disk_full(error, output_dir) from error
+                raise
             finally:
                 shutil.rmtree(staging, ignore_errors=True)  # the new run on failure, the old one on success
     except BaseException:
@@ -146,24 +155,96 @@ def folders_under(root: Path) -> set[Path]:
     return {Path(dirpath) for dirpath, _, _ in os.walk(root)} if root.is_dir() else set()
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)``, then move the finished file onto ``path`` in one step."""
+def write_atomic(path: str | Path, write: Callable[[Path], None], size: int | None = None) -> Path:
+    """Call ``write(tmp_path)``, then move the finished file onto ``path`` in one step. A full disk (or
+    quota) is a DiskFull naming the folder and ``size``, the bytes the file needed when known."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+        os.close(fd)
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600 files; results are for everyone to read
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        written = size_or_none(tmp)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(error):
+            raise disk_full(error, path.parent, path.name, size, written) from error
         raise
     return path
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    data = text.encode("utf-8")
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data), size=len(data))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data), size=len(data))
+
+
+# ---------------------------------------------------------------- full disks
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+class DiskFull(UserError):
+    """A write ran out of room (ENOSPC) or quota (EDQUOT): the folder and the bytes needed are named, and it
+    is nobody's bug, so no plugin is blamed for it."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, DiskFull) or (isinstance(error, OSError) and error.errno in DISK_FULL)
+
+
+def disk_full(error: OSError, folder: Path, name: str | None = None, needed: int | None = None,
+              written: int | None = None) -> DiskFull:
+    """The DiskFull for ``error``, raised writing ``name`` into ``folder``: how much it needed (when known,
+    else at least what it had written) and how much is free there now."""
+    if isinstance(error, DiskFull):
+        return error
+    what = "over its disk quota" if error.errno == errno.EDQUOT else "full"
+    if needed is not None:
+        need = f"needed {human_bytes(needed)}"
+    elif written:
+        need = f"needed more than the {human_bytes(written)} it wrote before the disk filled"
+    else:
+        need = "needed room"
+    free = free_bytes(folder)
+    there = "" if free is None else f", {human_bytes(free)} free there"
+    target = f"writing {name}" if name else "a write"
+    return DiskFull(f"{folder} is {what} ({errno.errorcode.get(error.errno, error.errno)}): {target} {need}{there}; "
+                    "make room there or write elsewhere (--output, --cache-dir)")
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Free bytes on the disk holding ``folder`` (or its nearest existing parent), None if unknown."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in decimal units: 980 B, 1.2 MB, 28.3 GB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def size_or_none(path) -> int | None:
+    try:
+        return os.path.getsize(path) if path is not None else None
+    except OSError:
+        return None
 
 
 def read_json_or_none(path: str | Path | None):
