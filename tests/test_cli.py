@@ -43,9 +43,11 @@ def test_compare_random_init_json_is_exact(tiny_json):
     assert report["max_abs_diff"] == 0.0 and report["passed"] is True
     assert report["reference"] == "eager" and report["dtype"] == "float32" and report["tolerance"] == 0.0
     assert report["model"] == f"random-init:{tiny_json}"
-    assert [layer["layer"] for layer in report["layers"]] == [0, 1]  # n_layer = 2
-    for layer in report["layers"]:
-        assert layer["attn_out"] == layer["pattern"] == layer["hidden_state"] == 0.0
+    assert "layers" not in report  # a transformer block is a block: block i writes layer (hidden state) i + 1
+    assert [(d["block"], d["layer"]) for d in report["blocks"]] == [(0, 1), (1, 2)]  # n_layer = 2
+    for block in report["blocks"]:
+        assert block["attn_out"] == block["pattern"] == block["hidden_state"] == 0.0
+    assert report["embeddings"] == 0.0  # layer 0
     assert report["logits"] == 0.0
 
 
@@ -54,7 +56,9 @@ def test_compare_table_output_says_pass(tiny_json):
                  "--padding", "left")
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert lines[0].split() == ["layer", "attn", "out", "pattern", "hidden", "state"]
+    assert lines[0].split() == ["block", "attn", "out", "pattern", "writes", "layer", "hidden", "state"]
+    assert lines[1].split() == ["0", "0", "(the", "embeddings)"]  # layer 0, written by no block
+    assert [line.split()[:1] + line.split()[3:4] for line in lines[2:4]] == [["0", "1"], ["1", "2"]]
     assert lines[-1] == "PASS: max abs diff 0, probe's exact path vs reference eager (float32), tolerance 0"
 
 

@@ -21,6 +21,7 @@ def plots(results, output_dir, run):
     drawn = [report.plot_accuracy(results, output_dir, formats),
              report.plot_pca(results, output_dir, store, run.rows.table["label"],
                              position=config.positions[0], formats=formats),
+             report.plot_confusion(results, output_dir, position=config.positions[0], formats=formats),
              attention_plot(results, output_dir, run, formats=formats)]
     keep_drawn(cache_dir, key, [png.with_suffix(f".{fmt}") for png in drawn for fmt in ("png", *formats)])
 

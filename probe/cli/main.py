@@ -13,7 +13,7 @@ from probe.core import architectures
 from probe.core.architectures import ARCHITECTURES
 from probe.errors import command_error, first_line
 from probe.pipeline.config import DTYPES, GPT2_SHAPES
-from probe.report.console import quiet_progress_bars
+from probe.report.console import progress_bars_off
 from probe.scale.devices import parse_dtype
 from probe.store.files import default_output
 
@@ -49,7 +49,7 @@ def cli():
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 def compare(model_name, revision, random_init, reference, dtype, texts, padding, tolerance, seed, as_json, fast,
             device):
-    """Compare probe's reimplemented attention with Hugging Face's, layer by layer.
+    """Compare probe's reimplemented attention with Hugging Face's, block by block.
 
     Exits with status 1 when a difference exceeds the tolerance.
     """
@@ -140,8 +140,11 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     if n_jobs == 0:
         raise click.BadParameter("0 fits at a time would never finish; give a number ≥ 1, or -1 for all cores",
                                  param_hint="--jobs")
-    if quiet:
-        quiet_progress_bars()  # first: the imports below read the setting
+    with progress_bars_off(quiet):  # transformers', datasets' and the hub's bars too; as they were afterwards
+        _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype)
+
+
+def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):
     from probe import plugins
     from probe.errors import UserError
     from probe.pipeline.config import load_config, parse_override
@@ -212,11 +215,10 @@ def list_architectures(measure, as_json, markdown, device, dtype, check, names):
         raise click.BadParameter(f"no architecture {unknown[0]!r}; `probe architectures` lists them",
                                  param_hint="ARCHITECTURE")
     where, torch_dtype = checked_placement(device, dtype)
-    quiet_progress_bars()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the tiny configs' vocabularies are smaller than their token ids say
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), progress_bars_off():
         warnings.simplefilter("ignore")
         rows = architectures.support_table(measure=measure, device=where if measure else "cpu", dtype=torch_dtype,
                                            names=names)
