@@ -331,16 +331,23 @@ def cache_usage(cache_dir):
 @cli.command(name="plugins")
 @click.option("--plugins-dir", type=click.Path(file_okay=False), help="Also load the .py files in this folder.")
 def list_plugins(plugins_dir):
-    """List loaded plugins and the hooks each implements."""
+    """List loaded plugins, the hooks each implements and what it registers (datasets, probes, metrics,
+    measures, reporters, models, adapters, commands)."""
     from probe import plugins
 
     try:
         if plugins_dir:
             plugins.load_plugins_dir(plugins_dir)
+        registered = dict(plugins.registrations())
     except plugins.PluginError as error:
         raise command_error(error) from None
     for name, hooks in plugins.describe():
         click.echo(f"{name}\n    {', '.join(hooks) or '(no hooks)'}")
+        for kind, names in registered[name].items():
+            click.echo(f"    {kind}s: {', '.join(names)}")
+        if "probe_adapter" in hooks:  # answers per model, so there is no list to give
+            click.echo("    adapters: chosen per model by its probe_adapter hook"
+                       + (" (`probe architectures` lists probe's own)" if name.startswith("probe.builtin.") else ""))
 
 
 from probe.cli.sweep import (

@@ -114,6 +114,14 @@ class Provenance(BaseModel):
         return cls(timestamp=timestamp(), git_commit=git_commit())
 
 
+class ReporterOutcome(BaseModel):
+    """What one reporter did in a run: ``ran``, or ``skipped`` with the reason it gave."""
+
+    name: str
+    status: str
+    reason: str = ""
+
+
 class Results(BaseModel):
     """Everything a run found, typed: ``rows`` (one LayerResult each), ``layers`` (the tidy table),
     ``baselines``, ``model``, ``dataset``. ``to_dict()`` is results.json's form, for writing it."""
@@ -134,10 +142,19 @@ class Results(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True)
     _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
+    _reporters: list[ReporterOutcome] = PrivateAttr(default_factory=list)  # this run's, as they finish
 
     @property
     def run_dir(self) -> Path | None:
         return self._run_dir
+
+    @property
+    def reporters(self) -> list[ReporterOutcome]:
+        """What each reporter that has finished so far did (empty outside a run, e.g. read back from disk)."""
+        return list(self._reporters)
+
+    def note_reporter(self, name: str, status: str, reason: str = "") -> None:
+        self._reporters.append(ReporterOutcome(name=name, status=status, reason=reason))
 
     # ------------------------------------------------------------ serialisation
 

@@ -119,8 +119,22 @@ def write_summary(results: Results, output_dir: Path) -> Path:
     lines += controls_and_measures(results)
     if data.skipped_rows:
         lines += ["", f"Skipped {len(data.skipped_rows)} bad row(s):"] + [f"- {p}" for p in data.skipped_rows]
-    lines += ["", f"Files: {', '.join(report_files(settings.get('reporters', [])))}.", ""]
+    lines += ["", *reporter_lines(results), ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
+
+
+def reporter_lines(results: Results) -> list[str]:
+    """The reporters that ran and the files they wrote; apart, those that were skipped, each with its
+    reason. Outside a run (nothing noted), the files of the reporters the settings name."""
+    if not results.reporters:
+        return [f"Files: {', '.join(report_files(results.settings.get('reporters', [])))}."]
+    ran = [o.name for o in results.reporters if o.status == "ran"]
+    ran += [] if "summary" in ran else ["summary"]  # this one, writing now
+    lines = [f"Reporters that ran: {', '.join(ran)}. Files: {', '.join(report_files(ran))}."]
+    skipped = [o for o in results.reporters if o.status != "ran"]
+    if skipped:
+        lines += ["", "Reporters that did not run:"] + [f"- {o.name}: {o.status} ({o.reason})" for o in skipped]
+    return lines
 
 
 # What each built-in reporter writes; summary.md lists only the files the run's reporters write.
@@ -350,6 +364,10 @@ def recall_matrix(confusion) -> np.ndarray:
 
 
 def plot_confusion(results: Results, output_dir: Path, position: str = "target", formats=DEFAULT_FORMATS) -> Path:
+    return _save(confusion_figure(as_results(results), position), output_dir / "confusion.png", formats)
+
+
+def confusion_figure(results: Results, position: str = "target"):
     """The confusion matrix at the best layer of the ``position`` series, one panel per subset: colour is
     the share of each true sense's rows (recall, white 0 to dark 1, a colour bar beside), and each cell
     is annotated with its count of rows."""
@@ -357,7 +375,6 @@ def plot_confusion(results: Results, output_dir: Path, position: str = "target",
 
     from probe.report.legend import CONFUSION_SCALE
 
-    results = as_results(results)
     best = results.best_rows().get((position, "all")) or next(iter(results.best_rows().values()))
     panels = [r for r in results.rows if r.position == best.position and r.layer == best.layer]
     cmap = LinearSegmentedColormap.from_list("recall", list(CONFUSION_SCALE))
@@ -378,7 +395,7 @@ def plot_confusion(results: Results, output_dir: Path, position: str = "target",
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="share of the true sense's rows (recall)")
     fig.suptitle(f"{results.experiment} on {results.model.name}: confusion at layer {best.layer}, "
                  f"{best.position} token (numbers: rows)", fontsize=10)
-    return _save(fig, output_dir / "confusion.png", formats)
+    return fig
 
 
 def plot_runs(runs: list[Results], output: Path, subsets: list[str] | None = None) -> Path:
