@@ -379,8 +379,9 @@ def confusion_figure(results: Results, position: str = "target"):
     panels = [r for r in results.rows if r.position == best.position and r.layer == best.layer]
     cmap = LinearSegmentedColormap.from_list("recall", list(CONFUSION_SCALE))
     plt = _pyplot()
-    size = 1.0 + 0.6 * len(best.labels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 1.2, size + 0.8), squeeze=False)
+    size = 1.6 + 0.6 * len(best.labels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 1.2, size + 0.6), squeeze=False,
+                             layout="constrained")
     for ax, row in zip(axes[0], panels):
         counts, recall = np.asarray(row.confusion), recall_matrix(row.confusion)
         image = ax.imshow(recall, cmap=cmap, vmin=0, vmax=1)
@@ -390,8 +391,8 @@ def confusion_figure(results: Results, position: str = "target"):
         ax.set_xticks(range(len(row.labels)), row.labels, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(row.labels)), row.labels, fontsize=8)
         ax.set_xlabel("predicted sense")
-        ax.set_ylabel("true sense")
         ax.set_title(f"{row.subset} rows: accuracy {row.accuracy:.3f}", fontsize=9)
+    axes[0][0].set_ylabel("true sense")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="share of the true sense's rows (recall)")
     fig.suptitle(f"{results.experiment} on {results.model.name}: confusion at layer {best.layer}, "
                  f"{best.position} token (numbers: rows)", fontsize=10)
@@ -426,7 +427,7 @@ def plot_runs(runs: list[Results], output: Path, subsets: list[str] | None = Non
         ax.xaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: off the lines
     axes[0][0].set_ylabel("cross-validated accuracy")
     fig.suptitle(comparison_title([r.experiment for r in runs]))
     fig.tight_layout()
