@@ -11,7 +11,7 @@ from report_runs import report_run
 
 from probe import plugins
 from probe.hookspecs import hookimpl
-from probe.pipeline.results import Results
+from probe.pipeline.results import ReporterLog, Results
 from probe.pipeline.run import write_reports
 from probe.report.console import progress_bars_off
 
@@ -36,7 +36,8 @@ class Reporters:
 
 def test_summary_lists_what_ran_and_apart_what_was_skipped_and_why(builtins_only, results, tmp_path):
     plugins.register_plugin(Reporters(), "reporters-test")
-    run = SimpleNamespace(config=SimpleNamespace(reporters=["summary", "needs-decoder", "notes", "json"]))
+    run = SimpleNamespace(config=SimpleNamespace(reporters=["summary", "needs-decoder", "notes", "json"]),
+                          reporters=ReporterLog())
     write_reports(results, tmp_path, run)
     summary = (tmp_path / "summary.md").read_text()
     assert "Reporters that ran: notes, json, summary." in summary  # summary last: it reports on the others
@@ -44,7 +45,7 @@ def test_summary_lists_what_ran_and_apart_what_was_skipped_and_why(builtins_only
     assert ("Reporters that did not run:\n- needs-decoder: skipped (the model is an encoder: no next-token "
             "distribution to report)") in summary
     assert (tmp_path / "notes.txt").exists() and summary.count("needs-decoder") == 1
-    assert [(o.name, o.status) for o in results.reporters] == [
+    assert [(o.name, o.status) for o in run.reporters.outcomes] == [
         ("needs-decoder", "skipped"), ("notes", "ran"), ("json", "ran"), ("summary", "ran")]
 
 
@@ -55,7 +56,7 @@ def test_a_reporter_that_raises_still_stops_the_run_naming_it(builtins_only, res
             register("broken", lambda results, output_dir, run: 1 / 0)
 
     plugins.register_plugin(Broken(), "broken-test")
-    run = SimpleNamespace(config=SimpleNamespace(reporters=["broken", "summary"]))
+    run = SimpleNamespace(config=SimpleNamespace(reporters=["broken", "summary"]), reporters=ReporterLog())
     with pytest.raises(plugins.PluginError, match="plugin 'broken-test': reporter 'broken' raised ZeroDivisionError"):
         write_reports(results, tmp_path, run)
 

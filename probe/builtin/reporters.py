@@ -132,6 +132,13 @@ def _report(name: str):
     return write
 
 
+def summary(results, output_dir, run):
+    """summary.md, with what the run's other reporters did (the pipeline runs it after them)."""
+    from probe.report.writers import write_summary
+
+    return write_summary(results, output_dir, run.reporters.outcomes)
+
+
 def html_page(results, output_dir, run):
     """report.html, and report_data.json (the PCA and attention views) so that `probe report` can redraw it."""
     from probe.report.extras import build_report_data, write_report_data
@@ -167,5 +174,5 @@ def register_reporters(register):
     register("json", _report("write_json"))
     register("csv", _report("write_csv"))
     register("plots", plots)
-    register("summary", _report("write_summary"))
+    register("summary", summary)
     register("html", html_page)

@@ -141,7 +141,8 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
         raise click.BadParameter("0 fits at a time would never finish; give a number ≥ 1, or -1 for all cores",
                                  param_hint="--jobs")
     with progress_bars_off(quiet):  # transformers', datasets' and the hub's bars too; as they were afterwards
-        _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype)
+        _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device,
+                    dtype)
 
 
 def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):

@@ -122,6 +122,20 @@ class ReporterOutcome(BaseModel):
     reason: str = ""
 
 
+class ReporterLog:
+    """What each reporter of a run did, in the order they finished: the pipeline notes, reporters read."""
+
+    def __init__(self) -> None:
+        self._outcomes: list[ReporterOutcome] = []
+
+    def note(self, name: str, status: str, reason: str = "") -> None:
+        self._outcomes.append(ReporterOutcome(name=name, status=status, reason=reason))
+
+    @property
+    def outcomes(self) -> tuple[ReporterOutcome, ...]:
+        return tuple(self._outcomes)
+
+
 class Results(BaseModel):
     """Everything a run found, typed: ``rows`` (one LayerResult each), ``layers`` (the tidy table),
     ``baselines``, ``model``, ``dataset``. ``to_dict()`` is results.json's form, for writing it."""
@@ -142,19 +156,10 @@ class Results(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True)
     _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
-    _reporters: list[ReporterOutcome] = PrivateAttr(default_factory=list)  # this run's, as they finish
 
     @property
     def run_dir(self) -> Path | None:
         return self._run_dir
-
-    @property
-    def reporters(self) -> list[ReporterOutcome]:
-        """What each reporter that has finished so far did (empty outside a run, e.g. read back from disk)."""
-        return list(self._reporters)
-
-    def note_reporter(self, name: str, status: str, reason: str = "") -> None:
-        self._reporters.append(ReporterOutcome(name=name, status=status, reason=reason))
 
     # ------------------------------------------------------------ serialisation
 

@@ -110,7 +110,8 @@ def comparison_figure(runs: list[dict], folders: list[str | None] | None = None)
 
     fig = go.Figure()
     dashes = {"target": "solid", "last": "dash"}
-    names = run_names([(r["experiment"], r["model"]["name"], folder) for r, folder in zip(runs, folders or [None] * len(runs))])
+    folders = folders or [None] * len(runs)
+    names = run_names([(r["experiment"], r["model"]["name"], folder) for r, folder in zip(runs, folders)])
     for n, (results, run) in enumerate(zip(runs, names)):
         depth = max(results["model"]["layers"], 1)
         colour = RUN_COLOURS[n % len(RUN_COLOURS)]
@@ -123,7 +124,8 @@ def comparison_figure(runs: list[dict], folders: list[str | None] | None = None)
                 hovertemplate=f"{name}<br>layer %{{customdata}}: %{{y:.3f}}<extra></extra>",
             ))
     fig.update_layout(
-        title=f"{comparison_title([r['experiment'] for r in runs])}: probe accuracy by relative depth", template="plotly_white", height=460,
+        title=f"{comparison_title([r['experiment'] for r in runs])}: probe accuracy by relative depth",
+        template="plotly_white", height=460,
         xaxis=dict(title="depth (layer / number of blocks)", tickformat=".0%", range=[-0.02, 1.02]),
         yaxis=dict(title=ACCURACY_AXIS, range=[0, 1.03]), legend=dict(orientation="h", y=-0.2),
     )

@@ -80,7 +80,7 @@ def render_report(*sources, fragment: bool = False) -> str:
     runs = [as_run(source) for source in sources]
     names = _run_names(runs)
     data = {"runs": [_run_payload(run, name) for run, name in zip(runs, names)],
-            "comparison": comparison_figure([run.results for run in runs], _folders(runs)) if len(runs) > 1 else None,
+            "comparison": None if len(runs) == 1 else comparison_figure([run.results for run in runs], _folders(runs)),
             "confusion_scale": [list(stop) for stop in CONFUSION_SCALE]}
     sections = "".join(_run_section(n, run, name) for n, (run, name) in enumerate(zip(runs, names)))
     comparison = _view("comparison", "Runs compared", "", '<div class="plot"></div>') if len(runs) > 1 else ""

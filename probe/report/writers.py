@@ -90,7 +90,8 @@ def layer_table(results: Results) -> str:
     return "\n".join(lines)
 
 
-def write_summary(results: Results, output_dir: Path) -> Path:
+def write_summary(results: Results, output_dir: Path, reporters=()) -> Path:
+    """summary.md; ``reporters``: what the run's other reporters did (``ReporterOutcome``s), when known."""
     results = as_results(results)
     lines = [f"# {results.experiment}", ""]
     if results.description:
@@ -119,19 +120,19 @@ def write_summary(results: Results, output_dir: Path) -> Path:
     lines += controls_and_measures(results)
     if data.skipped_rows:
         lines += ["", f"Skipped {len(data.skipped_rows)} bad row(s):"] + [f"- {p}" for p in data.skipped_rows]
-    lines += ["", *reporter_lines(results), ""]
+    lines += ["", *reporter_lines(results, reporters), ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
 
 
-def reporter_lines(results: Results) -> list[str]:
+def reporter_lines(results: Results, reporters=()) -> list[str]:
     """The reporters that ran and the files they wrote; apart, those that were skipped, each with its
     reason. Outside a run (nothing noted), the files of the reporters the settings name."""
-    if not results.reporters:
+    if not reporters:
         return [f"Files: {', '.join(report_files(results.settings.get('reporters', [])))}."]
-    ran = [o.name for o in results.reporters if o.status == "ran"]
+    ran = [o.name for o in reporters if o.status == "ran"]
     ran += [] if "summary" in ran else ["summary"]  # this one, writing now
     lines = [f"Reporters that ran: {', '.join(ran)}. Files: {', '.join(report_files(ran))}."]
-    skipped = [o for o in results.reporters if o.status != "ran"]
+    skipped = [o for o in reporters if o.status != "ran"]
     if skipped:
         lines += ["", "Reporters that did not run:"] + [f"- {o.name}: {o.status} ({o.reason})" for o in skipped]
     return lines

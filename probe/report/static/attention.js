@@ -144,7 +144,8 @@ window.probeAttentionViewer = window.probeAttentionViewer || function (root, sen
     const who = state.head >= 0 ? `head ${state.head}` : "the mean of all heads";
     queryLabel.textContent = `Attention from ${JSON.stringify(names[state.query])} (token ${state.query}) ` +
       `in block ${state.block}, ${who}.`;
-    scaleNote.textContent = (state.log ? "Colour: log scale, 10⁻³ (white) to 1 (dark). " : "Colour: weight, 0 (white) to 1 (dark). ") +
+    scaleNote.textContent = (state.log ? "Colour: log scale, 10⁻³ (white) to 1 (dark). "
+                                       : "Colour: weight, 0 (white) to 1 (dark). ") +
       (state.hideSink ? "The first token is hidden: each query's other weights are divided by 1 − (its weight on " +
         "the first token), so that they sum to 1 again." : "");
     drawTokens(s, names);
