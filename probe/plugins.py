@@ -54,6 +54,11 @@ class PluginError(UserError, RuntimeError):
     """A plugin failed to load, raised inside a hook, or clashed with another plugin."""
 
 
+class ReporterSkipped(Exception):  # noqa: N818 - a signal, not an error: the run goes on
+    """Raised by a reporter that has nothing to write for this run; its message says why. The run goes on,
+    and summary.md lists the reporter as skipped, with the reason."""
+
+
 class PluginWarning(UserWarning):
     """An installed plugin nobody asked for by name failed to load and was skipped."""
 
@@ -277,3 +282,35 @@ def describe() -> list[tuple[str, list[str]]]:
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         rows.append((name, hooks))
     return rows
+
+
+def registrations() -> list[tuple[str, dict[str, list[str]]]]:
+    """(plugin name, {kind: names it registers}) for every loaded plugin, built-ins first: each plugin's
+    register hooks called alone (pluggy's subset hook caller) into a collector. Kinds are the registries'
+    (dataset, probe, …) plus ``command`` for ``register_commands``; a plugin's hooks that register
+    nothing of a kind leave that kind out."""
+    pm = get_plugin_manager()
+    listed = pm.list_name_plugin()
+    rows = []
+    for name, plugin in listed:
+        others = [other for _, other in listed if other is not plugin]
+        implemented = {caller.name for caller in pm.get_hookcallers(plugin) or []}
+        found = {}
+        for kind, hook_name in REGISTRIES.items():
+            if hook_name in implemented:
+                names: list[str] = []
+                pm.subset_hook_caller(hook_name, others)(register=lambda name, _value, into=names: into.append(name))
+                found[kind] = names
+        if "register_commands" in implemented:
+            found["command"] = _commands_of(pm.subset_hook_caller("register_commands", others))
+        rows.append((name, {kind: names for kind, names in found.items() if names}))
+    return rows
+
+
+def _commands_of(hook_caller) -> list[str]:
+    """The subcommands a ``register_commands`` hook adds, added to an empty click group of its own."""
+    import click
+
+    group = click.Group()
+    hook_caller(cli=group)
+    return sorted(group.commands)

@@ -173,3 +173,63 @@ def test_two_report_fragments_share_a_notebook_page(run_dir, tmp_path):
     assert not cells.lstrip().startswith("<!DOCTYPE")
     assert labels == ["layer 2 of 0–2 (the output of block 1)", "layer 0 of 0–2 (the embeddings)"]
     assert log.errors == [] and log.requests == []
+
+
+def test_confusion_colour_is_recall_light_to_dark_with_counts_and_a_colour_bar(run_dir):
+    with open_page(run_dir / "report.html") as (page, log):
+        traces = page.eval_on_selector("[data-view=confusion] .plot",
+                                       "e => e.data.map(t => ({z: t.z, text: t.text, scale: t.colorscale, "
+                                       "bar: t.showscale, zmin: t.zmin, zmax: t.zmax}))")
+        bars = page.eval_on_selector_all("[data-view=confusion] .colorbar", "els => els.length")
+        cell_texts = texts(page, "[data-view=confusion] .heatmaplayer text")
+    first = traces[0]
+    for z_row, counts in zip(first["z"], first["text"]):
+        assert sum(z_row) == pytest.approx(1.0 if sum(counts) else 0.0)
+        assert z_row == pytest.approx([c / sum(counts) for c in counts] if sum(counts) else [0] * len(counts))
+    assert first["scale"][0][1] == "#f7fbff" and first["scale"][-1][1] == "#08306b"  # 0 light, 1 dark
+    assert (first["zmin"], first["zmax"]) == (0, 1) and bars == 1 and first["bar"] is True
+    assert sorted(map(int, cell_texts)) == sorted(c for t in traces for row in t["text"] for c in row)
+    assert log.errors == []
+
+
+def test_pca_points_take_the_colours_python_gives_each_sense(run_dir):
+    from probe.report.legend import sense_colours
+
+    with open_page(run_dir / "report.html") as (page, log):
+        colours = page.eval_on_selector("[data-view=pca] .plot",
+                                        "e => e.data.map(t => [t.name, t.marker.color])")
+    labels = json.loads((run_dir / "results.json").read_text())["dataset"]["labels"]
+    assert dict(colours) == sense_colours(labels)
+    assert log.errors == []
+
+
+def test_attention_grid_of_heads_log_scale_and_hidden_sink(run_dir):
+    with open_page(run_dir / "report.html") as (page, log):
+        view = "[data-view=attention]"
+        tokens = f"{view} [data-role=tokens] .token"
+        heads = page.eval_on_selector_all(f"{view} [data-role=heads] figure.head canvas", "els => els.length")
+        captions = texts(page, f"{view} [data-role=heads] figcaption")
+        page.click(f"{view} [data-role=heads] figure.head >> nth=2")
+        chosen_head = page.eval_on_selector(f"{view} [data-role=head]", "e => e.value")
+        chosen_figure = page.get_attribute(f"{view} [data-role=heads] figure.head.chosen", "data-head")
+        linear = styles(page, tokens)
+        page.check(f"{view} [data-role=log-scale]")
+        logged = styles(page, tokens)
+        log_note = page.text_content(f"{view} [data-role=scale-note]")
+        page.uncheck(f"{view} [data-role=log-scale]")
+        before = page.eval_on_selector_all(tokens, "els => els.map(e => e.title)")
+        page.check(f"{view} [data-role=hide-sink]")
+        after = page.eval_on_selector_all(tokens, "els => els.map(e => e.title)")
+        hidden = page.eval_on_selector_all(f"{tokens}.hidden-sink", "els => els.map(e => +e.dataset.index)")
+        sink_note = page.text_content(f"{view} [data-role=scale-note]")
+        query = page.eval_on_selector(f"{tokens}.query", "e => +e.dataset.index")
+    assert heads == 4 and captions == [f"head {h}" for h in range(4)]  # the tiny model's 4 heads
+    assert chosen_head == "2" and chosen_figure == "2"
+    assert logged != linear and "log scale" in log_note
+    assert hidden == [0] and "1 − (its weight on the first token)" in sink_note
+    weight = lambda title: float(title.rsplit(": ", 1)[1])  # noqa: E731
+    visible = [weight(t) for t in before[1: query + 1]]
+    rest = sum(visible)
+    assert [weight(t) for t in after[1: query + 1]] == pytest.approx([w / rest for w in visible], abs=2e-3)
+    assert sum(weight(t) for t in after[1: query + 1]) == pytest.approx(1.0, abs=2e-3)
+    assert log.errors == []

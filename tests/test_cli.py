@@ -45,9 +45,11 @@ def test_compare_random_init_json_is_exact(tiny_json):
     assert report["max_abs_diff"] == 0.0 and report["passed"] is True
     assert report["reference"] == "eager" and report["dtype"] == "float32" and report["tolerance"] == 0.0
     assert report["model"] == f"random-init:{tiny_json}"
-    assert [layer["layer"] for layer in report["layers"]] == [0, 1]  # n_layer = 2
-    for layer in report["layers"]:
-        assert layer["attn_out"] == layer["pattern"] == layer["hidden_state"] == 0.0
+    assert "layers" not in report  # a transformer block is a block: block i writes layer (hidden state) i + 1
+    assert [(d["block"], d["layer"]) for d in report["blocks"]] == [(0, 1), (1, 2)]  # n_layer = 2
+    for block in report["blocks"]:
+        assert block["attn_out"] == block["pattern"] == block["hidden_state"] == 0.0
+    assert report["embeddings"] == 0.0  # layer 0
     assert report["logits"] == 0.0
 
 
@@ -56,7 +58,9 @@ def test_compare_table_output_says_pass(tiny_json):
                  "--padding", "left")
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert lines[0].split() == ["layer", "attn", "out", "pattern", "hidden", "state"]
+    assert lines[0].split() == ["block", "attn", "out", "pattern", "writes", "layer", "hidden", "state"]
+    assert lines[1].split() == ["0", "0", "(the", "embeddings)"]  # layer 0, written by no block
+    assert [line.split()[:1] + line.split()[3:4] for line in lines[2:4]] == [["0", "1"], ["1", "2"]]
     assert lines[-1] == "PASS: max abs diff 0, probe's exact path vs reference eager (float32), tolerance 0"
 
 
@@ -119,7 +123,43 @@ def test_plugins_lists_the_builtins_with_their_hooks():
     }
     assert list(expected) == list(BUILTIN_PLUGINS)
     lines = result.output.splitlines()
-    assert lines == [line for name, hooks in expected.items() for line in (name, f"    {hooks}")]
+    assert [line for line in lines if not line.startswith("    ")] == list(expected)
+    for name, hooks in expected.items():
+        assert lines[lines.index(name) + 1] == f"    {hooks}"
+    registered = [line.strip() for line in lines if line.startswith("    ") and ": " in line]
+    assert "datasets: mole, tower, tower-size, file, coarsewsd" in registered
+    assert "probes: logreg" in registered and "reporters: json, csv, plots, summary, html" in registered
+    assert any(line.startswith("models: ") and "minilm-l6" in line and "smollm2-135m" in line for line in registered)
+    assert "metrics: balanced_accuracy, cohen_kappa" in registered
+    assert any(line.startswith("adapters: chosen per model") for line in registered)
+
+
+def test_plugins_lists_what_a_local_plugin_registers(tmp_path):
+    folder = tmp_path / "plugs"
+    folder.mkdir()
+    (folder / "registering.py").write_text(
+        "import click\nfrom probe import hookimpl\n\n"
+        "@hookimpl\ndef register_datasets(register):\n    register('pets', list)\n    register('stars', list)\n\n"
+        "@hookimpl\ndef register_measures(register):\n    register('spread', len)\n\n"
+        "@hookimpl\ndef register_commands(cli):\n    @cli.command()\n    def hello():\n        pass\n"
+    )
+    result = run("plugins", "--plugins-dir", folder)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    at = lines.index(f"file:{(folder / 'registering.py').resolve()}")
+    assert lines[at + 1:at + 5] == ["    register_commands, register_datasets, register_measures",
+                                    "    datasets: pets, stars", "    measures: spread", "    commands: hello"]
+
+
+def test_plugins_listing_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import sys; from probe.cli.main import cli; cli.main(['plugins'], standalone_mode=False)\n" \
+           "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         env={"PROBE_PLUGINS": "", "PATH": ""})
+    assert out.stdout.splitlines()[-1] == "False False", out.stderr
 
 
 def test_plugins_dir_adds_local_plugins(tmp_path):
@@ -169,7 +209,7 @@ def test_compare_random_init_takes_any_listed_architecture(architecture):
     result = run("compare", "--random-init", architecture, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["max_abs_diff"] == 0.0 and report["layers"]
+    assert report["max_abs_diff"] == 0.0 and report["blocks"]
 
 
 def test_architectures_lists_each_with_its_path():
@@ -206,7 +246,7 @@ def test_compare_fast_reports_its_path_and_passes_against_sdpa():
     report = json.loads(result.output)
     assert report["attention_path"] == "fast" and report["tolerance_is_relative"]
     assert report["max_relative_diff"] <= 1e-5
-    assert all(layer["pattern"] is None for layer in report["layers"])  # the fast path computes no pattern
+    assert all(layer["pattern"] is None for layer in report["blocks"])  # the fast path computes no pattern
 
 
 @pytest.mark.parametrize("device", ["cuda:99", "gpu", "mps:0"])

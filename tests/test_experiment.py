@@ -749,8 +749,8 @@ def test_a_rerun_copies_the_figures_it_drew_and_a_change_draws_them_anew(tiny_mo
     monkeypatch.setattr(report, "_save", lambda fig, path, *a: drawn.append(path.name) or real_save(fig, path, *a))
     run_experiment(config, tmp_path / "again", cache_dir=tmp_path / "c", progress=False)
     assert drawn == []
-    for name in ("accuracy.png", "pca.png", "attention.png"):
+    for name in ("accuracy.png", "pca.png", "confusion.png", "attention.png"):
         assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "first" / name).read_bytes()
     reseeded = planted_config(tiny_model, data, reporters=["json", "plots"], seed=1)
     run_experiment(reseeded, tmp_path / "other", cache_dir=tmp_path / "c", progress=False)
-    assert sorted(drawn) == ["accuracy.png", "attention.png", "pca.png"]
+    assert sorted(drawn) == ["accuracy.png", "attention.png", "confusion.png", "pca.png"]

@@ -4,6 +4,7 @@ every axis labelled, PCA axes with their explained variance, attention panels na
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +79,95 @@ def test_an_unknown_figure_format_names_the_option():
     with pytest.raises(ConfigError, match=r"x.yaml: options.plots.formats: unknown format\(s\) 'tiff'; choose from png"):
         figure_formats(config)
     assert figure_formats(SimpleNamespace(options={"plots": {"formats": "pdf"}}, source=None)) == ("pdf",)
+
+
+# ---------------------------------------------------------------- confusion, colours, runs compared
+
+
+def luminance(rgba) -> float:
+    r, g, b = rgba[:3]
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_confusion_colour_is_recall_light_to_dark_with_counts_and_a_colour_bar(results):
+    fig = report.confusion_figure(report.as_results(results))
+    panels = [ax for ax in fig.axes if ax.images]
+    row = next(r for r in results["layers"] if r["position"] == "target" and r["subset"] == "all"
+               and r["accuracy"] == max(x["accuracy"] for x in results["layers"]
+                                        if x["position"] == "target" and x["subset"] == "all"))
+    counts = np.array(row["confusion"])
+    image = panels[0].images[0]
+    assert np.allclose(image.get_array(), counts / counts.sum(axis=1, keepdims=True))  # recall per true row
+    assert image.norm.vmin == 0 and image.norm.vmax == 1
+    assert luminance(image.cmap(0.0)) > 0.9 > 0.3 > luminance(image.cmap(1.0))  # 0 light, 1 dark
+    shown = sorted(int(t.get_text()) for t in panels[0].texts)
+    assert shown == sorted(counts.ravel().tolist())  # each cell annotated with its count
+    colour_bars = [ax for ax in fig.axes if ax not in panels]
+    assert len(colour_bars) == 1 and "recall" in colour_bars[0].get_ylabel()
+    assert [ax.get_title().split(" rows")[0] for ax in panels] == ["all", "left", "right"]
+
+
+def test_recall_matrix_leaves_an_empty_sense_at_zero():
+    assert report.recall_matrix([[3, 1], [0, 0]]).tolist() == [[0.75, 0.25], [0.0, 0.0]]
+
+
+def test_pca_png_colours_each_sense_as_the_page_does(results, tmp_path, monkeypatch):
+    from matplotlib.colors import to_hex
+
+    from probe.report.legend import sense_colours
+
+    drawn = {}
+    monkeypatch.setattr(report, "_save", lambda fig, path, formats=(): drawn.setdefault("fig", fig) and path)
+    labels = ["spy", "animal", "unit", "skin"] * 32
+    report.plot_pca({**results, "layers": [r for r in results["layers"] if r["layer"] < 2]}, tmp_path, Store(),
+                    labels)
+    ax = drawn["fig"].axes[0]
+    colours = {c.get_label(): to_hex(c.get_facecolor()[0]) for c in ax.collections}
+    assert colours == sense_colours(labels)
+    assert list(colours.values()) == ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]  # sorted senses → palette order
+
+
+def other_experiment(results: dict, experiment: str, model: str | None = None) -> dict:
+    changed = {**results, "experiment": experiment}
+    if model:
+        changed["model"] = {**results["model"], "name": model}
+    return changed
+
+
+def drawn_figure(monkeypatch):
+    """Where report._save puts the figure instead of writing it."""
+    drawn = {}
+    monkeypatch.setattr(report, "_save", lambda fig, path, formats=(): drawn.setdefault("fig", fig) and path)
+    return drawn
+
+
+def test_plot_runs_titles_each_panel_by_its_own_run(results, tmp_path, monkeypatch):
+    drawn = drawn_figure(monkeypatch)
+    model = results["model"]["name"]
+    report.plot_runs([results, other_experiment(results, "tower")], tmp_path / "runs.png")
+    fig = drawn["fig"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [f"mole-cues on {model}\n(2 blocks)", f"tower on {model}\n(2 blocks)"]
+    assert fig.get_suptitle() == "2 runs compared (mole-cues, tower)"
+    assert all(ax.get_legend() is not None for ax in fig.axes)  # each panel's series named in its own legend
+
+
+def test_plot_runs_tells_apart_two_runs_of_one_experiment_and_model(results, tmp_path, monkeypatch):
+    from probe.pipeline.results import Results
+
+    drawn = drawn_figure(monkeypatch)
+    first, second = Results.from_dict(results), Results.from_dict(results)
+    first._run_dir, second._run_dir = Path("runs/seed0"), Path("runs/seed1")
+    report.plot_runs([first, second], tmp_path / "runs.png")
+    titles = [ax.get_title().split("\n")[0] for ax in drawn["fig"].axes]
+    model = results["model"]["name"]
+    assert titles == [f"mole-cues on {model} (seed0)", f"mole-cues on {model} (seed1)"]
+    assert drawn["fig"].get_suptitle() == "mole-cues: 2 runs compared"
+
+
+def test_run_names_number_runs_whose_folders_share_a_name_too():
+    from probe.report.legend import run_names
+
+    assert run_names([("a", "m", "run"), ("a", "m", "run"), ("b", "m", "run")]) == [
+        "a on m (run 1)", "a on m (run 2)", "b on m"]
+    assert run_names([("a", "m", None), ("a", "n", None)]) == ["a on m", "a on n"]

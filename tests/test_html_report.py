@@ -183,3 +183,49 @@ def test_broken_results_json_is_named(tmp_path):
     assert result.exit_code == 1 and f"{tmp_path / 'results.json'}: not valid JSON" in result.output
     with pytest.raises(ReportError, match="no such run folder"):
         load_run(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- runs of different experiments, colours
+
+
+def page_data(page: str) -> dict:
+    text = page.split("<script type=\"application/json\" data-probe-data>")[1].split("</script>")[0]
+    return json.loads(text.replace("<\\/", "</"))
+
+
+def test_probe_report_names_each_run_by_its_experiment_and_model(run_dir, tmp_path):
+    tower = tmp_path / "tower"
+    tower.mkdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    (tower / "results.json").write_text(json.dumps({**results, "experiment": "tower"}))
+    output = tmp_path / "both.html"
+    assert invoke("report", run_dir, tower, "--output", output).exit_code == 0
+    page, model = output.read_text(), results["model"]["name"]
+    assert f"<title>2 runs compared (mole-cues, tower)</title>" in page
+    headings = re.findall(r'<section class="run" data-run="\d"><h2>([^<]*)</h2>', page)
+    assert headings == [f"mole-cues on {model}", f"tower on {model}"]
+    data = page_data(page)
+    assert [run["name"] for run in data["runs"]] == headings
+    names = [trace["name"] for trace in data["comparison"]["data"]]
+    assert len(set(names)) == len(names)  # no two legend entries alike
+    assert {name.split(":")[0] for name in names} == set(headings)
+    assert "mole-cues: 2 runs compared" not in page
+
+
+def test_one_run_twice_is_told_apart_by_its_folder(run_dir):
+    data = page_data(render_report(run_dir, run_dir))
+    first, second = (run["name"] for run in data["runs"])
+    assert first.endswith("(run 1)") and second.endswith("(run 2)")  # one folder name twice: numbered
+    names = [trace["name"] for trace in data["comparison"]["data"]]
+    assert len(set(names)) == len(names) and "(run 1)" in names[0] and "(run 2)" in names[-1]
+
+
+def test_page_carries_the_python_palette_and_recall_colour_scale(run_dir):
+    from probe.report.legend import CONFUSION_SCALE, sense_colours
+
+    page = (run_dir / "report.html").read_text()
+    data = page_data(page)
+    labels = json.loads((run_dir / "results.json").read_text())["dataset"]["labels"]
+    assert data["runs"][0]["sense_colours"] == sense_colours(labels)
+    assert data["confusion_scale"] == [list(stop) for stop in CONFUSION_SCALE]
+    assert "#1f77b4\", \"#d62728" not in page  # report.js keeps no palette of its own

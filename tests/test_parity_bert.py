@@ -192,7 +192,7 @@ def test_compare_models_and_cli(minilm):
     inputs = encode(tokenizer)
     result = compare_models(ref, swapped, inputs["input_ids"], inputs["attention_mask"])
     assert result.max_abs_diff == 0.0 and result.passed
-    assert len(result.layers) == N_LAYERS and all(d.pattern == 0.0 for d in result.layers)
+    assert len(result.blocks) == N_LAYERS and all(d.pattern == 0.0 for d in result.blocks)
     assert result.logits is None  # BertModel has no LM head
 
     cli = CliRunner().invoke(probe_cli, ["compare", "--model", "minilm-l6", "--json"])

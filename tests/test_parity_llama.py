@@ -183,7 +183,7 @@ def test_swap_restore_and_compare(smollm2):
     keep = keep_mask(inputs)
     result = compare_models(ref, swapped, inputs["input_ids"], inputs["attention_mask"])
     assert result.max_abs_diff == 0.0 and result.passed and result.logits == 0.0
-    assert len(result.layers) == N_LAYERS
+    assert len(result.blocks) == N_LAYERS
 
     # Swapping the reference itself, in place: shared parameters, same state_dict keys, then restored.
     assert isinstance(adapter_for(ref), MappedAdapter)

@@ -21,6 +21,7 @@ def plots(results, output_dir, run):
     drawn = [report.plot_accuracy(results, output_dir, formats),
              report.plot_pca(results, output_dir, store, run.rows.table["label"],
                              position=config.positions[0], formats=formats),
+             report.plot_confusion(results, output_dir, position=config.positions[0], formats=formats),
              attention_plot(results, output_dir, run, formats=formats)]
     keep_drawn(cache_dir, key, [png.with_suffix(f".{fmt}") for png in drawn for fmt in ("png", *formats)])
 
@@ -131,6 +132,13 @@ def _report(name: str):
     return write
 
 
+def summary(results, output_dir, run):
+    """summary.md, with what the run's other reporters did (the pipeline runs it after them)."""
+    from probe.report.writers import write_summary
+
+    return write_summary(results, output_dir, run.reporters.outcomes)
+
+
 def html_page(results, output_dir, run):
     """report.html, and report_data.json (the PCA and attention views) so that `probe report` can redraw it."""
     from probe.report.extras import build_report_data, write_report_data
@@ -166,5 +174,5 @@ def register_reporters(register):
     register("json", _report("write_json"))
     register("csv", _report("write_csv"))
     register("plots", plots)
-    register("summary", _report("write_summary"))
+    register("summary", summary)
     register("html", html_page)

@@ -13,7 +13,7 @@ from probe.core import architectures
 from probe.core.architectures import ARCHITECTURES
 from probe.errors import command_error, first_line
 from probe.pipeline.config import DTYPES, GPT2_SHAPES
-from probe.report.console import quiet_progress_bars
+from probe.report.console import progress_bars_off
 from probe.scale.devices import parse_dtype
 from probe.store.files import default_output
 
@@ -49,7 +49,7 @@ def cli():
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 def compare(model_name, revision, random_init, reference, dtype, texts, padding, tolerance, seed, as_json, fast,
             device):
-    """Compare probe's reimplemented attention with Hugging Face's, layer by layer.
+    """Compare probe's reimplemented attention with Hugging Face's, block by block.
 
     Exits with status 1 when a difference exceeds the tolerance.
     """
@@ -140,8 +140,12 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     if n_jobs == 0:
         raise click.BadParameter("0 fits at a time would never finish; give a number ≥ 1, or -1 for all cores",
                                  param_hint="--jobs")
-    if quiet:
-        quiet_progress_bars()  # first: the imports below read the setting
+    with progress_bars_off(quiet):  # transformers', datasets' and the hub's bars too; as they were afterwards
+        _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device,
+                    dtype)
+
+
+def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):
     from probe import plugins
     from probe.errors import UserError
     from probe.pipeline.config import load_config, parse_override
@@ -239,11 +243,10 @@ def swapped_rows(names, measure: bool, where: str, torch_dtype) -> list[dict]:
     """The table as the installed transformers takes it: each architecture swapped (and measured)."""
     import warnings
 
-    quiet_progress_bars()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the tiny configs' vocabularies are smaller than their token ids say
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), progress_bars_off():
         warnings.simplefilter("ignore")
         return architectures.support_table(measure=measure, device=where, dtype=torch_dtype, names=names)
 
@@ -346,16 +349,23 @@ def cache_usage(cache_dir):
 @cli.command(name="plugins")
 @click.option("--plugins-dir", type=click.Path(file_okay=False), help="Also load the .py files in this folder.")
 def list_plugins(plugins_dir):
-    """List loaded plugins and the hooks each implements."""
+    """List loaded plugins, the hooks each implements and what it registers (datasets, probes, metrics,
+    measures, reporters, models, adapters, commands)."""
     from probe import plugins
 
     try:
         if plugins_dir:
             plugins.load_plugins_dir(plugins_dir)
+        registered = dict(plugins.registrations())
     except plugins.PluginError as error:
         raise command_error(error) from None
     for name, hooks in plugins.describe():
         click.echo(f"{name}\n    {', '.join(hooks) or '(no hooks)'}")
+        for kind, names in registered[name].items():
+            click.echo(f"    {kind}s: {', '.join(names)}")
+        if "probe_adapter" in hooks:  # answers per model, so there is no list to give
+            click.echo("    adapters: chosen per model by its probe_adapter hook"
+                       + (" (`probe architectures` lists probe's own)" if name.startswith("probe.builtin.") else ""))
 
 
 from probe.cli.sweep import (

@@ -1,4 +1,5 @@
-"""Reimplemented vs reference: run both on the same inputs and report per-layer max abs differences."""
+"""Reimplemented vs reference: run both on the same inputs and report, per transformer block, the max abs
+differences of its attention output, its pattern and the hidden state it writes (block i writes layer i + 1)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,16 @@ DEFAULT_TEXTS = (
 
 
 @dataclass
-class LayerDiff:
-    layer: int
+class BlockDiff:
+    block: int
     attn_out: float
     pattern: float | None  # None where the reference (sdpa) or probe's fast path returns no attention weights
-    hidden_state: float
+    hidden_state: float  # of the layer this block writes: layer block + 1
+
+    @property
+    def layer(self) -> int:
+        """The hidden state whose difference ``hidden_state`` is."""
+        return self.block + 1
 
 
 @dataclass
@@ -33,16 +39,16 @@ class Comparison:
     dtype: str
     tolerance: float
     relative: bool = False  # tolerance applies to diff / max(1, largest |reference value|) of each tensor
-    layers: list[LayerDiff] = field(default_factory=list)
+    blocks: list[BlockDiff] = field(default_factory=list)
     logits: float | None = None
-    embeddings: float = 0.0
+    embeddings: float = 0.0  # layer 0
     max_relative_diff: float = 0.0
     model: str = ""
     fast: bool = False  # probe's fast path ran (scaled_dot_product_attention), not the exact one
 
     @property
     def max_abs_diff(self) -> float:
-        values = [self.embeddings] + [v for d in self.layers for v in (d.attn_out, d.pattern, d.hidden_state)]
+        values = [self.embeddings] + [v for d in self.blocks for v in (d.attn_out, d.pattern, d.hidden_state)]
         values.append(self.logits)
         return max(v for v in values if v is not None)
 
@@ -63,14 +69,16 @@ class Comparison:
             "max_relative_diff": self.max_relative_diff,
             "passed": self.passed,
             "logits": self.logits,
-            "layers": [asdict(d) for d in self.layers],
+            "embeddings": self.embeddings,
+            "blocks": [{**asdict(d), "layer": d.layer} for d in self.blocks],
         }
 
     def table(self) -> str:
-        rows = [f"{'layer':>5}  {'attn out':>11}  {'pattern':>11}  {'hidden state':>12}"]
-        for d in self.layers:
+        rows = [f"{'block':>5}  {'attn out':>11}  {'pattern':>11}  {'writes layer':>12}  {'hidden state':>12}",
+                f"{'':>5}  {'':>11}  {'':>11}  {0:>12}  {self.embeddings:>12.3g}  (the embeddings)"]
+        for d in self.blocks:
             pattern = "n/a" if d.pattern is None else f"{d.pattern:.3g}"
-            rows.append(f"{d.layer:>5}  {d.attn_out:>11.3g}  {pattern:>11}  {d.hidden_state:>12.3g}")
+            rows.append(f"{d.block:>5}  {d.attn_out:>11.3g}  {pattern:>11}  {d.layer:>12}  {d.hidden_state:>12.3g}")
         if self.logits is not None:
             rows.append(f"logits max abs diff: {self.logits:.3g}")
         verdict = "PASS" if self.passed else "FAIL"
@@ -138,7 +146,7 @@ def compare_models(
         zip(ref_attn, our_attn, ref_patterns, our_patterns, ref_out.hidden_states[1:], our_out.hidden_states[1:])
     ):
         pattern = None if rp is None or op is None else _max_diff(rp, op, keep[:, None, :, None].expand_as(rp))
-        result.layers.append(LayerDiff(i, _max_diff(ra, oa, keep), pattern, _max_diff(rh, oh, keep)))
+        result.blocks.append(BlockDiff(i, _max_diff(ra, oa, keep), pattern, _max_diff(rh, oh, keep)))
     if getattr(ref_out, "logits", None) is not None:
         result.logits = _max_diff(ref_out.logits, our_out.logits, keep)
     result.max_relative_diff = max(relative_diffs)

@@ -14,6 +14,7 @@ from typing import Any
 from probe import plugins
 from probe.errors import first_line
 from probe.pipeline.config import ConfigError, ExperimentConfig
+from probe.pipeline.results import ReporterLog
 from probe.scale.ranks import Ranks
 
 DEFAULT_CACHE = Path(".probe-cache")
@@ -364,6 +365,7 @@ class RunData:
     splits: Splits
     features: Features
     layers: list
+    reporters: ReporterLog = field(default_factory=ReporterLog)  # what each finished reporter did
 
     @property
     def config(self) -> ExperimentConfig:

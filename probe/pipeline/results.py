@@ -114,6 +114,28 @@ class Provenance(BaseModel):
         return cls(timestamp=timestamp(), git_commit=git_commit())
 
 
+class ReporterOutcome(BaseModel):
+    """What one reporter did in a run: ``ran``, or ``skipped`` with the reason it gave."""
+
+    name: str
+    status: str
+    reason: str = ""
+
+
+class ReporterLog:
+    """What each reporter of a run did, in the order they finished: the pipeline notes, reporters read."""
+
+    def __init__(self) -> None:
+        self._outcomes: list[ReporterOutcome] = []
+
+    def note(self, name: str, status: str, reason: str = "") -> None:
+        self._outcomes.append(ReporterOutcome(name=name, status=status, reason=reason))
+
+    @property
+    def outcomes(self) -> tuple[ReporterOutcome, ...]:
+        return tuple(self._outcomes)
+
+
 class Results(BaseModel):
     """Everything a run found, typed: ``rows`` (one LayerResult each), ``layers`` (the tidy table),
     ``baselines``, ``model``, ``dataset``. ``to_dict()`` is results.json's form, for writing it."""

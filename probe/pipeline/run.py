@@ -521,12 +521,17 @@ def _key(name: str, subset: str) -> str:
 
 
 def write_reports(results: Results, output_dir: Path, run: RunData) -> None:
-    """Each reporter the config names, in order, with the Results, the folder and the run's RunData."""
+    """Each reporter the config names, in order, with the Results, the folder and the run's RunData; the
+    summary last, so that it can say what the others did (``run.reporters`` notes each as it finishes)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    for name in run.config.reporters:
+    names = run.config.reporters
+    for name in [n for n in names if n != "summary"] + [n for n in names if n == "summary"]:
         entry = plugins.lookup("reporter", name)
         try:
             entry.value(results, output_dir, run)
+        except plugins.ReporterSkipped as why:  # nothing to write for this run: it says why, the run goes on
+            run.reporters.note(name, "skipped", str(why))
+            continue
         except (ConfigError, plugins.PluginError, DiskFull):
             raise
         except OSError as error:
@@ -537,6 +542,7 @@ def write_reports(results: Results, output_dir: Path, run: RunData) -> None:
             raise plugins.raised(entry, error) from error
         except Exception as error:  # the run is not published; the message names who failed
             raise plugins.raised(entry, error) from error
+        run.reporters.note(name, "ran")
 
 
 def versions() -> dict:

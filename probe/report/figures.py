@@ -7,6 +7,7 @@ import json
 import math
 
 from probe.pipeline.evaluation import accuracy_axis
+from probe.report.legend import comparison_title, run_names
 from probe.report.writers import series
 
 LAYER_AXIS = "layer (hidden state; 0 = embeddings)"
@@ -101,18 +102,21 @@ def _tick_step(rows: list[dict]) -> int:
     return max(1, math.ceil(len(rows) / 16))
 
 
-def comparison_figure(runs: list[dict]) -> dict:
+def comparison_figure(runs: list[dict], folders: list[str | None] | None = None) -> dict:
     """Several runs on one axis: accuracy against depth (layer / number of blocks), so that models of
-    different depth line up; hover gives each point's layer."""
+    different depth line up; hover gives each point's layer. Each run is named by its experiment and model
+    (and its folder, ``folders``, where two runs share both)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     dashes = {"target": "solid", "last": "dash"}
-    for n, results in enumerate(runs):
+    folders = folders or [None] * len(runs)
+    names = run_names([(r["experiment"], r["model"]["name"], folder) for r, folder in zip(runs, folders)])
+    for n, (results, run) in enumerate(zip(runs, names)):
         depth = max(results["model"]["layers"], 1)
         colour = RUN_COLOURS[n % len(RUN_COLOURS)]
         for (position, subset), rows in series(results).items():
-            name = f"{results['model']['name']}: {position} token, {subset} rows"
+            name = f"{run}: {position} token, {subset} rows"
             fig.add_trace(go.Scatter(
                 x=[r["layer"] / depth for r in rows], y=[r["accuracy"] for r in rows], mode="lines+markers",
                 name=name, line=dict(color=colour, dash=dashes.get(position, "dot")),
@@ -120,7 +124,8 @@ def comparison_figure(runs: list[dict]) -> dict:
                 hovertemplate=f"{name}<br>layer %{{customdata}}: %{{y:.3f}}<extra></extra>",
             ))
     fig.update_layout(
-        title="Runs compared: probe accuracy by relative depth", template="plotly_white", height=460,
+        title=f"{comparison_title([r['experiment'] for r in runs])}: probe accuracy by relative depth",
+        template="plotly_white", height=460,
         xaxis=dict(title="depth (layer / number of blocks)", tickformat=".0%", range=[-0.02, 1.02]),
         yaxis=dict(title=ACCURACY_AXIS, range=[0, 1.03]), legend=dict(orientation="h", y=-0.2),
     )

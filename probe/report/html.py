@@ -18,6 +18,7 @@ from probe.pipeline.evaluation import sentence as evaluation_sentence
 from probe.report.attention_view import json_for_script, static_text
 from probe.report.extras import FILE as DATA_FILE
 from probe.report.figures import accuracy_figure, comparison_figure
+from probe.report.legend import CONFUSION_SCALE, comparison_title, run_names, sense_colours
 from probe.store.files import write_text_atomic
 
 PAGE = "report.html"
@@ -77,9 +78,11 @@ def render_report(*sources, fragment: bool = False) -> str:
     if not sources:
         raise ValueError("render_report needs at least one run")
     runs = [as_run(source) for source in sources]
-    data = {"runs": [_run_payload(run) for run in runs],
-            "comparison": comparison_figure([run.results for run in runs]) if len(runs) > 1 else None}
-    sections = "".join(_run_section(n, run) for n, run in enumerate(runs))
+    names = _run_names(runs)
+    data = {"runs": [_run_payload(run, name) for run, name in zip(runs, names)],
+            "comparison": None if len(runs) == 1 else comparison_figure([run.results for run in runs], _folders(runs)),
+            "confusion_scale": [list(stop) for stop in CONFUSION_SCALE]}
+    sections = "".join(_run_section(n, run, name) for n, (run, name) in enumerate(zip(runs, names)))
     comparison = _view("comparison", "Runs compared", "", '<div class="plot"></div>') if len(runs) > 1 else ""
     report = _report_div(_title(runs), comparison + sections, data)
     return _assets() + report if fragment else _page(_title(runs), report)
@@ -93,17 +96,28 @@ def write_report(run_dir: str | Path, output: str | Path | None = None, *more_ru
 
 def _title(runs: list[Run]) -> str:
     if len(runs) == 1:
-        r = runs[0].results
-        return f"{r['experiment']} on {r['model']['name']}"
-    return f"{runs[0].results['experiment']}: {len(runs)} runs compared"
+        return _run_names(runs)[0]
+    return comparison_title([run.results["experiment"] for run in runs])
 
 
-def _run_payload(run: Run) -> dict:
-    """What static/report.js needs for one run; the layer rows are cut down to the fields it draws."""
+def _folders(runs: list[Run]) -> list[str | None]:
+    return [run.folder.name if run.folder else None for run in runs]
+
+
+def _run_names(runs: list[Run]) -> list[str]:
+    """Each run's own name (experiment on model), told apart by its folder where two share one."""
+    return run_names([(run.results["experiment"], run.results["model"]["name"], folder)
+                      for run, folder in zip(runs, _folders(runs))])
+
+
+def _run_payload(run: Run, name: str) -> dict:
+    """What static/report.js needs for one run; the layer rows are cut down to the fields it draws. The
+    senses' colours come from Python, so that the page and the PNGs give a sense the same one."""
     results, data = run.results, run.data or {}
     keep = ("layer", "position", "subset", "accuracy", "labels", "confusion")
     return {
-        "name": f"{results['experiment']} on {results['model']['name']}",
+        "name": name,
+        "sense_colours": sense_colours(results["dataset"]["labels"]),
         "blocks": results["model"]["layers"],
         "layers": [{k: row[k] for k in keep if k in row} for row in results["layers"]],
         "accuracy": accuracy_figure(results),
@@ -113,7 +127,7 @@ def _run_payload(run: Run) -> dict:
     }
 
 
-def _run_section(n: int, run: Run) -> str:
+def _run_section(n: int, run: Run, name: str) -> str:
     r = run.results
     missing = "" if run.data else (
         f'<p class="hint">No {DATA_FILE} in this run (it is written by the <code>html</code> reporter), '
@@ -123,7 +137,8 @@ def _run_section(n: int, run: Run) -> str:
               "Error bars: ± one standard deviation over folds; hover for each fold's score and every control.",
               '<div class="plot"></div>'),
         _view("confusion", "Confusion matrix per layer",
-              "Out-of-fold predictions pooled over folds; rows are the true sense.", ""),
+              "Out-of-fold predictions pooled over folds; rows are the true sense. Colour: the share of the "
+              "true sense's rows predicted as each sense (recall on the diagonal); numbers: rows.", ""),
     ]
     if run.data:
         views.insert(1, _view("pca", "Target vectors per layer (PCA)",
@@ -132,7 +147,7 @@ def _run_section(n: int, run: Run) -> str:
         views.append(_view("attention", "Attention",
                            "Blocks are numbered from 0; block i reads layer i and writes layer i + 1.",
                            '<div class="probe-attention"></div>'))
-    return (f'<section class="run" data-run="{n}"><h2>{html.escape(_title([run]))}</h2>'
+    return (f'<section class="run" data-run="{n}"><h2>{html.escape(name)}</h2>'
             f'<p class="meta">{html.escape(_meta(r))}</p>{missing}{"".join(views)}</section>')
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from probe.pipeline.evaluation import accuracy_axis
 from probe.pipeline.evaluation import sentence as evaluation_sentence
 from probe.pipeline.results import LayerResult, Results
+from probe.report.legend import comparison_title, run_names, sense_colours
 from probe.store.files import write_atomic, write_text_atomic
 
 CSV_COLUMNS = (
@@ -89,7 +90,8 @@ def layer_table(results: Results) -> str:
     return "\n".join(lines)
 
 
-def write_summary(results: Results, output_dir: Path) -> Path:
+def write_summary(results: Results, output_dir: Path, reporters=()) -> Path:
+    """summary.md; ``reporters``: what the run's other reporters did (``ReporterOutcome``s), when known."""
     results = as_results(results)
     lines = [f"# {results.experiment}", ""]
     if results.description:
@@ -118,14 +120,28 @@ def write_summary(results: Results, output_dir: Path) -> Path:
     lines += controls_and_measures(results)
     if data.skipped_rows:
         lines += ["", f"Skipped {len(data.skipped_rows)} bad row(s):"] + [f"- {p}" for p in data.skipped_rows]
-    lines += ["", f"Files: {', '.join(report_files(settings.get('reporters', [])))}.", ""]
+    lines += ["", *reporter_lines(results, reporters), ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
+
+
+def reporter_lines(results: Results, reporters=()) -> list[str]:
+    """The reporters that ran and the files they wrote; apart, those that were skipped, each with its
+    reason. Outside a run (nothing noted), the files of the reporters the settings name."""
+    if not reporters:
+        return [f"Files: {', '.join(report_files(results.settings.get('reporters', [])))}."]
+    ran = [o.name for o in reporters if o.status == "ran"]
+    ran += [] if "summary" in ran else ["summary"]  # this one, writing now
+    lines = [f"Reporters that ran: {', '.join(ran)}. Files: {', '.join(report_files(ran))}."]
+    skipped = [o for o in reporters if o.status != "ran"]
+    if skipped:
+        lines += ["", "Reporters that did not run:"] + [f"- {o.name}: {o.status} ({o.reason})" for o in skipped]
+    return lines
 
 
 # What each built-in reporter writes; summary.md lists only the files the run's reporters write.
 REPORTER_FILES = {
     "json": ["results.json"], "csv": ["results.csv"],
-    "plots": ["accuracy, pca and attention figures (.png; .svg and .pdf with options.plots.formats)"],
+    "plots": ["accuracy, pca, confusion and attention figures (.png; .svg and .pdf with options.plots.formats)"],
     "summary": ["summary.md"], "html": ["report.html", "report_data.json"],
 }
 
@@ -304,9 +320,9 @@ def plot_pca(results: Results, output_dir: Path, store, labels, position: str = 
     fig, axes = plt.subplots(1, len(shown), figsize=(4.8 * len(shown), 4.4), squeeze=False)
     for ax, layer in zip(axes[0], shown):
         points, explained = pca2(store.layer(position, layer))
-        for sense in sorted(set(labels.tolist())):
-            chosen = labels == sense
-            ax.scatter(points[chosen, 0], points[chosen, 1], s=10, alpha=0.7, label=sense)
+        for sense, colour in sense_colours(labels.tolist()).items():  # the colours report.html gives them
+            chosen = labels.astype(str) == sense
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=10, alpha=0.7, label=sense, color=colour)
         ax.set_title(f"layer {layer}" + (" (embeddings)" if layer == 0 else ""))
         ax.set_xlabel(f"PC1 ({explained[0]:.1%} of variance)")
         ax.set_ylabel(f"PC2 ({explained[1]:.1%} of variance)")
@@ -340,17 +356,63 @@ def plot_attention(tokens: list[str], target_index: int, patterns: dict[int, np.
     return _save(fig, output_dir / "attention.png", formats)
 
 
+def recall_matrix(confusion) -> np.ndarray:
+    """Each true sense's row divided by its row count: the diagonal is that sense's recall. A sense with no
+    rows keeps a row of zeros (nothing to divide)."""
+    counts = np.asarray(confusion, dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def plot_confusion(results: Results, output_dir: Path, position: str = "target", formats=DEFAULT_FORMATS) -> Path:
+    return _save(confusion_figure(as_results(results), position), output_dir / "confusion.png", formats)
+
+
+def confusion_figure(results: Results, position: str = "target"):
+    """The confusion matrix at the best layer of the ``position`` series, one panel per subset: colour is
+    the share of each true sense's rows (recall, white 0 to dark 1, a colour bar beside), and each cell
+    is annotated with its count of rows."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    from probe.report.legend import CONFUSION_SCALE
+
+    best = results.best_rows().get((position, "all")) or next(iter(results.best_rows().values()))
+    panels = [r for r in results.rows if r.position == best.position and r.layer == best.layer]
+    cmap = LinearSegmentedColormap.from_list("recall", list(CONFUSION_SCALE))
+    plt = _pyplot()
+    size = 1.6 + 0.6 * len(best.labels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 1.2, size + 0.6), squeeze=False,
+                             layout="constrained")
+    for ax, row in zip(axes[0], panels):
+        counts, recall = np.asarray(row.confusion), recall_matrix(row.confusion)
+        image = ax.imshow(recall, cmap=cmap, vmin=0, vmax=1)
+        for (i, j), count in np.ndenumerate(counts):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if recall[i, j] > 0.55 else "black")
+        ax.set_xticks(range(len(row.labels)), row.labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(row.labels)), row.labels, fontsize=8)
+        ax.set_xlabel("predicted sense")
+        ax.set_title(f"{row.subset} rows: accuracy {row.accuracy:.3f}", fontsize=9)
+    axes[0][0].set_ylabel("true sense")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="share of the true sense's rows (recall)")
+    fig.suptitle(f"{results.experiment} on {results.model.name}: confusion at layer {best.layer}, "
+                 f"{best.position} token (numbers: rows)", fontsize=10)
+    return fig
+
+
 def plot_runs(runs: list[Results], output: Path, subsets: list[str] | None = None) -> Path:
-    """Several runs side by side (one panel per run): accuracy per layer for every (position, subset)
-    series, the majority baseline as a grey line. Layers are shown as a fraction of depth so that models
-    of different depths line up."""
+    """Several runs side by side (one panel per run, titled by its experiment and model): accuracy per
+    layer for every (position, subset) series, the majority baseline as a grey line. Layers are shown as a
+    fraction of depth so that models of different depths line up. Each panel has its own legend: runs of
+    different experiments have different subsets."""
     from matplotlib.ticker import PercentFormatter
 
     runs = [as_results(run) for run in runs]
+    names = run_names([(r.experiment, r.model.name, r.run_dir.name if r.run_dir else None) for r in runs])
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4.6), squeeze=False, sharey=True)
     styles = {"target": "-", "last": "--"}
-    for ax, results in zip(axes[0], runs):
+    for ax, results, name in zip(axes[0], runs, names):
         depth = max(results.model.layers, 1)
         for (position, subset), rows in results.series().items():
             if subsets and subset not in subsets:
@@ -361,13 +423,13 @@ def plot_runs(runs: list[Results], output: Path, subsets: list[str] | None = Non
         majority = [b.accuracy for name, b in results.baselines.items() if name.startswith("majority")]
         if majority:
             ax.axhline(max(majority), color="grey", lw=1, label="majority class")
-        ax.set_title(f"{results.model.name} ({results.model.layers} layers)")
-        ax.set_xlabel("depth (layer / number of layers)")
+        ax.set_title(f"{name}\n({results.model.layers} blocks)", fontsize=10)
+        ax.set_xlabel("depth (layer / number of blocks)")
         ax.xaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: off the lines
     axes[0][0].set_ylabel("cross-validated accuracy")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.06))
-    fig.suptitle(runs[0].experiment)
+    fig.suptitle(comparison_title([r.experiment for r in runs]))
+    fig.tight_layout()
     return _save(fig, Path(output))

@@ -115,7 +115,7 @@ def save(folder: Path, key: str, fold_predictions: list[np.ndarray]) -> None:
     write_atomic(folder / f"{key}.npz", write)
 
 
-_DRAWING_MODULES = ("report/writers.py", "report/extras.py", "builtin/reporters.py")
+_DRAWING_MODULES = ("report/writers.py", "report/legend.py", "report/extras.py", "builtin/reporters.py")
 
 
 def drawing_code() -> str:

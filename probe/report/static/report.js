@@ -1,7 +1,7 @@
 // probe's report page: draws each run's views from the JSON embedded in the page (no network).
 // Accuracy figures arrive ready-made from Python; the PCA and confusion views are drawn here, per layer.
 (function () {
-  const SENSE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+  // Sense colours and the confusion colour scale come from Python (probe/report/legend.py), as the PNGs'.
   const PLOT_CONFIG = {displaylogo: false, responsive: true};
 
   function make(tag, attrs, text) {
@@ -67,12 +67,12 @@
       const {layout, rows} = panelAxes(subsets.length, subsets.map(() => axisTitle(0)),
                                        subsets.map(() => axisTitle(1)), subsets.map(s => `${s} rows`));
       const traces = [];
-      subsets.forEach((subset, i) => labels.forEach((sense, j) => {
+      subsets.forEach((subset, i) => labels.forEach(sense => {
         const idx = run.rows.label.map((l, n) => n).filter(n => run.rows.label[n] === sense &&
           (subset === "all" || run.rows.subset[n] === subset));
         traces.push({type: "scatter", mode: "markers", name: sense, legendgroup: sense, showlegend: i === 0,
                      x: idx.map(n => p.x[n]), y: idx.map(n => p.y[n]), text: idx.map(n => run.rows.text[n]),
-                     marker: {color: SENSE_COLOURS[j % SENSE_COLOURS.length], size: 6, opacity: 0.75},
+                     marker: {color: run.sense_colours[sense] || "#7f7f7f", size: 6, opacity: 0.75},
                      xaxis: "x" + (i ? i + 1 : ""), yaxis: "y" + (i ? i + 1 : ""),
                      hovertemplate: `<b>${sense}</b><br>%{text}<extra></extra>`});
       }));
@@ -83,7 +83,15 @@
     });
   }
 
-  function confusionView(view, run) {
+  // Each true sense's row divided by its count: the diagonal is the recall (a sense with no rows stays 0).
+  function recall(confusion) {
+    return confusion.map(row => {
+      const total = row.reduce((a, b) => a + b, 0);
+      return row.map(count => total ? count / total : 0);
+    });
+  }
+
+  function confusionView(view, run, scale) {
     const positions = [...new Set(run.layers.map(r => r.position))];
     const layers = [...new Set(run.layers.map(r => r.layer))].sort((a, b) => a - b);
     const subsets = subsetsOf(run);
@@ -92,9 +100,11 @@
       const {layout, rows: nRows} = panelAxes(subsets.length, subsets.map(() => "predicted sense"),
         subsets.map(() => "true sense"), rows.map((r, i) => `${subsets[i]} rows: accuracy ${r.accuracy.toFixed(3)}`));
       const traces = rows.map((r, i) => ({
-        type: "heatmap", z: r.confusion, x: r.labels, y: r.labels, colorscale: "Blues", showscale: false,
-        texttemplate: "%{z}", xaxis: "x" + (i ? i + 1 : ""), yaxis: "y" + (i ? i + 1 : ""),
-        hovertemplate: "true %{y}, predicted %{x}: %{z} rows<extra></extra>"}));
+        type: "heatmap", z: recall(r.confusion), text: r.confusion, x: r.labels, y: r.labels,
+        colorscale: scale, zmin: 0, zmax: 1, showscale: i === 0,
+        colorbar: {title: {text: "share of the true<br>sense's rows (recall)", side: "right"}, len: 0.9},
+        texttemplate: "%{text}", xaxis: "x" + (i ? i + 1 : ""), yaxis: "y" + (i ? i + 1 : ""),
+        hovertemplate: "true %{y}, predicted %{x}: %{text} rows (%{z:.0%} of true %{y})<extra></extra>"}));
       rows.forEach((r, i) => { layout["yaxis" + (i ? i + 1 : "")].autorange = "reversed"; });
       Object.assign(layout, {title: {text: `${run.name}: confusion at layer ${layer}, ${position} token`},
                              height: 360 * nRows + 80, template: "plotly_white", margin: {t: 90}});
@@ -110,7 +120,7 @@
       const view = name => section.querySelector(`[data-view=${name}]`);
       Plotly.newPlot(view("accuracy").querySelector(".plot"), run.accuracy.data, run.accuracy.layout, PLOT_CONFIG);
       if (run.pca) pcaView(view("pca"), run);
-      confusionView(view("confusion"), run);
+      confusionView(view("confusion"), run, data.confusion_scale);
       if (run.attention) probeAttentionViewer(view("attention").querySelector(".probe-attention"), run.attention);
     });
     if (data.comparison) {
