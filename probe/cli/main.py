@@ -203,6 +203,11 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
             f"{config.name} [{position}, {subset}]: best layer {best.layer} "
             f"accuracy {accuracy_text(best)}"
         )
+    for nested in results.best_layer or []:  # the same question answered without peeking at the test rows
+        chosen = ", ".join(f"{layer} ({n}×)" for layer, n in nested["chosen"].items())
+        click.echo(f"{config.name} [{nested['position']}, {nested['subset']}]: chosen on inner folds: layer {chosen}; "
+                   f"outer accuracy {nested['accuracy']:.3f} [{nested['accuracy_ci'][0]:.3f}, "
+                   f"{nested['accuracy_ci'][1]:.3f}]")
     click.echo(f"results, plots and summary in {output_dir}/")
 
 

@@ -13,6 +13,9 @@ LAYER_AXIS = "layer (hidden state; 0 = embeddings)"
 ACCURACY_AXIS = "cross-validated accuracy"  # runs compared; one run's axis follows its protocol
 POSITION_COLOURS = {"target": "#1f77b4", "last": "#ff7f0e"}
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
+# matplotlib's tab10, in its order: a sense has one colour in recall.png and in report.html
+SENSE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf"]
 # control → (results key, line dash, legend name)
 CONTROLS = (
     ("shuffled_accuracy", "dot", "shuffled labels"),
@@ -124,7 +127,7 @@ def recall_figure(results: dict) -> dict:
                 fig.add_trace(go.Scatter(
                     x=[r["layer"] for r in rows], y=[r.get("per_sense_recall", {}).get(sense) for r in rows],
                     mode="lines+markers", name=f"{sense} ({position})", legendgroup=f"{sense}-{position}",
-                    showlegend=n == 0, line=dict(color=RUN_COLOURS[k % len(RUN_COLOURS)],
+                    showlegend=n == 0, line=dict(color=SENSE_COLOURS[k % len(SENSE_COLOURS)],
                                                  dash="solid" if position == positions[0] else "dash"),
                     hovertemplate=f"{sense} at {position}: %{{y:.3f}}<extra></extra>"), **where)
         fig.update_xaxes(title_text=LAYER_AXIS, **where)
