@@ -281,3 +281,12 @@ def test_recall_curves_are_drawn_per_sense(tiny_run, tmp_path):
     assert len(figure["data"]) == len(results.dataset.labels) * len(results.series())
     accuracy = figures.accuracy_figure(results.to_dict())
     assert accuracy["data"][0]["error_y"]["symmetric"] is False  # the interval, not ± std
+
+
+def test_a_subset_too_small_for_inner_folds_is_left_unchosen_and_says_why():
+    from types import SimpleNamespace
+
+    y = np.array(["a"] * 6 + ["b"] * 3)
+    split = SimpleNamespace(y=y, folds=[(np.array([0, 1, 2, 3, 4, 6, 7]), np.array([5, 8]))])  # two b's to train
+    assert statistics.inner_folds(split, None, seed=0) is None
+    assert statistics.UNCHOSEN["layer"] is None and "too few rows" in statistics.UNCHOSEN["reason"]

@@ -204,6 +204,8 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
             f"accuracy {accuracy_text(best)}"
         )
     for nested in results.best_layer or []:  # the same question answered without peeking at the test rows
+        if nested["layer"] is None:
+            continue
         chosen = ", ".join(f"{layer} ({n}×)" for layer, n in nested["chosen"].items())
         click.echo(f"{config.name} [{nested['position']}, {nested['subset']}]: chosen on inner folds: layer {chosen}; "
                    f"outer accuracy {nested['accuracy']:.3f} [{nested['accuracy_ci'][0]:.3f}, "

@@ -23,6 +23,8 @@ from probe.errors import UserError
 from probe.science import intervals
 
 INNER_FOLDS = 3  # the nested selection's inner folds within each outer training part
+UNCHOSEN = {"layer": None, "reason": f"an outer training part has too few rows or groups of some label for "
+                                     f"{INNER_FOLDS} inner folds"}
 RIGHT, WRONG, UNSCORED = "1", "0", "."
 
 
@@ -133,7 +135,7 @@ def nested_best(rows_by_layer: dict, split, chosen: list[int], groups, fixed_spl
         _, layer_right = scored_subset(rows_by_layer[layer].correct, split.index)
         right[test], tested[test] = layer_right[test], True
     marks = "".join(RIGHT if r else WRONG if t else UNSCORED for r, t in zip(right, tested))
-    correct = aligned_correct(marks, split.index, len(groups) if groups is not None else _n_rows(rows_by_layer))
+    correct = aligned_correct(marks, split.index, len(next(iter(rows_by_layer.values())).correct))
     counts = Counter(chosen)
     return {"layer": counts.most_common(1)[0][0], "chosen": {str(k): v for k, v in sorted(counts.items())},
             "per_outer_fold": chosen, "accuracy": float(right[tested].mean()),
@@ -144,10 +146,6 @@ def scored_subset(correct: str, index: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """(whether each subset row was scored, whether it was right), in subset order."""
     marks = np.frombuffer(correct.encode("ascii"), dtype=np.uint8)[np.asarray(index)]
     return marks != ord(UNSCORED), marks == ord(RIGHT)
-
-
-def _n_rows(rows_by_layer: dict) -> int:
-    return len(next(iter(rows_by_layer.values())).correct)
 
 
 def _subset_groups(rows, split) -> list | None:
@@ -186,8 +184,7 @@ def finish(results, run, scores: dict) -> None:
         _correct_p_values(series)
         results.statistics["paired"] += paired_in_run(series, groups, config.seed)
         best = _nested(series, splits[subset], scores, groups, fixed, config.seed)
-        if best is not None:
-            results.best_layer.append({"position": position, "subset": subset, **best})
+        results.best_layer.append({"position": position, "subset": subset, **(best or UNCHOSEN)})
 
 
 def _nested(series, split, scores: dict, groups, fixed: bool, seed: int) -> dict | None:

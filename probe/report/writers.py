@@ -214,6 +214,9 @@ def statistics_lines(results: Results) -> list[str]:
                   "Each outer training part's inner folds pick a layer; the outer test part scores it.", "",
                   "| position | subset | chosen layer (times chosen) | outer accuracy | 95% CI |", "|---|---|---|---|---|"]
         for best in results.best_layer:
+            if best["layer"] is None:
+                lines.append(f"| {best['position']} | {best['subset']} | none: {best['reason']} | – | – |")
+                continue
             chosen = ", ".join(f"{layer} ({n}×)" for layer, n in best["chosen"].items())
             lines.append(f"| {best['position']} | {best['subset']} | {chosen} | {best['accuracy']:.3f} | "
                          f"{_ci(best['accuracy_ci'])} |")
