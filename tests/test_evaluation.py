@@ -268,7 +268,18 @@ def test_a_fixed_split_that_cannot_train_says_why(tiny_model, tmp_path):
 def test_the_console_gives_a_fixed_splits_one_score_without_a_spread(fixed_run):
     from probe.report.writers import accuracy_text
 
-    best = fixed_run["results"].best_rows()[("target", "all")]
-    assert accuracy_text(best) == f"{best.accuracy:.3f}"  # what `probe run` prints after "best layer N accuracy"
-    cross_validated = best.model_copy(update={"fold_accuracies": [0.5, 0.7], "accuracy_std": 0.1})
+    from probe.science.intervals import wilson_interval
+
+    results = fixed_run["results"]
+    best = results.best_rows()[("target", "all")]
+    # what `probe run` prints after "best layer N accuracy": the accuracy and its Wilson interval on the test rows
+    tested = best.correct.replace(".", "")
+    assert len(tested) == results.evaluation["rows"]["test"]
+    low, high = wilson_interval(tested.count("1"), len(tested))
+    assert best.accuracy_ci == [low, high]
+    assert accuracy_text(best) == f"{best.accuracy:.3f} [{low:.3f}, {high:.3f}]"
+    assert "Wilson" in results.statistics["interval"]
+    older = best.model_copy(update={"accuracy_ci": None})  # results.json from before intervals: no spread
+    assert accuracy_text(older) == f"{best.accuracy:.3f}"
+    cross_validated = older.model_copy(update={"fold_accuracies": [0.5, 0.7], "accuracy_std": 0.1})
     assert accuracy_text(cross_validated) == f"{cross_validated.accuracy:.3f} ± 0.100"

@@ -219,7 +219,8 @@ def check_results_csv(path: Path, results: dict) -> None:
     # The fixed columns, then one per metric (built-ins: balanced_accuracy, cohen_kappa).
     metric_names = sorted(results["layers"][0]["metrics"])
     assert {"balanced_accuracy", "cohen_kappa"} <= set(metric_names)
-    assert fieldnames == CSV_COLUMNS + tuple(metric_names)
+    recalls = tuple(f"recall_{label}" for label in results["layers"][0]["per_sense_recall"])  # all rows: every label
+    assert fieldnames == CSV_COLUMNS + recalls + tuple(metric_names)
     json_rows = results["layers"]
     assert len(csv_rows) == len(json_rows)
     for csv_row, json_row in zip(csv_rows, json_rows):
@@ -230,6 +231,9 @@ def check_results_csv(path: Path, results: dict) -> None:
         for name in metric_names:
             assert float(csv_row[name]) == json_row["metrics"][name], name
         assert csv_row["reference_accuracy"] == ""  # attention: reimplemented has no reference column
+        assert [float(csv_row["accuracy_ci_low"]), float(csv_row["accuracy_ci_high"])] == json_row["accuracy_ci"]
+        for label, recall in json_row["per_sense_recall"].items():
+            assert float(csv_row[f"recall_{label}"]) == recall
 
 
 def check_summary(path: Path, results: dict) -> None:
@@ -237,7 +241,9 @@ def check_summary(path: Path, results: dict) -> None:
     best = max(results["layers"], key=lambda r: r["accuracy"])
     assert summary.startswith("# mole\n")
     assert "| position | subset | best layer |" in summary
-    assert f"| target | all | {best['layer']} | {best['accuracy']:.3f} ± {best['accuracy_std']:.3f} |" in summary
+    low, high = best["accuracy_ci"]  # the interval is the headline; the fold std stays in results.json
+    assert f"| target | all | {best['layer']} | {best['accuracy']:.3f} [{low:.3f}, {high:.3f}] |" in summary
+    assert "## Best layer, chosen without peeking" in summary
     assert f"majority baseline accuracy: {results['baselines']['majority']['accuracy']:.3f}" in summary
     assert "Skipped" not in summary
 
@@ -643,7 +649,8 @@ def test_split_by_cue_gives_rows_per_subset(split_run):
     for subset in ("left", "right", "both"):
         assert results["baselines"][f"majority[{subset}]"]["accuracy"] == pytest.approx(0.5, abs=0.05)
         first = next(r for r in results["layers"] if r["subset"] == subset and r["layer"] == 0)
-        assert results["baselines"][f"layer0_target[{subset}]"] == {"accuracy": first["accuracy"]}
+        assert results["baselines"][f"layer0_target[{subset}]"] == {"accuracy": first["accuracy"],
+                                                                     "accuracy_ci": first["accuracy_ci"]}
 
 
 def test_filter_keeps_only_the_chosen_rows(tiny_model, tmp_path, split_run):
@@ -753,4 +760,4 @@ def test_a_rerun_copies_the_figures_it_drew_and_a_change_draws_them_anew(tiny_mo
         assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "first" / name).read_bytes()
     reseeded = planted_config(tiny_model, data, reporters=["json", "plots"], seed=1)
     run_experiment(reseeded, tmp_path / "other", cache_dir=tmp_path / "c", progress=False)
-    assert sorted(drawn) == ["accuracy.png", "attention.png", "confusion.png", "pca.png"]
+    assert sorted(drawn) == ["accuracy.png", "attention.png", "confusion.png", "pca.png", "recall.png"]

@@ -120,7 +120,10 @@ def test_accuracy_figure_has_a_panel_per_subset_with_controls_and_folds(run_dir)
     names = {t["name"] for t in figure["data"]}
     assert {"probe at target token", "probe at last token", "shuffled labels (target)", "majority class"} <= names
     probe = next(t for t in figure["data"] if t["name"] == "probe at target token")
-    assert len(probe["customdata"][0].split(", ")) == 3  # three folds in the hover
+    interval, folds = probe["customdata"][0]  # the 95% interval and the three folds, in the hover
+    assert len(folds.split(", ")) == 3 and interval.startswith("[")
+    first = next(r for r in results["layers"] if r["position"] == "target" and r["subset"] == "all")
+    assert probe["error_y"]["array"][0] == pytest.approx(first["accuracy_ci"][1] - first["accuracy"])
     assert figure["layout"]["xaxis"]["title"]["text"] == "layer (hidden state; 0 = embeddings)"
 
 

@@ -18,7 +18,7 @@ def plots(results, output_dir, run):
     key = _figures_key(results, run, store, formats)
     if drawn_before(cache_dir, key, output_dir):
         return
-    drawn = [report.plot_accuracy(results, output_dir, formats),
+    drawn = [report.plot_accuracy(results, output_dir, formats), report.plot_recall(results, output_dir, formats),
              report.plot_pca(results, output_dir, store, run.rows.table["label"],
                              position=config.positions[0], formats=formats),
              report.plot_confusion(results, output_dir, position=config.positions[0], formats=formats),

@@ -25,6 +25,7 @@ def cli():
 
 
 @cli.command()
+@click.argument("run_dirs", nargs=-1, metavar="[RUN_A RUN_B]", type=click.Path(exists=True))
 @click.option(
     "--model", "model_name", help="Registered name (see probe.builtin.models), hub name, local folder or .gguf file."
 )
@@ -47,12 +48,16 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--fast", is_flag=True, help="Run probe's fast path (scaled_dot_product_attention; no patterns).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-def compare(model_name, revision, random_init, reference, dtype, texts, padding, tolerance, seed, as_json, fast,
-            device):
+def compare(run_dirs, model_name, revision, random_init, reference, dtype, texts, padding, tolerance, seed, as_json,
+            fast, device):
     """Compare probe's reimplemented attention with Hugging Face's, block by block.
 
-    Exits with status 1 when a difference exceeds the tolerance.
+    Exits with status 1 when a difference exceeds the tolerance. With two run folders instead
+    (probe compare RUN_A RUN_B), compares their probes on the same rows: per layer, the accuracy
+    difference with its paired 95% interval and McNemar's exact p-value.
     """
+    if run_dirs:
+        return compare_runs(run_dirs, seed, as_json)
     from probe.api import swap_attention
     from probe.core.compare import DEFAULT_TEXTS, compare_models
     from probe.pipeline import models
@@ -103,6 +108,32 @@ def compare(model_name, revision, random_init, reference, dtype, texts, padding,
     result.model = model_name or f"random-init:{random_init}"
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.table())
     sys.exit(0 if result.passed else 1)
+
+
+def compare_runs(run_dirs: tuple[str, ...], seed: int, as_json: bool) -> None:
+    """``probe compare RUN_A RUN_B``: paired tests between two runs' probes, layer by layer."""
+    from probe.pipeline.results import load_results
+    from probe.pipeline.statistics import compare_runs as paired_runs
+
+    if len(run_dirs) != 2:
+        raise click.UsageError(f"give two run folders to compare, got {len(run_dirs)}")
+    try:
+        runs = [load_results(folder) for folder in run_dirs]
+        compared = paired_runs(*runs, seed=seed)
+    except (OSError, ValueError) as error:
+        raise command_error(error) from None
+    if as_json:
+        click.echo(json.dumps(compared, indent=2))
+        return
+    click.echo(f"A: {compared['a']}\nB: {compared['b']}\nsame rows (dataset digest {compared['dataset_digest']}); "
+               f"intervals: {compared['interval'] or 'paired bootstrap, 95%'}")
+    click.echo(f"{'position':>8}  {'subset':>8}  {'layer':>5}  {'A':>6}  {'B':>6}  {'A − B':>7}  {'95% CI':>17}  "
+               f"{'only A':>6}  {'only B':>6}  {'McNemar p':>9}")
+    for test in compared["tests"]:
+        click.echo(f"{test['position']:>8}  {test['subset']:>8}  {test['layer']:>5}  {test['accuracy_a']:>6.3f}  "
+                   f"{test['accuracy_b']:>6.3f}  {test['difference']:>+7.3f}  "
+                   f"[{test['ci'][0]:+.3f}, {test['ci'][1]:+.3f}]  {test['a_only']:>6}  {test['b_only']:>6}  "
+                   f"{test['p_value']:>9.3g}")
 
 
 def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
@@ -177,6 +208,13 @@ def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugi
             f"{config.name} [{position}, {subset}]: best layer {best.layer} "
             f"accuracy {accuracy_text(best)}"
         )
+    for nested in results.best_layer or []:  # the same question answered without peeking at the test rows
+        if nested["layer"] is None:
+            continue
+        chosen = ", ".join(f"{layer} ({n}×)" for layer, n in nested["chosen"].items())
+        click.echo(f"{config.name} [{nested['position']}, {nested['subset']}]: chosen on inner folds: layer {chosen}; "
+                   f"outer accuracy {nested['accuracy']:.3f} [{nested['accuracy_ci'][0]:.3f}, "
+                   f"{nested['accuracy_ci'][1]:.3f}]")
     click.echo(f"results, plots and summary in {output_dir}/")
 
 

@@ -29,6 +29,8 @@ TABLE_COLUMNS = (
     # the permutation test and the control task (probe/permutation.py, probe/control_tasks.py)
     "permutation_accuracy", "permutation_p_value", "permutation_selectivity",
     "control_task_accuracy", "control_task_selectivity",
+    # intervals and corrected p-values (probe/pipeline/statistics.py)
+    "accuracy_ci_low", "accuracy_ci_high", "permutation_p_holm", "permutation_p_bh",
 )
 
 
@@ -65,6 +67,13 @@ class LayerResult(BaseModel):
     measures: dict[str, dict[str, float]] | None = Field(
         None, description="per-layer measures from plugins (config `measures`), e.g. mdl: {codelength, …}")
     dev_accuracy: float | None = Field(None, description="a fixed split's dev rows, scored by the train-only fit")
+    accuracy_ci: list[float] | None = Field(
+        None, description="95% interval of the accuracy: [low, high] (how: results.json's statistics.interval)")
+    permutation_p_holm: float | None = Field(None, description="permutation_p_value, Holm-adjusted over layers")
+    permutation_p_bh: float | None = Field(
+        None, description="permutation_p_value, Benjamini–Hochberg-adjusted over layers")
+    correct: str | None = Field(None, description="each dataset row's out-of-fold result: 1 right, 0 wrong, "
+                                ". not scored (another subset, or not a test row)")
 
     def to_dict(self) -> dict:
         return self.model_dump(exclude_none=True)
@@ -72,7 +81,10 @@ class LayerResult(BaseModel):
 
 def table_record(row: LayerResult) -> dict:
     """One row of the tidy table: the fixed columns, then the numeric extra metrics and the measures."""
-    record = {column: getattr(row, column) for column in TABLE_COLUMNS}
+    interval = row.accuracy_ci or [None, None]
+    computed = {"accuracy_ci_low": interval[0], "accuracy_ci_high": interval[1]}
+    record = {column: computed[column] if column in computed else getattr(row, column) for column in TABLE_COLUMNS}
+    record.update({f"recall_{sense}": recall for sense, recall in row.per_sense_recall.items()})
     for name, value in (row.metrics or {}).items():
         if isinstance(value, (int, float)):
             record[name] = value
@@ -85,6 +97,7 @@ class Baseline(BaseModel):
     accuracy: float
     accuracy_std: float | None = None
     macro_f1: float | None = None
+    accuracy_ci: list[float] | None = Field(None, description="95% interval, as the layer rows'")
 
 
 class ModelInfo(BaseModel):
@@ -99,6 +112,9 @@ class DatasetInfo(BaseModel):
     rows: int
     labels: list[str]
     skipped_rows: list[str] = []
+    digest: str | None = Field(None, description="hash of every row's text, target span and label, in order: "
+                               "two runs' rows pair up only when it matches")
+    groups: list[int] | None = Field(None, description="each row's group as a number, when rows have groups")
 
 
 class Provenance(BaseModel):
@@ -152,6 +168,11 @@ class Results(BaseModel):
     evaluation: dict[str, Any] | None = Field(None, description="the protocol that ran: cross-validation "
                                               "(splitter, n_splits) or a fixed split (split_field, parts, rows)")
     probe: dict[str, Any] | None = Field(None, description="the probe: name, options, estimator, params, C")
+    best_layer: list[dict[str, Any]] | None = Field(
+        None, description="per position × subset, the layer chosen on inner folds of each outer training part "
+        "and its accuracy on the outer test parts, with a 95% interval")
+    statistics: dict[str, Any] | None = Field(
+        None, description="how the intervals were computed, and paired tests between layers")
     provenance: Provenance | None = None
 
     model_config = ConfigDict(populate_by_name=True)
@@ -167,10 +188,12 @@ class Results(BaseModel):
         return {
             "experiment": self.experiment, "description": self.description,
             "model": self.model.model_dump(), "settings": self.settings, "versions": self.versions,
-            "dataset": self.dataset.model_dump(), "extraction": self.extraction,
+            "dataset": self.dataset.model_dump(exclude_none=True), "extraction": self.extraction,
             "layers": [row.to_dict() for row in self.rows],
             "baselines": {name: b.model_dump(exclude_none=True) for name, b in self.baselines.items()},
             **{name: value for name, value in (("evaluation", self.evaluation), ("probe", self.probe)) if value},
+            **{name: value for name, value in (("best_layer", self.best_layer), ("statistics", self.statistics))
+               if value is not None},
             "provenance": self.provenance.model_dump() if self.provenance else None,
         }
 

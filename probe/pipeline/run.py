@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from probe import plugins
-from probe.pipeline import controls, measures
+from probe.pipeline import controls, measures, statistics
 from probe.pipeline.checks import (
     check_architecture,
     check_config,
@@ -396,6 +396,7 @@ def probe_layers(run: RunData, n_jobs=None) -> Results:
     config = services.config
     tasks = probe_tasks(config, features, splits, layers) + controls.tasks(config, rows, features, splits,
                                                                                       layers)
+    tasks += statistics.nested_tasks(config, rows, features, splits, layers)
     with _progress_bar(services, sum(len(task.folds) for task in tasks)) as bar:
         scores = evaluate(tasks, services.make_probe(), n_jobs=n_jobs, metrics=chosen_metrics(config),
                           progress=bar.update, cache=services.cache_dir / "probes")
@@ -425,6 +426,7 @@ def probe_layers(run: RunData, n_jobs=None) -> Results:
                 plugins.call_each("layer_result", config=config, layer=layer, result=row)
             first = scores[(split.name, position, layers[0], "probe")]
             results.baselines[_key(f"layer{layers[0]}_{position}", split.name)] = Baseline(accuracy=first["accuracy"])
+    statistics.finish(results, run, scores)
     return results
 
 

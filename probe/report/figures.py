@@ -7,7 +7,7 @@ import json
 import math
 
 from probe.pipeline.evaluation import accuracy_axis
-from probe.report.legend import comparison_title, run_names
+from probe.report.legend import comparison_title, run_names, sense_colours
 from probe.report.writers import series
 
 LAYER_AXIS = "layer (hidden state; 0 = embeddings)"
@@ -74,10 +74,7 @@ def _position_traces(position: str, rows: list[dict], first_panel: bool) -> list
     folds = [", ".join(f"{a:.2f}" for a in r.get("fold_accuracies", [])) for r in rows]
     traces = [go.Scatter(
         x=layers, y=[r["accuracy"] for r in rows], mode="lines+markers", name=f"probe at {position} token",
-        legendgroup=position, showlegend=first_panel, line=dict(color=colour),
-        error_y=dict(type="data", array=[r["accuracy_std"] for r in rows], thickness=1, width=3),
-        customdata=folds,
-        hovertemplate=f"probe at {position}: %{{y:.3f}} ± %{{error_y.array:.3f}} (folds: %{{customdata}})<extra></extra>",
+        legendgroup=position, showlegend=first_panel, line=dict(color=colour), **_spread(rows, folds, position),
     )]
     for key, dash, name in CONTROLS:
         if key in rows[0]:
@@ -87,6 +84,59 @@ def _position_traces(position: str, rows: list[dict], first_panel: bool) -> list
                 opacity=0.75, hovertemplate=f"{name} ({position}): %{{y:.3f}}<extra></extra>",
             ))
     return traces
+
+
+def _spread(rows: list[dict], folds: list[str], position: str) -> dict:
+    """Error bars: the 95 % interval (asymmetric), or ± the fold std for a run from before intervals."""
+    if all(r.get("accuracy_ci") for r in rows):
+        intervals = [f"[{r['accuracy_ci'][0]:.3f}, {r['accuracy_ci'][1]:.3f}]" for r in rows]
+        return dict(
+            error_y=dict(type="data", symmetric=False, thickness=1, width=3,
+                         array=[r["accuracy_ci"][1] - r["accuracy"] for r in rows],
+                         arrayminus=[r["accuracy"] - r["accuracy_ci"][0] for r in rows]),
+            customdata=[[ci, fold] for ci, fold in zip(intervals, folds)],
+            hovertemplate=(f"probe at {position}: %{{y:.3f}}, 95% CI %{{customdata[0]}} "
+                           "(folds: %{customdata[1]})<extra></extra>"))
+    return dict(
+        error_y=dict(type="data", array=[r["accuracy_std"] for r in rows], thickness=1, width=3), customdata=folds,
+        hovertemplate=f"probe at {position}: %{{y:.3f}} ± %{{error_y.array:.3f}} (folds: %{{customdata}})<extra></extra>")
+
+
+def recall_figure(results: dict) -> dict:
+    """Each sense's out-of-fold recall per layer: one panel per subset, a line per sense (dashed: the
+    second position)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    subsets = subsets_of(results)
+    cols = min(len(subsets), PANELS_PER_ROW)
+    n_rows = math.ceil(len(subsets) / cols)
+    fig = make_subplots(rows=n_rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.06,
+                        vertical_spacing=0.16, subplot_titles=[f"{s} rows" for s in subsets])
+    senses = list(dict.fromkeys(sense for rows in series(results).values() for r in rows
+                                for sense in r.get("per_sense_recall", {})))
+    positions = list(dict.fromkeys(position for position, _ in series(results)))
+    colours = sense_colours(results["dataset"].get("labels") or senses)  # the colours of every other figure
+    for n, subset in enumerate(subsets):
+        where = dict(row=n // cols + 1, col=n % cols + 1)
+        for (position, sub), rows in series(results).items():
+            if sub != subset:
+                continue
+            for sense in senses:
+                fig.add_trace(go.Scatter(
+                    x=[r["layer"] for r in rows], y=[r.get("per_sense_recall", {}).get(sense) for r in rows],
+                    mode="lines+markers", name=f"{sense} ({position})", legendgroup=f"{sense}-{position}",
+                    showlegend=n == 0, line=dict(color=colours.get(sense, "#7f7f7f"),
+                                                 dash="solid" if position == positions[0] else "dash"),
+                    hovertemplate=f"{sense} at {position}: %{{y:.3f}}<extra></extra>"), **where)
+        fig.update_xaxes(title_text=LAYER_AXIS, **where)
+        fig.update_yaxes(range=[0, 1.03], **where)
+        if where["col"] == 1:
+            fig.update_yaxes(title_text="recall of each sense", **where)
+    fig.update_layout(title=f"{results['experiment']} on {results['model']['name']}: recall per sense and layer",
+                      height=380 * n_rows + 80, template="plotly_white",
+                      legend=dict(orientation="h", y=-0.25 if n_rows == 1 else -0.1), margin=dict(t=80, b=40))
+    return json.loads(fig.to_json())
 
 
 def _majority_trace(rows: list[dict], accuracy: float, first_panel: bool):

@@ -17,7 +17,7 @@ from probe.errors import UserError
 from probe.pipeline.evaluation import sentence as evaluation_sentence
 from probe.report.attention_view import json_for_script, static_text
 from probe.report.extras import FILE as DATA_FILE
-from probe.report.figures import accuracy_figure, comparison_figure
+from probe.report.figures import accuracy_figure, comparison_figure, recall_figure
 from probe.report.legend import CONFUSION_SCALE, comparison_title, run_names, sense_colours
 from probe.store.files import write_text_atomic
 
@@ -121,6 +121,7 @@ def _run_payload(run: Run, name: str) -> dict:
         "blocks": results["model"]["layers"],
         "layers": [{k: row[k] for k in keep if k in row} for row in results["layers"]],
         "accuracy": accuracy_figure(results),
+        "recall": recall_figure(results),
         "rows": data.get("rows"),
         "pca": data.get("pca"),
         "attention": data.get("attention"),
@@ -134,7 +135,11 @@ def _run_section(n: int, run: Run, name: str) -> str:
         "so there is no PCA or attention view.</p>")
     views = [
         _view("accuracy", "Accuracy per layer",
-              "Error bars: ± one standard deviation over folds; hover for each fold's score and every control.",
+              ("Error bars: the 95% interval (how: results.json's statistics.interval); runs from before "
+               "intervals: ± one standard deviation over folds. Hover for each fold's score and every control."),
+              '<div class="plot"></div>'),
+        _view("recall", "Recall per sense and layer",
+              "Out-of-fold predictions pooled over folds: the share of each sense's rows predicted as it.",
               '<div class="plot"></div>'),
         _view("confusion", "Confusion matrix per layer",
               "Out-of-fold predictions pooled over folds; rows are the true sense. Colour: the share of the "

@@ -20,6 +20,7 @@ CSV_COLUMNS = (
     "max_abs_diff_vs_reference",
     "permutation_accuracy", "permutation_p_value", "permutation_selectivity",
     "control_task_accuracy", "control_task_selectivity",
+    "accuracy_ci_low", "accuracy_ci_high", "permutation_p_holm", "permutation_p_bh",
 )
 
 
@@ -50,7 +51,8 @@ def write_csv(results: Results, output_dir: Path) -> Path:
     metric_names = sorted({name for row in results.rows for name in (row.metrics or {})})
     measure_names = sorted({name for row in results.rows for name in _measure_values(row)})
     dev = ["dev_accuracy"] if any(row.dev_accuracy is not None for row in results.rows) else []
-    columns = list(CSV_COLUMNS) + dev + metric_names + measure_names
+    recalls = [f"recall_{sense}" for sense in dict.fromkeys(s for row in results.rows for s in row.per_sense_recall)]
+    columns = list(CSV_COLUMNS) + dev + recalls + metric_names + measure_names
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
@@ -58,8 +60,16 @@ def write_csv(results: Results, output_dir: Path) -> Path:
         values = row.to_dict()
         values.update(values.get("metrics", {}))
         values.update(_measure_values(row))
+        values.update(_interval_and_recalls(row))
         writer.writerow({k: values.get(k, "") for k in columns})
     return write_text_atomic(output_dir / "results.csv", buffer.getvalue())
+
+
+def _interval_and_recalls(row: LayerResult) -> dict[str, float]:
+    """The interval as two columns, and each sense's recall as ``recall_<sense>``."""
+    low, high = row.accuracy_ci or ("", "")
+    return {"accuracy_ci_low": low, "accuracy_ci_high": high,
+            **{f"recall_{sense}": recall for sense, recall in row.per_sense_recall.items()}}
 
 
 def _measure_values(row: LayerResult) -> dict[str, float]:
@@ -75,11 +85,11 @@ def layer_table(results: Results) -> str:
     for (position, subset), rows in results.series().items():
         lines.append(f"{results.experiment} on {results.model.name}: probe at the {position} token, {subset} rows")
         tested = rows[0].permutation_p_value is not None
-        lines.append(f"{'layer':>5}  {'accuracy':>15}  {'macro-F1':>8}  {'shuffled':>8}  {'random wts':>10}"
-                     + (f"  {'perm. p':>7}" if tested else ""))
+        lines.append(f"{'layer':>5}  {'accuracy':>15}  {'95% CI':>13}  {'macro-F1':>8}  {'shuffled':>8}  "
+                     f"{'random wts':>10}" + (f"  {'perm. p':>7}" if tested else ""))
         for r in rows:
             lines.append(
-                f"{r.layer:>5}  {r.accuracy:>7.3f} ± {r.accuracy_std:.3f}  {r.macro_f1:>8.3f}  "
+                f"{r.layer:>5}  {r.accuracy:>7.3f} ± {r.accuracy_std:.3f}  {_ci(r.accuracy_ci):>13}  {r.macro_f1:>8.3f}  "
                 f"{_num(r.shuffled_accuracy):>8}  {_num(r.random_weights_accuracy):>10}"
                 + (f"  {_p(r.permutation_p_value):>7}" if tested else "")
             )
@@ -117,6 +127,7 @@ def write_summary(results: Results, output_dir: Path, reporters=()) -> Path:
     for name, baseline in results.baselines.items():
         if name.startswith("majority"):
             lines.append(f"- {name} baseline accuracy: {baseline.accuracy:.3f}")
+    lines += statistics_lines(results)
     lines += controls_and_measures(results)
     if data.skipped_rows:
         lines += ["", f"Skipped {len(data.skipped_rows)} bad row(s):"] + [f"- {p}" for p in data.skipped_rows]
@@ -141,7 +152,7 @@ def reporter_lines(results: Results, reporters=()) -> list[str]:
 # What each built-in reporter writes; summary.md lists only the files the run's reporters write.
 REPORTER_FILES = {
     "json": ["results.json"], "csv": ["results.csv"],
-    "plots": ["accuracy, pca, confusion and attention figures (.png; .svg and .pdf with options.plots.formats)"],
+    "plots": ["accuracy, recall, pca, confusion and attention figures (.png; .svg and .pdf with options.plots.formats)"],
     "summary": ["summary.md"], "html": ["report.html", "report_data.json"],
 }
 
@@ -171,7 +182,7 @@ def controls_and_measures(results: Results) -> list[str]:
         for r in series_rows:
             measures = _measure_values(r)
             cells = [position, subset, str(r.layer), f"{r.accuracy:.3f}"]
-            cells += [_p(get(r)) if title == "permutation p" else _num(get(r)) for title, get in columns]
+            cells += [_p(get(r)) if title.startswith("permutation p") else _num(get(r)) for title, get in columns]
             cells += [_num(measures.get(name)) for name in measure_names]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -179,6 +190,8 @@ def controls_and_measures(results: Results) -> list[str]:
 
 _STRONGER_COLUMNS = (
     ("permutation p", lambda r: r.permutation_p_value),
+    ("permutation p (Holm)", lambda r: r.permutation_p_holm),
+    ("permutation p (BH)", lambda r: r.permutation_p_bh),
     ("selectivity (perm.)", lambda r: r.permutation_selectivity),
     ("control task", lambda r: r.control_task_accuracy),
     ("selectivity (ctrl)", lambda r: r.control_task_selectivity),
@@ -196,8 +209,43 @@ def probe_sentence(probe: dict) -> str:
 
 
 def accuracy_text(row: LayerResult) -> str:
-    """± the fold std under cross-validation; a fixed split's one test score has no spread to show."""
+    """The accuracy with its 95 % interval; a run from before intervals: ± the fold std under
+    cross-validation (a fixed split's one test score has no spread to show)."""
+    if row.accuracy_ci:
+        return f"{row.accuracy:.3f} {_ci(row.accuracy_ci)}"
     return _pm(row.accuracy, row.accuracy_std) if len(row.fold_accuracies) > 1 else f"{row.accuracy:.3f}"
+
+
+def _ci(interval) -> str:
+    return "–" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def statistics_lines(results: Results) -> list[str]:
+    """Summary lines: how the intervals were made, the best layer chosen without peeking, paired tests."""
+    lines = []
+    if results.statistics:
+        lines += ["", f"Intervals: {results.statistics['interval']}."]
+    if results.best_layer:
+        lines += ["", "## Best layer, chosen without peeking", "",
+                  "Each outer training part's inner folds pick a layer; the outer test part scores it.", "",
+                  "| position | subset | chosen layer (times chosen) | outer accuracy | 95% CI |", "|---|---|---|---|---|"]
+        for best in results.best_layer:
+            if best["layer"] is None:
+                lines.append(f"| {best['position']} | {best['subset']} | none: {best['reason']} | – | – |")
+                continue
+            chosen = ", ".join(f"{layer} ({n}×)" for layer, n in best["chosen"].items())
+            lines.append(f"| {best['position']} | {best['subset']} | {chosen} | {best['accuracy']:.3f} | "
+                         f"{_ci(best['accuracy_ci'])} |")
+    paired = (results.statistics or {}).get("paired")
+    if paired:
+        lines += ["", "## Paired tests between layers (same rows)", "",
+                  "| position | subset | A | B | A − B | 95% CI | only A right | only B right | McNemar p |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for test in paired:
+            lines.append(f"| {test['position']} | {test['subset']} | {test['a']} | {test['b']} | "
+                         f"{test['difference']:+.3f} | {_ci(test['ci'])} | {test['a_only']} | {test['b_only']} | "
+                         f"{_p(test['p_value'])} |")
+    return lines
 
 
 def _pm(mean: float, std: float) -> str:
@@ -245,7 +293,7 @@ def plot_accuracy(results: Results, output_dir: Path, formats=DEFAULT_FORMATS) -
 
 
 def accuracy_figure(results: Results):
-    """Probe accuracy per layer (± fold std) with its controls, one panel per subset."""
+    """Probe accuracy per layer (its 95 % interval as a band) with its controls, one panel per subset."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
@@ -279,9 +327,13 @@ def accuracy_figure(results: Results):
 def _plot_series(ax, position: str, rows: list[LayerResult]) -> None:
     layers = [r.layer for r in rows]
     acc = np.array([r.accuracy for r in rows])
-    std = np.array([r.accuracy_std for r in rows])
     (line,) = ax.plot(layers, acc, marker="o", label=f"probe at {position} token")
-    ax.fill_between(layers, acc - std, acc + std, color=line.get_color(), alpha=0.2)
+    if all(r.accuracy_ci for r in rows):  # the 95 % interval; runs from before it: ± the fold std
+        low, high = np.array([r.accuracy_ci for r in rows]).T
+        ax.fill_between(layers, low, high, color=line.get_color(), alpha=0.2, label=f"95% interval ({position})")
+    else:
+        std = np.array([r.accuracy_std for r in rows])
+        ax.fill_between(layers, acc - std, acc + std, color=line.get_color(), alpha=0.2)
     if rows[0].shuffled_accuracy is not None:
         ax.plot(layers, [r.shuffled_accuracy for r in rows], ls=":", color=line.get_color(),
                 label=f"shuffled labels ({position})")
@@ -304,6 +356,45 @@ def _plot_permutations(ax, position: str, rows: list[LayerResult], colour) -> No
     significant = [r for r in rows if r.permutation_p_value is not None and r.permutation_p_value < 0.05]
     ax.scatter([r.layer for r in significant], [r.accuracy for r in significant], marker="*", s=70,
                color=colour, zorder=3, label=f"p < 0.05, permutation test ({position})")
+
+
+def plot_recall(results: Results, output_dir: Path, formats=DEFAULT_FORMATS) -> Path:
+    return _save(recall_figure(as_results(results)), output_dir / "recall.png", formats)
+
+
+def recall_figure(results: Results):
+    """Each sense's recall (out-of-fold) per layer, one panel per subset; line style per position."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    grouped = results.series()
+    subsets = list(dict.fromkeys(subset for _, subset in grouped))
+    senses = list(dict.fromkeys(sense for rows in grouped.values() for r in rows for sense in r.per_sense_recall))
+    colours = sense_colours(results.dataset.labels or senses)  # report.html's colours for the same senses
+    styles = {position: style for position, style in zip(dict.fromkeys(p for p, _ in grouped), ("-", "--", ":", "-."))}
+    cols = min(len(subsets), 3)
+    n_rows = -(-len(subsets) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(5.2 * cols, 4.0 * n_rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(subsets):]:
+        ax.set_visible(False)
+    for ax, subset in zip(axes.flat, subsets):
+        for (position, sub), rows in grouped.items():
+            if sub != subset:
+                continue
+            for sense in senses:
+                ax.plot([r.layer for r in rows], [r.per_sense_recall.get(sense, np.nan) for r in rows],
+                        ls=styles[position], marker=".", color=colours[sense], label=f"{sense} ({position})")
+        ax.set_title(f"{subset} rows", fontsize=11)
+        ax.set_xlabel(LAYER_AXIS)
+        ax.set_ylabel("recall of each sense")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="upper center", ncol=min(len(names), 4), bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"{results.experiment} on {results.model.name}: recall per sense and layer")
+    fig.tight_layout()
+    return fig
 
 
 def plot_pca(results: Results, output_dir: Path, store, labels, position: str = "target",

@@ -234,6 +234,8 @@ def score(y: np.ndarray, fold_list: list[Fold], fold_predictions: list[np.ndarra
         predicted[test], tested[test] = fold_predicted, True
         fold_accuracies.append(float(np.mean(y[test] == predicted[test])))  # accuracy_score
         fold_f1s.append(macro_f1(y[test], predicted[test], labels))
+    # Each row's out-of-fold correctness (1 right, 0 wrong, . not scored): for intervals and paired tests.
+    correct = "".join(np.where(tested, np.where(y == predicted, "1", "0"), ".").tolist())
     y, predicted = y[tested], predicted[tested]
     confusion = confusion_counts(y, predicted, labels)
     true_counts = np.bincount(np.searchsorted(labels, y), minlength=len(labels))  # rows of each label
@@ -248,6 +250,7 @@ def score(y: np.ndarray, fold_list: list[Fold], fold_predictions: list[np.ndarra
         "labels": labels.tolist(),
         "confusion": confusion.tolist(),  # rows: true, columns: predicted
         "fold_accuracies": [float(accuracy) for accuracy in fold_accuracies],
+        "correct": correct,
         **({"metrics": {name: _plain(value) for name, value in extra.items()}} if extra else {}),
     }
 
