@@ -146,7 +146,7 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     from probe.errors import UserError
     from probe.pipeline.config import load_config, parse_override
     from probe.pipeline.run import run_experiment
-    from probe.report.writers import accuracy_text, layer_table
+    from probe.report.writers import accuracy_text, diagnostic_lines, layer_table
 
     try:
         values = dict(parse_override(text) for text in overrides)
@@ -172,6 +172,8 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
             f"{config.name} [{position}, {subset}]: best layer {best.layer} "
             f"accuracy {accuracy_text(best)}"
         )
+    for line in diagnostic_lines(results, with_advice=not quiet):  # also under --quiet: one line each
+        click.echo(line, err=True)
     click.echo(f"results, plots and summary in {output_dir}/")
 
 
