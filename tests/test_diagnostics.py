@@ -101,6 +101,17 @@ def test_identical_vectors_skip_the_embeddings_and_same_label_groups():
     assert "starts the text" in found.advice and "positions: [target, last]" in found.advice
 
 
+def test_the_advice_names_the_rows_that_start_with_the_word_when_only_some_do():
+    table = datasets.Dataset.from_list([{"text": f"t{i}", "label": "abab"[i], "span_start": [0, 0, 4, 4][i]}
+                                        for i in range(4)])
+    X = np.repeat(np.random.default_rng(6).standard_normal((2, 4)), 2, axis=0)  # rows 0=1 and 2=3
+    [found] = diagnostics.identical_vectors(lambda p, layer: X, ["target"], [1], table, [7, 8, 9, 10], causal=True)
+    assert found.details["groups"] == [[7, 8], [9, 10]]
+    assert "the text up to the word is the same" in found.advice and "(rows 7, 8 start with the word" in found.advice
+    [encoder] = diagnostics.identical_vectors(lambda p, layer: X, ["target"], [1], table, [7, 8, 9, 10], causal=False)
+    assert "causal" not in encoder.advice
+
+
 def test_rows_whose_text_starts_with_the_word_are_named_in_every_report(tiny_model, tmp_path):
     result, out = run(tmp_path, tiny_model, left_cue_rows() + FIRST_WORD, "--quiet")
     assert result.exit_code == 0, result.output

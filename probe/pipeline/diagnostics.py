@@ -213,9 +213,10 @@ def _identical(position: str, at: dict, table, labels: list[str], numbers, causa
     message = (f"{len(rows)} rows of different labels share a {position}-token vector ({len(at)} group(s)) at "
                f"{where}, so no probe can tell them apart there: " + "; ".join(shown))
     if causal and position == "target":
-        first = all(starts[i] == 0 for i in rows)
-        why = ("the word starts the text, and a causal model sees nothing before it" if first else
-               "the text up to the word is the same, and a causal model's vector at the word sees nothing after it")
+        first = [numbers[i] for i in rows if starts[i] == 0]
+        why = ("the word starts the text, and a causal model sees nothing before it" if len(first) == len(rows) else
+               "the text up to the word is the same, and a causal model's vector at the word sees nothing after it"
+               + (f" (rows {listed(first)} start with the word: nothing comes before it)" if first else ""))
         advice = (f"{why}: probe positions: [target, last] (the last token sees the whole text), or put a cue "
                   "before the word (a BOS token alone would not help: the rows would still share every token "
                   "up to the word)")
