@@ -159,6 +159,15 @@ def _long_text(w):
     return write_jsonl(w.base / "long.jsonl", [long] + rows())
 
 
+def _untrained_label_split(w):
+    """A fixed split whose test rows hold a label ('unit') that no training row has."""
+    everything = [json.loads(line) for line in MOLE.read_text().splitlines() if line.strip()]
+    skin = [r for r in everything if r["label"] == "skin"][:12]
+    split = [r | {"split": "test" if r["label"] == "unit" or i % 4 == 0 else "train"}
+             for i, r in enumerate(rows() + skin)]
+    return write_jsonl(w.base / "untrained.jsonl", split)
+
+
 def _plugin_file(w, name, code):
     path = w.base / "plugins" / name
     path.parent.mkdir(exist_ok=True)
@@ -222,6 +231,12 @@ CASES = {
     "filter-column-missing": (_config({"filter": {"sense": ["unit"]}}), {}, "field 'filter' names column 'sense'"),
     "filter-keeps-nothing": (_config({"filter": {"cue": ["nowhere"]}}), {}, "field 'filter' keeps no rows"),
     "example-out-of-range": (_config({"example": 999}), {}, "field 'example' is 999"),
+    "diagnostics-option-not-bool": (_config({"options": {"diagnostics": {"strict": "yes"}}}), {},
+                                    "field 'options.diagnostics' takes {strict: true}"),
+    "strict-untrained-test-label": (lambda w: w.run_args(w.write_config("case", {
+        "dataset": {"name": "file", "path": str(_untrained_label_split(w))}, "options": {"diagnostics": {"strict": True}},
+        "evaluation": {"split_field": "split", "train": "train", "test": "test"}})), {},
+        "label 'unit' is among the fixed split's test rows but no training row has it"),
     "example-negative": (_config({"example": -1}), {}, "field 'example' is -1"),
     "device-unknown": (_config({"device": "tpu"}), {}, "field 'device'"),
     "output-under-a-file": (lambda w: w.run_args()[:2] + ["--output", str(w.data / "out"), "--cache-dir",

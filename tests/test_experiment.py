@@ -193,11 +193,13 @@ def check_results_json(results: dict, tiny_model: Path) -> None:
     assert results["dataset"]["rows"] == 192
     assert results["dataset"]["labels"] == ["animal", "skin", "spy", "unit"]
 
-    rows = results["layers"]
+    # mole.yaml probes the word and the last token, on all rows and per cue
+    assert {(row["position"], row["subset"]) for row in results["layers"]} == {
+        (position, subset) for position in ("target", "last") for subset in ("all", "both", "left", "right")}
+    rows = [row for row in results["layers"] if (row["position"], row["subset"]) == ("target", "all")]
     # One row per hidden state: the embeddings (layer 0) first, then one per block.
     assert [row["layer"] for row in rows] == [0, 1, 2]
     for row in rows:
-        assert row["position"] == "target" and row["subset"] == "all"
         assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["macro_f1"] <= 1.0
         assert len(row["fold_accuracies"]) == 3
         assert row["accuracy"] == pytest.approx(np.mean(row["fold_accuracies"]))
@@ -238,7 +240,8 @@ def check_results_csv(path: Path, results: dict) -> None:
 
 def check_summary(path: Path, results: dict) -> None:
     summary = path.read_text()
-    best = max(results["layers"], key=lambda r: r["accuracy"])
+    best = max((r for r in results["layers"] if (r["position"], r["subset"]) == ("target", "all")),
+               key=lambda r: r["accuracy"])
     assert summary.startswith("# mole\n")
     assert "| position | subset | best layer |" in summary
     low, high = best["accuracy_ci"]  # the interval is the headline; the fold std stays in results.json

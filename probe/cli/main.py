@@ -181,7 +181,7 @@ def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugi
     from probe.errors import UserError
     from probe.pipeline.config import load_config, parse_override
     from probe.pipeline.run import run_experiment
-    from probe.report.writers import accuracy_text, layer_table
+    from probe.report.writers import accuracy_text, diagnostic_lines, layer_table
 
     try:
         values = dict(parse_override(text) for text in overrides)
@@ -215,6 +215,8 @@ def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugi
         click.echo(f"{config.name} [{nested['position']}, {nested['subset']}]: chosen on inner folds: layer {chosen}; "
                    f"outer accuracy {nested['accuracy']:.3f} [{nested['accuracy_ci'][0]:.3f}, "
                    f"{nested['accuracy_ci'][1]:.3f}]")
+    for line in diagnostic_lines(results, with_advice=not quiet):  # also under --quiet: one line each
+        click.echo(line, err=True)
     click.echo(f"results, plots and summary in {output_dir}/")
 
 

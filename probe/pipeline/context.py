@@ -303,6 +303,8 @@ class Rows:
 
     table: Any
     skipped: tuple = ()
+    numbers: tuple = ()  # each row's 1-based number in its source, for messages that name rows
+    diagnostics: tuple = ()  # what loading found that a reader should know (rows left out, …): Diagnostics
 
     def __len__(self) -> int:
         return len(self.table)

@@ -117,6 +117,25 @@ class DatasetInfo(BaseModel):
     groups: list[int] | None = Field(None, description="each row's group as a number, when rows have groups")
 
 
+class Diagnostic(BaseModel):
+    """Something in the data or the vectors that makes a number easy to misread (probe/pipeline/diagnostics.py):
+    what it is (``code``), which rows and layers, and what to do. Printed by ``probe run`` (one line each),
+    listed in summary.md and report.html."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(description="what was found, e.g. identical-vectors, cue-hidden, label-not-trained")
+    message: str = Field(description="one line: what was found, naming the rows or labels at fault")
+    advice: str = Field("", description="what to do about it")
+    rows: list[int] = Field([], description="the rows at fault, numbered from 1 as in the dataset's source")
+    layers: list[int] = Field([], description="the layers where it holds (empty: not about layers)")
+    details: dict[str, Any] = Field({}, description="the numbers behind the message (per-cue accuracy, …)")
+
+    def line(self) -> str:
+        """The console's one-line form."""
+        return f"{self.code}: {self.message}"
+
+
 class Provenance(BaseModel):
     """When the results were made and from which probe; changes no number (see probe/provenance.py)."""
 
@@ -174,6 +193,7 @@ class Results(BaseModel):
     statistics: dict[str, Any] | None = Field(
         None, description="how the intervals were computed, and paired tests between layers")
     provenance: Provenance | None = None
+    diagnostics: list[Diagnostic] = Field([], description="what makes a number here easy to misread")
 
     model_config = ConfigDict(populate_by_name=True)
     _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
@@ -195,6 +215,7 @@ class Results(BaseModel):
             **{name: value for name, value in (("best_layer", self.best_layer), ("statistics", self.statistics))
                if value is not None},
             "provenance": self.provenance.model_dump() if self.provenance else None,
+            "diagnostics": [d.model_dump() for d in self.diagnostics],
         }
 
     def to_json(self) -> str:

@@ -24,6 +24,8 @@ from probe.pipeline.checks import (
     check_rows,
 )
 from probe.pipeline.config import ConfigError, ExperimentConfig
+from probe.pipeline.diagnostics import check_untrained_labels, row_numbers, rows_without_split
+from probe.pipeline.diagnostics import collect as collect_diagnostics
 from probe.pipeline.context import (
     DEFAULT_CACHE,
     Features,
@@ -105,6 +107,7 @@ def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: 
         return None  # under torchrun, rank 0 probes and reports what every rank extracted
     run = RunData(services, rows, splits, features, layers)
     results = probe_layers(run, n_jobs)
+    results.diagnostics = collect_diagnostics(run, results)
     clock.lap("probe")
     with staged_output(output_dir) as staging:  # all reports appear together, or none
         write_reports(results, staging, run)
@@ -136,11 +139,12 @@ def load_rows(services: Services) -> Rows:
     from probe.pipeline.lengths import fit_rows, max_positions
 
     config = services.config
-    table, skipped, numbers = load_numbered_rows(config)
+    table, skipped, numbers, notes = load_numbered_rows(config)
     table, too_long = fit_rows(table, numbers, lambda: services.tokenizer, max_positions(services.config_fields),
                                policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))
+    left_out = {problem.row for problem in too_long}
     check_rows(config, table)
-    return Rows(table, tuple(skipped + too_long))
+    return Rows(table, tuple(skipped + too_long), tuple(n for n in numbers if n not in left_out), tuple(notes))
 
 
 def checked_splits(services: Services, rows: Rows, layers) -> Splits:
@@ -150,6 +154,7 @@ def checked_splits(services: Services, rows: Rows, layers) -> Splits:
     if not features_cached(services, rows, layers):  # a rerun on a full cache swaps nothing: no need to ask
         check_architecture(config, services.model_config)
     splits = make_splits(rows.table, config)
+    check_untrained_labels(config, splits, row_numbers(rows))  # an error only under options.diagnostics.strict
     controls.check(config, rows, splits)
     measures.check(config)
     return splits
@@ -172,13 +177,13 @@ class _Clock:
 def load_dataset(config: ExperimentConfig):
     """The config's dataset, prepared and filtered; bad rows raise or are skipped per ``on_bad_rows``.
     Under a fixed split only the rows of its parts (train, test, dev) are kept."""
-    rows, skipped, _ = load_numbered_rows(config)
+    rows, skipped, _, _ = load_numbered_rows(config)
     return rows, skipped
 
 
 def load_numbered_rows(config: ExperimentConfig):
-    """``load_dataset``'s (rows, skipped problems), and each row's 1-based number in its source, for
-    messages about the rows that later checks find."""
+    """``load_dataset``'s (rows, skipped problems), each row's 1-based number in its source (for messages
+    about the rows that later checks find) and the Diagnostics of loading (rows a fixed split leaves out)."""
     from probe.pipeline.data import DataError, prepare
     from probe.pipeline.evaluation import FixedSplit, protocol
 
@@ -204,8 +209,10 @@ def load_numbered_rows(config: ExperimentConfig):
                     f"its columns: {', '.join(ds.column_names)}"
                 )
     parts = set(how.parts()) if isinstance(how, FixedSplit) else None
+    notes = []
     if parts:
         _check_parts_exist(ds[how.split_field], how, config)
+        notes = _rows_without_split(ds, how.split_field, config, source)
 
     def keep(row) -> bool:
         kept = all(row[column] in accepted for column, accepted in config.filter.items())
@@ -218,7 +225,16 @@ def load_numbered_rows(config: ExperimentConfig):
     numbers = [n for n, row in enumerate(ds, start=1) if (not (config.filter or parts) or keep(row)) and n not in bad]
     if len(numbers) != len(rows):  # a loader that numbers rows its own way: position in the prepared rows
         numbers = list(range(1, len(rows) + 1))
-    return rows, skipped, numbers
+    return rows, skipped, numbers, notes
+
+
+def _rows_without_split(ds, split_field: str, config: ExperimentConfig, source: str) -> list:
+    """The rows (that the config's filter keeps) with no value in the fixed split's column, as a Diagnostic."""
+    columns = ds.select_columns([split_field, *[c for c in config.filter if c != split_field]])
+    kept = [(n, row[split_field]) for n, row in enumerate(columns, start=1)
+            if all(row[c] in accepted for c, accepted in config.filter.items())]
+    found = rows_without_split([value for _, value in kept], [n for n, _ in kept], split_field, source)
+    return [found] if found else []
 
 
 def _source(config: ExperimentConfig) -> str:
@@ -358,7 +374,7 @@ def feature_key(services: Services, rows: Rows, layers, mode: str) -> str:
 
     config = services.config
     changing = activation_plugins() if mode != "reference" else []
-    own_options = {name.replace("-", "_") for name in config.reporters} | set(config.measures)
+    own_options = {name.replace("-", "_") for name in config.reporters} | set(config.measures) | {"diagnostics"}
     options = {k: v for k, v in config.options.items() if k not in own_options} if changing else {}
     return cache_key({
         "model": services.model_path, "revision": config.revision, "weights": _weights_fingerprint(services),

@@ -56,18 +56,51 @@ def write_report_data(data: dict, output_dir: Path) -> Path:
 
 
 def pca_per_layer(vectors: Callable[[str, int], np.ndarray], position: str, layers: Sequence[int]) -> dict:
-    """{layer: {"x", "y", "explained"}}: each layer's own 2-D PCA, signs aligned with the layer before so
-    that the picture does not flip as a slider moves."""
+    """{layer: {"x", "y", "explained", "left_out"}}: each layer's own 2-D PCA, signs aligned with the layer
+    before so that the picture does not flip as a slider moves. Massive-activation outliers (``outliers``)
+    are left out of the fit and the picture: their x and y are null, their row indices in ``left_out``."""
     out, previous = {}, None
     for layer in layers:
-        points, explained = pca2(vectors(position, layer))
+        points, explained, left_out = pca2_without_outliers(vectors(position, layer))
         if previous is not None:
             for j in range(2):
-                if np.dot(points[:, j], previous[:, j]) < 0:
+                if np.nansum(points[:, j] * previous[:, j]) < 0:
                     points[:, j] *= -1
         previous = points
-        out[str(layer)] = {"x": _short(points[:, 0]), "y": _short(points[:, 1]), "explained": _short(explained)}
+        out[str(layer)] = {"x": _short(points[:, 0]), "y": _short(points[:, 1]), "explained": _short(explained),
+                           "left_out": [int(i) for i in left_out]}
     return out
+
+
+OUTLIER_Z = 10.0  # a row this many robust standard deviations further from the median than the typical row…
+OUTLIER_RATIO = 3.0  # …and this many times the typical row's distance is an outlier
+MAX_OUTLIER_SHARE = 0.05  # more rows than this far out are a cluster, not outliers: none are left out
+
+
+def outliers(X: np.ndarray) -> np.ndarray:
+    """Rows whose distance from the median vector is far beyond the rest (massive activations: in many
+    decoders the first token's vector is hundreds of times longer, and one point then carries most of the
+    variance): robust z-score of the distance (median and MAD) above OUTLIER_Z, and OUTLIER_RATIO times the
+    median distance. Row indices, ascending; none when the distances have no spread (MAD 0)."""
+    X = np.asarray(X, dtype=np.float64)
+    distance = np.linalg.norm(X - np.median(X, axis=0), axis=1)
+    typical = float(np.median(distance))
+    spread = 1.4826 * float(np.median(np.abs(distance - typical)))
+    if spread <= 0.0:
+        return np.array([], dtype=int)
+    far = np.flatnonzero(((distance - typical) / spread > OUTLIER_Z) & (distance > OUTLIER_RATIO * typical))
+    return far if len(far) <= MAX_OUTLIER_SHARE * len(X) else np.array([], dtype=int)
+
+
+def pca2_without_outliers(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``pca2`` of the rows that are not ``outliers``: (points, NaN on the outliers' rows; explained share of
+    the other rows' variance; the outliers' indices)."""
+    X = np.asarray(X)
+    left_out = outliers(X)
+    kept = np.setdiff1d(np.arange(len(X)), left_out)
+    points = np.full((len(X), 2), np.nan)
+    points[kept], explained = pca2(X[kept])
+    return points, explained, left_out
 
 
 def pca2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,8 +127,9 @@ def pca2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.pad(points, ((0, 0), (0, pad))), np.pad(values / total, (0, pad))
 
 
-def _short(values) -> list[float]:
-    return [float(f"{v:.4g}") for v in np.asarray(values, dtype=np.float64)]
+def _short(values) -> list[float | None]:
+    """Four significant digits; NaN (a point left out) as None, so the JSON stays valid."""
+    return [None if np.isnan(v) else float(f"{v:.4g}") for v in np.asarray(values, dtype=np.float64)]
 
 
 def example_rows(rows, split_by: str | None, example: int, limit: int = MAX_SENTENCES) -> list[int]:

@@ -153,7 +153,20 @@ def _run_section(n: int, run: Run, name: str) -> str:
                            "Blocks are numbered from 0; block i reads layer i and writes layer i + 1.",
                            '<div class="probe-attention"></div>'))
     return (f'<section class="run" data-run="{n}"><h2>{html.escape(name)}</h2>'
-            f'<p class="meta">{html.escape(_meta(r))}</p>{missing}{"".join(views)}</section>')
+            f'<p class="meta">{html.escape(_meta(r))}</p>{_diagnostics_box(r)}{missing}{"".join(views)}</section>')
+
+
+def _diagnostics_box(results: dict) -> str:
+    """The run's diagnostics (results.json's ``diagnostics``): what makes a number below easy to misread."""
+    found = results.get("diagnostics") or []
+    if not found:
+        return ""
+    items = "".join(
+        f'<li><b>{html.escape(d["code"])}</b>: {html.escape(d["message"])}'
+        + (f'<br><span class="advice">What to do: {html.escape(d["advice"])}</span>' if d.get("advice") else "")
+        + "</li>" for d in found)
+    return (f'<div class="diagnostics" role="note"><h3>Read with care: {len(found)} warning(s)</h3>'
+            f"<ul>{items}</ul></div>")
 
 
 def _meta(results: dict) -> str:

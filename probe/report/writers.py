@@ -131,6 +131,7 @@ def write_summary(results: Results, output_dir: Path, reporters=()) -> Path:
     lines += controls_and_measures(results)
     if data.skipped_rows:
         lines += ["", f"Skipped {len(data.skipped_rows)} bad row(s):"] + [f"- {p}" for p in data.skipped_rows]
+    lines += diagnostics_section(results)
     lines += ["", *reporter_lines(results, reporters), ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
 
@@ -146,6 +147,27 @@ def reporter_lines(results: Results, reporters=()) -> list[str]:
     skipped = [o for o in reporters if o.status != "ran"]
     if skipped:
         lines += ["", "Reporters that did not run:"] + [f"- {o.name}: {o.status} ({o.reason})" for o in skipped]
+    return lines
+
+
+def diagnostics_section(results: Results) -> list[str]:
+    """summary.md's warnings: each diagnostic, what it names and what to do."""
+    if not results.diagnostics:
+        return []
+    lines = ["", f"## Read with care: {len(results.diagnostics)} warning(s)", ""]
+    for d in results.diagnostics:
+        lines.append(f"- **{d.code}**: {d.message}" + (f". What to do: {d.advice}." if d.advice else ""))
+    return lines
+
+
+def diagnostic_lines(results: Results, with_advice: bool = True) -> list[str]:
+    """The console's warnings: one line per diagnostic, and its advice indented below unless ``with_advice``
+    is off (``--quiet``)."""
+    lines = []
+    for d in results.diagnostics:
+        lines.append(f"warning: {d.line()}")
+        if with_advice and d.advice:
+            lines.append(f"  what to do: {d.advice}")
     return lines
 
 
@@ -400,7 +422,7 @@ def recall_figure(results: Results):
 def plot_pca(results: Results, output_dir: Path, store, labels, position: str = "target",
              formats=DEFAULT_FORMATS) -> Path:
     """2-D PCA of the target vectors at the first, a middle and the best layer, coloured by sense."""
-    from probe.report.extras import pca2
+    from probe.report.extras import pca2_without_outliers
 
     results = as_results(results)
     plt = _pyplot()
@@ -410,11 +432,15 @@ def plot_pca(results: Results, output_dir: Path, store, labels, position: str = 
     labels = np.asarray(labels)
     fig, axes = plt.subplots(1, len(shown), figsize=(4.8 * len(shown), 4.4), squeeze=False)
     for ax, layer in zip(axes[0], shown):
-        points, explained = pca2(store.layer(position, layer))
+        points, explained, left_out = pca2_without_outliers(store.layer(position, layer))
         for sense, colour in sense_colours(labels.tolist()).items():  # the colours report.html gives them
             chosen = labels.astype(str) == sense
             ax.scatter(points[chosen, 0], points[chosen, 1], s=10, alpha=0.7, label=sense, color=colour)
         ax.set_title(f"layer {layer}" + (" (embeddings)" if layer == 0 else ""))
+        if len(left_out):  # massive-activation outliers, left out of the fit: say so on the plot
+            ax.text(0.01, 0.01, f"{len(left_out)} outlier row(s) left out: "
+                    f"{', '.join(str(i + 1) for i in left_out[:5])}{' …' if len(left_out) > 5 else ''}",
+                    transform=ax.transAxes, fontsize=7, color="#8a4b0f", va="bottom")
         ax.set_xlabel(f"PC1 ({explained[0]:.1%} of variance)")
         ax.set_ylabel(f"PC2 ({explained[1]:.1%} of variance)")
         ax.tick_params(labelsize=7)

@@ -52,6 +52,11 @@
     return {layout, rows};
   }
 
+  // a row's text in a plotly title: its markup shown as text, never interpreted
+  function escapeText(text) {
+    return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+  }
+
   function subsetsOf(run) {
     return [...new Set(run.layers.map(r => r.subset))];
   }
@@ -69,14 +74,19 @@
       const traces = [];
       subsets.forEach((subset, i) => labels.forEach(sense => {
         const idx = run.rows.label.map((l, n) => n).filter(n => run.rows.label[n] === sense &&
-          (subset === "all" || run.rows.subset[n] === subset));
+          (subset === "all" || run.rows.subset[n] === subset) && p.x[n] !== null);
         traces.push({type: "scatter", mode: "markers", name: sense, legendgroup: sense, showlegend: i === 0,
                      x: idx.map(n => p.x[n]), y: idx.map(n => p.y[n]), text: idx.map(n => run.rows.text[n]),
                      marker: {color: run.sense_colours[sense] || "#7f7f7f", size: 6, opacity: 0.75},
                      xaxis: "x" + (i ? i + 1 : ""), yaxis: "y" + (i ? i + 1 : ""),
                      hovertemplate: `<b>${sense}</b><br>%{text}<extra></extra>`});
       }));
-      Object.assign(layout, {title: {text: `${run.name}: ${position}-token vectors at layer ${layer}, PCA`},
+      // massive-activation outliers are left out of the fit (report_data.json's left_out): say which
+      const leftOut = p.left_out || [];
+      const note = leftOut.length ? `<br><sub>${leftOut.length} outlier row(s) left out of the PCA: ` +
+        leftOut.slice(0, 3).map(n => escapeText(run.rows.text[n].slice(0, 40))).join(" · ") +
+        (leftOut.length > 3 ? " …" : "") + "</sub>" : "";
+      Object.assign(layout, {title: {text: `${run.name}: ${position}-token vectors at layer ${layer}, PCA${note}`},
                              height: 420 * rows + 60, template: "plotly_white", hovermode: "closest",
                              margin: {t: 80}});
       Plotly.react(plot, traces, layout, PLOT_CONFIG);
