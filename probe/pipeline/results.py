@@ -131,6 +131,9 @@ class Results(BaseModel):
                                               "(splitter, n_splits) or a fixed split (split_field, parts, rows)")
     probe: dict[str, Any] | None = Field(None, description="the probe: name, options, estimator, params, C")
     provenance: Provenance | None = None
+    interventions: list[dict[str, Any]] = Field(
+        [], description="every change made to activations: activation_hooks plugins (the whole run) and "
+        "intervening reporters (steering, erasure); kind, plugin, version, options, hook_points, layers, effect")
 
     model_config = ConfigDict(populate_by_name=True)
     _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
@@ -150,6 +153,7 @@ class Results(BaseModel):
             "baselines": {name: b.model_dump(exclude_none=True) for name, b in self.baselines.items()},
             **{name: value for name, value in (("evaluation", self.evaluation), ("probe", self.probe)) if value},
             "provenance": self.provenance.model_dump() if self.provenance else None,
+            **({"interventions": self.interventions} if self.interventions else {}),
         }
 
     def to_json(self) -> str:

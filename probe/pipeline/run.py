@@ -36,6 +36,7 @@ from probe.pipeline.context import (
     model_load_error,  # noqa: F401  (re-exported: the CLI's compare command uses it)
     resolve_model,
 )
+from probe.pipeline.interventions import activation_interventions
 from probe.pipeline.results import (
     Baseline,
     DatasetInfo,
@@ -405,6 +406,7 @@ def probe_layers(run: RunData, n_jobs=None) -> Results:
         layers=[], provenance=Provenance.now(),
         evaluation=describe_evaluation(config, rows, splits),
         probe={"name": config.probe_name, "options": config.probe_options, **describe_probe(services.make_probe()())},
+        interventions=activation_interventions(services),  # an ablating plugin's run must not look clean
     )
     for split in splits:
         if "majority" in config.controls:
@@ -518,14 +520,27 @@ def _key(name: str, subset: str) -> str:
 def write_reports(results: Results, output_dir: Path, run: RunData) -> None:
     """Each reporter the config names, in order, with the Results, the folder and the run's RunData."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    recorded = len(results.interventions)
     for name in run.config.reporters:
-        entry = plugins.lookup("reporter", name)
-        try:
-            entry.value(results, output_dir, run)
-        except (ConfigError, plugins.PluginError):
-            raise
-        except Exception as error:  # the run is not published; the message names who failed
-            raise plugins.raised(entry, error) from error
+        _report(name, results, output_dir, run)
+    if len(results.interventions) > recorded:  # a reporter intervened after results.json was written
+        for name in REWRITTEN_AFTER_INTERVENTIONS:
+            if name in run.config.reporters:
+                _report(name, results, output_dir, run)
+
+
+# Reporters whose files list the run's interventions: written again once a later reporter adds one.
+REWRITTEN_AFTER_INTERVENTIONS = ("json", "summary")
+
+
+def _report(name: str, results: Results, output_dir: Path, run: RunData) -> None:
+    entry = plugins.lookup("reporter", name)
+    try:
+        entry.value(results, output_dir, run)
+    except (ConfigError, plugins.PluginError):
+        raise
+    except Exception as error:  # the run is not published; the message names who failed
+        raise plugins.raised(entry, error) from error
 
 
 def versions() -> dict:

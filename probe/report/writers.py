@@ -116,10 +116,26 @@ def write_summary(results: Results, output_dir: Path) -> Path:
         if name.startswith("majority"):
             lines.append(f"- {name} baseline accuracy: {baseline.accuracy:.3f}")
     lines += controls_and_measures(results)
+    lines += intervention_lines(results)
     if data.skipped_rows:
         lines += ["", f"Skipped {len(data.skipped_rows)} bad row(s):"] + [f"- {p}" for p in data.skipped_rows]
     lines += ["", f"Files: {', '.join(report_files(settings.get('reporters', [])))}.", ""]
     return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
+
+
+def intervention_lines(results: Results) -> list[str]:
+    """What the run changed in the model's activations (results.json's ``interventions``), or nothing."""
+    if not results.interventions:
+        return []
+    lines = ["", "**Intervened on.** This run changed the model's activations:"]
+    for entry in results.interventions:
+        points = entry.get("hook_points")
+        where = ", ".join(points[:6]) + (f" and {len(points) - 6} more" if len(points) > 6 else "") if points \
+            else "hook points not known"
+        version = f" {entry['version']}" if entry.get("version") else ""
+        note = f" ({entry['note']})" if entry.get("note") else ""
+        lines.append(f"- {entry['kind']} by plugin `{entry['plugin']}`{version} at {where}{note}")
+    return lines
 
 
 # What each built-in reporter writes; summary.md lists only the files the run's reporters write.
