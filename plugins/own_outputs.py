@@ -101,3 +101,16 @@ class OwnOutputs:
         if diff > tolerance:
             raise ValueError(f"the {self.kind} head gives logits {diff:.3g} away from the LM model's own "
                              f"(tolerance {tolerance:.3g}): this family computes its logits differently")
+
+
+def typical_tokens(log_probs, y, train, senses, top_k: int) -> dict:
+    """sense → the ``top_k`` token ids whose mean probability over the training rows (``train``) of that
+    sense most exceeds their mean over all training rows; ``log_probs``: (rows, vocab), unintervened."""
+    import numpy as np
+    import torch
+
+    probs = log_probs[torch.as_tensor(train)].exp()
+    overall = probs.mean(0)
+    labels = np.asarray(y)[train]
+    return {s: torch.topk(probs[torch.as_tensor(labels == s)].mean(0) - overall, top_k).indices
+            for s in senses if (labels == s).any()}

@@ -135,6 +135,7 @@ class FoldFit:
 
 def fold_fits(run, clean: Clean, y, fold_list, settings: dict) -> list[FoldFit]:
     from probe.science.steering import projection_spread, random_direction, sense_directions
+    from probe_plugins.own_outputs import typical_tokens
 
     layer, make_probe = settings["layer"], run.services.make_probe()
     fits = []
@@ -150,22 +151,10 @@ def fold_fits(run, clean: Clean, y, fold_list, settings: dict) -> list[FoldFit]:
             spread={s: projection_spread(clean.X[layer][train], u) for s, u in directions.items()},
             random=[random_direction(d, [run.config.seed, fold, draw]) for draw in range(settings["draws"])],
             probes={ell: make_probe().fit(X[train], y[train]) for ell, X in clean.X.items() if ell > layer},
-            typical=typical_tokens(clean.log_probs, y, train, settings) if clean.log_probs is not None else {},
+            typical=typical_tokens(clean.log_probs, y, train, settings["senses"], settings["top_k"])
+            if clean.log_probs is not None else {},
         ))
     return fits
-
-
-def typical_tokens(log_probs, y, train, settings: dict) -> dict:
-    """sense → the ``top_k`` token ids whose mean probability over the training rows of that sense most
-    exceeds their mean over all training rows."""
-    import numpy as np
-    import torch
-
-    probs = log_probs[torch.as_tensor(train)].exp()
-    overall = probs.mean(0)
-    labels = np.asarray(y)[train]
-    return {s: torch.topk(probs[torch.as_tensor(labels == s)].mean(0) - overall, settings["top_k"]).indices
-            for s in settings["senses"] if (labels == s).any()}
 
 
 # ------------------------------------------------------------------ the steered runs, batched
@@ -207,6 +196,16 @@ def tiled(batch, copies: int):
 
     return BlockInputs(list(range(size * copies)), tile(batch.encoding), tile(batch.args), tile(batch.kwargs),
                        batch.targets * copies, batch.last.repeat(copies), batch.cut)
+
+
+def steering_hook(delta):
+    """A hook function that adds ``delta`` (the hooked tensor's shape, float32, on its device) to the
+    residual stream. x + 0 is x: where ``delta`` is zero nothing changes, bit for bit."""
+
+    def add(resid, name):
+        return (resid.float() + delta).to(resid.dtype)
+
+    return add
 
 
 def steered_positions(batch, settings: dict, row: int) -> list[int]:
@@ -253,12 +252,9 @@ def steer_pass(run, model, inputs, settings, clean: Clean, fits, held_out, label
                 device = copy.args[0].device if copy.args else copy.kwargs["hidden_states"].device
                 delta = delta.to(device)
 
-                def add(resid, name):  # x + 0 is x: the zero condition changes nothing, bit for bit
-                    return (resid.float() + delta).to(resid.dtype)
-
                 read = (lambda b, h: _read_outputs(b, h, batch, chunk, todo, fits, held_out, clean, settings,
                                                    readout, out)) if readout else None
-                with hooks(model, {settings["hook_point"]: add}):
+                with hooks(model, {settings["hook_point"]: steering_hook(delta)}):
                     vectors = vectors_from(model, [copy], settings["layer"], later, settings["position"],
                                            run.config.pooling, read)
                 _predict(vectors, batch, chunk, fits, held_out, later, index, out)
@@ -438,7 +434,7 @@ def steering(results, output_dir, run):
     _plot(results, summary, output_dir)
     options = {k: summary[k] for k in ("alphas", "senses", "at", "draws", "position", "top_k")}
     results.interventions.append(record("steering", "steering", options, [settings["hook_point"]],
-                                        [settings["layer"]], effect=effect_summary(summary),
+                                        layers=[settings["layer"]], effect=effect_summary(summary),
                                         note="measured on reruns only: the probes in results.json are unsteered"))
     return summary
 

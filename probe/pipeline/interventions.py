@@ -36,11 +36,16 @@ def plugin_version(name: str) -> str | None:
     return None
 
 
-def record(kind: str, plugin: str, options: dict, hook_points: list[str] | None, layers: list[int] | None,
-           effect: dict | None = None, note: str | None = None) -> dict[str, Any]:
-    """One entry of results.json's ``interventions``."""
+def record(kind: str, plugin: str, options: dict, hook_points: list[str] | None, *, layers: list[int] | None = None,
+           blocks: list[int] | None = None, effect: dict | None = None, note: str | None = None) -> dict[str, Any]:
+    """One entry of results.json's ``interventions``: ``layers`` the hidden states changed (steering at
+    layer L), or ``blocks`` the blocks whose hook points were touched (an ablated head's block)."""
     entry = {"kind": kind, "plugin": plugin, "version": plugin_version(plugin), "options": options,
-             "hook_points": hook_points, "layers": layers}
+             "hook_points": hook_points}
+    if layers is not None:
+        entry["layers"] = layers
+    if blocks is not None:
+        entry["blocks"] = blocks
     if effect is not None:
         entry["effect"] = effect
     if note is not None:
@@ -61,14 +66,14 @@ def activation_interventions(services) -> list[dict]:
     except Exception as error:  # a plugin that needs real weights to answer: say so rather than guess
         if not weightless:
             raise
-        return [record("activation_hooks", "(unknown)", dict(config.options), None, None,
+        return [record("activation_hooks", "(unknown)", dict(config.options), None,
                        note=f"not known: asking the plugins without weights failed ({type(error).__name__})")]
     entries = []
     for plugin, fns in answers:
         if not fns:
             continue
         points = sorted({point.name for name in fns for point in resolve(model, name)}, key=_point_order)
-        entries.append(record("activation_hooks", plugin, dict(config.options), points, _layers_of(points),
+        entries.append(record("activation_hooks", plugin, dict(config.options), points, blocks=_blocks_of(points),
                               note="changes every layer's vectors: the whole run is intervened on"))
     return entries
 
@@ -89,7 +94,7 @@ def _model_to_ask(services):
     return skeleton, True
 
 
-def _layers_of(points: list[str]) -> list[int]:
+def _blocks_of(points: list[str]) -> list[int]:
     """The blocks a list of hook points lies in (``blocks.{i}.…``)."""
     return sorted({int(name.split(".")[1]) for name in points if name.startswith("blocks.")})
 

@@ -24,8 +24,7 @@ class SteeringError(UserError, ValueError):
 def sense_directions(estimator, probe_name: str = "probe") -> dict[Hashable, np.ndarray]:
     """{sense: unit vector in the residual space} from a fitted linear probe (a ``coef_`` estimator,
     optionally behind scaling steps that have ``scale_``, as StandardScaler does)."""
-    steps = [step for _, step in estimator.steps] if hasattr(estimator, "steps") else [estimator]
-    *transforms, final = steps
+    *transforms, final = _flat_steps(estimator)
     coef = getattr(final, "coef_", None)
     if coef is None or getattr(final, "classes_", None) is None:
         raise SteeringError(f"steering needs a linear classifier with coef_ (a logistic probe); the "
@@ -44,6 +43,13 @@ def sense_directions(estimator, probe_name: str = "probe") -> dict[Hashable, np.
         centred = coef - coef.mean(0)
         rows = {sense: centred[k] for k, sense in enumerate(classes)}
     return {sense: _unit(row / scale, f"the probe's direction for {sense!r}") for sense, row in rows.items()}
+
+
+def _flat_steps(estimator) -> list:
+    """A pipeline's steps, nested pipelines opened up; an estimator alone is one step."""
+    if not hasattr(estimator, "steps"):
+        return [estimator]
+    return [inner for _, step in estimator.steps for inner in _flat_steps(step)]
 
 
 def random_direction(d: int, seed) -> np.ndarray:
