@@ -82,12 +82,11 @@ class OwnOutputs:
 
         from probe.scale.devices import on_device
 
-        logits = self.logits(hidden)
-        if not self.checked:
-            self._check(logits, on_device(batch.encoding, hidden.device))
+        if not self.checked:  # once, on the whole first batch
+            self._check(self.logits(hidden), on_device(batch.encoding, hidden.device))
             self.checked = True
-        rows = torch.arange(len(positions), device=logits.device)
-        picked = logits[rows, torch.as_tensor(positions, device=logits.device)]
+        rows = torch.arange(len(positions), device=hidden.device)
+        picked = self.logits(hidden[rows, torch.as_tensor(positions, device=hidden.device)])  # only the read tokens
         return torch.log_softmax(picked.float(), -1).cpu()
 
     def _check(self, logits, encoding) -> None:
