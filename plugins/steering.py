@@ -445,9 +445,10 @@ def effect_summary(summary: dict) -> dict:
     pick = {row["direction"]: row["toward"] for row in summary["layers"] if row["alpha"] == alpha and row["layer"] == last}
     effect = {"alpha": alpha, "layer": last, "toward_probe": pick["probe"], "toward_random": pick["random"],
               "toward_unsteered": summary["unsteered_toward"][last]}
-    for row in summary["outputs"]:
-        if row["alpha"] == alpha:
-            effect[f"{summary['outputs_kind']} Δ log P typical, {row['direction']}"] = row["delta_log_p_typical"]
+    outputs = {row["direction"]: row["delta_log_p_typical"] for row in summary["outputs"] if row["alpha"] == alpha}
+    if outputs:
+        effect["outputs_kind"] = summary["outputs_kind"]
+        effect["delta_log_p_typical_probe"], effect["delta_log_p_typical_random"] = outputs["probe"], outputs["random"]
     return effect
 
 

@@ -530,7 +530,7 @@ def write_reports(results: Results, output_dir: Path, run: RunData) -> None:
 
 
 # Reporters whose files list the run's interventions: written again once a later reporter adds one.
-REWRITTEN_AFTER_INTERVENTIONS = ("json", "summary")
+REWRITTEN_AFTER_INTERVENTIONS = ("json", "summary", "html")
 
 
 def _report(name: str, results: Results, output_dir: Path, run: RunData) -> None:

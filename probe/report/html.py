@@ -133,7 +133,17 @@ def _run_section(n: int, run: Run) -> str:
                            "Blocks are numbered from 0; block i reads layer i and writes layer i + 1.",
                            '<div class="probe-attention"></div>'))
     return (f'<section class="run" data-run="{n}"><h2>{html.escape(_title([run]))}</h2>'
-            f'<p class="meta">{html.escape(_meta(r))}</p>{missing}{"".join(views)}</section>')
+            f'<p class="meta">{html.escape(_meta(r))}</p>{_interventions(r)}{missing}{"".join(views)}</section>')
+
+
+def _interventions(results: dict) -> str:
+    """A warning line when the run changed the model's activations (results.json's ``interventions``)."""
+    entries = results.get("interventions") or []
+    if not entries:
+        return ""
+    said = "; ".join(f"{e['kind']} by plugin {e['plugin']} at {', '.join(e.get('hook_points') or ['unknown points'])}"
+                     for e in entries)
+    return f'<p class="hint intervened"><strong>Intervened on:</strong> {html.escape(said)}.</p>'
 
 
 def _meta(results: dict) -> str:
