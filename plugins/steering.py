@@ -493,7 +493,7 @@ def _plot(results, summary: dict, output_dir):
     ax.set_ylim(0, 1.02), ax.legend(fontsize=7)
     where = "every token" if summary["at"] == "all" else f"the {summary['position']} token"
     ax.set_title(f"{results.experiment}, {results.model.name}: steered at layer {summary['layer']}, {where}"
-                 + ("" if has_outputs else f"; model outputs {summary.get('outputs_reason', 'n/a')}"), fontsize=8)
+                 + ("" if has_outputs else f"\nmodel outputs {summary.get('outputs_reason', 'n/a')}"), fontsize=8)
     if has_outputs:
         axes[0, 1].axhline(0, color="0.3", lw=0.8)
         axes[0, 1].set_xlabel("α"), axes[0, 1].set_ylabel(f"Δ log P(tokens typical of s), {summary['outputs_kind']}")

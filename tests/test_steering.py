@@ -202,6 +202,9 @@ def test_steering_a_planted_signal_moves_later_probes_and_is_recorded(planted, t
     assert entry["hook_points"] == ["blocks.1.resid_pre"] and entry["layers"] == [1]
     assert entry["options"]["alphas"] == [0.0, 2.0, 8.0] and entry["effect"]["toward_probe"]["mean"] > 0.9
     assert "**Intervened on.**" in (tmp_path / "out" / "summary.md").read_text()
+    from probe.report.html import render_report
+
+    assert "Intervened on:</strong> steering by plugin steering at blocks.1.resid_pre" in render_report(tmp_path / "out")
     again = run(steering_config(model, rows, batch_size=3), tmp_path / "again", tmp_path / "cache")
     assert [r["toward"] for r in again["layers"]] == [r["toward"] for r in summary["layers"]]  # any batch size
 
