@@ -68,9 +68,10 @@ def fold_erasers(X, y, fold_list, draws: int, seed: int) -> tuple[dict, list[int
     return erasers, ranks
 
 
-def unerased_vectors(run, settings: dict, loss) -> tuple:
+def unerased_vectors(run, settings: dict, loss, reader=None) -> tuple:
     """What block L receives (per batch), layer L's vectors, and {later layer: X} without erasure;
-    with ``loss``, every row's next-token loss too."""
+    with ``loss``, every row's next-token loss too; with ``reader`` (an OutputsReader), every row's own
+    output distribution at the probed token."""
     from probe.pipeline.partial import capture_block_inputs, vectors_from
 
     config, layer = run.config, settings["layer"]
@@ -79,11 +80,12 @@ def unerased_vectors(run, settings: dict, loss) -> tuple:
                                   whole_rows=loss is not None or settings["position"] == "last")
     later = range(layer + 1, run.services.n_blocks + 1)
     meter = loss.meter(range(len(run.rows)), check=True) if loss else None
-    vectors = vectors_from(model, inputs, layer, [layer, *later], settings["position"], config.pooling, meter)
+    vectors = vectors_from(model, inputs, layer, [layer, *later], settings["position"], config.pooling,
+                           _each(meter, reader.clean if reader else None))
     return inputs, vectors.pop(layer), vectors, meter
 
 
-def erased_vectors(run, settings: dict, inputs, erasers: dict, fold_list, loss) -> tuple[dict, dict]:
+def erased_vectors(run, settings: dict, inputs, erasers: dict, fold_list, loss, reader=None) -> tuple[dict, dict]:
     """{(condition, fold): {later layer: X}}: blocks L.. rerun with each eraser at ``blocks.{L}.resid_pre``;
     with ``loss``, {(condition, fold): meter} of the fold's test rows' next-token losses."""
     from tqdm.auto import tqdm
@@ -99,9 +101,10 @@ def erased_vectors(run, settings: dict, inputs, erasers: dict, fold_list, loss) 
     for (condition, fold), eraser in tqdm(erasers.items(), desc=f"{config.name}: erasure at layer {layer}",
                                           unit="run", disable=not run.services.progress):
         meter = meters[(condition, fold)] = loss.meter(fold_list[fold][1]) if loss else None
+        read = reader.erased(condition, fold, fold_list[fold][1]) if reader else None
         with hooks(model, {settings["hook_point"]: erase_hook(eraser)}):
             runs[(condition, fold)] = vectors_from(model, inputs, layer, later, settings["position"],
-                                                   config.pooling, meter)
+                                                   config.pooling, _each(meter, read))
     return runs, meters
 
 
@@ -139,6 +142,14 @@ def score_layers(run, settings, X_layer, runs, erasers, y, fold_list) -> list[di
     return table
 
 
+def _each(*callbacks):
+    """One ``on_deepest`` callback that calls each of ``callbacks`` that is not None, or None."""
+    kept = [callback for callback in callbacks if callback is not None]
+    if not kept:
+        return None
+    return lambda batch, hidden: [callback(batch, hidden) for callback in kept] and None
+
+
 def majority_accuracy(y, fold_list) -> float:
     """Always guessing the training fold's commonest label, on the same folds."""
     import numpy as np
@@ -168,13 +179,17 @@ class NextTokenLoss:
     the causal LM's own logits, so a family whose logits are something else (soft-capped, scaled) fails
     loudly instead of reporting a wrong loss."""
 
-    def __init__(self, run):
+    def __init__(self, run, outputs=None):
+        """``outputs``: an OwnOutputs of kind next-token, whose loaded LM, norm and head are reused."""
         from transformers import AutoModelForCausalLM
 
         from probe.core.adapters import adapter_for
         from probe.core.adapters.spec import module_at
         from probe.core.points import spec_of
 
+        if outputs is not None and outputs.kind == "next-token":  # one copy of the LM's weights, not two
+            self.norm, self.lm, self.head = outputs.norm, outputs.lm, outputs.head
+            return
         model, _ = run.services.load_model()
         spec = spec_of(model, adapter_for(model))
         self.norm = module_at(getattr(model, "base_model", model), spec.final_norm) if spec else None
@@ -253,6 +268,77 @@ def loss_summary(base, meters: dict, draws: int) -> dict:
             "delta_random_std": float(np.std(random)), "delta_random_draws": random}
 
 
+# ------------------------------------------------------------------ (c) the model's own outputs at the word
+
+
+class OutputsReader:
+    """The model's own distribution at the probed token (plugins/own_outputs.py: next-token for a causal LM,
+    masked-LM at the word for a masked LM), as the steering reporter reads it: unerased for every row, then
+    per eraser the KL from it and the log-probability of the tokens typical of the row's own sense (those
+    picked on the fold's training rows), for the fold's test rows."""
+
+    def __init__(self, readout, position: str, y, top_k: int = 10):
+        self.readout, self.position, self.y, self.top_k = readout, position, y, top_k
+        self.log_probs, self.typical, self.kl, self.own = None, {}, {}, {}
+
+    def _read(self, batch, hidden):
+        from probe_plugins.steering import read_positions
+
+        return self.readout.log_probs(batch, hidden, read_positions(batch, self.position))
+
+    def clean(self, batch, hidden) -> None:
+        import torch
+
+        log_probs = self._read(batch, hidden)
+        if self.log_probs is None:
+            self.log_probs = torch.empty(len(self.y), log_probs.shape[-1])
+        self.log_probs[batch.rows] = log_probs
+
+    def pick_tokens(self, fold_list) -> None:
+        from probe_plugins.own_outputs import typical_tokens
+
+        senses = sorted(set(self.y.tolist()))
+        self.typical = [typical_tokens(self.log_probs, self.y, train, senses, self.top_k) for train, _ in fold_list]
+
+    def erased(self, condition: str, fold: int, test):
+        """An ``on_deepest`` callback for the rerun under ``condition``'s eraser of ``fold``."""
+        import torch
+
+        rows = {int(r) for r in test}
+
+        def read(batch, hidden):
+            log_probs = self._read(batch, hidden)
+            for i, row in enumerate(batch.rows):
+                if row in rows:
+                    clean, erased = self.log_probs[row], log_probs[i]
+                    self.kl[(condition, row)] = float((erased.exp() * (erased - clean)).sum())
+                    ids = self.typical[fold][self.y[row]]
+                    self.own[(condition, row)] = float(torch.logsumexp(erased[ids], 0) - torch.logsumexp(clean[ids], 0))
+
+        return read
+
+    def summary(self, draws: int, seed: int) -> dict:
+        """Per held-out row, LEACE and the random draws (averaged per row), with 95% bootstrap intervals."""
+        import numpy as np
+
+        from probe.science.steering import bootstrap_interval
+
+        rows = sorted({row for (condition, row) in self.kl if condition == "leace"})
+
+        def entry(table, conditions):
+            values = np.array([np.mean([table[(c, row)] for c in conditions]) for row in rows])
+            low, high = bootstrap_interval(values, seed)
+            return {"mean": float(values.mean()), "ci": [low, high]}
+
+        randoms = [f"random-{d}" for d in range(draws)]
+        out = {"available": True, "kind": self.readout.kind, "position": self.position, "rows": len(rows),
+               "top_k": self.top_k}
+        for name, table in (("kl", self.kl), ("delta_log_p_own_typical", self.own)):
+            out[name] = {"leace": entry(table, ["leace"]), "random": entry(table, randoms),
+                         "random_draws": [entry(table, [c])["mean"] for c in randoms]}
+        return out
+
+
 # ------------------------------------------------------------------ the reporter
 
 
@@ -261,15 +347,22 @@ def erasure(results, output_dir, run):
 
     import numpy as np
 
+    from probe.pipeline.interventions import record
+    from probe_plugins.own_outputs import own_outputs
+
     config = run.config
     settings = erasure_settings(results, config, run.services.n_blocks)
     y = np.asarray(run.rows.table["label"])
     fold_list = run.splits.folds()  # the run's own, under its evaluation protocol (k folds or a fixed split)
     missing = lm_head_missing(run)
-    loss = None if missing else NextTokenLoss(run)
-    inputs, X_layer, unerased, base = unerased_vectors(run, settings, loss)
+    readout, no_outputs = own_outputs(run)
+    reader = OutputsReader(readout, settings["position"], y) if readout else None
+    loss = None if missing else NextTokenLoss(run, readout)
+    inputs, X_layer, unerased, base = unerased_vectors(run, settings, loss, reader)
     erasers, ranks = fold_erasers(X_layer, y, fold_list, settings["draws"], config.seed)
-    runs, meters = erased_vectors(run, settings, inputs, erasers, fold_list, loss)
+    if reader:
+        reader.pick_tokens(fold_list)
+    runs, meters = erased_vectors(run, settings, inputs, erasers, fold_list, loss, reader)
     runs["unerased"] = unerased
     del inputs, loss
     summary = {**settings, "method": f"LEACE (concept-erasure {version('concept-erasure')})",
@@ -277,10 +370,30 @@ def erasure(results, output_dir, run):
                "majority": majority_accuracy(y, fold_list),
                "layers": score_layers(run, settings, X_layer, runs, erasers, y, fold_list),
                "loss": {"available": False, "reason": missing} if missing else
-               loss_summary(base, meters, settings["draws"])}
+               loss_summary(base, meters, settings["draws"]),
+               "outputs": reader.summary(settings["draws"], config.seed) if reader else
+               {"available": False, "reason": no_outputs}}
     _write(summary, output_dir)
     _plot(results, summary, output_dir)
+    results.interventions.append(record(
+        "erasure", "erasure", {k: settings[k] for k in ("draws", "position")}, [settings["hook_point"]],
+        layers=[settings["layer"]], effect=erasure_effect(summary),
+        note="measured on reruns only: the probes in results.json are fitted on unerased vectors"))
     return summary
+
+
+def erasure_effect(summary: dict) -> dict:
+    """The erased layer's accuracy (LEACE vs random vs none) and, where measured, the outputs' change."""
+    first = summary["layers"][0]
+    effect = {"layer": first["layer"], "accuracy_unerased": first["unerased"], "accuracy_leace": first["leace"],
+              "accuracy_random": first["random"], "majority": summary["majority"]}
+    if summary["loss"]["available"]:
+        effect["delta_next_token_loss"] = {"leace": summary["loss"]["delta_leace"],
+                                           "random": summary["loss"]["delta_random"]}
+    if summary["outputs"]["available"]:
+        effect[f"{summary['outputs']['kind']} KL at the {summary['position']} token"] = {
+            name: summary["outputs"]["kl"][name]["mean"] for name in ("leace", "random")}
+    return effect
 
 
 def _write(summary: dict, output_dir) -> None:

@@ -213,6 +213,12 @@ class ModelProvider:
             self._switch(attention)
         return self._model
 
+    @property
+    def loaded_model(self):
+        """The model with probe's attention and the plugins' activation hooks on it, if it was loaded so;
+        else None (nothing is loaded for asking)."""
+        return self._model if self._attention == "reimplemented" else None
+
     def _switch(self, attention: str) -> None:
         from probe.core.swap import restore_attention, swap_attention
 

@@ -194,6 +194,9 @@ class Results(BaseModel):
         None, description="how the intervals were computed, and paired tests between layers")
     provenance: Provenance | None = None
     diagnostics: list[Diagnostic] = Field([], description="what makes a number here easy to misread")
+    interventions: list[dict[str, Any]] = Field(
+        [], description="every change made to activations: activation_hooks plugins (the whole run) and "
+        "intervening reporters (steering, erasure); kind, plugin, version, options, hook_points, layers, effect")
 
     model_config = ConfigDict(populate_by_name=True)
     _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
@@ -216,6 +219,7 @@ class Results(BaseModel):
                if value is not None},
             "provenance": self.provenance.model_dump() if self.provenance else None,
             "diagnostics": [d.model_dump() for d in self.diagnostics],
+            **({"interventions": self.interventions} if self.interventions else {}),
         }
 
     def to_json(self) -> str:

@@ -38,6 +38,7 @@ from probe.pipeline.context import (
     model_load_error,  # noqa: F401  (re-exported: the CLI's compare command uses it)
     resolve_model,
 )
+from probe.pipeline.interventions import activation_interventions
 from probe.pipeline.results import (
     Baseline,
     DatasetInfo,
@@ -427,6 +428,7 @@ def probe_layers(run: RunData, n_jobs=None) -> Results:
         layers=[], provenance=Provenance.now(),
         evaluation=describe_evaluation(config, rows, splits),
         probe={"name": config.probe_name, "options": config.probe_options, **describe_probe(services.make_probe()())},
+        interventions=activation_interventions(services),  # an ablating plugin's run must not look clean
     )
     for split in splits:
         if "majority" in config.controls:
@@ -543,24 +545,38 @@ def write_reports(results: Results, output_dir: Path, run: RunData) -> None:
     summary last, so that it can say what the others did (``run.reporters`` notes each as it finishes)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     names = run.config.reporters
+    recorded = len(results.interventions)
     for name in [n for n in names if n != "summary"] + [n for n in names if n == "summary"]:
-        entry = plugins.lookup("reporter", name)
-        try:
-            entry.value(results, output_dir, run)
-        except plugins.ReporterSkipped as why:  # nothing to write for this run: it says why, the run goes on
-            run.reporters.note(name, "skipped", str(why))
-            continue
-        except (ConfigError, plugins.PluginError, DiskFull):
-            raise
-        except OSError as error:
-            if is_disk_full(error):  # not the reporter's fault: the message names the full folder instead
-                where = Path(error.filename) if error.filename else None
-                raise disk_full(error, where.parent if where else output_dir, where.name if where else None,
-                                written=size_or_none(where)) from error
-            raise plugins.raised(entry, error) from error
-        except Exception as error:  # the run is not published; the message names who failed
-            raise plugins.raised(entry, error) from error
-        run.reporters.note(name, "ran")
+        status = _report(name, results, output_dir, run)
+        run.reporters.note(name, *status)
+    if len(results.interventions) > recorded:  # a reporter intervened after results.json was written
+        for name in REWRITTEN_AFTER_INTERVENTIONS:
+            if name in names:
+                _report(name, results, output_dir, run)
+
+
+# Reporters whose files list the run's interventions: written again once a later reporter adds one.
+REWRITTEN_AFTER_INTERVENTIONS = ("json", "summary", "html")
+
+
+def _report(name: str, results: Results, output_dir: Path, run: RunData) -> tuple[str, str]:
+    """One reporter: (status, reason), "ran" or "skipped" with why; a failure raises, naming who failed."""
+    entry = plugins.lookup("reporter", name)
+    try:
+        entry.value(results, output_dir, run)
+    except plugins.ReporterSkipped as why:  # nothing to write for this run: it says why, the run goes on
+        return "skipped", str(why)
+    except (ConfigError, plugins.PluginError, DiskFull):
+        raise
+    except OSError as error:
+        if is_disk_full(error):  # not the reporter's fault: the message names the full folder instead
+            where = Path(error.filename) if error.filename else None
+            raise disk_full(error, where.parent if where else output_dir, where.name if where else None,
+                            written=size_or_none(where)) from error
+        raise plugins.raised(entry, error) from error
+    except Exception as error:  # the run is not published; the message names who failed
+        raise plugins.raised(entry, error) from error
+    return "ran", ""
 
 
 def versions() -> dict:

@@ -153,7 +153,7 @@ def _run_section(n: int, run: Run, name: str) -> str:
                            "Blocks are numbered from 0; block i reads layer i and writes layer i + 1.",
                            '<div class="probe-attention"></div>'))
     return (f'<section class="run" data-run="{n}"><h2>{html.escape(name)}</h2>'
-            f'<p class="meta">{html.escape(_meta(r))}</p>{_diagnostics_box(r)}{missing}{"".join(views)}</section>')
+            f'<p class="meta">{html.escape(_meta(r))}</p>{_interventions(r)}{_diagnostics_box(r)}{missing}{"".join(views)}</section>')
 
 
 def _diagnostics_box(results: dict) -> str:
@@ -167,6 +167,16 @@ def _diagnostics_box(results: dict) -> str:
         + "</li>" for d in found)
     return (f'<div class="diagnostics" role="note"><h3>Read with care: {len(found)} warning(s)</h3>'
             f"<ul>{items}</ul></div>")
+
+
+def _interventions(results: dict) -> str:
+    """A warning line when the run changed the model's activations (results.json's ``interventions``)."""
+    entries = results.get("interventions") or []
+    if not entries:
+        return ""
+    said = "; ".join(f"{e['kind']} by plugin {e['plugin']} at {', '.join(e.get('hook_points') or ['unknown points'])}"
+                     for e in entries)
+    return f'<p class="hint intervened"><strong>Intervened on:</strong> {html.escape(said)}.</p>'
 
 
 def _meta(results: dict) -> str:

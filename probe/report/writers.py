@@ -129,6 +129,7 @@ def write_summary(results: Results, output_dir: Path, reporters=()) -> Path:
             lines.append(f"- {name} baseline accuracy: {baseline.accuracy:.3f}")
     lines += statistics_lines(results)
     lines += controls_and_measures(results)
+    lines += intervention_lines(results)
     if data.skipped_rows:
         lines += ["", f"Skipped {len(data.skipped_rows)} bad row(s):"] + [f"- {p}" for p in data.skipped_rows]
     lines += diagnostics_section(results)
@@ -168,6 +169,21 @@ def diagnostic_lines(results: Results, with_advice: bool = True) -> list[str]:
         lines.append(f"warning: {d.line()}")
         if with_advice and d.advice:
             lines.append(f"  what to do: {d.advice}")
+    return lines
+
+
+def intervention_lines(results: Results) -> list[str]:
+    """What the run changed in the model's activations (results.json's ``interventions``), or nothing."""
+    if not results.interventions:
+        return []
+    lines = ["", "**Intervened on.** This run changed the model's activations:"]
+    for entry in results.interventions:
+        points = entry.get("hook_points")
+        where = ", ".join(points[:6]) + (f" and {len(points) - 6} more" if len(points) > 6 else "") if points \
+            else "hook points not known"
+        version = f" {entry['version']}" if entry.get("version") else ""
+        note = f" ({entry['note']})" if entry.get("note") else ""
+        lines.append(f"- {entry['kind']} by plugin `{entry['plugin']}`{version} at {where}{note}")
     return lines
 
 
