@@ -21,6 +21,8 @@ from probe.report.figures import accuracy_figure, comparison_figure
 from probe.store.files import write_text_atomic
 
 PAGE = "report.html"
+# A reporter's own figures for the page: [{"file", "title", "hint"}], listed by add_report_figure.
+FIGURES = "report_figures.json"
 
 
 class ReportError(UserError, ValueError):
@@ -132,8 +134,34 @@ def _run_section(n: int, run: Run) -> str:
         views.append(_view("attention", "Attention",
                            "Blocks are numbered from 0; block i reads layer i and writes layer i + 1.",
                            '<div class="probe-attention"></div>'))
+    views += _reporter_figures(run.folder)
     return (f'<section class="run" data-run="{n}"><h2>{html.escape(_title([run]))}</h2>'
             f'<p class="meta">{html.escape(_meta(r))}</p>{missing}{"".join(views)}</section>')
+
+
+def add_report_figure(output_dir: str | Path, file: str, title: str, hint: str = "") -> Path:
+    """List a reporter's PNG (``file``, in ``output_dir``) for report.html, which inlines it as a view of its
+    own: a reporter that runs before ``html`` (or before ``probe report``) gets its figure on the page."""
+    path = Path(output_dir) / FIGURES
+    listed = [f for f in (_read_json(path, required=False) or []) if f["file"] != file]
+    listed.append({"file": file, "title": title, "hint": hint})
+    return write_text_atomic(path, json.dumps(listed, indent=2) + "\n")
+
+
+def _reporter_figures(folder: Path | None) -> list[str]:
+    """The views of the figures reporters listed in the run folder (a missing PNG is left out)."""
+    import base64
+
+    if folder is None:
+        return []
+    views = []
+    for figure in _read_json(folder / FIGURES, required=False) or []:
+        image = folder / figure["file"]
+        if image.is_file():
+            encoded = base64.b64encode(image.read_bytes()).decode("ascii")
+            body = f'<img class="reporter-figure" style="max-width:100%" alt="{html.escape(figure["title"])}" src="data:image/png;base64,{encoded}">'
+            views.append(_view("figure", figure["title"], figure.get("hint", ""), body))
+    return views
 
 
 def _meta(results: dict) -> str:
