@@ -17,7 +17,8 @@ config's), ``batch`` (patched copies per forward, default 256), ``window`` (resi
 this far from the target, default all), ``draws`` (bootstrap draws, default 1000). Writes trace.csv,
 trace.json, trace_heads.png/.svg (blocks × heads, with the whole attention and MLP outputs) and
 trace_positions.png/.svg (layers × positions), and adds both figures to report.html when ``trace``
-runs before ``html``.
+runs before ``html``. For a decoder whose checkpoint has a causal LM head, trace.csv also has the
+change in the model's own log-probability of the source's next token (see ``NEXT_TOKEN``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from probe import hookimpl
 
 OPTIONS = ("pairs", "layer", "seed", "batch", "window", "draws")
 COLUMNS = ("block", "head", "position", "effect", "ci_low", "ci_high", "pairs")
+NEXT_COLUMNS = ("next_token_change", "next_token_ci_low", "next_token_ci_high")  # decoders with an LM head
 
 
 def trace_settings(results, config, n_blocks: int) -> dict:
@@ -100,17 +102,54 @@ def run_trace(run, settings: dict) -> dict:
     points = TracePoints(n_blocks=run.services.n_blocks, n_heads=run.services.model_config.num_attention_heads,
                          layer=settings["layer"], final_norm=config.final_norm,
                          has_mlp="blocks.0.mlp.out" in names)
+    head, next_token = next_token_reader(run, model, tokenizer, cut) if cut else (None, "not available: an encoder")
     started = time.perf_counter()
     traces = []
     for pair in tqdm(pairs, desc=f"{config.name}: causal trace", unit="pair", disable=not run.services.progress):
         labels = (table["label"][pair.base], table["label"][pair.source])
+        following = next_token(pair.source) if head is not None else None
         traces.append(trace_pair(model, probe, list(probe.classes_), sentences[pair.base], sentences[pair.source],
-                                 labels, points, config.pooling, settings["batch"], settings["window"]))
+                                 labels, points, config.pooling, settings["batch"], settings["window"], head, following))
     rows = summarise(traces, settings["seed"], settings["draws"])
     return {"rows": rows, "pairs": [[p.base, p.source] for p in pairs],
+            "next_token": NEXT_TOKEN if head is not None else next_token,
             "same_group": sum(groups is not None and groups[p.base] == groups[p.source] for p in pairs),
             "components": ["head", "attn"] + (["mlp"] if points.has_mlp else []) + ["resid"],
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+NEXT_TOKEN = ("next_token_change: the change in the base's log-probability (nats) of the token that follows the "
+              "target in the source sentence, predicted at the target's last token; mean over pairs, not normalised")
+
+
+def next_token_reader(run, model, tokenizer, cut: bool):
+    """(the checkpoint's LM head, row → the id of the token after its target or None), or (None, why not).
+    The head is checked once against the causal LM's own logits: a family whose logits are something else
+    (soft-capped, scaled) gets no number rather than a wrong one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from probe.pipeline.extract import encode_rows
+    architectures = getattr(run.services.model_config, "architectures", None) or []
+    if not any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
+        return None, f"not available: the checkpoint ({', '.join(architectures) or 'no architecture'}) has no causal LM head"
+    language_model = run.services.load_weights(AutoModelForCausalLM).eval()
+    head = language_model.get_output_embeddings()
+    table, spans = run.rows.table, run.rows.spans
+    encoding, targets, _ = encode_rows(tokenizer, [table["text"][0]], [spans[0]], cut=False)
+    with torch.inference_mode():
+        on_device = {k: v.to(head.weight.device) for k, v in encoding.items()}
+        own = language_model(**on_device, use_cache=False).logits[0, -1].float()
+        ours = head(model(**on_device, use_cache=False).last_hidden_state[0, -1]).float()
+    if not torch.allclose(own, ours, atol=1e-3, rtol=1e-3):
+        return None, "not available: this family's logits are not the LM head on the last hidden state"
+
+    def following(row: int):
+        encoding, targets, _ = encode_rows(tokenizer, [table["text"][row]], [spans[row]], cut=False)
+        after = targets[0][-1] + 1
+        return int(encoding["input_ids"][0, after]) if after < encoding["input_ids"].shape[1] else None
+
+    return head, following
 
 
 def causal_trace(results, output_dir, run):
@@ -130,7 +169,7 @@ def _write(summary: dict, output_dir):
 
     write_text_atomic(output_dir / "trace.json", json.dumps(summary, indent=2) + "\n")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS + (NEXT_COLUMNS if "next_token_change" in summary["rows"][0] else ()))
     writer.writeheader()
     writer.writerows(summary["rows"])
     write_text_atomic(output_dir / "trace.csv", buffer.getvalue())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from probe_plugins import causal_trace
 from tiny_gpt2 import build_tiny_gpt2
-from transformers import GPT2Model
+from transformers import GPT2LMHeadModel, GPT2Model
 
 import probe
 from probe import plugins
@@ -102,6 +102,35 @@ def test_one_head_patch_matches_a_patch_done_by_hand(setting):
     assert traced["full"] == pytest.approx(_difference(fitted, _hidden(model, source, LAYER))[0] - clean[0], abs=1e-5)
 
 
+def test_next_token_change_matches_the_language_model_run_by_hand(tiny, setting):
+    model, fitted, base, source, points = setting
+    language_model = GPT2LMHeadModel.from_pretrained(tiny[0], attn_implementation="eager").eval()
+    probe.swap_attention(language_model)
+    following = 7
+    traced = trace_pair(model, fitted, ["animal", "unit"], base, source, ("animal", "unit"), points,
+                        head=language_model.get_output_embeddings(), next_token=following)
+    with probe.capture(language_model, "blocks.0.attn.out") as seen, torch.no_grad():
+        source_log_p = language_model(**source.encoding).logits[0, -1].log_softmax(-1)[following]
+    shift = source.targets[0] - base.targets[0]
+
+    def write_attention(out, name):
+        out = out.clone()
+        out[0, :] = seen["blocks.0.attn.out"][0, shift:shift + base.length]
+        return out
+
+    def log_p(edit=None):
+        with probe.hooks(language_model, edit or {}), torch.no_grad():
+            return language_model(**base.encoding).logits[0, base.targets[-1]].log_softmax(-1)[following].item()
+
+    clean = log_p()
+    moved = traced["next_moved"][traced["components"].index(Component("attn", 0))]
+    assert moved != 0
+    assert moved == pytest.approx(log_p({"blocks.0.attn.out": write_attention}) - clean, abs=1e-4)
+    assert traced["next_full"] == pytest.approx(source_log_p.item() - clean, abs=1e-4)
+    rows = summarise([traced], draws=20)
+    assert rows[0]["next_token_change"] == pytest.approx(traced["next_moved"][0])
+
+
 def test_residual_patch_at_one_position_matches_a_patch_done_by_hand(setting):
     model, fitted, base, source, points = setting
     traced = trace_pair(model, fitted, ["animal", "unit"], base, source, ("animal", "unit"), points)
@@ -129,7 +158,7 @@ def test_whole_residual_at_the_target_scores_one_and_no_patch_zero(setting):
     assert whole["ci_low"] == pytest.approx(1.0, abs=1e-6) and whole["ci_high"] == pytest.approx(1.0, abs=1e-6)
     # An unpatched copy, alone in its forward, reads the base's own vector: it moves nothing.
     components = [None, None, Component("head", 0, 1)]
-    vectors = patched_vectors(model, base, source, components, points, _source_values(model, source, points), batch=1)
+    vectors, _ = patched_vectors(model, base, source, components, points, _source_values(model, source, points), batch=1)
     assert _difference(fitted, vectors[1:2])[0] - _difference(fitted, vectors[:1])[0] == pytest.approx(0, abs=1e-6)
     assert np.allclose(vectors[0], _hidden(model, base, LAYER), atol=1e-5)
 
@@ -138,7 +167,7 @@ def _source_values(model, source, points):
     from probe.pipeline.patching import clean_run
 
     names = [f"blocks.{b}.attn.z" for b in range(2)] + [points.residual(points.layer)]
-    return clean_run(model, source, names)
+    return clean_run(model, source, names)[0]
 
 
 def test_a_batch_of_patches_equals_the_patches_one_at_a_time(setting):
@@ -193,7 +222,7 @@ def test_trace_experiment_writes_table_figures_and_report_section(tiny, tmp_path
     out = tmp_path / "out"
     with open(out / "trace.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == list(causal_trace.COLUMNS)
+    assert list(rows[0]) == list(causal_trace.COLUMNS + causal_trace.NEXT_COLUMNS)  # a GPT-2 with its LM head
     assert {r["head"] for r in rows} == {"0", "1", "2", "3", "attn", "mlp", "resid"}
     whole = next(r for r in rows if r["head"] == "resid" and r["block"] == str(LAYER) and r["position"] == TARGET)
     assert float(whole["effect"]) == pytest.approx(1.0, abs=1e-6) and whole["pairs"] == "3"

@@ -181,48 +181,61 @@ def _patcher(edits: list):
 
 
 @torch.inference_mode()
-def clean_run(model, sentence: Sentence, names: list[str]) -> dict:
-    """Every named activation of one sentence's unpatched run (batch of one)."""
+def clean_run(model, sentence: Sentence, names: list[str]) -> tuple[dict, object]:
+    """Every named activation of one sentence's unpatched run (batch of one), and the model's output."""
     from probe.core.hooks import capture
 
     with capture(model, names) as seen:
-        model(**on_device(sentence.encoding, device_of(model)), use_cache=False)
-    return dict(seen)
+        output = model(**on_device(sentence.encoding, device_of(model)), use_cache=False)
+    return dict(seen), output
+
+
+def next_token_log_probability(head, output, position: int, token: int) -> torch.Tensor:
+    """log p(``token``) after ``position``, per row: ``head`` (the checkpoint's LM head) on the model's
+    last hidden state, which Hugging Face's decoders return after their final norm."""
+    logits = head(output.last_hidden_state[:, position]).float()
+    return torch.log_softmax(logits, dim=-1)[:, token].cpu()
 
 
 @torch.inference_mode()
-def patched_vectors(model, base: Sentence, source: Sentence, components: list[Component], points: TracePoints,
-                    source_values: dict, pooling: str = "mean", batch: int = 256) -> np.ndarray:
+def patched_vectors(model, base: Sentence, source: Sentence, components: list, points: TracePoints,
+                    source_values: dict, pooling: str = "mean", batch: int = 256, head=None,
+                    next_token: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The probed layer's target vector of the base sentence under each component's patch (one row each),
-    ``batch`` copies per forward. A component given as None is the unpatched base."""
+    ``batch`` copies per forward; a component given as None is the unpatched base. With an LM ``head``
+    and a ``next_token``, the whole model runs and each copy's log-probability of that token after the
+    target comes back too (else None)."""
     from probe.core.hooks import hooks
 
     alignment = aligned(base, source)
     read_at = points.residual(points.layer)
-    out = []
+    whole = head is not None and next_token is not None
+    vectors, next_log_p = [], []
     for start in range(0, len(components), batch):
         chunk = components[start:start + batch]
         edits: dict[str, list] = {}
         for copy, component in enumerate(chunk):
             if component is not None:
-                head, positions, values = _edit(component, alignment, source_values, points)
-                edits.setdefault(points.name(component), []).append((copy, head, positions, values))
+                head_index, positions, values = _edit(component, alignment, source_values, points)
+                edits.setdefault(points.name(component), []).append((copy, head_index, positions, values))
         encoding = {name: values.expand(len(chunk), -1) for name, values in base.encoding.items()}
         seen = {}
 
         def read(tensor, name):
             seen["hidden"] = tensor
-            raise _Stop
+            if not whole:
+                raise _Stop
 
         with hooks(model, {name: _patcher(e) for name, e in edits.items()}):
             with hooks(model, {read_at: read}):  # attached after the patches: it reads what they wrote
                 try:
-                    model(**on_device(encoding, device_of(model)), use_cache=False)
+                    output = model(**on_device(encoding, device_of(model)), use_cache=False)
+                    if whole:
+                        next_log_p.append(next_token_log_probability(head, output, base.targets[-1], next_token))
                 except _Stop:
                     pass
-        hidden = seen["hidden"].float().cpu()
-        out.append(pool_targets(hidden, [base.targets] * len(chunk), pooling))
-    return np.concatenate(out)
+        vectors.append(pool_targets(seen["hidden"].float().cpu(), [base.targets] * len(chunk), pooling))
+    return np.concatenate(vectors), torch.cat(next_log_p).double().numpy() if whole else None
 
 
 def sense_difference(probe, vectors: np.ndarray, source_class: int, base_class: int) -> np.ndarray:
@@ -231,28 +244,38 @@ def sense_difference(probe, vectors: np.ndarray, source_class: int, base_class: 
     return log_probabilities[:, source_class] - log_probabilities[:, base_class]
 
 
+@torch.inference_mode()
 def trace_pair(model, probe, classes: list, base: Sentence, source: Sentence, labels: tuple, points: TracePoints,
-               pooling: str = "mean", batch: int = 256, window: int | None = None) -> dict:
+               pooling: str = "mean", batch: int = 256, window: int | None = None, head=None,
+               next_token: int | None = None) -> dict:
     """One pair's patches: {"components": [...], "moved": d − d_base per component, "full": d_source − d_base}.
-    d is ``sense_difference`` at the probed layer; d_base is the unpatched copy's, run in the first batch."""
+    d is ``sense_difference`` at the probed layer; d_base is the unpatched copy's, run in the first batch.
+    With an LM ``head`` and the source's ``next_token`` (the token after its target) also "next_moved":
+    the change in the base's log-probability of that token per patch, and "next_full": the source's own
+    log-probability of it minus the base's."""
     alignment = aligned(base, source)
     relative = [p for p in alignment if p == TARGET or window is None or abs(p) <= window]
     components = points.components(relative)
     names = sorted({points.name(c) for c in components} | {points.residual(points.layer)})
-    source_values = clean_run(model, source, names)
-    vectors = patched_vectors(model, base, source, [None, *components], points, source_values, pooling, batch)
+    source_values, source_output = clean_run(model, source, names)
+    vectors, next_log_p = patched_vectors(model, base, source, [None, *components], points, source_values, pooling,
+                                          batch, head, next_token)
     source_vector = pool_targets(source_values[points.residual(points.layer)].float().cpu(), [source.targets],
                                  pooling)
     source_class, base_class = classes.index(labels[1]), classes.index(labels[0])
-    d = sense_difference(probe, vectors, source_class, base_class)
-    d_source = sense_difference(probe, source_vector, source_class, base_class)[0]
-    return {"components": components, "moved": d[1:] - d[0], "full": float(d_source - d[0])}
+    d = sense_difference(probe, np.concatenate([vectors, source_vector]), source_class, base_class)
+    traced = {"components": components, "moved": d[1:-1] - d[0], "full": float(d[-1] - d[0])}
+    if next_log_p is not None:
+        own = next_token_log_probability(head, source_output, source.targets[-1], next_token).double().item()
+        traced |= {"next_moved": next_log_p[1:] - next_log_p[0], "next_full": own - float(next_log_p[0])}
+    return traced
 
 
 def summarise(traces: list[dict], seed: int = 0, draws: int = 1000) -> list[dict]:
     """Per component: effect = Σ moved / Σ full over the pairs that have it (a ratio of means: a pair whose
     probe barely separates the senses adds little, instead of dividing by almost nothing), with a 95%
-    percentile-bootstrap interval over pairs (seeded)."""
+    percentile-bootstrap interval over pairs (seeded). Where every pair has "next_moved": its mean over
+    pairs (nats, not normalised) with its interval from the same draws, as next_token_change."""
     order = list(dict.fromkeys(c for trace in traces for c in trace["components"]))
     column = {c: i for i, c in enumerate(order)}
     moved = np.zeros((len(traces), len(order)))
@@ -268,6 +291,20 @@ def summarise(traces: list[dict], seed: int = 0, draws: int = 1000) -> list[dict
     with np.errstate(divide="ignore", invalid="ignore"):
         drawn = (weights @ moved) / (weights @ (present * full[:, None]))
     low, high = np.nanpercentile(drawn, [2.5, 97.5], axis=0)
-    return [{"block": c.block, "head": c.head_label, "position": c.position, "effect": float(effect[i]),
+    rows = [{"block": c.block, "head": c.head_label, "position": c.position, "effect": float(effect[i]),
              "ci_low": float(low[i]), "ci_high": float(high[i]), "pairs": int(present[:, i].sum())}
             for i, c in enumerate(order)]
+    if any("next_moved" in trace for trace in traces):  # pairs whose source has no token after the target lack it
+        next_moved, next_present = np.zeros_like(moved), np.zeros_like(present)
+        for row, trace in enumerate(traces):
+            if "next_moved" in trace:
+                next_moved[row, [column[c] for c in trace["components"]]] = trace["next_moved"]
+                next_present[row] = present[row]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = next_moved.sum(0) / next_present.sum(0)
+            drawn = (weights @ next_moved) / (weights @ next_present)
+        low, high = np.nanpercentile(drawn, [2.5, 97.5], axis=0)
+        for i, row in enumerate(rows):
+            row |= {"next_token_change": float(mean[i]), "next_token_ci_low": float(low[i]),
+                    "next_token_ci_high": float(high[i])}
+    return rows
