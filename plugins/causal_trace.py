@@ -176,11 +176,14 @@ def _write(summary: dict, output_dir):
 
 
 def _heatmap(values, row_labels, column_labels, title, xlabel, ylabel, path, extent):
+    import matplotlib
+
     from probe.report.writers import _pyplot, _save
 
     plt = _pyplot()
+    colours = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#c8c8c8")  # grey: too few pairs, or none
     fig, ax = plt.subplots(figsize=(1.8 + 0.42 * len(column_labels), 1.4 + 0.38 * len(row_labels)))
-    image = ax.imshow(values, cmap="RdBu_r", vmin=-extent, vmax=extent, aspect="auto")
+    image = ax.imshow(values, cmap=colours, vmin=-extent, vmax=extent, aspect="auto")
     ax.set_xticks(range(len(column_labels)), [str(c) for c in column_labels], fontsize=7)
     ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize=7)
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
@@ -213,7 +216,9 @@ def _plot_positions(results, summary, output_dir):
     """Layers × positions relative to the target, residual stream only."""
     import numpy as np
 
-    rows = [r for r in summary["rows"] if r["head"] == "resid"]
+    # A position only some pairs have (far from the target in a long sentence) is grey below a quarter of them.
+    fewest = max(2, len(summary["pairs"]) // 4)
+    rows = [r for r in summary["rows"] if r["head"] == "resid" and r["pairs"] >= fewest]
     layers = sorted({r["block"] for r in rows})
     numbers = sorted({r["position"] for r in rows if r["position"] != "target"})
     columns = [p for p in numbers if p < 0] + ["target"] + [p for p in numbers if p > 0]
@@ -221,12 +226,13 @@ def _plot_positions(results, summary, output_dir):
     for r in rows:
         values[layers.index(r["block"]), columns.index(r["position"])] = r["effect"]
     path = _heatmap(values, layers, columns, f"{results.experiment}: patching the residual stream at one layer and "
-                    f"position, read at layer {summary['settings']['layer']}",
+                    f"position, read at layer {summary['settings']['layer']} (grey: fewer than {fewest} pairs)",
                     "position relative to the target", "layer (residual stream entering block)",
                     output_dir / "trace_positions.png", 1.0)
     _add_to_report(output_dir, path, "Causal trace: residual stream by position",
                    "Row L, column p: the residual stream at layer L and position p (relative to the target word) "
-                   "copied from the other-sense sentence. The target column's last row is 1 by construction.")
+                   "copied from the other-sense sentence. The target column's last row is 1 by construction; at that "
+                   "layer no other position is read. trace.csv has every position with its 95% interval.")
 
 
 def _add_to_report(output_dir, path, title, hint):

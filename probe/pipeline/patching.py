@@ -136,8 +136,9 @@ class TracePoints:
                 "mlp": f"blocks.{component.block}.mlp.out"}[component.kind]
 
     def components(self, relative_positions) -> list[Component]:
-        """Every head, attention and MLP output of the blocks before the probed layer, and the residual
-        stream at every layer up to it and every position in ``relative_positions``."""
+        """Every head, attention and MLP output of the blocks before the probed layer, the residual stream
+        at every layer before it and every position in ``relative_positions``, and at the probed layer at
+        the target (the patch that scores 1)."""
         out = []
         for block in range(self.layer):
             if "head" in self.kinds:
@@ -146,9 +147,10 @@ class TracePoints:
                 out.append(Component("attn", block))
             if "mlp" in self.kinds and self.has_mlp:
                 out.append(Component("mlp", block))
-        if "resid" in self.kinds:
+        if "resid" in self.kinds:  # at the probed layer itself only the target is read: elsewhere it is 0
             out += [Component("resid", layer, position=position)
-                    for layer in range(self.layer + 1) for position in relative_positions]
+                    for layer in range(self.layer) for position in relative_positions]
+            out.append(Component("resid", self.layer, position=TARGET))
         return out
 
 
