@@ -109,7 +109,8 @@ def run_trace(run, settings: dict) -> dict:
         labels = (table["label"][pair.base], table["label"][pair.source])
         following = next_token(pair.source) if head is not None else None
         traces.append(trace_pair(model, probe, list(probe.classes_), sentences[pair.base], sentences[pair.source],
-                                 labels, points, config.pooling, settings["batch"], settings["window"], head, following))
+                                 labels, points, config.pooling, settings["batch"], settings["window"], head,
+                                 following))
     rows = summarise(traces, settings["seed"], settings["draws"])
     return {"rows": rows, "pairs": [[p.base, p.source] for p in pairs],
             "next_token": NEXT_TOKEN if head is not None else next_token,
@@ -132,7 +133,8 @@ def next_token_reader(run, model, tokenizer, cut: bool):
     from probe.pipeline.extract import encode_rows
     architectures = getattr(run.services.model_config, "architectures", None) or []
     if not any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
-        return None, f"not available: the checkpoint ({', '.join(architectures) or 'no architecture'}) has no causal LM head"
+        named = ", ".join(architectures) or "no architecture"
+        return None, f"not available: the checkpoint ({named}) has no causal LM head"
     language_model = run.services.load_weights(AutoModelForCausalLM).eval()
     head = language_model.get_output_embeddings()
     table, spans = run.rows.table, run.rows.spans
@@ -169,7 +171,8 @@ def _write(summary: dict, output_dir):
 
     write_text_atomic(output_dir / "trace.json", json.dumps(summary, indent=2) + "\n")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS + (NEXT_COLUMNS if "next_token_change" in summary["rows"][0] else ()))
+    decoder = "next_token_change" in summary["rows"][0]
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS + (NEXT_COLUMNS if decoder else ()))
     writer.writeheader()
     writer.writerows(summary["rows"])
     write_text_atomic(output_dir / "trace.csv", buffer.getvalue())

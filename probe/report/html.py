@@ -159,7 +159,8 @@ def _reporter_figures(folder: Path | None) -> list[str]:
         image = folder / figure["file"]
         if image.is_file():
             encoded = base64.b64encode(image.read_bytes()).decode("ascii")
-            body = f'<img class="reporter-figure" style="max-width:100%" alt="{html.escape(figure["title"])}" src="data:image/png;base64,{encoded}">'
+            body = (f'<img class="reporter-figure" style="max-width:100%" alt="{html.escape(figure["title"])}" '
+                    f'src="data:image/png;base64,{encoded}">')
             views.append(_view("figure", figure["title"], figure.get("hint", ""), body))
     return views
 
