@@ -203,13 +203,14 @@ def test_pairs_are_seeded_same_word_different_sense_same_group_first():
     assert set(same) == {Pair(0, 1), Pair(1, 0), Pair(2, 3), Pair(3, 2), Pair(6, 7), Pair(7, 6)}
     assert len(pairs) == 6
     more, other_seed = (sample_pairs(targets, labels, groups, tokens, 20, seed=seed) for seed in (3, 4))
-    assert more != other_seed and set(more) == set(other_seed)  # another seed: the same pairs, drawn in another order
+    assert more != other_seed and set(more) == set(other_seed)  # same pairs, another order
     assert set(more[:6]) == set(same)  # all same-group pairs before any other
     assert {frozenset((p.base, p.source)) for p in more[6:]} <= {frozenset((a, b)) for a in range(6) for b in range(6)}
     # A target split into a different number of tokens, or the same input up to the target, makes no pair.
     split_target = sample_pairs(targets, labels, groups, [1, 2] + [1] * 6, 20, seed=0, contexts=list(range(8)))
     assert Pair(0, 1) not in split_target and Pair(2, 3) in split_target
-    assert Pair(2, 3) not in sample_pairs(targets, labels, groups, tokens, 20, seed=0, contexts=[0, 1, 2, 2, 4, 5, 6, 7])
+    same_input = [0, 1, 2, 2, 4, 5, 6, 7]  # rows 2 and 3 read the same tokens up to the target
+    assert Pair(2, 3) not in sample_pairs(targets, labels, groups, tokens, 20, seed=0, contexts=same_input)
 
 
 def _config(tiny_folder, **trace):
