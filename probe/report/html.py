@@ -22,6 +22,8 @@ from probe.report.legend import CONFUSION_SCALE, comparison_title, run_names, se
 from probe.store.files import write_text_atomic
 
 PAGE = "report.html"
+# A reporter's own figures for the page: [{"file", "title", "hint"}], listed by add_report_figure.
+FIGURES = "report_figures.json"
 
 
 class ReportError(UserError, ValueError):
@@ -152,8 +154,10 @@ def _run_section(n: int, run: Run, name: str) -> str:
         views.append(_view("attention", "Attention",
                            "Blocks are numbered from 0; block i reads layer i and writes layer i + 1.",
                            '<div class="probe-attention"></div>'))
+    views += _reporter_figures(run.folder)
     return (f'<section class="run" data-run="{n}"><h2>{html.escape(name)}</h2>'
-            f'<p class="meta">{html.escape(_meta(r))}</p>{_interventions(r)}{_diagnostics_box(r)}{missing}{"".join(views)}</section>')
+            f'<p class="meta">{html.escape(_meta(r))}</p>{_interventions(r)}{_diagnostics_box(r)}{missing}'
+            f'{"".join(views)}</section>')
 
 
 def _diagnostics_box(results: dict) -> str:
@@ -177,6 +181,34 @@ def _interventions(results: dict) -> str:
     said = "; ".join(f"{e['kind']} by plugin {e['plugin']} at {', '.join(e.get('hook_points') or ['unknown points'])}"
                      for e in entries)
     return f'<p class="hint intervened"><strong>Intervened on:</strong> {html.escape(said)}.</p>'
+
+
+def add_report_figure(output_dir: str | Path, file: str, title: str, hint: str = "") -> Path:
+    """List a reporter's PNG (``file``, in ``output_dir``) for report.html, which inlines it as a view of its
+    own: a reporter that runs before ``html`` (or before ``probe report``) gets its figure on the page."""
+    if Path(file).name != file or file in ("", ".", ".."):
+        raise ValueError(f"a report figure is a file in the run's folder, not a path: {file!r}")
+    path = Path(output_dir) / FIGURES
+    listed = [f for f in (_read_json(path, required=False) or []) if f["file"] != file]
+    listed.append({"file": file, "title": title, "hint": hint})
+    return write_text_atomic(path, json.dumps(listed, indent=2) + "\n")
+
+
+def _reporter_figures(folder: Path | None) -> list[str]:
+    """The views of the figures reporters listed in the run folder (a missing PNG is left out)."""
+    import base64
+
+    if folder is None:
+        return []
+    views = []
+    for figure in _read_json(folder / FIGURES, required=False) or []:
+        image = folder / figure["file"]
+        if Path(figure["file"]).name == figure["file"] and image.is_file():  # a file of this run's folder only
+            encoded = base64.b64encode(image.read_bytes()).decode("ascii")
+            body = (f'<img class="reporter-figure" style="max-width:100%" alt="{html.escape(figure["title"])}" '
+                    f'src="data:image/png;base64,{encoded}">')
+            views.append(_view("figure", figure["title"], figure.get("hint", ""), body))
+    return views
 
 
 def _meta(results: dict) -> str:
