@@ -219,7 +219,7 @@ class Results(BaseModel):
                if value is not None},
             "provenance": self.provenance.model_dump() if self.provenance else None,
             "diagnostics": [d.model_dump() for d in self.diagnostics],
-            **({"interventions": self.interventions} if self.interventions else {}),
+            "interventions": self.interventions,  # empty: nothing changed the activations
         }
 
     def to_json(self) -> str:
