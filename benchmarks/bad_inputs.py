@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import yaml
+from full_disk import full_disk_reporter
 
 from probe.pipeline.results import without_provenance
 
@@ -357,26 +358,8 @@ def bad_inputs(lab: Lab):
     return cases
 
 
-FULL_DISK_REPORTER = """
-import errno
-from probe.hookspecs import hookimpl
-from probe.store.files import write_atomic
-
-def half_then_full(tmp):
-    tmp.write_bytes(b"x" * 1500)
-    raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
-
-def fills(results, output_dir, run):
-    {how}
-
-@hookimpl
-def register_reporters(register):
-    register("fills", fills)
-"""
-
-
 def _full_disk_run(lab, name, how, error="ENOSPC"):
-    plugin = _plugin(lab, name, FULL_DISK_REPORTER.replace("ENOSPC", error).format(how=how))
+    plugin = _plugin(lab, name, full_disk_reporter(how, error))
     return lab.args(lab.yaml("case", {"reporters": ["json", "fills"], "plugins": [str(plugin)]}))
 
 

@@ -37,14 +37,9 @@ NEXT_COLUMNS = ("next_token_change", "next_token_ci_low", "next_token_ci_high") 
 
 def trace_settings(results, config, n_blocks: int) -> dict:
     """The options with their defaults; a bad one is a ConfigError naming ``options.trace.<key>``."""
-    from probe.pipeline.config import ConfigError
+    from probe.pipeline.config import ConfigError, plugin_options
 
-    options = config.options.get("trace") or {}
-    if not isinstance(options, dict):
-        raise ConfigError(f"options.trace must be a mapping of {', '.join(OPTIONS)}, got {options!r}")
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"options.trace has unknown key(s) {', '.join(unknown)}; accepted: {', '.join(OPTIONS)}")
+    options = plugin_options(config, "trace", OPTIONS)
     if "target" not in config.positions:
         raise ConfigError("the trace reporter reads the target: add target to the config's positions")
     rows = [r for r in results.rows if r.position == "target" and r.subset == "all" and r.layer >= 1]

@@ -33,10 +33,9 @@ OPTIONS = ("layer", "draws", "position")
 
 
 def erasure_settings(results, config, n_blocks: int) -> dict:
-    options = config.options.get("erasure") or {}
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"options.erasure has unknown key(s) {', '.join(unknown)}; accepted: {', '.join(OPTIONS)}")
+    from probe.pipeline.config import plugin_options
+
+    options = plugin_options(config, "erasure", OPTIONS)
     position = options.get("position", config.positions[0])
     if position not in config.positions:
         raise ValueError(f"options.erasure.position is {position!r}; this run probed {config.positions}")

@@ -59,12 +59,9 @@ def _positive_int(options: dict, name: str, default: int) -> int:
 
 def steering_settings(results, config, n_blocks: int, labels: list) -> dict:
     """The options with their defaults, checked; a SteeringError names the option at fault."""
-    options = config.options.get("steering") or {}
-    if not isinstance(options, dict):
-        raise _error(f"must be a mapping of options, got {options!r}")
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise _error(f"unknown key(s) {', '.join(unknown)}; accepted: {', '.join(OPTIONS)}")
+    from probe.pipeline.config import plugin_options
+
+    options = plugin_options(config, "steering", OPTIONS)
     position = options.get("position", config.positions[0])
     if position not in ("target", "last") or position not in config.positions:
         raise _error(f"position is {position!r}; this run probed {config.positions} (target or last can be steered)")

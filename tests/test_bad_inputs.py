@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from full_disk import full_disk_reporter
 from tiny_gpt2 import build_tiny_gpt2, build_tiny_mamba
 
 from probe import plugins
@@ -176,10 +177,10 @@ def _plugin_file(w, name, code):
 
 
 def _full_disk_reporter(name: str, how: str):
-    """A run whose extra reporter finds the disk full: ``how`` is what it does (FULL_DISK_REPORTER)."""
+    """A run whose extra reporter finds the disk full: ``how`` is what it does (tests/full_disk.py)."""
 
     def args(w):
-        plugin = _plugin_file(w, name, FULL_DISK_REPORTER.format(how=how))
+        plugin = _plugin_file(w, name, full_disk_reporter(how))
         return w.run_args(w.write_config("case", {"reporters": ["json", "fills"], "plugins": [str(plugin)]}))
 
     return args
@@ -337,24 +338,6 @@ def _sweep_file(w, output: str) -> Path:
     path = w.base / "sweep.yaml"
     path.write_text(yaml.safe_dump({"experiments": [str(w.config)], "output": output}), encoding="utf-8")
     return path
-
-
-FULL_DISK_REPORTER = """
-    import errno
-    from probe.hookspecs import hookimpl
-    from probe.store.files import write_atomic
-
-    def half_then_full(tmp):
-        tmp.write_bytes(b"x" * 1500)
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
-
-    def fills(results, output_dir, run):
-        {how}
-
-    @hookimpl
-    def register_reporters(register):
-        register("fills", fills)
-"""
 
 
 BOOM_REPORTER = """

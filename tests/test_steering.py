@@ -6,7 +6,6 @@ and bad options named."""
 import itertools
 import json
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from tiny_gpt2 import build_tiny_gpt2
 
 import probe
 from probe import plugins
-from probe.pipeline.config import validate
+from probe.pipeline.config import ConfigError, validate
 from probe.pipeline.run import run_experiment
 from probe.science.steering import SteeringError, random_direction, sense_directions
 from probe.science.probes import logistic_probe
@@ -279,7 +278,9 @@ def test_bad_steering_options_name_the_option():
 
     assert settings()["layer"] == 2 and settings()["hook_point"] == "blocks.2.resid_pre"
     assert settings(alphas=[4, 0, 4])["alphas"] == [0.0, 4.0]
-    for options, message in [({"lyer": 1}, "unknown key.*lyer"), ({"layer": 3}, "layer is 3.*0..2"),
+    with pytest.raises(ConfigError, match="options.steering: unknown key.*lyer"):
+        settings(lyer=1)
+    for options, message in [({"layer": 3}, "layer is 3.*0..2"),
                              ({"alphas": []}, "alphas must be"), ({"alphas": ["big"]}, "alphas must be"),
                              ({"senses": ["c"]}, "senses must be.*a, b"), ({"at": "cue"}, "at is 'cue'"),
                              ({"draws": 0}, "draws must be a positive integer"), ({"position": "last"}, "position")]:

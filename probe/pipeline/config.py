@@ -42,6 +42,18 @@ class ConfigError(UserError, ValueError):
     """A config field is missing, misspelt or has a value probe does not accept."""
 
 
+def plugin_options(config, key: str, accepted) -> dict:
+    """``options.<key>`` of a config for a plugin: a mapping whose keys are all in ``accepted`` ({} when
+    absent); anything else is a ConfigError naming the field and what it accepts."""
+    options = config.options.get(key) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"options.{key}: must be a mapping of {', '.join(accepted)}, got {options!r}")
+    unknown = sorted(set(map(str, options)) - set(accepted))
+    if unknown:
+        raise ConfigError(f"options.{key}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
+    return options
+
+
 class Named(BaseModel):
     """A registered name and the options its function takes: ``logreg`` or ``{name: logreg, C: 0.5}``."""
 

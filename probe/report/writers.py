@@ -332,16 +332,9 @@ def plot_accuracy(results: Results, output_dir: Path, formats=DEFAULT_FORMATS) -
 
 def accuracy_figure(results: Results):
     """Probe accuracy per layer (its 95 % interval as a band) with its controls, one panel per subset."""
-    from matplotlib.ticker import MaxNLocator
-
-    plt = _pyplot()
     grouped = results.series()
     subsets = list(dict.fromkeys(subset for _, subset in grouped))
-    cols = min(len(subsets), 3)  # split_by panels wrap after three, so each stays readable
-    n_rows = -(-len(subsets) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(5.2 * cols, 4.0 * n_rows), squeeze=False, sharey=True)
-    for ax in axes.flat[len(subsets):]:
-        ax.set_visible(False)
+    fig, axes = _subset_panels(subsets)
     for ax, subset in zip(axes.flat, subsets):
         for (position, sub), rows in grouped.items():
             if sub == subset:
@@ -349,15 +342,37 @@ def accuracy_figure(results: Results):
         majority = results.baseline("majority", subset)
         if majority:
             ax.axhline(majority.accuracy, color="grey", lw=1, label="majority class")
-        ax.set_title(f"{subset} rows", fontsize=11)
-        ax.set_xlabel(LAYER_AXIS)
-        ax.set_ylabel(accuracy_axis(results.evaluation))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
+        _layer_axes(ax, subset, accuracy_axis(results.evaluation))
+    return _finish_panels(fig, axes, f"{results.experiment} on {results.model.name}: probe accuracy per layer")
+
+
+def _subset_panels(subsets: list[str]):
+    """One panel per subset, sharing the y axis; split_by panels wrap after three, so each stays readable."""
+    cols = min(len(subsets), 3)
+    n_rows = -(-len(subsets) // cols)
+    fig, axes = _pyplot().subplots(n_rows, cols, figsize=(5.2 * cols, 4.0 * n_rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(subsets):]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _layer_axes(ax, subset: str, y_label: str) -> None:
+    """A panel's title and axes: layers (whole numbers) along, a share from 0 to 1 up."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_title(f"{subset} rows", fontsize=11)
+    ax.set_xlabel(LAYER_AXIS)
+    ax.set_ylabel(y_label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+
+
+def _finish_panels(fig, axes, title: str):
+    """The first panel's legend below the figure, and the title."""
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=8, loc="upper center", ncol=min(len(names), 4), bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle(f"{results.experiment} on {results.model.name}: probe accuracy per layer")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -402,19 +417,12 @@ def plot_recall(results: Results, output_dir: Path, formats=DEFAULT_FORMATS) -> 
 
 def recall_figure(results: Results):
     """Each sense's recall (out-of-fold) per layer, one panel per subset; line style per position."""
-    from matplotlib.ticker import MaxNLocator
-
-    plt = _pyplot()
     grouped = results.series()
     subsets = list(dict.fromkeys(subset for _, subset in grouped))
     senses = list(dict.fromkeys(sense for rows in grouped.values() for r in rows for sense in r.per_sense_recall))
     colours = sense_colours(results.dataset.labels or senses)  # report.html's colours for the same senses
     styles = {position: style for position, style in zip(dict.fromkeys(p for p, _ in grouped), ("-", "--", ":", "-."))}
-    cols = min(len(subsets), 3)
-    n_rows = -(-len(subsets) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(5.2 * cols, 4.0 * n_rows), squeeze=False, sharey=True)
-    for ax in axes.flat[len(subsets):]:
-        ax.set_visible(False)
+    fig, axes = _subset_panels(subsets)
     for ax, subset in zip(axes.flat, subsets):
         for (position, sub), rows in grouped.items():
             if sub != subset:
@@ -422,17 +430,8 @@ def recall_figure(results: Results):
             for sense in senses:
                 ax.plot([r.layer for r in rows], [r.per_sense_recall.get(sense, np.nan) for r in rows],
                         ls=styles[position], marker=".", color=colours[sense], label=f"{sense} ({position})")
-        ax.set_title(f"{subset} rows", fontsize=11)
-        ax.set_xlabel(LAYER_AXIS)
-        ax.set_ylabel("recall of each sense")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=8, loc="upper center", ncol=min(len(names), 4), bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle(f"{results.experiment} on {results.model.name}: recall per sense and layer")
-    fig.tight_layout()
-    return fig
+        _layer_axes(ax, subset, "recall of each sense")
+    return _finish_panels(fig, axes, f"{results.experiment} on {results.model.name}: recall per sense and layer")
 
 
 def plot_pca(results: Results, output_dir: Path, store, labels, position: str = "target",
