@@ -8,6 +8,8 @@ hold the whole model, or the run is refused with the numbers.
 
 from __future__ import annotations
 
+from probe.store.files import human_bytes
+
 NAMED_DEVICES = ("cpu", "mps", "disk")
 
 
@@ -20,10 +22,10 @@ def check_max_memory(max_memory: dict, model_config, dtype: str, option: str = "
     needed = model_bytes(model_config, dtype)
     total = sum(limits.values())
     if total < needed:
-        given = ", ".join(f"{key}: {_human(size)}" for key, size in limits.items())
+        given = ", ".join(f"{key}: {human_bytes(size, binary=True)}" for key, size in limits.items())
         hint = "raise a limit" if "disk" in limits else "raise a limit, or add a disk entry to offload the rest"
         raise ValueError(
-            f"{option} ({given}) holds {_human(total)} in all, but the model needs about {_human(needed)} in "
+            f"{option} ({given}) holds {human_bytes(total, binary=True)} in all, but the model needs about {human_bytes(needed, binary=True)} in "
             f"{dtype}; {hint}"
         )
     return limits
@@ -66,11 +68,3 @@ def _check_device(key, option: str) -> None:
         raise ValueError(f"{option} names {key!r}; name a GPU by its number, or cpu, mps or disk")
     elif key == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"{option} names 'mps', but Apple's MPS is not available here")
-
-
-def _human(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"

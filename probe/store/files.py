@@ -231,13 +231,14 @@ def free_bytes(folder: Path) -> int | None:
         return None
 
 
-def human_bytes(n: float) -> str:
-    """Bytes in decimal units: 980 B, 1.2 MB, 28.3 GB."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
+def human_bytes(n: float, binary: bool = False) -> str:
+    """Bytes in decimal units (980 B, 1.2 MB, 28.3 GB: disks), or binary ones (1.5 GiB: memory)."""
+    step, units = (1024, ("B", "KiB", "MiB", "GiB")) if binary else (1000, ("B", "KB", "MB", "GB"))
+    for unit in units:
+        if n < step or unit == units[-1]:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+        n /= step
+    return f"{n:.1f} {units[-1]}"
 
 
 def size_or_none(path) -> int | None:
