@@ -571,3 +571,16 @@ def test_files_respect_the_umask(world, tmp_path, capsys, monkeypatch):
     wrong = {str(p): oct(p.stat().st_mode & 0o777) for p in written
              if p.stat().st_mode & 0o777 != (0o755 if p.is_dir() else 0o644)}
     assert written and wrong == {}
+
+
+def test_the_batterys_kill_points_name_functions_that_exist():
+    """benchmarks/bad_inputs.py kills a run inside probe functions named by module and name; a rename must
+    move them too (after the redesign they named old modules, and 11 cases failed to start)."""
+    import importlib
+    import re
+
+    battery = (Path(__file__).parent.parent / "benchmarks" / "bad_inputs.py").read_text()
+    points = re.findall(r'kill\("([\w.]+)", "(\w+)"', battery)
+    assert len(points) >= 10
+    for module, function in points:
+        assert callable(getattr(importlib.import_module(f"probe.{module}"), function, None)), (module, function)
