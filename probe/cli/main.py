@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from probe import plugins
 from probe.core import architectures
 from probe.core.architectures import ARCHITECTURES
 from probe.errors import command_error, first_line
@@ -18,7 +19,32 @@ from probe.scale.devices import parse_dtype
 from probe.store.files import default_output
 
 
-@click.group()
+class ProbeGroup(click.Group):
+    """probe's own commands; those installed packages declare (entry-point group ``probe.commands``), listed
+    from their metadata and imported only when run or described; and, for a name neither knows, those that
+    plugins add in a ``register_commands`` hook (which loads every plugin, so `probe --help` never does)."""
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *plugins.declared_commands()})
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands:
+            try:
+                self._add_plugin_command(cmd_name)
+            except plugins.PluginError as error:
+                raise command_error(error) from None
+        return self.commands.get(cmd_name)
+
+    def _add_plugin_command(self, name: str) -> None:
+        declared = plugins.declared_commands()
+        if name in declared:
+            self.add_command(plugins.load_command(declared[name]), name)
+        else:
+            plugins.call_each("register_commands", cli=self)
+
+
+@click.group(cls=ProbeGroup, epilog="Commands that plugins add in a register_commands hook run by name; "
+             "`probe plugins` lists them.")
 @click.version_option(package_name="probe")
 def cli():
     """Probe Hugging Face language models with a readable, hookable reimplementation of attention."""
@@ -177,7 +203,6 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
 
 
 def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):
-    from probe import plugins
     from probe.errors import UserError
     from probe.pipeline.config import load_config, parse_override
     from probe.pipeline.run import run_experiment
@@ -391,8 +416,6 @@ def cache_usage(cache_dir):
 def list_plugins(plugins_dir):
     """List loaded plugins, the hooks each implements and what it registers (datasets, probes, metrics,
     measures, reporters, models, adapters, commands)."""
-    from probe import plugins
-
     try:
         if plugins_dir:
             plugins.load_plugins_dir(plugins_dir)
@@ -406,6 +429,8 @@ def list_plugins(plugins_dir):
         if "probe_adapter" in hooks:  # answers per model, so there is no list to give
             click.echo("    adapters: chosen per model by its probe_adapter hook"
                        + (" (`probe architectures` lists probe's own)" if name.startswith("probe.builtin.") else ""))
+    for name, entry_point in sorted(plugins.declared_commands().items()):  # not plugins: imported when run
+        click.echo(f"command {name} ({entry_point.value}; entry-point group {plugins.COMMANDS_GROUP})")
 
 
 from probe.cli.sweep import (
@@ -441,17 +466,9 @@ def main(args: list[str] | None = None):
 
 
 def _run_command(argv: list[str]):
-    from probe import plugins
     from probe.errors import debugging, explain
 
     debug = debugging()
-    try:
-        for _, _ in plugins.call_each("register_commands", cli=cli):
-            pass
-    except plugins.PluginError as error:
-        if debug:
-            raise
-        raise SystemExit(f"Error: {error}") from None
     try:
         cli.main(args=argv, prog_name="probe")
     except Exception as error:  # click has already handled its own errors (and exited)
