@@ -73,6 +73,7 @@ def test_a_listing_command_imports_no_heavy_library_and_no_plugin(command, insta
     assert answer["status"] in (0, None), stderr
     assert printed, stderr
     assert heavy_in(answer["modules"]) == []
+    assert "pydantic" not in answer["modules"] and "numpy" not in answer["modules"]  # no config, no arrays
     assert "probe_heavy_top" not in answer["modules"]
     assert not [name for name in answer["modules"] if name.startswith("probe_plugins")]  # first-party plugins
 

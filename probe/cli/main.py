@@ -11,11 +11,10 @@ import click
 
 from probe import plugins
 from probe.core import architectures
-from probe.core.architectures import ARCHITECTURES
+from probe.core.architectures import ARCHITECTURES, GPT2_SHAPES
 from probe.errors import command_error, first_line
-from probe.pipeline.config import DTYPES, GPT2_SHAPES
 from probe.report.console import progress_bars_off
-from probe.scale.devices import parse_dtype
+from probe.scale.devices import DTYPE_NAMES, parse_dtype
 from probe.store.files import default_output
 
 
@@ -63,7 +62,7 @@ def cli():
     "or a tiny config of any architecture `probe architectures` lists.",
 )
 @click.option("--reference", type=click.Choice(["eager", "sdpa"]), default="eager", show_default=True)
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPE_NAMES)), default="float32", show_default=True)
 @click.option("--text", "texts", multiple=True, help="Input text (repeatable); several texts are padded.")
 @click.option("--padding", type=click.Choice(["right", "left"]), default="right", show_default=True)
 @click.option(
