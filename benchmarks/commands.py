@@ -28,9 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY_PLUGIN = ROOT / "tests" / "installed_plugins" / "heavy_top"
 HEAVY_MODULES = ("torch", "transformers", "datasets", "sklearn", "pandas", "plotly")
-# Runs the console script's main() and reports, on stderr's last line, which heavy modules it imported.
-PROBE = ("import sys\nfrom probe.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-         "sys.stderr.write('\\nimported: ' + ' '.join(m for m in {heavy!r} if m in sys.modules) + '\\n')\n")
+# Runs the console script's main(), says on stderr's last line which heavy modules it imported, exits as it did.
+PROBE = ("import sys\nfrom probe.cli import main\nstatus = 0\ntry:\n    main(sys.argv[1:])\n"
+         "except SystemExit as stop:\n    status = stop.code\n"
+         "sys.stderr.write('\\nimported: ' + ' '.join(m for m in {heavy!r} if m in sys.modules) + '\\n')\n"
+         "sys.exit(status)\n")
 
 
 def commands(run_dir: Path, cache_dir: Path) -> dict[str, list[str]]:
@@ -51,6 +53,8 @@ def timed(args: list[str], env: dict[str, str], runs: int) -> tuple[float, str]:
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
                               check=False, cwd=tempfile.gettempdir())
+        if done.returncode != 0:  # a failing command would be timed as if it had answered
+            raise SystemExit(f"probe {' '.join(args)} failed:\n{done.stderr}")
         if n:
             times.append(time.perf_counter() - start)
         imported = done.stderr.rstrip().rpartition("imported:")[2].strip()
