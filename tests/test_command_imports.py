@@ -160,6 +160,16 @@ def test_a_command_that_fails_to_import_is_named(tmp_path):
                       "import: ModuleNotFoundError: No module named 'no_such_module_here'\n")
 
 
+def test_help_leaves_out_a_command_that_fails_to_import_and_names_it(tmp_path):
+    folder = installed_package(tmp_path / "site", "broken_command", "[probe.commands]\nbroken = broken_command:run\n",
+                               "import no_such_module_here\n")
+    answer, printed, stderr = probe_process(["--help"], tmp_path, folder)
+    assert answer["status"] == 0
+    assert "  run " in printed and "broken" not in printed
+    assert stderr == ("Warning: command 'broken' (broken_command:run, entry-point group probe.commands) failed to "
+                      "import: ModuleNotFoundError: No module named 'no_such_module_here'; not listed\n")
+
+
 def test_a_command_that_is_not_a_click_command_is_named(tmp_path):
     folder = installed_package(tmp_path / "site", "odd_command", "[probe.commands]\nodd = odd_command:run\n",
                                "def run():\n    pass\n")

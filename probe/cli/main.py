@@ -23,15 +23,26 @@ class ProbeGroup(click.Group):
     from their metadata and imported only when run or described; and, for a name neither knows, those that
     plugins add in a ``register_commands`` hook (which loads every plugin, so `probe --help` never does)."""
 
+    listing = False  # while --help lists the commands: one that fails to import is left out with a warning
+
     def list_commands(self, ctx):
         return sorted({*self.commands, *plugins.declared_commands()})
+
+    def format_commands(self, ctx, formatter):
+        self.listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self.listing = False
 
     def get_command(self, ctx, cmd_name):
         if cmd_name not in self.commands:
             try:
                 self._add_plugin_command(cmd_name)
             except plugins.PluginError as error:
-                raise command_error(error) from None
+                if not self.listing:
+                    raise command_error(error) from None
+                click.echo(f"Warning: {error}; not listed", err=True)
         return self.commands.get(cmd_name)
 
     def _add_plugin_command(self, name: str) -> None:
