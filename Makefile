@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py
 	$(BIN)/python benchmarks/extraction.py
 	$(BIN)/python benchmarks/pipeline.py --repeats 3
+	$(BIN)/python benchmarks/commands.py
 
 # On a machine with a CUDA GPU and probe installed with a CUDA build of torch (this Makefile's setup installs
 # the CPU one): parity on the GPU in three dtypes (only rows that are not 0.0 are printed under each header),

@@ -2,7 +2,12 @@
 
 Plugins come from: probe's own built-ins, installed packages (entry-point group ``probe``), and
 local files (an experiment's ``plugins:`` list or ``--plugins-dir``). ``PROBE_PLUGINS`` restricts
-installed plugins to a comma-separated list of entry-point names (empty: none).
+installed plugins to a comma-separated list of entry-point names (empty: none). Nothing is imported until
+the plugin manager is first asked for (a registry, a hook): listing commands never loads a plugin.
+
+Installed packages add commands to ``probe`` through their own entry-point group, ``probe.commands``
+(name → a click command): the command line lists them from the packages' metadata and imports one only
+when it is run or its help is shown.
 
 An installed plugin that fails to load is named in a PluginWarning and skipped, so that one broken
 package never keeps probe's built-ins from working; one that ``PROBE_PLUGINS`` asks for by name is a
@@ -36,6 +41,7 @@ BUILTIN_PLUGINS = (
     "probe.builtin.adapters",
 )
 ENTRY_POINT_GROUP = "probe"
+COMMANDS_GROUP = "probe.commands"
 RESTRICT_ENV = "PROBE_PLUGINS"
 
 # Registry kind → the hook that fills it.
@@ -126,6 +132,30 @@ def _load(entry_point):
     except Exception as error:
         raise PluginError(f"installed plugin {entry_point.name!r} ({entry_point.value}) failed to import: "
                           f"{error}") from error
+
+
+def declared_commands() -> dict:
+    """The commands installed packages declare (entry-point group ``probe.commands``), by name: entry
+    points read from the packages' metadata, nothing imported."""
+    from importlib.metadata import entry_points
+
+    return {entry_point.name: entry_point for entry_point in entry_points(group=COMMANDS_GROUP)}
+
+
+def load_command(entry_point):
+    """The click command a ``probe.commands`` entry point names; a PluginError when it fails to import or
+    is not a click command."""
+    import click
+
+    try:
+        command = entry_point.load()
+    except Exception as error:
+        raise PluginError(f"command {entry_point.name!r} ({entry_point.value}, entry-point group "
+                          f"{COMMANDS_GROUP}) failed to import: {type(error).__name__}: {error}") from error
+    if not isinstance(command, click.Command):
+        raise PluginError(f"command {entry_point.name!r} ({entry_point.value}, entry-point group {COMMANDS_GROUP}) "
+                          f"is a {type(command).__name__}, not a click command")
+    return command
 
 
 def load_plugin_file(path: str | Path) -> str:

@@ -53,7 +53,7 @@ def _entries(folder: Path) -> int:
 
 
 def _converted_folders(models: Path) -> list[Path]:
-    from probe.pipeline.models import is_converted
+    from probe.store.conversions import is_converted
 
     return [p for p in models.iterdir() if p.is_dir() and is_converted(p)]
 
@@ -61,7 +61,7 @@ def _converted_folders(models: Path) -> list[Path]:
 def converted_models(cache_dir: Path) -> list[ConvertedModel]:
     """The converted checkpoints in ``cache_dir/models``, largest first, each with the GGUF file it came from
     when the digest memo that named it is there (for this transformers version)."""
-    from probe.pipeline.models import conversion_sources
+    from probe.store.conversions import conversion_sources
 
     models = cache_dir / "models"
     if not models.is_dir():

@@ -9,16 +9,52 @@ from pathlib import Path
 
 import click
 
+from probe import plugins
 from probe.core import architectures
-from probe.core.architectures import ARCHITECTURES
+from probe.core.architectures import ARCHITECTURES, GPT2_SHAPES
 from probe.errors import command_error, first_line
-from probe.pipeline.config import DTYPES, GPT2_SHAPES
 from probe.report.console import progress_bars_off
-from probe.scale.devices import parse_dtype
+from probe.scale.devices import DTYPE_NAMES, parse_dtype
 from probe.store.files import default_output
 
 
-@click.group()
+class ProbeGroup(click.Group):
+    """probe's own commands; those installed packages declare (entry-point group ``probe.commands``), listed
+    from their metadata and imported only when run or described; and, for a name neither knows, those that
+    plugins add in a ``register_commands`` hook (which loads every plugin, so `probe --help` never does)."""
+
+    listing = False  # while --help lists the commands: one that fails to import is left out with a warning
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *plugins.declared_commands()})
+
+    def format_commands(self, ctx, formatter):
+        self.listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self.listing = False
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands:
+            try:
+                self._add_plugin_command(cmd_name)
+            except plugins.PluginError as error:
+                if not self.listing:
+                    raise command_error(error) from None
+                click.echo(f"Warning: {error}; not listed", err=True)
+        return self.commands.get(cmd_name)
+
+    def _add_plugin_command(self, name: str) -> None:
+        declared = plugins.declared_commands()
+        if name in declared:
+            self.add_command(plugins.load_command(declared[name]), name)
+        else:
+            plugins.call_each("register_commands", cli=self)
+
+
+@click.group(cls=ProbeGroup, epilog="Commands that plugins add in a register_commands hook run by name; "
+             "`probe plugins` lists them.")
 @click.version_option(package_name="probe")
 def cli():
     """Probe Hugging Face language models with a readable, hookable reimplementation of attention."""
@@ -37,7 +73,7 @@ def cli():
     "or a tiny config of any architecture `probe architectures` lists.",
 )
 @click.option("--reference", type=click.Choice(["eager", "sdpa"]), default="eager", show_default=True)
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPE_NAMES)), default="float32", show_default=True)
 @click.option("--text", "texts", multiple=True, help="Input text (repeatable); several texts are padded.")
 @click.option("--padding", type=click.Choice(["right", "left"]), default="right", show_default=True)
 @click.option(
@@ -177,7 +213,6 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
 
 
 def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):
-    from probe import plugins
     from probe.errors import UserError
     from probe.pipeline.config import load_config, parse_override
     from probe.pipeline.run import run_experiment
@@ -391,8 +426,6 @@ def cache_usage(cache_dir):
 def list_plugins(plugins_dir):
     """List loaded plugins, the hooks each implements and what it registers (datasets, probes, metrics,
     measures, reporters, models, adapters, commands)."""
-    from probe import plugins
-
     try:
         if plugins_dir:
             plugins.load_plugins_dir(plugins_dir)
@@ -406,6 +439,8 @@ def list_plugins(plugins_dir):
         if "probe_adapter" in hooks:  # answers per model, so there is no list to give
             click.echo("    adapters: chosen per model by its probe_adapter hook"
                        + (" (`probe architectures` lists probe's own)" if name.startswith("probe.builtin.") else ""))
+    for name, entry_point in sorted(plugins.declared_commands().items()):  # not plugins: imported when run
+        click.echo(f"command {name} ({entry_point.value}; entry-point group {plugins.COMMANDS_GROUP})")
 
 
 from probe.cli.sweep import (
@@ -441,17 +476,9 @@ def main(args: list[str] | None = None):
 
 
 def _run_command(argv: list[str]):
-    from probe import plugins
     from probe.errors import debugging, explain
 
     debug = debugging()
-    try:
-        for _, _ in plugins.call_each("register_commands", cli=cli):
-            pass
-    except plugins.PluginError as error:
-        if debug:
-            raise
-        raise SystemExit(f"Error: {error}") from None
     try:
         cli.main(args=argv, prog_name="probe")
     except Exception as error:  # click has already handled its own errors (and exited)

@@ -14,6 +14,15 @@ from dataclasses import dataclass, field
 
 from probe.errors import first_line
 
+# The published GPT-2 checkpoints' shapes, for building random-weight stand-ins offline (`--random-init`).
+GPT2_SHAPES = {
+    "gpt2": {},
+    "distilgpt2": {"n_layer": 6},
+    "gpt2-medium": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
+    "gpt2-large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
+    "gpt2-xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25},
+}
+
 # Small enough to run in milliseconds, large enough to have heads, GQA and several blocks.
 TINY = dict(
     vocab_size=128,

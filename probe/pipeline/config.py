@@ -17,7 +17,9 @@ from pydantic import (
     field_validator,
 )
 
+from probe.core.architectures import GPT2_SHAPES
 from probe.errors import UserError
+from probe.scale.devices import DTYPE_NAMES as DTYPES  # one list of the dtype names
 
 ATTENTION_MODES = ("reimplemented", "reference", "both")
 POSITIONS = ("target", "last")
@@ -26,16 +28,7 @@ CONTROLS = ("majority", "shuffled", "random_weights", "permutation", "control_ta
 DEFAULT_CONTROLS = ("majority", "shuffled", "random_weights")  # the permutation test and control task cost more
 ON_BAD_ROWS = ("raise", "skip")
 LONG_TEXTS = ("refuse", "window")  # a text longer than the model's positions: a bad row, or cut around the target
-DTYPES = ("float32", "float16", "bfloat16")
 
-# The published GPT-2 checkpoints' shapes, for building random-weight stand-ins offline.
-GPT2_SHAPES = {
-    "gpt2": {},
-    "distilgpt2": {"n_layer": 6},
-    "gpt2-medium": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
-    "gpt2-large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
-    "gpt2-xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25},
-}
 
 
 class ConfigError(UserError, ValueError):

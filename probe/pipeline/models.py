@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from probe.pipeline.config import GPT2_SHAPES
+from probe.store.conversions import conversion_key, conversion_sources, is_converted  # noqa: F401 - also named here
 
 log = logging.getLogger("probe")
 
@@ -73,11 +74,6 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path) -> Path:
     return folder
 
 
-def is_converted(folder: Path) -> bool:
-    """Whether ``folder`` is a finished conversion: it appears in one rename, complete, config.json and all."""
-    return (folder / "config.json").exists()
-
-
 DIGESTS = "probe-digests.json"  # in a converted folder: the SHA-256 of every other file, written at conversion
 
 
@@ -104,27 +100,6 @@ def conversion_damage(folder: Path, memos: Path) -> str | None:
         if remembered_sha256(folder / name, memos) != digest:
             return f"{name} differs from the digest recorded when it was converted"
     return None
-
-
-def conversion_key(digest: str) -> str:
-    """The end of a converted folder's name: the GGUF file's SHA-256 and the transformers version that
-    converted it (another version may convert differently)."""
-    from importlib.metadata import version
-
-    return hashlib.sha256(f"{digest}:{version('transformers')}".encode()).hexdigest()[:20]
-
-
-def conversion_sources(cache_root: Path) -> dict[str, str]:
-    """``conversion_key`` → the GGUF file it was made from, for the files whose digest ``cache_root`` remembers."""
-    sources = {}
-    for memo in (Path(cache_root) / "digests").glob("*.json"):
-        try:
-            known = json.loads(memo.read_text(encoding="utf-8"))
-            if str(known["file"]["path"]).endswith(".gguf"):  # the others are of converted or local weights
-                sources[conversion_key(known["sha256"])] = known["file"]["path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return sources
 
 
 def _convert(path: Path, tmp: Path, folder: Path) -> None:

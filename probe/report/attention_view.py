@@ -12,8 +12,6 @@ import itertools
 import json
 from importlib import resources
 
-import torch
-
 SCALE = 1000  # weights are stored as integers per mille: a 30-block model stays a few hundred kB per sentence
 _ids = itertools.count()
 
@@ -38,6 +36,8 @@ def capture_attentions(model, tokenizer, texts: list[str], targets: list | None 
     labels = labels or [None] * len(texts)
     if len(texts) > 1 and tokenizer.pad_token is None:  # a tokenizer that cannot pad: one text at a time
         return [capture_attention(model, tokenizer, *each) for each in zip(texts, targets, labels)]
+    import torch  # here, not at the top: report.html reads this module's static text without a model
+
     encoding, offsets, seen = run_padded(model, tokenizer, texts, ["blocks.*.attn.pattern",
                                                                    "blocks.0.attn.masked_scores"])
     blocks = sorted((int(name.split(".")[1]), name) for name in seen if name.endswith(".attn.pattern"))
@@ -64,6 +64,8 @@ def capture_attentions(model, tokenizer, texts: list[str], targets: list | None 
 def run_padded(model, tokenizer, texts, names: list[str]):
     """One forward over ``texts``, right-padded (so each text's positions are as they would be alone),
     capturing hook points ``names``: (the encoding, on the CPU; each text's character offsets; {name: tensor})."""
+    import torch
+
     from probe.core.hooks import capture
     from probe.scale.devices import device_of
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from probe.pipeline.results import Results
+from probe.report.html import DATA_FILE
 from probe.store.caches import load_json_entry, save_json_entry
 from probe.store.files import write_text_atomic
 
-FILE = "report_data.json"
+FILE = DATA_FILE
 MAX_SENTENCES = 8
 
 

@@ -8,7 +8,6 @@ import math
 
 from probe.pipeline.evaluation import accuracy_axis
 from probe.report.legend import comparison_title, run_names, sense_colours
-from probe.report.writers import series
 
 LAYER_AXIS = "layer (hidden state; 0 = embeddings)"
 ACCURACY_AXIS = "cross-validated accuracy"  # runs compared; one run's axis follows its protocol
@@ -23,6 +22,14 @@ CONTROLS = (
     ("control_task_accuracy", "longdashdot", "control task"),
 )
 PANELS_PER_ROW = 3
+
+
+def series(results: dict) -> dict[tuple[str, str], list[dict]]:
+    """results.json's layer rows grouped by (position, subset), in layer order."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for row in results["layers"]:
+        grouped.setdefault((row["position"], row["subset"]), []).append(row)
+    return {key: sorted(rows, key=lambda r: r["layer"]) for key, rows in grouped.items()}
 
 
 def subsets_of(results: dict) -> list[str]:

@@ -16,12 +16,12 @@ from pathlib import Path
 from probe.errors import UserError
 from probe.pipeline.evaluation import sentence as evaluation_sentence
 from probe.report.attention_view import json_for_script, static_text
-from probe.report.extras import FILE as DATA_FILE
 from probe.report.figures import accuracy_figure, comparison_figure, recall_figure
 from probe.report.legend import CONFUSION_SCALE, comparison_title, run_names, sense_colours
 from probe.store.files import write_text_atomic
 
 PAGE = "report.html"
+DATA_FILE = "report_data.json"  # what the html reporter computes while the run has its vectors (extras.py)
 # A reporter's own figures for the page: [{"file", "title", "hint"}], listed by add_report_figure.
 FIGURES = "report_figures.json"
 

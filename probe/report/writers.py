@@ -36,10 +36,9 @@ def as_dict(results) -> dict:
 
 def series(results) -> dict[tuple[str, str], list[dict]]:
     """Layer rows, as dicts, grouped by (position, subset), in layer order."""
-    grouped: dict[tuple[str, str], list[dict]] = {}
-    for row in as_dict(results)["layers"]:
-        grouped.setdefault((row["position"], row["subset"]), []).append(row)
-    return {key: sorted(rows, key=lambda r: r["layer"]) for key, rows in grouped.items()}
+    from probe.report.figures import series as grouped
+
+    return grouped(as_dict(results))
 
 
 def write_json(results: Results, output_dir: Path) -> Path:
