@@ -108,7 +108,8 @@ def test_two_processes_from_two_folders_share_one_cache_safely(tiny_model, tmp_p
     outcomes = [run.communicate() for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outcomes
     results = [json.loads((tmp_path / f / "out" / "results.json").read_text()) for f in ("a", "b")]
-    assert [layer["accuracy"] for layer in results[0]["layers"]] == [layer["accuracy"] for layer in results[1]["layers"]]
+    accuracies = [[layer["accuracy"] for layer in result["layers"]] for result in results]
+    assert accuracies[0] == accuracies[1]
     shared = tmp_path / "shared"
     (folder,) = (shared / "features").iterdir()  # one entry, finished, no half-written files beside it
     assert (folder / "complete.json").exists()
