@@ -80,12 +80,14 @@ def run_experiment(
     from time import perf_counter
 
     clock = _Clock(timings, perf_counter)
-    output_dir, cache_dir = Path(output_dir), cache_dir_or_default(cache_dir)  # output: replaced whole once every report is done
+    # the output folder is replaced whole once every report is done; None: the user's cache
+    output_dir, cache_dir = Path(output_dir), cache_dir_or_default(cache_dir)
     for path in config.plugins:
         plugins.load_plugin_file(path)
     check_config(config, output_dir, cache_dir)  # names, options, folders: before any data or model work
     cache_folders, made = folders_under(cache_dir), missing_parents(cache_dir)
     try:
+        plugins.call_each("experiment_started", config=config, output_dir=output_dir)  # before the cache is touched
         with running_on(cache_dir):  # pruning keeps what this run uses
             results = _run(config, output_dir, cache_dir, progress, n_jobs, clock)
     except BaseException:
@@ -97,7 +99,6 @@ def run_experiment(
 
 
 def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: bool, n_jobs, clock) -> Results:
-    plugins.call_each("experiment_started", config=config, output_dir=output_dir)
     services = make_services(config, cache_dir, progress)
     layers = check_layers(config, services.n_blocks)  # the depth comes from config.json: no weights read
     rows = load_rows(services)
