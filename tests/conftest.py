@@ -98,6 +98,11 @@ def logits(model, inputs) -> torch.Tensor:
         return model(**inputs).logits
 
 
+def pytest_unconfigure(config):
+    """The session's cache goes with it (atexit alone misses a pytest-xdist worker, which ends without it)."""
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+
+
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu",
                      help="where tests that take the `device` fixture run: cpu (default), cuda, cuda:N or mps")
