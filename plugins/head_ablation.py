@@ -145,6 +145,7 @@ def _cached(run, settings, block, head, compute):
 
     from probe.pipeline.extract import cache_key
     from probe.store.files import write_atomic
+    from probe.store.usage import touch
 
     # The vectors of the attention the reruns use (under attention: both, not the first-extracted reference);
     # their folder's name is their feature key, which carries the pooling, batching and batch size they share.
@@ -153,6 +154,7 @@ def _cached(run, settings, block, head, compute):
                      "position": settings["position"]})
     path = run.services.cache_dir / "ablation" / f"{key}.npy"
     if path.exists():
+        touch(path)  # last use, for `probe cache --prune`
         return np.load(path)
     vectors = compute()
     write_atomic(path, lambda tmp: np.save(tmp, vectors))

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from probe.pipeline.config import ExperimentConfig, load_config, validate
-from probe.pipeline.context import DEFAULT_CACHE
 from probe.pipeline.results import Results
 from probe.errors import UserError
 from probe.store.files import default_output
@@ -113,19 +112,20 @@ def _shown(value) -> str:
     return f"{text} ({type(value).__name__})"
 
 
-@checked("run", config=CONFIG, output=OPTIONAL_PATH, cache_dir=PATH, progress=FLAG, n_jobs=N_JOBS)
+@checked("run", config=CONFIG, output=OPTIONAL_PATH, cache_dir=OPTIONAL_PATH, progress=FLAG, n_jobs=N_JOBS)
 def run(
     config: str | Path | dict | ExperimentConfig,
     *,
     output: str | Path | None = None,
-    cache_dir: str | Path = DEFAULT_CACHE,
+    cache_dir: str | Path | None = None,
     progress: bool = False,
     n_jobs: int | None = None,
     **overrides: Any,
 ) -> Results:
     """Run an experiment — a YAML path, a dict of fields or an ExperimentConfig — with any field overridden
     by keyword (``probe.run("experiments/mole.yaml", model="minilm-l6", folds=3)``); reports go to
-    ``output`` (default runs/NAME). ``n_jobs``: parallel probe fits, as joblib reads it (None: all cores
+    ``output`` (default runs/NAME), caching in ``cache_dir`` (default: ``$PROBE_CACHE``, else
+    ``$XDG_CACHE_HOME/probe``, else ``~/.cache/probe``). ``n_jobs``: parallel probe fits, as joblib reads it (None: all cores
     when there are enough fits to pay for starting workers; -1: all cores; -2: all but one; 0 is refused).
     Returns the typed Results."""
     from probe.notebook import register_display

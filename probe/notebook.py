@@ -113,13 +113,24 @@ def _model_and_tokenizer(model, tokenizer, revision):
     return model, tokenizer
 
 
-@functools.lru_cache(maxsize=2)
 def _load(name: str, revision: str | None):
-    """A model by name, loaded once per session: registered names resolve to their files."""
-    from probe.pipeline.models import load_model, load_tokenizer
+    """A model by name, loaded once per session: registered names resolve to their files, and a GGUF file
+    loads from its converted checkpoint in the user's cache (the one ``probe run`` converts into), so a new
+    process does not dequantize it again."""
+    from probe.pipeline.models import gguf_folder
     from probe.pipeline.run import resolve_model
+    from probe.store.usage import default_cache_dir
 
     source = resolve_model(name, revision)
+    if source.endswith(".gguf") and Path(source).is_file():
+        source = str(gguf_folder(source, default_cache_dir() / "models"))
+    return _load_source(source, revision)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_source(source: str, revision: str | None):
+    from probe.pipeline.models import load_model, load_tokenizer
+
     return load_model(source, revision=revision), load_tokenizer(source, revision=revision)
 
 

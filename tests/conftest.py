@@ -7,11 +7,18 @@ separate loads of the same checkpoint, so nothing is shared between them but the
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
+# Each test session (each xdist worker) caches in a folder of its own, never in the user's cache: anything
+# run without a cache folder, subprocesses included, lands there, and it is removed at exit.
+SESSION_CACHE = tempfile.mkdtemp(prefix="probe-test-cache-")
+os.environ["PROBE_CACHE"] = SESSION_CACHE
+atexit.register(shutil.rmtree, SESSION_CACHE, ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -89,6 +96,11 @@ def random_gpt2_lm(seed: int = 0) -> GPT2LMHeadModel:
 def logits(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         return model(**inputs).logits
+
+
+def pytest_unconfigure(config):
+    """The session's cache goes with it (atexit alone misses a pytest-xdist worker, which ends without it)."""
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 
 def pytest_addoption(parser):

@@ -63,3 +63,40 @@ def test_a_configs_relative_paths_are_resolved_against_its_folder_and_shown(tmp_
 def test_a_registered_dataset_is_shown_by_name(tmp_path):
     config = load_config(_experiment(tmp_path, "exp"))
     assert paths_line(config, tmp_path / "out", tmp_path / "cache").startswith("exp: reads dataset mole; writes ")
+
+
+def test_every_relative_path_in_a_config_is_relative_to_its_folder_even_when_missing(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    (folder / "ckpt").mkdir(parents=True)
+    config = load_config(_experiment(folder, "exp", model="./ckpt", dataset={"name": "file", "path": "later.jsonl"},
+                                     plugins=["p.py"]))
+    monkeypatch.chdir(tmp_path)
+    assert config.model == str((folder / "ckpt").resolve())
+    assert config.dataset_options["path"] == str((folder / "later.jsonl").resolve())  # missing: said there
+    assert config.plugins == [str((folder / "p.py").resolve())]
+    plain = load_config(_experiment(folder, "named", model="minilm-l6", dataset={"name": "file", "path": "hf:a/b"}))
+    assert plain.model == "minilm-l6" and plain.dataset_options["path"] == "hf:a/b"  # names, not paths
+
+
+def test_paths_given_on_the_command_line_stay_relative_to_the_current_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = load_config(_experiment(folder, "exp"), {"plugins": ["mine.py"], "model": "./here",
+                                                       "dataset": {"name": "file", "path": "rows.jsonl"}})
+    assert config.plugins == ["mine.py"] and config.model == "./here"
+    assert config.dataset_options["path"] == "rows.jsonl"
+
+
+def test_a_sweep_files_paths_are_relative_to_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "sweeps"
+    (folder / "ckpt").mkdir(parents=True)
+    _experiment(folder, "exp")
+    sweep = folder / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"experiments": ["exp.yaml"], "models": ["./ckpt", "minilm-l6"],
+                                     "set": {"plugins": ["p.py"]}}))
+    monkeypatch.chdir(tmp_path)
+    loaded = load_sweep(sweep)
+    assert loaded.experiments == [str((folder / "exp.yaml").resolve())]
+    assert loaded.models == [str((folder / "ckpt").resolve()), "minilm-l6"]
+    assert loaded.overrides == {"plugins": [str((folder / "p.py").resolve())]}

@@ -83,11 +83,13 @@ def example_patterns(run, row, shown: list[int]):
     from probe.pipeline.extract import cache_key
     from probe.pipeline.run import feature_key
     from probe.store.files import write_atomic
+    from probe.store.usage import touch
 
     key = cache_key({"features": feature_key(run.services, run.rows, shown, "reimplemented"), "text": row["text"],
                      "span": [row["span_start"], row["span_end"]]})
     path = run.services.cache_dir / "attention" / f"{key}.npz"
     if path.exists():
+        touch(path)  # last use, for `probe cache --prune`
         try:  # a damaged file (zip CRC) is computed again, not trusted
             with np.load(path) as saved:
                 return json.loads(str(saved["tokens"])), int(saved["target"]), {b: saved[f"block{b}"] for b in shown}

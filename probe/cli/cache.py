@@ -6,6 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
+
+# One cache per user, shared by runs from any folder (probe.store.usage says where).
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False),
+    help="Cache folder [default: $PROBE_CACHE, else $XDG_CACHE_HOME/probe, else ~/.cache/probe].",
+)
+
 # What each top-level folder of a cache holds, for the listing.
 PARTS = {
     "models": "GGUF checkpoints converted to safetensors",

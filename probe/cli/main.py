@@ -10,12 +10,14 @@ from pathlib import Path
 import click
 
 from probe import plugins
+from probe.cli.cache import cache_dir_option
 from probe.core import architectures
 from probe.core.architectures import ARCHITECTURES, GPT2_SHAPES
 from probe.errors import command_error, first_line
 from probe.report.console import progress_bars_off
 from probe.scale.devices import DTYPE_NAMES, parse_dtype
 from probe.store.files import default_output
+from probe.store.usage import cache_dir_or_default
 
 
 class ProbeGroup(click.Group):
@@ -196,7 +198,7 @@ def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
 @click.option("--model", "model_name", help="Model to probe instead of the config's (registered name, hub name or folder).")
 @click.option("--output", "output_dir", type=click.Path(file_okay=False), help="Output folder [default: runs/NAME].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=".probe-cache", show_default=True)
+@cache_dir_option
 @click.option("--plugins-dir", type=click.Path(file_okay=False), help="Load every .py file in this folder as a plugin.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--jobs", "n_jobs", type=int, help="Probe fits in parallel [default: all cores, unless too few fits to pay for starting workers]; negative as joblib reads it (-1: all cores, -2: all but one); results do not depend on it.")
@@ -231,6 +233,7 @@ def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugi
         if plugins_dir:
             plugins.load_plugins_dir(plugins_dir)
         output_dir = Path(output_dir) if output_dir else default_output(config.name)
+        cache_dir = cache_dir_or_default(cache_dir)
         click.echo(paths_line(config, output_dir, cache_dir), err=True)
         results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
     except UserError as error:
@@ -405,20 +408,52 @@ def view(run_dir, screenshots, no_open):
 
 
 @cli.command(name="cache")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=".probe-cache", show_default=True)
-def cache_usage(cache_dir):
-    """What the cache holds and its size on disk, part by part; delete a part's folder to free it."""
+@cache_dir_option
+@click.option("--prune", "prune_days", metavar="DAYS",
+              help="Remove every entry no run has used for DAYS days (e.g. 30, or 0.5), except what a running "
+                   "process holds; then say how much was freed.")
+@click.option("--dry-run", is_flag=True, help="With --prune: list what would be removed, remove nothing.")
+def cache_usage(cache_dir, prune_days, dry_run):
+    """What the cache holds and its size on disk, part by part; --prune frees what no run has used lately."""
     from probe.cli.cache import converted_models, human, parts
 
-    cache = Path(cache_dir)
+    cache = cache_dir_or_default(cache_dir)
+    if dry_run and prune_days is None:
+        raise click.BadParameter("--dry-run goes with --prune DAYS", param_hint="--dry-run")
+    days = _checked_days(prune_days) if prune_days is not None else None
     if not cache.is_dir():
         raise click.BadParameter(f"no cache folder at {cache.absolute()}", param_hint="--cache-dir")
+    if days is not None:
+        return _prune(cache, days, dry_run)
     found = parts(cache)
     click.echo(f"{cache}: {human(sum(part.bytes for part in found))}")
     for part in found:
         click.echo(f"  {part.name:<10} {human(part.bytes):>9}  {part.entries:>4} entries  {part.what}")
     for model in converted_models(cache):
         click.echo(f"  models/{model.folder.name}: {human(model.bytes)}, from {model.source or 'a GGUF file'}")
+
+
+def _checked_days(text: str) -> float:
+    from probe.store.usage import check_days
+
+    try:
+        return check_days(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--prune") from None
+
+
+def _prune(cache: Path, days: float, dry_run: bool) -> None:
+    from probe.cli.cache import human
+    from probe.store.usage import prune
+
+    pruned = prune(cache, days, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for entry in pruned.removed:
+        click.echo(f"  {verb} {entry.part}/{entry.path.name} ({human(entry.bytes)})")
+    for entry in pruned.in_use:
+        click.echo(f"  kept {entry.part}/{entry.path.name}: a running process holds it")
+    click.echo(f"{cache}: {verb} {len(pruned.removed)} entries unused for {days:g} days, "
+               f"{'would free' if dry_run else 'freed'} {human(pruned.freed)} ({pruned.freed} bytes)")
 
 
 @cli.command(name="plugins")

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from probe.cli.cache import cache_dir_option
 from probe.errors import command_error
+from probe.store.usage import cache_dir_or_default
 
 
 @click.command()
@@ -17,7 +19,7 @@ from probe.errors import command_error
 @click.option("--seed", "seeds", multiple=True, type=int, help="Seed(s) to run (repeatable) [default: the sweep's].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a field in every cell.")
 @click.option("--output", "output_dir", type=click.Path(file_okay=False), help="Output folder [default: runs/NAME].")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=".probe-cache", show_default=True)
+@cache_dir_option
 @click.option("--plugins-dir", type=click.Path(file_okay=False), help="Load every .py file in this folder as a plugin.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Cells run at once.")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
@@ -63,7 +65,7 @@ def sweep(config_path, datasets, models, seeds, overrides, output_dir, cache_dir
     click.echo(f"{config.name}: {len(cells)} cells into {output}/"
                + (f" on Ray ({ray_address})" if ray_address else f", {jobs} at a time"))
     settings = CellSettings(
-        cache_dir=Path(cache_dir).resolve(), threads=1 if ray_address else threads_per_cell(jobs),
+        cache_dir=cache_dir_or_default(cache_dir).resolve(), threads=1 if ray_address else threads_per_cell(jobs),
         tracking=config.tracking, sweep_name=config.name,
         plugins_dir=Path(plugins_dir).resolve() if plugins_dir else None,
     )

@@ -276,20 +276,40 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     """Read, override (``--set key=value``) and validate a YAML experiment config. An error in an overridden
     field says so: "overridden", or where ``origins`` says it was given (e.g. "--set folds", "--model")."""
     path = Path(path)
-    raw = read_yaml_mapping(path)
+    raw = paths_beside(read_yaml_mapping(path), path.parent)  # the file's paths; overrides' are the caller's
     raw.setdefault("name", path.stem)
     for key, value in (overrides or {}).items():
         raw[key] = value
-    # Plugin files, and a dataset's path when it exists there, are relative to the config file.
-    raw["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) else p
-                      for p in _as_list(raw.get("plugins") or [])]
-    dataset = raw.get("dataset")
-    if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) and dataset["path"].strip():
-        beside_config = path.parent / dataset["path"]
-        if beside_config.exists() and not Path(dataset["path"]).is_absolute():
-            raw["dataset"] = {**dataset, "path": str(beside_config.resolve())}
     origins = dict.fromkeys(overrides or {}, "overridden") | (origins or {})
     return validate(raw, source=str(path), origins=origins)
+
+
+def paths_beside(raw: dict, folder: Path) -> dict:
+    """The one rule for paths in a file: a relative path written in a config (or a sweep's ``set``) is
+    relative to that file's folder, whatever folder probe runs in. Paths: ``plugins``, the dataset's
+    ``path`` (not an ``hf:`` name), and a ``model`` that starts with ``./`` or ``../`` or names a file or
+    folder there (anything else is a registered or hub name). Paths given on the command line or in Python
+    stay relative to the current folder."""
+    raw = dict(raw)
+    if "plugins" in raw:
+        raw["plugins"] = [_beside(folder, p) if isinstance(p, str) else p for p in _as_list(raw["plugins"] or [])]
+    dataset = raw.get("dataset")
+    if isinstance(dataset, dict) and _is_relative_path(dataset.get("path")) and \
+            not dataset["path"].startswith("hf:"):
+        raw["dataset"] = {**dataset, "path": _beside(folder, dataset["path"])}
+    model = raw.get("model")
+    if _is_relative_path(model) and (model.startswith(("./", "../", ".\\", "..\\")) or (folder / model).exists()):
+        raw["model"] = _beside(folder, model)
+    return raw
+
+
+def _is_relative_path(value) -> bool:
+    return isinstance(value, str) and bool(value.strip()) and not value.startswith("~") and \
+        not Path(value).is_absolute()
+
+
+def _beside(folder: Path, path: str) -> str:
+    return str((folder / path).resolve()) if _is_relative_path(path) else path
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:

@@ -16,9 +16,7 @@ from probe.errors import first_line
 from probe.pipeline.config import ConfigError, ExperimentConfig
 from probe.pipeline.results import ReporterLog
 from probe.scale.ranks import Ranks
-
-DEFAULT_CACHE = Path(".probe-cache")
-
+from probe.store.usage import default_cache_dir
 
 @dataclass(frozen=True)
 class Services:
@@ -29,7 +27,7 @@ class Services:
 
     config: ExperimentConfig
     model_path: str  # what the config's model resolved to: a hub name, a folder or a .gguf file
-    cache_dir: Path = DEFAULT_CACHE
+    cache_dir: Path = field(default_factory=default_cache_dir)  # the user's: see probe.store.usage
     progress: bool = True
     ranks: Ranks = field(default_factory=Ranks)  # this process among those torchrun started (see scale/ranks.py)
 

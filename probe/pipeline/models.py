@@ -45,15 +45,39 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path) -> Path:
     the same tensors, since dequantizing already yields float32. probe's reader draws no progress bar;
     transformers' GGUF loading (other architectures) draws its own.
     """
+    from probe.store.files import cache_lock
+
     path, memos = Path(gguf_path), Path(cache_root) / "digests"
     digest = remembered_sha256(path, memos)
     folder = Path(cache_root) / f"{path.stem}-{conversion_key(digest)}"
-    if is_converted(folder):
-        reason = conversion_damage(folder, memos / "converted")
-        if reason is None:
-            return folder
-        log.warning("converted checkpoint %s can't be trusted (%s); converting %s again", folder, reason, path)
-        shutil.rmtree(folder, ignore_errors=True)
+    if _trusted_conversion(folder, memos, path):  # no lock: a cache others own may be read-only here
+        return folder
+    with _writing(folder):  # the lock file's folder may not be writable either
+        lock = cache_lock(folder)
+    with lock:  # a second process waits for the conversion instead of converting again
+        if not _trusted_conversion(folder, memos, path):
+            _convert_into(path, folder, memos)
+    return folder
+
+
+def _trusted_conversion(folder: Path, memos: Path, gguf_path: Path) -> bool:
+    """Whether ``folder`` holds a finished conversion whose files match their digests (its last use is
+    recorded then, for `probe cache --prune`); a damaged one is named and removed."""
+    from probe.store.usage import touch
+
+    if not is_converted(folder):
+        return False
+    reason = conversion_damage(folder, memos / "converted")
+    if reason is None:
+        touch(folder)
+        return True
+    log.warning("converted checkpoint %s can't be trusted (%s); converting %s again", folder, reason, gguf_path)
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
+
+
+def _convert_into(path: Path, folder: Path, memos: Path) -> None:
+    """Convert the GGUF file at ``path`` into ``folder``: written in a temporary folder, renamed into place."""
     with _writing(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
         remove_abandoned_conversions(folder)
@@ -71,7 +95,6 @@ def gguf_folder(gguf_path: str | Path, cache_root: str | Path) -> Path:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename happened
-    return folder
 
 
 DIGESTS = "probe-digests.json"  # in a converted folder: the SHA-256 of every other file, written at conversion

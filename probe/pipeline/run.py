@@ -27,7 +27,6 @@ from probe.pipeline.config import ConfigError, ExperimentConfig
 from probe.pipeline.diagnostics import check_untrained_labels, row_numbers, rows_without_split
 from probe.pipeline.diagnostics import collect as collect_diagnostics
 from probe.pipeline.context import (
-    DEFAULT_CACHE,
     Features,
     Rows,
     RunData,
@@ -60,32 +59,37 @@ from probe.store.files import (
     size_or_none,
     staged_output,
 )
+from probe.store.usage import cache_dir_or_default, running_on, touch
 
-__all__ = ["DEFAULT_CACHE", "Services", "RunData", "run_experiment", "load_dataset", "resolve_model"]
+__all__ = ["Services", "RunData", "run_experiment", "load_dataset", "resolve_model"]
 
 
 def run_experiment(
     config: ExperimentConfig,
     output_dir: str | Path,
     *,
-    cache_dir: str | Path = DEFAULT_CACHE,
+    cache_dir: str | Path | None = None,
     progress: bool = True,
     n_jobs: int | None = None,
     timings: dict | None = None,
 ) -> Results | None:
-    """Run ``config`` and write its reports to ``output_dir``. ``n_jobs``: parallel probe fits (None: all
+    """Run ``config`` and write its reports to ``output_dir``, caching in ``cache_dir`` (None: the user's cache,
+    see probe.store.usage). ``n_jobs``: parallel probe fits (None: all
     cores; the results do not depend on it). ``timings``, if given, receives seconds per phase. Under
     torchrun every process extracts its share and only rank 0 probes: the others return None."""
     from time import perf_counter
 
     clock = _Clock(timings, perf_counter)
-    output_dir, cache_dir = Path(output_dir), Path(cache_dir)  # output: replaced whole once every report is done
+    # the output folder is replaced whole once every report is done; None: the user's cache
+    output_dir, cache_dir = Path(output_dir), cache_dir_or_default(cache_dir)
     for path in config.plugins:
         plugins.load_plugin_file(path)
     check_config(config, output_dir, cache_dir)  # names, options, folders: before any data or model work
     cache_folders, made = folders_under(cache_dir), missing_parents(cache_dir)
     try:
-        results = _run(config, output_dir, cache_dir, progress, n_jobs, clock)
+        plugins.call_each("experiment_started", config=config, output_dir=output_dir)  # before the cache is touched
+        with running_on(cache_dir):  # pruning keeps what this run uses
+            results = _run(config, output_dir, cache_dir, progress, n_jobs, clock)
     except BaseException:
         remove_empty(new_folders(cache_dir, cache_folders) + made)  # a failed run leaves no empty folders
         raise
@@ -95,7 +99,6 @@ def run_experiment(
 
 
 def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: bool, n_jobs, clock) -> Results:
-    plugins.call_each("experiment_started", config=config, output_dir=output_dir)
     services = make_services(config, cache_dir, progress)
     layers = check_layers(config, services.n_blocks)  # the depth comes from config.json: no weights read
     rows = load_rows(services)
@@ -354,6 +357,7 @@ def _extract(services: Services, rows: Rows, layers, mode: str, load: Callable):
     config = services.config
     folder = services.cache_dir / "features" / feature_key(services, rows, layers, mode)
     with cache_lock(folder, services.ranks):  # two runs on one cache: the second waits, then finds the chunks done
+        touch(folder)  # last use, for `probe cache --prune`; under the lock, so a prune sees it
         return extract(
             load, rows.table["text"], rows.spans, layers=layers, folder=folder,
             pooling=config.pooling, positions=config.positions, batch_size=config.batch_size,

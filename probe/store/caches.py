@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from probe.store.files import disk_full, is_disk_full, read_json_or_none, umask, write_atomic
+from probe.store.usage import touch
 
 
 def fit_key(probe, X: np.ndarray, y: np.ndarray, folds, seen: dict | None = None) -> str | None:
@@ -87,6 +88,7 @@ def load(folder: Path, key: str) -> list[np.ndarray] | None:
         return _drop(path, "it was written under another key" if recorded_key else "it carries no key")
     if recorded_digest != predictions_digest(folds):
         return _drop(path, "its predictions differ from the digest recorded when it was written")
+    touch(path)  # last use, for `probe cache --prune`
     return folds
 
 
@@ -142,6 +144,7 @@ def drawn_before(cache_dir: Path, key: str, output_dir: Path) -> bool:
                                            "again", entry, reason)
         shutil.rmtree(entry, ignore_errors=True)
         return False
+    touch(entry)
     output_dir.mkdir(parents=True, exist_ok=True)
     for path in entry.iterdir():
         if path.name != MANIFEST:
@@ -215,9 +218,11 @@ def load_json_entry(path: Path | None):
     if header["digest"] != hashlib.sha256(body).hexdigest():
         return _drop_entry(path, "its value differs from the digest recorded when it was written")
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except ValueError as error:  # only a digest of damaged JSON would match: not probe's writing
         return _drop_entry(path, f"it can't be read ({type(error).__name__})")
+    touch(path)
+    return value
 
 
 def save_json_entry(path: Path, value) -> None:

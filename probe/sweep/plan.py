@@ -30,6 +30,7 @@ from probe.pipeline.config import (
     ConfigError,
     ExperimentConfig,
     load_config,
+    paths_beside,
     read_yaml_mapping,
 )
 from probe.pipeline.datafiles import BUILDERS
@@ -75,13 +76,33 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
     """Read and validate a sweep file; ``overrides`` (from the command line) replace its fields."""
-    raw = read_yaml(path)
+    raw = _paths_beside_sweep(read_yaml(path), Path(path).parent)
     raw.setdefault("name", Path(path).stem)
     _refuse_escaping_output(raw.get("output"), path)
     overrides = dict(overrides or {})
+    if isinstance(overrides.get("datasets"), str):  # given on the command line: relative to the current folder
+        overrides["datasets"] = str(Path(overrides["datasets"]).resolve())
     if isinstance(raw.get("set"), dict) and "set" in overrides:  # --set adds to the file's overrides
         overrides["set"] = {**raw["set"], **overrides["set"]}
     return validate_sweep({**raw, **overrides}, source=str(path))
+
+
+def _paths_beside_sweep(raw: dict, folder: Path) -> dict:
+    """The sweep file's relative paths made absolute against its folder (the rule experiment configs follow,
+    probe.pipeline.config.paths_beside): experiments, datasets, models that are paths, and the paths in
+    ``set``."""
+    raw = dict(raw)
+    if isinstance(raw.get("experiments"), (str, list)):
+        listed = [raw["experiments"]] if isinstance(raw["experiments"], str) else raw["experiments"]
+        raw["experiments"] = [str((folder / e).resolve()) if isinstance(e, str) and e.strip() else e
+                              for e in listed]
+    if isinstance(raw.get("datasets"), str) and raw["datasets"].strip():
+        raw["datasets"] = str((folder / raw["datasets"]).resolve())
+    if isinstance(raw.get("models"), list):
+        raw["models"] = [paths_beside({"model": m}, folder)["model"] for m in raw["models"]]
+    if isinstance(raw.get("set"), dict):
+        raw["set"] = paths_beside(raw["set"], folder)
+    return raw
 
 
 def _refuse_escaping_output(output, path) -> None:
@@ -178,8 +199,8 @@ def _file_dataset_options(experiment: Path) -> dict:
 
 
 def _beside(sweep: SweepConfig, path: str) -> Path:
-    relative = sweep.folder / path
-    return relative if not Path(path).is_absolute() and relative.exists() else Path(path)
+    """A path of the sweep's, relative to its file's folder (absolute ones as they are)."""
+    return sweep.folder / path
 
 
 def _folder_name(model: str) -> str:
