@@ -200,10 +200,15 @@ class Results(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True)
     _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
+    _run_id: str | None = PrivateAttr(default=None)  # the id in that folder's marker, when this process wrote it
 
     @property
     def run_dir(self) -> Path | None:
         return self._run_dir
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id
 
     # ------------------------------------------------------------ serialisation
 
