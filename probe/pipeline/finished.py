@@ -78,10 +78,20 @@ def _local_path(value) -> str | None:
 
 
 def _distributions() -> list[str]:
-    """Every installed distribution and its version: torch, transformers, scikit-learn and the rest."""
-    from importlib.metadata import distributions
-
-    return sorted({f"{dist.metadata['Name']}=={dist.version}" for dist in distributions()})
+    """Every installed distribution and its version (torch, transformers, scikit-learn and the rest), read
+    from the names of the metadata folders in the import path's site-packages (``torch-2.13.0.dist-info``):
+    no file is opened, where asking importlib.metadata for each one reads them all. The working folder is
+    left out (``python -m`` puts it on the path; its ``*.egg-info`` is not what is installed)."""
+    found = set()
+    for entry in sys.path:
+        if Path(entry).name not in ("site-packages", "dist-packages"):
+            continue
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:  # a zip file or a folder that is gone
+            continue
+        found.update(name for name in names if name.endswith((".dist-info", ".egg-info")))
+    return sorted(found)
 
 
 def code_digest(config: ExperimentConfig, plugins_dir: str | Path | None) -> str:
