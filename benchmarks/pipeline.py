@@ -37,8 +37,8 @@ def one_run(model: str, cache: Path, out: Path, overrides: list[str], device: st
     """`probe run CONFIG --model MODEL --set … --quiet` in a fresh process, through the console script's own
     entry (probe.cli.main); the phases from run_experiment's clock, the total (exit included) from outside."""
     driver = (  # probe.pipeline.run is patched once the command imports it: a copied run never does
-        "import json, sys, time; start = time.perf_counter()\n"
-        "import probe.cli.main as command\n"
+        "import importlib, json, sys, time; start = time.perf_counter()\n"
+        "command = importlib.import_module('probe.cli.main')  # probe.cli.main is also the function's name\n"
         "timings, computed = {}, command._computed\n"
         "def timed_computed(*args, **kwargs):\n"
         "    import probe.pipeline.run as experiment\n"
