@@ -140,6 +140,25 @@ def test_a_damaged_entry_is_named_removed_and_rebuilt(experiment, monkeypatch, c
     assert "it was kept under another key" in caplog.text
 
 
+def test_an_entry_that_changes_after_its_check_is_not_published(experiment, monkeypatch):
+    from probe.store import finished
+
+    probe_run(experiment)
+    files = run_files(experiment["out"])
+    real = finished.copy_finished
+
+    def replaced_meanwhile(cache_dir, key, into, checked):
+        entry = finished.entry_folder(cache_dir, key)
+        (entry / "summary.md").write_text("kept by another run since\n")
+        return real(cache_dir, key, into, checked)
+
+    monkeypatch.setattr(finished, "copy_finished", replaced_meanwhile)
+    calls = counting_runs(monkeypatch)
+    probe_run(experiment)
+    assert calls == [1]  # computed again, not copied
+    assert (experiment["out"] / "summary.md").read_bytes() == files["summary.md"]
+
+
 def test_a_run_whose_plugin_acts_outside_its_folder_is_not_kept(experiment, tmp_path):
     plugin = tmp_path / "tracker.py"
     plugin.write_text("from probe import hookimpl\n\n@hookimpl\ndef experiment_finished(config, results, output_dir):"

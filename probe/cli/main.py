@@ -247,15 +247,18 @@ def republished(key: str | None, config, output_dir: Path, cache_dir, quiet: boo
     nothing done) when there is none whose inputs are unchanged, or the folder is not probe's to replace."""
     from probe.pipeline.finished import finished_before
     from probe.store.files import is_replaceable, staged_output
-    from probe.store.finished import copy_finished
+    from probe.store.finished import EntryChanged, copy_finished
 
     kept = finished_before(key, Path(cache_dir))
     if kept is None or not is_replaceable(Path(output_dir)):
         return False
+    try:
+        with staged_output(output_dir) as staging:
+            copy_finished(Path(cache_dir), key, staging, kept["files"])
+    except (EntryChanged, OSError):  # the output folder is as it was: the run computes instead
+        return False
     click.echo(paths_line(config, output_dir, cache_dir), err=True)
-    with staged_output(output_dir) as staging:
-        copy_finished(Path(cache_dir), key, staging)
-    echo_printed(kept["printed"], output_dir, quiet)
+    echo_printed(kept["record"]["printed"], output_dir, quiet)
     return True
 
 

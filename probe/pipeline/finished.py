@@ -193,11 +193,13 @@ def memo_folder(cache_dir: Path) -> Path:
 
 
 def finished_before(key: str | None, cache_dir: Path) -> dict | None:
-    """The record of the finished run kept under ``key`` when every file it read is unchanged, else None."""
+    """The manifest (``files`` and ``record``) of the finished run kept under ``key`` when every file it
+    read is unchanged, else None."""
     if key is None:
         return None
-    kept = store.load_finished(cache_dir, key)
-    if kept is None or not isinstance(kept.get("inputs"), dict):
+    manifest = store.load_finished(cache_dir, key)
+    kept = manifest["record"] if manifest is not None else {}
+    if not isinstance(kept.get("inputs"), dict) or not isinstance(kept.get("printed"), dict):
         return None
     folders = kept.get("folders")
     if not isinstance(folders, dict) or any(not Path(f).is_dir() or _listing(Path(f)) != names
@@ -207,4 +209,4 @@ def finished_before(key: str | None, cache_dir: Path) -> dict | None:
     for path, digest in kept["inputs"].items():
         if not Path(path).is_file() or remembered_sha256(Path(path), memos) != digest:
             return None
-    return kept
+    return manifest

@@ -277,8 +277,10 @@ def load_results(run_dir: str | Path) -> Results:
         path = path / "results.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a probe run folder?")
+    from probe.store.files import published_by
+
     results = Results.from_dict(json.loads(path.read_text()))
-    results._run_dir = path.parent
+    results._run_dir, results._run_id = path.parent, published_by(path.parent)
     return results
 
 

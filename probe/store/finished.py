@@ -28,8 +28,8 @@ def entry_folder(cache_dir: Path, key: str) -> Path:
 
 
 def load_finished(cache_dir: Path, key: str) -> dict | None:
-    """The ``record`` kept under ``key``, or None when there is no entry or it does not prove it is
-    ``key``'s (then it is named in a warning and removed)."""
+    """The manifest of the entry kept under ``key`` (its ``files`` and ``record``), or None when there is
+    none or it does not prove it is ``key``'s (then it is named in a warning and removed)."""
     entry = entry_folder(cache_dir, key)
     if not entry.is_dir():
         return None
@@ -40,7 +40,7 @@ def load_finished(cache_dir: Path, key: str) -> dict | None:
                                            reason)
         shutil.rmtree(entry, ignore_errors=True)
         return None
-    return manifest["record"]
+    return manifest
 
 
 def _damage(entry: Path, key: str, manifest) -> str | None:
@@ -69,13 +69,23 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def copy_finished(cache_dir: Path, key: str, into: Path) -> None:
-    """Copy the files of the entry under ``key`` (checked by ``load_finished``) into the folder ``into``."""
+class EntryChanged(Exception):
+    """The entry changed between its check and its copy (another run kept a new one under the same key)."""
+
+
+def copy_finished(cache_dir: Path, key: str, into: Path, files: dict[str, str]) -> None:
+    """Copy ``files`` (name → SHA-256, the manifest ``load_finished`` checked) of the entry under ``key`` into
+    the folder ``into``; EntryChanged when a copy is not the file that was checked."""
     entry = entry_folder(cache_dir, key)
-    for name in _files(entry):
+    for name, digest in files.items():
         target = Path(into) / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(entry / name, target)
+        try:
+            shutil.copyfile(entry / name, target)
+        except FileNotFoundError as error:
+            raise EntryChanged(f"{entry / name} is gone") from error
+        if file_digest(target) != digest:
+            raise EntryChanged(f"{entry / name} changed since it was checked")
 
 
 def keep_finished(cache_dir: Path, key: str, output_dir: Path, record: dict) -> None:
@@ -83,6 +93,8 @@ def keep_finished(cache_dir: Path, key: str, output_dir: Path, record: dict) -> 
     temporary folder, which then takes the place of any older entry. A full disk is said; any other
     failure is not an error (the run has its outputs; the next one computes them again)."""
     entry = entry_folder(cache_dir, key)
+    if (Path(output_dir) / MANIFEST).exists():  # a reporter's file by that name would be taken for the manifest
+        return
     tmp = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
