@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
+# numpy is imported where it is used: every `probe` command loads the installed plugins.
 
 from probe import hookimpl
 
@@ -47,6 +47,8 @@ def _names(model):
 
 def entropy(p: np.ndarray) -> np.ndarray:
     """Shannon entropy in bits over the last axis (0·log 0 = 0)."""
+    import numpy as np
+
     with np.errstate(divide="ignore", invalid="ignore"):
         return -np.nansum(np.where(p > 0, p * np.log2(p), 0.0), axis=-1)
 
@@ -66,6 +68,8 @@ def _entropies_and_examples(run, n_examples: int, top_k: int):
     """Each head's mean entropy (blocks, heads) and the example rows' top words. What the model computes is
     kept in the cache under the key of the activations it comes from, so a rerun on a full cache loads no
     model; each example's text and label are read from the rows now."""
+    import numpy as np
+
     from probe.pipeline.extract import cache_key
     from probe.pipeline.run import feature_key
     from probe.store.files import read_json_or_none, write_text_atomic
@@ -84,6 +88,8 @@ def _entropies_and_examples(run, n_examples: int, top_k: int):
 
 
 def _computed(run, n_examples: int, top_k: int) -> dict:
+    import numpy as np
+
     model, tokenizer = run.services.load_model()  # the run's model, probe's attention swapped in
     entropies, examples = [], []
     for n, (tokens, target, patterns) in enumerate(target_patterns(model, tokenizer, run.rows.table["text"],

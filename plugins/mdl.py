@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
+# numpy is imported where it is used: every `probe` command loads the installed plugins.
 
 from probe import hookimpl
 
@@ -25,6 +25,8 @@ SMALLEST_PROBABILITY = 1e-12  # a label the probe rules out costs ~40 bits, not 
 
 def online_codelength(X, y, probe, seed: int = 0, fractions=FRACTIONS) -> dict[str, float]:
     """Online code length (bits) of ``y`` given ``X``; ``probe`` is an unfitted sklearn classifier."""
+    import numpy as np
+
     from sklearn.base import clone
 
     X, y = np.asarray(X), np.asarray(y)
@@ -44,6 +46,8 @@ def online_codelength(X, y, probe, seed: int = 0, fractions=FRACTIONS) -> dict[s
 def _order(y: np.ndarray, seed: int) -> np.ndarray:
     """A seeded shuffle of the rows, moved so that the first K rows hold every label once: then every
     probe is trained on every label."""
+    import numpy as np
+
     order = np.random.default_rng(seed).permutation(len(y))
     _, first = np.unique(y[order], return_index=True)
     leading = np.sort(first)
@@ -60,6 +64,8 @@ def _block_ends(n: int, fractions, n_labels: int) -> list[int]:
 
 def _bits(fitted, X: np.ndarray, y: np.ndarray) -> float:
     """−log2 p of each true label under the fitted probe, summed."""
+    import numpy as np
+
     probabilities = fitted.predict_proba(X)
     column = {label: i for i, label in enumerate(fitted.classes_.tolist())}
     p = np.array([probabilities[row, column[label]] if label in column else 0.0 for row, label in enumerate(y.tolist())])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -404,6 +405,7 @@ def test_an_unexpected_error_is_one_message_and_debug_shows_its_traceback(world,
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(probe.pipeline.run, "make_splits", broken)
+    shutil.rmtree(world.cache / "runs", ignore_errors=True)  # else the finished run is copied: nothing computes
     code, err = invoke(capsys, world.run_args(), {"PROBE_PLUGINS": ""}, monkeypatch)
     assert code == 1 and "Traceback" not in err
     assert "RuntimeError: a bug" in err and "--debug" in err

@@ -237,6 +237,7 @@ def test_weights_replaced_with_the_same_size_and_time_are_not_taken_for_the_old(
 
 def test_weights_are_hashed_once_per_file_version(tmp_path, monkeypatch):
     from probe.pipeline import models
+    from probe.store import digests
 
     model = tmp_path / "model"
     model.mkdir()
@@ -245,8 +246,8 @@ def test_weights_are_hashed_once_per_file_version(tmp_path, monkeypatch):
     memos = tmp_path / "digests"
     first = models.weights_fingerprint(model, memos)
     hashed = []
-    original = models.file_sha256
-    monkeypatch.setattr(models, "file_sha256", lambda path: hashed.append(path.name) or original(path))
+    original = digests.file_sha256
+    monkeypatch.setattr(digests, "file_sha256", lambda path: hashed.append(path.name) or original(path))
     assert models.weights_fingerprint(model, memos) == first and hashed == []
     stat = (model / "model.safetensors").stat()
     with open(model / "model.safetensors", "r+b") as handle:  # in place: same inode and size
@@ -261,6 +262,7 @@ def test_weights_are_hashed_once_per_file_version(tmp_path, monkeypatch):
 
 def test_a_damaged_converted_checkpoint_is_named_removed_and_converted_again(tmp_path, monkeypatch, caplog):
     from probe.pipeline import models
+    from probe.store import digests
 
     conversions = []
 
@@ -276,8 +278,8 @@ def test_a_damaged_converted_checkpoint_is_named_removed_and_converted_again(tmp
     recorded = json.loads((folder / models.DIGESTS).read_text())
     assert set(recorded) == {"config.json", "model.safetensors", "tokenizer.json"}
     hashed = []
-    original = models.file_sha256
-    monkeypatch.setattr(models, "file_sha256", lambda path, *a: hashed.append(Path(path).name) or original(path))
+    original = digests.file_sha256
+    monkeypatch.setattr(digests, "file_sha256", lambda path, *a: hashed.append(Path(path).name) or original(path))
     assert models.gguf_folder(checkpoint, tmp_path / "models") == folder
     hashed.clear()
     assert models.gguf_folder(checkpoint, tmp_path / "models") == folder and hashed == []  # verified from memos

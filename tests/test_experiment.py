@@ -570,13 +570,14 @@ def test_a_files_digest_is_remembered_until_the_file_changes(tmp_path, monkeypat
     import os
 
     from probe.pipeline import models
+    from probe.store import digests
 
     checkpoint, memos = tmp_path / "model.gguf", tmp_path / "digests"
     checkpoint.write_bytes(b"weights, version one")
     first = models.remembered_sha256(checkpoint, memos)
     assert first == models.file_sha256(checkpoint)
     hashed = []
-    monkeypatch.setattr(models, "file_sha256", lambda path: hashed.append(path) or "fresh")
+    monkeypatch.setattr(digests, "file_sha256", lambda path: hashed.append(path) or "fresh")
     assert models.remembered_sha256(checkpoint, memos) == first and not hashed  # read back, not hashed
     checkpoint.write_bytes(b"weights, version two!")  # another size
     assert models.remembered_sha256(checkpoint, memos) == "fresh" and len(hashed) == 1

@@ -209,16 +209,13 @@ def run(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, 
     if n_jobs == 0:
         raise click.BadParameter("0 fits at a time would never finish; give a number ≥ 1, or -1 for all cores",
                                  param_hint="--jobs")
-    with progress_bars_off(quiet):  # transformers', datasets' and the hub's bars too; as they were afterwards
-        _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device,
-                    dtype)
+    _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype)
 
 
 def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugins_dir, quiet, n_jobs, device, dtype):
     from probe.errors import UserError
     from probe.pipeline.config import load_config, parse_override
-    from probe.pipeline.run import run_experiment
-    from probe.report.writers import accuracy_text, diagnostic_lines, layer_table
+    from probe.pipeline.finished import run_key
 
     try:
         values = dict(parse_override(text) for text in overrides)
@@ -230,32 +227,91 @@ def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugi
             values[field], origins[field] = value, f"--{field}"
     try:
         config = load_config(config_path, values, origins)
-        if plugins_dir:
-            plugins.load_plugins_dir(plugins_dir)
         output_dir = Path(output_dir) if output_dir else default_output(config.name)
         cache_dir = cache_dir_or_default(cache_dir)
+        key = run_key(config, output_dir, plugins_dir)
+        if republished(key, config, output_dir, cache_dir, quiet):  # nothing to compute: torch is never imported
+            return
+        if plugins_dir:
+            plugins.load_plugins_dir(plugins_dir)
         click.echo(paths_line(config, output_dir, cache_dir), err=True)
-        results = run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
+        with progress_bars_off(quiet):  # transformers', datasets' and the hub's bars too; as they were afterwards
+            results = _computed(config, output_dir, cache_dir, quiet, n_jobs)
     except UserError as error:
         raise command_error(error) from None
     if results is None:  # a torchrun rank other than 0: its share of the vectors is in the cache
         return
-    click.echo(layer_table(results))
+    printed = printed_lines(config, results)
+    echo_printed(printed, output_dir, quiet)
+    if key is not None:
+        keep_run(key, config, results, cache_dir, printed)
+
+
+def _computed(config, output_dir: Path, cache_dir, quiet: bool, n_jobs):
+    from probe.pipeline.run import run_experiment  # numpy, torch and the rest: not needed for a copied run
+
+    return run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
+
+
+def printed_lines(config, results) -> dict:
+    """What a run prints after its work: the table and best layers (stdout) and its diagnostics (stderr),
+    with and without advice (``--quiet`` leaves the advice out)."""
+    from probe.report.writers import accuracy_text, diagnostic_lines, layer_table
+
+    out = [layer_table(results)]
     for (position, subset), best in results.best_rows().items():
-        click.echo(
-            f"{config.name} [{position}, {subset}]: best layer {best.layer} "
-            f"accuracy {accuracy_text(best)}"
-        )
+        out.append(f"{config.name} [{position}, {subset}]: best layer {best.layer} accuracy {accuracy_text(best)}")
     for nested in results.best_layer or []:  # the same question answered without peeking at the test rows
         if nested["layer"] is None:
             continue
         chosen = ", ".join(f"{layer} ({n}×)" for layer, n in nested["chosen"].items())
-        click.echo(f"{config.name} [{nested['position']}, {nested['subset']}]: chosen on inner folds: layer {chosen}; "
+        out.append(f"{config.name} [{nested['position']}, {nested['subset']}]: chosen on inner folds: layer {chosen}; "
                    f"outer accuracy {nested['accuracy']:.3f} [{nested['accuracy_ci'][0]:.3f}, "
                    f"{nested['accuracy_ci'][1]:.3f}]")
-    for line in diagnostic_lines(results, with_advice=not quiet):  # also under --quiet: one line each
+    return {"stdout": out, "stderr": diagnostic_lines(results, with_advice=True),
+            "stderr_quiet": diagnostic_lines(results, with_advice=False)}
+
+
+def echo_printed(printed: dict, output_dir: Path, quiet: bool) -> None:
+    for line in printed["stdout"]:
+        click.echo(line)
+    for line in printed["stderr_quiet" if quiet else "stderr"]:  # also under --quiet: one line each
         click.echo(line, err=True)
     click.echo(f"results, plots and summary in {output_dir}/")
+
+
+def republished(key: str | None, config, output_dir: Path, cache_dir, quiet: bool) -> bool:
+    """Publish the finished run kept under ``key`` at ``output_dir`` and print what it printed; False (and
+    nothing done) when there is none whose inputs are unchanged, or the folder is not probe's to replace."""
+    from probe.pipeline.finished import finished_before
+    from probe.store.files import is_replaceable, staged_output
+    from probe.store.finished import EntryChanged, copy_finished
+
+    kept = finished_before(key, Path(cache_dir))
+    if kept is None or not is_replaceable(Path(output_dir)):
+        return False
+    try:
+        with staged_output(output_dir) as staging:
+            copy_finished(Path(cache_dir), key, staging, kept["files"])
+    except (EntryChanged, OSError):  # the output folder is as it was: the run computes instead
+        return False
+    click.echo(paths_line(config, output_dir, cache_dir), err=True)
+    echo_printed(kept["record"]["printed"], output_dir, quiet)
+    return True
+
+
+def keep_run(key: str, config, results, cache_dir, printed: dict) -> None:
+    """Keep the run just published under ``key``, unless another run has replaced its folder since."""
+    from probe.pipeline.finished import record
+    from probe.store.files import lock_for, published_by
+    from probe.store.finished import keep_finished
+
+    kept = record(config, Path(cache_dir), results.model.path, printed)
+    if kept is None:
+        return
+    with lock_for(results.run_dir):
+        if published_by(results.run_dir) == results.run_id:
+            keep_finished(Path(cache_dir), key, results.run_dir, kept)
 
 
 def paths_line(config, output_dir: Path, cache_dir) -> str:

@@ -200,10 +200,15 @@ class Results(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True)
     _run_dir: Path | None = PrivateAttr(default=None)  # the folder the reports went to, when known
+    _run_id: str | None = PrivateAttr(default=None)  # the id in that folder's marker, when this process wrote it
 
     @property
     def run_dir(self) -> Path | None:
         return self._run_dir
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id
 
     # ------------------------------------------------------------ serialisation
 
@@ -272,8 +277,10 @@ def load_results(run_dir: str | Path) -> Results:
         path = path / "results.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a probe run folder?")
+    from probe.store.files import published_by
+
     results = Results.from_dict(json.loads(path.read_text()))
-    results._run_dir = path.parent
+    results._run_dir, results._run_id = path.parent, published_by(path.parent)
     return results
 
 

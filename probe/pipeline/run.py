@@ -113,9 +113,12 @@ def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: 
     results = probe_layers(run, n_jobs)
     results.diagnostics = collect_diagnostics(run, results)
     clock.lap("probe")
-    with staged_output(output_dir) as staging:  # all reports appear together, or none
+    from uuid import uuid4
+
+    run_id = uuid4().hex  # in the folder's marker: who published it (a finished-run entry checks it)
+    with staged_output(output_dir, run_id) as staging:  # all reports appear together, or none
         write_reports(results, staging, run)
-    results._run_dir = output_dir
+    results._run_dir, results._run_id = output_dir, run_id
     return results
 
 

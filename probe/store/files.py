@@ -56,9 +56,10 @@ def is_replaceable(output_dir: Path) -> bool:
 
 
 @contextmanager
-def staged_output(output_dir: str | Path) -> Iterator[Path]:
+def staged_output(output_dir: str | Path, run_id: str | None = None) -> Iterator[Path]:
     """``with staged_output(out) as folder:`` write every report into ``folder``; on a clean exit it
-    becomes ``out`` (the previous run there, if any, goes), on an error or kill ``out`` is untouched."""
+    becomes ``out`` (the previous run there, if any, goes), on an error or kill ``out`` is untouched.
+    ``run_id``, when given, is kept in the marker (``published_by`` reads it back)."""
     output_dir = Path(output_dir).absolute()
     made = missing_parents(output_dir.parent)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,8 @@ def staged_output(output_dir: str | Path) -> Iterator[Path]:
             os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700 folders; a run is for everyone to read
             try:
                 yield staging
-                (staging / MARKER).write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+                marker = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"run": run_id} if run_id else {})}
+                (staging / MARKER).write_text(json.dumps(marker) + "\n")
                 publish(staging, output_dir)
             except DiskFull as error:  # name the folder the user gave, not the hidden one it is staged in
                 raise DiskFull(str(error).replace(str(staging), str(output_dir))) from error.__cause__
@@ -84,6 +86,12 @@ def staged_output(output_dir: str | Path) -> Iterator[Path]:
             Path(lock_for(output_dir).lock_file).unlink(missing_ok=True)
         remove_empty(made)
         raise
+
+
+def published_by(output_dir: Path) -> str | None:
+    """The ``run_id`` of the run whose folder ``output_dir`` is now, when it gave one."""
+    marker = read_json_or_none(Path(output_dir) / MARKER)
+    return marker.get("run") if isinstance(marker, dict) else None
 
 
 def publish(staging: Path, output_dir: Path) -> None:
