@@ -133,6 +133,8 @@ def ablation(args) -> None:
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             ratios.append(heads[-1] / plain[-1])
+            print(f"repeat {len(ratios)}: mole {plain[-1]:.1f} s, heads {heads[-1]:.1f} s, ratio {ratios[-1]:.2f}",
+                  flush=True)
         print(f"| {model} | {statistics.median(plain):.1f} | {statistics.median(heads):.1f} | "
               f"{statistics.median(ratios):.2f} |")
         print(f"\nper repeat (s): mole {[round(t, 1) for t in plain]}, heads {[round(t, 1) for t in heads]}")
