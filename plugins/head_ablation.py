@@ -9,9 +9,9 @@ Only what the ablation changes is recomputed: the residual stream entering block
 per block and the blocks from b up to the probed layer are rerun for every head at once, each batch
 repeated once per head (and once unablated), each copy's hook ablating only its own head
 (``probe.pipeline.partial.vectors_of_copies``); the probes for every head are fitted in parallel on the
-run's folds. Each drop comes with its spread over
-folds and an exact McNemar test on the rows (unablated vs ablated, same rows, same folds): a drop of a
-row or two is noise, and the heatmap marks only heads whose drop survives a Bonferroni correction.
+run's folds. Each drop comes with its spread over folds and an exact McNemar test on the rows (unablated
+vs ablated, same rows, same folds): a drop of a row or two is noise, and the heatmap marks only heads
+whose drop survives a Bonferroni correction.
 
 Two ways in, both through the attention core's hook points:
 

@@ -197,7 +197,8 @@ def _one_head_at_a_time(model, inputs, heads, replacement, position="target"):
 
     out = []
     for head in heads:
-        with probe.hooks(model, {} if head is None else {"blocks.0.attn.z": head_ablation.ablate([head], replacement)}):
+        ablation = {} if head is None else {"blocks.0.attn.z": head_ablation.ablate([head], replacement)}
+        with probe.hooks(model, ablation):
             out.append(vectors_at(model, inputs, 0, 2, position))
     return out
 
@@ -214,8 +215,8 @@ def test_heads_ablated_in_one_forward_equal_one_head_at_a_time(tiny_model, mode,
     model, inputs = _block_inputs(tiny_model, 0, whole_rows=position == "last")
     replacement = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)) if mode == "mean" else None
     heads = [None, 0, 1, 2, 3]
-    copies = [None if head is None else [Edit("blocks.0.attn.z", head, 0.0 if replacement is None else replacement[head])]
-              for head in heads]
+    values = [0.0] * 4 if replacement is None else list(replacement)
+    copies = [None if head is None else [Edit("blocks.0.attn.z", head, values[head])] for head in heads]
     together = vectors_of_copies(model, inputs, 0, 2, copies, position, per_forward=len(copies))
     alone = _one_head_at_a_time(model, inputs, heads, replacement, position)
     for head, batched, single in zip(heads, together, alone):
