@@ -5,6 +5,7 @@ plain script a user would write (benchmarks/plain_script.py).
     python benchmarks/pipeline.py --models minilm-l6 --reruns 7   # cold against a cached rerun, one ratio
     python benchmarks/pipeline.py --models smollm2-135m --set 'controls=[]' --script --repeats 3
     python benchmarks/pipeline.py --models FOLDER --device cuda --script   # a checkpoint folder, on a GPU
+    python benchmarks/pipeline.py --models minilm-l6 --ablation --repeats 3   # head ablation against mole
 
 Each run is a fresh process. "cold" starts from an empty cache folder (so a GGUF checkpoint is converted
 too); "features cold" keeps only the converted model (no vectors, predictions or patterns); "cached"
@@ -15,6 +16,8 @@ itself when converted), extract, probe, report, exit (the process ending, from o
 A rerun copied from the index runs no phase: only its total is timed.
 Medians over --repeats (and the reruns); the machine's other load shows in the spread, so say how busy it
 was. The ratio line compares the median cached rerun with the median cold run of the same invocation.
+--ablation: instead, per repeat on an empty cache, a cold mole.yaml run and then mole-heads.yaml (the head
+ablation sweep, reusing mole's vectors and fits) on the same cache, and their ratio.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "mole.yaml"
+HEADS = ROOT / "experiments" / "mole-heads.yaml"
 
 
-def one_run(model: str, cache: Path, out: Path, overrides: list[str], device: str) -> dict:
+def one_run(model: str, cache: Path, out: Path, overrides: list[str], device: str, config: Path = CONFIG) -> dict:
     """`probe run CONFIG --model MODEL --set … --quiet` in a fresh process, through the console script's own
     entry (probe.cli.main); the phases from run_experiment's clock, the total (exit included) from outside."""
     driver = (  # probe.pipeline.run is patched once the command imports it: a copied run never does
@@ -56,7 +60,7 @@ def one_run(model: str, cache: Path, out: Path, overrides: list[str], device: st
         "print(json.dumps(timings))\n"
         "sys.exit(code)\n"
     )
-    command = ["run", str(CONFIG), "--model", model, "--cache-dir", str(cache), "--output", str(out), "--quiet"]
+    command = ["run", str(config), "--model", model, "--cache-dir", str(cache), "--output", str(out), "--quiet"]
     command += [arg for override in overrides for arg in ("--set", override)]
     command += ["--device", device]
     start = time.perf_counter()
@@ -89,7 +93,10 @@ def main() -> None:
     parser.add_argument("--reruns", type=int, default=3, help="cached reruns after each cold run")
     parser.add_argument("--script", action="store_true", help="also time benchmarks/plain_script.py")
     parser.add_argument("--device", default="cpu", help="probe's and the script's device (cpu, cuda, …)")
+    parser.add_argument("--ablation", action="store_true", help="time mole-heads.yaml after a cold mole.yaml")
     args = parser.parse_args()
+    if args.ablation:
+        return ablation(args)
 
     rows, ratios = [], []
     for model in args.models:
@@ -128,6 +135,29 @@ def main() -> None:
     print(f"\nmedians of {args.repeats} run(s), cached: of {args.repeats * args.reruns}, seconds; overrides: "
           f"{args.overrides or 'none'}; device: {args.device}")
     print("\n".join(ratios))
+
+
+def ablation(args) -> None:
+    """mole.yaml cold, then mole-heads.yaml on its cache, per repeat; medians and the median ratio."""
+    print("| model | mole.yaml cold | mole-heads.yaml after it | ratio |")
+    print("|---|---|---|---|")
+    for model in args.models:
+        plain, heads, ratios = [], [], []
+        for _ in range(args.repeats):
+            work = Path(tempfile.mkdtemp(prefix="probe-bench-"))
+            try:
+                plain.append(one_run(model, work / "cache", work / "mole", args.overrides, args.device)["total"])
+                heads.append(one_run(model, work / "cache", work / "heads", args.overrides, args.device,
+                                     HEADS)["total"])
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            ratios.append(heads[-1] / plain[-1])
+            print(f"repeat {len(ratios)}: mole {plain[-1]:.1f} s, heads {heads[-1]:.1f} s, ratio {ratios[-1]:.2f}",
+                  flush=True)
+        print(f"| {model} | {statistics.median(plain):.1f} | {statistics.median(heads):.1f} | "
+              f"{statistics.median(ratios):.2f} |")
+        print(f"\nper repeat (s): mole {[round(t, 1) for t in plain]}, heads {[round(t, 1) for t in heads]}")
+    print(f"\nmedians of {args.repeats} run(s), seconds; overrides: {args.overrides or 'none'}; device: {args.device}")
 
 
 if __name__ == "__main__":

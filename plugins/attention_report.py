@@ -13,10 +13,14 @@ numbered from 0; block i reads layer i (hidden state i) and writes layer i + 1, 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 # numpy is imported where it is used: every `probe` command loads the installed plugins.
 
 from probe import hookimpl
+
+if TYPE_CHECKING:  # for annotations only
+    import numpy as np
 
 
 def target_patterns(model, tokenizer, texts, spans, batch_size: int = 16):

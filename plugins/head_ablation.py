@@ -6,16 +6,20 @@ what depends on the input) — re-extract the target vectors, re-probe, and repo
 A head whose ablation costs accuracy was moving sense information into the target's vector.
 
 Only what the ablation changes is recomputed: the residual stream entering block b is computed once
-per block and the blocks from b up to the probed layer are rerun per head (``probe.pipeline.partial``); the
-probes for every head are fitted in parallel on the run's folds. Each drop comes with its spread over
-folds and an exact McNemar test on the rows (unablated vs ablated, same rows, same folds): a drop of a
-row or two is noise, and the heatmap marks only heads whose drop survives a Bonferroni correction.
+per block and the blocks from b up to the probed layer are rerun for every head at once, each batch
+repeated once per head (and once unablated), each copy's hook ablating only its own head
+(``probe.pipeline.partial.vectors_of_copies``); the probes for every head are fitted in parallel on the
+run's folds. Each drop comes with its spread over folds and an exact McNemar test on the rows (unablated
+vs ablated, same rows, same folds): a drop of a row or two is noise, and the heatmap marks only heads
+whose drop survives a Bonferroni correction.
 
 Two ways in, both through the attention core's hook points:
 
 - reporter ``head-ablation``: the per-head sweep. Options under ``options.head_ablation``:
   ``mode`` (zero | mean, default zero), ``layers`` (blocks to sweep, default all before the probed
-  layer), ``probe_layer`` (default: the best layer of the unablated run), ``position`` (default target).
+  layer), ``probe_layer`` (default: the best layer of the unablated run), ``position`` (default target),
+  ``copies_per_forward`` (copies of a batch run in one forward, default 256 // batch_size; it changes
+  the speed and memory, not the vectors).
   Writes head_ablation.json, head_ablation.csv and head_ablation.png (blocks × heads).
 - ``activation_hooks``: ``options.ablate_heads: [[block, head], ...]`` zeroes those heads for the whole
   experiment, so every layer's probe runs on the ablated model.
@@ -82,90 +86,87 @@ def sweep_settings(results, config) -> dict:
     if probe_layer < 1:
         raise ValueError("options.head_ablation.probe_layer must be at least 1: layer 0 comes before any head")
     blocks = options.get("layers", list(range(probe_layer)))  # block b feeds layers b+1 and up
+    # Copies of a batch per forward: about 256 rows each by default. The vectors do not depend on it.
+    per_forward = options.get("copies_per_forward", max(1, 256 // config.batch_size))
+    if isinstance(per_forward, bool) or not isinstance(per_forward, int) or per_forward < 1:
+        raise ValueError(f"options.head_ablation.copies_per_forward is {per_forward!r}; it must be a whole number "
+                         "of at least 1")
     return {"mode": mode, "position": position, "probe_layer": probe_layer, "blocks": blocks,
+            "copies_per_forward": per_forward,
             "baseline_accuracy": next(r.accuracy for r in rows if r.layer == probe_layer)}
 
 
 def ablated_vectors(run, settings: dict) -> tuple[dict, dict]:
     """Vectors at the probed layer: per block unablated ({block: X}) and per head ablated ({(block, head): X}),
-    each rerun from the block's own input; cached on disk beside the run's features."""
+    each rerun from the block's own input, every copy of a block in batched forwards; each cached on disk
+    beside the run's features, and only the missing ones computed."""
+    import numpy as np
     from tqdm.auto import tqdm
 
-    from probe.pipeline.partial import capture_block_inputs
+    from probe.store.files import write_atomic
+    from probe.store.usage import touch
 
-    config = run.config
     n_heads = run.services.model_config.num_attention_heads
-    texts, spans = run.rows.table["text"], run.rows.spans
     loaded = {}
-
-    def model_and_means() -> dict:
-        """The model (and in mean mode each head's mean z), loaded only once a block's vectors are not
-        cached: a rerun on a full cache reads no weights."""
-        if not loaded:
-            model, tokenizer = run.services.load_model()
-            means = mean_z(model, tokenizer, texts, spans, settings["blocks"]) if settings["mode"] == "mean" else {}
-            loaded.update(model=model, tokenizer=tokenizer, means=means)
-        return loaded
-
     unablated, ablated = {}, {}
-    bar = tqdm(total=len(settings["blocks"]) * n_heads, desc=f"{config.name}: head ablation", unit="head",
+    bar = tqdm(total=len(settings["blocks"]) * n_heads, desc=f"{run.config.name}: head ablation", unit="head",
                disable=not run.services.progress)
     with bar:
         for block in settings["blocks"]:
-            inputs = None
-
-            def rerun(heads=None, block=block):
-                nonlocal inputs
-                model = model_and_means()["model"]
-                if inputs is None:
-                    inputs = capture_block_inputs(model, loaded["tokenizer"], texts, spans, block, config.batch_size,
-                                                  whole_rows=settings["position"] == "last")
-                replacement = loaded["means"].get(block) if heads else None
-                return _rerun(model, inputs, block, settings, run, heads, replacement)
-
-            unablated[block] = _cached(run, settings, block, None, rerun)
-            for head in range(n_heads):
-                ablated[(block, head)] = _cached(run, settings, block, head, lambda head=head: rerun([head]))
-                bar.update()
+            heads = [None, *range(n_heads)]  # None: the block's unablated copy
+            paths = {head: _cache_path(run, settings, block, head) for head in heads}
+            vectors = {head: np.load(path) for head, path in paths.items() if path.exists()}
+            for head in vectors:
+                touch(paths[head])  # last use, for `probe cache --prune`
+            missing = [head for head in heads if head not in vectors]
+            if missing:
+                vectors |= dict(zip(missing, _rerun(run, settings, block, missing, loaded)))
+                for head in missing:
+                    write_atomic(paths[head], lambda tmp, head=head: np.save(tmp, vectors[head]))
+            unablated[block] = vectors[None]
+            ablated |= {(block, head): vectors[head] for head in range(n_heads)}
+            bar.update(n_heads)
     return unablated, ablated
 
 
-def _rerun(model, inputs, block, settings, run, heads=None, replacement=None):
-    from probe.core.hooks import hooks
-    from probe.pipeline.partial import vectors_at
+def _rerun(run, settings: dict, block: int, heads: list, loaded: dict) -> list:
+    """Each of ``heads``' vectors (None: unablated), blocks ``block``.. rerun from the block's captured input
+    with every head's copy in the same forwards. The model (and in mean mode each head's mean z) is loaded
+    on the first call only: a rerun on a full cache reads no weights."""
+    from probe.pipeline.partial import Edit, capture_block_inputs, vectors_of_copies
 
-    with hooks(model, {f"blocks.{block}.attn.z": ablate(heads, replacement)} if heads else {}):
-        return vectors_at(model, inputs, block, settings["probe_layer"], settings["position"],
-                          run.config.pooling)
+    config = run.config
+    texts, spans = run.rows.table["text"], run.rows.spans
+    if not loaded:
+        model, tokenizer = run.services.load_model()
+        means = mean_z(model, tokenizer, texts, spans, settings["blocks"]) if settings["mode"] == "mean" else {}
+        loaded.update(model=model, tokenizer=tokenizer, means=means)
+    model, means = loaded["model"], loaded["means"].get(block)
+    inputs = capture_block_inputs(model, loaded["tokenizer"], texts, spans, block, config.batch_size,
+                                  whole_rows=settings["position"] == "last")
+    name = f"blocks.{block}.attn.z"
+    copies = [None if head is None else [Edit(name, head, 0.0 if means is None else means[head])] for head in heads]
+    return vectors_of_copies(model, inputs, block, settings["probe_layer"], copies, settings["position"],
+                             config.pooling, settings["copies_per_forward"])
 
 
-def _cached(run, settings, block, head, compute):
-    """``compute()``'s vectors, stored under a key of everything they depend on; written atomically."""
-    import numpy as np
-
+def _cache_path(run, settings, block, head):
+    """Where one copy's vectors are stored: under a key of everything they depend on."""
     from probe.pipeline.extract import cache_key
-    from probe.store.files import write_atomic
-    from probe.store.usage import touch
 
     # The vectors of the attention the reruns use (under attention: both, not the first-extracted reference);
     # their folder's name is their feature key, which carries the pooling, batching and batch size they share.
     key = cache_key({"features": run.features.main.folder.name, "block": block, "head": head,
                      "mode": settings["mode"] if head is not None else None, "layer": settings["probe_layer"],
                      "position": settings["position"]})
-    path = run.services.cache_dir / "ablation" / f"{key}.npy"
-    if path.exists():
-        touch(path)  # last use, for `probe cache --prune`
-        return np.load(path)
-    vectors = compute()
-    write_atomic(path, lambda tmp: np.save(tmp, vectors))
-    return vectors
+    return run.services.cache_dir / "ablation" / f"{key}.npy"
 
 
 def head_ablation(results, output_dir, run):
     settings = sweep_settings(results, run.config)
     unablated, ablated = ablated_vectors(run, settings)
     table = score_heads(run, unablated, ablated)
-    summary = {k: v for k, v in settings.items() if k != "blocks"} | {"heads": table}
+    summary = {k: v for k, v in settings.items() if k not in ("blocks", "copies_per_forward")} | {"heads": table}
     _write(summary, output_dir)
     _plot(results, table, settings, output_dir)
     return summary

@@ -14,10 +14,14 @@ The probe is the experiment's own, so it must give probabilities (``predict_prob
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 # numpy is imported where it is used: every `probe` command loads the installed plugins.
 
 from probe import hookimpl
+
+if TYPE_CHECKING:  # for annotations only
+    import numpy as np
 
 FRACTIONS = (0.1, 0.2, 0.4, 0.8, 1.0)
 SMALLEST_PROBABILITY = 1e-12  # a label the probe rules out costs ~40 bits, not infinity

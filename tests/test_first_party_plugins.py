@@ -179,6 +179,90 @@ def test_head_ablation_changes_the_extracted_vectors(tiny_model, tmp_path):
     assert not np.allclose(plain.layer("target", 2), ablated.layer("target", 2))
 
 
+def _block_inputs(tiny_model, block: int, whole_rows: bool = False):
+    from transformers import GPT2Model
+
+    from probe.pipeline.partial import capture_block_inputs
+
+    model = probe.swap_attention(GPT2Model.from_pretrained(tiny_model, attn_implementation="eager").eval())
+    tokenizer = load_tokenizer(str(tiny_model))
+    texts = ["The gardener trapped the mole.", "One mole of gas fills the flask.", "A mole.", "The spy mole hid.",
+             "The old mole dug.", "The new mole ran.", "A mole hid."]
+    spans = [(t.index("mole"), t.index("mole") + 4) for t in texts]
+    return model, capture_block_inputs(model, tokenizer, texts, spans, block, batch_size=3, whole_rows=whole_rows)
+
+
+def _one_head_at_a_time(model, inputs, heads, replacement, position="target"):
+    from probe.pipeline.partial import vectors_at
+
+    out = []
+    for head in heads:
+        ablation = {} if head is None else {"blocks.0.attn.z": head_ablation.ablate([head], replacement)}
+        with probe.hooks(model, ablation):
+            out.append(vectors_at(model, inputs, 0, 2, position))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+@pytest.mark.parametrize("position", ["target", "last"])
+def test_heads_ablated_in_one_forward_equal_one_head_at_a_time(tiny_model, mode, position):
+    """Every head's copy (and an unablated one) of each batch in one forward: each copy's hook ablates only
+    its own rows, so each copy's vectors are those of ablating that head alone. Not bit for bit: the float32
+    matrix products of a batch 5× taller take other BLAS kernel paths and round the last bits differently
+    (about 1e-8 here), far below what an ablation changes."""
+    from probe.pipeline.partial import Edit, vectors_of_copies
+
+    model, inputs = _block_inputs(tiny_model, 0, whole_rows=position == "last")
+    replacement = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)) if mode == "mean" else None
+    heads = [None, 0, 1, 2, 3]
+    values = [0.0] * 4 if replacement is None else list(replacement)
+    copies = [None if head is None else [Edit("blocks.0.attn.z", head, values[head])] for head in heads]
+    together = vectors_of_copies(model, inputs, 0, 2, copies, position, per_forward=len(copies))
+    alone = _one_head_at_a_time(model, inputs, heads, replacement, position)
+    for head, batched, single in zip(heads, together, alone):
+        np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6, err_msg=f"head {head}")
+    for ablated in together[1:]:  # each ablation moves the vectors far more than the rounding
+        assert np.abs(ablated - together[0]).max() > 1e-3
+
+
+def test_batched_ablation_does_not_depend_on_copies_per_forward(tiny_model):
+    from probe.pipeline.partial import Edit, vectors_of_copies
+
+    model, inputs = _block_inputs(tiny_model, 0)
+    copies = [None] + [[Edit("blocks.0.attn.z", head, 0.0)] for head in range(4)]
+    runs = {n: vectors_of_copies(model, inputs, 0, 2, copies, per_forward=n) for n in (1, 2, 3, 5, 64)}
+    for n, vectors in runs.items():
+        for copy, (these, first) in enumerate(zip(vectors, runs[1])):
+            # Rounding only, as above: how many copies share a forward changes the products' shapes.
+            np.testing.assert_allclose(these, first, rtol=1e-5, atol=1e-6, err_msg=f"per_forward {n}, copy {copy}")
+    with pytest.raises(ValueError, match="per_forward is 0"):
+        vectors_of_copies(model, inputs, 0, 2, copies, per_forward=0)
+
+
+def test_a_repeated_batch_lays_its_copies_out_one_after_another(tiny_model):
+    from probe.pipeline.partial import repeated
+
+    _, inputs = _block_inputs(tiny_model, 1)
+    batch = inputs[0]
+    copies = repeated(batch, 3)
+    hidden, grown = batch.args[0], copies.args[0]
+    n = len(batch.rows)
+    assert grown.shape == (3 * n, *hidden.shape[1:]) and copies.rows == list(range(3 * n))
+    for copy in range(3):
+        assert torch.equal(grown[copy * n:(copy + 1) * n], hidden)
+    assert copies.targets == batch.targets * 3 and torch.equal(copies.last, batch.last.repeat(3))
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "all", True])
+def test_copies_per_forward_must_be_a_whole_number(tiny_model, bad):
+    from types import SimpleNamespace
+
+    config = validate({"model": "x", "dataset": "mole", "options": {"head_ablation": {"copies_per_forward": bad}}})
+    results = SimpleNamespace(rows=[SimpleNamespace(position="target", subset="all", layer=1, accuracy=0.5)])
+    with pytest.raises(ValueError, match="options.head_ablation.copies_per_forward"):
+        head_ablation.sweep_settings(results, config)
+
+
 # ------------------------------------------------------------------ attention report
 
 

@@ -223,6 +223,13 @@ def test_head_ablation_reports_each_drop_with_its_uncertainty(tiny_model, tmp_pa
     assert len(cached) == 2 + 8  # per block unablated, per head ablated
     run_experiment(config, tmp_path / "again", cache_dir=tmp_path / "cache", progress=False)
     assert json.loads((tmp_path / "again" / "head_ablation.json").read_text()) == table
+    # One copy per forward instead of every head's together (a fresh cache): the same table.
+    one_by_one = load_config(ROOT / "experiments" / "mole-heads.yaml", {
+        "model": str(tiny_model), "folds": 3, "controls": ["majority"], "reporters": ["json", "head-ablation"],
+        "options": {"head_ablation": {"probe_layer": 2, "copies_per_forward": 1}},
+    })
+    run_experiment(one_by_one, tmp_path / "single", cache_dir=tmp_path / "single-cache", progress=False)
+    assert json.loads((tmp_path / "single" / "head_ablation.json").read_text()) == table
 
 
 def test_results_show_the_report_in_a_notebook_cell(run_dir):

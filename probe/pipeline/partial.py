@@ -7,6 +7,10 @@ alike); ``vectors_at`` reruns blocks b..layer-1 from there — under whatever ho
 pools the target vectors at ``layer``. Rows are batched as extraction batches them (sorted by length,
 right-padded; in a causal model cut after the target unless ``whole_rows``), so without an intervention
 they are the extracted vectors bit for bit, given the same batch size and rows cut alike.
+
+Many interventions in one forward: ``vectors_of_copies`` repeats each batch once per intervention (copy)
+and runs the copies together; each copy's hook (``copy_hooks``, shared with activation patching) writes
+only its own rows, so a copy sees exactly its own edits.
 """
 
 from __future__ import annotations
@@ -115,6 +119,85 @@ def vectors_from(model, batches: list[BlockInputs], block: int, layers, position
                 hidden = output[0] if isinstance(output, tuple) else output
     rows = np.concatenate([batch.rows for batch in batches])
     return {layer: _in_dataset_order(parts, rows) for layer, parts in out.items()}
+
+
+@dataclass(frozen=True)
+class Edit:
+    """What one copy writes at hook point ``name``: ``values`` (a tensor broadcast to the slot, or a number)
+    into head ``head`` of a per-head tensor (None: the tensor has no head axis) at ``positions`` (None: all)."""
+
+    name: str
+    head: int | None
+    values: object
+    positions: list[int] | None = None
+
+
+def copy_hooks(copies: list, rows_per_copy: int = 1) -> dict:
+    """Hooks for a batch of copies laid out copy-major (copy c is rows c·R..(c+1)·R−1): each writes every
+    copy's edits (``copies[c]``: a list of Edit, or None for an untouched copy) into that copy's rows only."""
+    by_name: dict[str, list] = {}
+    for copy, edits in enumerate(copies):
+        rows = slice(copy * rows_per_copy, (copy + 1) * rows_per_copy)
+        for edit in edits or []:
+            by_name.setdefault(edit.name, []).append((rows, edit))
+    return {name: _writer(edits) for name, edits in by_name.items()}
+
+
+def _writer(edits: list):
+    def hook(tensor, name):
+        tensor = tensor.clone()
+        for rows, edit in edits:
+            values = edit.values.to(tensor) if isinstance(edit.values, torch.Tensor) else edit.values
+            positions = slice(None) if edit.positions is None else edit.positions
+            if edit.head is None:
+                tensor[rows, positions] = values
+            else:
+                tensor[rows, edit.head, positions] = values
+        return tensor
+
+    return hook
+
+
+def repeated(batch: BlockInputs, copies: int) -> BlockInputs:
+    """``batch`` ``copies`` times over, copy-major, its rows numbered 0.. in that order. What the block
+    receives per row (a tensor of two or more axes whose first is the batch's rows: hidden states, masks,
+    per-row position embeddings) is repeated; the rest is shared by every row and kept."""
+    n = len(batch.rows)
+
+    def grow(value):
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == n:
+            return value.repeat(copies, *[1] * (value.dim() - 1))
+        if isinstance(value, tuple | list):
+            return type(value)(grow(v) for v in value)
+        if isinstance(value, dict):
+            return {key: grow(v) for key, v in value.items()}
+        return value
+
+    return BlockInputs(list(range(n * copies)), grow(dict(batch.encoding)), grow(batch.args), grow(batch.kwargs),
+                       batch.targets * copies, batch.last.repeat(copies), batch.cut)
+
+
+@torch.inference_mode()
+def vectors_of_copies(model, batches: list[BlockInputs], block: int, layer: int, copies: list,
+                      position: str = "target", pooling: str = "mean", per_forward: int = 16) -> list[np.ndarray]:
+    """``vectors_at`` once per copy (``copies[c]``: its list of Edit, None for none), ``per_forward`` copies
+    of a batch run as one forward; each copy's vectors come back in dataset order. Every edit's hook point
+    must lie in blocks ``block``.. (what comes before is the captured input, unchanged)."""
+    from probe.core.hooks import hooks
+
+    if per_forward < 1:
+        raise ValueError(f"per_forward is {per_forward}; it must be at least 1")
+    parts: list[list] = [[] for _ in copies]
+    for batch in batches:
+        n = len(batch.rows)
+        for start in range(0, len(copies), per_forward):
+            chunk = copies[start:start + per_forward]
+            with hooks(model, copy_hooks(chunk, n)):
+                vectors = vectors_at(model, [repeated(batch, len(chunk))], block, layer, position, pooling)
+            for copy in range(len(chunk)):
+                parts[start + copy].append(vectors[copy * n:(copy + 1) * n])
+    rows = np.concatenate([batch.rows for batch in batches])
+    return [_in_dataset_order(copy_parts, rows) for copy_parts in parts]
 
 
 def _in_dataset_order(parts: list[np.ndarray], rows: np.ndarray) -> np.ndarray:

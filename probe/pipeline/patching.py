@@ -5,7 +5,8 @@ A *patch* is one component of the source's clean run — a head's ``z`` in block
 output (``attn.out``) or MLP output (``mlp.out``), or the residual stream entering block b (layer b) at
 one position — written over the same component of the base's run. The base sentence is copied once per
 patch (plus one unpatched copy) and the copies run as one batch; each copy's hook writes only its own
-row, so a copy sees exactly its one patch.
+row, so a copy sees exactly its one patch (``probe.pipeline.partial.copy_hooks``, which head ablation
+shares).
 
 Positions are aligned on the target word: base and source must cover the target with the same number of
 tokens; base position p takes the source's position p + (source target start − base target start). A
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from probe.pipeline.extract import encode_rows, pool_targets
+from probe.pipeline.partial import Edit, copy_hooks
 from probe.scale.devices import device_of, on_device
 
 TARGET = "target"
@@ -154,32 +156,18 @@ class TracePoints:
         return out
 
 
-def _edit(component: Component, alignment: dict, source_values: dict, points: TracePoints):
-    """(head, base positions, values) for one component: what its copy's hook writes."""
+def _edit(component: Component, alignment: dict, source_values: dict, points: TracePoints) -> Edit:
+    """What one component's copy writes: the source's values at the aligned positions."""
     if component.kind == "resid":
         base_positions, source_positions = alignment[component.position]
     else:
         base_positions = [p for positions, _ in alignment.values() for p in positions]
         source_positions = [p for _, positions in alignment.values() for p in positions]
-    values = source_values[points.name(component)][0]
+    name = points.name(component)
+    values = source_values[name][0]
     if component.kind == "head":
-        return component.head, base_positions, values[component.head, source_positions]
-    return None, base_positions, values[source_positions]
-
-
-def _patcher(edits: list):
-    """A hook that writes each (copy, head, positions, values) edit into its own row of the batch."""
-
-    def hook(tensor, name):
-        tensor = tensor.clone()
-        for copy, head, positions, values in edits:
-            if head is None:
-                tensor[copy, positions] = values.to(tensor)
-            else:
-                tensor[copy, head, positions] = values.to(tensor)
-        return tensor
-
-    return hook
+        return Edit(name, component.head, values[component.head, source_positions], base_positions)
+    return Edit(name, None, values[source_positions], base_positions)
 
 
 @torch.inference_mode()
@@ -215,11 +203,8 @@ def patched_vectors(model, base: Sentence, source: Sentence, components: list, p
     vectors, next_log_p = [], []
     for start in range(0, len(components), batch):
         chunk = components[start:start + batch]
-        edits: dict[str, list] = {}
-        for copy, component in enumerate(chunk):
-            if component is not None:
-                head_index, positions, values = _edit(component, alignment, source_values, points)
-                edits.setdefault(points.name(component), []).append((copy, head_index, positions, values))
+        copies = [None if component is None else [_edit(component, alignment, source_values, points)]
+                  for component in chunk]
         encoding = {name: values.expand(len(chunk), -1) for name, values in base.encoding.items()}
         seen = {}
 
@@ -228,7 +213,7 @@ def patched_vectors(model, base: Sentence, source: Sentence, components: list, p
             if not whole:
                 raise _Stop
 
-        with hooks(model, {name: _patcher(e) for name, e in edits.items()}):
+        with hooks(model, copy_hooks(copies)):
             with hooks(model, {read_at: read}):  # attached after the patches: it reads what they wrote
                 try:
                     output = model(**on_device(encoding, device_of(model)), use_cache=False)
