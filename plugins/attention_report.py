@@ -76,15 +76,15 @@ def _entropies_and_examples(run, n_examples: int, top_k: int):
 
     from probe.pipeline.extract import cache_key
     from probe.pipeline.run import feature_key
-    from probe.store.files import read_json_or_none, write_text_atomic
+    from probe.store.caches import load_json_entry, save_json_entry
 
     features = feature_key(run.services, run.rows, "all", "reimplemented")
     key = cache_key({"features": features, "report": "attention_report", "examples": n_examples, "top_k": top_k})
     path = run.services.cache_dir / "attention" / f"{key}.json"
-    saved = read_json_or_none(path)
+    saved = load_json_entry(path)  # the entry proves its key and content, else it is named and removed
     if not isinstance(saved, dict) or not {"mean_entropy_bits", "dtype", "examples"} <= saved.keys():
         saved = _computed(run, n_examples, top_k)  # not there yet, or damaged: computed again
-        write_text_atomic(path, json.dumps(saved))  # makes the folder if need be
+        save_json_entry(path, saved)
     texts, labels = run.rows.table["text"], run.rows.table["label"]
     examples = [{"text": texts[n], "label": labels[n], **example}
                 for n, example in enumerate(saved["examples"])]

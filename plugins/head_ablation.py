@@ -100,11 +100,9 @@ def ablated_vectors(run, settings: dict) -> tuple[dict, dict]:
     """Vectors at the probed layer: per block unablated ({block: X}) and per head ablated ({(block, head): X}),
     each rerun from the block's own input, every copy of a block in batched forwards; each cached on disk
     beside the run's features, and only the missing ones computed."""
-    import numpy as np
     from tqdm.auto import tqdm
 
-    from probe.store.files import write_atomic
-    from probe.store.usage import touch
+    from probe.store.caches import load_arrays, save_arrays
 
     n_heads = run.services.model_config.num_attention_heads
     loaded = {}
@@ -114,15 +112,15 @@ def ablated_vectors(run, settings: dict) -> tuple[dict, dict]:
     with bar:
         for block in settings["blocks"]:
             heads = [None, *range(n_heads)]  # None: the block's unablated copy
-            paths = {head: _cache_path(run, settings, block, head) for head in heads}
-            vectors = {head: np.load(path) for head, path in paths.items() if path.exists()}
-            for head in vectors:
-                touch(paths[head])  # last use, for `probe cache --prune`
+            entries = {head: _cache_entry(run, settings, block, head) for head in heads}
+            kept = {head: load_arrays(path, key, "cached ablation vectors", "computing them again")
+                    for head, (path, key) in entries.items()}
+            vectors = {head: arrays[0] for head, arrays in kept.items() if arrays}
             missing = [head for head in heads if head not in vectors]
             if missing:
                 vectors |= dict(zip(missing, _rerun(run, settings, block, missing, loaded)))
                 for head in missing:
-                    write_atomic(paths[head], lambda tmp, head=head: np.save(tmp, vectors[head]))
+                    save_arrays(*entries[head], [vectors[head]])
             unablated[block] = vectors[None]
             ablated |= {(block, head): vectors[head] for head in range(n_heads)}
             bar.update(n_heads)
@@ -150,8 +148,8 @@ def _rerun(run, settings: dict, block: int, heads: list, loaded: dict) -> list:
                              config.pooling, settings["copies_per_forward"])
 
 
-def _cache_path(run, settings, block, head):
-    """Where one copy's vectors are stored: under a key of everything they depend on."""
+def _cache_entry(run, settings, block, head) -> tuple:
+    """Where one copy's vectors are stored, and the key of everything they depend on (the entry holds it)."""
     from probe.pipeline.extract import cache_key
 
     # The vectors of the attention the reruns use (under attention: both, not the first-extracted reference);
@@ -159,7 +157,7 @@ def _cache_path(run, settings, block, head):
     key = cache_key({"features": run.features.main.folder.name, "block": block, "head": head,
                      "mode": settings["mode"] if head is not None else None, "layer": settings["probe_layer"],
                      "position": settings["position"]})
-    return run.services.cache_dir / "ablation" / f"{key}.npy"
+    return run.services.cache_dir / "ablation" / f"{key}.npz", key
 
 
 def head_ablation(results, output_dir, run):

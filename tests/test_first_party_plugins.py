@@ -154,7 +154,7 @@ def test_head_ablation_experiment_writes_a_block_by_head_table(tiny_model, tmp_p
     for name in ("head_ablation.json", "attention_report.json", "attention_report.md"):
         assert (tmp_path / "again" / name).read_text() == (tmp_path / "out" / name).read_text()
 
-    # A cached entropy entry that parses but lacks its fields (damaged, or from an older probe) is computed again.
+    # A cached entropy entry without its key and digest (damaged, or from an older probe) is computed again.
     (kept,) = [p for p in (tmp_path / "cache" / "attention").glob("*.json") if "mean_entropy_bits" in p.read_text()]
     kept.write_text("{}")
     run_experiment(config, tmp_path / "third", cache_dir=tmp_path / "cache", progress=False)

@@ -206,7 +206,7 @@ def test_mcnemar_counts_only_the_rows_that_changed():
     assert mcnemar(before, np.array([False] * 12 + [True] * 8)) < 0.001  # 12 broken, none fixed
 
 
-def test_head_ablation_reports_each_drop_with_its_uncertainty(tiny_model, tmp_path):
+def test_head_ablation_reports_each_drop_with_its_uncertainty(tiny_model, tmp_path, caplog):
     from probe.pipeline.config import load_config
 
     plugins.load_plugin_file(ROOT / "plugins" / "head_ablation.py")
@@ -223,6 +223,15 @@ def test_head_ablation_reports_each_drop_with_its_uncertainty(tiny_model, tmp_pa
     assert len(cached) == 2 + 8  # per block unablated, per head ablated
     run_experiment(config, tmp_path / "again", cache_dir=tmp_path / "cache", progress=False)
     assert json.loads((tmp_path / "again" / "head_ablation.json").read_text()) == table
+    # Two cached entries swapped by name: each is named, removed and computed again; the table is the same.
+    first, second = (tmp_path / "cache" / "ablation" / name for name in cached[:2])
+    first_bytes = first.read_bytes()
+    first.write_bytes(second.read_bytes())
+    second.write_bytes(first_bytes)
+    with caplog.at_level("WARNING", logger="probe"):
+        run_experiment(config, tmp_path / "swapped", cache_dir=tmp_path / "cache", progress=False)
+    assert caplog.text.count("written under another key") == 2 and "cached ablation vectors" in caplog.text
+    assert json.loads((tmp_path / "swapped" / "head_ablation.json").read_text()) == table
     # One copy per forward instead of every head's together (a fresh cache): the same table.
     one_by_one = load_config(ROOT / "experiments" / "mole-heads.yaml", {
         "model": str(tiny_model), "folds": 3, "controls": ["majority"], "reporters": ["json", "head-ablation"],

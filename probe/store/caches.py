@@ -71,10 +71,15 @@ def _plain(value):
 
 
 def load(folder: Path, key: str) -> list[np.ndarray] | None:
-    """The fold predictions kept under ``key``, or None. An entry proves what it is: it holds the key it was
-    written under and a digest of its predictions; one that is damaged, written under another key (a file
-    renamed or copied over) or by an older probe is named in a warning, removed, and fitted again."""
-    path = folder / f"{key}.npz"
+    """The fold predictions kept under ``key``, or None (see ``load_arrays``)."""
+    return load_arrays(folder / f"{key}.npz", key, "cached fit", "fitting again")
+
+
+def load_arrays(path: Path, key: str, what: str, redo: str) -> list[np.ndarray] | None:
+    """The arrays kept at ``path`` under ``key``, or None. An entry proves what it is: it holds the key it was
+    written under and a digest of its arrays; one that is damaged, written under another key (a file
+    renamed or copied over) or by an older probe is named in a warning (``what`` it is, and ``redo``: what
+    happens instead), removed, and made again by the caller."""
     if not path.exists():
         return None
     try:  # npz is a zip: a truncated or overwritten file fails its CRC here instead of giving wrong numbers
@@ -83,17 +88,17 @@ def load(folder: Path, key: str) -> list[np.ndarray] | None:
             recorded_key = str(saved["key"]) if "key" in saved.files else None
             recorded_digest = str(saved["digest"]) if "digest" in saved.files else None
     except Exception as error:
-        return _drop(path, f"it can't be read ({type(error).__name__}: {error})")
+        return _drop(path, f"it can't be read ({type(error).__name__}: {error})", what, redo)
     if recorded_key != key:
-        return _drop(path, "it was written under another key" if recorded_key else "it carries no key")
+        return _drop(path, "it was written under another key" if recorded_key else "it carries no key", what, redo)
     if recorded_digest != predictions_digest(folds):
-        return _drop(path, "its predictions differ from the digest recorded when it was written")
+        return _drop(path, "its arrays differ from the digest recorded when it was written", what, redo)
     touch(path)  # last use, for `probe cache --prune`
     return folds
 
 
-def _drop(path: Path, reason: str) -> None:
-    logging.getLogger("probe").warning("cached fit %s is not what its name says (%s); fitting again", path, reason)
+def _drop(path: Path, reason: str, what: str, redo: str) -> None:
+    logging.getLogger("probe").warning("%s %s is not what its name says (%s); %s", what, path, reason, redo)
     path.unlink(missing_ok=True)
     return None
 
@@ -109,12 +114,17 @@ def predictions_digest(fold_predictions: list[np.ndarray]) -> str:
 
 
 def save(folder: Path, key: str, fold_predictions: list[np.ndarray]) -> None:
+    save_arrays(folder / f"{key}.npz", key, fold_predictions)
+
+
+def save_arrays(path: Path, key: str, arrays: list[np.ndarray]) -> None:
+    """``arrays`` at ``path`` with the key they are kept under and their digest (what ``load_arrays`` checks)."""
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.savez(handle, key=np.array(key), digest=np.array(predictions_digest(fold_predictions)),
-                     **{f"fold{i}": p for i, p in enumerate(fold_predictions)})
+            np.savez(handle, key=np.array(key), digest=np.array(predictions_digest(arrays)),
+                     **{f"fold{i}": a for i, a in enumerate(arrays)})
 
-    write_atomic(folder / f"{key}.npz", write)
+    write_atomic(path, write)
 
 
 _DRAWING_MODULES = ("report/writers.py", "report/legend.py", "report/extras.py", "builtin/reporters.py")
