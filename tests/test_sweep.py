@@ -252,8 +252,7 @@ def test_a_failed_cells_traceback_comes_with_debug(tmp_path, tiny_models, builti
 def local_ray():
     """A local Ray instance for one test: two CPUs, no dashboard, built-in plugins only; always shut down."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2, log_to_driver=False,
-             runtime_env={"env_vars": {"PROBE_PLUGINS": "", "TOKENIZERS_PARALLELISM": "false"}})
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2, log_to_driver=False)
     try:
         yield ray
     finally:

@@ -129,17 +129,25 @@ def run_ray(cells: list[Cell], settings: CellSettings, address: str) -> Iterator
         raise RuntimeError("--ray needs Ray: pip install 'probe[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=None if address == "local" else address, include_dashboard=False,
-                 log_to_driver=False, runtime_env={"env_vars": _forwarded_environment()})
+        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False)
     try:
-        task = ray.remote(num_cpus=settings.threads)(run_cell)
-        pending = [task.remote(cell, settings) for cell in cells]
+        task = ray.remote(num_cpus=settings.threads)(run_cell_with)
+        environment = _forwarded_environment()
+        pending = [task.remote(environment, cell, settings) for cell in cells]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])
     finally:
         if started_here:
             ray.shutdown()
+
+
+def run_cell_with(environment: dict[str, str], cell: Cell, settings: CellSettings) -> Outcome:
+    """``run_cell`` in a Ray worker with the driver's ``environment`` set first. Not Ray's ``runtime_env``:
+    its workers are started through a shell that splits a Python path with a space in it (a clone at
+    "/tmp/my clone" never got a worker, and the sweep waited for ever)."""
+    os.environ.update(environment)
+    return run_cell(cell, settings)
 
 
 def _forwarded_environment() -> dict[str, str]:
