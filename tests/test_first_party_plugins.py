@@ -322,3 +322,53 @@ def test_relabelled_rows_are_not_shown_with_their_old_labels(tiny_model, tmp_pat
     report = json.loads((tmp_path / "new" / "attention_report.json").read_text())["examples"]
     assert viewer and all(sentence["label"].startswith("x-") for sentence in viewer)
     assert report and all(example["label"].startswith("x-") for example in report)
+
+
+def test_nearest_centroid_uses_the_papers_rule_and_names_the_other():
+    """The paper's rule: cosine to the mean of each sense's raw training vectors. The earlier rule (Euclidean
+    to the mean of unit-length vectors) ranks differently once the vectors' lengths vary."""
+    rng = np.random.default_rng(3)
+    y = np.repeat(["a", "b"], 30)
+    X = rng.normal(size=(60, 8)) + np.where(y == "a", 0.4, -0.4)[:, None]
+    X *= rng.uniform(0.1, 10, size=(60, 1))  # lengths from 0.1 to 10 times
+    train, test = np.arange(0, 60, 2), np.arange(1, 60, 2)
+
+    def by_hand(normalise_first: bool):
+        rows = X[train] / np.linalg.norm(X[train], axis=1, keepdims=True) if normalise_first else X[train]
+        centroids = np.stack([rows[y[train] == label].mean(0) for label in ("a", "b")])
+        unit = X[test] / np.linalg.norm(X[test], axis=1, keepdims=True)
+        if normalise_first:
+            distance = np.linalg.norm(unit[:, None, :] - centroids[None], axis=2)
+            return np.array(["a", "b"])[distance.argmin(1)]
+        cosine = unit @ (centroids / np.linalg.norm(centroids, axis=1, keepdims=True)).T
+        return np.array(["a", "b"])[cosine.argmax(1)]
+
+    paper = nearest_centroid.nearest_centroid_probe().fit(X[train], y[train]).predict(X[test])
+    earlier = nearest_centroid.nearest_centroid_probe(centroids="normalised").fit(X[train], y[train])
+    earlier = earlier.predict(X[test])
+    assert np.array_equal(paper, by_hand(False)) and np.array_equal(earlier, by_hand(True))
+    # Where they part: sense a's raw mean is pulled toward its one long vector, its unit-length mean is not.
+    train_x, train_y = np.array([[10.0, 0, 0], [0, 1, 0], [0, 1, 1], [0, 1, 1]]), np.array(["a", "a", "b", "b"])
+    row = np.array([[0, 1, 0.05]])  # cosine to a's raw mean 0.10, to b's 0.74; unit-length: 0.708 from a, 0.719 b
+    for centroids, sense in (("raw", "b"), ("normalised", "a")):
+        fitted = nearest_centroid.nearest_centroid_probe(centroids=centroids).fit(train_x, train_y)
+        assert fitted.predict(row).tolist() == [sense], centroids
+    with pytest.raises(ValueError, match="centroids must be one of raw, normalised"):
+        nearest_centroid.nearest_centroid_probe(centroids="mean")
+
+
+def test_the_logistic_probe_scales_only_when_asked():
+    from sklearn.linear_model import LogisticRegression
+
+    from probe.science.probes import logistic_probe
+
+    rng = np.random.default_rng(4)
+    y = np.repeat(["a", "b", "c"], 40)
+    X = rng.normal(size=(120, 6)) * np.array([100, 1, 0.01, 10, 1, 1]) + (y == "a")[:, None] * 0.5
+    plain = LogisticRegression(C=1.0, solver="newton-cg", max_iter=2000, random_state=0).fit(X, y)
+    unscaled = logistic_probe(C=1.0, scale=False).fit(X, y)
+    assert np.array_equal(unscaled.predict_proba(X), plain.predict_proba(X))  # a plain script's probe
+    scaled = logistic_probe(C=1.0).fit(X, y)
+    assert not np.allclose(scaled.predict_proba(X), plain.predict_proba(X))  # the default standardises first
+    with pytest.raises(ValueError, match="scale must be true or false"):
+        logistic_probe(scale="yes")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, f1_score
@@ -30,8 +31,10 @@ class ProbeError(UserError, ValueError):
     """The labels or groups can't be split into the requested folds."""
 
 
-def logistic_probe(seed: int = 0, C: float = 0.1, max_iter: int = 2000) -> Pipeline:
-    """Standardise the features, then an L2 logistic regression (newton-cg; multinomial for >2 labels).
+def logistic_probe(seed: int = 0, C: float = 0.1, max_iter: int = 2000, scale: bool = True) -> Pipeline:
+    """Standardise the features (``scale``), then an L2 logistic regression (newton-cg; multinomial for >2
+    labels). With ``scale: false`` it is a plain ``LogisticRegression(C=C, solver="newton-cg")``: what a
+    script that does not scale gets (its numbers differ from the scaled probe's).
 
     C=0.1, not scikit-learn's 1.0: with a few hundred rows and hundreds of dimensions the senses are
     linearly separable, and a weakly regularised fit spends thousands of iterations growing its weights
@@ -42,10 +45,28 @@ def logistic_probe(seed: int = 0, C: float = 0.1, max_iter: int = 2000) -> Pipel
     to tol=1e-10 (newton-cg and newton-cholesky agree there), its objective is 4e-6 above the minimum
     (median) where lbfgs's is 3e-5, and 6 of 5,952 out-of-fold predictions differ where lbfgs's 136 do.
     """
-    return make_pipeline(
-        StandardScaler(),
-        LogisticRegression(C=C, solver="newton-cg", max_iter=max_iter, random_state=seed),
-    )
+    if not isinstance(scale, bool):
+        raise ValueError(f"scale must be true or false, got {scale!r}")
+    regression = LogisticRegression(C=C, solver="newton-cg", max_iter=max_iter, random_state=seed)
+    return make_pipeline(StandardScaler(), regression) if scale else make_pipeline(regression)
+
+
+class CosineCentroids(ClassifierMixin, BaseEstimator):
+    """Each class's centroid is the mean of its training rows as they are; a row takes the class whose
+    centroid has the highest cosine similarity with it (the sense-centroid rule of CoarseWSD-20's
+    1-nearest-neighbour baseline, Loureiro et al. 2021)."""
+
+    def fit(self, X, y):
+        X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+        self.classes_ = np.unique(y)
+        self.centroids_ = np.stack([X[y == label].mean(axis=0) for label in self.classes_])
+        return self
+
+    def predict(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        lengths = np.linalg.norm(X, axis=1, keepdims=True) * np.linalg.norm(self.centroids_, axis=1)
+        cosine = (X @ self.centroids_.T) / np.where(lengths == 0, 1.0, lengths)
+        return self.classes_[np.argmax(cosine, axis=1)]
 
 
 def folds(y: Sequence, groups: Sequence | None, n_folds: int, seed: int, splitter=None) -> list[Fold]:
