@@ -189,7 +189,7 @@ def _exported():
                              "a mapping of hook point names (str) to functions (tensor, name) -> tensor or None")
     return {
         "run_with_cache": checked("run_with_cache", model=MODEL_OR_NAME, text=TEXTS, names=NAMES,
-                                  revision=OPTIONAL_STR)(notebook.run_with_cache),
+                                  revision=OPTIONAL_STR, target=OPTIONAL_STR)(notebook.run_with_cache),
         "attention": checked("attention", model=MODEL_OR_NAME, text=TEXTS, target=OPTIONAL_STR,
                              revision=OPTIONAL_STR)(notebook.attention),
         "plot": checked("plot", results=results, path=OPTIONAL_PATH)(notebook.plot),

@@ -19,18 +19,43 @@ from pathlib import Path
 
 import torch
 
+from probe.errors import UserError
+
 
 class ActivationCache(dict):
-    """Hook point name → tensor (detached, on the model's device), plus the tokens that produced them."""
+    """Hook point name → tensor (detached, on the model's device), plus the tokens that produced them.
+    Names are ordered by block number (blocks.2 before blocks.10), then as the forward reached them."""
 
-    def __init__(self, tensors: dict, tokens: list[list[str]], inputs: dict):
-        super().__init__(tensors)
+    def __init__(self, tensors: dict, tokens: list[list[str]], inputs: dict, targets: list | None = None):
+        order = {name: n for n, name in enumerate(tensors)}
+        super().__init__(sorted(tensors.items(), key=lambda item: (_block_of(item[0]), order[item[0]])))
         self.tokens = tokens  # one list of token strings per text
         self.inputs = inputs  # what the tokenizer returned: input_ids, attention_mask, …
+        self.targets = targets  # per text, the token indices of the target word (when one was given)
+
+    def blocks(self) -> list[int]:
+        """The block numbers the cache holds, in order."""
+        return sorted({_block_of(name) for name in self if _block_of(name) >= 0})
+
+    def stack(self, point: str) -> torch.Tensor:
+        """One hook point of every block stacked on a new first axis: ``stack("resid_post")`` is
+        (block, batch, pos, width), its rows in ``blocks()``'s order."""
+        names = [f"blocks.{block}.{point}" for block in self.blocks()]
+        missing = [name for name in names if name not in self]
+        if not names or missing:
+            raise KeyError(f"no {point!r} in every block of this cache (missing: {', '.join(missing) or 'all'}); "
+                           f"run_with_cache(..., names=...) chooses what is kept")
+        return torch.stack([self[name] for name in names])
+
+
+def _block_of(name: str) -> int:
+    """``blocks.{i}.…`` → i; anything else sorts first (-1)."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else -1
 
 
 def run_with_cache(model, text: str | Sequence[str], *, tokenizer=None,
-                   names: str | Iterable[str] = "*", revision: str | None = None):
+                   names: str | Iterable[str] = "*", revision: str | None = None, target: str | None = None):
     """Run ``model`` on ``text`` (one string or a list, padded on the right) without gradients and
     return ``(outputs, cache)``: the model's outputs and an ``ActivationCache`` of every hook point that
     ``names`` matches (globs, default all: ``blocks.{i}.resid_pre``, ``blocks.{i}.attn.q/k/v/scores/
@@ -38,7 +63,8 @@ def run_with_cache(model, text: str | Sequence[str], *, tokenizer=None,
 
     ``model``: a loaded transformers model, or a name (registered, hub or local folder) that is loaded
     once and kept. ``tokenizer``: default, the one saved with the model. A model without probe's attention
-    gets it for this call only (``probe.swapped_attention``).
+    gets it for this call only (``probe.swapped_attention``). ``target``: a word; ``cache.targets`` then holds,
+    per text, the indices of the tokens that cover its first whole-word occurrence.
     """
     from probe.core.hooks import capture
     from probe.core.swap import is_swapped, swapped_attention
@@ -46,12 +72,31 @@ def run_with_cache(model, text: str | Sequence[str], *, tokenizer=None,
     model, tokenizer = _model_and_tokenizer(model, tokenizer, revision)
     texts = [text] if isinstance(text, str) else list(text)
     tokenizer.padding_side = "right"
-    encoding = tokenizer(texts, return_tensors="pt", padding=True).to(_device(model))
+    encoding = tokenizer(texts, return_tensors="pt", padding=True, return_offsets_mapping=target is not None)
+    targets = _target_indices(texts, encoding.pop("offset_mapping").tolist(), target) if target else None
+    encoding = encoding.to(_device(model))
     swapping = nullcontext() if is_swapped(model) else swapped_attention(model)
     with swapping, capture(model, names) as seen, torch.no_grad():
         outputs = model(**encoding)
         tensors = dict(seen)
-    return outputs, ActivationCache(tensors, _tokens(tokenizer, encoding), dict(encoding))
+    return outputs, ActivationCache(tensors, _tokens(tokenizer, encoding), dict(encoding), targets)
+
+
+class TargetNotFound(UserError, ValueError):
+    """``run_with_cache``'s target word is not in one of the texts."""
+
+
+def _target_indices(texts: list[str], offsets: list, target: str) -> list[list[int]]:
+    """Per text, the tokens covering ``target``'s first whole-word occurrence; a text without it is an error."""
+    from probe.pipeline.data import span_token_indices, whole_word_matches
+
+    found = []
+    for text, row in zip(texts, offsets):
+        matches = whole_word_matches(text, target)
+        if not matches:
+            raise TargetNotFound(f"target {target!r} is not a word of {text!r}")
+        found.append(span_token_indices(text, row, *matches[0]))
+    return found
 
 
 @dataclass

@@ -94,3 +94,24 @@ def test_attention_errors_say_what_is_wrong(model_path):
     bare.name_or_path = ""
     with pytest.raises(ValueError, match="pass tokenizer="):
         probe.run_with_cache(bare, "The mole.")
+
+
+def test_the_cache_orders_blocks_by_number_stacks_a_point_and_finds_the_target(model_path):
+    from probe.notebook import ActivationCache
+
+    made = ActivationCache({f"blocks.{b}.resid_post": torch.full((1, 2, 3), float(b)) for b in (10, 2, 0)}
+                           | {"embed": torch.zeros(1)}, [["a", "b"]], {})
+    assert list(made) == ["embed", "blocks.0.resid_post", "blocks.2.resid_post", "blocks.10.resid_post"]
+    assert made.blocks() == [0, 2, 10]
+    assert made.stack("resid_post")[:, 0, 0, 0].tolist() == [0.0, 2.0, 10.0]
+    with pytest.raises(KeyError, match="no 'attn.z' in every block"):
+        made.stack("attn.z")
+
+    texts = ["The mole dug a tunnel.", "A spy, the mole, fled."]
+    outputs, cache = probe.run_with_cache(model_path, texts, target="mole", names="blocks.*.resid_post")
+    stacked = cache.stack("resid_post")
+    assert stacked.shape[:2] == (2, 2) and torch.equal(stacked[1], cache["blocks.1.resid_post"])
+    for tokens, covered in zip(cache.tokens, cache.targets):
+        assert "".join(tokens[i] for i in covered).strip() == "mole"
+    with pytest.raises(ValueError, match="target 'bank' is not a word"):
+        probe.run_with_cache(model_path, texts, target="bank")
