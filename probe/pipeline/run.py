@@ -552,17 +552,17 @@ def write_reports(results: Results, output_dir: Path, run: RunData) -> None:
     summary last, so that it can say what the others did (``run.reporters`` notes each as it finishes)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     names = run.config.reporters
-    recorded = len(results.interventions)
+    seen = {}  # reporter → how many interventions its files list
     for name in [n for n in names if n != "summary"] + [n for n in names if n == "summary"]:
         status = _report(name, results, output_dir, run)
         run.reporters.note(name, *status)
-    if len(results.interventions) > recorded:  # a reporter intervened after results.json was written
-        for name in REWRITTEN_AFTER_INTERVENTIONS:
-            if name in names:
-                _report(name, results, output_dir, run)
+        seen[name] = len(results.interventions)
+    for name in REWRITTEN_AFTER_INTERVENTIONS:  # written before a later reporter intervened: again, once
+        if name in seen and seen[name] < len(results.interventions):
+            _report(name, results, output_dir, run)
 
 
-# Reporters whose files list the run's interventions: written again once a later reporter adds one.
+# Reporters whose files list the run's interventions: written again if a later reporter adds one.
 REWRITTEN_AFTER_INTERVENTIONS = ("json", "summary", "html")
 
 
