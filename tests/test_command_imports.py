@@ -151,23 +151,27 @@ def installed_package(folder: Path, name: str, entry_points: str, module: str) -
     return folder
 
 
+BROKEN_IMPORT = ("command 'broken' (broken_command:run, entry-point group probe.commands) failed to import: "
+                 "ModuleNotFoundError: No module named 'no_such_module_here'")
+
+
+def broken_command(tmp_path: Path) -> Path:
+    """An installed package whose probe.commands entry point fails to import."""
+    return installed_package(tmp_path / "site", "broken_command", "[probe.commands]\nbroken = broken_command:run\n",
+                             "import no_such_module_here\n")
+
+
 def test_a_command_that_fails_to_import_is_named(tmp_path):
-    folder = installed_package(tmp_path / "site", "broken_command", "[probe.commands]\nbroken = broken_command:run\n",
-                               "import no_such_module_here\n")
-    answer, _, stderr = probe_process(["broken"], tmp_path, folder)
+    answer, _, stderr = probe_process(["broken"], tmp_path, broken_command(tmp_path))
     assert answer["status"] == 1
-    assert stderr == ("Error: command 'broken' (broken_command:run, entry-point group probe.commands) failed to "
-                      "import: ModuleNotFoundError: No module named 'no_such_module_here'\n")
+    assert stderr == f"Error: {BROKEN_IMPORT}\n"
 
 
 def test_help_leaves_out_a_command_that_fails_to_import_and_names_it(tmp_path):
-    folder = installed_package(tmp_path / "site", "broken_command", "[probe.commands]\nbroken = broken_command:run\n",
-                               "import no_such_module_here\n")
-    answer, printed, stderr = probe_process(["--help"], tmp_path, folder)
+    answer, printed, stderr = probe_process(["--help"], tmp_path, broken_command(tmp_path))
     assert answer["status"] == 0
     assert "  run " in printed and "broken" not in printed
-    assert stderr == ("Warning: command 'broken' (broken_command:run, entry-point group probe.commands) failed to "
-                      "import: ModuleNotFoundError: No module named 'no_such_module_here'; not listed\n")
+    assert stderr == f"Warning: {BROKEN_IMPORT}; not listed\n"
 
 
 def test_a_command_that_is_not_a_click_command_is_named(tmp_path):
