@@ -76,7 +76,9 @@ bench: $(STAMP)
 
 # On a machine with a CUDA GPU and probe installed with a CUDA build of torch (this Makefile's setup installs
 # the CPU one): parity on the GPU in three dtypes (only rows that are not 0.0 are printed under each header),
-# the pipeline there, and the GPU timings the README quotes. GPU_PYTHON=python3 to use another environment;
+# the pipeline there, torch.compile on a swapped model, extraction throughput against TransformerLens (when
+# installed: pip install transformer-lens) and the GPU timings the README quotes.
+# GPU_PYTHON=python3 to use another environment;
 # MODELS are names or checkpoint folders; GPU_DEVICE=cuda:1 for another GPU.
 GPU_PYTHON ?= $(BIN)/python
 GPU_DEVICE ?= cuda
@@ -90,6 +92,13 @@ gpu-check:
 	$(GPU_PYTHON) benchmarks/attention.py --device $(GPU_DEVICE)
 	$(GPU_PYTHON) benchmarks/attention.py --device $(GPU_DEVICE) --shape gpt2-medium --batch 16 --length 512 --repeats 10
 	$(GPU_PYTHON) benchmarks/pipeline.py --models $(MODELS) --device $(GPU_DEVICE) --set 'controls=[]' --script
+	$(GPU_PYTHON) benchmarks/compiled.py --device $(GPU_DEVICE)
+	$(GPU_PYTHON) benchmarks/compiled.py --device $(GPU_DEVICE) --dtype bfloat16 --shape gpt2-medium --batch 16 --length 512
+	$(GPU_PYTHON) benchmarks/throughput.py --device $(GPU_DEVICE) --dtype bfloat16
+	$(GPU_PYTHON) -c "import time, torch; t = time.perf_counter(); torch.zeros(1, device='$(GPU_DEVICE)'); print(f'CUDA start-up {time.perf_counter() - t:.1f} s')"
+	$(GPU_PYTHON) -m cProfile -o $${TMPDIR:-/tmp}/probe-gpu.prof -m probe.cli run experiments/mole.yaml \
+	  --model $(firstword $(MODELS)) --device $(GPU_DEVICE) --set 'controls=[]' --quiet --output $${TMPDIR:-/tmp}/probe-gpu-run >/dev/null
+	$(GPU_PYTHON) -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('cumulative').print_stats(30)" $${TMPDIR:-/tmp}/probe-gpu.prof
 
 # The user's cache is shared with every clone and run, so it stays (`probe cache --prune DAYS` frees it);
 # .probe-cache is where versions before it cached.

@@ -412,3 +412,30 @@ def test_swap_works_on_a_model_after_forward_and_in_training_mode(saved_gpt2):
         b = model(**inputs, output_attentions=True)
     assert_bitwise(a.logits, b.logits, "logits")
     assert len(b.attentions) == model.config.n_layer
+
+
+def test_a_swapped_model_compiles_to_one_graph_with_the_uncompiled_numbers(saved_gpt2):
+    """torch.compile traces the swapped attention without a break (fullgraph=True would raise at one): the
+    padding mask's value check, which reads the tensor, runs only outside compilation. The "eager" backend
+    runs the traced graph op for op, so its numbers must be the uncompiled model's, bit for bit."""
+    model = load(saved_gpt2())
+    probe.swap_attention(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # a padded row, so the float mask path is traced
+    torch.compiler.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        assert torch.equal(compiled(input_ids=ids, attention_mask=mask).logits,
+                           model(input_ids=ids, attention_mask=mask).logits)
+    torch.compiler.reset()
+
+
+def test_an_uncompiled_swapped_model_still_refuses_an_additive_bias_mask(saved_gpt2):
+    """Skipping the mask check under compilation must not skip it in ordinary runs."""
+    from probe.core.adapters.base import bool_mask
+
+    mask = torch.zeros(1, 1, 3, 3)
+    mask[..., 0, 1] = -5.0  # a bias, neither 0 nor "blocked"
+    with pytest.raises(ValueError, match="additive biases"):
+        bool_mask(mask)
