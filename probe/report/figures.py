@@ -11,7 +11,8 @@ from probe.report.legend import comparison_title, run_names, sense_colours
 
 LAYER_AXIS = "layer (hidden state; 0 = embeddings)"
 ACCURACY_AXIS = "cross-validated accuracy"  # runs compared; one run's axis follows its protocol
-POSITION_COLOURS = {"target": "#1f77b4", "last": "#ff7f0e"}
+POSITION_COLOURS = {"target": "#1f77b4", "last": "#ff7f0e", "first": "#2ca02c", "mean": "#9467bd"}
+OTHER_POSITION_COLOURS = ["#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]  # {index: N}, {span: …}
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
 # control → (results key, line dash, legend name)
 CONTROLS = (
@@ -73,10 +74,18 @@ def accuracy_figure(results: dict) -> dict:
     return json.loads(fig.to_json())
 
 
+def position_colour(position: str) -> str:
+    """A position's line colour: fixed for the named positions, and the same for an index or span in every
+    figure (chosen by its name's letters, not by the order the run lists it in)."""
+    if position in POSITION_COLOURS:
+        return POSITION_COLOURS[position]
+    return OTHER_POSITION_COLOURS[sum(map(ord, position)) % len(OTHER_POSITION_COLOURS)]
+
+
 def _position_traces(position: str, rows: list[dict], first_panel: bool) -> list:
     import plotly.graph_objects as go
 
-    colour = POSITION_COLOURS.get(position, "#2ca02c")
+    colour = position_colour(position)
     layers = [r["layer"] for r in rows]
     folds = [", ".join(f"{a:.2f}" for a in r.get("fold_accuracies", [])) for r in rows]
     traces = [go.Scatter(
