@@ -44,11 +44,11 @@ def test_every_spelling_becomes_one_name_safe_in_a_file_name():
 
 
 @pytest.mark.parametrize("value, expected", [
-    (["fist"], r"field 'positions' has 'fist' is not a position\. Did you mean 'first'\?"),
-    (["indx"], r"Did you mean \{index: …\}\?"),
+    (["fist"], r"field 'positions' has a bad entry: 'fist' is not a position \(did you mean 'first'\?\); accepted values: "),
+    (["indx"], r"'indx' is not a position \(did you mean \{index: …\}\?\)"),
     ([{"index": 1.5}], r"field 'positions' .*\{index: N\} needs a whole number N .* got 1\.5"),
     ([{"index": True}], r"needs a whole number N"),
-    ([{"index": 1, "span": ["a", "b"]}], r"is not a position; accepted: target, first, last, mean, cls"),
+    ([{"index": 1, "span": ["a", "b"]}], r"is not a position; accepted values: target, first, last, mean, cls"),
     ([{"span": ["start"]}], r"needs the names of two columns"),
     ([{"span": ["a b", "c"]}], r"span column 'a b' must be letters, digits and _ only"),
     ([], r"needs at least one of target"),
@@ -167,12 +167,14 @@ def test_a_sentence_level_run_end_to_end_and_its_cache_keys(tiny_model, tmp_path
     data = _write(tmp_path / "sentences.jsonl", _sentences())
     cache = tmp_path / "cache"
 
-    def run(positions, out):
+    def run(positions, out, reporters=("json",)):
         config = config_for(tiny_model, {"name": "file", "path": str(data)}, positions=positions, layers=[0, 1, 2],
-                            reporters=["json", "csv", "summary"])
+                            reporters=list(reporters))
         return run_experiment(config, tmp_path / out, cache_dir=cache, progress=False)
 
-    results = run(["first", "mean", "last"], "a")
+    # Every reporter reads rows without a target (the attention figures start from the last token).
+    results = run(["first", "mean", "last"], "a", reporters=["json", "csv", "summary", "plots", "html"])
+    assert {"accuracy.png", "attention.png", "report.html"} <= {p.name for p in (tmp_path / "a").iterdir()}
     assert {(r.position, r.subset) for r in results.rows} == {(p, "all") for p in ("first", "mean", "last")}
     assert set(results.layers["position"]) == {"first", "mean", "last"}
     written = json.loads((tmp_path / "a" / "results.json").read_text())
@@ -218,3 +220,35 @@ def test_rows_without_a_target_are_refused_only_where_a_position_reads_it(tiny_m
     results = run_experiment(skipped, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
     assert results.dataset.rows == 23 and len(results.dataset.skipped_rows) == 1
     assert "row 3, field 'w_start'" in results.dataset.skipped_rows[0]
+
+
+def test_run_with_cache_gives_each_position_s_tokens(tiny_model):  # noqa: F811
+    import probe
+    from probe.notebook import PositionError
+
+    texts = ["The mole dug a tunnel .", "A mole of gas ."]
+    _, cache = probe.run_with_cache(str(tiny_model), texts, names="blocks.0.resid_post", target="mole",
+                                    positions=["target", "cls", "mean", "last", {"index": -2}])
+    lengths = [len(tokens) for tokens in cache.tokens]
+    assert list(cache.positions) == ["target", "first", "mean", "last", "index-2"]
+    assert cache.positions["target"] == cache.targets
+    assert cache.positions["first"] == [[0], [0]]
+    assert cache.positions["mean"] == [list(range(n)) for n in lengths]
+    assert cache.positions["last"] == [[n - 1] for n in lengths]  # no special tokens in this tokenizer
+    assert cache.positions["index-2"] == [[n - 2] for n in lengths]
+    assert [cache.tokens[i][j].strip() for i, (j,) in enumerate(cache.positions["last"])] == [".", "."]
+    with pytest.raises(PositionError, match=r"'target' needs target="):
+        probe.run_with_cache(str(tiny_model), texts, names="blocks.0.resid_post", positions="target")
+    with pytest.raises(PositionError, match=r"position \{index: 29\} needs at least 30 tokens; 'The mole dug a tunnel \.' has \d+"):
+        probe.run_with_cache(str(tiny_model), texts, names="blocks.0.resid_post", positions={"index": 29})
+
+
+def test_probe_run_takes_the_new_positions(tiny_model, tmp_path):  # noqa: F811
+    import probe
+
+    data = _write(tmp_path / "sentences.jsonl", _sentences())
+    results = probe.run({"model": str(tiny_model), "dataset": {"name": "file", "path": str(data)}, "folds": 3,
+                         "controls": ["majority"], "reporters": ["json"], "layers": [1]},
+                        positions=[{"index": -2}, "cls"], output=tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert [r.position for r in results.rows] == ["index-2", "first"]
+    assert results.settings["positions"] == ["index-2", "first"]

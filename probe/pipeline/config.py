@@ -186,7 +186,7 @@ class ExperimentConfig(BaseModel):
         try:
             return names(value)
         except ValueError as error:
-            raise ValueError(f"has {error}") from None
+            raise ValueError(f"has a bad entry: {error}") from None
 
     @field_validator("long_texts")
     @classmethod

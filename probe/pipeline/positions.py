@@ -80,7 +80,7 @@ def parse(spec) -> Position:
         return Position("index", index=index)
     if isinstance(spec, dict) and len(spec) == 1 and "span" in spec:
         return Position("span", fields=_span_fields(spec["span"]))
-    raise ValueError(f"{spec!r} is not a position; accepted: {', '.join(SPELLINGS)}")
+    raise ValueError(f"{spec!r} is not a position; accepted values: {', '.join(SPELLINGS)}")
 
 
 def _from_name(name: str) -> Position:
@@ -92,10 +92,10 @@ def _from_name(name: str) -> Position:
     if match := _SPAN_NAME.fullmatch(name):
         return Position("span", fields=(match[1], match[2]))
     near = difflib.get_close_matches(name, [*NAMED, *ALIASES, "index", "span"], n=1)
-    hint = f" Did you mean {near[0]!r}?" if near else ""
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
     if near and near[0] in ("index", "span"):
-        hint = f" Did you mean {{{near[0]}: …}}?"
-    raise ValueError(f"{name!r} is not a position.{hint} Accepted: {', '.join(SPELLINGS)}")
+        hint = f" (did you mean {{{near[0]}: …}}?)"
+    raise ValueError(f"{name!r} is not a position{hint}; accepted values: {', '.join(SPELLINGS)}")
 
 
 def _span_fields(fields) -> tuple[str, str]:
