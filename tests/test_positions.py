@@ -205,9 +205,16 @@ def test_rows_without_a_target_are_refused_only_where_a_position_reads_it(tiny_m
     def config(positions, path=data):
         return config_for(tiny_model, {"name": "file", "path": str(path)}, positions=positions, layers=[1])
 
-    with pytest.raises(DataError, match=r"sentences\.jsonl, row 1, field 'target': target is empty \(None\) and "
-                                        r"no span was given; the position 'target' reads it"):
+    with pytest.raises(DataError, match=r"sentences\.jsonl: no row gives a target \(a 'target' column or a span\), "
+                                        r"and the position 'target' reads one"):
         run_experiment(config(["target", "mean"]), tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    some = _write(tmp_path / "some.jsonl", [{**row, "target": "mole"} if n != 1 else row
+                                            for n, row in enumerate(_sentences())])
+    with pytest.raises(DataError, match=r"some\.jsonl: 1 problem\(s\) in the data:\n  - .*some\.jsonl, row 2, "
+                                        r"field 'target': target is empty \(None\) and no span was given; the "
+                                        r"position 'target' reads it"):
+        run_experiment(config(["target", "mean"], some), tmp_path / "out", cache_dir=tmp_path / "cache",
+                       progress=False)
     with pytest.raises(DataError, match=r"row 1, field 'text': position \{index: -40\} needs at least 40 tokens"):
         run_experiment(config([{"index": -40}]), tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
     no_span = _write(tmp_path / "no-span.jsonl", [{k: v for k, v in row.items() if k != "w_end"} if n == 2 else row

@@ -262,6 +262,8 @@ def prepare(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     good_rows, problems = [], []
+    if needs_target:
+        _check_some_target(ds, source)
     for number, row in enumerate(ds.to_list(), start=1):
         if keep is not None and not keep(row):
             continue
@@ -282,6 +284,15 @@ def prepare(
     features = datasets.Features({**FEATURES, **extra})
     good_rows = [{column: row.get(column) for column in features} for row in good_rows]
     return datasets.Dataset.from_list(good_rows, features=features), problems
+
+
+def _check_some_target(ds: datasets.Dataset, source: str) -> None:
+    """One message, not one per row, for rows that give no target at all (a sentence-level dataset)."""
+    given = [column for column in ("target", "span_start") if column in ds.column_names]
+    if len(ds) and not any(value is not None for column in given for value in ds[column]):
+        raise DataError(f"{source}: no row gives a target (a 'target' column or a span), and the position "
+                        "'target' reads one; add them, or probe only sentence positions (first, last, mean, "
+                        "{index: N})")
 
 
 def _row_problems(row: dict[str, Any], number: int, source: str, needs_target: bool = True) -> list[Problem]:
