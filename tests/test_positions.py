@@ -183,6 +183,9 @@ def test_a_sentence_level_run_end_to_end_and_its_cache_keys(tiny_model, tmp_path
     # GPT-2-like, no BOS: the first token is "The" in every row, so it knows nothing of the verb.
     first = [r for r in results.rows if r.position == "first"]
     assert all(r.accuracy <= 0.5 + 1e-9 for r in first)
+    identical = [d for d in results.diagnostics if d.code == "identical-vectors"]
+    assert [d.details["position"] for d in identical] == ["first"]
+    assert "a control that must stay at chance" in identical[0].advice
 
     # Another position set gets its own folder; "cls" is "first" (the same key: no new folder).
     run(["cls", "mean", "last"], "b")

@@ -398,14 +398,14 @@ def feature_key(services: Services, rows: Rows, layers, mode: str) -> str:
     changing = activation_plugins() if mode != "reference" else []
     own_options = {name.replace("-", "_") for name in config.reporters} | set(config.measures) | {"diagnostics"}
     options = {k: v for k, v in config.options.items() if k not in own_options} if changing else {}
+    own_spans = _own_spans(config, rows)
     return cache_key({
         "model": services.model_path, "revision": config.revision, "weights": _weights_fingerprint(services),
         "data": data_fingerprint(rows.table["text"], rows.spans), "layers": layers, "pooling": config.pooling,
         "positions": sorted(config.positions),
         # A {span: …} position's vectors follow its columns, which the target's fingerprint does not cover.
-        **({"position_spans": {name: data_fingerprint(rows.table["text"], spans)
-                               for name, spans in _own_spans(config, rows).items()}}
-           if _own_spans(config, rows) else {}),
+        **({"position_spans": {name: data_fingerprint(rows.table["text"], spans) for name, spans in own_spans.items()}}
+           if own_spans else {}),
         "attention": mode, "dtype": config.dtype, "seed": config.seed if mode == "random_weights" else None,
         "attention_path": services.attention_path if mode != "reference" else None,
         # CPU and GPU kernels round differently; the vectors of one are not the other's.
