@@ -178,9 +178,11 @@ def token_indices(position: Position, text: str, offsets, n_tokens: int, special
 
 def _offset(value):
     """A character offset as a whole number (a CSV reader gives 3.0 for 3), None when missing."""
-    if isinstance(value, float):
-        return None if value != value else int(value) if value.is_integer() else value
-    return value
+    if not isinstance(value, float):
+        return value
+    if value != value:  # NaN: an empty CSV cell
+        return None
+    return int(value) if value.is_integer() else value
 
 
 def batch_indices(specs: Sequence, texts, offsets, n_tokens, special, spans: dict) -> dict[str, list[list[int]]]:
@@ -195,12 +197,14 @@ def batch_indices(specs: Sequence, texts, offsets, n_tokens, special, spans: dic
 
 def fit_rows(specs: Sequence, get_tokenizer, rows, numbers: Sequence[int], *, on_bad_rows: str, source: str):
     """(rows every position can read, problems for the rows left out), checked before any model work: a row
-    too short for ``{index: N}``, without a word token for ``last``, or whose span covers no token. Under
-    ``on_bad_rows: raise`` any such row is a DataError naming the file, row and field."""
+    too short for ``{index: N}``, or whose ``{span: …}`` is missing or covers no token. Under
+    ``on_bad_rows: raise`` any such row is a DataError naming the file, row and field. Only an index or a
+    span can miss in a row that passed ``prepare`` (its text is not empty, its target was found), so
+    without them no tokenizer is loaded: a rerun on a full cache loads none."""
     from probe.pipeline.data import DataError, Problem
 
-    if all(parse(spec).kind in ("first", "mean") for spec in specs) or len(rows) == 0:
-        return rows, []  # these read any row that has a token (and a text is never empty here)
+    if not any(parse(spec).kind in ("index", "span") for spec in specs) or len(rows) == 0:
+        return rows, []
     texts = list(rows["text"])
     spans = row_spans(specs, rows, list(zip(rows["span_start"], rows["span_end"])))
     encoding = get_tokenizer()(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
