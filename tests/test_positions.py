@@ -141,8 +141,10 @@ def test_the_causal_cut_is_kept_for_first_and_dropped_for_later_tokens(tmp_path)
         np.testing.assert_allclose(cut.layer(position, 1), whole.layer(position, 1), rtol=0, atol=1e-5)
     for n, later in enumerate((["target", "mean"], ["target", {"index": 1}], ["target", {"span": ["w_start", "w_end"]}])):
         widths[:] = []
-        _extract(model, tokenizer, tmp_path / f"later-{n}", later)
+        store = _extract(model, tokenizer, tmp_path / f"later-{n}", later)
         assert sum(widths) == whole_width, later  # each may read past the target: whole rows
+        for position in set(store.positions) & set(whole.positions):
+            np.testing.assert_allclose(store.layer(position, 1), whole.layer(position, 1), rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------- runs
