@@ -177,6 +177,7 @@ def test_a_sentence_level_run_end_to_end_and_its_cache_keys(tiny_model, tmp_path
     # Every reporter reads rows without a target (the attention figures start from the last token).
     results = run(["first", "mean", "last"], "a", reporters=["json", "csv", "summary", "plots", "html"])
     assert {"accuracy.png", "attention.png", "report.html"} <= {p.name for p in (tmp_path / "a").iterdir()}
+    assert "probe at mean over the tokens" in (tmp_path / "a" / "report.html").read_text()
     assert {(r.position, r.subset) for r in results.rows} == {(p, "all") for p in ("first", "mean", "last")}
     assert set(results.layers["position"]) == {"first", "mean", "last"}
     written = json.loads((tmp_path / "a" / "results.json").read_text())

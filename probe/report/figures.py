@@ -7,7 +7,7 @@ import json
 import math
 
 from probe.pipeline.evaluation import accuracy_axis
-from probe.report.legend import comparison_title, run_names, sense_colours
+from probe.report.legend import comparison_title, position_words, run_names, sense_colours
 
 LAYER_AXIS = "layer (hidden state; 0 = embeddings)"
 ACCURACY_AXIS = "cross-validated accuracy"  # runs compared; one run's axis follows its protocol
@@ -89,7 +89,7 @@ def _position_traces(position: str, rows: list[dict], first_panel: bool) -> list
     layers = [r["layer"] for r in rows]
     folds = [", ".join(f"{a:.2f}" for a in r.get("fold_accuracies", [])) for r in rows]
     traces = [go.Scatter(
-        x=layers, y=[r["accuracy"] for r in rows], mode="lines+markers", name=f"probe at {position} token",
+        x=layers, y=[r["accuracy"] for r in rows], mode="lines+markers", name=f"probe at {position_words(position)}",
         legendgroup=position, showlegend=first_panel, line=dict(color=colour), **_spread(rows, folds, position),
     )]
     for key, dash, name in CONTROLS:
@@ -182,7 +182,7 @@ def comparison_figure(runs: list[dict], folders: list[str | None] | None = None)
         depth = max(results["model"]["layers"], 1)
         colour = RUN_COLOURS[n % len(RUN_COLOURS)]
         for (position, subset), rows in series(results).items():
-            name = f"{run}: {position} token, {subset} rows"
+            name = f"{run}: {position_words(position)}, {subset} rows"
             fig.add_trace(go.Scatter(
                 x=[r["layer"] / depth for r in rows], y=[r["accuracy"] for r in rows], mode="lines+markers",
                 name=name, line=dict(color=colour, dash=dashes.get(position, "dot")),
