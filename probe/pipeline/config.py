@@ -23,7 +23,6 @@ from probe.errors import UserError
 from probe.scale.devices import DTYPE_NAMES as DTYPES  # one list of the dtype names
 
 ATTENTION_MODES = ("reimplemented", "reference", "both")
-POSITIONS = ("target", "first", "last", "mean")  # the named positions; {index: N} and {span: [...]} too (positions.py)
 POOLINGS = ("first", "last", "mean")
 CONTROLS = ("majority", "shuffled", "random_weights", "permutation", "control_task")
 DEFAULT_CONTROLS = ("majority", "shuffled", "random_weights")  # the permutation test and control task cost more
@@ -514,7 +513,7 @@ def _message(error: dict, raw: dict) -> str:
 
 
 _CHOICES = {"attention": ATTENTION_MODES, "pooling": POOLINGS, "dtype": DTYPES, "on_bad_rows": ON_BAD_ROWS,
-            "positions": POSITIONS, "controls": CONTROLS, "long_texts": LONG_TEXTS}
+            "controls": CONTROLS, "long_texts": LONG_TEXTS}
 _TYPES = {"int_type": "an int", "string_type": "a str", "list_type": "a list", "dict_type": "a mapping",
           "bool_type": "true or false"}
 

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from probe.pipeline import positions as position_specs
-from probe.pipeline.config import POOLINGS, POSITIONS
+from probe.pipeline.config import POOLINGS
 from probe.pipeline.data import span_token_indices
 from probe.scale.devices import device_of, on_device
 from probe.scale.ranks import Ranks
@@ -46,7 +46,7 @@ class FeatureStore:
     folder: Path
     layers: list[int]
     n_rows: int
-    positions: tuple[str, ...] = POSITIONS  # which positions were extracted
+    positions: tuple[str, ...] = position_specs.NAMED  # the names of the positions extracted
 
     def chunks(self) -> list[Path]:
         return sorted(self.folder.glob("chunk-*.safetensors"))
