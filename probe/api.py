@@ -66,6 +66,8 @@ TEXTS = Accepts(lambda v: _strings(v) and all(t.strip() for t in ([v] if isinsta
                 "a non-empty text (str) or a non-empty list of them")
 NAMES = Accepts(_strings, "a hook point name or glob (str), or a non-empty list of them")
 OPTIONAL_STR = Accepts(lambda v: v is None or isinstance(v, str), "a str or None")
+POSITION_SPECS = Accepts(lambda v: v is None or isinstance(v, (str, dict)) or (isinstance(v, (list, tuple)) and v),
+                         "None, a position (a name such as 'first', or {'index': N}) or a non-empty list of them")
 CONFIG = Accepts(lambda v: _is_path(v) or isinstance(v, (dict, ExperimentConfig)),
                  "a YAML config's path (str or pathlib.Path), a dict of config fields, or an ExperimentConfig")
 N_JOBS = Accepts(lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v != 0),
@@ -189,7 +191,8 @@ def _exported():
                              "a mapping of hook point names (str) to functions (tensor, name) -> tensor or None")
     return {
         "run_with_cache": checked("run_with_cache", model=MODEL_OR_NAME, text=TEXTS, names=NAMES,
-                                  revision=OPTIONAL_STR, target=OPTIONAL_STR)(notebook.run_with_cache),
+                                  revision=OPTIONAL_STR, target=OPTIONAL_STR,
+                                  positions=POSITION_SPECS)(notebook.run_with_cache),
         "attention": checked("attention", model=MODEL_OR_NAME, text=TEXTS, target=OPTIONAL_STR,
                              revision=OPTIONAL_STR)(notebook.attention),
         "plot": checked("plot", results=results, path=OPTIONAL_PATH)(notebook.plot),

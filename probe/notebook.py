@@ -26,12 +26,14 @@ class ActivationCache(dict):
     """Hook point name → tensor (detached, on the model's device), plus the tokens that produced them.
     Names are ordered by block number (blocks.2 before blocks.10), then as the forward reached them."""
 
-    def __init__(self, tensors: dict, tokens: list[list[str]], inputs: dict, targets: list | None = None):
+    def __init__(self, tensors: dict, tokens: list[list[str]], inputs: dict, targets: list | None = None,
+                 positions: dict | None = None):
         order = {name: n for n, name in enumerate(tensors)}
         super().__init__(sorted(tensors.items(), key=lambda item: (_block_of(item[0]), order[item[0]])))
         self.tokens = tokens  # one list of token strings per text
         self.inputs = inputs  # what the tokenizer returned: input_ids, attention_mask, …
         self.targets = targets  # per text, the token indices of the target word (when one was given)
+        self.positions = positions or {}  # position name → per text, the token indices it reads (as a run does)
 
     def blocks(self) -> list[int]:
         """The block numbers the cache holds, in order."""
@@ -55,7 +57,8 @@ def _block_of(name: str) -> int:
 
 
 def run_with_cache(model, text: str | Sequence[str], *, tokenizer=None,
-                   names: str | Iterable[str] = "*", revision: str | None = None, target: str | None = None):
+                   names: str | Iterable[str] = "*", revision: str | None = None, target: str | None = None,
+                   positions=None):
     """Run ``model`` on ``text`` (one string or a list, padded on the right) without gradients and
     return ``(outputs, cache)``: the model's outputs and an ``ActivationCache`` of every hook point that
     ``names`` matches (globs, default all: ``blocks.{i}.resid_pre``, ``blocks.{i}.attn.q/k/v/scores/
@@ -64,7 +67,9 @@ def run_with_cache(model, text: str | Sequence[str], *, tokenizer=None,
     ``model``: a loaded transformers model, or a name (registered, hub or local folder) that is loaded
     once and kept. ``tokenizer``: default, the one saved with the model. A model without probe's attention
     gets it for this call only (``probe.swapped_attention``). ``target``: a word; ``cache.targets`` then holds,
-    per text, the indices of the tokens that cover its first whole-word occurrence.
+    per text, the indices of the tokens that cover its first whole-word occurrence. ``positions``: specs as
+    a config's ``positions`` writes them (``["first", "mean", {"index": -2}]``; ``target`` needs ``target=``);
+    ``cache.positions`` then maps each position's name to, per text, the token indices a run reads there.
     """
     from probe.core.hooks import capture
     from probe.core.swap import is_swapped, swapped_attention
@@ -72,18 +77,50 @@ def run_with_cache(model, text: str | Sequence[str], *, tokenizer=None,
     model, tokenizer = _model_and_tokenizer(model, tokenizer, revision)
     texts = [text] if isinstance(text, str) else list(text)
     tokenizer.padding_side = "right"
-    encoding = tokenizer(texts, return_tensors="pt", padding=True, return_offsets_mapping=target is not None)
-    targets = _target_indices(texts, encoding.pop("offset_mapping").tolist(), target) if target else None
+    aligning = target is not None or positions is not None
+    encoding = tokenizer(texts, return_tensors="pt", padding=True, return_offsets_mapping=aligning,
+                         return_special_tokens_mask=aligning)
+    offsets = encoding.pop("offset_mapping").tolist() if aligning else None
+    special = encoding.pop("special_tokens_mask").tolist() if aligning else None
+    targets = _target_indices(texts, offsets, target) if target else None
+    found = _position_indices(positions, texts, offsets, encoding, special, targets) if positions is not None else None
     encoding = encoding.to(_device(model))
     swapping = nullcontext() if is_swapped(model) else swapped_attention(model)
     with swapping, capture(model, names) as seen, torch.no_grad():
         outputs = model(**encoding)
         tensors = dict(seen)
-    return outputs, ActivationCache(tensors, _tokens(tokenizer, encoding), dict(encoding), targets)
+    return outputs, ActivationCache(tensors, _tokens(tokenizer, encoding), dict(encoding), targets, found)
 
 
 class TargetNotFound(UserError, ValueError):
     """``run_with_cache``'s target word is not in one of the texts."""
+
+
+class PositionError(UserError, ValueError):
+    """``run_with_cache``'s positions: a spec it does not accept, or a text without the token(s) it reads."""
+
+
+def _position_indices(specs, texts, offsets, encoding, special, targets) -> dict[str, list[list[int]]]:
+    """Per position name, each text's token indices, chosen as extraction chooses them (positions.py)."""
+    from probe.pipeline import positions
+
+    specs = specs if isinstance(specs, (list, tuple)) else [specs]
+    try:
+        parsed = [positions.parse(spec) for spec in specs]
+    except ValueError as error:
+        raise PositionError(f"positions: {error}") from None
+    if any(p.kind == "span" for p in parsed):
+        raise PositionError("positions: {span: …} reads a dataset's columns; give target= for a word instead")
+    if any(p.kind == "target" for p in parsed) and targets is None:
+        raise PositionError("positions: 'target' needs target= (the word whose tokens it reads)")
+    n_tokens = encoding["attention_mask"].sum(-1).tolist()
+    try:  # the target's tokens are found already (targets), the others here
+        found = positions.batch_indices([p for p in parsed if p.kind != "target"], texts, offsets, n_tokens,
+                                        special, {})
+    except positions.RowTokens as error:
+        raise PositionError(f"positions: {error}") from None
+    found["target"] = targets
+    return {p.name: found[p.name] for p in parsed}
 
 
 def _target_indices(texts: list[str], offsets: list, target: str) -> list[list[int]]:

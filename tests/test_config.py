@@ -146,7 +146,7 @@ def test_bad_attention_lists_the_accepted_values():
     ("pooling", "max", "first, last, mean"),
     ("dtype", "float64", "float32, float16, bfloat16"),
     ("on_bad_rows", "ignore", "raise, skip"),
-    ("positions", ["target", "middle"], "target, last"),
+    ("positions", ["target", "middle"], "target, first, last, mean, cls, {index: N}"),
     ("controls", ["magic"], "majority, shuffled, random_weights"),
 ])
 def test_other_bad_choices_list_the_accepted_values(field, value, accepted):

@@ -1,4 +1,4 @@
-"""Built-in datasets: hand-written sense-labelled sentences, and user files or hub datasets."""
+"""Built-in datasets: hand-written sense-labelled sentences, a sentence-level set (tense), and user files or hub datasets."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ BUILTIN = {
     "mole": "mole: animal / unit of amount / skin lesion / spy",
     "tower": "tower: building / computer case / control tower / stack",
     "tower-size": "tower: full-size landmark vs miniature (model, souvenir, toy)",
+    "tense": "sentences in the present / past: 50 minimal pairs, one group each, no target word",
 }
 
 

@@ -115,7 +115,10 @@ def _patterns(services, row, shown):
     model, tokenizer = services.load_model()  # the run's model, probe's attention swapped in
     encoding = tokenizer(row["text"], return_tensors="pt", return_offsets_mapping=True)
     offsets = encoding.pop("offset_mapping")[0].tolist()
-    target = span_token_indices(row["text"], offsets, row["span_start"], row["span_end"])[-1]
+    if row["span_start"] is None:  # a row without a target: the attention from the last token, as report.html shows
+        target = len(offsets) - 1
+    else:
+        target = span_token_indices(row["text"], offsets, row["span_start"], row["span_end"])[-1]
     with capture(model, [f"blocks.{i}.attn.pattern" for i in shown]) as seen, torch.no_grad():
         model(**encoding.to(device_of(model)))
     patterns = {i: seen[f"blocks.{i}.attn.pattern"][0, :, target].float().cpu().numpy() for i in shown}

@@ -15,6 +15,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    ValidationInfo,
 )
 
 from probe.core.architectures import GPT2_SHAPES
@@ -22,7 +23,6 @@ from probe.errors import UserError
 from probe.scale.devices import DTYPE_NAMES as DTYPES  # one list of the dtype names
 
 ATTENTION_MODES = ("reimplemented", "reference", "both")
-POSITIONS = ("target", "last")
 POOLINGS = ("first", "last", "mean")
 CONTROLS = ("majority", "shuffled", "random_weights", "permutation", "control_task")
 DEFAULT_CONTROLS = ("majority", "shuffled", "random_weights")  # the permutation test and control task cost more
@@ -141,7 +141,7 @@ class ExperimentConfig(BaseModel):
     revision: Optional[str] = None
     description: str = ""
     probe: ProbeSpec = ProbeSpec(name="logreg")
-    positions: list[Literal[POSITIONS]] = ["target"]
+    positions: list[str] = ["target"]  # position names (probe/pipeline/positions.py), each spec parsed to its name
     pooling: Literal[POOLINGS] = "mean"
     layers: Union[Literal["all"], list[int]] = "all"
     attention: Literal[ATTENTION_MODES] = "reimplemented"
@@ -169,16 +169,35 @@ class ExperimentConfig(BaseModel):
     final_norm: bool = False  # the last layer after the model's final norm, as HF's last hidden_states
     source: str = ""  # the file the config came from, for messages
 
-    @field_validator("positions", "controls", "reporters", "plugins", "metrics", "measures", mode="before")
+    @field_validator("controls", "reporters", "plugins", "metrics", "measures", mode="before")
     @classmethod
     def _one_becomes_a_list(cls, value):
         return value if value is None else _as_list(value)
 
-    @field_validator("positions")
+    @field_validator("positions", mode="before")
     @classmethod
-    def _some_position(cls, value):
+    def _position_names(cls, value):
+        from probe.pipeline.positions import SPELLINGS, names
+
+        value = _as_list(value)
         if not value:
-            raise ValueError(f"needs at least one of {', '.join(POSITIONS)}")
+            raise ValueError(f"needs at least one of {', '.join(SPELLINGS)}")
+        try:
+            return names(value)
+        except ValueError as error:
+            raise ValueError(f"has a bad entry: {error}") from None
+
+    @field_validator("long_texts")
+    @classmethod
+    def _window_keeps_positions(cls, value, info: ValidationInfo):
+        from probe.pipeline.positions import parse
+
+        positions = info.data.get("positions", [])
+        moved = [p for p in positions if parse(p).kind not in ("target", "last")]
+        if value == "window" and (moved or "target" not in positions):
+            why = f"would move what position(s) {', '.join(moved)} read" if moved else "needs positions: [target]"
+            raise ValueError(f"is window, which cuts a long text around its target and so {why}; "
+                             "use long_texts: refuse")
         return value
 
     @field_validator("device")
@@ -494,7 +513,7 @@ def _message(error: dict, raw: dict) -> str:
 
 
 _CHOICES = {"attention": ATTENTION_MODES, "pooling": POOLINGS, "dtype": DTYPES, "on_bad_rows": ON_BAD_ROWS,
-            "positions": POSITIONS, "controls": CONTROLS, "long_texts": LONG_TEXTS}
+            "controls": CONTROLS, "long_texts": LONG_TEXTS}
 _TYPES = {"int_type": "an int", "string_type": "a str", "list_type": "a list", "dict_type": "a mapping",
           "bool_type": "true or false"}
 

@@ -315,6 +315,7 @@ class Rows:
 
     @property
     def spans(self) -> list[tuple[int, int]]:
+        """Each row's target span; (None, None) in a row without a target (when no position reads one)."""
         return list(zip(self.table["span_start"], self.table["span_end"]))
 
 

@@ -179,8 +179,8 @@ def _field_map(
 ) -> dict[str, str]:
     """Map schema column -> user column, raising DataError for a missing required field."""
     required = {"text": text_field, "label": label_field}
-    if not spans:
-        required["target"] = target_field  # with a span the target can be read off the text
+    if not spans and target_field != "target":
+        required["target"] = target_field  # a column named for it must exist; with a span the target is read off the text
     missing = [user for user in (*required.values(), *spans) if user not in columns]
     if missing:
         raise DataError(
@@ -255,15 +255,19 @@ def prepare(
     n_folds: int,
     on_error: Literal["raise", "skip"] = "raise",
     keep: Callable[[dict[str, Any]], bool] | None = None,
+    needs_target: bool = True,
 ) -> tuple[datasets.Dataset, list[Problem]]:
-    """Compute target spans and validate every row (only rows ``keep`` accepts, numbered as loaded); returns the good rows and the problems skipped."""
+    """Compute target spans and validate every row (only rows ``keep`` accepts, numbered as loaded); returns the good rows and the problems skipped.
+    ``needs_target=False`` (no position reads the target): a row may give neither target nor span."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     good_rows, problems = [], []
+    if needs_target:
+        _check_some_target(ds, source)
     for number, row in enumerate(ds.to_list(), start=1):
         if keep is not None and not keep(row):
             continue
-        row_problems = _row_problems(row, number, source)
+        row_problems = _row_problems(row, number, source, needs_target)
         if row_problems:
             problems.extend(row_problems)
         else:
@@ -282,7 +286,16 @@ def prepare(
     return datasets.Dataset.from_list(good_rows, features=features), problems
 
 
-def _row_problems(row: dict[str, Any], number: int, source: str) -> list[Problem]:
+def _check_some_target(ds: datasets.Dataset, source: str) -> None:
+    """One message, not one per row, for rows that give no target at all (a sentence-level dataset)."""
+    given = [column for column in ("target", "span_start") if column in ds.column_names]
+    if len(ds) and not any(value is not None for column in given for value in ds[column]):
+        raise DataError(f"{source}: no row gives a target (a 'target' column or a span), and the position "
+                        "'target' reads one; add them, or probe only sentence positions (first, last, mean, "
+                        "{index: N})")
+
+
+def _row_problems(row: dict[str, Any], number: int, source: str, needs_target: bool = True) -> list[Problem]:
     """Everything wrong with one row (an empty list if it is fine)."""
     problems = []
 
@@ -297,7 +310,8 @@ def _row_problems(row: dict[str, Any], number: int, source: str) -> list[Problem
     cue = row.get("cue")
     if cue is not None and cue not in CUES:
         problem("cue", f"cue {cue!r} is not one of {', '.join(CUES)} or null")
-    if text and text.strip():
+    untargeted = not row.get("target") and row.get("span_start") is None and row.get("span_end") is None
+    if text and text.strip() and not (untargeted and not needs_target):
         span_message = _span_problem(text, row.get("target"), row.get("span_start"), row.get("span_end"))
         if span_message:
             problem("target", span_message)
@@ -313,7 +327,8 @@ def _span_problem(text: str, target: str | None, start: int | None, end: int | N
             return f"span [{start}, {end}) covers {text[start:end]!r}, not the target {target!r}"
         return None
     if not target:
-        return f"target is empty ({target!r}) and no span was given"
+        return (f"target is empty ({target!r}) and no span was given; the position 'target' reads it (probe "
+                "only sentence positions such as first, last or mean to accept rows without a target)")
     matches = whole_word_matches(text, target)
     if not matches:
         hint = " (it occurs with different case)" if whole_word_matches(text.lower(), target.lower()) else ""
@@ -336,6 +351,8 @@ def _with_span(row: dict[str, Any]) -> dict[str, Any]:
     """The row with span_start/span_end and target filled in (the row is known to be valid); other
     columns as they were."""
     row = dict(row)
+    if not row.get("target") and (row.get("span_start") is None or row.get("span_end") is None):
+        return row  # a sentence-level row: no position reads a target
     if row.get("span_start") is None or row.get("span_end") is None:
         only_match = whole_word_matches(row["text"], row["target"])[0]
         row["span_start"], row["span_end"] = only_match

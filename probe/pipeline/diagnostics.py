@@ -220,6 +220,9 @@ def _identical(position: str, at: dict, table, labels: list[str], numbers, causa
         advice = (f"{why}: probe positions: [target, last] (the last token sees the whole text), or put a cue "
                   "before the word (a BOS token alone would not help: the rows would still share every token "
                   "up to the word)")
+    elif causal and position == "first":
+        advice = ("a causal model's first token sees nothing after itself, so rows that start alike share it: read "
+                  "it as a control that must stay at chance, and probe last or mean for the whole sentence")
     else:
         advice = "check these rows: the same text with different labels, or vectors that ignore what differs"
     return Diagnostic(code="identical-vectors", message=message, advice=advice,

@@ -2,11 +2,11 @@
 
 Layer 0 is the residual stream entering the first block (token + position embeddings); layer L is the
 residual stream leaving block L (before any final layer norm, unless ``final_norm`` asks for the last
-layer after it, as Hugging Face's last ``hidden_states``). Only the vectors at the target word
-(pooled over its subwords) and, when asked for, at the sentence's last token (special tokens such as
-[SEP] aside) are kept, never whole sequences. In a causal model the tokens after the target cannot change
-its vectors, so when the last token is not asked for they are not computed (about half of the tokens of
-the mole set).
+layer after it, as Hugging Face's last ``hidden_states``). Only the vectors at the positions asked
+for (probe/pipeline/positions.py: the target word pooled over its subwords, the first or last token, the
+mean over the row, a token index, a span) are kept, never whole sequences; every position comes from the
+same forwards. In a causal model the tokens after the target cannot change its vectors, so when no
+position reads a token after it they are not computed (about half of the tokens of the mole set).
 
 The cache is a folder of chunk files, each written atomically once its rows are done: a rerun with the
 same key does no model work, and an interrupted run picks up at the first missing chunk.
@@ -25,7 +25,8 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from probe.pipeline.config import POOLINGS, POSITIONS
+from probe.pipeline import positions as position_specs
+from probe.pipeline.config import POOLINGS
 from probe.pipeline.data import span_token_indices
 from probe.scale.devices import device_of, on_device
 from probe.scale.ranks import Ranks
@@ -45,14 +46,12 @@ class FeatureStore:
     folder: Path
     layers: list[int]
     n_rows: int
-    positions: tuple[str, ...] = POSITIONS  # which positions were extracted
+    positions: tuple[str, ...] = position_specs.NAMED  # the names of the positions extracted
 
     def chunks(self) -> list[Path]:
         return sorted(self.folder.glob("chunk-*.safetensors"))
 
     def layer(self, position: str, layer: int) -> np.ndarray:
-        if position not in POSITIONS:
-            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
         if position not in self.positions:
             raise ValueError(f"position {position!r} was not extracted into {self.folder} "
                              f"(it holds: {', '.join(self.positions)})")
@@ -87,7 +86,8 @@ def extract(
     layers: Sequence[int],
     folder: str | Path,
     pooling: str = "mean",
-    positions: Sequence[str] = POSITIONS,
+    positions: Sequence = ("target", "last"),
+    position_spans: dict[str, Sequence] | None = None,
     batch_size: int = 16,
     chunk_rows: int = CHUNK_ROWS,
     progress: bool = True,
@@ -95,33 +95,37 @@ def extract(
     final_norm: bool = False,
     ranks: Ranks | None = None,
 ) -> FeatureStore:
-    """Vectors at ``positions`` (target, last) for ``layers``; ``load()`` → (model, tokenizer) runs only if needed.
+    """Vectors at ``positions`` (specs or names, see positions.py) for ``layers``; ``load()`` → (model, tokenizer)
+    runs only if needed. ``spans``: each row's target span ((None, None) in a row without one);
+    ``position_spans``: each ``{span: …}`` position's per-row spans, by name (see positions.row_spans).
     ``final_norm``: the last layer after the model's final norm (see ``run_to_layer``).
     ``ranks``: under torchrun, this process extracts only the chunks it owns, then waits for the others."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     layers = sorted(set(layers))
-    positions = tuple(p for p in POSITIONS if p in positions)
+    names = tuple(position_specs.names(positions))
+    spans_by_name = {"target": list(spans), **(position_spans or {})}
     ranks = ranks or Ranks()
     folder = Path(folder)  # created with its first chunk: a run that fails before leaves no empty folder
-    store = FeatureStore(folder, layers, len(texts), positions)
+    store = FeatureStore(folder, layers, len(texts), names)
     drop_damaged(folder)  # a chunk that fails its checksum is named and extracted again, never read
     if is_complete(folder, len(texts), chunk_rows):
         return store
 
     model, tokenizer = load()
-    cut = "last" not in positions and attends_causally(model)
+    cut = position_specs.within_target(names) and attends_causally(model)
     order, _ = length_sorted(tokenizer, texts, spans, cut)
     todo = [(n, rows) for n, rows in enumerate(chunked(order, chunk_rows))
             if ranks.owns(n) and not _chunk_path(folder, n).exists()]
 
     bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
     for n, rows in todo:
-        vectors = {p: np.empty((len(layers), len(rows), _width(model)), dtype=np.float32) for p in positions}
+        vectors = {p: np.empty((len(layers), len(rows), _width(model)), dtype=np.float32) for p in names}
         for start, batch in sorted_batches(rows, batch_size):
-            found = _extract_batch(model, tokenizer, [texts[i] for i in batch], [spans[i] for i in batch], layers,
-                                   pooling, cut, final_norm)
-            for position in positions:
+            batch_spans = {name: [row_spans[i] for i in batch] for name, row_spans in spans_by_name.items()}
+            found = _extract_batch(model, tokenizer, [texts[i] for i in batch], batch_spans, layers,
+                                   pooling, cut, final_norm, names)
+            for position in names:
                 vectors[position][:, start : start + len(batch)] = found[position]
             bar.update(len(batch))
         write_chunk(  # atomically, with the checksum drop_damaged checks
@@ -199,20 +203,39 @@ def token_counts(tokenizer, texts, spans, cut: bool) -> list[int]:
 
 
 @torch.inference_mode()
-def _extract_batch(model, tokenizer, texts, spans, layers, pooling, cut=False, final_norm=False):
+def _extract_batch(model, tokenizer, texts, spans, layers, pooling, cut=False, final_norm=False,
+                   positions=("target", "last")):
     """One forward (cut short after the deepest layer, and with ``cut`` after the batch's last target
-    token) → {"target": array, and unless cut "last": array}, each of shape (layers, batch, d)."""
-    encoding, targets, last_index = encode_rows(tokenizer, texts, spans, cut)
+    token) → {position name: array of shape (layers, batch, d)}; ``spans``: positions.row_spans' for the batch."""
+    encoding, indices = encode_positions(tokenizer, texts, spans, positions, cut)
     captured = run_to_layer(model, on_device(encoding, device_of(model)), max(layers), layers, final_norm)
-    target_out = np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
-    last_out = None if cut else np.empty_like(target_out)
-    rows = torch.arange(len(texts))
+    out = {name: np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
+           for name in indices}
     for slot, layer in enumerate(layers):
         hidden = captured[layer].float().cpu()  # vectors are stored; nothing else leaves the device
-        if last_out is not None:
-            last_out[slot] = hidden[rows, last_index].numpy()
-        target_out[slot] = pool_targets(hidden, targets, pooling)
-    return {"target": target_out} if cut else {"target": target_out, "last": last_out}
+        for name, rows in indices.items():
+            out[name][slot] = pool_targets(hidden, rows, position_specs.parse(name).pooling(pooling))
+    return out
+
+
+def encode_positions(tokenizer, texts, spans: dict, positions, cut: bool):
+    """A right-padded encoding of ``texts`` and, per position name, each row's token indices; with ``cut``
+    (every position within the target), without the columns after every row's target."""
+    tokenizer.padding_side = "right"
+    encoding = tokenizer(
+        list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True, return_special_tokens_mask=True
+    )
+    offsets = encoding.pop("offset_mapping").tolist()
+    special = encoding.pop("special_tokens_mask").tolist()
+    n_tokens = encoding["attention_mask"].sum(-1).tolist()
+    try:
+        indices = position_specs.batch_indices(positions, texts, offsets, n_tokens, special, spans)
+    except position_specs.RowTokens as error:
+        raise ValueError(str(error)) from None
+    if cut:
+        keep = max(max(covered) for covered in indices["target"]) + 1
+        encoding = {name: values[:, :keep] for name, values in encoding.items()}
+    return dict(encoding), indices
 
 
 def encode_rows(tokenizer, texts, spans, cut: bool):

@@ -211,6 +211,9 @@ def _pooled(hidden, batch: BlockInputs, position: str, pooling: str) -> np.ndarr
     hidden = hidden.float().cpu()  # the vectors are what leaves the device
     if position == "target":
         return pool_targets(hidden, batch.targets, pooling)
+    if position != "last":
+        raise ValueError(f"reruns from a block read the target or last position, not {position!r}: "
+                         "choose one of those in the plugin's options (position: target or last)")
     if batch.cut:
         raise ValueError('the rows were cut after the target: capture them with whole_rows=True for "last"')
     return hidden[torch.arange(len(hidden)), batch.last].numpy()

@@ -143,12 +143,17 @@ def make_services(config: ExperimentConfig, cache_dir: Path, progress: bool = Tr
 
 def load_rows(services: Services) -> Rows:
     """The config's rows, prepared, filtered and fitted to the model's positions (``long_texts``), checked."""
+    from probe.pipeline import positions
     from probe.pipeline.lengths import fit_rows, max_positions
 
     config = services.config
     table, skipped, numbers, notes = load_numbered_rows(config)
     table, too_long = fit_rows(table, numbers, lambda: services.tokenizer, max_positions(services.config_fields),
                                policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))
+    numbers = [n for n in numbers if n not in {problem.row for problem in too_long}]
+    table, unreadable = positions.fit_rows(config.positions, lambda: services.tokenizer, table, numbers,
+                                           on_bad_rows=config.on_bad_rows, source=_source(config))
+    too_long += unreadable
     left_out = {problem.row for problem in too_long}
     check_rows(config, table)
     return Rows(table, tuple(skipped + too_long), tuple(n for n in numbers if n not in left_out), tuple(notes))
@@ -193,6 +198,7 @@ def load_numbered_rows(config: ExperimentConfig):
     about the rows that later checks find) and the Diagnostics of loading (rows a fixed split leaves out)."""
     from probe.pipeline.data import DataError, prepare
     from probe.pipeline.evaluation import FixedSplit, protocol
+    from probe.pipeline.positions import needs_target
 
     registered = plugins.lookup("dataset", config.dataset_name)
     check_options(f"{config.source or 'config'}:", "dataset", config.dataset_name, registered.value,
@@ -227,7 +233,7 @@ def load_numbered_rows(config: ExperimentConfig):
         return kept and (parts is None or str(row[how.split_field]) in parts)
 
     rows, skipped = prepare(ds, source=source, n_folds=how.min_rows_per_label(), on_error=config.on_bad_rows,
-                            keep=keep if config.filter or parts else None)
+                            keep=keep if config.filter or parts else None, needs_target=needs_target(config.positions))
     bad = {problem.row for problem in skipped}
     numbers = [n for n, row in enumerate(ds, start=1) if (not (config.filter or parts) or keep(row)) and n not in bad]
     if len(numbers) != len(rows):  # a loader that numbers rows its own way: position in the prepared rows
@@ -362,11 +368,19 @@ def _extract(services: Services, rows: Rows, layers, mode: str, load: Callable):
     with cache_lock(folder, services.ranks):  # two runs on one cache: the second waits, then finds the chunks done
         touch(folder)  # last use, for `probe cache --prune`; under the lock, so a prune sees it
         return extract(
-            load, rows.table["text"], rows.spans, layers=layers, folder=folder,
-            pooling=config.pooling, positions=config.positions, batch_size=config.batch_size,
+            load, rows.table["text"], rows.spans, layers=layers, folder=folder, pooling=config.pooling,
+            positions=config.positions, position_spans=_own_spans(config, rows), batch_size=config.batch_size,
             progress=services.progress, description=f"{config.name}: {mode}",
             final_norm=_reads_final_norm(services, layers), ranks=services.ranks,
         )
+
+
+def _own_spans(config: ExperimentConfig, rows: Rows) -> dict[str, list]:
+    """Each ``{span: …}`` position's per-row spans, by position name (the target's are ``rows.spans``)."""
+    from probe.pipeline.positions import row_spans
+
+    return {name: spans for name, spans in row_spans(config.positions, rows.table, rows.spans).items()
+            if name != "target"}
 
 
 def _reads_final_norm(services: Services, layers) -> bool:
@@ -384,10 +398,14 @@ def feature_key(services: Services, rows: Rows, layers, mode: str) -> str:
     changing = activation_plugins() if mode != "reference" else []
     own_options = {name.replace("-", "_") for name in config.reporters} | set(config.measures) | {"diagnostics"}
     options = {k: v for k, v in config.options.items() if k not in own_options} if changing else {}
+    own_spans = _own_spans(config, rows)
     return cache_key({
         "model": services.model_path, "revision": config.revision, "weights": _weights_fingerprint(services),
         "data": data_fingerprint(rows.table["text"], rows.spans), "layers": layers, "pooling": config.pooling,
         "positions": sorted(config.positions),
+        # A {span: …} position's vectors follow its columns, which the target's fingerprint does not cover.
+        **({"position_spans": {name: data_fingerprint(rows.table["text"], spans) for name, spans in own_spans.items()}}
+           if own_spans else {}),
         "attention": mode, "dtype": config.dtype, "seed": config.seed if mode == "random_weights" else None,
         "attention_path": services.attention_path if mode != "reference" else None,
         # CPU and GPU kernels round differently; the vectors of one are not the other's.

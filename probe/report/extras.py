@@ -154,6 +154,11 @@ def _columns(rows) -> list[str]:
     return list(getattr(rows, "column_names", None) or rows.keys())
 
 
+def _span_or_none(row) -> tuple[int, int] | None:
+    """The row's target span; None (the viewer then starts from the last token) in a row without a target."""
+    return None if row["span_start"] is None else (row["span_start"], row["span_end"])
+
+
 def attention_sentences(rows, load_model: Callable[[], tuple], indices: Sequence[int],
                         subsets: Sequence[str] | None = None) -> list[dict]:
     """Every block's attention for the chosen rows, from the target word, with probe's attention swapped in."""
@@ -166,7 +171,7 @@ def attention_sentences(rows, load_model: Callable[[], tuple], indices: Sequence
         swap_attention(model, adapters=plugins.adapters_for(model))
     chosen = [rows[int(i)] for i in indices]
     sentences = capture_attentions(model, tokenizer, [row["text"] for row in chosen],
-                                   [(row["span_start"], row["span_end"]) for row in chosen],
+                                   [_span_or_none(row) for row in chosen],
                                    [row["label"] for row in chosen])
     for i, sentence in zip(indices, sentences):
         sentence["row"] = int(i)

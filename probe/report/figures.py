@@ -7,11 +7,12 @@ import json
 import math
 
 from probe.pipeline.evaluation import accuracy_axis
-from probe.report.legend import comparison_title, run_names, sense_colours
+from probe.report.legend import comparison_title, position_words, run_names, sense_colours
 
 LAYER_AXIS = "layer (hidden state; 0 = embeddings)"
 ACCURACY_AXIS = "cross-validated accuracy"  # runs compared; one run's axis follows its protocol
-POSITION_COLOURS = {"target": "#1f77b4", "last": "#ff7f0e"}
+POSITION_COLOURS = {"target": "#1f77b4", "last": "#ff7f0e", "first": "#2ca02c", "mean": "#9467bd"}
+OTHER_POSITION_COLOURS = ["#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]  # {index: N}, {span: …}
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
 # control → (results key, line dash, legend name)
 CONTROLS = (
@@ -73,14 +74,22 @@ def accuracy_figure(results: dict) -> dict:
     return json.loads(fig.to_json())
 
 
+def position_colour(position: str) -> str:
+    """A position's line colour: fixed for the named positions, and the same for an index or span in every
+    figure (chosen by its name's letters, not by the order the run lists it in)."""
+    if position in POSITION_COLOURS:
+        return POSITION_COLOURS[position]
+    return OTHER_POSITION_COLOURS[sum(map(ord, position)) % len(OTHER_POSITION_COLOURS)]
+
+
 def _position_traces(position: str, rows: list[dict], first_panel: bool) -> list:
     import plotly.graph_objects as go
 
-    colour = POSITION_COLOURS.get(position, "#2ca02c")
+    colour = position_colour(position)
     layers = [r["layer"] for r in rows]
     folds = [", ".join(f"{a:.2f}" for a in r.get("fold_accuracies", [])) for r in rows]
     traces = [go.Scatter(
-        x=layers, y=[r["accuracy"] for r in rows], mode="lines+markers", name=f"probe at {position} token",
+        x=layers, y=[r["accuracy"] for r in rows], mode="lines+markers", name=f"probe at {position_words(position)}",
         legendgroup=position, showlegend=first_panel, line=dict(color=colour), **_spread(rows, folds, position),
     )]
     for key, dash, name in CONTROLS:
@@ -173,7 +182,7 @@ def comparison_figure(runs: list[dict], folders: list[str | None] | None = None)
         depth = max(results["model"]["layers"], 1)
         colour = RUN_COLOURS[n % len(RUN_COLOURS)]
         for (position, subset), rows in series(results).items():
-            name = f"{run}: {position} token, {subset} rows"
+            name = f"{run}: {position_words(position)}, {subset} rows"
             fig.add_trace(go.Scatter(
                 x=[r["layer"] / depth for r in rows], y=[r["accuracy"] for r in rows], mode="lines+markers",
                 name=name, line=dict(color=colour, dash=dashes.get(position, "dot")),

@@ -12,6 +12,11 @@ SENSE_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e",
 CONFUSION_SCALE = ((0.0, "#f7fbff"), (0.5, "#6baed6"), (1.0, "#08306b"))
 
 
+def position_words(position: str) -> str:
+    """How a legend names a position: "target token", "last token", …; the mean is over tokens, not one."""
+    return "mean over the tokens" if position == "mean" else f"{position} token"
+
+
 def sense_colours(labels) -> dict[str, str]:
     """Each sense's colour: the senses sorted, the n-th taking the palette's n-th colour (cycling)."""
     return {sense: SENSE_PALETTE[n % len(SENSE_PALETTE)] for n, sense in enumerate(sorted(set(map(str, labels))))}

@@ -11,7 +11,7 @@ import numpy as np
 from probe.pipeline.evaluation import accuracy_axis
 from probe.pipeline.evaluation import sentence as evaluation_sentence
 from probe.pipeline.results import LayerResult, Results
-from probe.report.legend import comparison_title, run_names, sense_colours
+from probe.report.legend import comparison_title, position_words, run_names, sense_colours
 from probe.store.files import write_atomic, write_text_atomic
 
 CSV_COLUMNS = (
@@ -82,7 +82,7 @@ def layer_table(results: Results) -> str:
     results = as_results(results)
     lines = []
     for (position, subset), rows in results.series().items():
-        lines.append(f"{results.experiment} on {results.model.name}: probe at the {position} token, {subset} rows")
+        lines.append(f"{results.experiment} on {results.model.name}: probe at the {position_words(position)}, {subset} rows")
         tested = rows[0].permutation_p_value is not None
         lines.append(f"{'layer':>5}  {'accuracy':>15}  {'95% CI':>13}  {'macro-F1':>8}  {'shuffled':>8}  "
                      f"{'random wts':>10}" + (f"  {'perm. p':>7}" if tested else ""))
@@ -379,7 +379,7 @@ def _finish_panels(fig, axes, title: str):
 def _plot_series(ax, position: str, rows: list[LayerResult]) -> None:
     layers = [r.layer for r in rows]
     acc = np.array([r.accuracy for r in rows])
-    (line,) = ax.plot(layers, acc, marker="o", label=f"probe at {position} token")
+    (line,) = ax.plot(layers, acc, marker="o", label=f"probe at {position_words(position)}")
     if all(r.accuracy_ci for r in rows):  # the 95 % interval; runs from before it: ± the fold std
         low, high = np.array([r.accuracy_ci for r in rows]).T
         ax.fill_between(layers, low, high, color=line.get_color(), alpha=0.2, label=f"95% interval ({position})")
