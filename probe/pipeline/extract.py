@@ -6,7 +6,8 @@ layer after it, as Hugging Face's last ``hidden_states``). Only the vectors at t
 (pooled over its subwords) and, when asked for, at the sentence's last token (special tokens such as
 [SEP] aside) are kept, never whole sequences. In a causal model the tokens after the target cannot change
 its vectors, so when the last token is not asked for they are not computed (about half of the tokens of
-the mole set).
+the mole set). Rows that share a text (the words of a tagged sentence, one row each) are computed from one
+forward of that text: they are batched together and the text is encoded once.
 
 The cache is a folder of chunk files, each written atomically once its rows are done: a rerun with the
 same key does no model work, and an interrupted run picks up at the first missing chunk.
@@ -118,7 +119,7 @@ def extract(
     bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
     for n, rows in todo:
         vectors = {p: np.empty((len(layers), len(rows), _width(model)), dtype=np.float32) for p in positions}
-        for start, batch in sorted_batches(rows, batch_size):
+        for start, batch in sorted_batches(rows, batch_size, texts):
             found = _extract_batch(model, tokenizer, [texts[i] for i in batch], [spans[i] for i in batch], layers,
                                    pooling, cut, final_norm)
             for position in positions:
@@ -138,19 +139,34 @@ def extract(
 def length_sorted(tokenizer, texts, spans, cut: bool) -> tuple[list[int], list[int]]:
     """The rows longest first (a batch too big for memory fails at once; rows of like length share a batch),
     and each row's token count (with ``cut``, up to its target's last token): the order extraction and reruns
-    from a block batch rows in."""
+    from a block batch rows in. Rows of one text stay together (ranked by the text's longest row, then its
+    first row), so that one forward serves them all; with distinct texts this is plain length order."""
     lengths = token_counts(tokenizer, texts, spans, cut)
-    return sorted(range(len(texts)), key=lambda i: (-lengths[i], i)), lengths
+    longest, first = {}, {}
+    for i, text in enumerate(texts):
+        longest[text] = max(longest.get(text, 0), lengths[i])
+        first.setdefault(text, i)
+    return sorted(range(len(texts)), key=lambda i: (-longest[texts[i]], first[texts[i]], i)), lengths
 
 
-def sorted_batches(rows: list[int], batch_size: int) -> list[tuple[int, list[int]]]:
+def sorted_batches(rows: list[int], batch_size: int, texts: Sequence[str] | None = None) -> list[tuple[int, list[int]]]:
     """``rows`` (sorted by length, longest first) in batches of at most ``batch_size``, each with its offset
-    in ``rows``: neighbours in length share a batch, so right padding adds few tokens. A row's vectors depend
+    in ``rows``: neighbours in length share a batch, so right padding adds few tokens. Given the rows'
+    ``texts``, a batch holds at most ``batch_size`` distinct texts and every row of each (``length_sorted``
+    keeps them together), so rows sharing a text share its forward; distinct texts batch as without them. A row's vectors depend
     in the last bits on its batch, on its size and padded length (the matrix-multiply library picks its
     kernel and thread split by the number of rows: SmolLM2's mole vectors differ by up to 1e-4, about 1e-6
     of their size, between batch sizes), so the batch size is part of the cache key; the same dataset and
     batch size give the same batches, hence the same bits, every time."""
-    return [(start, rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+    if texts is None:
+        return [(start, rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+    batches, start, seen = [], 0, set()
+    for offset, row in enumerate(rows):
+        if texts[row] not in seen and len(seen) == batch_size:
+            batches.append((start, rows[start:offset]))
+            start, seen = offset, set()
+        seen.add(texts[row])
+    return batches + ([(start, rows[start:])] if start < len(rows) else [])
 
 
 def extraction_batches(order: list[int], batch_size: int, chunk_rows: int = CHUNK_ROWS) -> list[list[int]]:
@@ -202,31 +218,41 @@ def token_counts(tokenizer, texts, spans, cut: bool) -> list[int]:
 def _extract_batch(model, tokenizer, texts, spans, layers, pooling, cut=False, final_norm=False):
     """One forward (cut short after the deepest layer, and with ``cut`` after the batch's last target
     token) → {"target": array, and unless cut "last": array}, each of shape (layers, batch, d)."""
-    encoding, targets, last_index = encode_rows(tokenizer, texts, spans, cut)
+    distinct, sequence = distinct_texts(texts)
+    encoding, targets, last_index = encode_rows(tokenizer, distinct, spans, cut, sequence)
     captured = run_to_layer(model, on_device(encoding, device_of(model)), max(layers), layers, final_norm)
     target_out = np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
     last_out = None if cut else np.empty_like(target_out)
-    rows = torch.arange(len(texts))
+    sequence = torch.tensor(sequence)
     for slot, layer in enumerate(layers):
         hidden = captured[layer].float().cpu()  # vectors are stored; nothing else leaves the device
         if last_out is not None:
-            last_out[slot] = hidden[rows, last_index].numpy()
-        target_out[slot] = pool_targets(hidden, targets, pooling)
+            last_out[slot] = hidden[sequence, last_index[sequence]].numpy()
+        target_out[slot] = pool_targets(hidden, targets, pooling, sequence.tolist())
     return {"target": target_out} if cut else {"target": target_out, "last": last_out}
 
 
-def encode_rows(tokenizer, texts, spans, cut: bool):
+def distinct_texts(texts: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The distinct texts in order of first appearance, and for each row the index of its text among them."""
+    index: dict[str, int] = {}
+    sequence = [index.setdefault(text, len(index)) for text in texts]
+    return list(index), sequence
+
+
+def encode_rows(tokenizer, texts, spans, cut: bool, sequence: Sequence[int] | None = None):
     """``encode_batch``'s (encoding, target indices, last index); with ``cut``, without the columns after every
     row's target (right-padded, so no token a target sees is dropped; ``last`` then points past the end)."""
-    encoding, targets, last_index = encode_batch(tokenizer, texts, spans)
+    encoding, targets, last_index = encode_batch(tokenizer, texts, spans, sequence)
     if cut:
         keep = max(max(covered) for covered in targets) + 1
         encoding = {name: values[:, :keep] for name, values in encoding.items()}
     return dict(encoding), targets, last_index
 
 
-def encode_batch(tokenizer, texts, spans):
-    """Right-padded encoding, each row's target token indices, and each row's last word-piece index."""
+def encode_batch(tokenizer, texts, spans, sequence: Sequence[int] | None = None):
+    """Right-padded encoding of ``texts``, each row's target token indices, and each text's last word-piece
+    index. ``sequence``: row i's span lies in ``texts[sequence[i]]`` (None: one row per text, in order)."""
+    sequence = range(len(texts)) if sequence is None else sequence
     tokenizer.padding_side = "right"
     encoding = tokenizer(
         list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True, return_special_tokens_mask=True
@@ -234,10 +260,10 @@ def encode_batch(tokenizer, texts, spans):
     offsets = encoding.pop("offset_mapping").tolist()
     special = encoding.pop("special_tokens_mask").bool()
     targets = []
-    for i, (text, (start, end)) in enumerate(zip(texts, spans)):
-        covered = span_token_indices(text, offsets[i], start, end)
+    for i, (start, end) in zip(sequence, spans):
+        covered = span_token_indices(texts[i], offsets[i], start, end)
         if not covered:
-            raise ValueError(f"no token covers the target {text[start:end]!r} in {text!r}")
+            raise ValueError(f"no token covers the target {texts[i][start:end]!r} in {texts[i]!r}")
         targets.append(covered)
     # The sentence's last word-piece: the last real token that is not a special one ([SEP], </s>).
     words = encoding["attention_mask"].bool() & ~special
@@ -245,11 +271,14 @@ def encode_batch(tokenizer, texts, spans):
     return encoding, targets, last_index
 
 
-def pool_targets(hidden: torch.Tensor, targets: list[list[int]], pooling: str) -> np.ndarray:
-    """(batch, pos, d) → (batch, d): each row's target tokens pooled (first, last or mean)."""
+def pool_targets(hidden: torch.Tensor, targets: list[list[int]], pooling: str,
+                 sequence: Sequence[int] | None = None) -> np.ndarray:
+    """(texts, pos, d) → (rows, d): each row's target tokens pooled (first, last or mean). ``sequence``: the
+    text each row's tokens are in (None: row i in text i)."""
+    sequence = range(len(targets)) if sequence is None else sequence
     out = np.empty((len(targets), hidden.shape[-1]), dtype=np.float32)
-    for i, covered in enumerate(targets):
-        vectors = hidden[i, covered].float()
+    for i, (source, covered) in enumerate(zip(sequence, targets)):
+        vectors = hidden[source, covered].float()
         pooled = {"first": vectors[0], "last": vectors[-1], "mean": vectors.mean(0)}[pooling]
         out[i] = pooled.numpy()
     return out

@@ -144,14 +144,20 @@ def make_services(config: ExperimentConfig, cache_dir: Path, progress: bool = Tr
 def load_rows(services: Services) -> Rows:
     """The config's rows, prepared, filtered and fitted to the model's positions (``long_texts``), checked."""
     from probe.pipeline.lengths import fit_rows, max_positions
+    from probe.pipeline.words import drop_words_without_tokens, is_token_task
 
     config = services.config
     table, skipped, numbers, notes = load_numbered_rows(config)
     table, too_long = fit_rows(table, numbers, lambda: services.tokenizer, max_positions(services.config_fields),
                                policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))
     left_out = {problem.row for problem in too_long}
+    numbers = [n for n in numbers if n not in left_out]
+    if is_token_task(table):  # every word must have a token of its own to be probed
+        table, numbers, untokenized = drop_words_without_tokens(table, numbers, services.tokenizer,
+                                                                config.on_bad_rows, _source(config))
+        too_long += untokenized
     check_rows(config, table)
-    return Rows(table, tuple(skipped + too_long), tuple(n for n in numbers if n not in left_out), tuple(notes))
+    return Rows(table, tuple(skipped + too_long), tuple(numbers), tuple(notes))
 
 
 def checked_splits(services: Services, rows: Rows, layers) -> Splits:
