@@ -224,6 +224,22 @@ def test_every_word_vector_is_its_pooled_subwords_from_one_forward_per_sentence(
     assert split_words > 0  # some words are several pieces, so pooling is tested
 
 
+def test_rows_of_one_text_stay_in_one_batch_whatever_their_cut_lengths(tokenizers, word_rows_of_sentences):
+    from probe.pipeline.extract import extraction_batches, length_sorted
+
+    texts, spans, sentence = word_rows_of_sentences
+    order, lengths = length_sorted(tokenizers["gpt2"], texts, spans, cut=True)  # each word cut after itself
+    assert len(set(lengths)) > len(TAGGED)
+    batches = extraction_batches(order, 2, chunk_rows=256, texts=texts)
+    assert [len({texts[row] for row in batch}) for batch in batches] == [2, 2, 1]
+    assert sorted(row for batch in batches for row in batch) == list(range(len(texts)))
+    longest = [max(length for length, text in zip(lengths, texts) if text == texts[batch[0]]) for batch in batches]
+    assert longest == sorted(longest, reverse=True)  # sentences longest first, as distinct texts would be
+    distinct = list(dict.fromkeys(texts))
+    alone = extraction_batches(list(range(len(distinct))), 2, texts=distinct)
+    assert alone == extraction_batches(list(range(len(distinct))), 2)  # distinct texts batch as before
+
+
 # ---------------------------------------------------------------- words without a token
 
 

@@ -169,10 +169,13 @@ def sorted_batches(rows: list[int], batch_size: int, texts: Sequence[str] | None
     return batches + ([(start, rows[start:])] if start < len(rows) else [])
 
 
-def extraction_batches(order: list[int], batch_size: int, chunk_rows: int = CHUNK_ROWS) -> list[list[int]]:
+def extraction_batches(order: list[int], batch_size: int, chunk_rows: int = CHUNK_ROWS,
+                       texts: Sequence[str] | None = None) -> list[list[int]]:
     """The batches ``extract`` runs, in its order: ``order`` cut into cache chunks of ``chunk_rows`` rows, each
-    chunk in ``sorted_batches``. A rerun batched alike computes each row as extraction did, bit for bit."""
-    return [batch for chunk in chunked(order, chunk_rows) for _, batch in sorted_batches(chunk, batch_size)]
+    chunk in ``sorted_batches`` (given the rows' ``texts``, as extract does). A rerun batched alike computes
+    each row as extraction did, bit for bit, when the texts are distinct; reruns from a block
+    (probe/pipeline/partial.py) run one sequence per row, so rows sharing a text agree to float rounding."""
+    return [batch for chunk in chunked(order, chunk_rows) for _, batch in sorted_batches(chunk, batch_size, texts)]
 
 
 def chunked(order: list[int], chunk_rows: int) -> list[list[int]]:
