@@ -312,7 +312,7 @@ def test_a_pos_experiment_runs_end_to_end_with_the_control_task(tiny_model, tmp_
     from probe.pipeline.run import run_experiment
 
     config = validate({"model": str(tiny_model), "dataset": "pos", "layers": [0, 2], "folds": 3,
-                       "controls": ["majority", "shuffled", "control_task"], "reporters": ["json", "summary"]})
+                       "controls": ["majority", "shuffled", "control_task"], "reporters": ["json", "csv", "summary"]})
     results = run_experiment(config, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False, n_jobs=1)
     assert results.dataset.rows == 610 and len(set(results.dataset.groups)) == 71
     assert {"NOUN", "VERB", "DET", "PUNCT"} <= set(results.dataset.labels)
@@ -320,7 +320,22 @@ def test_a_pos_experiment_runs_end_to_end_with_the_control_task(tiny_model, tmp_
         low, high = row.accuracy_ci
         assert low <= row.accuracy <= high
         assert row.control_task_selectivity == pytest.approx(row.accuracy - row.control_task_accuracy)
+        low, high = row.control_task_selectivity_ci
+        assert low < row.control_task_selectivity < high
     assert min(row.accuracy for row in results.rows) > results.baselines["majority"].accuracy
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["evaluation"]["splitter"] == "StratifiedGroupKFold"
-    assert "control task" in (tmp_path / "out" / "summary.md").read_text()
+    assert "selectivity (ctrl) 95% CI" in (tmp_path / "out" / "summary.md").read_text()
+    header = (tmp_path / "out" / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"control_task_selectivity_ci_low", "control_task_selectivity_ci_high"} <= set(header)
+
+
+def test_the_selectivity_interval_pairs_each_rows_two_results():
+    from probe.pipeline.statistics import difference_interval
+
+    assert difference_interval("1111", "0000", None, seed=0) == [1.0, 1.0]
+    assert difference_interval("1.10", "0.10", [0, 1, 1, 2], seed=0) == pytest.approx([0.0, 1.0])
+    low, high = difference_interval("1" * 30 + "0" * 10, "1" * 20 + "0" * 20, list(range(40)), seed=0)
+    assert low < 0.25 < high and low > 0  # the difference (0.25) has an interval above zero
+    with pytest.raises(ValueError, match="scored on different rows"):
+        difference_interval("1.", ".1", None, seed=0)

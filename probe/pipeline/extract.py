@@ -149,12 +149,13 @@ def length_sorted(tokenizer, texts, spans, cut: bool) -> tuple[list[int], list[i
     return sorted(range(len(texts)), key=lambda i: (-longest[texts[i]], first[texts[i]], i)), lengths
 
 
-def sorted_batches(rows: list[int], batch_size: int, texts: Sequence[str] | None = None) -> list[tuple[int, list[int]]]:
+def sorted_batches(rows: list[int], batch_size: int,
+                   texts: Sequence[str] | None = None) -> list[tuple[int, list[int]]]:
     """``rows`` (sorted by length, longest first) in batches of at most ``batch_size``, each with its offset
     in ``rows``: neighbours in length share a batch, so right padding adds few tokens. Given the rows'
     ``texts``, a batch holds at most ``batch_size`` distinct texts and every row of each (``length_sorted``
-    keeps them together), so rows sharing a text share its forward; distinct texts batch as without them. A row's vectors depend
-    in the last bits on its batch, on its size and padded length (the matrix-multiply library picks its
+    keeps them together), so rows sharing a text share its forward; distinct texts batch as without them.
+    A row's vectors depend in the last bits on its batch, on its size and padded length (the matrix-multiply library picks its
     kernel and thread split by the number of rows: SmolLM2's mole vectors differ by up to 1e-4, about 1e-6
     of their size, between batch sizes), so the batch size is part of the cache key; the same dataset and
     batch size give the same batches, hence the same bits, every time."""
@@ -219,8 +220,9 @@ def token_counts(tokenizer, texts, spans, cut: bool) -> list[int]:
 
 @torch.inference_mode()
 def _extract_batch(model, tokenizer, texts, spans, layers, pooling, cut=False, final_norm=False):
-    """One forward (cut short after the deepest layer, and with ``cut`` after the batch's last target
-    token) → {"target": array, and unless cut "last": array}, each of shape (layers, batch, d)."""
+    """One forward of the batch's distinct texts (cut short after the deepest layer, and with ``cut`` after
+    the batch's last target token) → {"target": array, and unless cut "last": array}, each of shape
+    (layers, batch, d)."""
     distinct, sequence = distinct_texts(texts)
     encoding, targets, last_index = encode_rows(tokenizer, distinct, spans, cut, sequence)
     captured = run_to_layer(model, on_device(encoding, device_of(model)), max(layers), layers, final_norm)

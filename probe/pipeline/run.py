@@ -404,6 +404,9 @@ def feature_key(services: Services, rows: Rows, layers, mode: str) -> str:
         "batches": "padded", "batch_size": config.batch_size,
         # Only a run that reads the last layer after the final norm gets a key of its own (older caches stay).
         **({"final_norm": True} if _reads_final_norm(services, layers) else {}),
+        # Rows sharing a text (a token task's words) share one forward of it (extract.sorted_batches): other
+        # batches than one row per text, so other last bits than a cache from before.
+        **({"one_forward_per_text": True} if len(set(rows.table["text"])) < len(rows) else {}),
     })
 
 
