@@ -296,6 +296,27 @@ def test_the_empirical_control_task_gives_each_word_type_one_tag_drawn_by_freque
         control_tasks.control_labels(words, tags, seed=0, draw="uniform")
 
 
+def test_the_control_draw_is_empirical_for_words_unless_the_options_say_otherwise(tmp_path):
+    from types import SimpleNamespace
+
+    from probe.builtin.datasets import DATA
+    from probe.pipeline.config import ConfigError, validate
+    from probe.pipeline.controls import control_draw
+    from probe.pipeline.data import load_rows
+
+    words = SimpleNamespace(table=load_tagged(str(DATA / "pos.conllu")))
+    senses = SimpleNamespace(table=load_rows(DATA / "mole.jsonl"))
+
+    def config(**options):
+        return validate({"model": "gpt2", "dataset": "pos", "options": options}, source="pos.yaml")
+
+    assert control_draw(config(), words) == "empirical" and control_draw(config(), senses) == "balanced"
+    assert control_draw(config(control_task={"draw": "balanced"}), words) == "balanced"
+    with pytest.raises(ConfigError, match=r"pos\.yaml: options\.control_task\.draw is 'uniform'; accepted: "
+                                          "balanced, empirical"):
+        control_draw(config(control_task={"draw": "uniform"}), words)
+
+
 # ---------------------------------------------------------------- end to end
 
 
