@@ -200,7 +200,12 @@ def test_every_word_vector_is_its_pooled_subwords_from_one_forward_per_sentence(
     model = _model(family, len(tokenizer))
     forwarded = []
     real_forward = model.forward
-    model.forward = lambda *args, **kwargs: forwarded.append(kwargs["input_ids"].shape[0]) or real_forward(*args, **kwargs)
+
+    def counting_forward(*args, **kwargs):
+        forwarded.append(kwargs["input_ids"].shape[0])  # sentences in this forward
+        return real_forward(*args, **kwargs)
+
+    model.forward = counting_forward
     store = extract(lambda: (model, tokenizer), texts, spans, layers=[0, 1, 2], folder=tmp_path / "features",
                     pooling=pooling, positions=["target"], batch_size=2, progress=False)
     assert sum(forwarded) == len(TAGGED) and len(forwarded) == 3  # one forward per sentence, 2 sentences a batch

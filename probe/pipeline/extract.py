@@ -155,10 +155,10 @@ def sorted_batches(rows: list[int], batch_size: int,
     in ``rows``: neighbours in length share a batch, so right padding adds few tokens. Given the rows'
     ``texts``, a batch holds at most ``batch_size`` distinct texts and every row of each (``length_sorted``
     keeps them together), so rows sharing a text share its forward; distinct texts batch as without them.
-    A row's vectors depend in the last bits on its batch, on its size and padded length (the matrix-multiply library picks its
-    kernel and thread split by the number of rows: SmolLM2's mole vectors differ by up to 1e-4, about 1e-6
-    of their size, between batch sizes), so the batch size is part of the cache key; the same dataset and
-    batch size give the same batches, hence the same bits, every time."""
+    A row's vectors depend in the last bits on its batch, on its size and padded length (the matrix-multiply
+    library picks its kernel and thread split by the number of rows: SmolLM2's mole vectors differ by up to
+    1e-4, about 1e-6 of their size, between batch sizes), so the batch size is part of the cache key; the same
+    dataset and batch size give the same batches, hence the same bits, every time."""
     if texts is None:
         return [(start, rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
     batches, start, seen = [], 0, set()

@@ -51,10 +51,11 @@ def load_tagged(path: str, column: str = "upos", tokens_field: str = "tokens", t
         if column not in TAG_COLUMNS:
             raise DataError(f"{path}: option column={column!r} is not a CoNLL-U tag column; use one of "
                             f"{', '.join(TAG_COLUMNS)}")
-        return word_rows(read_conllu(source, column), str(path))
+        return one_row_per_word(read_conllu(source, column))
     if source.suffix.lower() == ".jsonl":
-        return word_rows(read_tagged_jsonl(source, tokens_field, tags_field), str(path))
-    raise DataError(f"{path}: a tagged dataset is a .conllu or .jsonl file, not {source.suffix or 'a file without suffix'!r}")
+        return one_row_per_word(read_tagged_jsonl(source, tokens_field, tags_field))
+    suffix = source.suffix or "a file without suffix"
+    raise DataError(f"{path}: a tagged dataset is a .conllu or .jsonl file, not {suffix!r}")
 
 
 # ---------------------------------------------------------------- CoNLL-U
@@ -152,7 +153,8 @@ def read_tagged_jsonl(path: Path, tokens_field: str = "tokens", tags_field: str 
         if found:
             problems += found
             continue
-        sentence_id = str(row.get("id", row.get("sent_id", f"line-{number}")))
+        named = row.get("id", row.get("sent_id"))
+        sentence_id = f"line-{number}" if named is None or str(named).strip() == "" else str(named)
         text = row.get("text") if isinstance(row.get("text"), str) else None
         words = tuple(row[tokens_field])
         sentences.append(TaggedSentence(sentence_id, words, tuple(map(str, row[tags_field])), text,
@@ -188,7 +190,7 @@ def _row_problems(row: dict, tokens_field: str, tags_field: str, where: str) -> 
 # ---------------------------------------------------------------- rows
 
 
-def word_rows(sentences: list[TaggedSentence], source: str):
+def one_row_per_word(sentences: list[TaggedSentence]):
     """One row per word of ``sentences``, in order (see the module's docstring for the columns)."""
     import datasets
 
@@ -224,7 +226,7 @@ def sentence_text(words, text: str | None = None) -> tuple[str, list[tuple[int, 
 
 
 def is_token_task(table) -> bool:
-    """Whether the rows are a token task's, one per word (made by ``word_rows``)."""
+    """Whether the rows are a token task's, one per word (made by ``one_row_per_word``)."""
     return WORD_COLUMN in table.column_names
 
 
