@@ -10,6 +10,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from conftest import shared_folder
 from tiny_gpt2 import build_tiny_gpt2, build_tokenizer, corpus
 
@@ -209,6 +210,16 @@ def test_every_word_vector_is_its_pooled_subwords_from_one_forward_per_sentence(
     store = extract(lambda: (model, tokenizer), texts, spans, layers=[0, 1, 2], folder=tmp_path / "features",
                     pooling=pooling, positions=["target"], batch_size=2, progress=False)
     assert sum(forwarded) == len(TAGGED) and len(forwarded) == 3  # one forward per sentence, 2 sentences a batch
+    forwarded.clear()
+    small_chunks = extract(lambda: (model, tokenizer), texts, spans, layers=[1], folder=tmp_path / "chunks",
+                           pooling=pooling, positions=["target"], batch_size=2, chunk_rows=5, progress=False)
+    assert sum(forwarded) == len(TAGGED)  # chunks of 5 rows end at a sentence's end: none is run twice
+    sentences_per_chunk = []
+    for path in small_chunks.chunks():
+        with safe_open(path, framework="pt") as chunk:
+            sentences_per_chunk.append({sentence[row] for row in chunk.get_tensor("rows").tolist()})
+    assert len(sentences_per_chunk) > 1 and sum(map(len, sentences_per_chunk)) == len(TAGGED)
+    np.testing.assert_allclose(small_chunks.layer("target", 1), store.layer("target", 1), rtol=0, atol=1e-5)
     by_hand = {layer: np.empty_like(store.layer("target", layer)) for layer in (0, 1, 2)}
     split_words = 0
     forwards = {}
@@ -243,6 +254,23 @@ def test_rows_of_one_text_stay_in_one_batch_whatever_their_cut_lengths(tokenizer
     distinct = list(dict.fromkeys(texts))
     alone = extraction_batches(list(range(len(distinct))), 2, texts=distinct)
     assert alone == extraction_batches(list(range(len(distinct))), 2)  # distinct texts batch as before
+
+
+def test_a_cache_is_complete_with_the_chunks_its_marker_records(tmp_path):
+    from probe.pipeline.extract import is_complete
+
+    for n in range(2):
+        (tmp_path / f"chunk-{n:05d}.safetensors").touch()
+    marker = tmp_path / "complete.json"
+    marker.write_text(json.dumps({"rows": 10, "layers": [1]}))  # a cache from before: a chunk per 5 rows
+    assert is_complete(tmp_path, 10, chunk_rows=5) and not is_complete(tmp_path, 11, chunk_rows=5)
+    marker.write_text(json.dumps({"rows": 10, "layers": [1], "chunks": 3}))  # chunks cut at sentence ends
+    assert not is_complete(tmp_path, 10, chunk_rows=5)
+    (tmp_path / "chunk-00002.safetensors").touch()
+    assert is_complete(tmp_path, 10, chunk_rows=5)
+    for damaged in ("{", "[]", '{"chunks": "3"}'):
+        marker.write_text(damaged)
+        assert not is_complete(tmp_path, 10, chunk_rows=5)
 
 
 # ---------------------------------------------------------------- words without a token

@@ -113,8 +113,8 @@ def extract(
     model, tokenizer = load()
     cut = "last" not in positions and attends_causally(model)
     order, _ = length_sorted(tokenizer, texts, spans, cut)
-    todo = [(n, rows) for n, rows in enumerate(chunked(order, chunk_rows))
-            if ranks.owns(n) and not _chunk_path(folder, n).exists()]
+    chunks = chunked(order, chunk_rows, texts)
+    todo = [(n, rows) for n, rows in enumerate(chunks) if ranks.owns(n) and not _chunk_path(folder, n).exists()]
 
     bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
     for n, rows in todo:
@@ -132,7 +132,7 @@ def extract(
     bar.close()
     ranks.wait()  # every rank's chunks are on disk before the store is called complete and read
     if ranks.is_main:
-        mark_complete(folder, json.dumps({"rows": len(texts), "layers": layers}))
+        mark_complete(folder, json.dumps({"rows": len(texts), "layers": layers, "chunks": len(chunks)}))
     return store
 
 
@@ -176,18 +176,36 @@ def extraction_batches(order: list[int], batch_size: int, chunk_rows: int = CHUN
     chunk in ``sorted_batches`` (given the rows' ``texts``, as extract does). A rerun batched alike computes
     each row as extraction did, bit for bit, when the texts are distinct; reruns from a block
     (probe/pipeline/partial.py) run one sequence per row, so rows sharing a text agree to float rounding."""
-    return [batch for chunk in chunked(order, chunk_rows) for _, batch in sorted_batches(chunk, batch_size, texts)]
+    return [batch for chunk in chunked(order, chunk_rows, texts)
+            for _, batch in sorted_batches(chunk, batch_size, texts)]
 
 
-def chunked(order: list[int], chunk_rows: int) -> list[list[int]]:
-    """``order`` cut into the cache's chunks: chunk n is written to its own file (see ``_chunk_path``)."""
-    return [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
+def chunked(order: list[int], chunk_rows: int, texts: Sequence[str] | None = None) -> list[list[int]]:
+    """``order`` cut into the cache's chunks: chunk n is written to its own file (see ``_chunk_path``). Given
+    the rows' ``texts``, a chunk that reaches ``chunk_rows`` rows in the middle of a text's rows takes the rest
+    of them too, so that a text is run in one chunk (``length_sorted`` keeps its rows together)."""
+    if texts is None:
+        return [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
+    chunks, start = [], 0
+    for offset in range(1, len(order) + 1):
+        at_boundary = offset == len(order) or texts[order[offset]] != texts[order[offset - 1]]
+        if at_boundary and offset - start >= chunk_rows or offset == len(order):
+            chunks.append(order[start:offset])
+            start = offset
+    return chunks
 
 
 def is_complete(folder: Path, n_rows: int, chunk_rows: int = CHUNK_ROWS) -> bool:
-    """Whether ``folder`` holds a finished extraction: marked complete, and no chunk deleted by hand since."""
-    every_chunk = all(_chunk_path(folder, n).exists() for n in range(-(-n_rows // chunk_rows)))
-    return (Path(folder) / "complete.json").exists() and every_chunk
+    """Whether ``folder`` holds a finished extraction: marked complete, and no chunk deleted by hand since
+    (as many chunks as complete.json records; one every ``chunk_rows`` rows in a cache from before it did)."""
+    marker = Path(folder) / "complete.json"
+    if not marker.exists():
+        return False
+    try:
+        n_chunks = json.loads(marker.read_text()).get("chunks", -(-n_rows // chunk_rows))
+    except (ValueError, AttributeError):  # not the JSON extract writes: extracted again
+        return False
+    return isinstance(n_chunks, int) and all(_chunk_path(folder, n).exists() for n in range(n_chunks))
 
 
 def _chunk_path(folder: Path, n: int) -> Path:
