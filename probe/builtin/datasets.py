@@ -25,6 +25,27 @@ def builtin_loader(name: str):
     return load
 
 
+TAGGED = {"pos": "part of speech (UPOS) of every word of 71 sentences, 26 with mole in its four senses"}
+
+
+def builtin_tagged_loader(name: str):
+    def load(column: str = "upos"):
+        from probe.pipeline.words import load_tagged
+
+        return load_tagged(str(DATA / f"{name}.conllu"), column=column)
+
+    load.__doc__ = TAGGED[name]
+    return load
+
+
+def load_tagged_file(path: str, column: str = "upos", tokens_field: str = "tokens", tags_field: str = "tags"):
+    """A token task: a .conllu file (tags from ``column``: upos, xpos or deprel) or a .jsonl file of
+    ``tokens`` and ``tags`` lists (``tokens_field`` / ``tags_field`` rename them); one row per word."""
+    from probe.pipeline.words import load_tagged
+
+    return load_tagged(path, column=column, tokens_field=tokens_field, tags_field=tags_field)
+
+
 def load_file(path: str, **fields):
     """A JSONL / CSV / Parquet file, or hf:owner/name, with optional text_field, label_field, … renames;
     ``split`` and ``revision`` for a hub dataset only."""
@@ -48,5 +69,8 @@ load_file.forwards_skip = ("source",)
 def register_datasets(register):
     for name in BUILTIN:
         register(name, builtin_loader(name))
+    for name in TAGGED:
+        register(name, builtin_tagged_loader(name))
     register("file", load_file)
+    register("tagged", load_tagged_file)
     register("coarsewsd", load_coarsewsd)

@@ -4,7 +4,7 @@ reuse each subset's folds and run as ordinary FitTasks, so they share the probes
 
 from __future__ import annotations
 
-from probe.pipeline.config import ConfigError
+from probe.pipeline.config import ConfigError, plugin_options
 from probe.science import control_tasks, permutation
 
 
@@ -40,10 +40,24 @@ def check(config, rows, splits) -> None:
 
 def _control_plan(config, rows, splits) -> dict:
     try:
-        return control_tasks.plan(rows.table, config, splits)
+        return control_tasks.plan(rows.table, config, splits, control_draw(config, rows))
     except control_tasks.ControlTaskError as error:
         raise ConfigError(f"{config.source or 'config'}: field 'controls' asks for control_task, "
                           f"but {error}") from None
+
+
+def control_draw(config, rows) -> str:
+    """How the control task draws each word type's label: ``options.control_task.draw`` when given, else
+    ``empirical`` for a token task's rows (Hewitt & Liang's POS control) and ``balanced`` for a sense task."""
+    from probe.pipeline.words import is_token_task
+
+    draw = plugin_options(config, control_tasks.CONTROL, ("draw",)).get("draw")
+    if draw is None:
+        return "empirical" if is_token_task(rows.table) else "balanced"
+    if draw not in control_tasks.DRAWS:
+        raise ConfigError(f"{config.source or 'config'}: options.control_task.draw is {draw!r}; accepted: "
+                          f"{', '.join(control_tasks.DRAWS)}")
+    return draw
 
 
 def fill(row, config, scores: dict, key: tuple) -> None:

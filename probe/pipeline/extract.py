@@ -6,7 +6,9 @@ layer after it, as Hugging Face's last ``hidden_states``). Only the vectors at t
 for (probe/pipeline/positions.py: the target word pooled over its subwords, the first or last token, the
 mean over the row, a token index, a span) are kept, never whole sequences; every position comes from the
 same forwards. In a causal model the tokens after the target cannot change its vectors, so when no
-position reads a token after it they are not computed (about half of the tokens of the mole set).
+position reads a token after it they are not computed (about half of the tokens of the mole set). Rows that share a text (the words of a
+tagged sentence, one row each) are computed from one forward of that text: they are batched together
+and the text is encoded once.
 
 The cache is a folder of chunk files, each written atomically once its rows are done: a rerun with the
 same key does no model work, and an interrupted run picks up at the first missing chunk.
@@ -115,13 +117,13 @@ def extract(
     model, tokenizer = load()
     cut = position_specs.within_target(names) and attends_causally(model)
     order, _ = length_sorted(tokenizer, texts, spans, cut)
-    todo = [(n, rows) for n, rows in enumerate(chunked(order, chunk_rows))
-            if ranks.owns(n) and not _chunk_path(folder, n).exists()]
+    chunks = chunked(order, chunk_rows, texts)
+    todo = [(n, rows) for n, rows in enumerate(chunks) if ranks.owns(n) and not _chunk_path(folder, n).exists()]
 
     bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
     for n, rows in todo:
         vectors = {p: np.empty((len(layers), len(rows), _width(model)), dtype=np.float32) for p in names}
-        for start, batch in sorted_batches(rows, batch_size):
+        for start, batch in sorted_batches(rows, batch_size, texts):
             batch_spans = {name: [row_spans[i] for i in batch] for name, row_spans in spans_by_name.items()}
             found = _extract_batch(model, tokenizer, [texts[i] for i in batch], batch_spans, layers,
                                    pooling, cut, final_norm, names)
@@ -135,43 +137,80 @@ def extract(
     bar.close()
     ranks.wait()  # every rank's chunks are on disk before the store is called complete and read
     if ranks.is_main:
-        mark_complete(folder, json.dumps({"rows": len(texts), "layers": layers}))
+        mark_complete(folder, json.dumps({"rows": len(texts), "layers": layers, "chunks": len(chunks)}))
     return store
 
 
 def length_sorted(tokenizer, texts, spans, cut: bool) -> tuple[list[int], list[int]]:
     """The rows longest first (a batch too big for memory fails at once; rows of like length share a batch),
     and each row's token count (with ``cut``, up to its target's last token): the order extraction and reruns
-    from a block batch rows in."""
+    from a block batch rows in. Rows of one text stay together (ranked by the text's longest row, then its
+    first row), so that one forward serves them all; with distinct texts this is plain length order."""
     lengths = token_counts(tokenizer, texts, spans, cut)
-    return sorted(range(len(texts)), key=lambda i: (-lengths[i], i)), lengths
+    longest, first = {}, {}
+    for i, text in enumerate(texts):
+        longest[text] = max(longest.get(text, 0), lengths[i])
+        first.setdefault(text, i)
+    return sorted(range(len(texts)), key=lambda i: (-longest[texts[i]], first[texts[i]], i)), lengths
 
 
-def sorted_batches(rows: list[int], batch_size: int) -> list[tuple[int, list[int]]]:
+def sorted_batches(rows: list[int], batch_size: int,
+                   texts: Sequence[str] | None = None) -> list[tuple[int, list[int]]]:
     """``rows`` (sorted by length, longest first) in batches of at most ``batch_size``, each with its offset
-    in ``rows``: neighbours in length share a batch, so right padding adds few tokens. A row's vectors depend
-    in the last bits on its batch, on its size and padded length (the matrix-multiply library picks its
-    kernel and thread split by the number of rows: SmolLM2's mole vectors differ by up to 1e-4, about 1e-6
-    of their size, between batch sizes), so the batch size is part of the cache key; the same dataset and
-    batch size give the same batches, hence the same bits, every time."""
-    return [(start, rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+    in ``rows``: neighbours in length share a batch, so right padding adds few tokens. Given the rows'
+    ``texts``, a batch holds at most ``batch_size`` distinct texts and every row of each (``length_sorted``
+    keeps them together), so rows sharing a text share its forward; distinct texts batch as without them.
+    A row's vectors depend in the last bits on its batch, on its size and padded length (the matrix-multiply
+    library picks its kernel and thread split by the number of rows: SmolLM2's mole vectors differ by up to
+    1e-4, about 1e-6 of their size, between batch sizes), so the batch size is part of the cache key; the same
+    dataset and batch size give the same batches, hence the same bits, every time."""
+    if texts is None:
+        return [(start, rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+    batches, start, seen = [], 0, set()
+    for offset, row in enumerate(rows):
+        if texts[row] not in seen and len(seen) == batch_size:
+            batches.append((start, rows[start:offset]))
+            start, seen = offset, set()
+        seen.add(texts[row])
+    return batches + ([(start, rows[start:])] if start < len(rows) else [])
 
 
-def extraction_batches(order: list[int], batch_size: int, chunk_rows: int = CHUNK_ROWS) -> list[list[int]]:
+def extraction_batches(order: list[int], batch_size: int, chunk_rows: int = CHUNK_ROWS,
+                       texts: Sequence[str] | None = None) -> list[list[int]]:
     """The batches ``extract`` runs, in its order: ``order`` cut into cache chunks of ``chunk_rows`` rows, each
-    chunk in ``sorted_batches``. A rerun batched alike computes each row as extraction did, bit for bit."""
-    return [batch for chunk in chunked(order, chunk_rows) for _, batch in sorted_batches(chunk, batch_size)]
+    chunk in ``sorted_batches`` (given the rows' ``texts``, as extract does). A rerun batched alike computes
+    each row as extraction did, bit for bit, when the texts are distinct; reruns from a block
+    (probe/pipeline/partial.py) run one sequence per row, so rows sharing a text agree to float rounding."""
+    return [batch for chunk in chunked(order, chunk_rows, texts)
+            for _, batch in sorted_batches(chunk, batch_size, texts)]
 
 
-def chunked(order: list[int], chunk_rows: int) -> list[list[int]]:
-    """``order`` cut into the cache's chunks: chunk n is written to its own file (see ``_chunk_path``)."""
-    return [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
+def chunked(order: list[int], chunk_rows: int, texts: Sequence[str] | None = None) -> list[list[int]]:
+    """``order`` cut into the cache's chunks: chunk n is written to its own file (see ``_chunk_path``). Given
+    the rows' ``texts``, a chunk that reaches ``chunk_rows`` rows in the middle of a text's rows takes the rest
+    of them too, so that a text is run in one chunk (``length_sorted`` keeps its rows together)."""
+    if texts is None:
+        return [order[start : start + chunk_rows] for start in range(0, len(order), chunk_rows)]
+    chunks, start = [], 0
+    for offset in range(1, len(order) + 1):
+        at_boundary = offset == len(order) or texts[order[offset]] != texts[order[offset - 1]]
+        if at_boundary and offset - start >= chunk_rows or offset == len(order):
+            chunks.append(order[start:offset])
+            start = offset
+    return chunks
 
 
 def is_complete(folder: Path, n_rows: int, chunk_rows: int = CHUNK_ROWS) -> bool:
-    """Whether ``folder`` holds a finished extraction: marked complete, and no chunk deleted by hand since."""
-    every_chunk = all(_chunk_path(folder, n).exists() for n in range(-(-n_rows // chunk_rows)))
-    return (Path(folder) / "complete.json").exists() and every_chunk
+    """Whether ``folder`` holds a finished extraction: marked complete, and no chunk deleted by hand since
+    (as many chunks as complete.json records; one every ``chunk_rows`` rows in a cache from before it did)."""
+    marker = Path(folder) / "complete.json"
+    if not marker.exists():
+        return False
+    try:
+        n_chunks = json.loads(marker.read_text()).get("chunks", -(-n_rows // chunk_rows))
+    except (ValueError, AttributeError):  # not the JSON extract writes: extracted again
+        return False
+    return isinstance(n_chunks, int) and all(_chunk_path(folder, n).exists() for n in range(n_chunks))
 
 
 def _chunk_path(folder: Path, n: int) -> Path:
@@ -205,22 +244,26 @@ def token_counts(tokenizer, texts, spans, cut: bool) -> list[int]:
 @torch.inference_mode()
 def _extract_batch(model, tokenizer, texts, spans, layers, pooling, cut=False, final_norm=False,
                    positions=("target", "last")):
-    """One forward (cut short after the deepest layer, and with ``cut`` after the batch's last target
-    token) → {position name: array of shape (layers, batch, d)}; ``spans``: positions.row_spans' for the batch."""
-    encoding, indices = encode_positions(tokenizer, texts, spans, positions, cut)
+    """One forward of the batch's distinct texts (cut short after the deepest layer, and with ``cut`` after the
+    batch's last target token) → {position name: array of shape (layers, rows, d)}; ``spans``:
+    positions.row_spans' for the batch."""
+    distinct, sequence = distinct_texts(texts)
+    encoding, indices = encode_positions(tokenizer, distinct, spans, positions, cut, sequence)
     captured = run_to_layer(model, on_device(encoding, device_of(model)), max(layers), layers, final_norm)
     out = {name: np.empty((len(layers), len(texts), captured[layers[0]].shape[-1]), dtype=np.float32)
            for name in indices}
     for slot, layer in enumerate(layers):
         hidden = captured[layer].float().cpu()  # vectors are stored; nothing else leaves the device
         for name, rows in indices.items():
-            out[name][slot] = pool_targets(hidden, rows, position_specs.parse(name).pooling(pooling))
+            out[name][slot] = pool_targets(hidden, rows, position_specs.parse(name).pooling(pooling), sequence)
     return out
 
 
-def encode_positions(tokenizer, texts, spans: dict, positions, cut: bool):
+def encode_positions(tokenizer, texts, spans: dict, positions, cut: bool, sequence: Sequence[int] | None = None):
     """A right-padded encoding of ``texts`` and, per position name, each row's token indices; with ``cut``
-    (every position within the target), without the columns after every row's target."""
+    (every position within the target), without the columns after every row's target. ``sequence``: the text
+    row i reads (None: row i reads text i)."""
+    sequence = range(len(texts)) if sequence is None else sequence
     tokenizer.padding_side = "right"
     encoding = tokenizer(
         list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True, return_special_tokens_mask=True
@@ -228,8 +271,13 @@ def encode_positions(tokenizer, texts, spans: dict, positions, cut: bool):
     offsets = encoding.pop("offset_mapping").tolist()
     special = encoding.pop("special_tokens_mask").tolist()
     n_tokens = encoding["attention_mask"].sum(-1).tolist()
+
+    def per_row(values):
+        return [values[i] for i in sequence]
+
     try:
-        indices = position_specs.batch_indices(positions, texts, offsets, n_tokens, special, spans)
+        indices = position_specs.batch_indices(positions, per_row(list(texts)), per_row(offsets), per_row(n_tokens),
+                                               per_row(special), spans)
     except position_specs.RowTokens as error:
         raise ValueError(str(error)) from None
     if cut:
@@ -238,18 +286,27 @@ def encode_positions(tokenizer, texts, spans: dict, positions, cut: bool):
     return dict(encoding), indices
 
 
-def encode_rows(tokenizer, texts, spans, cut: bool):
+def distinct_texts(texts: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The distinct texts in order of first appearance, and for each row the index of its text among them."""
+    index: dict[str, int] = {}
+    sequence = [index.setdefault(text, len(index)) for text in texts]
+    return list(index), sequence
+
+
+def encode_rows(tokenizer, texts, spans, cut: bool, sequence: Sequence[int] | None = None):
     """``encode_batch``'s (encoding, target indices, last index); with ``cut``, without the columns after every
     row's target (right-padded, so no token a target sees is dropped; ``last`` then points past the end)."""
-    encoding, targets, last_index = encode_batch(tokenizer, texts, spans)
+    encoding, targets, last_index = encode_batch(tokenizer, texts, spans, sequence)
     if cut:
         keep = max(max(covered) for covered in targets) + 1
         encoding = {name: values[:, :keep] for name, values in encoding.items()}
     return dict(encoding), targets, last_index
 
 
-def encode_batch(tokenizer, texts, spans):
-    """Right-padded encoding, each row's target token indices, and each row's last word-piece index."""
+def encode_batch(tokenizer, texts, spans, sequence: Sequence[int] | None = None):
+    """Right-padded encoding of ``texts``, each row's target token indices, and each text's last word-piece
+    index. ``sequence``: row i's span lies in ``texts[sequence[i]]`` (None: one row per text, in order)."""
+    sequence = range(len(texts)) if sequence is None else sequence
     tokenizer.padding_side = "right"
     encoding = tokenizer(
         list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True, return_special_tokens_mask=True
@@ -257,10 +314,10 @@ def encode_batch(tokenizer, texts, spans):
     offsets = encoding.pop("offset_mapping").tolist()
     special = encoding.pop("special_tokens_mask").bool()
     targets = []
-    for i, (text, (start, end)) in enumerate(zip(texts, spans)):
-        covered = span_token_indices(text, offsets[i], start, end)
+    for i, (start, end) in zip(sequence, spans):
+        covered = span_token_indices(texts[i], offsets[i], start, end)
         if not covered:
-            raise ValueError(f"no token covers the target {text[start:end]!r} in {text!r}")
+            raise ValueError(f"no token covers the target {texts[i][start:end]!r} in {texts[i]!r}")
         targets.append(covered)
     # The sentence's last word-piece: the last real token that is not a special one ([SEP], </s>).
     words = encoding["attention_mask"].bool() & ~special
@@ -268,11 +325,14 @@ def encode_batch(tokenizer, texts, spans):
     return encoding, targets, last_index
 
 
-def pool_targets(hidden: torch.Tensor, targets: list[list[int]], pooling: str) -> np.ndarray:
-    """(batch, pos, d) → (batch, d): each row's target tokens pooled (first, last or mean)."""
+def pool_targets(hidden: torch.Tensor, targets: list[list[int]], pooling: str,
+                 sequence: Sequence[int] | None = None) -> np.ndarray:
+    """(texts, pos, d) → (rows, d): each row's target tokens pooled (first, last or mean). ``sequence``: the
+    text each row's tokens are in (None: row i in text i)."""
+    sequence = range(len(targets)) if sequence is None else sequence
     out = np.empty((len(targets), hidden.shape[-1]), dtype=np.float32)
-    for i, covered in enumerate(targets):
-        vectors = hidden[i, covered].float()
+    for i, (source, covered) in enumerate(zip(sequence, targets)):
+        vectors = hidden[source, covered].float()
         pooled = {"first": vectors[0], "last": vectors[-1], "mean": vectors.mean(0)}[pooling]
         out[i] = pooled.numpy()
     return out

@@ -31,6 +31,7 @@ TABLE_COLUMNS = (
     "control_task_accuracy", "control_task_selectivity",
     # intervals and corrected p-values (probe/pipeline/statistics.py)
     "accuracy_ci_low", "accuracy_ci_high", "permutation_p_holm", "permutation_p_bh",
+    "control_task_selectivity_ci_low", "control_task_selectivity_ci_high",
 )
 
 
@@ -64,6 +65,9 @@ class LayerResult(BaseModel):
     permutation_selectivity: float | None = Field(None, description="accuracy − permutation_accuracy")
     control_task_accuracy: float | None = Field(None, description="accuracy on the Hewitt–Liang control task")
     control_task_selectivity: float | None = Field(None, description="accuracy − control_task_accuracy")
+    control_task_selectivity_ci: list[float] | None = Field(
+        None, description="95% interval of the selectivity: [low, high], a paired bootstrap of each row's probe "
+        "minus control-task correctness (groups drawn whole)")
     measures: dict[str, dict[str, float]] | None = Field(
         None, description="per-layer measures from plugins (config `measures`), e.g. mdl: {codelength, …}")
     dev_accuracy: float | None = Field(None, description="a fixed split's dev rows, scored by the train-only fit")
@@ -82,7 +86,9 @@ class LayerResult(BaseModel):
 def table_record(row: LayerResult) -> dict:
     """One row of the tidy table: the fixed columns, then the numeric extra metrics and the measures."""
     interval = row.accuracy_ci or [None, None]
-    computed = {"accuracy_ci_low": interval[0], "accuracy_ci_high": interval[1]}
+    selectivity = row.control_task_selectivity_ci or [None, None]
+    computed = {"accuracy_ci_low": interval[0], "accuracy_ci_high": interval[1],
+                "control_task_selectivity_ci_low": selectivity[0], "control_task_selectivity_ci_high": selectivity[1]}
     record = {column: computed[column] if column in computed else getattr(row, column) for column in TABLE_COLUMNS}
     record.update({f"recall_{sense}": recall for sense, recall in row.per_sense_recall.items()})
     for name, value in (row.metrics or {}).items():

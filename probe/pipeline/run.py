@@ -145,6 +145,7 @@ def load_rows(services: Services) -> Rows:
     """The config's rows, prepared, filtered and fitted to the model's positions (``long_texts``), checked."""
     from probe.pipeline import positions
     from probe.pipeline.lengths import fit_rows, max_positions
+    from probe.pipeline.words import drop_words_without_tokens, is_token_task
 
     config = services.config
     table, skipped, numbers, notes = load_numbered_rows(config)
@@ -155,8 +156,13 @@ def load_rows(services: Services) -> Rows:
                                            on_bad_rows=config.on_bad_rows, source=_source(config))
     too_long += unreadable
     left_out = {problem.row for problem in too_long}
+    numbers = [n for n in numbers if n not in left_out]
+    if is_token_task(table):  # every word must have a token of its own to be probed
+        table, numbers, untokenized = drop_words_without_tokens(table, numbers, services.tokenizer,
+                                                                config.on_bad_rows, _source(config))
+        too_long += untokenized
     check_rows(config, table)
-    return Rows(table, tuple(skipped + too_long), tuple(n for n in numbers if n not in left_out), tuple(notes))
+    return Rows(table, tuple(skipped + too_long), tuple(numbers), tuple(notes))
 
 
 def checked_splits(services: Services, rows: Rows, layers) -> Splits:
@@ -416,6 +422,9 @@ def feature_key(services: Services, rows: Rows, layers, mode: str) -> str:
         "batches": "padded", "batch_size": config.batch_size,
         # Only a run that reads the last layer after the final norm gets a key of its own (older caches stay).
         **({"final_norm": True} if _reads_final_norm(services, layers) else {}),
+        # Rows sharing a text (a token task's words) share one forward of it (extract.sorted_batches): other
+        # batches than one row per text, so other last bits than a cache from before.
+        **({"one_forward_per_text": True} if len(set(rows.table["text"])) < len(rows) else {}),
     })
 
 

@@ -73,6 +73,17 @@ def interval(correct: str, groups: list[int] | None, fixed_split: bool, seed: in
     return list(intervals.bootstrap_interval(right, row_groups, seed=seed))
 
 
+def difference_interval(correct: str, other: str, groups: list[int] | None, seed: int) -> list[float]:
+    """95 % interval of the accuracy difference of two fits scored on the same rows (``correct`` −
+    ``other``): a paired bootstrap of each row's difference, rows of one group drawn together."""
+    rows, right = scored(correct)
+    other_rows, other_right = scored(other)
+    if not np.array_equal(rows, other_rows):
+        raise ValueError("the two fits were scored on different rows")
+    row_groups = None if groups is None else [groups[i] for i in rows]
+    return list(intervals.bootstrap_interval(right.astype(float) - other_right, row_groups, seed=seed))
+
+
 def interval_method(fixed_split: bool, grouped: bool) -> str:
     if fixed_split and not grouped:
         return "95% Wilson score interval on the test rows"
@@ -171,6 +182,10 @@ def finish(results, run, scores: dict) -> None:
     for row in results.rows:
         row.correct = aligned_correct(row.correct, splits[row.subset].index, n_rows)
         row.accuracy_ci = interval(row.correct, groups, fixed, config.seed)
+        control = scores.get((row.subset, row.position, row.layer, "control_task"))
+        if control is not None:
+            control_correct = aligned_correct(control["correct"], splits[row.subset].index, n_rows)
+            row.control_task_selectivity_ci = difference_interval(row.correct, control_correct, groups, config.seed)
     for split in run.splits:
         if (split.name, "majority") in scores:
             majority = aligned_correct(scores[(split.name, "majority")]["correct"], split.index, n_rows)

@@ -21,6 +21,7 @@ CSV_COLUMNS = (
     "permutation_accuracy", "permutation_p_value", "permutation_selectivity",
     "control_task_accuracy", "control_task_selectivity",
     "accuracy_ci_low", "accuracy_ci_high", "permutation_p_holm", "permutation_p_bh",
+    "control_task_selectivity_ci_low", "control_task_selectivity_ci_high",
 )
 
 
@@ -67,7 +68,9 @@ def write_csv(results: Results, output_dir: Path) -> Path:
 def _interval_and_recalls(row: LayerResult) -> dict[str, float]:
     """The interval as two columns, and each sense's recall as ``recall_<sense>``."""
     low, high = row.accuracy_ci or ("", "")
-    return {"accuracy_ci_low": low, "accuracy_ci_high": high,
+    selectivity_low, selectivity_high = row.control_task_selectivity_ci or ("", "")
+    return {"accuracy_ci_low": low, "accuracy_ci_high": high, "control_task_selectivity_ci_low": selectivity_low,
+            "control_task_selectivity_ci_high": selectivity_high,
             **{f"recall_{sense}": recall for sense, recall in row.per_sense_recall.items()}}
 
 
@@ -219,7 +222,8 @@ def controls_and_measures(results: Results) -> list[str]:
         for r in series_rows:
             measures = _measure_values(r)
             cells = [position, subset, str(r.layer), f"{r.accuracy:.3f}"]
-            cells += [_p(get(r)) if title.startswith("permutation p") else _num(get(r)) for title, get in columns]
+            cells += [_p(get(r)) if title.startswith("permutation p") else
+                      _ci(get(r)) if title.endswith("95% CI") else _num(get(r)) for title, get in columns]
             cells += [_num(measures.get(name)) for name in measure_names]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -232,6 +236,7 @@ _STRONGER_COLUMNS = (
     ("selectivity (perm.)", lambda r: r.permutation_selectivity),
     ("control task", lambda r: r.control_task_accuracy),
     ("selectivity (ctrl)", lambda r: r.control_task_selectivity),
+    ("selectivity (ctrl) 95% CI", lambda r: r.control_task_selectivity_ci),
 )
 
 
