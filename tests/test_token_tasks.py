@@ -208,7 +208,7 @@ def test_every_word_vector_is_its_pooled_subwords_from_one_forward_per_sentence(
 
     model.forward = counting_forward
     store = extract(lambda: (model, tokenizer), texts, spans, layers=[0, 1, 2], folder=tmp_path / "features",
-                    pooling=pooling, positions=["target"], batch_size=2, progress=False)
+                    pooling=pooling, positions=["target", "mean"], batch_size=2, progress=False)
     assert sum(forwarded) == len(TAGGED) and len(forwarded) == 3  # one forward per sentence, 2 sentences a batch
     forwarded.clear()
     small_chunks = extract(lambda: (model, tokenizer), texts, spans, layers=[1], folder=tmp_path / "chunks",
@@ -237,6 +237,9 @@ def test_every_word_vector_is_its_pooled_subwords_from_one_forward_per_sentence(
             by_hand[layer][row] = (vectors.mean(0) if pooling == "mean" else vectors[0]).numpy()
     for layer, expected in by_hand.items():
         np.testing.assert_allclose(store.layer("target", layer), expected, rtol=0, atol=2e-5)
+        # Another position of the same forwards: each row reads its own sentence's tokens, not a batch-mate's.
+        sentence_means = np.stack([forwards[text][1][layer][0].mean(0).numpy() for text in texts])
+        np.testing.assert_allclose(store.layer("mean", layer), sentence_means, rtol=0, atol=2e-5)
     assert split_words > 0  # some words are several pieces, so pooling is tested
 
 
