@@ -92,7 +92,7 @@ def nested_tasks(config, rows, features, splits, layers: list[int]) -> list:
 
     found = []
     for split in splits:
-        plan = inner_folds(split, _subset_groups(rows, split), config.seed)
+        plan = inner_folds(split, _subset_groups(rows, split), config.seed, regression=config.task == "regression")
         if plan is None:
             continue
         for position in config.positions:
@@ -104,17 +104,19 @@ def nested_tasks(config, rows, features, splits, layers: list[int]) -> list:
     return found
 
 
-def inner_folds(split, groups: list | None, seed: int) -> list[list] | None:
+def inner_folds(split, groups: list | None, seed: int, regression: bool = False) -> list[list] | None:
     """Per outer fold, the inner (train, test) folds over the outer training rows, as subset row numbers;
-    stratified, and grouped when the rows have groups (``groups``: the subset rows'). None when the outer
-    training rows can't be split so."""
+    stratified (not for ``regression``'s numbers), and grouped when the rows have groups (``groups``: the
+    subset rows'). None when the outer training rows can't be split so."""
     from probe.science.probes import ProbeError, folds
+    from probe.science.regression import splitter_name
 
+    splitter = splitter_name(groups is not None) if regression else None
     plan = []
     for train, _ in split.folds:
         inner_groups = None if groups is None else [groups[i] for i in train]
         try:
-            inner = folds(split.y[train], inner_groups, INNER_FOLDS, seed)
+            inner = folds(split.y[train], inner_groups, INNER_FOLDS, seed, splitter=splitter)
         except ProbeError:
             return None
         plan.append([(train[inner_train], train[inner_test]) for inner_train, inner_test in inner])
