@@ -24,7 +24,7 @@ from probe.scale.devices import DTYPE_NAMES as DTYPES  # one list of the dtype n
 ATTENTION_MODES = ("reimplemented", "reference", "both")
 POSITIONS = ("target", "last")
 POOLINGS = ("first", "last", "mean")
-CONTROLS = ("majority", "mean", "shuffled", "random_weights", "permutation", "control_task")
+CONTROLS = ("majority", "shuffled", "random_weights", "mean", "permutation", "control_task")
 DEFAULT_CONTROLS = ("majority", "shuffled", "random_weights")  # the permutation test and control task cost more
 ON_BAD_ROWS = ("raise", "skip")
 TASKS = ("classification", "regression")  # what the labels are: classes, or numbers (probe/pipeline/tasks.py)

@@ -252,6 +252,11 @@ def compare_runs(a, b, seed: int = 0) -> dict:
     paths, two settings): for each position × subset × layer both have, A's accuracy minus B's with its
     paired interval and McNemar's exact p-value."""
     names = (_run_name(a), _run_name(b))
+    numeric = [name for results, name in zip((a, b), names) if results.task == "regression"]
+    if numeric:
+        raise UnpairedRuns(f"{numeric[0]} is a regression run: probe compare pairs rows by right or wrong "
+                           "(McNemar), which numbers don't have; compare the runs' r2_ci and spearman_ci intervals "
+                           "in their results.json or summary.md instead")
     for results, name in zip((a, b), names):
         if results.dataset.digest is None or any(row.correct is None for row in results.rows):
             raise UnpairedRuns(f"{name} stores no per-row results (it was written before probe kept them); "
