@@ -11,6 +11,7 @@ BUILTIN = {
     "mole": "mole: animal / unit of amount / skin lesion / spy",
     "tower": "tower: building / computer case / control tower / stack",
     "tower-size": "tower: full-size landmark vs miniature (model, souvenir, toy)",
+    "tower-height": "tower: log10 of the height in metres of what the word refers to (numeric labels)",
 }
 
 

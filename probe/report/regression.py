@@ -47,7 +47,7 @@ def layer_table(results: Results) -> str:
     """Per-layer R² and Spearman with intervals and controls, one block per (position, subset)."""
     lines = []
     for (position, subset), rows in results.series().items():
-        lines.append(f"{results.experiment} on {results.model.name}: ridge-style regression at the {position} token, "
+        lines.append(f"{results.experiment} on {results.model.name}: regression probe at the {position} token, "
                      f"{subset} rows")
         lines.append(f"{'layer':>5}  {'R²':>7}  {'95% CI':>16}  {'Spearman':>8}  {'95% CI':>16}  {'shuffled R²':>11}  "
                      f"{'random wts R²':>13}")
@@ -59,6 +59,20 @@ def layer_table(results: Results) -> str:
             lines.append(f"mean-predictor baseline: R² {_num(mean.r2)} {_ci(mean.r2_ci)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def best_lines(name: str, results: Results) -> list[str]:
+    """What ``probe run`` prints after the table: the best layer by R², and the nested choice."""
+    lines = []
+    for (position, subset), best in results.best_rows().items():
+        lines.append(f"{name} [{position}, {subset}]: best layer {best.layer} R² {_num(best.r2)} {_ci(best.r2_ci)}, "
+                     f"Spearman {_num(best.spearman)} {_ci(best.spearman_ci)}")
+    for nested in results.best_layer or []:
+        if nested["layer"] is not None:
+            chosen = ", ".join(f"{layer} ({n}×)" for layer, n in nested["chosen"].items())
+            lines.append(f"{name} [{nested['position']}, {nested['subset']}]: chosen on inner folds: layer {chosen}; "
+                         f"outer R² {_num(nested['r2'])} {_ci(nested['r2_ci'])}")
+    return lines
 
 
 def summary_lines(results: Results) -> list[str]:
