@@ -207,7 +207,8 @@ def load_numbered_rows(config: ExperimentConfig):
         raise plugins.raised(registered, error) from error
     source = _source(config)
     check_filter(config, ds, source)
-    check_labels(config, ds["label"], range(1, len(ds) + 1))
+    if "label" in ds.column_names:  # a loader without labels is told so by prepare
+        check_labels(config, ds["label"], range(1, len(ds) + 1))
     how = protocol(config)
     columns = {"split_by": [config.split_by] if config.split_by else [],
                "evaluation": [how.split_field] if isinstance(how, FixedSplit) else []}
