@@ -186,7 +186,7 @@ class _Clock:
 def load_dataset(config: ExperimentConfig):
     """The config's dataset, prepared and filtered; bad rows raise or are skipped per ``on_bad_rows``.
     Under a fixed split only the rows of its parts (train, test, dev) are kept."""
-    rows, skipped, _, _ = load_numbered_rows(config)
+    rows, skipped, _, _ = load_numbered_rows(resolved(config))
     return rows, skipped
 
 

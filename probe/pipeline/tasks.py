@@ -34,21 +34,17 @@ def probe_is_regressor(config: ExperimentConfig) -> bool:
         return False
 
 
-def task_of(config: ExperimentConfig) -> str:
-    """The config's task, inferred from its probe when the config does not say."""
-    if config.task is not None:
-        return config.task
-    return REGRESSION if probe_is_regressor(config) else CLASSIFICATION
-
-
 def is_regression(config: ExperimentConfig) -> bool:
-    return task_of(config) == REGRESSION
+    """Whether a config that went through ``resolved`` is a regression run (an unresolved one: classes)."""
+    return config.task == REGRESSION
 
 
 def resolved(config: ExperimentConfig) -> ExperimentConfig:
-    """The config with ``task`` filled in and its controls fitting the task; a disagreement is a ConfigError."""
+    """A regression config with ``task`` filled in and its controls fitting numbers (a copy); a
+    classification config as it is. A disagreement between task, probe and controls is a ConfigError."""
     where = config.source or "config"
-    regressor, task = probe_is_regressor(config), task_of(config)
+    regressor = probe_is_regressor(config)
+    task = config.task or (REGRESSION if regressor else CLASSIFICATION)
     if task == REGRESSION and not regressor:
         raise ConfigError(f"{where}: field 'task' is regression, but probe {config.probe_name!r} predicts classes; "
                           f"write {RIDGE_EXAMPLE} (or another registered regressor)")
@@ -59,7 +55,7 @@ def resolved(config: ExperimentConfig) -> ExperimentConfig:
         if "mean" in config.controls:
             raise ConfigError(f"{where}: field 'controls' names mean, the regression baseline; for classes write "
                               "majority")
-        return config.model_copy(update={"task": task})
+        return config  # the same object: plugins' hooks are given the config they were handed
     return config.model_copy(update={"task": task, "controls": _regression_controls(config, where)})
 
 
@@ -98,8 +94,8 @@ def _refuse_unsupported(config: ExperimentConfig, where: str) -> None:
 
 
 def check_labels(config: ExperimentConfig, labels, numbers) -> None:
-    """Labels that fit no task of this config's kind: text for a regressor, fractional numbers for a
-    classifier. ``numbers``: each label's row number in its source, for the message."""
+    """Labels that fit no task of this (resolved) config's kind: text for a regressor, fractional numbers for
+    a classifier. ``numbers``: each label's row number in its source, for the message."""
     where = config.source or "config"
     values = [as_number(label) for label in labels]
     if not values:
