@@ -251,3 +251,51 @@ def test_grouped_rows_get_group_folds():
         assert not {groups[i] for i in train} & {groups[i] for i in test}
     expected = list(GroupKFold(3, shuffle=True, random_state=0).split(y, y, groups))
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(found, expected))
+
+
+def test_two_regression_runs_share_a_page_and_a_mix_with_classes_is_refused(finished, tmp_path):
+    from probe.report.html import ReportError, render_report
+
+    results, run = finished
+    page = render_report(run, run)
+    assert "probe R² by relative depth" in page.replace("\\u00b2", "²")  # JSON in the page escapes "²"
+    classes = json.loads((run / "results.json").read_text()) | {"task": "classification"}
+    with pytest.raises(ReportError, match="mix classification"):
+        render_report(run, classes)
+
+
+def test_the_notebook_plot_of_a_regression_run_draws_r2_and_spearman(finished):
+    import probe
+
+    figure = probe.plot(finished[0])
+    assert [ax.get_ylabel() for ax in figure.axes] == ["cross-validated R²", "cross-validated Spearman ρ"]
+
+
+def test_regression_scores_do_not_depend_on_the_number_of_jobs():
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(40, 6)), rng.normal(size=40)
+    fold_list = folds(y, None, 4, seed=0, splitter="KFold")
+    tasks = [FitTask(("one", n), X[:, : n + 2], y, fold_list) for n in range(3)]
+    alone = evaluate(tasks, ridge_probe, n_jobs=1, scorer=score)
+    pooled = evaluate(tasks, ridge_probe, n_jobs=2, scorer=score)
+    assert alone == pooled
+
+
+def test_the_nested_choice_takes_the_layer_with_the_best_inner_r2_per_outer_fold():
+    from types import SimpleNamespace
+
+    from probe.pipeline.regression import nested_best
+    from probe.pipeline.results import LayerResult
+
+    y = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    split = SimpleNamespace(name="all", index=np.arange(6), folds=[(np.array([3, 4, 5]), np.array([0, 1, 2])),
+                                                                   (np.array([0, 1, 2]), np.array([3, 4, 5]))])
+    predicted = {0: [0.5, 1.5, 1.0, 3.0, 4.0, 5.0], 1: [0.0, 1.0, 2.0, 2.0, 2.0, 2.0]}
+    series = [LayerResult(layer=layer, position="target", subset="all", r2=0.0, predictions=values)
+              for layer, values in predicted.items()]
+    inner = {(0, 0): 0.2, (1, 0): 0.9, (0, 1): 0.8, (1, 1): 0.1}  # (layer, outer fold) → inner R²
+    scores = {("all", "target", layer, "inner", outer): {"r2": value} for (layer, outer), value in inner.items()}
+    best = nested_best(series, split, scores, y, None, seed=0)
+    assert best["per_outer_fold"] == [1, 0]
+    chosen = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])  # layer 1 on rows 0–2, layer 0 on rows 3–5: exact
+    assert best["r2"] == pytest.approx(r2_score(y, chosen)) == 1.0

@@ -81,6 +81,10 @@ def render_report(*sources, fragment: bool = False) -> str:
     if not sources:
         raise ValueError("render_report needs at least one run")
     runs = [as_run(source) for source in sources]
+    tasks = {run.results.get("task", "classification") for run in runs}
+    if len(tasks) > 1:
+        raise ReportError("a page compares runs by one score, and these mix classification (accuracy) and "
+                          "regression (R²) runs; make a page for each kind")
     names = _run_names(runs)
     data = {"runs": [_run_payload(run, name) for run, name in zip(runs, names)],
             "comparison": None if len(runs) == 1 else comparison_figure([run.results for run in runs], _folders(runs)),
