@@ -10,7 +10,6 @@ whose task, probe, labels or controls disagree is a ConfigError that says what t
 from __future__ import annotations
 
 from probe.pipeline.config import ConfigError, ExperimentConfig
-from probe.pipeline.data import as_number
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
 RIDGE_EXAMPLE = "probe: {name: ridge, alpha: 1.0}"
@@ -96,6 +95,8 @@ def _refuse_unsupported(config: ExperimentConfig, where: str) -> None:
 def check_labels(config: ExperimentConfig, labels, numbers) -> None:
     """Labels that fit no task of this (resolved) config's kind: text for a regressor, fractional numbers for
     a classifier. ``numbers``: each label's row number in its source, for the message."""
+    from probe.pipeline.data import as_number  # the datasets library: imported when rows are loaded
+
     where = config.source or "config"
     values = [as_number(label) for label in labels]
     if not values:

@@ -80,7 +80,7 @@ def _position_traces(position: str, rows: list[dict], first_panel: bool) -> list
     layers = [r["layer"] for r in rows]
     folds = [", ".join(f"{a:.2f}" for a in r.get("fold_accuracies", [])) for r in rows]
     traces = [go.Scatter(
-        x=layers, y=[r[score] for r in rows], mode="lines+markers", name=f"probe at {position} token",
+        x=layers, y=[r["accuracy"] for r in rows], mode="lines+markers", name=f"probe at {position} token",
         legendgroup=position, showlegend=first_panel, line=dict(color=colour), **_spread(rows, folds, position),
     )]
     for key, dash, name in CONTROLS:

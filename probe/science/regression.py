@@ -13,19 +13,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import Ridge
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from probe.science import intervals
 
 Fold = tuple[np.ndarray, np.ndarray]
 
 
-def ridge_probe(seed: int = 0, alpha: float = 1.0, scale: bool = True) -> Pipeline:
+def ridge_probe(seed: int = 0, alpha: float = 1.0, scale: bool = True):
     """Standardise the features (``scale``), then scikit-learn's ``Ridge(alpha=alpha)``. With ``scale: false``
     it is a plain ``Ridge(alpha=alpha)``. The default solver is exact and deterministic; ``seed`` reaches
     only the solvers that draw random numbers (sag, saga)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     if not isinstance(scale, bool):
         raise ValueError(f"scale must be true or false, got {scale!r}")
     ridge = Ridge(alpha=alpha, random_state=seed)
