@@ -299,3 +299,14 @@ def test_the_nested_choice_takes_the_layer_with_the_best_inner_r2_per_outer_fold
     assert best["per_outer_fold"] == [1, 0]
     chosen = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])  # layer 1 on rows 0–2, layer 0 on rows 3–5: exact
     assert best["r2"] == pytest.approx(r2_score(y, chosen)) == 1.0
+
+
+def test_a_sweep_over_a_regression_experiment_is_refused_before_any_work(tmp_path):
+    from probe.sweep.plan import load_sweep, plan_cells
+
+    root = Path(__file__).resolve().parent.parent
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"experiments: [{root / 'experiments' / 'tower-height-regression.yaml'}]\n"
+                     "models: [minilm-l6]\n")
+    with pytest.raises(ConfigError, match="regression experiment .* run it with probe run"):
+        plan_cells(load_sweep(sweep))
