@@ -317,10 +317,8 @@ def describe_evaluation(config: ExperimentConfig, rows: Rows, splits: Splits) ->
 
     how = config.protocol
     grouped = any(group is not None for group in rows.table["group"])
-    if isinstance(how, FixedSplit):
-        described = how.describe(grouped=grouped)
-    else:
-        described = how.describe(grouped=grouped, regression=config.task == "regression")
+    numbers = {} if isinstance(how, FixedSplit) else {"regression": is_regression(config)}
+    described = how.describe(grouped=grouped, **numbers)
     if isinstance(how, FixedSplit):
         everything = next(split for split in splits if split.name == "all")
         train, test = everything.folds[0]
@@ -430,7 +428,7 @@ def probe_layers(run: RunData, n_jobs=None) -> Results:
 
     services, rows, splits, features, layers = run.services, run.rows, run.splits, run.features, run.layers
     config = services.config
-    numbers = config.task == "regression"
+    numbers = is_regression(config)
     fits = probe_tasks(config, features, splits, layers) + controls.tasks(config, rows, features, splits, layers)
     fits += statistics.nested_tasks(config, rows, features, splits, layers)
     scorer = {"scorer": regression.score} if numbers else {"metrics": chosen_metrics(config)}
