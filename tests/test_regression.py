@@ -310,3 +310,15 @@ def test_a_sweep_over_a_regression_experiment_is_refused_before_any_work(tmp_pat
                      "models: [minilm-l6]\n")
     with pytest.raises(ConfigError, match="regression experiment .* run it with probe run"):
         plan_cells(load_sweep(sweep))
+
+
+def test_the_regression_page_draws_in_a_browser_without_errors(finished):
+    from probe.report.browser import open_page
+
+    _, run = finished
+    with open_page(run / "report.html") as (page, log):
+        points = page.eval_on_selector_all("[data-view=accuracy] .scatterlayer path.point", "els => els.length")
+        figures = page.eval_on_selector_all("img.reporter-figure", "els => els.map(e => e.alt)")
+    assert log.errors == [] and log.requests == []
+    assert points == 2 * 3  # R² and Spearman at layers 0, 1, 2 (one position, one subset)
+    assert figures == ["Predicted vs true at the best layer"]

@@ -175,7 +175,8 @@ def _regression_section(n: int, run: Run, name: str) -> str:
     scatter of predicted vs true numbers, when the plots reporter ran first)."""
     r = run.results
     views = [_view("accuracy", "R² and Spearman per layer",
-                   "Error bars: the 95% interval (how: results.json's statistics.interval). Dotted: controls.",
+                   ("Error bars: the 95% interval (how: results.json's statistics.interval). Dotted: shuffled numbers; "
+                    "dashed: random weights."),
                    '<div class="plot"></div>'), *_reporter_figures(run.folder)]
     return (f'<section class="run" data-run="{n}"><h2>{html.escape(name)}</h2>'
             f'<p class="meta">{html.escape(_meta(r))}</p>{_interventions(r)}{_diagnostics_box(r)}'

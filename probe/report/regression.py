@@ -118,20 +118,23 @@ def curves_plotly(results: dict) -> dict:
     from plotly import graph_objects as go
     from plotly.subplots import make_subplots
 
+    from plotly.colors import qualitative
+
     typed = Results.from_dict(results)
     fig = make_subplots(rows=1, cols=2, subplot_titles=[name for _, name in SCORES], horizontal_spacing=0.08)
     for col, (score, _) in enumerate(SCORES, start=1):
-        for (position, subset), rows in typed.series().items():
+        for n, ((position, subset), rows) in enumerate(typed.series().items()):
+            colour = qualitative.Plotly[n % len(qualitative.Plotly)]  # one colour per series, in both panels
             layers, values = [r.layer for r in rows], [getattr(r, score) for r in rows]
             bands = [getattr(r, f"{score}_ci") or [v, v] for r, v in zip(rows, values)]
             error = dict(type="data", array=[b[1] - v for b, v in zip(bands, values)],
                          arrayminus=[v - b[0] for b, v in zip(bands, values)])
-            fig.add_trace(go.Scatter(x=layers, y=values, error_y=error, mode="lines+markers",
+            fig.add_trace(go.Scatter(x=layers, y=values, error_y=error, mode="lines+markers", line=dict(color=colour),
                                      name=f"probe ({position}, {subset})", showlegend=col == 1), row=1, col=col)
-            for control in ("shuffled", "random_weights"):
+            for control, dash in (("shuffled", "dot"), ("random_weights", "dash")):
                 controlled = [getattr(r, f"{control}_{score}") for r in rows]
                 if controlled[0] is not None:
-                    fig.add_trace(go.Scatter(x=layers, y=controlled, mode="lines", line=dict(dash="dot"),
+                    fig.add_trace(go.Scatter(x=layers, y=controlled, mode="lines", line=dict(dash=dash, color=colour),
                                              name=f"{control.replace('_', ' ')} ({position}, {subset})",
                                              showlegend=col == 1), row=1, col=col)
     fig.update_layout(title=f"{results['experiment']} on {results['model']['name']}: R² and Spearman per layer",
