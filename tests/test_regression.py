@@ -322,3 +322,15 @@ def test_the_regression_page_draws_in_a_browser_without_errors(finished):
     assert log.errors == [] and log.requests == []
     assert points == 2 * 3  # R² and Spearman at layers 0, 1, 2 (one position, one subset)
     assert figures == ["Predicted vs true at the best layer"]
+
+
+def test_probe_run_prints_the_r2_table_and_best_layers(finished):
+    from types import SimpleNamespace
+
+    from probe.cli.main import printed_lines
+
+    results, _ = finished
+    out = "\n".join(printed_lines(SimpleNamespace(name=results.experiment), results)["stdout"])  # reads the name
+    best = max(results.rows, key=lambda row: row.r2)
+    assert f"best layer {best.layer} R² {best.r2:.3f} [{best.r2_ci[0]:.3f}, {best.r2_ci[1]:.3f}]" in out
+    assert "chosen on inner folds" in out and "mean-predictor baseline" in out and "accuracy" not in out

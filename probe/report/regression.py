@@ -49,8 +49,8 @@ def layer_table(results: Results) -> str:
     for (position, subset), rows in results.series().items():
         lines.append(f"{results.experiment} on {results.model.name}: regression probe at the {position} token, "
                      f"{subset} rows")
-        lines.append(f"{'layer':>5}  {'R²':>7}  {'95% CI':>16}  {'Spearman':>8}  {'95% CI':>16}  {'shuffled R²':>11}  "
-                     f"{'random wts R²':>13}")
+        lines.append(f"{'layer':>5}  {'R²':>7}  {'95% CI':>16}  {'Spearman':>8}  {'95% CI':>16}  "
+                     f"{'shuffled R²':>11}  {'random wts R²':>13}")
         for r in rows:
             lines.append(f"{r.layer:>5}  {_num(r.r2):>7}  {_ci(r.r2_ci):>16}  {_num(r.spearman):>8}  "
                          f"{_ci(r.spearman_ci):>16}  {_num(r.shuffled_r2):>11}  {_num(r.random_weights_r2):>13}")
@@ -94,7 +94,8 @@ def summary_lines(results: Results) -> list[str]:
     lines.append("")
     for name, baseline in results.baselines.items():
         if name.startswith("mean"):
-            lines.append(f"- {name} baseline (each training part's mean): R² {_num(baseline.r2)} {_ci(baseline.r2_ci)}")
+            lines.append(f"- {name} baseline (each training part's mean): R² {_num(baseline.r2)} "
+                         f"{_ci(baseline.r2_ci)}")
     chosen = [b for b in results.best_layer or [] if b.get("layer") is not None]
     if chosen:
         lines += ["", "Best layer chosen on inner folds of each outer training part (by R²), scored on the outer "
