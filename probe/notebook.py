@@ -237,10 +237,16 @@ def report_html(results) -> str:
 
 
 def plot(results, path: str | Path | None = None):
-    """Accuracy per layer with its controls (what accuracy.png shows); returns the matplotlib figure."""
-    from probe.report.writers import accuracy_figure
+    """Accuracy per layer with its controls (what accuracy.png shows; a regression run: R² and Spearman,
+    as regression.png); returns the matplotlib figure."""
+    from probe.report.writers import accuracy_figure, as_results
 
-    figure = accuracy_figure(results)
+    if as_results(results).task == "regression":
+        from probe.report.regression_figures import curves_figure
+
+        figure = curves_figure(as_results(results))
+    else:
+        figure = accuracy_figure(results)
     if path is not None:
         figure.savefig(path, dpi=120, bbox_inches="tight")
     return figure

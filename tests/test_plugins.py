@@ -201,7 +201,7 @@ def test_a_plugin_registering_one_of_each_kind_is_found_by_lookup():
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(PluginError) as caught:
         plugins.lookup("probe", "svm")
-    assert str(caught.value) == "unknown probe 'svm'; known probes: logreg"
+    assert str(caught.value) == "unknown probe 'svm'; known probes: logreg, ridge"
     with pytest.raises(PluginError, match="known reporters: csv, html, json, plots, summary"):
         plugins.lookup("reporter", "xlsx")
 
@@ -515,9 +515,9 @@ def test_a_run_uses_the_plugins_dataset_probe_metric_model_and_reporter(tiny_mod
     assert results.model.path == str(tiny_model)  # the model source resolved the name
     assert results.dataset.rows == 18  # the dataset loader got the config's options (n=9)
     # seed + options; 3 folds × 3 layers, the nested choice of the best layer (3 outer × 3 inner folds × 3 layers),
-    # once more before any model work (probe.pipeline.checks fits it on made-up rows), and one more that
-    # results.json describes (its params and C)
-    assert set(probe_calls) == {(0, 0.5)} and len(probe_calls) == 3 * 3 + 3 * 3 * 3 + 2
+    # once more before any model work (probe.pipeline.checks fits it on made-up rows), once to ask whether it
+    # predicts numbers (probe.pipeline.tasks), and one more that results.json describes (its params and C)
+    assert set(probe_calls) == {(0, 0.5)} and len(probe_calls) == 3 * 3 + 3 * 3 * 3 + 3
     assert results.probe["name"] == "plugin-probe" and results.probe["C"] == 0.5
     for row in results.rows:
         metric = row.metrics["n_scored"]

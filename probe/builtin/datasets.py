@@ -12,6 +12,7 @@ BUILTIN = {
     "tower": "tower: building / computer case / control tower / stack",
     "tower-size": "tower: full-size landmark vs miniature (model, souvenir, toy)",
     "tense": "sentences in the present / past: 50 minimal pairs, one group each, no target word",
+    "tower-height": "tower: log10 of the height in metres of what the word refers to (numeric labels)",
 }
 
 

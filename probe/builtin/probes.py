@@ -1,4 +1,5 @@
-"""Built-in probe: standardised features into an L2 logistic regression."""
+"""Built-in probes: standardised features into an L2 logistic regression (classes) or a ridge regression
+(numbers)."""
 
 from probe.hookspecs import hookimpl
 
@@ -13,6 +14,17 @@ def logreg(seed: int = 0, **options):
 logreg.forwards_to = "probe.science.probes:logistic_probe"  # the options a config may give (probe.pipeline.checks reads these)
 
 
+def ridge(seed: int = 0, **options):
+    """probe.science.regression.ridge_probe, imported when first used: a probe for numeric labels."""
+    from probe.science.regression import ridge_probe
+
+    return ridge_probe(seed=seed, **options)
+
+
+ridge.forwards_to = "probe.science.regression:ridge_probe"
+
+
 @hookimpl
 def register_probes(register):
     register("logreg", logreg)
+    register("ridge", ridge)

@@ -16,6 +16,8 @@ def plots(results, output_dir, run):
     formats = figure_formats(config)
     store = run.features.main  # probe's own vectors, as report.html shows
     key = _figures_key(results, run, store, formats)
+    if results.task == "regression":
+        return regression_plots(results, output_dir, run, formats, key)
     if drawn_before(cache_dir, key, output_dir):
         return
     drawn = [report.plot_accuracy(results, output_dir, formats), report.plot_recall(results, output_dir, formats),
@@ -24,6 +26,19 @@ def plots(results, output_dir, run):
              report.plot_confusion(results, output_dir, position=config.positions[0], formats=formats),
              attention_plot(results, output_dir, run, formats=formats)]
     keep_drawn(cache_dir, key, [png.with_suffix(f".{fmt}") for png in drawn for fmt in ("png", *formats)])
+
+
+def regression_plots(results, output_dir, run, formats, key):
+    """The regression figures (R²/Spearman per layer, predicted vs true), listed for report.html too."""
+    from probe.report import regression_figures as figures
+    from probe.report.html import add_report_figure
+    from probe.store.caches import drawn_before, keep_drawn
+
+    cache_dir = run.services.cache_dir
+    if not drawn_before(cache_dir, key, output_dir):
+        drawn = figures.plot(results, output_dir, run.rows.table["label"], formats)
+        keep_drawn(cache_dir, key, [png.with_suffix(f".{fmt}") for png in drawn for fmt in ("png", *formats)])
+    add_report_figure(output_dir, figures.SCATTER_FILE, figures.SCATTER_TITLE, figures.SCATTER_HINT)
 
 
 def _figures_key(results, run, store, formats) -> str:
@@ -151,12 +166,26 @@ def html_page(results, output_dir, run):
     from probe.store.files import write_text_atomic
 
     config = run.config
+    if results.task == "regression":  # no PCA by sense or attention viewer: the page shows the scores' figures
+        _scatter_for_page(results, output_dir, run)
+        return write_text_atomic(output_dir / PAGE, render_report(Run(results.to_dict(), None, output_dir)))
     data = build_report_data(results, run.rows.table, run.features.main.layer, config.positions,
                              run.services.load_model, split_by=config.split_by, example=config.example,
                              attention_cache=_attention_cache(run))
     write_report_data(data, output_dir)
     # report.html's page reads the results as results.json writes them
     return write_text_atomic(output_dir / PAGE, render_report(Run(results.to_dict(), data, output_dir)))
+
+
+def _scatter_for_page(results, output_dir, run):
+    """The predicted-vs-true scatter report.html shows: drawn here when the plots reporter has not."""
+    from probe.report import regression_figures as figures
+    from probe.report.html import add_report_figure
+    from probe.report.writers import _save
+
+    if not (output_dir / figures.SCATTER_FILE).is_file():
+        _save(figures.scatter_figure(results, run.rows.table["label"]), output_dir / figures.SCATTER_FILE)
+    add_report_figure(output_dir, figures.SCATTER_FILE, figures.SCATTER_TITLE, figures.SCATTER_HINT)
 
 
 def _attention_cache(run):

@@ -259,6 +259,12 @@ def printed_lines(config, results) -> dict:
     from probe.report.writers import accuracy_text, diagnostic_lines, layer_table
 
     out = [layer_table(results)]
+    if results.task == "regression":
+        from probe.report.regression import best_lines
+
+        out += best_lines(config.name, results)
+        return {"stdout": out, "stderr": diagnostic_lines(results, with_advice=True),
+                "stderr_quiet": diagnostic_lines(results, with_advice=False)}
     for (position, subset), best in results.best_rows().items():
         out.append(f"{config.name} [{position}, {subset}]: best layer {best.layer} accuracy {accuracy_text(best)}")
     for nested in results.best_layer or []:  # the same question answered without peeking at the test rows

@@ -100,8 +100,10 @@ def check_probe_fits(config: ExperimentConfig) -> None:
     except Exception as error:
         raise ConfigError(f"{where}: {config.probe_name!r} can't be built with {config.probe_options}: "
                           f"{type(error).__name__}: {error}") from None
+    from sklearn.base import is_regressor
+
     X = np.array([[0.0, 1.0], [1.0, 0.0]] * 4)
-    y = np.array(["a", "b"] * 4)
+    y = np.array([0.5, 2.0] * 4) if is_regressor(estimator) else np.array(["a", "b"] * 4)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -24,9 +24,10 @@ from probe.scale.devices import DTYPE_NAMES as DTYPES  # one list of the dtype n
 
 ATTENTION_MODES = ("reimplemented", "reference", "both")
 POOLINGS = ("first", "last", "mean")
-CONTROLS = ("majority", "shuffled", "random_weights", "permutation", "control_task")
+CONTROLS = ("majority", "shuffled", "random_weights", "mean", "permutation", "control_task")
 DEFAULT_CONTROLS = ("majority", "shuffled", "random_weights")  # the permutation test and control task cost more
 ON_BAD_ROWS = ("raise", "skip")
+TASKS = ("classification", "regression")  # what the labels are: classes, or numbers (probe/pipeline/tasks.py)
 LONG_TEXTS = ("refuse", "window")  # a text longer than the model's positions: a bad row, or cut around the target
 
 
@@ -141,6 +142,7 @@ class ExperimentConfig(BaseModel):
     revision: Optional[str] = None
     description: str = ""
     probe: ProbeSpec = ProbeSpec(name="logreg")
+    task: Optional[Literal[TASKS]] = None  # None: regression when the probe is a regressor (e.g. ridge)
     positions: list[str] = ["target"]  # position names (probe/pipeline/positions.py), each spec parsed to its name
     pooling: Literal[POOLINGS] = "mean"
     layers: Union[Literal["all"], list[int]] = "all"
@@ -513,7 +515,7 @@ def _message(error: dict, raw: dict) -> str:
 
 
 _CHOICES = {"attention": ATTENTION_MODES, "pooling": POOLINGS, "dtype": DTYPES, "on_bad_rows": ON_BAD_ROWS,
-            "controls": CONTROLS, "long_texts": LONG_TEXTS}
+            "controls": CONTROLS, "task": TASKS, "long_texts": LONG_TEXTS}
 _TYPES = {"int_type": "an int", "string_type": "a str", "list_type": "a list", "dict_type": "a mapping",
           "bool_type": "true or false"}
 

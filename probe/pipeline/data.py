@@ -256,9 +256,11 @@ def prepare(
     on_error: Literal["raise", "skip"] = "raise",
     keep: Callable[[dict[str, Any]], bool] | None = None,
     needs_target: bool = True,
+    numeric: bool = False,
 ) -> tuple[datasets.Dataset, list[Problem]]:
     """Compute target spans and validate every row (only rows ``keep`` accepts, numbered as loaded); returns the good rows and the problems skipped.
-    ``needs_target=False`` (no position reads the target): a row may give neither target nor span."""
+    ``needs_target=False`` (no position reads the target): a row may give neither target nor span.
+    ``numeric``: the labels are numbers to regress on (a label that is not one is a bad row)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     good_rows, problems = [], []
@@ -268,11 +270,14 @@ def prepare(
         if keep is not None and not keep(row):
             continue
         row_problems = _row_problems(row, number, source, needs_target)
+        if numeric and not row_problems:
+            row_problems = _number_problems(row, number, source)
         if row_problems:
             problems.extend(row_problems)
         else:
             good_rows.append(_with_span(row))
-    label_problems = _label_problems([row["label"] for row in good_rows], n_folds, source)
+    labels = [row["label"] for row in good_rows]
+    label_problems = _value_problems(labels, n_folds, source) if numeric else _label_problems(labels, n_folds, source)
     if on_error == "raise" and (problems or label_problems):
         everything = problems + label_problems
         raise DataError(f"{source}: {len(everything)} problem(s) in the data:", everything)
@@ -358,6 +363,38 @@ def _with_span(row: dict[str, Any]) -> dict[str, Any]:
         row["span_start"], row["span_end"] = only_match
     row["target"] = row["text"][row["span_start"] : row["span_end"]]
     return row
+
+
+def as_number(label) -> float | None:
+    """A label as a finite float (labels are kept as text, which for a float is its exact shortest form);
+    None when it is not one."""
+    if label is None or isinstance(label, bool):
+        return None
+    try:
+        number = float(label)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _number_problems(row: dict[str, Any], number: int, source: str) -> list[Problem]:
+    """A regression row's label must be a finite number (kept as its text, which round-trips exactly)."""
+    if as_number(row["label"]) is None:
+        return [Problem(number, "label", f"label {row['label']!r} is not a number (a regression probe needs "
+                                         "a number in every row)", source)]
+    return []
+
+
+def _value_problems(labels: list[str], n_folds: int, source: str) -> list[Problem]:
+    """Numeric labels that can't be cross-validated: fewer rows than folds, or one value only."""
+    problems = []
+    if len(labels) < n_folds:
+        problems.append(Problem(None, "label", f"{len(labels)} row(s), fewer than n_folds={n_folds}", source))
+    if len({float(label) for label in labels}) < 2:
+        found = repr(labels[0]) if labels else "none"
+        problems.append(Problem(None, "label", f"need at least 2 different numbers to regress on, found {found}",
+                                source))
+    return problems
 
 
 def _label_problems(labels: list[str], n_folds: int, source: str) -> list[Problem]:

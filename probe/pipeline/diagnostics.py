@@ -294,6 +294,8 @@ def collect(run, results: Results) -> list[Diagnostic]:
     causal = is_causal(run.services.model_config)
     found = list(run.rows.diagnostics)
     found += identical_vectors(run.features.main.layer, config.positions, run.layers, table, numbers, causal)
+    if results.task == "regression":  # the rest are about classes and accuracy
+        return found
     found += untrained_labels(run.splits, numbers, fixed=isinstance(config.protocol, FixedSplit))
     found += [d for d in (hidden_cues(table, numbers, config.positions, causal, results, config.split_by),
                           subset_gap(results, config.positions, causal, config.split_by)) if d is not None]

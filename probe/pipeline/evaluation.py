@@ -92,20 +92,34 @@ class CrossValidation:
     n_splits: int
     splitter: str = "auto"
 
-    def folds(self, y, groups, seed: int) -> list[Fold]:
+    def folds(self, y, groups, seed: int, regression: bool = False) -> list[Fold]:
+        """``regression``: ``y`` holds numbers, which can't be stratified (KFold, or GroupKFold with groups)."""
         from probe.science.probes import folds
 
-        return folds(y, groups, self.n_splits, seed, splitter=None if self.splitter == "auto" else self.splitter)
+        splitter = None if self.splitter == "auto" else self.splitter
+        if regression and splitter is None:
+            splitter = _regression_splitter(groups)
+        return folds(y, groups, self.n_splits, seed, splitter=splitter)
 
     def min_rows_per_label(self) -> int:
         return self.n_splits
 
-    def describe(self, grouped: bool) -> dict:
+    def describe(self, grouped: bool, regression: bool = False) -> dict:
         """What ran, for results.json; "auto" resolved to the splitter the rows got."""
+        from probe.science.regression import splitter_name
+
         splitter = self.splitter
-        if splitter == "auto":
+        if splitter == "auto" and regression:
+            splitter = splitter_name(grouped)
+        elif splitter == "auto":
             splitter = "StratifiedGroupKFold" if grouped else "StratifiedKFold"
         return {"protocol": "cross-validation", "splitter": splitter, "n_splits": self.n_splits}
+
+
+def _regression_splitter(groups) -> str:
+    from probe.science.regression import splitter_name
+
+    return splitter_name(groups is not None and any(group is not None for group in groups))
 
 
 @dataclass(frozen=True)

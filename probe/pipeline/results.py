@@ -43,14 +43,28 @@ class LayerResult(BaseModel):
     layer: int = Field(description="hidden state: 0 = embeddings, N = after block N")
     position: str = Field(description="target (the word) or last (the sentence's last token)")
     subset: str = Field(description="'all', or a value of the config's split_by column")
-    accuracy: float
-    accuracy_std: float = Field(description="population std of the accuracy over folds")
-    macro_f1: float
-    macro_f1_std: float
-    per_sense_recall: dict[str, float]
-    labels: list[str]
-    confusion: list[list[int]] = Field(description="rows: true sense, columns: predicted, order of labels")
-    fold_accuracies: list[float]
+    # classification (task: classification); None in a regression run, whose scores are the r2_… fields
+    accuracy: float | None = None
+    accuracy_std: float | None = Field(None, description="population std of the accuracy over folds")
+    macro_f1: float | None = None
+    macro_f1_std: float | None = None
+    per_sense_recall: dict[str, float] | None = None
+    labels: list[str] | None = None
+    confusion: list[list[int]] | None = Field(None, description="rows: true sense, columns: predicted, order of labels")
+    fold_accuracies: list[float] | None = None
+    # regression (task: regression; probe/science/regression.py): pooled out-of-fold scores
+    r2: float | None = Field(None, description="R² of the pooled out-of-fold predictions")
+    r2_std: float | None = Field(None, description="population std of the R² over folds")
+    fold_r2s: list[float] | None = None
+    r2_ci: list[float] | None = Field(None, description="95% interval of r2: [low, high] (statistics.interval)")
+    spearman: float | None = Field(None, description="Spearman correlation of the out-of-fold predictions")
+    spearman_ci: list[float] | None = Field(None, description="95% interval of spearman: [low, high]")
+    shuffled_r2: float | None = Field(None, description="r2 of the probe trained on shuffled numbers")
+    shuffled_spearman: float | None = None
+    random_weights_r2: float | None = Field(None, description="r2 on a randomly initialised model's vectors")
+    random_weights_spearman: float | None = None
+    predictions: list[float | None] | None = Field(
+        None, description="each dataset row's out-of-fold prediction (null: not scored, e.g. another subset)")
     metrics: dict[str, Any] | None = Field(None, description="extra metrics on pooled out-of-fold predictions")
     shuffled_accuracy: float | None = None
     selectivity: float | None = Field(None, description="accuracy − shuffled_accuracy")
@@ -83,14 +97,23 @@ class LayerResult(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+# The tidy table's columns in a regression run (task: regression), in order.
+REGRESSION_COLUMNS = (
+    "layer", "position", "subset", "r2", "r2_std", "r2_ci_low", "r2_ci_high", "spearman", "spearman_ci_low",
+    "spearman_ci_high", "shuffled_r2", "shuffled_spearman", "random_weights_r2", "random_weights_spearman",
+)
+
+
 def table_record(row: LayerResult) -> dict:
     """One row of the tidy table: the fixed columns, then the numeric extra metrics and the measures."""
+    if row.r2 is not None:
+        return regression_record(row)
     interval = row.accuracy_ci or [None, None]
     selectivity = row.control_task_selectivity_ci or [None, None]
     computed = {"accuracy_ci_low": interval[0], "accuracy_ci_high": interval[1],
                 "control_task_selectivity_ci_low": selectivity[0], "control_task_selectivity_ci_high": selectivity[1]}
     record = {column: computed[column] if column in computed else getattr(row, column) for column in TABLE_COLUMNS}
-    record.update({f"recall_{sense}": recall for sense, recall in row.per_sense_recall.items()})
+    record.update({f"recall_{sense}": recall for sense, recall in (row.per_sense_recall or {}).items()})
     for name, value in (row.metrics or {}).items():
         if isinstance(value, (int, float)):
             record[name] = value
@@ -99,8 +122,21 @@ def table_record(row: LayerResult) -> dict:
     return record
 
 
+def regression_record(row: LayerResult) -> dict:
+    """A regression row of the tidy table (REGRESSION_COLUMNS): no accuracy, recall or confusion columns."""
+    computed = {}
+    for name in ("r2", "spearman"):
+        low, high = getattr(row, f"{name}_ci") or [None, None]
+        computed |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
+    return {column: computed[column] if column in computed else getattr(row, column)
+            for column in REGRESSION_COLUMNS}
+
+
 class Baseline(BaseModel):
-    accuracy: float
+    accuracy: float | None = Field(None, description="a classification baseline's (majority, layer N)")
+    r2: float | None = Field(None, description="a regression baseline's (mean, layer N)")
+    r2_ci: list[float] | None = None
+    spearman: float | None = None
     accuracy_std: float | None = None
     macro_f1: float | None = None
     accuracy_ci: list[float] | None = Field(None, description="95% interval, as the layer rows'")
@@ -183,6 +219,7 @@ class Results(BaseModel):
 
     experiment: str
     description: str = ""
+    task: str = Field("classification", description="classification (accuracy) or regression (r2, spearman)")
     model: ModelInfo
     settings: dict[str, Any]
     versions: dict[str, str]
@@ -220,7 +257,7 @@ class Results(BaseModel):
 
     def to_dict(self) -> dict:
         return {
-            "experiment": self.experiment, "description": self.description,
+            "experiment": self.experiment, "description": self.description, "task": self.task,
             "model": self.model.model_dump(), "settings": self.settings, "versions": self.versions,
             "dataset": self.dataset.model_dump(exclude_none=True), "extraction": self.extraction,
             "layers": [row.to_dict() for row in self.rows],
@@ -250,6 +287,11 @@ class Results(BaseModel):
         records = [table_record(row) for row in self.rows]
         return pd.DataFrame.from_records(records, columns=_columns(records))
 
+    @property
+    def headline(self) -> str:
+        """The score a layer is ranked by: accuracy, or r2 in a regression run."""
+        return "r2" if self.task == "regression" else "accuracy"
+
     def series(self) -> dict[tuple[str, str], list[LayerResult]]:
         """Layer rows grouped by (position, subset), in layer order."""
         grouped: dict[tuple[str, str], list[LayerResult]] = {}
@@ -257,13 +299,16 @@ class Results(BaseModel):
             grouped.setdefault((row.position, row.subset), []).append(row)
         return {key: sorted(rows, key=lambda r: r.layer) for key, rows in grouped.items()}
 
-    def best(self, metric: str = "accuracy"):
-        """The best layer per position × subset (the first one on a tie), as a table."""
+    def best(self, metric: str | None = None):
+        """The best layer per position × subset (the first one on a tie), as a table; ``metric``: accuracy
+        (r2 in a regression run) unless named."""
+        metric = metric or self.headline
         table = self.layers
         best = table.loc[table.groupby(["position", "subset"], sort=False)[metric].idxmax()]
         return best.reset_index(drop=True)
 
-    def best_rows(self, metric: str = "accuracy") -> dict[tuple[str, str], LayerResult]:
+    def best_rows(self, metric: str | None = None) -> dict[tuple[str, str], LayerResult]:
+        metric = metric or self.headline
         return {key: max(rows, key=lambda r: getattr(r, metric)) for key, rows in self.series().items()}
 
     def baseline(self, name: str, subset: str = "all") -> Baseline | None:
@@ -272,8 +317,9 @@ class Results(BaseModel):
 
 
 def _columns(records: list[dict]) -> list[str]:
-    extra = sorted({name for record in records for name in record} - set(TABLE_COLUMNS))
-    return list(TABLE_COLUMNS) + extra
+    fixed = REGRESSION_COLUMNS if records and "r2" in records[0] else TABLE_COLUMNS
+    extra = sorted({name for record in records for name in record} - set(fixed))
+    return list(fixed) + extra
 
 
 def load_results(run_dir: str | Path) -> Results:

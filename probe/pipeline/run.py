@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from probe import plugins
-from probe.pipeline import controls, measures, statistics
+from probe.pipeline import controls, measures, regression, statistics
 from probe.pipeline.checks import (
     check_architecture,
     check_config,
@@ -38,6 +38,7 @@ from probe.pipeline.context import (
     resolve_model,
 )
 from probe.pipeline.interventions import activation_interventions
+from probe.pipeline.tasks import check_labels, is_regression, resolved
 from probe.pipeline.results import (
     Baseline,
     DatasetInfo,
@@ -85,6 +86,7 @@ def run_experiment(
     for path in config.plugins:
         plugins.load_plugin_file(path)
     check_config(config, output_dir, cache_dir)  # names, options, folders: before any data or model work
+    config = resolved(config)  # classification or regression, and the controls that fit it
     cache_folders, made = folders_under(cache_dir), missing_parents(cache_dir)
     try:
         plugins.call_each("experiment_started", config=config, output_dir=output_dir)  # before the cache is touched
@@ -195,7 +197,7 @@ class _Clock:
 def load_dataset(config: ExperimentConfig):
     """The config's dataset, prepared and filtered; bad rows raise or are skipped per ``on_bad_rows``.
     Under a fixed split only the rows of its parts (train, test, dev) are kept."""
-    rows, skipped, _, _ = load_numbered_rows(config)
+    rows, skipped, _, _ = load_numbered_rows(resolved(config))
     return rows, skipped
 
 
@@ -217,6 +219,8 @@ def load_numbered_rows(config: ExperimentConfig):
         raise plugins.raised(registered, error) from error
     source = _source(config)
     check_filter(config, ds, source)
+    if "label" in ds.column_names:  # a loader without labels is told so by prepare
+        check_labels(config, ds["label"], range(1, len(ds) + 1))
     how = protocol(config)
     columns = {"split_by": [config.split_by] if config.split_by else [],
                "evaluation": [how.split_field] if isinstance(how, FixedSplit) else []}
@@ -239,7 +243,8 @@ def load_numbered_rows(config: ExperimentConfig):
         return kept and (parts is None or str(row[how.split_field]) in parts)
 
     rows, skipped = prepare(ds, source=source, n_folds=how.min_rows_per_label(), on_error=config.on_bad_rows,
-                            keep=keep if config.filter or parts else None, needs_target=needs_target(config.positions))
+                            keep=keep if config.filter or parts else None, needs_target=needs_target(config.positions),
+                            numeric=is_regression(config))
     bad = {problem.row for problem in skipped}
     numbers = [n for n, row in enumerate(ds, start=1) if (not (config.filter or parts) or keep(row)) and n not in bad]
     if len(numbers) != len(rows):  # a loader that numbers rows its own way: position in the prepared rows
@@ -288,13 +293,17 @@ def _cross_validated(rows, config: ExperimentConfig, how, name: str, index: np.n
     """One subset's k folds; the shuffled control gets permuted labels and folds of its own."""
     from probe.science.probes import shuffled_labels
 
-    y, every_group = np.asarray(rows["label"])[index], rows["group"]
+    numbers = is_regression(config)
+    y = regression.numeric_labels(rows, index) if numbers else np.asarray(rows["label"])[index]
+    every_group = rows["group"]
     groups = [every_group[i] for i in index]
+    folds = how.folds(y, groups, config.seed, regression=True) if numbers else how.folds(y, groups, config.seed)
     if "shuffled" not in config.controls:
-        return Split(name, index, y, how.folds(y, groups, config.seed))
+        return Split(name, index, y, folds)
     shuffled_y = shuffled_labels(y, config.seed)
-    return Split(name, index, y, how.folds(y, groups, config.seed), shuffled_y=shuffled_y,
-                 shuffled_folds=how.folds(shuffled_y, groups, config.seed))
+    # numbers are not stratified, so the shuffled numbers' folds are the probe's own
+    shuffled_folds = folds if numbers else how.folds(shuffled_y, groups, config.seed)
+    return Split(name, index, y, folds, shuffled_y=shuffled_y, shuffled_folds=shuffled_folds)
 
 
 def _fixed_split(rows, config: ExperimentConfig, how, name: str, index: np.ndarray) -> Split:
@@ -320,7 +329,9 @@ def describe_evaluation(config: ExperimentConfig, rows: Rows, splits: Splits) ->
     from probe.pipeline.evaluation import FixedSplit
 
     how = config.protocol
-    described = how.describe(grouped=any(group is not None for group in rows.table["group"]))
+    grouped = any(group is not None for group in rows.table["group"])
+    numbers = {} if isinstance(how, FixedSplit) else {"regression": is_regression(config)}
+    described = how.describe(grouped=grouped, **numbers)
     if isinstance(how, FixedSplit):
         everything = next(split for split in splits if split.name == "all")
         train, test = everything.folds[0]
@@ -445,19 +456,20 @@ def probe_layers(run: RunData, n_jobs=None) -> Results:
 
     services, rows, splits, features, layers = run.services, run.rows, run.splits, run.features, run.layers
     config = services.config
-    tasks = probe_tasks(config, features, splits, layers) + controls.tasks(config, rows, features, splits,
-                                                                                      layers)
-    tasks += statistics.nested_tasks(config, rows, features, splits, layers)
-    with _progress_bar(services, sum(len(task.folds) for task in tasks)) as bar:
-        scores = evaluate(tasks, services.make_probe(), n_jobs=n_jobs, metrics=chosen_metrics(config),
-                          progress=bar.update, cache=services.cache_dir / "probes")
+    numbers = is_regression(config)
+    fits = probe_tasks(config, features, splits, layers) + controls.tasks(config, rows, features, splits, layers)
+    fits += statistics.nested_tasks(config, rows, features, splits, layers)
+    scorer = {"scorer": regression.score} if numbers else {"metrics": chosen_metrics(config)}
+    with _progress_bar(services, sum(len(task.folds) for task in fits)) as bar:
+        scores = evaluate(fits, services.make_probe(), n_jobs=n_jobs, progress=bar.update,
+                          cache=services.cache_dir / "probes", **scorer)
     measured = measures.evaluate(config, features, splits, layers, services.make_probe(), n_jobs)
-    labels = np.asarray(rows.table["label"])
+    labels = [] if numbers else sorted(set(np.asarray(rows.table["label"]).tolist()))
     results = Results(
-        experiment=config.name, description=config.description,
+        experiment=config.name, description=config.description, task=config.task or "classification",
         model=ModelInfo(name=config.model, path=services.model_path, revision=config.revision, layers=services.n_blocks),
         settings=config.settings(), versions=versions(), extraction=extraction_info(services, features),
-        dataset=DatasetInfo(name=config.dataset_name, rows=len(rows), labels=sorted(set(labels.tolist())),
+        dataset=DatasetInfo(name=config.dataset_name, rows=len(rows), labels=labels,
                             skipped_rows=[str(p) for p in rows.skipped]),
         layers=[], provenance=Provenance.now(),
         evaluation=describe_evaluation(config, rows, splits),
@@ -469,16 +481,22 @@ def probe_layers(run: RunData, n_jobs=None) -> Results:
             majority = scores[(split.name, "majority")]
             results.baselines[_key("majority", split.name)] = Baseline(
                 **{k: majority[k] for k in ("accuracy", "accuracy_std", "macro_f1")})
+        if "mean" in config.controls:
+            results.baselines[_key("mean", split.name)] = regression.baseline(scores[(split.name, "mean")])
         for position in config.positions:
             for layer in layers:
-                row = layer_result(config, features, scores, split, position, layer)
-                controls.fill(row, config, scores, (split.name, position, layer))
+                if numbers:
+                    row = regression.layer_result(config, scores, split, position, layer)
+                else:
+                    row = layer_result(config, features, scores, split, position, layer)
+                    controls.fill(row, config, scores, (split.name, position, layer))
                 row.measures = measured.get((split.name, position, layer))
                 results.rows.append(row)
                 plugins.call_each("layer_result", config=config, layer=layer, result=row)
             first = scores[(split.name, position, layers[0], "probe")]
-            results.baselines[_key(f"layer{layers[0]}_{position}", split.name)] = Baseline(accuracy=first["accuracy"])
-    statistics.finish(results, run, scores)
+            results.baselines[_key(f"layer{layers[0]}_{position}", split.name)] = (
+                regression.baseline(first) if numbers else Baseline(accuracy=first["accuracy"]))
+    (regression if numbers else statistics).finish(results, run, scores)
     return results
 
 
@@ -503,6 +521,10 @@ def probe_tasks(config: ExperimentConfig, features: Features, splits: Splits, la
             no_features = np.zeros((len(split.y), 1), dtype=np.float32)
             tasks.append(FitTask((split.name, "majority"), no_features, split.y, split.folds, metrics=False,
                                  make_probe=lambda: DummyClassifier(strategy="most_frequent")))
+        if "mean" in config.controls:  # the regression baseline: each training part's mean
+            no_features = np.zeros((len(split.y), 1), dtype=np.float32)
+            tasks.append(FitTask((split.name, "mean"), no_features, split.y, split.folds, metrics=False,
+                                 make_probe=regression.mean_predictor))
         for position in config.positions:
             for layer in layers:
                 X = stores[main].layer(position, layer)[split.index]

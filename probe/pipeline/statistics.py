@@ -103,7 +103,7 @@ def nested_tasks(config, rows, features, splits, layers: list[int]) -> list:
 
     found = []
     for split in splits:
-        plan = inner_folds(split, _subset_groups(rows, split), config.seed)
+        plan = inner_folds(split, _subset_groups(rows, split), config.seed, regression=config.task == "regression")
         if plan is None:
             continue
         for position in config.positions:
@@ -115,17 +115,19 @@ def nested_tasks(config, rows, features, splits, layers: list[int]) -> list:
     return found
 
 
-def inner_folds(split, groups: list | None, seed: int) -> list[list] | None:
+def inner_folds(split, groups: list | None, seed: int, regression: bool = False) -> list[list] | None:
     """Per outer fold, the inner (train, test) folds over the outer training rows, as subset row numbers;
-    stratified, and grouped when the rows have groups (``groups``: the subset rows'). None when the outer
-    training rows can't be split so."""
+    stratified (not for ``regression``'s numbers), and grouped when the rows have groups (``groups``: the
+    subset rows'). None when the outer training rows can't be split so."""
     from probe.science.probes import ProbeError, folds
+    from probe.science.regression import splitter_name
 
+    splitter = splitter_name(groups is not None) if regression else None
     plan = []
     for train, _ in split.folds:
         inner_groups = None if groups is None else [groups[i] for i in train]
         try:
-            inner = folds(split.y[train], inner_groups, INNER_FOLDS, seed)
+            inner = folds(split.y[train], inner_groups, INNER_FOLDS, seed, splitter=splitter)
         except ProbeError:
             return None
         plan.append([(train[inner_train], train[inner_test]) for inner_train, inner_test in inner])
@@ -265,6 +267,11 @@ def compare_runs(a, b, seed: int = 0) -> dict:
     paths, two settings): for each position × subset × layer both have, A's accuracy minus B's with its
     paired interval and McNemar's exact p-value."""
     names = (_run_name(a), _run_name(b))
+    numeric = [name for results, name in zip((a, b), names) if results.task == "regression"]
+    if numeric:
+        raise UnpairedRuns(f"{numeric[0]} is a regression run: probe compare pairs rows by right or wrong "
+                           "(McNemar), which numbers don't have; compare the runs' r2_ci and spearman_ci intervals "
+                           "in their results.json or summary.md instead")
     for results, name in zip((a, b), names):
         if results.dataset.digest is None or any(row.correct is None for row in results.rows):
             raise UnpairedRuns(f"{name} stores no per-row results (it was written before probe kept them); "

@@ -10,7 +10,7 @@ from probe.pipeline.evaluation import accuracy_axis
 from probe.report.legend import comparison_title, position_words, run_names, sense_colours
 
 LAYER_AXIS = "layer (hidden state; 0 = embeddings)"
-ACCURACY_AXIS = "cross-validated accuracy"  # runs compared; one run's axis follows its protocol
+SCORE_NAMES = {"accuracy": "accuracy", "r2": "R²"}  # what runs compared are plotted by: their task's score
 POSITION_COLOURS = {"target": "#1f77b4", "last": "#ff7f0e", "first": "#2ca02c", "mean": "#9467bd"}
 OTHER_POSITION_COLOURS = ["#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]  # {index: N}, {span: …}
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
@@ -169,11 +169,12 @@ def _tick_step(rows: list[dict]) -> int:
 
 
 def comparison_figure(runs: list[dict], folders: list[str | None] | None = None) -> dict:
-    """Several runs on one axis: accuracy against depth (layer / number of blocks), so that models of
-    different depth line up; hover gives each point's layer. Each run is named by its experiment and model
-    (and its folder, ``folders``, where two runs share both)."""
+    """Several runs on one axis: accuracy (R² for regression runs) against depth (layer / number of
+    blocks), so that models of different depth line up; hover gives each point's layer. Each run is named
+    by its experiment and model (and its folder, ``folders``, where two runs share both)."""
     import plotly.graph_objects as go
 
+    score = "r2" if runs[0].get("task") == "regression" else "accuracy"  # the page refuses a mix
     fig = go.Figure()
     dashes = {"target": "solid", "last": "dash"}
     folders = folders or [None] * len(runs)
@@ -184,15 +185,16 @@ def comparison_figure(runs: list[dict], folders: list[str | None] | None = None)
         for (position, subset), rows in series(results).items():
             name = f"{run}: {position_words(position)}, {subset} rows"
             fig.add_trace(go.Scatter(
-                x=[r["layer"] / depth for r in rows], y=[r["accuracy"] for r in rows], mode="lines+markers",
+                x=[r["layer"] / depth for r in rows], y=[r[score] for r in rows], mode="lines+markers",
                 name=name, line=dict(color=colour, dash=dashes.get(position, "dot")),
                 customdata=[r["layer"] for r in rows],
                 hovertemplate=f"{name}<br>layer %{{customdata}}: %{{y:.3f}}<extra></extra>",
             ))
     fig.update_layout(
-        title=f"{comparison_title([r['experiment'] for r in runs])}: probe accuracy by relative depth",
+        title=f"{comparison_title([r['experiment'] for r in runs])}: probe {SCORE_NAMES[score]} by relative depth",
         template="plotly_white", height=460,
         xaxis=dict(title="depth (layer / number of blocks)", tickformat=".0%", range=[-0.02, 1.02]),
-        yaxis=dict(title=ACCURACY_AXIS, range=[0, 1.03]), legend=dict(orientation="h", y=-0.2),
+        yaxis=dict(title=f"cross-validated {SCORE_NAMES[score]}", range=[0, 1.03] if score == "accuracy" else None),
+        legend=dict(orientation="h", y=-0.2),
     )
     return json.loads(fig.to_json())

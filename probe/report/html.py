@@ -16,6 +16,7 @@ from pathlib import Path
 from probe.errors import UserError
 from probe.pipeline.evaluation import sentence as evaluation_sentence
 from probe.report.attention_view import json_for_script, static_text
+from probe.report import regression
 from probe.report.figures import accuracy_figure, comparison_figure, recall_figure
 from probe.report.legend import CONFUSION_SCALE, comparison_title, run_names, sense_colours
 from probe.store.files import write_text_atomic
@@ -80,6 +81,10 @@ def render_report(*sources, fragment: bool = False) -> str:
     if not sources:
         raise ValueError("render_report needs at least one run")
     runs = [as_run(source) for source in sources]
+    tasks = {run.results.get("task", "classification") for run in runs}
+    if len(tasks) > 1:
+        raise ReportError("a page compares runs by one score, and these mix classification (accuracy) and "
+                          "regression (R²) runs; make a page for each kind")
     names = _run_names(runs)
     data = {"runs": [_run_payload(run, name) for run, name in zip(runs, names)],
             "comparison": None if len(runs) == 1 else comparison_figure([run.results for run in runs], _folders(runs)),
@@ -116,6 +121,9 @@ def _run_payload(run: Run, name: str) -> dict:
     """What static/report.js needs for one run; the layer rows are cut down to the fields it draws. The
     senses' colours come from Python, so that the page and the PNGs give a sense the same one."""
     results, data = run.results, run.data or {}
+    if results.get("task") == "regression":  # scores per layer only: no senses, recall or confusion
+        return {"name": name, "sense_colours": {}, "blocks": results["model"]["layers"], "layers": [],
+                "accuracy": regression.curves_plotly(results), "recall": None}
     keep = ("layer", "position", "subset", "accuracy", "labels", "confusion")
     return {
         "name": name,
@@ -132,6 +140,8 @@ def _run_payload(run: Run, name: str) -> dict:
 
 def _run_section(n: int, run: Run, name: str) -> str:
     r = run.results
+    if r.get("task") == "regression":
+        return _regression_section(n, run, name)
     missing = "" if run.data else (
         f'<p class="hint">No {DATA_FILE} in this run (it is written by the <code>html</code> reporter), '
         "so there is no PCA or attention view.</p>")
@@ -157,6 +167,19 @@ def _run_section(n: int, run: Run, name: str) -> str:
     views += _reporter_figures(run.folder)
     return (f'<section class="run" data-run="{n}"><h2>{html.escape(name)}</h2>'
             f'<p class="meta">{html.escape(_meta(r))}</p>{_interventions(r)}{_diagnostics_box(r)}{missing}'
+            f'{"".join(views)}</section>')
+
+
+def _regression_section(n: int, run: Run, name: str) -> str:
+    """A regression run's section: R² and Spearman per layer (plotly) and the reporters' figures (the
+    scatter of predicted vs true numbers, when the plots reporter ran first)."""
+    r = run.results
+    views = [_view("accuracy", "R² and Spearman per layer",
+                   ("Error bars: the 95% interval (how: results.json's statistics.interval). Dotted: shuffled numbers; "
+                    "dashed: random weights."),
+                   '<div class="plot"></div>'), *_reporter_figures(run.folder)]
+    return (f'<section class="run" data-run="{n}"><h2>{html.escape(name)}</h2>'
+            f'<p class="meta">{html.escape(_meta(r))}</p>{_interventions(r)}{_diagnostics_box(r)}'
             f'{"".join(views)}</section>')
 
 
@@ -213,8 +236,9 @@ def _reporter_figures(folder: Path | None) -> list[str]:
 
 def _meta(results: dict) -> str:
     s, d = results["settings"], results["dataset"]
-    return (f"{results['model']['layers']} blocks · dataset {d['name']} ({d['rows']} rows; senses "
-            f"{', '.join(d['labels'])}) · positions {', '.join(s['positions'])} · "
+    labels = "numeric labels" if results.get("task") == "regression" else f"senses {', '.join(d['labels'])}"
+    return (f"{results['model']['layers']} blocks · dataset {d['name']} ({d['rows']} rows; {labels}"
+            f") · positions {', '.join(s['positions'])} · "
             f"{evaluation_sentence(results.get('evaluation'), s)} · attention: {s['attention']}" + (f" · split by {s['split_by']}" if s.get("split_by") else ""))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from probe.pipeline.evaluation import accuracy_axis
 from probe.pipeline.evaluation import sentence as evaluation_sentence
 from probe.pipeline.results import LayerResult, Results
+from probe.report import regression
 from probe.report.legend import comparison_title, position_words, run_names, sense_colours
 from probe.store.files import write_atomic, write_text_atomic
 
@@ -48,6 +49,8 @@ def write_json(results: Results, output_dir: Path) -> Path:
 
 def write_csv(results: Results, output_dir: Path) -> Path:
     results = as_results(results)
+    if results.task == "regression":
+        return regression.write_csv(results, output_dir)
     metric_names = sorted({name for row in results.rows for name in (row.metrics or {})})
     measure_names = sorted({name for row in results.rows for name in _measure_values(row)})
     dev = ["dev_accuracy"] if any(row.dev_accuracy is not None for row in results.rows) else []
@@ -83,6 +86,8 @@ def _measure_values(row: LayerResult) -> dict[str, float]:
 def layer_table(results: Results) -> str:
     """Per-layer accuracy with its controls, one block per (position, subset), for the terminal."""
     results = as_results(results)
+    if results.task == "regression":
+        return regression.layer_table(results)
     lines = []
     for (position, subset), rows in results.series().items():
         lines.append(f"{results.experiment} on {results.model.name}: probe at the {position_words(position)}, {subset} rows")
@@ -109,6 +114,11 @@ def write_summary(results: Results, output_dir: Path, reporters=()) -> Path:
     if results.description:
         lines += [results.description.strip(), ""]
     model, data, settings = results.model, results.dataset, results.settings
+    if results.task == "regression":
+        lines += regression.summary_lines(results)
+        lines += intervention_lines(results) + diagnostics_section(results)
+        lines += ["", *reporter_lines(results, reporters), ""]
+        return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
     lines += [
         f"Model `{model.name}` ({model.layers} layers), attention: {settings['attention']}. "
         f"Dataset `{data.name}`: {data.rows} rows, senses {', '.join(data.labels)}. "
@@ -143,10 +153,10 @@ def reporter_lines(results: Results, reporters=()) -> list[str]:
     """The reporters that ran and the files they wrote; apart, those that were skipped, each with its
     reason. Outside a run (nothing noted), the files of the reporters the settings name."""
     if not reporters:
-        return [f"Files: {', '.join(report_files(results.settings.get('reporters', [])))}."]
+        return [f"Files: {', '.join(report_files(results.settings.get('reporters', []), results.task))}."]
     ran = [o.name for o in reporters if o.status == "ran"]
     ran += [] if "summary" in ran else ["summary"]  # this one, writing now
-    lines = [f"Reporters that ran: {', '.join(ran)}. Files: {', '.join(report_files(ran))}."]
+    lines = [f"Reporters that ran: {', '.join(ran)}. Files: {', '.join(report_files(ran, results.task))}."]
     skipped = [o for o in reporters if o.status != "ran"]
     if skipped:
         lines += ["", "Reporters that did not run:"] + [f"- {o.name}: {o.status} ({o.reason})" for o in skipped]
@@ -197,9 +207,15 @@ REPORTER_FILES = {
 }
 
 
-def report_files(reporters: list[str]) -> list[str]:
+# A regression run's figures instead (probe/report/regression_figures.py).
+REGRESSION_FILES = {"plots": ["regression and scatter figures (.png; .svg and .pdf with options.plots.formats)"],
+                    "html": ["report.html"]}
+
+
+def report_files(reporters: list[str], task: str = "classification") -> list[str]:
+    files = {**REPORTER_FILES, **(REGRESSION_FILES if task == "regression" else {})}
     return [name for reporter in reporters
-            for name in REPORTER_FILES.get(reporter, [f"what the {reporter} reporter writes"])]
+            for name in files.get(reporter, [f"what the {reporter} reporter writes"])]
 
 
 def controls_and_measures(results: Results) -> list[str]:

@@ -173,18 +173,21 @@ def evaluate(
     metrics: dict[str, Callable] | None = None,
     progress: Callable[[int], None] | None = None,
     cache: Path | None = None,
+    scorer: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[Hashable, dict[str, Any]]:
     """Every (task × fold) fit in parallel with joblib (``n_jobs``: None = all cores, or this process for a
     batch too small to pay for starting workers; see LOKY_WORTH), each fit's BLAS held
     to one thread: on a few cores, parallel fits beat threaded BLAS inside one small fit by far, and
     results do not depend on ``n_jobs``. Probes are made here, in this process, so a probe factory may
-    keep state; the fitted estimators stay in the workers, only predictions come back."""
+    keep state; the fitted estimators stay in the workers, only predictions come back. ``scorer``: how
+    predictions become scores (``score``'s signature; None: ``score``, for classes)."""
     from sklearn import config_context
 
     predictions = fit_all(tasks, make_probe, n_jobs=n_jobs, progress=progress, cache=cache)
     # Scoring thousands of folds: sklearn's argument checks cost more than the metrics; the math is the same.
     with config_context(skip_parameter_validation=True, assume_finite=True):
-        return {task.key: score(task.y, task.folds, predictions[task.key], metrics if task.metrics else None)
+        return {task.key: (scorer or score)(task.y, task.folds, predictions[task.key],
+                                            metrics if task.metrics else None)
                 for task in tasks}
 
 

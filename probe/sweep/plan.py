@@ -162,6 +162,7 @@ def plan_cells(sweep: SweepConfig) -> list[Cell]:
     cells = []
     for path, extra in _experiments(sweep):
         base = load_config(path, {**sweep.overrides, **extra})
+        _refuse_regression(base, sweep.source)
         for model in sweep.models or [base.model]:
             for seed in [base.seed] if sweep.seeds is None else sweep.seeds:
                 config = load_config(path, {**sweep.overrides, **extra, "model": model, "seed": seed})
@@ -170,6 +171,15 @@ def plan_cells(sweep: SweepConfig) -> list[Cell]:
                 cells.append(Cell(config.name, model, seed, config, run_dir.resolve()))
     _refuse_duplicates(cells, sweep.source)
     return cells
+
+
+def _refuse_regression(config: ExperimentConfig, source: str) -> None:
+    """A sweep's report compares best-layer accuracies, which a regression experiment does not have."""
+    from probe.pipeline.tasks import REGRESSION, resolved
+
+    if resolved(config).task == REGRESSION:
+        raise ConfigError(f"{source}: field 'experiments': {config.source or config.name} is a regression experiment "
+                          "(R², not accuracy), which sweeps do not summarise yet; run it with probe run")
 
 
 def _experiments(sweep: SweepConfig) -> list[tuple[Path, dict]]:

@@ -131,7 +131,7 @@
       Plotly.newPlot(view("accuracy").querySelector(".plot"), run.accuracy.data, run.accuracy.layout, PLOT_CONFIG);
       if (run.recall) Plotly.newPlot(view("recall").querySelector(".plot"), run.recall.data, run.recall.layout, PLOT_CONFIG);
       if (run.pca) pcaView(view("pca"), run);
-      confusionView(view("confusion"), run, data.confusion_scale);
+      if (view("confusion")) confusionView(view("confusion"), run, data.confusion_scale);
       if (run.attention) probeAttentionViewer(view("attention").querySelector(".probe-attention"), run.attention);
     });
     if (data.comparison) {
