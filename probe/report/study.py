@@ -40,6 +40,7 @@ class Study(BaseModel):
     position: str
     probe: str
     rows: list[StudyRow]
+    macro_subsets: int = Field(0, description="the subsets the macro average is over: those with a chosen layer")
     macro_accuracy: float | None = None
     macro_accuracy_ci: list[float] | None = None
     macro_centroid_accuracy: float | None = None
@@ -106,6 +107,7 @@ def make_study(results, run, n_jobs: int | None = None) -> Study:
         centroid_right.append(centroid_marks)
     study = Study(position=position, probe=config.probe_name, rows=rows,
                   interval=statistics.interval_method(fixed, groups is not None))
+    study.macro_subsets = sum(marks is not None for marks in probe_right)
     study.macro_accuracy, study.macro_accuracy_ci = macro_average(probe_right, groups, seed)
     study.macro_centroid_accuracy, study.macro_centroid_ci = macro_average(centroid_right, groups, seed)
     return study
@@ -140,8 +142,9 @@ def _study_row(results, split, entry: dict, probe_marks, centroid_marks, groups,
 def macro_average(marks: list[str | None], groups, seed: int) -> tuple[float | None, list[float] | None]:
     """The mean over subsets of each subset's accuracy, and its 95 % percentile interval: each resample
     draws every subset's scored rows (groups together) with replacement, on its own, and averages the
-    subsets' accuracies. None when a subset has no score."""
-    if not marks or any(m is None for m in marks):
+    subsets' accuracies. Subsets without a score (None: no layer chosen) are left out; None when none has."""
+    marks = [m for m in marks if m is not None]
+    if not marks:
         return None, None
     means = []
     for number, subset_marks in enumerate(marks):
@@ -179,6 +182,10 @@ def study_markdown(study: Study) -> str:
                      f"{_with_ci(row.centroid_accuracy, row.centroid_ci)} | {_number(row.majority_accuracy)} |")
     lines.append(f"| **macro average** | | | | | {_with_ci(study.macro_accuracy, study.macro_accuracy_ci)} | "
                  f"{_with_ci(study.macro_centroid_accuracy, study.macro_centroid_ci)} | |")
+    left_out = [row.subset for row in study.rows if row.layer is None]
+    if left_out:
+        lines += ["", f"The macro average is over {study.macro_subsets} of {len(study.rows)} subsets: "
+                  f"{', '.join(left_out)} got no layer (a sense has too few training rows for 3 inner folds)."]
     return "\n".join(lines) + "\n"
 
 
