@@ -156,3 +156,13 @@ def test_few_shot_curves_average_words_then_draws(model, tmp_path):
     assert {r["word"] for r in table} == {"macro average", *WORDS}
     assert (tmp_path / "out" / "few_shot.png").stat().st_size > 0
     assert "Few-shot curves" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_a_few_shot_layer_the_run_did_not_probe_is_named(model, tmp_path):
+    from probe.pipeline.config import ConfigError
+
+    root = write_nshot(tmp_path / "nshot", draws=("set1",), shots=(3,))
+    with pytest.raises(ConfigError, match=r"options.few_shot.layer is 5, which the run did not probe; its layers: 1, 2"):
+        run(model, {"name": "coarsewsd-nshot", "path": str(root)}, tmp_path / "out", ["few-shot"],
+            split_by="sample", options={"few_shot": {"layer": 5}})
+    assert not (tmp_path / "out").exists()  # nothing published
