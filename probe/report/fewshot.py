@@ -159,7 +159,9 @@ def plot_few_shot(curves: FewShot, path: Path) -> Path:
         label = curves.probe if name == "probe" else "sense centroid 1-NN"
         ax.errorbar(macro["shots"], mean, yerr=errors, marker="o", capsize=3, color=colour, label=label)
     ax.set_xscale("log")
+    ax.minorticks_off()  # the log axis's own ticks (2×10⁰ …) would crowd the shots
     ax.set_xticks(macro["shots"].tolist(), [str(n) for n in macro["shots"]])
+    ax.set_ylim(0, 1.02)
     ax.set_xlabel("training examples per sense")
     ax.set_ylabel("macro accuracy over words")
     ax.set_title(f"Few-shot curve at layer {curves.layer} (95% t-interval over draws)", fontsize=9)
