@@ -6,8 +6,9 @@ each, their ratio, and whether every word's chosen layer and accuracies agree wi
 
 Each repeat runs, in fresh processes, `probe run` (experiments/coarsewsd.yaml's settings, reporters json and
 study) on an empty cache folder, then the plain script; the order alternates between repeats so that the
-machine's other load falls on both. Prints each time, the medians with their range, and the ratio of the
-medians. The text is synthetic: the numbers are about speed and agreement, not about the model.
+machine's other load falls on both. Prints each time, the medians with their range, probe's median time per
+phase (as benchmarks/pipeline.py times them), and the ratio of the medians; ``--probe-only`` times probe's
+phases alone. The text is synthetic: the numbers are about speed and agreement, not about the model.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from coarsewsd_synthetic import write_folder  # noqa: E402
+from pipeline import one_run  # noqa: E402  (`probe run` in a fresh process, timed by phase)
 
 
 def timed(command: list[str]) -> float:
@@ -36,10 +38,11 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def probe_cold(config: Path, work: Path, n: int, device: str) -> float:
-    cache, out = work / f"cache{n}", work / f"probe{n}"
-    return timed([sys.executable, "-m", "probe.cli", "run", str(config), "--cache-dir", str(cache), "--output",
-                  str(out), "--quiet", "--device", device])
+def probe_cold(config: Path, model: str, work: Path, n: int, device: str, phases: list[dict]) -> float:
+    """`probe run` on an empty cache folder; its phases (import, load, extract, probe, report, exit) kept."""
+    timings = one_run(model, work / f"cache{n}", work / f"probe{n}", [], device, config=config)
+    phases.append(timings)
+    return timings["total"]
 
 
 def script_cold(folder: Path, model: str, work: Path, n: int, device: str) -> float:
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.1, help="share of the benchmark's 24k/10k rows")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--probe-only", action="store_true", help="time probe's phases alone, not the script")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="coarsewsd-bench-"))
     folder = work / "CoarseWSD-20"
@@ -87,14 +91,19 @@ def main() -> None:
                   dataset={"name": "coarsewsd", "path": str(folder)})
     config_path = work / "coarsewsd.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    probe_times, script_times = [], []
+    probe_times, script_times, phases = [], [], []
     for n in range(args.repeats):
-        steps = [("probe", lambda n=n: probe_cold(config_path, work, n, args.device), probe_times),
+        steps = [("probe", lambda n=n: probe_cold(config_path, args.model, work, n, args.device, phases), probe_times),
                  ("script", lambda n=n: script_cold(folder, args.model, work, n, args.device), script_times)]
-        for name, run, times in steps if n % 2 == 0 else steps[::-1]:
+        steps = steps[:1] if args.probe_only else steps if n % 2 == 0 else steps[::-1]
+        for name, run, times in steps:
             times.append(run())
             print(f"repeat {n + 1}: {name} {times[-1]:.1f} s", flush=True)
     print(f"probe run, cold: {spread(probe_times)}")
+    print("  by phase: " + ", ".join(f"{phase} {statistics.median(t[phase] for t in phases):.1f} s"
+                                     for phase in phases[0] if phase != "total"))
+    if args.probe_only:
+        return
     print(f"plain script, cold: {spread(script_times)}")
     print(f"ratio of medians (probe / script): {statistics.median(probe_times) / statistics.median(script_times):.2f}")
     problems = agreement(work / "probe0" / "study.csv", work / "script0.csv")
