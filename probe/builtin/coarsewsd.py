@@ -49,19 +49,25 @@ def load_coarsewsd(path: str, words: list[str] | None = None):
     if not chosen:
         raise DataError(f"coarsewsd: {root} has no word folder with a classes_map.txt")
     rows = [row for word in chosen for row in word_rows(root / word)]
-    features = datasets.Features({**FEATURES, "split": datasets.Value("string"), "word": datasets.Value("string"),
-                                  "line": datasets.Value("int64")})
-    return datasets.Dataset.from_list(rows, features=features)
+    return datasets.Dataset.from_list(rows, features=row_features())
 
 
-def word_rows(folder: Path) -> list[dict]:
-    """One word's rows, part by part in name order."""
+def row_features(**more):
+    """The columns of a CoarseWSD-20 row (and ``more``), as ``datasets`` types."""
+    import datasets
+
+    return datasets.Features({**FEATURES, "split": datasets.Value("string"), "word": datasets.Value("string"),
+                              "line": datasets.Value("int64"), **more})
+
+
+def word_rows(folder: Path, word: str | None = None) -> list[dict]:
+    """One word's rows, part by part in name order; ``word``: its name when it is not the folder's."""
     senses = read_classes_map(folder / "classes_map.txt")
     parts = sorted(p.name[: -len(DATA_SUFFIX)] for p in folder.glob(f"*{DATA_SUFFIX}"))
     if not parts:
         raise DataError(f"coarsewsd: {folder} has no *{DATA_SUFFIX} file (expected train{DATA_SUFFIX}, "
                         f"test{DATA_SUFFIX})")
-    return [row for part in parts for row in part_rows(folder, part, senses)]
+    return [row for part in parts for row in part_rows(folder, part, senses, word or folder.name)]
 
 
 def read_classes_map(path: Path) -> dict[str, str]:
@@ -76,15 +82,17 @@ def read_classes_map(path: Path) -> dict[str, str]:
     return {str(key): value for key, value in senses.items()}
 
 
-def part_rows(folder: Path, part: str, senses: dict[str, str]) -> list[dict]:
+def part_rows(folder: Path, part: str, senses: dict[str, str], word: str) -> list[dict]:
     data_path, gold_path = folder / f"{part}{DATA_SUFFIX}", folder / f"{part}{GOLD_SUFFIX}"
     if not gold_path.is_file():
         raise DataError(f"coarsewsd: {data_path} has no labels: {gold_path} is missing")
     data = utf8(data_path.read_bytes(), data_path, DataError).splitlines()
     gold = utf8(gold_path.read_bytes(), gold_path, DataError).splitlines()
     if len(data) != len(gold):
+        longer = data_path if len(data) > len(gold) else gold_path
         raise DataError(f"coarsewsd: {data_path} has {len(data)} lines but {gold_path} has {len(gold)}; "
-                        "line n of one labels line n of the other")
+                        f"line n of one labels line n of the other, so {longer}, line {min(len(data), len(gold)) + 1} "
+                        "has no partner")
     rows = []
     for number, (line, class_id) in enumerate(zip(data, gold), start=1):
         text, start, end = parse_instance(line, f"{data_path}, line {number}")
@@ -93,7 +101,7 @@ def part_rows(folder: Path, part: str, senses: dict[str, str]) -> list[dict]:
             raise DataError(f"coarsewsd: {gold_path}, line {number}: class id {class_id!r} is not in "
                             f"{folder / 'classes_map.txt'} (ids: {', '.join(senses)})")
         rows.append({"text": text, "target": text[start:end], "label": senses[class_id], "cue": None,
-                     "group": None, "span_start": start, "span_end": end, "split": part, "word": folder.name,
+                     "group": None, "span_start": start, "span_end": end, "split": part, "word": word,
                      "line": number})
     return rows
 

@@ -62,6 +62,14 @@ def load_coarsewsd(path: str, words: list[str] | None = None):
     return load(path, words)
 
 
+def load_coarsewsd_nshot(path: str, words: list[str] | None = None, shots: list[int] | None = None,
+                         draws: list[str] | None = None):
+    """CoarseWSD-20's n-shot folder ({draw}/{word}_{shots}/…); see probe/builtin/coarsewsd_nshot.py."""
+    from probe.builtin.coarsewsd_nshot import load_coarsewsd_nshot as load
+
+    return load(path, words, shots, draws)
+
+
 load_file.forwards_to = "probe.pipeline.data:load_rows"  # the options a config may give (probe.pipeline.checks reads these)
 load_file.forwards_skip = ("source",)
 
@@ -75,3 +83,4 @@ def register_datasets(register):
     register("file", load_file)
     register("tagged", load_tagged_file)
     register("coarsewsd", load_coarsewsd)
+    register("coarsewsd-nshot", load_coarsewsd_nshot)

@@ -188,6 +188,45 @@ def _scatter_for_page(results, output_dir, run):
     add_report_figure(output_dir, figures.SCATTER_FILE, figures.SCATTER_TITLE, figures.SCATTER_HINT)
 
 
+def study(results, output_dir, run):
+    """study.csv and study.md: per subset of split_by (a benchmark's words), the layer chosen without peeking,
+    the probe's accuracy there beside the sense-centroid baseline, and the macro average; listed for
+    report.html, which shows the table when ``html`` comes after ``study`` in the reporters."""
+    from probe.report.html import add_report_table
+    from probe.report.study import STUDY_FILES, make_study, write_study
+
+    write_study(make_study(results, run), output_dir)
+    add_report_table(output_dir, STUDY_FILES[0], "Study: best layer per subset",
+                     "Per subset: the layer chosen on inner folds of its training rows, the probe's accuracy "
+                     "there and the sense-centroid 1-NN baseline on the same vectors, with 95% intervals; "
+                     "the last row averages the subsets (study.md has the same table).")
+
+
+def few_shot(results, output_dir, run):
+    """few_shot.csv, few_shot.md and few_shot.png: accuracy against examples per sense over CoarseWSD-20's
+    n-shot samples (dataset coarsewsd-nshot, split_by: sample), the probe beside the sense-centroid baseline
+    at one layer (``options: {few_shot: {layer: N}}``; the deepest probed by default)."""
+    from probe.pipeline.config import ConfigError, plugin_options
+    from probe.plugins import ReporterSkipped
+    from probe.report.fewshot import FEW_SHOT_FILES, make_few_shot, write_few_shot
+    from probe.report.html import add_report_figure, add_report_table
+
+    config = run.config
+    layer = plugin_options(config, "few_shot", ("layer",)).get("layer")
+    if layer is not None and layer not in run.layers:
+        raise ConfigError(f"{config.source or 'config'}: options.few_shot.layer is {layer!r}, which the run did "
+                          f"not probe; its layers: {', '.join(map(str, run.layers))}")
+    missing = [c for c in ("word", "shots", "draw") if c not in run.rows.table.column_names]
+    if missing or config.split_by is None:
+        raise ReporterSkipped("few-shot curves need rows with word, shots and draw columns (dataset "
+                              "coarsewsd-nshot) and one subset per sample (split_by: sample)")
+    write_few_shot(make_few_shot(results, run, layer), output_dir)
+    add_report_table(output_dir, FEW_SHOT_FILES[0], "Few-shot curves",
+                     "Accuracy against training examples per sense: the macro average over words (mean over "
+                     "draws, 95% Student-t interval across draws), then each word's curve.")
+    add_report_figure(output_dir, FEW_SHOT_FILES[2], "Few-shot curve", "")
+
+
 def _attention_cache(run):
     """Where the viewer's patterns are kept: under the key of the activations they come from, plus what
     picks and names the rows shown (the labels and the split_by column: the activations' key covers only
@@ -210,3 +249,5 @@ def register_reporters(register):
     register("plots", plots)
     register("summary", summary)
     register("html", html_page)
+    register("study", study)
+    register("few-shot", few_shot)

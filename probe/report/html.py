@@ -25,6 +25,8 @@ PAGE = "report.html"
 DATA_FILE = "report_data.json"  # what the html reporter computes while the run has its vectors (extras.py)
 # A reporter's own figures for the page: [{"file", "title", "hint"}], listed by add_report_figure.
 FIGURES = "report_figures.json"
+# A reporter's own tables for the page (CSV files of the run's folder), listed by add_report_table.
+TABLES = "report_tables.json"
 
 
 class ReportError(UserError, ValueError):
@@ -164,7 +166,7 @@ def _run_section(n: int, run: Run, name: str) -> str:
         views.append(_view("attention", "Attention",
                            "Blocks are numbered from 0; block i reads layer i and writes layer i + 1.",
                            '<div class="probe-attention"></div>'))
-    views += _reporter_figures(run.folder)
+    views += _reporter_figures(run.folder) + _reporter_tables(run.folder)
     return (f'<section class="run" data-run="{n}"><h2>{html.escape(name)}</h2>'
             f'<p class="meta">{html.escape(_meta(r))}</p>{_interventions(r)}{_diagnostics_box(r)}{missing}'
             f'{"".join(views)}</section>')
@@ -232,6 +234,45 @@ def _reporter_figures(folder: Path | None) -> list[str]:
                     f'src="data:image/png;base64,{encoded}">')
             views.append(_view("figure", figure["title"], figure.get("hint", ""), body))
     return views
+
+
+def add_report_table(output_dir: str | Path, file: str, title: str, hint: str = "") -> Path:
+    """List a reporter's CSV table (``file``, in ``output_dir``) for report.html, which shows it as a view of
+    its own; like add_report_figure, for a reporter that runs before ``html``."""
+    if Path(file).name != file or file in ("", ".", ".."):
+        raise ValueError(f"a report table is a file in the run's folder, not a path: {file!r}")
+    path = Path(output_dir) / TABLES
+    listed = [t for t in (_read_json(path, required=False) or []) if t["file"] != file]
+    listed.append({"file": file, "title": title, "hint": hint})
+    return write_text_atomic(path, json.dumps(listed, indent=2) + "\n")
+
+
+def _reporter_tables(folder: Path | None) -> list[str]:
+    """The views of the CSV tables reporters listed in the run folder (a missing file is left out)."""
+    import csv
+
+    if folder is None:
+        return []
+    views = []
+    for table in _read_json(folder / TABLES, required=False) or []:
+        source = folder / table["file"]
+        if Path(table["file"]).name != table["file"] or not source.is_file():
+            continue
+        header, *rows = list(csv.reader(source.read_text(encoding="utf-8").splitlines()))
+        cells = "".join(f"<tr>{''.join(f'<td>{html.escape(_cell(v))}</td>' for v in row)}</tr>" for row in rows)
+        head = "".join(f"<th>{html.escape(name)}</th>" for name in header)
+        body = f'<table class="reporter-table"><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>'
+        views.append(_view("table", table["title"], table.get("hint", ""), body))
+    return views
+
+
+def _cell(value: str) -> str:
+    """A CSV cell as the page shows it: numbers to three decimals."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() and "." not in value else f"{number:.3f}"
 
 
 def _meta(results: dict) -> str:

@@ -11,7 +11,11 @@ A sweep file lists experiment configs and what to vary:
     tracking: file:./mlruns                                # optional: log each cell to MLflow
 
 or names one experiment and a folder of datasets (``datasets: words/``): each data file there is a word,
-run with that experiment. A cell whose run folder holds complete results of the same config is skipped.
+run with that experiment. An experiment on a benchmark folder (dataset ``coarsewsd``) can range over its
+words instead (``words: all`` or ``words: [apple, java]``): a cell per word. ``probes`` (``[logreg,
+nearest-centroid]``, each a name or a mapping with options) multiplies the cells by probe; each cell's
+experiment is then named ``<experiment>.<probe>``. A cell whose run folder holds complete results of the
+same config is skipped.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class SweepConfig(BaseModel):
     name: str = "sweep"
     experiments: list[str] = Field(min_length=1)
     datasets: str | None = None
+    words: str | list[str] | None = None
+    probes: list[str | dict[str, Any]] = []
     models: list[str] = []
     seeds: list[int] | None = Field(None, min_length=1)
     overrides: dict[str, Any] = Field({}, alias="set")
@@ -62,7 +68,7 @@ class SweepConfig(BaseModel):
         return Path(self.output) if self.output else default_output(self.name)
 
 
-FIELDS = ["name", "experiments", "datasets", "models", "seeds", "set", "output", "tracking"]
+FIELDS = ["name", "experiments", "datasets", "words", "probes", "models", "seeds", "set", "output", "tracking"]
 
 
 def is_sweep_file(raw: dict) -> bool:
@@ -128,9 +134,19 @@ def validate_sweep(raw: dict, source: str = "<sweep>") -> SweepConfig:
         sweep = SweepConfig.model_validate({**raw, "source": source})
     except ValidationError as error:
         raise ConfigError(f"{source}: {_message(error.errors()[0])}") from None
-    if sweep.datasets is not None and len(sweep.experiments) != 1:
-        raise ConfigError(f"{source}: field 'datasets' runs one experiment over a folder of words; "
-                          f"field 'experiments' lists {len(sweep.experiments)}")
+    for field in ("datasets", "words"):
+        if getattr(sweep, field) is not None and len(sweep.experiments) != 1:
+            raise ConfigError(f"{source}: field {field!r} runs one experiment over a folder of words; "
+                              f"field 'experiments' lists {len(sweep.experiments)}")
+    if sweep.datasets is not None and sweep.words is not None:
+        raise ConfigError(f"{source}: fields 'datasets' (a folder of data files) and 'words' (the words of the "
+                          "experiment's benchmark folder) are two ways to name the words; give one")
+    if isinstance(sweep.words, str) and sweep.words != "all":
+        raise ConfigError(f"{source}: field 'words' is {sweep.words!r}; write all, or a list such as [apple, java]")
+    for number, probe in enumerate(sweep.probes, start=1):
+        if isinstance(probe, dict) and not isinstance(probe.get("name"), str):
+            raise ConfigError(f"{source}: field 'probes', entry {number}: a mapping needs a 'name' (a registered "
+                              f"probe), got {probe!r}")
     return sweep
 
 
@@ -158,9 +174,9 @@ class Cell:
 
 
 def plan_cells(sweep: SweepConfig) -> list[Cell]:
-    """Every (experiment or word) × model × seed, its config validated now, before any model work."""
+    """Every (experiment or word) × probe × model × seed, its config validated now, before any model work."""
     cells = []
-    for path, extra in _experiments(sweep):
+    for path, extra in _with_probes(sweep, _experiments(sweep)):
         base = load_config(path, {**sweep.overrides, **extra})
         _refuse_regression(base, sweep.source)
         for model in sweep.models or [base.model]:
@@ -188,6 +204,8 @@ def _experiments(sweep: SweepConfig) -> list[tuple[Path, dict]]:
     for path in paths:
         if not path.is_file():
             raise ConfigError(f"{sweep.source}: field 'experiments': {path} does not exist")
+    if sweep.words is not None:
+        return _benchmark_words(sweep, paths[0])
     if sweep.datasets is None:
         return [(path, {}) for path in paths]
     folder = _beside(sweep, sweep.datasets)
@@ -198,6 +216,44 @@ def _experiments(sweep: SweepConfig) -> list[tuple[Path, dict]]:
         raise ConfigError(f"{sweep.source}: field 'datasets': {folder} holds no {'/'.join(BUILDERS)} files")
     dataset = _file_dataset_options(paths[0])
     return [(paths[0], {"name": f.stem, "dataset": {**dataset, "name": "file", "path": str(f)}}) for f in files]
+
+
+def _with_probes(sweep: SweepConfig, experiments: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
+    """Each experiment once per probe of ``probes`` (as it is when there are none), named ``<name>.<probe>``."""
+    if not sweep.probes:
+        return experiments
+    found = []
+    for path, extra in experiments:
+        name = extra.get("name") or load_config(path, {**sweep.overrides, **extra}).name
+        for probe in sweep.probes:
+            label = probe if isinstance(probe, str) else _probe_label(probe)
+            found.append((path, {**extra, "probe": probe, "name": f"{name}.{label}"}))
+    return found
+
+
+def _probe_label(probe: dict) -> str:
+    """A probe with options as a short, stable label: its name and the options, e.g. ``logreg-C1``."""
+    options = "-".join(f"{key}{value}" for key, value in sorted(probe.items()) if key != "name")
+    return f"{probe['name']}-{options}" if options else probe["name"]
+
+
+def _benchmark_words(sweep: SweepConfig, experiment: Path) -> list[tuple[Path, dict]]:
+    """(experiment, overrides) per word of the experiment's benchmark folder (dataset ``coarsewsd``)."""
+    config = load_config(experiment, sweep.overrides)
+    folder = config.dataset_options.get("path")
+    if config.dataset_name != "coarsewsd" or not isinstance(folder, str):
+        raise ConfigError(f"{sweep.source}: field 'words' ranges over a benchmark folder's words, so the "
+                          f"experiment's dataset must be coarsewsd with a path; {experiment} has "
+                          f"{config.dataset_name!r}")
+    found = sorted(f.name for f in Path(folder).iterdir() if (f / "classes_map.txt").is_file()) \
+        if Path(folder).is_dir() else []
+    words = found if sweep.words == "all" else list(sweep.words)
+    missing = [word for word in words if word not in found]
+    if missing or not words:
+        raise ConfigError(f"{sweep.source}: field 'words': {', '.join(map(repr, missing)) or 'no word'} not in "
+                          f"{folder} (words there: {', '.join(found) or 'none'})")
+    dataset = {"name": "coarsewsd", **config.dataset_options}
+    return [(experiment, {"name": word, "dataset": {**dataset, "words": [word]}}) for word in words]
 
 
 def _file_dataset_options(experiment: Path) -> dict:

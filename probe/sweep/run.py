@@ -7,8 +7,12 @@ one model and one dataset extract once when they run one after the other, and ha
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ class CellSettings:
     tracking: str | None = None  # MLflow tracking URI
     sweep_name: str = "sweep"
     plugins_dir: Path | None = None
+    progress_every: float | None = 10.0  # seconds between a cell's progress lines; None: no lines
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,9 @@ def run_cell(cell: Cell, settings: CellSettings) -> Outcome:
         _prepare_worker(settings)
         from probe.pipeline.run import run_experiment
 
-        results = run_experiment(cell.config, cell.run_dir, cache_dir=settings.cache_dir, progress=False,
-                                 n_jobs=settings.threads)
+        with cell_progress(cell.name, settings.progress_every) as progress:
+            results = run_experiment(cell.config, cell.run_dir, cache_dir=settings.cache_dir, progress=progress,
+                                     n_jobs=settings.threads)
         seconds = perf_counter() - start
         if settings.tracking:
             from probe.sweep.tracking import log_cell
@@ -56,6 +62,61 @@ def run_cell(cell: Cell, settings: CellSettings) -> Outcome:
     except Exception as error:  # noqa: BLE001 - one cell's failure, whatever it is, must not stop the sweep
         return Outcome(cell.name, "failed", perf_counter() - start, _describe(error))
     return Outcome(cell.name, "ran", seconds)
+
+
+@contextmanager
+def cell_progress(cell: str, every: float | None) -> Iterator[bool]:
+    """While a cell runs, its progress as lines on stderr: ``[cell] phase: done/total rows`` (or fits), at
+    most one a phase every ``every`` seconds, and when a phase ends. The run's own progress bars are
+    turned into these lines (they write to ``sys.stderr``, taken over for the cell's run), so that cells
+    running side by side do not overwrite each other's bars. Yields the ``progress`` to run with."""
+    if every is None:
+        yield False
+        return
+    console, lines = sys.stderr, ProgressLines(cell, sys.stderr, every)
+    sys.stderr = lines
+    try:
+        yield True
+    finally:
+        sys.stderr = console
+
+
+class ProgressLines(io.TextIOBase):
+    """A stream that reads progress-bar frames (``desc: 40%|███ | 400/1000 [...]``, one per carriage return)
+    and writes ``[cell] phase: 400/1000 rows`` lines to ``console``; anything else passes through."""
+
+    FRAME = re.compile(r"(?P<desc>[^\r\n]*?):\s+\d+%\|[^|]*\|\s*(?P<done>\d+)/(?P<total>\d+)")
+
+    def __init__(self, cell: str, console, every: float, now: Callable[[], float] = perf_counter):
+        self.cell, self.console, self.every, self.now = cell, console, every, now
+        self.last: dict[str, tuple[float, int]] = {}  # phase → (when, rows) of its last line
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        frames = [frame for frame in re.split(r"[\r\n]", text) if frame.strip()]
+        for frame in frames:
+            found = self.FRAME.match(frame.strip())
+            if found is None:
+                self.console.write(frame + "\n")
+                continue
+            phase = found["desc"].rsplit(": ", 1)[-1] or "run"
+            self._line(phase, int(found["done"]), int(found["total"]))
+        return len(text)
+
+    def _line(self, phase: str, done: int, total: int) -> None:
+        when, said = self.last.get(phase, (None, -1))
+        finished = done == total and said != total
+        if done == said or not (finished or when is None or self.now() - when >= self.every):
+            return
+        unit = "fits" if phase == "probes" else "rows"
+        self.console.write(f"[{self.cell}] {phase}: {done}/{total} {unit}\n")
+        self.console.flush()
+        self.last[phase] = (self.now(), done)
+
+    def flush(self) -> None:
+        self.console.flush()
 
 
 def _prepare_worker(settings: CellSettings) -> None:
