@@ -13,6 +13,18 @@ def logreg(seed: int = 0, **options):
 logreg.forwards_to = "probe.science.probes:logistic_probe"  # the options a config may give (probe.pipeline.checks reads these)
 
 
+def sgd(seed: int = 0, **options):
+    """probe.science.probes.StreamingLogistic: a logistic regression by SGD over blocks of rows, for more rows
+    than memory holds (an approximation of logreg; see docs/scale.md)."""
+    from probe.science.probes import StreamingLogistic
+
+    return StreamingLogistic(seed=seed, **options)
+
+
+sgd.forwards_to = "probe.science.probes:StreamingLogistic"
+
+
 @hookimpl
 def register_probes(register):
     register("logreg", logreg)
+    register("sgd", sgd)
