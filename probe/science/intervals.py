@@ -20,9 +20,9 @@ import numpy as np
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 # The most group draws made at once (resamples × groups): above it the resamples are drawn in blocks of as
-# many resamples as fit, so that a bootstrap over 100,000 rows holds 32 MiB of draws, not 1.6 GB. Below it,
-# one draw of every resample, as before: a set of up to 2,097 rows keeps its intervals to the last bit.
-MOST_DRAWS = 1 << 22
+# many resamples as fit, so that a bootstrap over 100,000 rows holds 8 MiB of draws, not 1.6 GB. Below it,
+# one draw of every resample, as before: a set of up to 524 rows keeps its intervals to the last bit.
+MOST_DRAWS = 1 << 20
 
 
 def group_ids(groups: Sequence | None, n: int) -> np.ndarray:
