@@ -188,6 +188,7 @@ def test_bootstrap_draws_in_blocks_are_seeded_and_close_to_drawing_them_at_once(
 
 def test_quiet_runs_still_show_each_long_phases_progress_on_one_line(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(progress, "QUIET_AFTER_S", 0.0)  # every phase counts as long
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)  # as in a terminal, not click's captured stream
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps({"name": "quietly", "model": str(tiny_model), "dataset": "mole", "folds": 3,
                                   "layers": [1], "controls": [], "reporters": ["json"]}))
@@ -199,6 +200,10 @@ def test_quiet_runs_still_show_each_long_phases_progress_on_one_line(tiny_model,
     assert re.search(r"quietly: reimplemented: (\d+)/\1 rows \(100%\) in 00:\d\d, ETA 00:00", result.stderr)
     assert re.search(r"quietly: probes: (\d+)/\1 fits \(100%\)", result.stderr)
     assert "█" not in result.stderr  # one line of words, no bar
+    monkeypatch.setattr(progress, "on_terminal", lambda: False)  # a log file: no line rewritten in place
+    again = CliRunner().invoke(cli, ["run", str(config), "--output", str(tmp_path / "out2"), "--cache-dir",
+                                     str(tmp_path / "cache2"), "--quiet", "--jobs", "1"])
+    assert again.exit_code == 0 and "ETA" not in again.stderr
 
 
 def test_a_sweeps_lines_say_how_long_its_other_cells_will_take():
