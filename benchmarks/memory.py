@@ -1,10 +1,12 @@
 """Peak memory of a whole `probe run` as the rows grow: synthetic rows (benchmarks/synthetic.py), each size in
 a fresh process on an empty cache, its peak resident set size read with ``resource`` once it has exited.
 
-    python benchmarks/memory.py --model minilm-l6 --rows 10000 100000 [--probe logreg|sgd] [--layers 1]
+    python benchmarks/memory.py --model minilm-l6 --rows 10000 100000 [--probe logreg|sgd] [--layers 0]
 
-The run probes the target's vector at ``--layers`` (default: layer 1 only, so that extraction, which
-memory does not depend on, stays short on a small machine) with 5 folds, no controls, and writes only
+The run probes the target's vector at ``--layers`` (default: layer 0, the embeddings, so that extraction
+runs no block and 100,000 rows take minutes on a small machine; the vectors are as wide as any layer's, so
+what is kept, read and fitted is the same size) in batches of ``--batch-size`` rows (default 256: fewer,
+taller batches; the same in every run compared) with 5 folds, no controls, and writes only
 results.json and results.csv; ``--jobs 1`` keeps every fit in the measured process (joblib's workers
 would be processes of their own, whose memory ``ru_maxrss`` of the children would not sum).
 ``--probe sgd`` fits by stochastic gradient descent over blocks of rows (the streaming fit) instead of the
@@ -34,19 +36,19 @@ MEASURE = (
 )
 
 
-def config_text(data: Path, probe: str, layers: list[int]) -> str:
+def config_text(data: Path, probe: str, layers: list[int], batch_size: int) -> str:
     return json.dumps({  # YAML reads JSON
         "name": "memory", "dataset": {"name": "file", "path": str(data)}, "probe": probe,
         "layers": layers, "positions": ["target"], "controls": [], "reporters": ["json", "csv"],
-        "metrics": [],
+        "metrics": [], "batch_size": batch_size,
     })
 
 
-def measure(model: str, n_rows: int, probe: str, layers: list[int], folder: Path) -> dict:
+def measure(model: str, n_rows: int, probe: str, layers: list[int], batch_size: int, folder: Path) -> dict:
     """One `probe run` on ``n_rows`` synthetic rows, on an empty cache: its peak RSS and wall time."""
     data = synthetic.write(folder / f"rows-{n_rows}.jsonl", n_rows)
     config = folder / f"memory-{n_rows}.yaml"
-    config.write_text(config_text(data, probe, layers))
+    config.write_text(config_text(data, probe, layers, batch_size))
     probe_command = Path(sys.executable).with_name("probe")
     command = [str(probe_command), "run", str(config), "--model", model, "--quiet", "--jobs", "1", "--device", "cpu",
                "--cache-dir", str(folder / f"cache-{n_rows}"), "--output", str(folder / f"run-{n_rows}")]
@@ -63,12 +65,13 @@ def main() -> None:
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--probe", default="logreg", help="a registered probe name (logreg, sgd, …)")
-    parser.add_argument("--layers", type=int, nargs="+", default=[1])
+    parser.add_argument("--layers", type=int, nargs="+", default=[0])
+    parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="probe-memory-") as folder:
         first = None
         for n_rows in args.rows:
-            found = measure(args.model, n_rows, args.probe, args.layers, Path(folder))
+            found = measure(args.model, n_rows, args.probe, args.layers, args.batch_size, Path(folder))
             first = first or found["peak_mib"]
             print(f"{found['rows']:>8} rows  peak RSS {found['peak_mib']:8.1f} MiB  {found['seconds']:7.1f} s  "
                   f"×{found['peak_mib'] / first:.3f} of the first", flush=True)

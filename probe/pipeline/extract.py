@@ -148,9 +148,10 @@ def extract(
     bar = progress_bar(progress, total=sum(len(rows) for _, rows in todo), desc=description, unit="row")
     for n, rows in todo:
         vectors = {p: np.empty((len(layers), len(rows), _width(model)), dtype=np.float32) for p in positions}
+        chunk_texts = rows_of_texts(texts, rows)
         for start, batch in sorted_batches(rows, batch_size):
-            found = _extract_batch(model, tokenizer, [texts[i] for i in batch], [spans[i] for i in batch], layers,
-                                   pooling, cut, final_norm)
+            found = _extract_batch(model, tokenizer, chunk_texts[start : start + len(batch)],
+                                   [spans[i] for i in batch], layers, pooling, cut, final_norm)
             for position in positions:
                 vectors[position][:, start : start + len(batch)] = found[position]
             bar.update(len(batch))
@@ -163,6 +164,14 @@ def extract(
     if ranks.is_main:
         mark_complete(folder, json.dumps({"rows": len(texts), "layers": layers}))
     return store
+
+
+def rows_of_texts(texts, rows: list[int]) -> list[str]:
+    """``[texts[i] for i in rows]``; from a datasets column in one read (row by row, each read costs about
+    as much as the whole chunk's)."""
+    if isinstance(texts, (list, tuple)):
+        return [texts[i] for i in rows]
+    return list(texts[list(rows)])
 
 
 def length_sorted(tokenizer, texts, spans, cut: bool) -> tuple[list[int], list[int]]:
