@@ -3,9 +3,11 @@ a Hugging Face model with output_hidden_states, one sentence at a time, the vect
 (its subwords averaged), and per layer a scikit-learn logistic regression, 5 grouped stratified folds,
 BLAS held to one thread for the fits. The same rows (probe's mole set) and the same probe settings.
 
-    python benchmarks/plain_script.py --model smollm2-135m [--device cuda]
+    python benchmarks/plain_script.py --model smollm2-135m [--device cuda] [--data rows.jsonl]
 
---model also takes a checkpoint folder; --device puts the model and each sentence there (default cpu).
+--model also takes a checkpoint folder; --device puts the model and each sentence there (default cpu);
+--data reads another JSONL file of rows (benchmarks/scale.py gives it synthetic ones; a row without a
+"group" key is a group of its own).
 """
 
 import argparse
@@ -42,14 +44,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
     folder, extra = model_folder(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
     model = AutoModel.from_pretrained(folder, **extra).to(args.device).eval()
 
-    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     vectors, labels, groups = [], [], []
-    for row in rows:
+    for number, row in enumerate(rows):
         start = row["text"].index(row["target"])
         end = start + len(row["target"])
         enc = tokenizer(row["text"], return_tensors="pt", return_offsets_mapping=True)
@@ -59,7 +62,7 @@ def main():
             hidden = model(**enc.to(args.device), output_hidden_states=True).hidden_states
         vectors.append(torch.stack([h[0, target].mean(0) for h in hidden]).cpu().numpy())
         labels.append(row["label"])
-        groups.append(row.get("group"))
+        groups.append(row.get("group", f"row {number}"))
     X, y = np.stack(vectors), np.array(labels)
     group_ids = np.unique(np.array([str(g) for g in groups]), return_inverse=True)[1]
 

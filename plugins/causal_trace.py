@@ -74,11 +74,10 @@ def fitted_probe(run, layer: int):
 
 def run_trace(run, settings: dict) -> dict:
     """Every pair traced; the per-component summary, the pairs, the trace points and the time taken."""
-    from tqdm.auto import tqdm
-
     from probe.core.hooks import hook_points
     from probe.pipeline.extract import attends_causally
     from probe.pipeline.patching import TracePoints, encode_sentence, sample_pairs, summarise, trace_pair
+    from probe.pipeline.progress import progress_bar
 
     config, table = run.config, run.rows.table
     model, tokenizer = run.services.load_model()
@@ -100,7 +99,7 @@ def run_trace(run, settings: dict) -> dict:
     head, next_token = next_token_reader(run, model, tokenizer, cut) if cut else (None, "not available: an encoder")
     started = time.perf_counter()
     traces = []
-    for pair in tqdm(pairs, desc=f"{config.name}: causal trace", unit="pair", disable=not run.services.progress):
+    for pair in progress_bar(run.services.progress, iterable=pairs, desc=f"{config.name}: causal trace", unit="pair"):
         labels = (table["label"][pair.base], table["label"][pair.source])
         following = next_token(pair.source) if head is not None else None
         traces.append(trace_pair(model, probe, list(probe.classes_), sentences[pair.base], sentences[pair.source],

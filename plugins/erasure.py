@@ -87,18 +87,17 @@ def unerased_vectors(run, settings: dict, loss, reader=None) -> tuple:
 def erased_vectors(run, settings: dict, inputs, erasers: dict, fold_list, loss, reader=None) -> tuple[dict, dict]:
     """{(condition, fold): {later layer: X}}: blocks L.. rerun with each eraser at ``blocks.{L}.resid_pre``;
     with ``loss``, {(condition, fold): meter} of the fold's test rows' next-token losses."""
-    from tqdm.auto import tqdm
-
     from probe.core.hooks import hooks
     from probe.pipeline.partial import vectors_from
+    from probe.pipeline.progress import progress_bar
     from probe.science.erasure import erase_hook
 
     config, layer = run.config, settings["layer"]
     model, _ = run.services.load_model()
     later = range(layer + 1, run.services.n_blocks + 1)
     runs, meters = {}, {}
-    for (condition, fold), eraser in tqdm(erasers.items(), desc=f"{config.name}: erasure at layer {layer}",
-                                          unit="run", disable=not run.services.progress):
+    for (condition, fold), eraser in progress_bar(run.services.progress, iterable=erasers.items(), unit="run",
+                                                  desc=f"{config.name}: erasure at layer {layer}"):
         meter = meters[(condition, fold)] = loss.meter(fold_list[fold][1]) if loss else None
         read = reader.erased(condition, fold, fold_list[fold][1]) if reader else None
         with hooks(model, {settings["hook_point"]: erase_hook(eraser)}):

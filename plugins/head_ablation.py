@@ -100,15 +100,14 @@ def ablated_vectors(run, settings: dict) -> tuple[dict, dict]:
     """Vectors at the probed layer: per block unablated ({block: X}) and per head ablated ({(block, head): X}),
     each rerun from the block's own input, every copy of a block in batched forwards; each cached on disk
     beside the run's features, and only the missing ones computed."""
-    from tqdm.auto import tqdm
-
+    from probe.pipeline.progress import progress_bar
     from probe.store.caches import load_arrays, save_arrays
 
     n_heads = run.services.model_config.num_attention_heads
     loaded = {}
     unablated, ablated = {}, {}
-    bar = tqdm(total=len(settings["blocks"]) * n_heads, desc=f"{run.config.name}: head ablation", unit="head",
-               disable=not run.services.progress)
+    bar = progress_bar(run.services.progress, total=len(settings["blocks"]) * n_heads, unit="head",
+                       desc=f"{run.config.name}: head ablation")
     with bar:
         for block in settings["blocks"]:
             heads = [None, *range(n_heads)]  # None: the block's unablated copy

@@ -223,10 +223,10 @@ class Steered:
 
 def steer_pass(run, model, inputs, settings, clean: Clean, fits, held_out, labels, readout) -> Steered:
     import numpy as np
-    from tqdm.auto import tqdm
 
     from probe.core.hooks import hooks
     from probe.pipeline.partial import vectors_from
+    from probe.pipeline.progress import progress_bar
 
     todo, later = conditions(settings), sorted(fits[0].probes)
     n_rows = len(held_out)
@@ -234,8 +234,8 @@ def steer_pass(run, model, inputs, settings, clean: Clean, fits, held_out, label
                   np.full((len(todo), n_rows), np.nan))
     index = {label: i for i, label in enumerate(labels)}
     rows_per_forward = ROWS_PER_FORWARD * run.config.batch_size
-    bar = tqdm(total=len(todo) * n_rows, desc=f"{run.config.name}: steering at layer {settings['layer']}",
-               unit="row", disable=not run.services.progress)
+    bar = progress_bar(run.services.progress, total=len(todo) * n_rows, unit="row",
+                       desc=f"{run.config.name}: steering at layer {settings['layer']}")
     with bar:
         for batch in inputs:
             per_forward = max(1, rows_per_forward // len(batch.rows))

@@ -201,8 +201,8 @@ def test_a_plugin_registering_one_of_each_kind_is_found_by_lookup():
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(PluginError) as caught:
         plugins.lookup("probe", "svm")
-    assert str(caught.value) == "unknown probe 'svm'; known probes: logreg, ridge"
-    with pytest.raises(PluginError, match="known reporters: csv, html, json, plots, summary"):
+    assert str(caught.value) == "unknown probe 'svm'; known probes: logreg, ridge, sgd"
+    with pytest.raises(PluginError, match="known reporters: csv, few-shot, html, json, plots, study, summary"):
         plugins.lookup("reporter", "xlsx")
 
 

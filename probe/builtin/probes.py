@@ -24,7 +24,19 @@ def ridge(seed: int = 0, **options):
 ridge.forwards_to = "probe.science.regression:ridge_probe"
 
 
+def sgd(seed: int = 0, **options):
+    """probe.science.probes.StreamingLogistic: a logistic regression by SGD over blocks of rows, for more rows
+    than memory holds (an approximation of logreg; see docs/scale.md)."""
+    from probe.science.probes import StreamingLogistic
+
+    return StreamingLogistic(seed=seed, **options)
+
+
+sgd.forwards_to = "probe.science.probes:StreamingLogistic"
+
+
 @hookimpl
 def register_probes(register):
     register("logreg", logreg)
     register("ridge", ridge)
+    register("sgd", sgd)

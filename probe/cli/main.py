@@ -200,7 +200,7 @@ def encode(texts: list[str], tokenizer, padding_side: str, vocab_size: int):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 @cache_dir_option
 @click.option("--plugins-dir", type=click.Path(file_okay=False), help="Load every .py file in this folder as a plugin.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars: one line for each phase that lasts more than a few seconds, with its ETA.")
 @click.option("--jobs", "n_jobs", type=int, help="Probe fits in parallel [default: all cores, unless too few fits to pay for starting workers]; negative as joblib reads it (-1: all cores, -2: all but one); results do not depend on it.")
 @click.option("--device", help="auto (CUDA, then MPS, else CPU), cpu, cuda, cuda:N or mps [default: the config's, auto].")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Model dtype [default: the config's].")
@@ -250,7 +250,9 @@ def _run_config(config_path, model_name, output_dir, overrides, cache_dir, plugi
 def _computed(config, output_dir: Path, cache_dir, quiet: bool, n_jobs):
     from probe.pipeline.run import run_experiment  # numpy, torch and the rest: not needed for a copied run
 
-    return run_experiment(config, output_dir, cache_dir=cache_dir, progress=not quiet, n_jobs=n_jobs)
+    from probe.pipeline.progress import LINE
+
+    return run_experiment(config, output_dir, cache_dir=cache_dir, progress=LINE if quiet else True, n_jobs=n_jobs)
 
 
 def printed_lines(config, results) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -9,6 +10,15 @@ import click
 from probe.cli.cache import cache_dir_option
 from probe.errors import command_error
 from probe.store.usage import cache_dir_or_default
+
+
+def sweep_eta(elapsed: float, finished: int, total: int) -> str:
+    """The time the sweep's other cells will take at its pace so far (cells skipped as finished count too, so
+    it errs short), or nothing once every cell is done."""
+    if finished >= total:
+        return ""
+    left = elapsed / finished * (total - finished)
+    return f" (ETA {int(left // 60)}:{int(left % 60):02d})"
 
 
 @click.command()
@@ -69,12 +79,14 @@ def sweep(config_path, datasets, models, seeds, overrides, output_dir, cache_dir
         tracking=config.tracking, sweep_name=config.name,
         plugins_dir=Path(plugins_dir).resolve() if plugins_dir else None,
     )
-    done = iter(range(1, len(cells) + 1))
+    done, started = iter(range(1, len(cells) + 1)), time.monotonic()
 
     def report(outcome):
         took = f" in {outcome.seconds:.1f} s" if outcome.status == "ran" else ""
-        click.echo(f"[{next(done)}/{len(cells)}] {outcome.status} {outcome.cell}{took}"
-                   + (f": {outcome.error}" if outcome.error else ""))
+        finished = next(done)
+        click.echo(f"[{finished}/{len(cells)}] {outcome.status} {outcome.cell}{took}"
+                   + (f": {outcome.error}" if outcome.error else "")
+                   + sweep_eta(time.monotonic() - started, finished, len(cells)))
 
     try:
         if config.tracking:

@@ -28,7 +28,7 @@ class Services:
     config: ExperimentConfig
     model_path: str  # what the config's model resolved to: a hub name, a folder or a .gguf file
     cache_dir: Path = field(default_factory=default_cache_dir)  # the user's: see probe.store.usage
-    progress: bool = True
+    progress: bool | str = True  # bars; "line": --quiet's one line per long phase (pipeline/progress.py)
     ranks: Ranks = field(default_factory=Ranks)  # this process among those torchrun started (see scale/ranks.py)
 
     # ------------------------------------------------------------ what the model is, read once

@@ -24,7 +24,7 @@ def tasks(config, rows, features, splits, layers: list[int]) -> list:
                     if wanted_permutation else [])
         for position in config.positions:
             for layer in layers:
-                X = store.layer(position, layer)[split.index]
+                X = store.rows(position, layer, split.index)
                 key = (split.name, position, layer)
                 found += permutation.tasks(key, X, permuted, split.folds)
                 if split.name in control_labels:

@@ -89,6 +89,7 @@ def load_rows(
     revision: str | None = None,
     max_field_bytes: int = MAX_FIELD_BYTES,
     max_row_bytes: int = MAX_ROW_BYTES,
+    streaming: bool = False,
 ) -> datasets.Dataset:
     """Load rows from a .jsonl/.json/.csv/.parquet file or "hf:owner/name" and rename them onto the schema.
 
@@ -99,29 +100,81 @@ def load_rows(
     apply to a hub dataset only (a file is one table: select its rows with ``filter`` or ``evaluation``).
     A field larger than ``max_field_bytes`` (UTF-8; default 1 MiB) or a row larger than ``max_row_bytes``
     (default 4 MiB) is refused, naming the file, row and field.
+
+    ``streaming``: read the source as a ``datasets`` iterable dataset, a batch of rows at a time, instead of
+    preparing the whole raw table first (for sources larger than memory: a hub dataset is then never
+    downloaded whole). Either way the rows are checked and kept a batch at a time (``ROWS_PER_BATCH``), as
+    Arrow columns, never as one Python object per row of the whole set; the rows are the same.
     """
     source_name = str(source)
     _check_options(source_name, split, revision, span_field, span_start_field, span_end_field)
     limits = SizeLimits(max_field_bytes, max_row_bytes).check(source_name, DataError)
-    raw = _load_raw(source_name, split=split or "train", revision=revision, limits=limits)
-    if span_field is None and span_start_field is None and {"span_start", "span_end"} <= set(raw.column_names):
+    if not isinstance(streaming, bool):
+        raise DataError(f"{source_name}: dataset option streaming must be true or false, got {streaming!r}")
+    raw = _load_raw(source_name, split=split or "train", revision=revision, limits=limits, streaming=streaming)
+    raw_features = _raw_features(raw, source_name)
+    columns = list(raw_features)
+    if span_field is None and span_start_field is None and {"span_start", "span_end"} <= set(columns):
         span_start_field, span_end_field = "span_start", "span_end"
     spans = (span_field,) if span_field else tuple(f for f in (span_start_field, span_end_field) if f)
-    fields = _field_map(raw.column_names, source_name, text_field, label_field, target_field, spans)
-    extra = [c for c in raw.column_names if c not in COLUMNS and c not in fields.values() and c not in spans]
-    features = datasets.Features({**FEATURES, **{column: raw.features[column] for column in extra}})
-    rows, problems = [], []
-    for number, raw_row in enumerate(raw.to_list(), start=1):
-        check_row_size(raw_row, f"{source_name}, row {number}", limits, DataError)  # Parquet, hub: after reading
-        try:
-            row = _normalise_row(raw_row, fields, spans)
-        except ValueError as error:
-            problems.append(Problem(number, " / ".join(spans), str(error), source_name))
-            continue
-        rows.append({**row, **{column: raw_row[column] for column in extra}})
+    fields = _field_map(columns, source_name, text_field, label_field, target_field, spans)
+    extra = [c for c in columns if c not in COLUMNS and c not in fields.values() and c not in spans]
+    features = datasets.Features({**FEATURES, **{column: raw_features[column] for column in extra}})
+
+    def normalised():
+        for number, raw_row in enumerate(rows_of(raw), start=1):
+            check_row_size(raw_row, f"{source_name}, row {number}", limits, DataError)  # Parquet, hub: after reading
+            try:
+                row = _normalise_row(raw_row, fields, spans)
+            except ValueError as error:
+                problems.append(Problem(number, " / ".join(spans), str(error), source_name))
+                continue
+            yield {**row, **{column: raw_row[column] for column in extra}}
+
+    problems: list[Problem] = []
+    table = table_of(normalised(), features)
     if problems:
         raise DataError(f"{source_name}: malformed span(s) in {' / '.join(map(repr, spans))}:", problems)
-    return datasets.Dataset.from_list(rows, features=features)
+    return table
+
+
+# Rows read, checked and kept per batch: the only rows held as Python objects at once.
+ROWS_PER_BATCH = 1024
+
+
+def rows_of(ds, batch_rows: int | None = None):
+    """Each row of ``ds`` (a Dataset or an IterableDataset) as a dict, read a batch of ``batch_rows`` (default
+    ``ROWS_PER_BATCH``) at a time."""
+    for batch in ds.iter(batch_size=batch_rows or ROWS_PER_BATCH):
+        names = list(batch)
+        for values in zip(*(batch[name] for name in names)):
+            yield dict(zip(names, values))
+
+
+def table_of(rows, features: datasets.Features, batch_rows: int | None = None) -> datasets.Dataset:
+    """The ``rows`` (an iterable of dicts) as one Dataset, built a batch at a time: only a batch of them is
+    held as Python objects, the rest as Arrow columns."""
+    import itertools
+
+    rows = iter(rows)
+    parts = []
+    while batch := list(itertools.islice(rows, batch_rows or ROWS_PER_BATCH)):
+        parts.append(datasets.Dataset.from_list(batch, features=features))
+    if not parts:
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _raw_features(raw, source: str) -> datasets.Features:
+    """The raw columns and their types; an iterable dataset's from its first rows when the builder does not
+    say (the JSON builder infers them as it reads)."""
+    if raw.features is not None:
+        return raw.features
+    try:
+        first = next(iter(raw.iter(batch_size=ROWS_PER_BATCH)))
+    except StopIteration:
+        raise DataError(f"{source}: the dataset has no rows") from None
+    return datasets.Dataset.from_dict(first).features
 
 
 def _check_options(source, split, revision, span_field, span_start_field, span_end_field) -> None:
@@ -142,13 +195,14 @@ def _check_options(source, split, revision, span_field, span_start_field, span_e
                         f"{'span_start_field' if span_start_field else 'span_end_field'}")
 
 
-def _load_raw(source: str, *, split: str, revision: str | None, limits: SizeLimits) -> datasets.Dataset:
-    """Read the source with the matching datasets builder, untouched."""
+def _load_raw(source: str, *, split: str, revision: str | None, limits: SizeLimits, streaming: bool = False):
+    """Read the source with the matching datasets builder, untouched (``streaming``: as an iterable dataset)."""
     from probe.pipeline.datafiles import check_data_file, hub_error
 
     if source.startswith(HUB_PREFIX):
         try:
-            return datasets.load_dataset(source[len(HUB_PREFIX) :], split=split, revision=revision)
+            return datasets.load_dataset(source[len(HUB_PREFIX) :], split=split, revision=revision,
+                                         streaming=streaming)
         except Exception as error:  # offline, no such dataset, no such split: say which and what to do
             raise hub_error(source, error, DataError) from None
     path = Path(source)
@@ -163,7 +217,7 @@ def _load_raw(source: str, *, split: str, revision: str | None, limits: SizeLimi
     check_data_file(path, DataError, limits)  # empty, not UTF-8, malformed, too big: named with its line
     # A local file is always read as the builder's single "train" split.
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        return datasets.load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
     except Exception as error:  # what the checks above don't catch (a bad parquet file, mixed types)
         reason = first_line(error)
         raise DataError(f"{source}: can't be read as {builder} ({type(error).__name__}: {reason})") from None
@@ -263,20 +317,28 @@ def prepare(
     ``numeric``: the labels are numbers to regress on (a label that is not one is a bad row)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    good_rows, problems = [], []
+    problems, labels = [], []
     if needs_target:
         _check_some_target(ds, source)
-    for number, row in enumerate(ds.to_list(), start=1):
-        if keep is not None and not keep(row):
-            continue
-        row_problems = _row_problems(row, number, source, needs_target)
-        if numeric and not row_problems:
-            row_problems = _number_problems(row, number, source)
-        if row_problems:
-            problems.extend(row_problems)
-        else:
-            good_rows.append(_with_span(row))
-    labels = [row["label"] for row in good_rows]
+    # probe's columns with their types (a plugin's rows may lack some), then the source's own columns.
+    extra = {name: feature for name, feature in ds.features.items() if name not in FEATURES}
+    features = datasets.Features({**FEATURES, **extra})
+
+    def good_rows():
+        for number, row in enumerate(rows_of(ds), start=1):
+            if keep is not None and not keep(row):
+                continue
+            row_problems = _row_problems(row, number, source, needs_target)
+            if numeric and not row_problems:
+                row_problems = _number_problems(row, number, source)
+            if row_problems:
+                problems.extend(row_problems)
+                continue
+            row = _with_span(row)
+            labels.append(row["label"])
+            yield {column: row.get(column) for column in features}
+
+    table = table_of(good_rows(), features)
     label_problems = _value_problems(labels, n_folds, source) if numeric else _label_problems(labels, n_folds, source)
     if on_error == "raise" and (problems or label_problems):
         everything = problems + label_problems
@@ -284,15 +346,13 @@ def prepare(
     if label_problems:
         skipped = f"after skipping {len(problems)} bad row(s), " if problems else ""
         raise DataError(f"{source}: {skipped}the labels can't be cross-validated:", label_problems)
-    # probe's columns with their types (a plugin's rows may lack some), then the source's own columns.
-    extra = {name: feature for name, feature in ds.features.items() if name not in FEATURES}
-    features = datasets.Features({**FEATURES, **extra})
-    good_rows = [{column: row.get(column) for column in features} for row in good_rows]
-    return datasets.Dataset.from_list(good_rows, features=features), problems
+    return table, problems
 
 
 def _check_some_target(ds: datasets.Dataset, source: str) -> None:
     """One message, not one per row, for rows that give no target at all (a sentence-level dataset)."""
+    if not isinstance(ds, datasets.Dataset):  # a streamed dataset is read once, row by row: each row says it
+        return
     given = [column for column in ("target", "span_start") if column in ds.column_names]
     if len(ds) and not any(value is not None for column in given for value in ds[column]):
         raise DataError(f"{source}: no row gives a target (a 'target' column or a span), and the position "

@@ -74,25 +74,54 @@ def utf8(data: bytes, path, error_class, advice: str = "save the file as UTF-8 (
 
 def check_data_file(path: Path, error_class, limits: SizeLimits = SizeLimits()) -> None:
     """Raise ``error_class`` (DataError) naming ``path`` and the line at fault, if the file can't be rows
-    (or holds a field or row larger than ``limits``)."""
+    (or holds a field or row larger than ``limits``). A JSON-lines file is read a line at a time, so that
+    checking it needs no more memory than its longest line."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl" or (suffix == ".json" and not _is_json_array(path)):
+        _check_json_lines(path, error_class, limits)
+        return
     data = path.read_bytes()
     if not data.strip():
         raise error_class(f"{path}: the file is empty; it needs a row per example (text, target, label)")
-    if path.suffix.lower() not in TEXT_FORMATS:
+    if suffix not in TEXT_FORMATS:
         return
     text = utf8(data, path, error_class).removeprefix("\ufeff")
-    if path.suffix.lower() == ".jsonl" or (path.suffix.lower() == ".json" and not text.lstrip().startswith("[")):
-        _check_json_lines(path, text, error_class, limits)
-    elif path.suffix.lower() == ".json":
+    if suffix == ".json":
         _check_json_array(path, text, error_class, limits)
     else:
         _check_csv(path, text, error_class, limits)
 
 
-def _check_json_lines(path: Path, text: str, error_class, limits: SizeLimits) -> None:
-    for number, line in enumerate(text.splitlines(), start=1):
+def _is_json_array(path: Path) -> bool:
+    """Whether the file's first character (after a byte-order mark and white space) opens a JSON array."""
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 16):
+            start = block.removeprefix(b"\xef\xbb\xbf").lstrip()
+            if start:
+                return start.startswith(b"[")
+    return False
+
+
+def json_lines(path: Path, error_class):
+    """Each line of ``path`` (line number, text), read one at a time; a line that is not UTF-8 is an
+    ``error_class`` naming it."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise error_class(f"{path}, line {number}: byte {raw[error.start]:#x} is not UTF-8; save the file "
+                                  "as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+            line = line.rstrip("\r\n")
+            yield number, line.removeprefix("\ufeff") if number == 1 else line
+
+
+def _check_json_lines(path: Path, error_class, limits: SizeLimits) -> None:
+    rows = 0
+    for number, line in json_lines(path, error_class):
         if not line.strip():
             continue
+        rows += 1
         if len(line) > limits.row:  # characters: never more than the bytes; not worth parsing
             raise error_class(f"{path}, line {number}: {len(line):,} characters, more than the {limits.row:,} "
                               "bytes a row may hold; shorten it, or raise the dataset's max_row_bytes option")
@@ -105,6 +134,8 @@ def _check_json_lines(path: Path, text: str, error_class, limits: SizeLimits) ->
             raise error_class(f"{path}, line {number}: a JSON {type(value).__name__}, not an object like "
                               '{"text": ..., "target": ..., "label": ...}')
         check_row_size(value, f"{path}, line {number}", limits, error_class)
+    if rows == 0:
+        raise error_class(f"{path}: the file is empty; it needs a row per example (text, target, label)")
 
 
 def _check_json_array(path: Path, text: str, error_class, limits: SizeLimits) -> None:

@@ -143,15 +143,14 @@ def check_untrained_labels(config, splits, numbers: Sequence[int]) -> None:
 def identical_groups(X: np.ndarray, tolerance: float = RELATIVE_TOLERANCE) -> list[list[int]]:
     """Groups (two rows or more) of rows whose vectors lie within ``tolerance`` × the rows' RMS norm of each
     other. Rows are sorted by a seeded random projection: only neighbours there can be that close."""
-    X = np.asarray(X, dtype=np.float64)
     if len(X) < 2:
         return []
-    scale = float(np.sqrt(np.mean(np.sum(X**2, axis=1))))
+    direction = np.random.default_rng(0).standard_normal(X.shape[1])
+    squares, projection = _squares_and_projection(X, direction / np.linalg.norm(direction))
+    scale = float(np.sqrt(squares / len(X)))
     if scale == 0.0:
         return [list(range(len(X)))]
     eps = tolerance * scale
-    direction = np.random.default_rng(0).standard_normal(X.shape[1])
-    projection = X @ (direction / np.linalg.norm(direction))
     order = np.argsort(projection, kind="stable")
     cuts = np.flatnonzero(np.diff(projection[order]) > eps) + 1
     groups = []
@@ -159,6 +158,20 @@ def identical_groups(X: np.ndarray, tolerance: float = RELATIVE_TOLERANCE) -> li
         if len(run) > 1:
             groups += _close_components(X, np.sort(run), eps)
     return sorted(groups)
+
+
+def _squares_and_projection(X: np.ndarray, unit: np.ndarray, block_rows: int = 4096) -> tuple[float, np.ndarray]:
+    """The sum of every row's squared norm, and each row's projection on ``unit``, in float64, a block of rows
+    at a time: a memory-mapped matrix is never copied whole."""
+    from probe.store.matrices import read_rows
+
+    squares, projection = 0.0, np.empty(len(X))
+    for start in range(0, len(X), block_rows):
+        block = np.arange(start, min(start + block_rows, len(X)))
+        vectors = np.asarray(read_rows(X, block), dtype=np.float64)
+        squares += float(np.sum(vectors**2))
+        projection[block] = vectors @ unit
+    return squares, projection
 
 
 def _close_components(X: np.ndarray, rows: np.ndarray, eps: float, block: int = 256) -> list[list[int]]:
@@ -173,7 +186,8 @@ def _close_components(X: np.ndarray, rows: np.ndarray, eps: float, block: int = 
 
     for start in range(0, len(rows), block):
         chunk = rows[start:start + block]
-        distances = np.linalg.norm(X[chunk][:, None, :] - X[rows][None, :, :], axis=2)
+        near, among = np.asarray(X[chunk], dtype=np.float64), np.asarray(X[rows], dtype=np.float64)
+        distances = np.linalg.norm(near[:, None, :] - among[None, :, :], axis=2)
         for a, b in zip(*np.nonzero(distances <= eps)):
             ra, rb = root(int(chunk[a])), root(int(rows[b]))
             if ra != rb:

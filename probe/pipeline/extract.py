@@ -19,20 +19,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from tqdm.auto import tqdm
 
 from probe.pipeline import positions as position_specs
 from probe.pipeline.config import POOLINGS
 from probe.pipeline.data import span_token_indices
+from probe.pipeline.progress import progress_bar
 from probe.scale.devices import device_of, on_device
 from probe.scale.ranks import Ranks
-from probe.store.chunks import drop_damaged, mark_complete, write_chunk
+from probe.store.chunks import PROOF, drop_damaged, mark_complete, write_chunk
+from probe.store.matrices import open_matrix, write_matrix
 
 CHUNK_ROWS = 256  # rows per cache file: a killed run loses at most this many rows' work
 
@@ -49,24 +50,53 @@ class FeatureStore:
     layers: list[int]
     n_rows: int
     positions: tuple[str, ...] = position_specs.NAMED  # the names of the positions extracted
+    _mapped: dict = field(default_factory=dict, repr=False, compare=False)  # (position, layer) → checked matrix
 
     def chunks(self) -> list[Path]:
         return sorted(self.folder.glob("chunk-*.safetensors"))
 
     def layer(self, position: str, layer: int) -> np.ndarray:
+        """The vectors at ``position`` in ``layer``, memory-mapped read-only from one file in dataset order
+        (built from the chunks on first use; see probe.store.matrices)."""
         if position not in self.positions:
             raise ValueError(f"position {position!r} was not extracted into {self.folder} "
                              f"(it holds: {', '.join(self.positions)})")
+        if (position, layer) in self._mapped:  # checked once per run: its digest reads the whole file
+            return self._mapped[position, layer]
         slot = self.layers.index(layer)
-        out = None
+        path = self.folder / f"matrix-{position}-{layer:03d}.npy"
+        sources = self._sources()
+        matrix = open_matrix(path, sources)
+        if matrix is None:
+            matrix = write_matrix(path, (self.n_rows, self._width(position)), self._blocks(position, slot), sources)
+        self._mapped[position, layer] = matrix
+        return matrix
+
+    def rows(self, position: str, layer: int, index: np.ndarray) -> np.ndarray:
+        """``layer(position, layer)[index]``; the mapped matrix itself, not a copy, when ``index`` is every row
+        in order (a run's "all" subset), so that no layer's vectors are held in memory before a fit reads them."""
+        matrix = self.layer(position, layer)
+        whole = len(index) == self.n_rows and np.array_equal(index, np.arange(self.n_rows))
+        return matrix if whole else matrix[index]
+
+    def _blocks(self, position: str, slot: int):
+        """(row numbers, vectors) of each chunk at ``position`` and the layer in ``slot``, one chunk at a time."""
         for path in self.chunks():
             with safe_open(path, framework="pt") as chunk:
-                rows = chunk.get_tensor("rows").numpy()
-                vectors = chunk.get_slice(position)[slot].float().numpy()
-            if out is None:
-                out = np.empty((self.n_rows, vectors.shape[-1]), dtype=np.float32)
-            out[rows] = vectors
-        return out
+                yield chunk.get_tensor("rows").numpy(), chunk.get_slice(position)[slot].float().numpy()
+
+    def _width(self, position: str) -> int:
+        with safe_open(self.chunks()[0], framework="pt") as chunk:
+            return chunk.get_slice(position).get_shape()[-1]
+
+    def _sources(self) -> str:
+        """A digest of the chunks' own checksums (their metadata; no tensor is read): a matrix built from
+        other chunks is not used."""
+        digest = hashlib.sha256()
+        for path in self.chunks():
+            with safe_open(path, framework="pt") as chunk:
+                digest.update(f"{path.name}:{(chunk.metadata() or {}).get(PROOF)}\n".encode())
+        return digest.hexdigest()
 
 
 def cache_key(parts: dict) -> str:
@@ -92,7 +122,7 @@ def extract(
     position_spans: dict[str, Sequence] | None = None,
     batch_size: int = 16,
     chunk_rows: int = CHUNK_ROWS,
-    progress: bool = True,
+    progress: bool | str = True,
     description: str = "extracting",
     final_norm: bool = False,
     ranks: Ranks | None = None,
@@ -117,15 +147,17 @@ def extract(
     model, tokenizer = load()
     cut = position_specs.within_target(names) and attends_causally(model)
     order, _ = length_sorted(tokenizer, texts, spans, cut)
-    chunks = chunked(order, chunk_rows, texts)
+    keys = text_keys(texts)
+    chunks = chunked(order, chunk_rows, keys)
     todo = [(n, rows) for n, rows in enumerate(chunks) if ranks.owns(n) and not _chunk_path(folder, n).exists()]
 
-    bar = tqdm(total=sum(len(rows) for _, rows in todo), desc=description, unit="row", disable=not progress)
+    bar = progress_bar(progress, total=sum(len(rows) for _, rows in todo), desc=description, unit="row")
     for n, rows in todo:
         vectors = {p: np.empty((len(layers), len(rows), _width(model)), dtype=np.float32) for p in names}
-        for start, batch in sorted_batches(rows, batch_size, texts):
+        chunk_texts = rows_of_texts(texts, rows)
+        for start, batch in sorted_batches(rows, batch_size, keys):
             batch_spans = {name: [row_spans[i] for i in batch] for name, row_spans in spans_by_name.items()}
-            found = _extract_batch(model, tokenizer, [texts[i] for i in batch], batch_spans, layers,
+            found = _extract_batch(model, tokenizer, chunk_texts[start : start + len(batch)], batch_spans, layers,
                                    pooling, cut, final_norm, names)
             for position in names:
                 vectors[position][:, start : start + len(batch)] = found[position]
@@ -141,17 +173,36 @@ def extract(
     return store
 
 
+def rows_of_texts(texts, rows: list[int]) -> list[str]:
+    """``[texts[i] for i in rows]``; from a datasets column in one read (row by row, each read costs about
+    as much as the whole chunk's)."""
+    if isinstance(texts, (list, tuple)):
+        return [texts[i] for i in rows]
+    return list(texts[list(rows)])
+
+
 def length_sorted(tokenizer, texts, spans, cut: bool) -> tuple[list[int], list[int]]:
     """The rows longest first (a batch too big for memory fails at once; rows of like length share a batch),
     and each row's token count (with ``cut``, up to its target's last token): the order extraction and reruns
     from a block batch rows in. Rows of one text stay together (ranked by the text's longest row, then its
     first row), so that one forward serves them all; with distinct texts this is plain length order."""
     lengths = token_counts(tokenizer, texts, spans, cut)
+    keys = text_keys(texts)
     longest, first = {}, {}
-    for i, text in enumerate(texts):
-        longest[text] = max(longest.get(text, 0), lengths[i])
-        first.setdefault(text, i)
-    return sorted(range(len(texts)), key=lambda i: (-longest[texts[i]], first[texts[i]], i)), lengths
+    for i, key in enumerate(keys):
+        longest[key] = max(longest.get(key, 0), lengths[i])
+        first.setdefault(key, i)
+    return sorted(range(len(keys)), key=lambda i: (-longest[keys[i]], first[keys[i]], i)), lengths
+
+
+def text_keys(texts, block_rows: int = 4096) -> list[int]:
+    """A number per row, equal for rows of equal text: what batching and chunking compare, read a block at a
+    time (a datasets column costs a read per access) and holding numbers, not every text."""
+    ids: dict[int, int] = {}
+    keys = []
+    for start in range(0, len(texts), block_rows):
+        keys += [ids.setdefault(hash(text), len(ids)) for text in texts[start : start + block_rows]]
+    return keys
 
 
 def sorted_batches(rows: list[int], batch_size: int,
@@ -159,8 +210,8 @@ def sorted_batches(rows: list[int], batch_size: int,
     """``rows`` (sorted by length, longest first) in batches of at most ``batch_size``, each with its offset
     in ``rows``: neighbours in length share a batch, so right padding adds few tokens. Given the rows'
     ``texts``, a batch holds at most ``batch_size`` distinct texts and every row of each (``length_sorted``
-    keeps them together), so rows sharing a text share its forward; distinct texts batch as without them.
-    A row's vectors depend in the last bits on its batch, on its size and padded length (the matrix-multiply
+    keeps them together), so rows sharing a text share its forward; distinct texts batch as without them
+    (``texts`` may be ``text_keys``: only equality is read). A row's vectors depend in the last bits on its batch, on its size and padded length (the matrix-multiply
     library picks its kernel and thread split by the number of rows: SmolLM2's mole vectors differ by up to
     1e-4, about 1e-6 of their size, between batch sizes), so the batch size is part of the cache key; the same
     dataset and batch size give the same batches, hence the same bits, every time."""
@@ -232,13 +283,19 @@ def attends_causally(model) -> bool:
     return bool(flags) and all(flags) and not getattr(model.config, "is_encoder_decoder", False)
 
 
-def token_counts(tokenizer, texts, spans, cut: bool) -> list[int]:
-    """Tokens each row needs: all of them, or with ``cut`` those up to the target's last one."""
-    if not cut:
-        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
-    offsets = tokenizer(list(texts), return_offsets_mapping=True)["offset_mapping"]
-    return [max(span_token_indices(text, row, start, end), default=len(row)) + 1
-            for text, row, (start, end) in zip(texts, offsets, spans)]
+def token_counts(tokenizer, texts, spans, cut: bool, block_rows: int = 4096) -> list[int]:
+    """Tokens each row needs: all of them, or with ``cut`` those up to the target's last one. Tokenized a
+    block of ``block_rows`` at a time: only the counts are kept, never every row's token ids at once."""
+    counts = []
+    for start in range(0, len(texts), block_rows):
+        block = list(texts[start : start + block_rows])  # a slice: one read of a datasets column, not a read a row
+        if not cut:
+            counts += [len(ids) for ids in tokenizer(block, add_special_tokens=True)["input_ids"]]
+            continue
+        offsets = tokenizer(block, return_offsets_mapping=True)["offset_mapping"]
+        counts += [max(span_token_indices(text, row, begin, end), default=len(row)) + 1
+                   for text, row, (begin, end) in zip(block, offsets, spans[start : start + len(block)])]
+    return counts
 
 
 @torch.inference_mode()

@@ -31,7 +31,7 @@ def fit_rows(rows, numbers: list[int], get_tokenizer, limit: int | None, *, poli
     if limit is None or len(rows) == 0 or surely_fit(rows["text"], limit):
         return rows, []
     tokenizer = get_tokenizer()
-    lengths = [len(ids) for ids in tokenizer(list(rows["text"]), add_special_tokens=True)["input_ids"]]
+    lengths = token_lengths(tokenizer, rows["text"])
     too_long = [i for i, n in enumerate(lengths) if n > limit]
     if not too_long:
         return rows, []
@@ -46,6 +46,16 @@ def fit_rows(rows, numbers: list[int], get_tokenizer, limit: int | None, *, poli
         raise DataError(f"{source}: {len(problems)} text(s) longer than the model accepts:", problems)
     dropped = set(too_long)
     return rows.select([i for i in range(len(rows)) if i not in dropped]), problems
+
+
+def token_lengths(tokenizer, texts, block_rows: int = 4096) -> list[int]:
+    """Each text's number of tokens (special ones included), tokenized a block of ``block_rows`` at a time:
+    only the counts are kept, never every row's token ids at once."""
+    lengths = []
+    for start in range(0, len(texts), block_rows):
+        block = list(texts[start : start + block_rows])  # a slice: one read of a datasets column, not a read a row
+        lengths += [len(ids) for ids in tokenizer(block, add_special_tokens=True)["input_ids"]]
+    return lengths
 
 
 def _windowed(rows, indices: list[int], tokenizer, limit: int):

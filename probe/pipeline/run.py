@@ -70,7 +70,7 @@ def run_experiment(
     output_dir: str | Path,
     *,
     cache_dir: str | Path | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     n_jobs: int | None = None,
     timings: dict | None = None,
 ) -> Results | None:
@@ -100,7 +100,7 @@ def run_experiment(
     return results
 
 
-def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: bool, n_jobs, clock) -> Results:
+def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress, n_jobs, clock) -> Results:
     services = make_services(config, cache_dir, progress)
     layers = check_layers(config, services.n_blocks)  # the depth comes from config.json: no weights read
     rows = load_rows(services)
@@ -124,7 +124,7 @@ def _run(config: ExperimentConfig, output_dir: Path, cache_dir: Path, progress: 
     return results
 
 
-def make_services(config: ExperimentConfig, cache_dir: Path, progress: bool = True) -> Services:
+def make_services(config: ExperimentConfig, cache_dir: Path, progress: bool | str = True) -> Services:
     """The run's Services: ranks (from the launcher) and device, checked with the dtype and ``max_memory``
     before any model work; a ConfigError names the option at fault."""
     from probe.scale.placement import check_max_memory
@@ -527,16 +527,16 @@ def probe_tasks(config: ExperimentConfig, features: Features, splits: Splits, la
                                  make_probe=regression.mean_predictor))
         for position in config.positions:
             for layer in layers:
-                X = stores[main].layer(position, layer)[split.index]
+                X = stores[main].rows(position, layer, split.index)
                 key = (split.name, position, layer)
                 tasks.append(FitTask((*key, "probe"), X, split.y, split.folds))
                 if "shuffled" in config.controls:
                     tasks.append(FitTask((*key, "shuffled"), X, split.shuffled_y, split.shuffled_folds, metrics=False))
                 if "random_weights" in config.controls:
-                    Xr = stores["random_weights"].layer(position, layer)[split.index]
+                    Xr = stores["random_weights"].rows(position, layer, split.index)
                     tasks.append(FitTask((*key, "random_weights"), Xr, split.y, split.folds, metrics=False))
                 if config.attention == "both":
-                    Xref = stores["reference"].layer(position, layer)[split.index]
+                    Xref = stores["reference"].rows(position, layer, split.index)
                     tasks.append(FitTask((*key, "reference"), Xref, split.y, split.folds, metrics=False))
                 if split.dev_folds:
                     tasks.append(FitTask((*key, "dev"), X, split.y, split.dev_folds, metrics=False))
@@ -563,9 +563,9 @@ def layer_result(config: ExperimentConfig, features: Features, scores: dict, spl
 
 
 def _progress_bar(services: Services, total: int):
-    from tqdm.auto import tqdm
+    from probe.pipeline.progress import progress_bar
 
-    return tqdm(total=total, desc=f"{services.config.name}: probes", unit="fit", disable=not services.progress)
+    return progress_bar(services.progress, total=total, desc=f"{services.config.name}: probes", unit="fit")
 
 
 def chosen_metrics(config: ExperimentConfig) -> dict[str, Callable]:

@@ -108,7 +108,7 @@ def nested_tasks(config, rows, features, splits, layers: list[int]) -> list:
             continue
         for position in config.positions:
             for layer in layers:
-                X = features.main.layer(position, layer)[split.index]
+                X = features.main.rows(position, layer, split.index)
                 for outer, inner in enumerate(plan):
                     found.append(FitTask((split.name, position, layer, "inner", outer), X, split.y, inner,
                                          metrics=False))

@@ -69,6 +69,53 @@ class CosineCentroids(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(cosine, axis=1)]
 
 
+class StreamingLogistic(ClassifierMixin, BaseEstimator):
+    """A logistic regression fitted by stochastic gradient descent a block of rows at a time, for matrices
+    larger than memory: a first pass learns each feature's mean and spread (``scale``), then ``epochs``
+    passes feed the blocks, in an order shuffled by ``seed``, to ``SGDClassifier(loss="log_loss")``'s
+    ``partial_fit``. Only one block is in memory at once; a memory-mapped matrix's pages are read through a
+    map of the block alone (probe.store.matrices.read_rows). An approximation of the exact probe
+    (``logreg``): its accuracy is close, not equal. Deterministic given ``seed`` and ``block_rows``."""
+
+    def __init__(self, seed: int = 0, alpha: float = 1e-4, epochs: int = 5, block_rows: int = 4096,
+                 scale: bool = True):
+        self.seed, self.alpha, self.epochs, self.block_rows, self.scale = seed, alpha, epochs, block_rows, scale
+
+    def fit(self, X, y):
+        return self.fit_rows(X, np.asarray(y), np.arange(len(y)))
+
+    def fit_rows(self, X, y: np.ndarray, rows: np.ndarray):
+        """Fit on ``X[rows]``, ``y[rows]``, reading ``X`` a block at a time (``X`` may be memory-mapped)."""
+        from sklearn.linear_model import SGDClassifier
+
+        from probe.store.matrices import blocks_of, read_rows
+
+        blocks = blocks_of(np.asarray(rows), self.block_rows)
+        self.classes_ = np.unique(np.asarray(y)[rows])
+        self.scaler_ = StandardScaler(with_mean=self.scale, with_std=self.scale)
+        for block in blocks:
+            self.scaler_.partial_fit(read_rows(X, block))
+        self.sgd_ = SGDClassifier(loss="log_loss", alpha=self.alpha, random_state=self.seed)
+        order = np.random.default_rng(self.seed)
+        for _ in range(self.epochs):
+            for at in order.permutation(len(blocks)):
+                block = blocks[at]
+                self.sgd_.partial_fit(self.scaler_.transform(read_rows(X, block)), np.asarray(y)[block],
+                                      classes=self.classes_)
+        return self
+
+    def predict(self, X):
+        return self.predict_rows(X, np.arange(len(X)))
+
+    def predict_rows(self, X, rows: np.ndarray) -> np.ndarray:
+        """Predictions for ``X[rows]``, a block at a time."""
+        from probe.store.matrices import blocks_of, read_rows
+
+        predicted = [self.sgd_.predict(self.scaler_.transform(read_rows(X, block)))
+                     for block in blocks_of(np.asarray(rows), self.block_rows)]
+        return np.concatenate(predicted) if predicted else np.empty(0, dtype=self.classes_.dtype)
+
+
 def folds(y: Sequence, groups: Sequence | None, n_folds: int, seed: int, splitter=None) -> list[Fold]:
     """Stratified folds; StratifiedGroupKFold when any group id is set, so a group never straddles train/test.
 
@@ -244,6 +291,8 @@ def _fit_predict(probe, X, y, train, test) -> np.ndarray:
     from probe.scale import workers
 
     with workers.one_thread():
+        if hasattr(probe, "fit_rows"):  # a streaming probe reads its rows from X itself, a block at a time
+            return probe.fit_rows(X, y, train).predict_rows(X, test)
         return probe.fit(X[train], y[train]).predict(X[test])
 
 

@@ -49,9 +49,21 @@ def _with_features(described: str, X: np.ndarray, seen: dict):
     known = seen.get((described, id(X)))
     if known is None or known[0] is not X:
         digest = hashlib.sha256(f"{described}|sklearn {sklearn.__version__}|{X.dtype}{X.shape}".encode())
-        digest.update(np.ascontiguousarray(X).tobytes())
+        _update_by_blocks(digest, X)
         known = seen[(described, id(X))] = (X, digest)
     return known[1].copy()
+
+
+def _update_by_blocks(digest, X: np.ndarray, block_rows: int = 4096) -> None:
+    """``digest.update(X.tobytes())`` a block of rows at a time: a memory-mapped matrix is hashed without a
+    copy of it, or its pages, staying in memory (the digest is the same as the whole bytes')."""
+    from probe.store.matrices import read_rows
+
+    if X.ndim == 0 or len(X) == 0:
+        digest.update(np.ascontiguousarray(X).tobytes())
+        return
+    for start in range(0, len(X), block_rows):
+        digest.update(np.ascontiguousarray(read_rows(X, np.arange(start, min(start + block_rows, len(X))))).tobytes())
 
 
 def describe(probe) -> str | None:
