@@ -128,7 +128,7 @@ def test_plugins_lists_the_builtins_with_their_hooks():
         assert lines[lines.index(name) + 1] == f"    {hooks}"
     registered = [line.strip() for line in lines if line.startswith("    ") and ": " in line]
     assert "datasets: mole, tower, tower-size, tense, tower-height, pos, file, tagged, coarsewsd, coarsewsd-nshot" in registered
-    assert "probes: logreg, ridge" in registered and "reporters: json, csv, plots, summary, html, study, few-shot" in registered
+    assert "probes: logreg, ridge, sgd" in registered and "reporters: json, csv, plots, summary, html, study, few-shot" in registered
     assert any(line.startswith("models: ") and "minilm-l6" in line and "smollm2-135m" in line for line in registered)
     assert "metrics: balanced_accuracy, cohen_kappa" in registered
     assert any(line.startswith("adapters: chosen per model") for line in registered)
