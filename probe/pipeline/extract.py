@@ -321,12 +321,8 @@ def encode_positions(tokenizer, texts, spans: dict, positions, cut: bool, sequen
     (every position within the target), without the columns after every row's target. ``sequence``: the text
     row i reads (None: row i reads text i)."""
     sequence = range(len(texts)) if sequence is None else sequence
-    tokenizer.padding_side = "right"
-    encoding = tokenizer(
-        list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True, return_special_tokens_mask=True
-    )
-    offsets = encoding.pop("offset_mapping").tolist()
-    special = encoding.pop("special_tokens_mask").tolist()
+    encoding, offsets, special = _tokenized(tokenizer, texts)
+    special = special.tolist()
     n_tokens = encoding["attention_mask"].sum(-1).tolist()
 
     def per_row(values):
@@ -364,12 +360,8 @@ def encode_batch(tokenizer, texts, spans, sequence: Sequence[int] | None = None)
     """Right-padded encoding of ``texts``, each row's target token indices, and each text's last word-piece
     index. ``sequence``: row i's span lies in ``texts[sequence[i]]`` (None: one row per text, in order)."""
     sequence = range(len(texts)) if sequence is None else sequence
-    tokenizer.padding_side = "right"
-    encoding = tokenizer(
-        list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True, return_special_tokens_mask=True
-    )
-    offsets = encoding.pop("offset_mapping").tolist()
-    special = encoding.pop("special_tokens_mask").bool()
+    encoding, offsets, special = _tokenized(tokenizer, texts)
+    special = special.bool()
     targets = []
     for i, (start, end) in zip(sequence, spans):
         covered = span_token_indices(texts[i], offsets[i], start, end)
@@ -380,6 +372,16 @@ def encode_batch(tokenizer, texts, spans, sequence: Sequence[int] | None = None)
     words = encoding["attention_mask"].bool() & ~special
     last_index = torch.where(words, torch.arange(words.shape[1]), -1).max(-1).values
     return encoding, targets, last_index
+
+
+def _tokenized(tokenizer, texts):
+    """The right-padded encoding of ``texts`` (tensors), each text's character offsets per token, and the mask
+    of its special tokens ([CLS], [SEP], BOS)."""
+    tokenizer.padding_side = "right"
+    encoding = tokenizer(
+        list(texts), return_tensors="pt", padding=True, return_offsets_mapping=True, return_special_tokens_mask=True
+    )
+    return encoding, encoding.pop("offset_mapping").tolist(), encoding.pop("special_tokens_mask")
 
 
 def pool_targets(hidden: torch.Tensor, targets: list[list[int]], pooling: str,

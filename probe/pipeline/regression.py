@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 
 from probe.pipeline.results import Baseline, LayerResult
-from probe.pipeline.statistics import INNER_FOLDS, UNCHOSEN, group_ids
+from probe.pipeline.statistics import INNER_FOLDS, UNCHOSEN, group_ids, inner_scores
 from probe.science import intervals
 from probe.science.regression import bootstrap_intervals, r2, spearman
 from probe.science.regression import score as score  # run.py scores regression fits with it
@@ -113,14 +113,9 @@ def interval_method(grouped: bool) -> str:
 def nested_best(series, split, scores: dict, y: np.ndarray, groups, seed: int) -> dict | None:
     """In each outer training part, the layer with the highest inner R² (the lowest on a tie); the outer
     test rows scored by that layer's predictions, pooled: R² and Spearman with their intervals."""
-    position, layers = series[0].position, [row.layer for row in series]
-    inner: dict[int, list[float]] = {layer: [] for layer in layers}
-    for layer in layers:
-        outer = 0
-        while (split.name, position, layer, "inner", outer) in scores:
-            inner[layer].append(scores[(split.name, position, layer, "inner", outer)]["r2"])
-            outer += 1
-    if not inner[layers[0]]:
+    layers = [row.layer for row in series]
+    inner = inner_scores(series, split, scores, "r2")
+    if not inner:
         return None
     n_outer = len(inner[layers[0]])
     chosen = [max(layers, key=lambda layer: (np.nan_to_num(inner[layer][outer], nan=-np.inf), -layer))

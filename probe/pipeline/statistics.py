@@ -204,15 +204,23 @@ def finish(results, run, scores: dict) -> None:
         results.best_layer.append({"position": position, "subset": subset, **(best or UNCHOSEN)})
 
 
-def _nested(series, split, scores: dict, groups, fixed: bool, seed: int) -> dict | None:
+def inner_scores(series, split, scores: dict, metric: str) -> dict[int, list[float]]:
+    """Per layer of ``series``, its inner folds' ``metric`` in each outer training part, in order ({} when the
+    run chose no layer on inner folds)."""
     position, layers = series[0].position, [row.layer for row in series]
     inner = {layer: [] for layer in layers}
     for layer in layers:
         outer = 0
         while (split.name, position, layer, "inner", outer) in scores:
-            inner[layer].append(scores[(split.name, position, layer, "inner", outer)]["accuracy"])
+            inner[layer].append(scores[(split.name, position, layer, "inner", outer)][metric])
             outer += 1
-    if not inner[layers[0]]:
+    return inner if inner[layers[0]] else {}
+
+
+def _nested(series, split, scores: dict, groups, fixed: bool, seed: int) -> dict | None:
+    layers = [row.layer for row in series]
+    inner = inner_scores(series, split, scores, "accuracy")
+    if not inner:
         return None
     chosen = choose_layers(inner, layers)
     return nested_best({row.layer: row for row in series}, split, chosen, groups, fixed, seed)
