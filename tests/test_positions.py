@@ -52,6 +52,7 @@ def test_every_spelling_becomes_one_name_safe_in_a_file_name():
     ([{"span": ["start"]}], r"needs the names of two columns"),
     ([{"span": ["a b", "c"]}], r"span column 'a b' must be letters, digits and _ only"),
     ([], r"needs at least one of target"),
+    (["every"], r"'every' is not a position: tagged data .* already gives one row per word"),
 ])
 def test_bad_positions_are_named_with_what_to_write(value, expected):
     with pytest.raises(ConfigError, match=expected):

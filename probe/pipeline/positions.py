@@ -85,6 +85,10 @@ def parse(spec) -> Position:
 
 def _from_name(name: str) -> Position:
     name = ALIASES.get(name, name)
+    if name == "every":  # every word of a sentence: tagged data is one row per word, read at `target`
+        raise ValueError("'every' is not a position: tagged data (dataset: {name: tagged, path: …}, CoNLL-U or "
+                         "tokens + tags) already gives one row per word, grouped by sentence; probe it at "
+                         "`target` (see docs: Token tasks)")
     if name in NAMED:
         return Position(name)
     if match := _INDEX_NAME.fullmatch(name):
