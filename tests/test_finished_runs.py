@@ -43,6 +43,7 @@ def experiment(tiny_model, tmp_path):
     shutil.copyfile(DATA / "mole.jsonl", data)
     shutil.copytree(tiny_model, model)
     config = {"name": "tiny", "model": str(model), "dataset": {"name": "file", "path": str(data)}, "folds": 3,
+              "positions": ["target", "last"],  # as mole.yaml: parsing positions must not import the data stack
               "controls": ["majority", "shuffled"], "split_by": "cue", "device": "cpu",
               "reporters": ["json", "csv", "plots", "summary", "html"]}
     path = tmp_path / "tiny.yaml"

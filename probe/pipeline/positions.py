@@ -25,7 +25,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from probe.pipeline.data import span_token_indices
 
 NAMED = ("target", "first", "last", "mean")
 ALIASES = {"cls": "first"}  # another spelling of the same token: recorded under the one name
@@ -174,6 +173,8 @@ def token_indices(position: Position, text: str, offsets, n_tokens: int, special
         raise RowTokens(field, f"position {position.name!r} needs a span, and the row gives none")
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
         raise RowTokens(field, f"span [{start}, {end}) is not inside the text (length {len(text)}): {text!r}")
+    from probe.pipeline.data import span_token_indices  # here: a cached rerun parses positions, not data
+
     covered = span_token_indices(text, offsets, start, end)
     if not covered:
         raise RowTokens(field, f"no token covers {text[start:end]!r} in {text!r}")
