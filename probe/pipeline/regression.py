@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 
 from probe.pipeline.results import Baseline, LayerResult
-from probe.pipeline.statistics import INNER_FOLDS, UNCHOSEN, group_ids, inner_scores
+from probe.pipeline.statistics import INNER_FOLDS, UNCHOSEN, describe_rows, inner_scores
 from probe.science import intervals
 from probe.science.regression import bootstrap_intervals, r2, spearman
 from probe.science.regression import score as score  # run.py scores regression fits with it
@@ -58,13 +58,9 @@ def baseline(scores: dict) -> Baseline:
 
 def finish(results, run, scores: dict) -> None:
     """Intervals, the nested best layer and the statistics' description, from the run's fit ``scores``."""
-    from probe.pipeline.statistics import dataset_digest
-
     config, table = run.config, run.rows.table
-    groups = group_ids(table["group"])
+    groups = describe_rows(results, run)
     y = numeric_labels(table)
-    results.dataset.digest = dataset_digest(table["text"], run.rows.spans, table["label"])
-    results.dataset.groups = groups
     splits = {split.name: split for split in run.splits}
     for row in results.rows:
         row.predictions = spread(row.predictions, splits[row.subset].index, len(table))
@@ -73,8 +69,7 @@ def finish(results, run, scores: dict) -> None:
     for split in run.splits:
         if (split.name, "mean") in scores:
             predicted = spread(scores[(split.name, "mean")]["predictions"], split.index, len(table))
-            key = "mean" if split.name == "all" else f"mean[{split.name}]"
-            results.baselines[key].r2_ci = row_intervals(y, predicted, groups, config.seed)["r2"]
+            results.baseline("mean", split.name).r2_ci = row_intervals(y, predicted, groups, config.seed)["r2"]
     results.statistics = {"interval": interval_method(groups is not None), "paired": [],
                           "not_applicable": NOT_APPLICABLE}
     results.best_layer = []

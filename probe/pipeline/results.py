@@ -313,7 +313,12 @@ class Results(BaseModel):
 
     def baseline(self, name: str, subset: str = "all") -> Baseline | None:
         """A baseline by name (majority, layer0_target, …) for a subset of rows."""
-        return self.baselines.get(name if subset == "all" else f"{name}[{subset}]")
+        return self.baselines.get(baseline_key(name, subset))
+
+
+def baseline_key(name: str, subset: str) -> str:
+    """The key of baseline ``name`` for the rows of ``subset`` in ``Results.baselines``."""
+    return name if subset == "all" else f"{name}[{subset}]"
 
 
 def _columns(records: list[dict]) -> list[str]:

@@ -46,6 +46,7 @@ from probe.pipeline.results import (
     ModelInfo,
     Provenance,
     Results,
+    baseline_key,
 )
 from probe.scale.ranks import process_group
 from probe.store.files import (
@@ -479,10 +480,10 @@ def probe_layers(run: RunData, n_jobs=None) -> Results:
     for split in splits:
         if "majority" in config.controls:
             majority = scores[(split.name, "majority")]
-            results.baselines[_key("majority", split.name)] = Baseline(
+            results.baselines[baseline_key("majority", split.name)] = Baseline(
                 **{k: majority[k] for k in ("accuracy", "accuracy_std", "macro_f1")})
         if "mean" in config.controls:
-            results.baselines[_key("mean", split.name)] = regression.baseline(scores[(split.name, "mean")])
+            results.baselines[baseline_key("mean", split.name)] = regression.baseline(scores[(split.name, "mean")])
         for position in config.positions:
             for layer in layers:
                 if numbers:
@@ -494,7 +495,7 @@ def probe_layers(run: RunData, n_jobs=None) -> Results:
                 results.rows.append(row)
                 plugins.call_each("layer_result", config=config, layer=layer, result=row)
             first = scores[(split.name, position, layers[0], "probe")]
-            results.baselines[_key(f"layer{layers[0]}_{position}", split.name)] = (
+            results.baselines[baseline_key(f"layer{layers[0]}_{position}", split.name)] = (
                 regression.baseline(first) if numbers else Baseline(accuracy=first["accuracy"]))
     (regression if numbers else statistics).finish(results, run, scores)
     return results
@@ -587,10 +588,6 @@ def _named_errors(entry: plugins.Registered) -> Callable:
             raise plugins.raised(entry, error) from error
 
     return call
-
-
-def _key(name: str, subset: str) -> str:
-    return name if subset == "all" else f"{name}[{subset}]"
 
 
 # ---------------------------------------------------------------- reports

@@ -20,6 +20,7 @@ from collections import Counter
 import numpy as np
 
 from probe.errors import UserError
+from probe.pipeline.results import baseline_key
 from probe.science import intervals
 
 INNER_FOLDS = 3  # the nested selection's inner folds within each outer training part
@@ -52,6 +53,15 @@ def dataset_digest(texts, spans, labels) -> str:
     for text, (start, end), label in zip(texts, spans, labels):
         digest.update(f"{start}:{end}:{label}:{text}\n".encode())
     return digest.hexdigest()[:20]
+
+
+def describe_rows(results, run) -> list[int] | None:
+    """Record in ``results.dataset`` what pairs its rows with another run's (their digest) and their groups,
+    which every interval resamples by; returns the groups (``group_ids``)."""
+    table = run.rows.table
+    results.dataset.digest = dataset_digest(table["text"], run.rows.spans, table["label"])
+    results.dataset.groups = group_ids(table["group"])
+    return results.dataset.groups
 
 
 def group_ids(groups) -> list[int] | None:
@@ -174,12 +184,9 @@ def finish(results, run, scores: dict) -> None:
     """Fill ``results`` with the statistics above, from the run's fit ``scores`` (probe_layers' own)."""
     from probe.pipeline.evaluation import FixedSplit
 
-    config, table = run.config, run.rows.table
+    config, n_rows = run.config, len(run.rows.table)
     fixed = isinstance(config.protocol, FixedSplit)
-    groups = group_ids(table["group"])
-    n_rows = len(table)
-    results.dataset.digest = dataset_digest(table["text"], run.rows.spans, table["label"])
-    results.dataset.groups = groups
+    groups = describe_rows(results, run)
     splits = {split.name: split for split in run.splits}
     for row in results.rows:
         row.correct = aligned_correct(row.correct, splits[row.subset].index, n_rows)
@@ -191,11 +198,11 @@ def finish(results, run, scores: dict) -> None:
     for split in run.splits:
         if (split.name, "majority") in scores:
             majority = aligned_correct(scores[(split.name, "majority")]["correct"], split.index, n_rows)
-            results.baselines[_key("majority", split.name)].accuracy_ci = interval(majority, groups, fixed, config.seed)
+            results.baselines[baseline_key("majority", split.name)].accuracy_ci = interval(majority, groups, fixed, config.seed)
     results.statistics = {"interval": interval_method(fixed, groups is not None), "paired": []}
     results.best_layer = []
     for (position, subset), series in results.series().items():
-        first = results.baselines.get(_key(f"layer{series[0].layer}_{position}", subset))
+        first = results.baselines.get(baseline_key(f"layer{series[0].layer}_{position}", subset))
         if first is not None:
             first.accuracy_ci = series[0].accuracy_ci
         _correct_p_values(series)
@@ -257,10 +264,6 @@ def paired(correct_a: str, correct_b: str, groups, seed: int) -> dict:
         raise ValueError("the two scored different rows, so they can't be paired")
     row_groups = None if groups is None else [groups[i] for i in rows_a]
     return intervals.paired_test(right_a, right_b, row_groups, seed=seed)
-
-
-def _key(name: str, subset: str) -> str:
-    return name if subset == "all" else f"{name}[{subset}]"
 
 
 # ---------------------------------------------------------------- two runs on the same rows

@@ -125,7 +125,7 @@ def _nested_marks(results, split, entry: dict, position: str, n_rows: int) -> st
 
 def _study_row(results, split, entry: dict, probe_marks, centroid_marks, groups, fixed: bool, seed: int) -> StudyRow:
     train, test = split.folds[0] if fixed else (np.arange(len(split.y)), np.arange(len(split.y)))
-    majority = results.baselines.get("majority" if split.name == "all" else f"majority[{split.name}]")
+    majority = results.baseline("majority", split.name)
 
     def accuracy(marks):
         return None if marks is None else float(statistics.scored(marks)[1].mean())
