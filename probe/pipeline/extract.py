@@ -146,8 +146,8 @@ def extract(
 
     model, tokenizer = load()
     cut = position_specs.within_target(names) and attends_causally(model)
-    order, _ = length_sorted(tokenizer, texts, spans, cut)
     keys = text_keys(texts)
+    order, _ = length_sorted(tokenizer, texts, spans, cut, keys)
     chunks = chunked(order, chunk_rows, keys)
     todo = [(n, rows) for n, rows in enumerate(chunks) if ranks.owns(n) and not _chunk_path(folder, n).exists()]
 
@@ -181,13 +181,14 @@ def rows_of_texts(texts, rows: list[int]) -> list[str]:
     return list(texts[list(rows)])
 
 
-def length_sorted(tokenizer, texts, spans, cut: bool) -> tuple[list[int], list[int]]:
+def length_sorted(tokenizer, texts, spans, cut: bool, keys: list[int] | None = None) -> tuple[list[int], list[int]]:
     """The rows longest first (a batch too big for memory fails at once; rows of like length share a batch),
     and each row's token count (with ``cut``, up to its target's last token): the order extraction and reruns
     from a block batch rows in. Rows of one text stay together (ranked by the text's longest row, then its
-    first row), so that one forward serves them all; with distinct texts this is plain length order."""
+    first row), so that one forward serves them all; with distinct texts this is plain length order. ``keys``:
+    ``text_keys(texts)``, when the caller has them already."""
     lengths = token_counts(tokenizer, texts, spans, cut)
-    keys = text_keys(texts)
+    keys = text_keys(texts) if keys is None else keys
     longest, first = {}, {}
     for i, key in enumerate(keys):
         longest[key] = max(longest.get(key, 0), lengths[i])

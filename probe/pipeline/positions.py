@@ -51,11 +51,6 @@ class Position:
         return self.kind
 
     @property
-    def reads_span(self) -> bool:
-        """Whether its tokens are those covering a character span (the target's or the row's own)."""
-        return self.kind in ("target", "span")
-
-    @property
     def within_target(self) -> bool:
         """Whether its tokens never come after the target's last one: then a causal forward may stop there."""
         return self.kind in ("target", "first")
