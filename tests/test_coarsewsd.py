@@ -47,12 +47,16 @@ def write_word(root: Path, word: str, parts: dict[str, int]) -> None:
         (folder / f"{part}.gold.txt").write_text("\n".join(gold) + "\n")
 
 
+def write_folder(root: Path, parts: dict[str, int]) -> Path:
+    """A CoarseWSD-20 folder at ``root`` with every word of WORDS, each part of ``parts`` that many rows."""
+    for word in WORDS:
+        write_word(root, word, parts)
+    return root
+
+
 @pytest.fixture()
 def folder(tmp_path) -> Path:
-    root = tmp_path / "CoarseWSD-20"
-    for word in WORDS:
-        write_word(root, word, {"train": 24, "test": 12})
-    return root
+    return write_folder(tmp_path / "CoarseWSD-20", {"train": 24, "test": 12})
 
 
 def test_a_folder_becomes_rows_with_their_part_word_and_span(folder):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_coarsewsd import WORDS, write_word
+from test_coarsewsd import WORDS, write_folder, write_word
 from test_evaluation import stored_vectors
 from tiny_gpt2 import build_tiny_gpt2
 
@@ -32,10 +32,7 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def folder(tmp_path) -> Path:
-    root = tmp_path / "CoarseWSD-20"
-    for word in WORDS:
-        write_word(root, word, {"train": 30, "test": 14})
-    return root
+    return write_folder(tmp_path / "CoarseWSD-20", {"train": 30, "test": 14})
 
 
 def run(model, dataset: dict, out: Path, reporters, **more):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_coarsewsd import WORDS, write_word
+from test_coarsewsd import write_folder
 from tiny_gpt2 import build_tiny_gpt2
 
 from probe.pipeline.config import ConfigError
@@ -20,9 +20,7 @@ pytestmark = pytest.mark.usefixtures("builtins_only")  # see conftest.py
 
 @pytest.fixture()
 def experiment(tmp_path) -> Path:
-    folder = tmp_path / "CoarseWSD-20"
-    for word in WORDS:
-        write_word(folder, word, {"train": 12, "test": 6})
+    folder = write_folder(tmp_path / "CoarseWSD-20", {"train": 12, "test": 6})
     model = build_tiny_gpt2(tmp_path / "model", n_layer=2, n_embd=16, n_head=2, seed=1)
     config = {"model": str(model), "dataset": {"name": "coarsewsd", "path": str(folder)}, "controls": ["majority"],
               "evaluation": {"split_field": "split", "train": "train", "test": "test"}, "reporters": ["json"]}
