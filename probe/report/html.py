@@ -211,12 +211,7 @@ def _interventions(results: dict) -> str:
 def add_report_figure(output_dir: str | Path, file: str, title: str, hint: str = "") -> Path:
     """List a reporter's PNG (``file``, in ``output_dir``) for report.html, which inlines it as a view of its
     own: a reporter that runs before ``html`` (or before ``probe report``) gets its figure on the page."""
-    if Path(file).name != file or file in ("", ".", ".."):
-        raise ValueError(f"a report figure is a file in the run's folder, not a path: {file!r}")
-    path = Path(output_dir) / FIGURES
-    listed = [f for f in (_read_json(path, required=False) or []) if f["file"] != file]
-    listed.append({"file": file, "title": title, "hint": hint})
-    return write_text_atomic(path, json.dumps(listed, indent=2) + "\n")
+    return _list_for_page(Path(output_dir) / FIGURES, "figure", file, title, hint)
 
 
 def _reporter_figures(folder: Path | None) -> list[str]:
@@ -239,12 +234,16 @@ def _reporter_figures(folder: Path | None) -> list[str]:
 def add_report_table(output_dir: str | Path, file: str, title: str, hint: str = "") -> Path:
     """List a reporter's CSV table (``file``, in ``output_dir``) for report.html, which shows it as a view of
     its own; like add_report_figure, for a reporter that runs before ``html``."""
+    return _list_for_page(Path(output_dir) / TABLES, "table", file, title, hint)
+
+
+def _list_for_page(listing: Path, kind: str, file: str, title: str, hint: str) -> Path:
+    """Add (or replace) ``file``'s entry in the run folder's ``listing`` of a reporter's figures or tables."""
     if Path(file).name != file or file in ("", ".", ".."):
-        raise ValueError(f"a report table is a file in the run's folder, not a path: {file!r}")
-    path = Path(output_dir) / TABLES
-    listed = [t for t in (_read_json(path, required=False) or []) if t["file"] != file]
+        raise ValueError(f"a report {kind} is a file in the run's folder, not a path: {file!r}")
+    listed = [entry for entry in (_read_json(listing, required=False) or []) if entry["file"] != file]
     listed.append({"file": file, "title": title, "hint": hint})
-    return write_text_atomic(path, json.dumps(listed, indent=2) + "\n")
+    return write_text_atomic(listing, json.dumps(listed, indent=2) + "\n")
 
 
 def _reporter_tables(folder: Path | None) -> list[str]:
