@@ -318,6 +318,19 @@ class Rows:
         """Each row's target span; (None, None) in a row without a target (when no position reads one)."""
         return list(zip(self.table["span_start"], self.table["span_end"]))
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of every row's text and target span (extract.data_fingerprint), read once: each cache key of
+        the run's features names it."""
+        from probe.pipeline.extract import data_fingerprint
+
+        return data_fingerprint(self.table["text"], self.spans)
+
+    @cached_property
+    def texts_repeat(self) -> bool:
+        """Whether some rows share a text (a token task's words): extraction then runs each text once."""
+        return len(set(self.table["text"])) < len(self)
+
 
 @dataclass(frozen=True)
 class Split:

@@ -419,7 +419,7 @@ def feature_key(services: Services, rows: Rows, layers, mode: str) -> str:
     own_spans = _own_spans(config, rows)
     return cache_key({
         "model": services.model_path, "revision": config.revision, "weights": _weights_fingerprint(services),
-        "data": data_fingerprint(rows.table["text"], rows.spans), "layers": layers, "pooling": config.pooling,
+        "data": rows.fingerprint, "layers": layers, "pooling": config.pooling,
         "positions": sorted(config.positions),
         # A {span: …} position's vectors follow its columns, which the target's fingerprint does not cover.
         **({"position_spans": {name: data_fingerprint(rows.table["text"], spans) for name, spans in own_spans.items()}}
@@ -436,7 +436,7 @@ def feature_key(services: Services, rows: Rows, layers, mode: str) -> str:
         **({"final_norm": True} if _reads_final_norm(services, layers) else {}),
         # Rows sharing a text (a token task's words) share one forward of it (extract.sorted_batches): other
         # batches than one row per text, so other last bits than a cache from before.
-        **({"one_forward_per_text": True} if len(set(rows.table["text"])) < len(rows) else {}),
+        **({"one_forward_per_text": True} if rows.texts_repeat else {}),
     })
 
 
