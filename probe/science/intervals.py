@@ -12,7 +12,7 @@ Everything is seeded and depends on nothing else: the same inputs and seed give 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from statistics import NormalDist
 
 import numpy as np
@@ -57,14 +57,20 @@ def bootstrap_means(values: np.ndarray, groups: Sequence | None = None, resample
     n_groups = int(ids.max()) + 1
     group_sums = np.bincount(ids, weights=values, minlength=n_groups)
     group_sizes = np.bincount(ids, minlength=n_groups)
+    return np.concatenate([(counts @ group_sums) / (counts @ group_sizes)
+                           for counts in resampled_group_blocks(ids, resamples, seed)])
+
+
+def resampled_group_blocks(ids: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """``resampled_groups``' counts a block of resamples at a time, at most ``MOST_DRAWS`` draws a block: all of
+    them in one block (the very same counts) when they fit, else blocks drawn in turn from one generator."""
+    n_groups = int(ids.max()) + 1 if len(ids) else 0
     if resamples * n_groups <= MOST_DRAWS:
-        counts = resampled_groups(ids, resamples, seed)
-        return (counts @ group_sums) / (counts @ group_sizes)
-    rng, per_block, means = np.random.default_rng(seed), max(1, MOST_DRAWS // n_groups), []
+        yield resampled_groups(ids, resamples, seed)
+        return
+    rng, per_block = np.random.default_rng(seed), max(1, MOST_DRAWS // n_groups)
     for start in range(0, resamples, per_block):  # one generator: each block's draws follow the last's
-        counts = _drawn_counts(rng, n_groups, min(per_block, resamples - start))
-        means.append((counts @ group_sums) / (counts @ group_sizes))
-    return np.concatenate(means)
+        yield _drawn_counts(rng, n_groups, min(per_block, resamples - start))
 
 
 def _drawn_counts(rng: np.random.Generator, n_groups: int, resamples: int) -> np.ndarray:

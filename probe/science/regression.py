@@ -89,11 +89,15 @@ def bootstrap_intervals(y_true: Sequence[float], y_pred: Sequence[float], groups
     if len(y_true) != len(y_pred) or len(y_true) == 0:
         raise ValueError(f"need the same, non-zero number of true and predicted values: {len(y_true)} vs {len(y_pred)}")
     ids = intervals.group_ids(groups, len(y_true))
-    weights = intervals.resampled_groups(ids, resamples, seed)[:, ids].astype(np.float64)  # (resamples, rows)
+    statistics = {"r2": [], "spearman": []}
+    for counts in intervals.resampled_group_blocks(ids, resamples, seed):  # a large set is not drawn at once
+        weights = counts[:, ids].astype(np.float64)  # (resamples of the block, rows)
+        statistics["r2"].append(weighted_r2(y_true, y_pred, weights))
+        statistics["spearman"].append(weighted_spearman(y_true, y_pred, weights))
     tail = (1 - confidence) / 2
     found = {}
-    for name, values in (("r2", weighted_r2(y_true, y_pred, weights)),
-                         ("spearman", weighted_spearman(y_true, y_pred, weights))):
+    for name, blocks in statistics.items():
+        values = np.concatenate(blocks)
         defined = values[~np.isnan(values)]
         found[name] = [float(q) for q in np.quantile(defined, [tail, 1 - tail])] if len(defined) else None
     return found
