@@ -84,6 +84,30 @@ def test_identical_groups_in_blocks_agree_with_one_block():
     assert sorted(whole) == sorted(blocked) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13, 14]]
 
 
+def components_of_every_pair(X: np.ndarray, eps: float) -> list[list[int]]:
+    """The groups identical_groups must find, the slow way: every pair's distance at once."""
+    near = np.linalg.norm(X[:, None, :] - X[None, :, :], axis=2) <= eps
+    label = list(range(len(X)))
+    for _ in range(len(X)):  # spread the smallest row number through each component
+        label = [min(label[j] for j in np.flatnonzero(near[i])) for i in range(len(X))]
+    groups: dict[int, list[int]] = {}
+    for row, first in enumerate(label):
+        groups.setdefault(first, []).append(row)
+    return sorted(group for group in groups.values() if len(group) > 1)
+
+
+@pytest.mark.parametrize("tolerance", [1e-5, 0.02, 0.08])
+def test_runs_cut_again_along_other_directions_find_every_group_that_every_pair_finds(monkeypatch, tolerance):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((300, 6)) * 0.1
+    X[rng.integers(0, 300, 40)] = X[5]  # one vector shared by many rows
+    X[100:110] = X[99] + rng.standard_normal((10, 6)) * 1e-8  # nearly one vector: rounding
+    monkeypatch.setattr(diagnostics, "SHORT_RUN", 4)  # so that runs are cut again, several directions deep
+    found = diagnostics.identical_groups(X, tolerance)
+    eps = tolerance * np.sqrt(np.sum(X**2) / len(X))
+    assert found == components_of_every_pair(X, eps) and len(found) >= 2
+
+
 def test_identical_vectors_skip_the_embeddings_and_same_label_groups():
     table = datasets.Dataset.from_list([{"text": f"t{i}", "label": "ab"[i % 2], "span_start": 0} for i in range(6)])
     base = np.random.default_rng(3).standard_normal((6, 4))

@@ -145,38 +145,79 @@ def identical_groups(X: np.ndarray, tolerance: float = RELATIVE_TOLERANCE) -> li
     other. Rows are sorted by a seeded random projection: only neighbours there can be that close."""
     if len(X) < 2:
         return []
-    direction = np.random.default_rng(0).standard_normal(X.shape[1])
-    squares, projection = _squares_and_projection(X, direction / np.linalg.norm(direction))
+    directions = np.random.default_rng(0)
+    squares, projection = _squares_and_projection(X, _unit(directions, X.shape[1]))
     scale = float(np.sqrt(squares / len(X)))
     if scale == 0.0:
         return [list(range(len(X)))]
     eps = tolerance * scale
-    order = np.argsort(projection, kind="stable")
-    cuts = np.flatnonzero(np.diff(projection[order]) > eps) + 1
     groups = []
-    for run in np.split(order, cuts):
-        if len(run) > 1:
-            groups += _close_components(X, np.sort(run), eps)
+    for run in _close_runs(X, np.arange(len(X)), projection, eps, directions):
+        groups += _close_components(X, run, eps)
     return sorted(groups)
 
 
-def _squares_and_projection(X: np.ndarray, unit: np.ndarray, block_rows: int = 4096) -> tuple[float, np.ndarray]:
-    """The sum of every row's squared norm, and each row's projection on ``unit``, in float64, a block of rows
-    at a time: a memory-mapped matrix is never copied whole."""
+# A run of rows longer than this, all close in one projection, is split again along another direction, up to
+# MAX_DIRECTIONS in all: with many rows, neighbours in one projection are close by chance (100,000 rows of
+# MiniLM chained into runs of thousands), and comparing every pair of a run costs its length squared.
+SHORT_RUN = 256
+MAX_DIRECTIONS = 8
+
+
+def _close_runs(X: np.ndarray, rows: np.ndarray, projection: np.ndarray, eps: float, directions,
+                depth: int = 1):
+    """``rows`` (with their ``projection``) in runs whose neighbours lie within ``eps`` there: two vectors within
+    ``eps`` of each other are within ``eps`` in every projection, so no cut parts them. A long run is cut again
+    along a fresh direction."""
+    order = np.argsort(projection, kind="stable")
+    cuts = np.flatnonzero(np.diff(projection[order]) > eps) + 1
+    for run in np.split(rows[order], cuts):
+        if len(run) < 2:
+            continue
+        run = np.sort(run)
+        if len(run) <= SHORT_RUN or depth == MAX_DIRECTIONS:
+            yield run
+            continue
+        _, again = _squares_and_projection(X, _unit(directions, X.shape[1]), rows=run)
+        if len(np.flatnonzero(np.diff(np.sort(again)) > eps)) == 0:
+            yield run  # one tight cluster (rows that are one vector): no direction will part it
+            continue
+        yield from _close_runs(X, run, again, eps, directions, depth + 1)
+
+
+def _unit(directions, width: int) -> np.ndarray:
+    direction = directions.standard_normal(width)
+    return direction / np.linalg.norm(direction)
+
+
+def _squares_and_projection(X: np.ndarray, unit: np.ndarray, block_rows: int = 4096,
+                            rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """The sum of the squared norms of ``rows`` (default: every row), and each one's projection on ``unit``, in
+    float64, a block of rows at a time: a memory-mapped matrix is never copied whole."""
     from probe.store.matrices import read_rows
 
-    squares, projection = 0.0, np.empty(len(X))
-    for start in range(0, len(X), block_rows):
-        block = np.arange(start, min(start + block_rows, len(X)))
-        vectors = np.asarray(read_rows(X, block), dtype=np.float64)
+    rows = np.arange(len(X)) if rows is None else rows
+    squares, projection = 0.0, np.empty(len(rows))
+    for start in range(0, len(rows), block_rows):
+        vectors = np.asarray(read_rows(X, rows[start : start + block_rows]), dtype=np.float64)
         squares += float(np.sum(vectors**2))
-        projection[block] = vectors @ unit
+        projection[start : start + len(vectors)] = vectors @ unit
     return squares, projection
 
 
-def _close_components(X: np.ndarray, rows: np.ndarray, eps: float, block: int = 256) -> list[list[int]]:
-    """Connected components (≥ 2 rows) of 'within eps' among ``rows``, distances computed a block at a time."""
-    parent = {int(r): int(r) for r in rows}
+DISTANCE_CELLS = 2**21  # differences held at once while comparing two blocks of vectors (16 MiB of float64)
+
+
+def _close_components(X: np.ndarray, rows: np.ndarray, eps: float, block: int | None = None) -> list[list[int]]:
+    """Connected components (≥ 2 rows) of 'within eps' among ``rows``: rows that are one vector, bit for bit,
+    joined first; the distances between the distinct vectors left computed a block × block at a time
+    (``block``: rows a side; default as many as DISTANCE_CELLS allows at this width)."""
+    from probe.store.matrices import read_rows
+
+    block = block or max(1, math.isqrt(DISTANCE_CELLS // X.shape[1]))
+    vectors = np.asarray(read_rows(X, rows))
+    distinct, which = np.unique(vectors, axis=0, return_inverse=True)
+    parent = list(range(len(distinct)))
 
     def root(r: int) -> int:
         while parent[r] != r:
@@ -184,17 +225,19 @@ def _close_components(X: np.ndarray, rows: np.ndarray, eps: float, block: int = 
             r = parent[r]
         return r
 
-    for start in range(0, len(rows), block):
-        chunk = rows[start:start + block]
-        near, among = np.asarray(X[chunk], dtype=np.float64), np.asarray(X[rows], dtype=np.float64)
-        distances = np.linalg.norm(near[:, None, :] - among[None, :, :], axis=2)
-        for a, b in zip(*np.nonzero(distances <= eps)):
-            ra, rb = root(int(chunk[a])), root(int(rows[b]))
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+    distinct = distinct.astype(np.float64)
+    for start in range(0, len(distinct), block):
+        near = distinct[start : start + block]
+        for among_start in range(start, len(distinct), block):  # each pair once: blocks at or after this one
+            among = distinct[among_start : among_start + block]
+            distances = np.linalg.norm(near[:, None, :] - among[None, :, :], axis=2)
+            for a, b in zip(*np.nonzero(distances <= eps)):
+                ra, rb = root(start + int(a)), root(among_start + int(b))
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
     components: dict[int, list[int]] = {}
-    for r in parent:
-        components.setdefault(root(r), []).append(r)
+    for row, vector in zip(rows.tolist(), np.asarray(which).ravel().tolist()):
+        components.setdefault(root(vector), []).append(row)
     return [sorted(c) for c in components.values() if len(c) > 1]
 
 
