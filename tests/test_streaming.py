@@ -141,6 +141,22 @@ def test_memory_mapped_features_equal_the_ones_in_memory(tiny_model, tmp_path, c
     assert "matrix-target-002.npy can't be used (its contents differ" in caplog.text
 
 
+def test_a_matrix_written_from_blocks_in_any_row_order_holds_each_row_where_it_belongs(tmp_path):
+    from probe.store.matrices import write_matrix
+
+    rng = np.random.default_rng(0)
+    expected = rng.standard_normal((50, 6)).astype(np.float32)
+    order = rng.permutation(50)
+    # blocks of scattered rows, of one row, of rows in order, an empty one and one given as float64
+    blocks = [order[:20], order[20:21], np.sort(order[21:40]), order[40:40], order[40:]]
+    written = write_matrix(tmp_path / "m.npy", (50, 6),
+                           ((rows, expected[rows].astype(np.float64 if n == 4 else np.float32))
+                            for n, rows in enumerate(blocks)), sources="test")
+    assert written.dtype == np.float32 and written.shape == (50, 6)
+    np.testing.assert_array_equal(written, expected)
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), expected)  # an ordinary .npy file
+
+
 # ---------------------------------------------------------------- the streaming fit
 
 

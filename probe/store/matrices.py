@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import mmap
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,16 +54,38 @@ def write_matrix(path: Path, shape: tuple[int, int], blocks: Iterable[tuple[np.n
     with its proof, and map it; each block is written as it comes."""
 
     def fill(tmp: Path) -> None:
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        for rows, vectors in blocks:
-            matrix[rows] = vectors
-        matrix.flush()
-        del matrix  # unmapped before the file is renamed into place
+        # Written with positioned writes, not through a writable map: a map's dirty pages count in this
+        # process's resident memory until it is closed (the whole matrix, 154 MB at 100,000 rows).
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": tuple(shape)}
+        row_bytes = 4 * int(np.prod(shape[1:], dtype=np.int64))
+        with open(tmp, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            start = handle.tell()
+            handle.truncate(start + shape[0] * row_bytes)
+            handle.flush()
+            for rows, vectors in blocks:
+                _write_rows(handle.fileno(), start, row_bytes, np.asarray(rows), vectors)
 
     write_atomic(path, fill)
     proof = {"key": chunk_key(path), "sha256": file_digest(path), "sources": sources}
     write_text_atomic(_proof_path(path), json.dumps(proof, sort_keys=True))
     return np.load(path, mmap_mode="r")
+
+
+def _write_rows(fd: int, start: int, row_bytes: int, rows: np.ndarray, vectors: np.ndarray) -> None:
+    """Write ``vectors`` at their ``rows`` of the matrix whose data begins at byte ``start``: the rows sorted,
+    and each run of consecutive rows in one write."""
+    if len(rows) == 0:
+        return
+    order = np.argsort(rows, kind="stable")
+    rows, vectors = rows[order], np.ascontiguousarray(vectors[order], dtype=np.float32)
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for first, end in zip([0, *breaks.tolist()], [*breaks.tolist(), len(rows)]):
+        data, at = memoryview(vectors[first:end]).cast("B"), start + int(rows[first]) * row_bytes
+        while data:  # a write may take fewer bytes than asked
+            written = os.pwrite(fd, data, at)
+            data, at = data[written:], at + written
 
 
 def file_digest(path: Path) -> str:
