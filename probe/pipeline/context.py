@@ -300,6 +300,12 @@ def activation_plugins() -> list[str]:
 # ---------------------------------------------------------------- the values the stages pass on
 
 
+def column(table, name: str) -> list:
+    """A column of the rows' table as a list, read at once: a datasets column indexed row by row costs a read
+    per row (about 35 µs: 3.5 s for 100,000 rows)."""
+    return table[name][:]
+
+
 @dataclass(frozen=True)
 class Rows:
     """The prepared rows (a datasets.Dataset: text, target, label, cue, group, span_start, span_end and the
@@ -316,7 +322,7 @@ class Rows:
     @property
     def spans(self) -> list[tuple[int, int]]:
         """Each row's target span; (None, None) in a row without a target (when no position reads one)."""
-        return list(zip(self.table["span_start"], self.table["span_end"]))
+        return list(zip(column(self.table, "span_start"), column(self.table, "span_end")))
 
     @cached_property
     def fingerprint(self) -> str:

@@ -5,6 +5,7 @@ reuse each subset's folds and run as ordinary FitTasks, so they share the probes
 from __future__ import annotations
 
 from probe.pipeline.config import ConfigError, plugin_options
+from probe.pipeline.context import column
 from probe.science import control_tasks, permutation
 
 
@@ -15,7 +16,7 @@ def tasks(config, rows, features, splits, layers: list[int]) -> list:
     if not (wanted_permutation or wanted_control_task):
         return []
     store = features.main
-    groups = rows.table["group"]
+    groups = column(rows.table, "group")
     control_labels = _control_plan(config, rows, splits) if wanted_control_task else {}
     found = []
     for split in splits:

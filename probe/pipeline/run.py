@@ -34,6 +34,7 @@ from probe.pipeline.context import (
     Split,
     Splits,
     activation_plugins,
+    column,
     model_load_error,  # noqa: F401  (re-exported: the CLI's compare command uses it)
     resolve_model,
 )
@@ -226,10 +227,10 @@ def load_numbered_rows(config: ExperimentConfig):
     columns = {"split_by": [config.split_by] if config.split_by else [],
                "evaluation": [how.split_field] if isinstance(how, FixedSplit) else []}
     for field, named in columns.items():
-        for column in named:
-            if column not in ds.column_names:
+        for name in named:
+            if name not in ds.column_names:
                 raise ConfigError(
-                    f"{config.source}: field {field!r} names column {column!r}, which the dataset lacks; "
+                    f"{config.source}: field {field!r} names column {name!r}, which the dataset lacks; "
                     f"its columns: {', '.join(ds.column_names)}"
                 )
     parts = set(how.parts()) if isinstance(how, FixedSplit) else None
@@ -247,7 +248,8 @@ def load_numbered_rows(config: ExperimentConfig):
                             keep=keep if config.filter or parts else None, needs_target=needs_target(config.positions),
                             numeric=is_regression(config))
     bad = {problem.row for problem in skipped}
-    numbers = [n for n, row in enumerate(ds, start=1) if (not (config.filter or parts) or keep(row)) and n not in bad]
+    kept = (n for n, row in enumerate(ds, start=1) if keep(row)) if config.filter or parts else range(1, len(ds) + 1)
+    numbers = [n for n in kept if n not in bad]
     if len(numbers) != len(rows):  # a loader that numbers rows its own way: position in the prepared rows
         numbers = list(range(1, len(rows) + 1))
     return rows, skipped, numbers, notes
@@ -296,7 +298,7 @@ def _cross_validated(rows, config: ExperimentConfig, how, name: str, index: np.n
 
     numbers = is_regression(config)
     y = regression.numeric_labels(rows, index) if numbers else np.asarray(rows["label"])[index]
-    every_group = rows["group"]
+    every_group = column(rows, "group")
     groups = [every_group[i] for i in index]
     folds = how.folds(y, groups, config.seed, regression=True) if numbers else how.folds(y, groups, config.seed)
     if "shuffled" not in config.controls:
@@ -313,7 +315,8 @@ def _fixed_split(rows, config: ExperimentConfig, how, name: str, index: np.ndarr
     from probe.pipeline.evaluation import check_fixed_split, shuffled_within
 
     y = np.asarray(rows["label"])[index]
-    parts = [rows[how.split_field][i] for i in index]
+    every_part = column(rows, how.split_field)
+    parts = [every_part[i] for i in index]
     problems = check_fixed_split(parts, y, how, f"{config.source}, subset {name!r}")
     if problems:
         raise DataError("the fixed split can't be probed:", problems)
@@ -330,7 +333,7 @@ def describe_evaluation(config: ExperimentConfig, rows: Rows, splits: Splits) ->
     from probe.pipeline.evaluation import FixedSplit
 
     how = config.protocol
-    grouped = any(group is not None for group in rows.table["group"])
+    grouped = any(group is not None for group in column(rows.table, "group"))
     numbers = {} if isinstance(how, FixedSplit) else {"regression": is_regression(config)}
     described = how.describe(grouped=grouped, **numbers)
     if isinstance(how, FixedSplit):

@@ -20,6 +20,7 @@ from collections import Counter
 import numpy as np
 
 from probe.errors import UserError
+from probe.pipeline.context import column
 from probe.pipeline.results import baseline_key
 from probe.science import intervals
 
@@ -172,7 +173,7 @@ def scored_subset(correct: str, index: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _subset_groups(rows, split) -> list | None:
-    every = rows.table["group"]
+    every = column(rows.table, "group")
     groups = [every[i] for i in np.asarray(split.index).tolist()]
     return groups if any(group is not None for group in groups) else None
 
