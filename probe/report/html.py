@@ -276,7 +276,7 @@ def _cell(value: str) -> str:
 
 def _meta(results: dict) -> str:
     s, d = results["settings"], results["dataset"]
-    labels = "numeric labels" if results.get("task") == "regression" else f"senses {', '.join(d['labels'])}"
+    labels = "numeric labels" if results.get("task") == "regression" else f"labels {', '.join(d['labels'])}"
     return (f"{results['model']['layers']} blocks · dataset {d['name']} ({d['rows']} rows; {labels}"
             f") · positions {', '.join(s['positions'])} · "
             f"{evaluation_sentence(results.get('evaluation'), s)} · attention: {s['attention']}" + (f" · split by {s['split_by']}" if s.get("split_by") else ""))

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from probe.pipeline.evaluation import sentence as evaluation_sentence
-from probe.pipeline.results import REGRESSION_COLUMNS, LayerResult, Results
+from probe.pipeline.results import REGRESSION_COLUMNS, Results
+from probe.report.numbers import interval, number
 from probe.store.files import write_text_atomic
 
 SCORES = (("r2", "R²"), ("spearman", "Spearman ρ"))
@@ -35,14 +36,6 @@ def _cell(value):
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else value
 
 
-def _num(value, digits: int = 3) -> str:
-    return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _ci(interval) -> str:
-    return f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "—"
-
-
 def layer_table(results: Results) -> str:
     """Per-layer R² and Spearman with intervals and controls, one block per (position, subset)."""
     lines = []
@@ -52,11 +45,11 @@ def layer_table(results: Results) -> str:
         lines.append(f"{'layer':>5}  {'R²':>7}  {'95% CI':>16}  {'Spearman':>8}  {'95% CI':>16}  "
                      f"{'shuffled R²':>11}  {'random wts R²':>13}")
         for r in rows:
-            lines.append(f"{r.layer:>5}  {_num(r.r2):>7}  {_ci(r.r2_ci):>16}  {_num(r.spearman):>8}  "
-                         f"{_ci(r.spearman_ci):>16}  {_num(r.shuffled_r2):>11}  {_num(r.random_weights_r2):>13}")
+            lines.append(f"{r.layer:>5}  {number(r.r2):>7}  {interval(r.r2_ci):>16}  {number(r.spearman):>8}  "
+                         f"{interval(r.spearman_ci):>16}  {number(r.shuffled_r2):>11}  {number(r.random_weights_r2):>13}")
         mean = results.baseline("mean", subset)
         if mean:
-            lines.append(f"mean-predictor baseline: R² {_num(mean.r2)} {_ci(mean.r2_ci)}")
+            lines.append(f"mean-predictor baseline: R² {number(mean.r2)} {interval(mean.r2_ci)}")
         lines.append("")
     return "\n".join(lines)
 
@@ -65,13 +58,13 @@ def best_lines(name: str, results: Results) -> list[str]:
     """What ``probe run`` prints after the table: the best layer by R², and the nested choice."""
     lines = []
     for (position, subset), best in results.best_rows().items():
-        lines.append(f"{name} [{position}, {subset}]: best layer {best.layer} R² {_num(best.r2)} {_ci(best.r2_ci)}, "
-                     f"Spearman {_num(best.spearman)} {_ci(best.spearman_ci)}")
+        lines.append(f"{name} [{position}, {subset}]: best layer {best.layer} R² {number(best.r2)} {interval(best.r2_ci)}, "
+                     f"Spearman {number(best.spearman)} {interval(best.spearman_ci)}")
     for nested in results.best_layer or []:
         if nested["layer"] is not None:
             chosen = ", ".join(f"{layer} ({n}×)" for layer, n in nested["chosen"].items())
             lines.append(f"{name} [{nested['position']}, {nested['subset']}]: chosen on inner folds: layer {chosen}; "
-                         f"outer R² {_num(nested['r2'])} {_ci(nested['r2_ci'])}")
+                         f"outer R² {number(nested['r2'])} {interval(nested['r2_ci'])}")
     return lines
 
 
@@ -79,7 +72,7 @@ def summary_lines(results: Results) -> list[str]:
     """summary.md's regression body: the best layers, baselines and the nested choice."""
     data, settings = results.dataset, results.settings
     lines = [
-        f"Model `{results.model.name}` ({results.model.layers} layers), attention: {settings['attention']}. "
+        f"Model `{results.model.name}` ({results.model.layers} blocks), attention: {settings['attention']}. "
         f"Dataset `{data.name}`: {data.rows} rows, numeric labels (regression). "
         f"Evaluation: {evaluation_sentence(results.evaluation, settings)}.",
         *([f"Probe `{results.probe['name']}`: {results.probe['estimator']}."] if results.probe else []),
@@ -88,14 +81,14 @@ def summary_lines(results: Results) -> list[str]:
     ]
     for (position, subset), rows in results.series().items():
         best = max(rows, key=lambda r: -np.inf if np.isnan(r.r2) else r.r2)
-        lines.append(f"| {position} | {subset} | {best.layer} | {_num(best.r2)} {_ci(best.r2_ci)} | "
-                     f"{_num(best.spearman)} {_ci(best.spearman_ci)} | {_num(best.shuffled_r2)} | "
-                     f"{_num(best.random_weights_r2)} | {_num(rows[0].r2)} |")
+        lines.append(f"| {position} | {subset} | {best.layer} | {number(best.r2)} {interval(best.r2_ci)} | "
+                     f"{number(best.spearman)} {interval(best.spearman_ci)} | {number(best.shuffled_r2)} | "
+                     f"{number(best.random_weights_r2)} | {number(rows[0].r2)} |")
     lines.append("")
     for name, baseline in results.baselines.items():
         if name.startswith("mean"):
-            lines.append(f"- {name} baseline (each training part's mean): R² {_num(baseline.r2)} "
-                         f"{_ci(baseline.r2_ci)}")
+            lines.append(f"- {name} baseline (each training part's mean): R² {number(baseline.r2)} "
+                         f"{interval(baseline.r2_ci)}")
     chosen = [b for b in results.best_layer or [] if b.get("layer") is not None]
     if chosen:
         lines += ["", "Best layer chosen on inner folds of each outer training part (by R²), scored on the outer "
@@ -103,8 +96,8 @@ def summary_lines(results: Results) -> list[str]:
                       "Spearman [95% CI] |", "|---|---|---|---|---|"]
         for best in chosen:
             times = ", ".join(f"{layer} ({n})" for layer, n in best["chosen"].items())
-            lines.append(f"| {best['position']} | {best['subset']} | {times} | {_num(best['r2'])} "
-                         f"{_ci(best['r2_ci'])} | {_num(best['spearman'])} {_ci(best['spearman_ci'])} |")
+            lines.append(f"| {best['position']} | {best['subset']} | {times} | {number(best['r2'])} "
+                         f"{interval(best['r2_ci'])} | {number(best['spearman'])} {interval(best['spearman_ci'])} |")
     if results.statistics:
         lines += ["", f"Intervals: {results.statistics['interval']}. Not computed: "
                       f"{results.statistics.get('not_applicable', '')}."]

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from probe.pipeline.results import LayerResult, Results
-from probe.report.regression import SCORES, _num
+from probe.report.numbers import number
+from probe.report.regression import SCORES
 from probe.report.writers import LAYER_AXIS, _pyplot, _save
 
 CURVES_FILE, SCATTER_FILE = "regression.png", "scatter.png"
@@ -80,7 +81,7 @@ def scatter_figure(results: Results, true_numbers):
     ax.plot([low, high], [low, high], color="grey", lw=1, ls="--", label="predicted = true")
     ax.set_xlabel("true number (label)")
     ax.set_ylabel("out-of-fold prediction")
-    ax.set_title(f"layer {row.layer}, {row.position} token: R² {_num(row.r2)}, Spearman {_num(row.spearman)}",
+    ax.set_title(f"layer {row.layer}, {row.position} token: R² {number(row.r2)}, Spearman {number(row.spearman)}",
                  fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

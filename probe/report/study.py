@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from probe.pipeline import statistics
+from probe.report.numbers import MISSING, interval, number
 from probe.science import intervals
 
 STUDY_FILES = ("study.csv", "study.md")
@@ -147,10 +148,10 @@ def macro_average(marks: list[str | None], groups, seed: int) -> tuple[float | N
     if not marks:
         return None, None
     means = []
-    for number, subset_marks in enumerate(marks):
+    for n, subset_marks in enumerate(marks):
         rows, right = statistics.scored(subset_marks)
         row_groups = None if groups is None else [groups[i] for i in rows]
-        means.append(intervals.bootstrap_means(right, row_groups, seed=seed + number))
+        means.append(intervals.bootstrap_means(right, row_groups, seed=seed + n))
     averaged = np.mean(means, axis=0)
     tail = (1 - intervals.CONFIDENCE) / 2
     low, high = np.quantile(averaged, [tail, 1 - tail])
@@ -178,8 +179,8 @@ def study_markdown(study: Study) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for row in study.rows:
         lines.append(f"| {row.subset} | {row.senses} | {row.train_rows} | {row.test_rows} | "
-                     f"{'—' if row.layer is None else row.layer} | {_with_ci(row.accuracy, row.accuracy_ci)} | "
-                     f"{_with_ci(row.centroid_accuracy, row.centroid_ci)} | {_number(row.majority_accuracy)} |")
+                     f"{MISSING if row.layer is None else row.layer} | {_with_ci(row.accuracy, row.accuracy_ci)} | "
+                     f"{_with_ci(row.centroid_accuracy, row.centroid_ci)} | {number(row.majority_accuracy)} |")
     lines.append(f"| **macro average** | | | | | {_with_ci(study.macro_accuracy, study.macro_accuracy_ci)} | "
                  f"{_with_ci(study.macro_centroid_accuracy, study.macro_centroid_ci)} | |")
     left_out = [row.subset for row in study.rows if row.layer is None]
@@ -189,11 +190,7 @@ def study_markdown(study: Study) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _number(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
-
-
-def _with_ci(value: float | None, interval: list[float] | None) -> str:
+def _with_ci(value: float | None, bounds: list[float] | None) -> str:
     if value is None:
-        return "—"
-    return _number(value) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+        return MISSING
+    return number(value) + (f" {interval(bounds)}" if bounds else "")

@@ -13,6 +13,7 @@ from probe.pipeline.evaluation import sentence as evaluation_sentence
 from probe.pipeline.results import LayerResult, Results
 from probe.report import regression
 from probe.report.legend import comparison_title, position_words, run_names, sense_colours
+from probe.report.numbers import interval, number
 from probe.store.files import write_atomic, write_text_atomic
 
 CSV_COLUMNS = (
@@ -96,8 +97,8 @@ def layer_table(results: Results) -> str:
                      f"{'random wts':>10}" + (f"  {'perm. p':>7}" if tested else ""))
         for r in rows:
             lines.append(
-                f"{r.layer:>5}  {r.accuracy:>7.3f} ± {r.accuracy_std:.3f}  {_ci(r.accuracy_ci):>13}  {r.macro_f1:>8.3f}  "
-                f"{_num(r.shuffled_accuracy):>8}  {_num(r.random_weights_accuracy):>10}"
+                f"{r.layer:>5}  {r.accuracy:>7.3f} ± {r.accuracy_std:.3f}  {interval(r.accuracy_ci):>13}  {r.macro_f1:>8.3f}  "
+                f"{number(r.shuffled_accuracy):>8}  {number(r.random_weights_accuracy):>10}"
                 + (f"  {_p(r.permutation_p_value):>7}" if tested else "")
             )
         majority = results.baseline("majority", subset)
@@ -120,8 +121,8 @@ def write_summary(results: Results, output_dir: Path, reporters=()) -> Path:
         lines += ["", *reporter_lines(results, reporters), ""]
         return write_text_atomic(output_dir / "summary.md", "\n".join(lines))
     lines += [
-        f"Model `{model.name}` ({model.layers} layers), attention: {settings['attention']}. "
-        f"Dataset `{data.name}`: {data.rows} rows, senses {', '.join(data.labels)}. "
+        f"Model `{model.name}` ({model.layers} blocks), attention: {settings['attention']}. "
+        f"Dataset `{data.name}`: {data.rows} rows, labels {', '.join(data.labels)}. "
         f"Evaluation: {evaluation_sentence(results.evaluation, settings)}.",
         *([f"Probe `{results.probe['name']}`: {probe_sentence(results.probe)}."] if results.probe else []),
         "",
@@ -132,8 +133,8 @@ def write_summary(results: Results, output_dir: Path, reporters=()) -> Path:
         best = max(rows, key=lambda r: r.accuracy)
         lines.append(
             f"| {position} | {subset} | {best.layer} | {accuracy_text(best)} | "
-            f"{best.macro_f1:.3f} | {_num(best.selectivity)} | {rows[0].accuracy:.3f} | "
-            f"{_num(best.random_weights_accuracy)} |"
+            f"{best.macro_f1:.3f} | {number(best.selectivity)} | {rows[0].accuracy:.3f} | "
+            f"{number(best.random_weights_accuracy)} |"
         )
     lines.append("")
     for name, baseline in results.baselines.items():
@@ -239,8 +240,8 @@ def controls_and_measures(results: Results) -> list[str]:
             measures = _measure_values(r)
             cells = [position, subset, str(r.layer), f"{r.accuracy:.3f}"]
             cells += [_p(get(r)) if title.startswith("permutation p") else
-                      _ci(get(r)) if title.endswith("95% CI") else _num(get(r)) for title, get in columns]
-            cells += [_num(measures.get(name)) for name in measure_names]
+                      interval(get(r)) if title.endswith("95% CI") else number(get(r)) for title, get in columns]
+            cells += [number(measures.get(name)) for name in measure_names]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -270,12 +271,8 @@ def accuracy_text(row: LayerResult) -> str:
     """The accuracy with its 95 % interval; a run from before intervals: ± the fold std under
     cross-validation (a fixed split's one test score has no spread to show)."""
     if row.accuracy_ci:
-        return f"{row.accuracy:.3f} {_ci(row.accuracy_ci)}"
+        return f"{row.accuracy:.3f} {interval(row.accuracy_ci)}"
     return _pm(row.accuracy, row.accuracy_std) if len(row.fold_accuracies) > 1 else f"{row.accuracy:.3f}"
-
-
-def _ci(interval) -> str:
-    return "–" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 def statistics_lines(results: Results) -> list[str]:
@@ -293,7 +290,7 @@ def statistics_lines(results: Results) -> list[str]:
                 continue
             chosen = ", ".join(f"{layer} ({n}×)" for layer, n in best["chosen"].items())
             lines.append(f"| {best['position']} | {best['subset']} | {chosen} | {best['accuracy']:.3f} | "
-                         f"{_ci(best['accuracy_ci'])} |")
+                         f"{interval(best['accuracy_ci'])} |")
     paired = (results.statistics or {}).get("paired")
     if paired:
         lines += ["", "## Paired tests between layers (same rows)", "",
@@ -301,17 +298,13 @@ def statistics_lines(results: Results) -> list[str]:
                   "|---|---|---|---|---|---|---|---|---|"]
         for test in paired:
             lines.append(f"| {test['position']} | {test['subset']} | {test['a']} | {test['b']} | "
-                         f"{test['difference']:+.3f} | {_ci(test['ci'])} | {test['a_only']} | {test['b_only']} | "
+                         f"{test['difference']:+.3f} | {interval(test['ci'])} | {test['a_only']} | {test['b_only']} | "
                          f"{_p(test['p_value'])} |")
     return lines
 
 
 def _pm(mean: float, std: float) -> str:
     return f"{mean:.3f} ± {std:.3f}"
-
-
-def _num(value) -> str:
-    return "–" if value is None else f"{value:.3f}"
 
 
 # ---------------------------------------------------------------- plots
