@@ -227,3 +227,14 @@ def test_a_sweeps_lines_say_how_long_its_other_cells_will_take():
 
     assert sweep_eta(90.0, 3, 7) == " (ETA 2:00)"  # 30 s a cell, 4 cells left
     assert sweep_eta(90.0, 7, 7) == ""
+
+
+def test_the_length_order_keeps_a_texts_rows_together_longest_text_first_then_first_seen(monkeypatch):
+    import probe.pipeline.extract as extract
+
+    keys = [0, 1, 0, 2, 3, 1, 3]  # rows 0 and 2 share a text, as do 1 and 5, 4 and 6
+    lengths = [3, 5, 4, 5, 2, 1, 2]  # texts' longest rows: 0 → 4, 1 → 5, 2 → 5, 3 → 2
+    monkeypatch.setattr(extract, "token_counts", lambda *args, **kwargs: lengths)
+    order, counted = extract.length_sorted(None, None, None, False, keys)
+    assert order == [1, 5, 3, 0, 2, 4, 6] and counted == lengths
+    assert extract.length_sorted(None, None, None, False, [])[0] == []
