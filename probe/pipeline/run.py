@@ -147,16 +147,16 @@ def make_services(config: ExperimentConfig, cache_dir: Path, progress: bool | st
 
 def load_rows(services: Services) -> Rows:
     """The config's rows, prepared, filtered and fitted to the model's positions (``long_texts``), checked."""
+    import pyarrow
+
     from probe.pipeline import positions
     from probe.pipeline.lengths import fit_rows, max_positions
     from probe.pipeline.words import drop_words_without_tokens, is_token_task
 
-    import pyarrow
-
     config = services.config
     table, skipped, numbers, notes = load_numbered_rows(config)
     # The source's table and the batches it was prepared from are freed by now; Arrow's allocator keeps such
-    # memory for reuse, which nothing in a run makes (32 MiB at 100,000 rows, a quarter of the peak's growth).
+    # memory for reuse, which nothing later in a run asks for (32 MiB at 100,000 rows).
     pyarrow.default_memory_pool().release_unused()
     table, too_long = fit_rows(table, numbers, lambda: services.tokenizer, max_positions(services.config_fields),
                                policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))

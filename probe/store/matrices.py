@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import mmap
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -63,9 +62,8 @@ def write_matrix(path: Path, shape: tuple[int, int], blocks: Iterable[tuple[np.n
             np.lib.format.write_array_header_1_0(handle, header)
             start = handle.tell()
             handle.truncate(start + shape[0] * row_bytes)
-            handle.flush()
             for rows, vectors in blocks:
-                _write_rows(handle.fileno(), start, row_bytes, np.asarray(rows), vectors)
+                _write_rows(handle, start, row_bytes, np.asarray(rows), vectors)
 
     write_atomic(path, fill)
     proof = {"key": chunk_key(path), "sha256": file_digest(path), "sources": sources}
@@ -73,7 +71,7 @@ def write_matrix(path: Path, shape: tuple[int, int], blocks: Iterable[tuple[np.n
     return np.load(path, mmap_mode="r")
 
 
-def _write_rows(fd: int, start: int, row_bytes: int, rows: np.ndarray, vectors: np.ndarray) -> None:
+def _write_rows(handle, start: int, row_bytes: int, rows: np.ndarray, vectors: np.ndarray) -> None:
     """Write ``vectors`` at their ``rows`` of the matrix whose data begins at byte ``start``: the rows sorted,
     and each run of consecutive rows in one write."""
     if len(rows) == 0:
@@ -82,10 +80,8 @@ def _write_rows(fd: int, start: int, row_bytes: int, rows: np.ndarray, vectors: 
     rows, vectors = rows[order], np.ascontiguousarray(vectors[order], dtype=np.float32)
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     for first, end in zip([0, *breaks.tolist()], [*breaks.tolist(), len(rows)]):
-        data, at = memoryview(vectors[first:end]).cast("B"), start + int(rows[first]) * row_bytes
-        while data:  # a write may take fewer bytes than asked
-            written = os.pwrite(fd, data, at)
-            data, at = data[written:], at + written
+        handle.seek(start + int(rows[first]) * row_bytes)
+        handle.write(memoryview(vectors[first:end]).cast("B"))
 
 
 def file_digest(path: Path) -> str:
