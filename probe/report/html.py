@@ -218,17 +218,23 @@ def _reporter_figures(folder: Path | None) -> list[str]:
     """The views of the figures reporters listed in the run folder (a missing PNG is left out)."""
     import base64
 
+    views = []
+    for figure, image in _listed_files(folder, FIGURES):
+        encoded = base64.b64encode(image.read_bytes()).decode("ascii")
+        body = (f'<img class="reporter-figure" style="max-width:100%" alt="{html.escape(figure["title"])}" '
+                f'src="data:image/png;base64,{encoded}">')
+        views.append(_view("figure", figure["title"], figure.get("hint", ""), body))
+    return views
+
+
+def _listed_files(folder: Path | None, listing: str) -> list[tuple[dict, Path]]:
+    """Each entry of the run folder's ``listing`` (figures or tables) with its file, for the files that are
+    there; an entry naming anything but a file of this run's folder is left out."""
     if folder is None:
         return []
-    views = []
-    for figure in _read_json(folder / FIGURES, required=False) or []:
-        image = folder / figure["file"]
-        if Path(figure["file"]).name == figure["file"] and image.is_file():  # a file of this run's folder only
-            encoded = base64.b64encode(image.read_bytes()).decode("ascii")
-            body = (f'<img class="reporter-figure" style="max-width:100%" alt="{html.escape(figure["title"])}" '
-                    f'src="data:image/png;base64,{encoded}">')
-            views.append(_view("figure", figure["title"], figure.get("hint", ""), body))
-    return views
+    entries = _read_json(folder / listing, required=False) or []
+    return [(entry, folder / entry["file"]) for entry in entries
+            if Path(entry["file"]).name == entry["file"] and (folder / entry["file"]).is_file()]
 
 
 def add_report_table(output_dir: str | Path, file: str, title: str, hint: str = "") -> Path:
@@ -250,13 +256,8 @@ def _reporter_tables(folder: Path | None) -> list[str]:
     """The views of the CSV tables reporters listed in the run folder (a missing file is left out)."""
     import csv
 
-    if folder is None:
-        return []
     views = []
-    for table in _read_json(folder / TABLES, required=False) or []:
-        source = folder / table["file"]
-        if Path(table["file"]).name != table["file"] or not source.is_file():
-            continue
+    for table, source in _listed_files(folder, TABLES):
         header, *rows = list(csv.reader(source.read_text(encoding="utf-8").splitlines()))
         cells = "".join(f"<tr>{''.join(f'<td>{html.escape(_cell(v))}</td>' for v in row)}</tr>" for row in rows)
         head = "".join(f"<th>{html.escape(name)}</th>" for name in header)
