@@ -79,6 +79,65 @@ def test_bad_rows_in_a_streamed_file_are_named_by_row(tmp_path, monkeypatch):
         load_rows(path, streaming=True)
 
 
+def test_prepared_rows_live_in_a_file_that_goes_when_the_run_ends(monkeypatch):
+    import datasets
+
+    from probe.store.tables import rows_folder
+
+    monkeypatch.setattr(data, "ROWS_PER_BATCH", 7)
+    with rows_folder() as folder:
+        loaded = load_rows(MOLE)
+        prepared, _ = prepare(loaded, source=str(MOLE), n_folds=5)
+        files = [Path(entry["filename"]) for table in (loaded, prepared) for entry in table.cache_files]
+        assert len(files) == 2 and all(file.parent == folder and file.exists() for file in files)  # mapped
+        in_memory = datasets.Dataset.from_list(loaded.to_list(), features=loaded.features)
+        assert loaded.data.table.equals(in_memory.data.table) and loaded.features == in_memory.features
+        chosen = prepared.select([3, 0]).with_format("numpy")  # a copy that opens the file again
+        assert list(chosen["text"]) == [table(prepared)[3]["text"], table(prepared)[0]["text"]]
+        assert len(data.table_of([], loaded.features)) == 0
+    assert not folder.exists()
+
+
+def test_a_run_leaves_no_rows_behind(tiny_model, tmp_path, monkeypatch):
+    import tempfile
+
+    made = []
+
+    def spooled(*args):
+        table = spooled_table(*args)
+        made.extend(Path(entry["filename"]) for entry in table.cache_files)
+        return table
+
+    spooled_table = data.spooled_table
+    monkeypatch.setattr(data, "spooled_table", spooled)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temporary"))
+    (tmp_path / "temporary").mkdir()
+    run_on(tiny_model, tmp_path, "rows")
+    assert made and all(file.is_relative_to(tmp_path / "temporary") and not file.exists() for file in made)
+    assert list((tmp_path / "temporary").iterdir()) == []
+
+
+def test_a_window_rewrites_only_the_long_rows_and_keeps_the_order(monkeypatch):
+    from tiny_gpt2 import build_tokenizer, corpus
+
+    from probe.pipeline.lengths import fit_rows
+
+    monkeypatch.setattr(data, "ROWS_PER_BATCH", 2)
+    long_text = "words " * 60 + "the mole dug" + " more words" * 60
+    rows = [{"text": text, "target": "mole", "label": label} for text, label in
+            [("A mole dug.", "animal"), (long_text, "animal"), ("The mole ran.", "animal"), (long_text, "spy"),
+             ("One mole here.", "spy")]]
+    empty = dict.fromkeys(data.FEATURES)
+    prepared, _ = prepare(data.table_of([{**empty, **row} for row in rows], data.FEATURES), source="rows", n_folds=1)
+    fitted, problems = fit_rows(prepared, [1, 2, 3, 4, 5], lambda: build_tokenizer(corpus()), 32,
+                                policy="window", on_bad_rows="raise", source="rows")
+    after = table(fitted)
+    assert problems == [] and [row["label"] for row in after] == [row["label"] for row in rows]
+    assert [after[i]["text"] for i in (0, 2, 4)] == [rows[i]["text"] for i in (0, 2, 4)]
+    for row in (after[1], after[3]):
+        assert len(row["text"]) < len(long_text) and row["text"][row["span_start"] : row["span_end"]] == "mole"
+
+
 def test_a_streaming_option_that_is_not_true_or_false_is_refused():
     with pytest.raises(DataError, match=r"mole\.jsonl: dataset option streaming must be true or false, got 'yes'"):
         load_rows(MOLE, streaming="yes")
@@ -238,3 +297,4 @@ def test_the_length_order_keeps_a_texts_rows_together_longest_text_first_then_fi
     order, counted = extract.length_sorted(None, None, None, False, keys)
     assert order == [1, 5, 3, 0, 2, 4, 6] and counted == lengths
     assert extract.length_sorted(None, None, None, False, [])[0] == []
+

@@ -30,6 +30,7 @@ import numpy as np
 
 from probe.errors import UserError, first_line
 from probe.pipeline.datafiles import BUILDERS, MAX_FIELD_BYTES, MAX_ROW_BYTES, SizeLimits, check_row_size
+from probe.store.tables import spooled_table
 
 CUES = ("left", "right", "both")
 COLUMNS = ("text", "target", "label", "cue", "group", "span_start", "span_end")
@@ -152,17 +153,15 @@ def rows_of(ds, batch_rows: int | None = None):
 
 
 def table_of(rows, features: datasets.Features, batch_rows: int | None = None) -> datasets.Dataset:
-    """The ``rows`` (an iterable of dicts) as one Dataset, built a batch at a time: only a batch of them is
-    held as Python objects, the rest as Arrow columns."""
+    """The ``rows`` (an iterable of dicts) as one Dataset, typed as ``from_list`` types them, a batch of
+    ``batch_rows`` at a time: only that batch is ever held as Python objects, and the table lives in a
+    temporary file (store/tables.py), not in memory."""
     import itertools
 
     rows = iter(rows)
-    parts = []
-    while batch := list(itertools.islice(rows, batch_rows or ROWS_PER_BATCH)):
-        parts.append(datasets.Dataset.from_list(batch, features=features))
-    if not parts:
-        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    batches = iter(lambda: list(itertools.islice(rows, batch_rows or ROWS_PER_BATCH)), [])
+    return spooled_table((datasets.Dataset.from_list(batch, features=features).data.table for batch in batches),
+                         features)
 
 
 def _raw_features(raw, source: str) -> datasets.Features:

@@ -59,12 +59,20 @@ def token_lengths(tokenizer, texts, block_rows: int = 4096) -> list[int]:
 
 
 def _windowed(rows, indices: list[int], tokenizer, limit: int):
-    records = rows.to_list()
-    for i in indices:
-        record = records[i]
-        text, start, end = window(tokenizer, record["text"], record["span_start"], record["span_end"], limit)
-        record.update(text=text, span_start=start, span_end=end, target=text[start:end])
-    return type(rows).from_list(records, features=rows.features)
+    """``rows`` with the text of each row in ``indices`` cut to a window around its target, rewritten a
+    batch at a time (data.table_of): the table is never held as one Python object per row."""
+    from probe.pipeline.data import rows_of, table_of
+
+    cut = set(indices)
+
+    def rewritten():
+        for i, record in enumerate(rows_of(rows)):
+            if i in cut:
+                text, start, end = window(tokenizer, record["text"], record["span_start"], record["span_end"], limit)
+                record = {**record, "text": text, "span_start": start, "span_end": end, "target": text[start:end]}
+            yield record
+
+    return table_of(rewritten(), rows.features)
 
 
 def window(tokenizer, text: str, start: int, end: int, limit: int) -> tuple[str, int, int]:

@@ -62,6 +62,7 @@ from probe.store.files import (
     size_or_none,
     staged_output,
 )
+from probe.store.tables import rows_folder
 from probe.store.usage import cache_dir_or_default, running_on, touch
 
 __all__ = ["Services", "RunData", "run_experiment", "load_dataset", "resolve_model"]
@@ -92,7 +93,7 @@ def run_experiment(
     cache_folders, made = folders_under(cache_dir), missing_parents(cache_dir)
     try:
         plugins.call_each("experiment_started", config=config, output_dir=output_dir)  # before the cache is touched
-        with running_on(cache_dir):  # pruning keeps what this run uses
+        with running_on(cache_dir), rows_folder():  # pruning keeps what this run uses; its rows' files go with it
             results = _run(config, output_dir, cache_dir, progress, n_jobs, clock)
     except BaseException:
         remove_empty(new_folders(cache_dir, cache_folders) + made)  # a failed run leaves no empty folders
@@ -155,8 +156,8 @@ def load_rows(services: Services) -> Rows:
 
     config = services.config
     table, skipped, numbers, notes = load_numbered_rows(config)
-    # The source's table and the batches it was prepared from are freed by now; Arrow's allocator keeps such
-    # memory for reuse, which nothing later in a run asks for (32 MiB at 100,000 rows).
+    # The rows are in a file by now (store/tables.py) and the batches they were built from are freed; Arrow's
+    # allocator may keep such memory for reuse, which nothing later in a run asks for.
     pyarrow.default_memory_pool().release_unused()
     table, too_long = fit_rows(table, numbers, lambda: services.tokenizer, max_positions(services.config_fields),
                                policy=config.long_texts, on_bad_rows=config.on_bad_rows, source=_source(config))
