@@ -298,3 +298,22 @@ def test_the_length_order_keeps_a_texts_rows_together_longest_text_first_then_fi
     assert order == [1, 5, 3, 0, 2, 4, 6] and counted == lengths
     assert extract.length_sorted(None, None, None, False, [])[0] == []
 
+
+@pytest.mark.parametrize("chosen", ["", "system"])
+def test_the_command_runs_arrow_on_jemalloc_unless_the_user_named_a_pool(chosen):
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow
+
+    try:
+        pyarrow.jemalloc_memory_pool()
+        expected = chosen or "jemalloc"
+    except NotImplementedError:  # a pyarrow built without it keeps its default
+        expected = chosen or pyarrow.default_memory_pool().backend_name
+    code = "from probe.scale.arrow_memory import prefer_jemalloc; import pyarrow; " \
+           "print(prefer_jemalloc(), pyarrow.default_memory_pool().backend_name)"
+    env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": chosen}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.split() == [expected, expected]

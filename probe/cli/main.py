@@ -251,7 +251,9 @@ def _computed(config, output_dir: Path, cache_dir, quiet: bool, n_jobs):
     from probe.pipeline.run import run_experiment  # numpy, torch and the rest: not needed for a copied run
 
     from probe.pipeline.progress import LINE
+    from probe.scale.arrow_memory import prefer_jemalloc
 
+    prefer_jemalloc()  # the command owns its process: Arrow gives freed memory back (see arrow_memory.py)
     return run_experiment(config, output_dir, cache_dir=cache_dir, progress=LINE if quiet else True, n_jobs=n_jobs)
 
 

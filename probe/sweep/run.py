@@ -125,10 +125,12 @@ def _prepare_worker(settings: CellSettings) -> None:
 
     from probe import plugins
     from probe.report.console import quiet_progress_bars
+    from probe.scale.arrow_memory import prefer_jemalloc
 
     quiet_progress_bars()
     datasets.disable_progress_bars()
     torch.set_num_threads(settings.threads)
+    prefer_jemalloc()  # as `probe run` does: a cell owns its process
     if settings.plugins_dir:
         plugins.load_plugins_dir(settings.plugins_dir)
 
