@@ -29,6 +29,7 @@ from safetensors import safe_open
 from probe.pipeline import positions as position_specs
 from probe.pipeline.config import POOLINGS
 from probe.pipeline.data import span_token_indices
+from probe.pipeline.lengths import TOKEN_BLOCK_ROWS
 from probe.pipeline.progress import progress_bar
 from probe.scale.devices import device_of, on_device
 from probe.scale.ranks import Ranks
@@ -285,7 +286,7 @@ def attends_causally(model) -> bool:
     return bool(flags) and all(flags) and not getattr(model.config, "is_encoder_decoder", False)
 
 
-def token_counts(tokenizer, texts, spans, cut: bool, block_rows: int = 4096) -> list[int]:
+def token_counts(tokenizer, texts, spans, cut: bool, block_rows: int = TOKEN_BLOCK_ROWS) -> list[int]:
     """Tokens each row needs: all of them, or with ``cut`` those up to the target's last one. Tokenized a
     block of ``block_rows`` at a time: only the counts are kept, never every row's token ids at once."""
     counts = []
