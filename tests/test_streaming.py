@@ -317,3 +317,15 @@ def test_the_command_runs_arrow_on_jemalloc_unless_the_user_named_a_pool(chosen)
     env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": chosen}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.split() == [expected, expected]
+
+
+def test_spans_are_kept_as_arrays_and_read_as_the_tuples_they_replace():
+    from probe.pipeline.context import Spans
+
+    starts, ends = [0, None, 17, 4], [5, None, 21, 9]
+    as_tuples = list(zip(starts, ends))
+    spans = Spans.of(starts, ends)
+    assert list(spans) == as_tuples and len(spans) == 4
+    assert [spans[i] for i in range(4)] == as_tuples and spans[np.int64(2)] == (17, 21)
+    assert list(spans[1:3]) == as_tuples[1:3] and spans.starts.dtype == np.int64
+    assert all(type(value) is int for value in spans[0]) and spans[-1] == (4, 9)

@@ -5,11 +5,13 @@ needs it)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from probe import plugins
 from probe.errors import first_line
@@ -306,6 +308,35 @@ def column(table, name: str) -> list:
     return table[name][:]
 
 
+class Spans(Sequence):
+    """Each row's (start, end) character span, or (None, None) in a row without one, as two int64 arrays:
+    16 bytes a row, where a list of tuples of ints took about 60 (6 MiB at 100,000 rows)."""
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray):
+        self.starts, self.ends = starts, ends  # -1 where a row has no span
+
+    @classmethod
+    def of(cls, starts, ends) -> Spans:
+        """From two columns of offsets, None where a row has no span."""
+        def array(values):
+            return np.array([-1 if value is None else value for value in values], dtype=np.int64)
+
+        return cls(array(starts), array(ends))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Spans(self.starts[index], self.ends[index])
+        start = int(self.starts[index])
+        return (None, None) if start < 0 else (start, int(self.ends[index]))
+
+    def __iter__(self):
+        for start, end in zip(self.starts.tolist(), self.ends.tolist()):
+            yield (None, None) if start < 0 else (start, end)
+
+
 @dataclass(frozen=True)
 class Rows:
     """The prepared rows (a datasets.Dataset: text, target, label, cue, group, span_start, span_end and the
@@ -319,10 +350,10 @@ class Rows:
     def __len__(self) -> int:
         return len(self.table)
 
-    @property
-    def spans(self) -> list[tuple[int, int]]:
+    @cached_property
+    def spans(self) -> Spans:
         """Each row's target span; (None, None) in a row without a target (when no position reads one)."""
-        return list(zip(column(self.table, "span_start"), column(self.table, "span_end")))
+        return Spans.of(column(self.table, "span_start"), column(self.table, "span_end"))
 
     @cached_property
     def fingerprint(self) -> str:

@@ -137,7 +137,7 @@ def extract(
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     layers = sorted(set(layers))
     names = tuple(position_specs.names(positions))
-    spans_by_name = {"target": list(spans), **(position_spans or {})}
+    spans_by_name = {"target": spans, **(position_spans or {})}
     ranks = ranks or Ranks()
     folder = Path(folder)  # created with its first chunk: a run that fails before leaves no empty folder
     store = FeatureStore(folder, layers, len(texts), names)

@@ -126,7 +126,7 @@ def row_spans(specs: Sequence, table, target_spans: Sequence) -> dict[str, list]
     spans = {}
     for position in map(parse, specs):
         if position.kind == "target":
-            spans[position.name] = list(target_spans)
+            spans[position.name] = target_spans
         elif position.kind == "span":
             start, end = position.fields
             spans[position.name] = list(zip(table[start], table[end]))
