@@ -316,7 +316,7 @@ def test_extraction_batches_are_the_batches_extract_runs(tiny_model, tmp_path, m
             chunk_rows=8, progress=False)
     order, _ = probe.pipeline.extract.length_sorted(load_and_swap(tiny_model)[1], texts, spans, cut=False)
     assert ran == probe.pipeline.extract.extraction_batches(order, 3, chunk_rows=8)
-    unchunked = [batch for _, batch in probe.pipeline.extract.sorted_batches(order, 3)]
+    unchunked = [batch.tolist() for _, batch in probe.pipeline.extract.sorted_batches(order, 3)]
     assert ran != unchunked  # the chunk boundaries did change the batches
 
 

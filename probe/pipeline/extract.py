@@ -182,7 +182,7 @@ def rows_of_texts(texts, rows: list[int]) -> list[str]:
     return list(texts[list(rows)])
 
 
-def length_sorted(tokenizer, texts, spans, cut: bool, keys: list[int] | None = None) -> tuple[list[int], list[int]]:
+def length_sorted(tokenizer, texts, spans, cut: bool, keys: Sequence[int] | None = None) -> tuple[np.ndarray, list[int]]:
     """The rows longest first (a batch too big for memory fails at once; rows of like length share a batch),
     and each row's token count (with ``cut``, up to its target's last token): the order extraction and reruns
     from a block batch rows in. Rows of one text stay together (ranked by the text's longest row, then its
@@ -191,21 +191,22 @@ def length_sorted(tokenizer, texts, spans, cut: bool, keys: list[int] | None = N
     lengths = token_counts(tokenizer, texts, spans, cut)
     keys = np.asarray(text_keys(texts) if keys is None else keys, dtype=np.int64)
     if len(keys) == 0:
-        return [], lengths
+        return np.zeros(0, dtype=np.int64), lengths
     _, first_row, text = np.unique(keys, return_index=True, return_inverse=True)
     longest = np.zeros(len(first_row), dtype=np.int64)
     np.maximum.at(longest, text, lengths)  # numbers per row, not a dict and a tuple per row: 100,000 rows are common
-    return np.lexsort((np.arange(len(keys)), first_row[text], -longest[text])).tolist(), lengths
+    return np.lexsort((np.arange(len(keys)), first_row[text], -longest[text])), lengths
 
 
-def text_keys(texts, block_rows: int = 4096) -> list[int]:
+def text_keys(texts, block_rows: int = 4096) -> np.ndarray:
     """A number per row, equal for rows of equal text: what batching and chunking compare, read a block at a
     time (a datasets column costs a read per access) and holding numbers, not every text."""
     ids: dict[int, int] = {}
-    keys = []
+    blocks = [np.zeros(0, dtype=np.int64)]
     for start in range(0, len(texts), block_rows):
-        keys += [ids.setdefault(hash(text), len(ids)) for text in texts[start : start + block_rows]]
-    return keys
+        block = texts[start : start + block_rows]
+        blocks.append(np.fromiter((ids.setdefault(hash(text), len(ids)) for text in block), np.int64, len(block)))
+    return np.concatenate(blocks)
 
 
 def sorted_batches(rows: list[int], batch_size: int,
@@ -229,13 +230,13 @@ def sorted_batches(rows: list[int], batch_size: int,
     return batches + ([(start, rows[start:])] if start < len(rows) else [])
 
 
-def extraction_batches(order: list[int], batch_size: int, chunk_rows: int = CHUNK_ROWS,
+def extraction_batches(order: Sequence[int], batch_size: int, chunk_rows: int = CHUNK_ROWS,
                        texts: Sequence[str] | None = None) -> list[list[int]]:
     """The batches ``extract`` runs, in its order: ``order`` cut into cache chunks of ``chunk_rows`` rows, each
     chunk in ``sorted_batches`` (given the rows' ``texts``, as extract does). A rerun batched alike computes
     each row as extraction did, bit for bit, when the texts are distinct; reruns from a block
     (probe/pipeline/partial.py) run one sequence per row, so rows sharing a text agree to float rounding."""
-    return [batch for chunk in chunked(order, chunk_rows, texts)
+    return [[int(row) for row in batch] for chunk in chunked(order, chunk_rows, texts)
             for _, batch in sorted_batches(chunk, batch_size, texts)]
 
 
