@@ -2,8 +2,8 @@
 once, where this pyarrow has it.
 
 Arrow's default allocator on Linux, mimalloc, kept memory resident after the rows were loaded and freed, in
-proportion to the rows: at 100,000 rows a whole run peaked 50–60 MiB higher than on jemalloc, at 10,000
-about 40 (docs/benchmarks.md, "Data larger than memory"). The command is the application, so it chooses;
+proportion to the rows: a whole run peaked 50–60 MiB higher than on jemalloc at 100,000 rows, about 20 at
+10,000 (docs/benchmarks.md, "Data larger than memory"). The command is the application, so it chooses;
 a library call (``probe.run``) leaves the choice to the program that imports it. A pool the user names in
 ``ARROW_DEFAULT_MEMORY_POOL`` is kept."""
 

@@ -1,7 +1,7 @@
 """Tables of rows kept on disk: written to a temporary Arrow file a batch at a time and read back
 memory-mapped, as ``datasets`` keeps what it loads. A run's rows then take no heap however many there are,
-and leave the allocator no scattered live rows to hold freed memory around (at 100,000 rows, building the
-tables in memory left a run's peak 23 MiB higher).
+and leave the allocator no scattered live rows to hold freed memory around (at 100,000 rows, one run with
+the tables built in memory peaked 23 MiB higher).
 
 The files sit in a temporary folder (under ``$TMPDIR``): the run's own (``rows_folder``), removed when the
 run ends, or else one for the process, removed when it exits. A table is not deleted when it is dropped:
