@@ -5,6 +5,7 @@ file are named, bootstrap draws in blocks stay seeded, and --quiet still shows a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +330,27 @@ def test_spans_are_kept_as_arrays_and_read_as_the_tuples_they_replace():
     assert [spans[i] for i in range(4)] == as_tuples and spans[np.int64(2)] == (17, 21)
     assert list(spans[1:3]) == as_tuples[1:3] and spans.starts.dtype == np.int64
     assert all(type(value) is int for value in spans[0]) and spans[-1] == (4, 9)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process ids are asked after on POSIX only")
+def test_a_killed_runs_rows_folder_goes_when_the_next_run_starts(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from probe.store.tables import PREFIX, machine_tag, rows_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    orphan = tmp_path / f"{PREFIX}{gone}-{machine_tag()}-x1"  # its process has ended
+    living = tmp_path / f"{PREFIX}{os.getppid()}-{machine_tag()}-x2"  # pytest's parent still runs
+    elsewhere = tmp_path / f"{PREFIX}{gone}-othermachine-x3"  # a shared /tmp: that machine's ids are not ours
+    other = tmp_path / f"{PREFIX}unrelated"  # not a name probe gives
+    for folder in (orphan, living, elsewhere, other):
+        folder.mkdir()
+        (folder / "rows.arrow").write_bytes(b"rows")
+    with rows_folder() as mine:
+        assert mine.name.startswith(f"{PREFIX}{os.getpid()}-{machine_tag()}-")
+    assert not orphan.exists() and not mine.exists()
+    assert living.exists() and elsewhere.exists() and other.exists()
