@@ -29,7 +29,7 @@ from safetensors import safe_open
 from probe.pipeline import positions as position_specs
 from probe.pipeline.config import POOLINGS
 from probe.pipeline.data import span_token_indices
-from probe.pipeline.lengths import TOKEN_BLOCK_ROWS
+from probe.pipeline.lengths import TOKEN_BLOCK_ROWS, token_lengths
 from probe.pipeline.progress import progress_bar
 from probe.scale.devices import device_of, on_device
 from probe.scale.ranks import Ranks
@@ -290,12 +290,11 @@ def attends_causally(model) -> bool:
 def token_counts(tokenizer, texts, spans, cut: bool, block_rows: int = TOKEN_BLOCK_ROWS) -> list[int]:
     """Tokens each row needs: all of them, or with ``cut`` those up to the target's last one. Tokenized a
     block of ``block_rows`` at a time: only the counts are kept, never every row's token ids at once."""
+    if not cut:
+        return token_lengths(tokenizer, texts, block_rows)
     counts = []
     for start in range(0, len(texts), block_rows):
         block = list(texts[start : start + block_rows])  # a slice: one read of a datasets column, not a read a row
-        if not cut:
-            counts += [len(ids) for ids in tokenizer(block, add_special_tokens=True)["input_ids"]]
-            continue
         offsets = tokenizer(block, return_offsets_mapping=True)["offset_mapping"]
         counts += [max(span_token_indices(text, row, begin, end), default=len(row)) + 1
                    for text, row, (begin, end) in zip(block, offsets, spans[start : start + len(block)])]

@@ -120,7 +120,7 @@ def within_target(specs: Sequence) -> bool:
     return needs_target(specs) and all(parse(spec).within_target for spec in specs)
 
 
-def row_spans(specs: Sequence, table, target_spans: Sequence) -> dict[str, list]:
+def row_spans(specs: Sequence, table, target_spans: Sequence) -> dict[str, Sequence]:
     """Per position that reads a character span, each row's (start, end): the target's, or the columns a
     ``span`` position names (``table``: the rows, with those columns)."""
     spans = {}
